@@ -1,0 +1,4 @@
+from pipekit.cli import console_main
+
+
+raise SystemExit(console_main())

@@ -1,0 +1,147 @@
+"""``--jsonl``: one JSON event per line on stdout, flushed as it happens (CONTRACT §6)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from datetime import timezone
+import json
+from typing import IO
+from typing import Any
+
+from pipekit.config import Config
+from pipekit.context import PhaseOutcome
+from pipekit.hookspecs import hookimpl
+from pipekit.phases import PhaseDefinition
+from pipekit.phaserunner import Item
+from pipekit.runner import Run
+
+
+class JsonlReporter:
+    """Writes every lifecycle event as a JSON line to ``stream``."""
+
+    name = "jsonl-reporter"
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Write one event line and flush it."""
+        record = {"event": event, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        record.update(fields)
+        self.stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self.stream.flush()
+
+    @staticmethod
+    def _phase(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
+        return {"item_id": item.id, "phase": phase.num, "phase_name": phase.name}
+
+    @staticmethod
+    def _usage(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
+        state = item.state.phases[phase.num]
+        return {
+            "duration_seconds": state.duration_seconds,
+            "tokens_in": state.tokens_in,
+            "tokens_out": state.tokens_out,
+            "cost_usd": state.cost_usd,
+            "attempt": state.attempts,
+        }
+
+    @hookimpl
+    def pipekit_run_start(self, run: Run) -> None:
+        self.emit(
+            "run_start",
+            pipeline=run.pipeline.name,
+            total_items=run.total_items,
+            phases=[{"num": p.num, "name": p.name} for p in run.pipeline.phases],
+            state=run.state_location,
+        )
+
+    @hookimpl
+    def pipekit_item_start(self, item: Item) -> None:
+        self.emit("item_start", item_id=item.id, index=item.index)
+
+    @hookimpl
+    def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
+        self.emit("phase_start", **self._phase(item, phase), attempt=item.state.phases[phase.num].attempts)
+
+    @hookimpl
+    def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
+        self.emit(
+            "phase_complete",
+            **self._phase(item, phase),
+            duration_seconds=round(result.duration_seconds, 6),
+            tokens_in=result.tokens_in,
+            tokens_out=result.tokens_out,
+            cost_usd=result.cost_usd,
+            attempt=result.attempt,
+        )
+
+    @hookimpl
+    def pipekit_phase_retry(self, item: Item, phase: PhaseDefinition, error: BaseException, attempt: int) -> None:
+        self.emit(
+            "phase_retry",
+            **self._phase(item, phase),
+            **self._usage(item, phase),
+            error=_describe(error),
+        )
+
+    @hookimpl
+    def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
+        state = item.state.phases[phase.num]
+        self.emit(
+            "phase_fail",
+            **self._phase(item, phase),
+            **self._usage(item, phase),
+            error=state.error or _describe(error),
+            reason=state.reason,
+            critical=phase.critical,
+        )
+
+    @hookimpl
+    def pipekit_phase_skip(self, item: Item, phase: PhaseDefinition, reason: str) -> None:
+        self.emit("phase_skip", **self._phase(item, phase), reason=reason)
+
+    @hookimpl
+    def pipekit_item_finish(self, item: Item) -> None:
+        state = item.state
+        self.emit(
+            "item_finish",
+            item_id=item.id,
+            status=state.status,
+            tokens_in=state.total_tokens_in,
+            tokens_out=state.total_tokens_out,
+            cost_usd=state.total_cost_usd,
+        )
+
+    @hookimpl
+    def pipekit_run_finish(self, run: Run, exitstatus: int) -> None:
+        self.emit(
+            "run_finish",
+            exit_status=exitstatus,
+            total_items=run.total_items,
+            items_completed=run.items_completed,
+            items_failed=run.items_failed,
+            items_interrupted=run.items_interrupted,
+            items_busy=run.items_busy,
+            phases_completed=run.control.phases_completed,
+            phases_failed=run.control.phases_failed,
+            phases_skipped=run.control.phases_skipped,
+            tokens_in=run.tokens_in,
+            tokens_out=run.tokens_out,
+            cost_usd=run.cost_usd,
+            duration_seconds=round(run.elapsed_seconds, 6),
+        )
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+@hookimpl
+def pipekit_configure(config: Config) -> None:
+    """With ``--jsonl``, register the reporter on the real stdout."""
+    if config.getoption("jsonl"):
+        reporter = JsonlReporter(config.stdout)
+        config.pluginmanager.register(reporter, JsonlReporter.name)
+        config.add_cleanup(lambda: config.pluginmanager.unregister(reporter))

@@ -1,0 +1,151 @@
+"""The command line: ``pipekit [run] MODULE``, ``pipekit plugins``, ...
+
+``main(args, plugins)`` is the in-process entry point and returns an
+``ExitCode``; ``console_main`` is the console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+import sys
+import traceback
+from typing import Any
+from typing import NoReturn
+
+from pipekit.outcomes import ExitCode
+from pipekit.outcomes import UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ``UsageError`` instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _command_parser(prog: str, description: str) -> ArgumentParser:
+    return ArgumentParser(prog=prog, description=description, add_help=False)
+
+
+def _add_help(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+
+
+def main(args: Sequence[str] | None = None, plugins: Iterable[Any] = ()) -> ExitCode:
+    """Run a pipekit command in this process; returns its exit code.
+
+    :param args: the command line without the program name (``sys.argv[1:]`` by default).
+    :param plugins: plugin objects to register for this command (tests, embedding).
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(TOP_HELP)
+            return ExitCode.OK if argv else ExitCode.USAGE_ERROR
+        if argv[0] == "--version":
+            from pipekit import __version__
+
+            print(f"pipekit {__version__}")
+            return ExitCode.OK
+        command = COMMANDS.get(argv[0])
+        if command is None:
+            command, rest = COMMANDS["run"], argv
+        else:
+            rest = argv[1:]
+        return command(rest, list(plugins))
+    except UsageError as exc:
+        print(f"pipekit: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    except KeyboardInterrupt:
+        print("pipekit: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception:
+        print("pipekit: internal error:\n" + traceback.format_exc(), file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
+
+
+def console_main() -> int:
+    """The ``pipekit`` console script."""
+    code = main()
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.flush()
+    return int(code)
+
+
+# -- run -----------------------------------------------------------------------
+
+
+def run_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit [run] MODULE [options]``."""
+    from pipekit.session import execute_run
+
+    return execute_run(args, plugins).exit_status
+
+
+# -- plugins ---------------------------------------------------------------------
+
+
+def plugins_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit plugins [MODULE] [--all] [--hook NAME]``: what is registered, from where."""
+    from pipekit.loader import load
+    from pipekit.manager import make_plugin_manager
+    from pipekit.manager import register_pipeline_module
+
+    parser = _command_parser("pipekit plugins", "List registered plugins and where they came from.")
+    parser.add_argument("module", nargs="?", help="also show the hooks of this pipeline module")
+    parser.add_argument("--all", action="store_true", help="include built-in plugins")
+    parser.add_argument("--hook", metavar="NAME", help="only plugins implementing this hook")
+    parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME")
+    _add_help(parser)
+    option = parser.parse_args(args)
+    if option.help:
+        parser.print_help()
+        return ExitCode.OK
+    pm = make_plugin_manager(args, plugins)
+    if option.module:
+        register_pipeline_module(pm, load(option.module).module)
+    hook_filter = option.hook
+    if hook_filter and not hook_filter.startswith("pipekit_"):
+        hook_filter = f"pipekit_{hook_filter}"
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        source = pm.sources.get(name, "registered at run time")
+        if source == "built-in" and not option.all:
+            continue
+        hooks = sorted(
+            caller.name for caller in pm.get_hookcallers(plugin) or [] if caller.name.startswith("pipekit_")
+        )
+        if hook_filter and hook_filter not in hooks:
+            continue
+        rows.append((name, pm.plugin_version(name), source, hooks))
+    if not rows:
+        print("no plugins" + ("" if option.all else " (built-ins hidden; --all shows them)"))
+    for name, version, source, hooks in rows:
+        label = f"{name} {version}".strip()
+        print(f"{label}  [{source}]")
+        print(f"    hooks: {', '.join(hooks) or '-'}")
+    return ExitCode.OK
+
+
+COMMANDS: dict[str, Callable[[list[str], list[Any]], ExitCode]] = {
+    "run": run_command,
+    "plugins": plugins_command,
+}
+
+TOP_HELP = """\
+usage: pipekit [run] MODULE [options]     run a pipeline (see `pipekit run --help`)
+       pipekit plugins [MODULE] [--all] [--hook NAME]
+
+Multi-phase, resumable batch pipelines. MODULE is a dotted module name or a
+path to a .py file whose functions are marked with @pipekit.phase.
+
+commands:
+  run       run the pipeline over its items; resumes where the last run stopped
+  plugins   list plugins, their versions, where they came from and their hooks
+
+exit codes: 0 ok, 1 items unfinished, 2 interrupted, 3 internal error,
+            4 usage error, 5 no items"""

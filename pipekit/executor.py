@@ -1,0 +1,109 @@
+"""Where a phase's handler executes: the seam between the runner and the work.
+
+The runner asks an executor to ``start`` a call and gets back an awaitable; it
+races that awaitable against the phase's timeout and the run's interruption,
+and abandons it when either comes first. Executors never touch state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from collections.abc import Callable
+import contextvars
+import threading
+from typing import Any
+
+from pipekit.phases import PhaseDefinition
+
+
+class PhaseExecutor:
+    """Base of executors: ``start`` returns an awaitable of the handler's return value."""
+
+    #: Name recorded in ``--executor`` and ``pipekit plugins``.
+    name = "base"
+
+    def start(
+        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
+        """Start ``func(**kwargs)`` for ``phase``; the future holds its return value."""
+        raise NotImplementedError
+
+    def abandon(self, future: asyncio.Future[Any]) -> None:
+        """The runner no longer wants ``future``'s result (timeout or interrupt)."""
+        future.cancel()
+
+    async def aclose(self) -> None:
+        """Release what the executor holds (pools, clients)."""
+
+
+class LocalExecutor(PhaseExecutor):
+    """Runs handlers in this process: coroutines on the event loop, sync
+    functions each in a thread of their own.
+
+    A thread per sync call (not a bounded pool) means a handler abandoned at
+    its timeout keeps only its own thread busy: it never takes a worker slot
+    from the rest of the run. The threads are daemons, so the process exits
+    without waiting for one that is stuck.
+    """
+
+    name = "local"
+
+    def start(
+        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
+        if asyncio.iscoroutinefunction(func):
+            return asyncio.ensure_future(_call_async(func, kwargs))
+        return run_in_thread(func, kwargs, name=f"pipekit-{phase.name}")
+
+
+async def _call_async(func: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> Any:
+    try:
+        return await func(**kwargs)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Inside a task these would escape the event loop and end the whole run.
+        raise HandlerExit(exc) from exc
+
+
+class HandlerExit(Exception):
+    """A handler raised ``SystemExit`` or ``KeyboardInterrupt``: the phase fails, the run goes on."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(
+            f"handler raised {type(exc).__name__}{exc.args!r}; a phase fails by raising an exception"
+        )
+
+
+def run_in_thread(func: Callable[..., Any], kwargs: dict[str, Any], name: str) -> asyncio.Future[Any]:
+    """Run ``func(**kwargs)`` in a new daemon thread; a future of its result.
+
+    A result that arrives after the future was cancelled is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def target() -> None:
+        try:
+            result = context.run(func, **kwargs)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            outcome = (False, HandlerExit(exc))
+        except BaseException as exc:  # handed to the runner, which decides
+            outcome = (False, exc)
+        else:
+            outcome = (True, result)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:
+            pass  # the loop is closed: the run is over and nobody wants this result
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future

@@ -1,0 +1,242 @@
+"""Every hook pipekit calls, in the order they fire.
+
+A plugin is a module or object with functions named ``pipekit_*`` marked with
+``@pipekit.hookimpl``. A pipeline module is a plugin too, as a ``conftest.py``
+is for pytest. The lifecycle of a run::
+
+    pipekit_addoption          once, while the command line is built
+    pipekit_configure          once, after options are parsed
+    pipekit_collect_items      once, first non-None result wins
+    pipekit_run_start          once
+      for each item with work left (several at once with -j):
+        pipekit_item_start
+          for each phase left to run:
+            pipekit_phase_skip                          (cache hit)
+            or pipekit_phase_start
+               then pipekit_phase_retry ...            (each failed attempt retried)
+               then pipekit_phase_complete | pipekit_phase_fail
+        pipekit_item_finish
+    pipekit_run_finish         once, if pipekit_run_start ran
+    pipekit_unconfigure        once, always
+
+State is saved before observers are called, so a hook always sees the item's
+state as it is on disk. Observer hooks run on the event loop's thread: keep
+them quick and hand slow work to a thread. An observer that raises is reported
+once with its plugin's name and the run goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from typing import Any
+
+import pluggy
+
+
+if TYPE_CHECKING:
+    from pipekit.config import Config
+    from pipekit.config import Parser
+    from pipekit.loader import Pipeline
+    from pipekit.phases import PhaseDefinition
+    from pipekit.runner import Item
+    from pipekit.runner import PhaseOutcome
+    from pipekit.runner import Run
+
+#: The pluggy project name: entry points live in the group of the same name.
+PROJECT_NAME = "pipekit"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -------------------------------------------------------------------------
+# Initialization
+# -------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def pipekit_addoption(parser: Parser) -> None:
+    """Called once while the ``run`` command line is built, to add options.
+
+    :param parser: offers ``addoption(*flags, **argparse_kwargs)`` and
+        ``getgroup(name)``, as pytest's parser does.
+
+    Historic: a plugin registered later is called too.
+
+    In a pipeline module: define it to add options for this pipeline only
+    (read them back with ``config.getoption(name)``).
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec(historic=True)
+def pipekit_configure(config: Config) -> None:
+    """Called once after the command line is parsed, before items are collected.
+
+    :param config: the run's configuration: ``getoption(name)``,
+        ``pluginmanager``, ``pipeline``, ``add_cleanup(func)``.
+
+    Historic: a plugin registered later is called too. Stateful plugins build
+    their objects here and register them with ``config.pluginmanager``.
+
+    In a pipeline module: define it to set up clients or read options.
+
+    .. versionadded:: 1.0
+    """
+
+
+# -------------------------------------------------------------------------
+# Collection
+# -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def pipekit_collect_items(config: Config, pipeline: Pipeline) -> Iterable[Any] | None:
+    """Called once to find the items to process; stops at the first non-None result.
+
+    :param config: the run's configuration.
+    :param pipeline: the loaded pipeline (``name``, ``phases``, ``module``).
+    :returns: an iterable of ids, ``(id, metadata)`` pairs or dicts with an
+        ``"id"`` key; ``None`` to let the next source answer.
+
+    The built-in ``items`` plugin answers first for ``--item``/``--items`` and
+    last for the module's ``items()`` function.
+
+    In a pipeline module: define it to read items from a database or an API.
+
+    .. versionadded:: 1.0
+    """
+
+
+# -------------------------------------------------------------------------
+# Run
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def pipekit_run_start(run: Run) -> None:
+    """Called once when the run starts, after items are collected.
+
+    :param run: ``pipeline``, ``config``, ``total_items``, ``state_location``
+        and the run's running totals.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_item_start(item: Item) -> None:
+    """Called when an item with work left starts (items already finished never fire).
+
+    :param item: ``id``, ``metadata``, ``state`` (its ``PipelineState``), ``index``.
+
+    .. versionadded:: 1.0
+    """
+
+
+# -------------------------------------------------------------------------
+# Phase
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def pipekit_phase_start(item: Item, phase: PhaseDefinition) -> None:
+    """Called after a phase is recorded ``in_progress``, before its handler runs.
+
+    :param item: the item.
+    :param phase: the phase's definition (``num``, ``name``, ...).
+
+    Fired once per execution, not per attempt. A phase skipped by its cache
+    does not fire it.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_phase_complete(item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
+    """Called after a phase completed and its state was saved.
+
+    :param item: the item.
+    :param phase: the phase's definition.
+    :param result: ``output``, ``tokens_in``, ``tokens_out``, ``cost_usd``,
+        ``duration_seconds``, ``attempt``.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_phase_retry(item: Item, phase: PhaseDefinition, error: BaseException, attempt: int) -> None:
+    """Called when a failed attempt will be retried, before the wait.
+
+    :param item: the item.
+    :param phase: the phase's definition.
+    :param error: the exception of the failed attempt.
+    :param attempt: the number of the attempt that failed (1 for the first).
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_phase_fail(item: Item, phase: PhaseDefinition, error: BaseException) -> None:
+    """Called after a phase failed for good (its last attempt) and state was saved.
+
+    :param item: the item.
+    :param phase: the phase's definition (``critical`` says whether the item stops).
+    :param error: the exception; a timeout is a ``PhaseTimeoutError``, an
+        interruption a ``PhaseInterrupted``.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_phase_skip(item: Item, phase: PhaseDefinition, reason: str) -> None:
+    """Called after a phase was recorded ``skipped`` (by its cache, reason ``cache``).
+
+    :param item: the item.
+    :param phase: the phase's definition.
+    :param reason: why it was skipped.
+
+    .. versionadded:: 1.0
+    """
+
+
+# -------------------------------------------------------------------------
+# Finish
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def pipekit_item_finish(item: Item) -> None:
+    """Called when an item that fired ``pipekit_item_start`` is done for this run.
+
+    :param item: the item; ``item.state.status`` says how it ended.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_run_finish(run: Run, exitstatus: int) -> None:
+    """Called once at the end of a run whose ``pipekit_run_start`` was called.
+
+    :param run: the run, with its final totals.
+    :param exitstatus: the exit code the run will return.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_unconfigure(config: Config) -> None:
+    """Called once before the command exits, whatever happened.
+
+    :param config: the run's configuration.
+
+    .. versionadded:: 1.0
+    """

@@ -1,0 +1,97 @@
+"""Items: reading ``--items`` files and normalising what item sources return."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from collections.abc import Iterator
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from pipekit.outcomes import UsageError
+
+
+#: One item to process: its id and metadata.
+ItemSpec = tuple[str, dict[str, Any]]
+
+
+def normalize_items(source: Iterable[Any], origin: str) -> list[ItemSpec]:
+    """Turn ids, ``(id, metadata)`` pairs or dicts with ``"id"`` into ``ItemSpec``s.
+
+    Raises ``UsageError`` for an empty or non-string id and for duplicates,
+    naming ``origin``.
+    """
+    items: list[ItemSpec] = []
+    seen: set[str] = set()
+    for position, entry in enumerate(source, 1):
+        if isinstance(entry, dict):
+            if "id" not in entry:
+                raise UsageError(f"{origin}: item {position} is a dict without an 'id' key")
+            metadata = {k: v for k, v in entry.items() if k != "id"}
+            item_id = entry["id"]
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+            item_id, metadata = entry
+            if not isinstance(metadata, dict):
+                raise UsageError(f"{origin}: metadata of item {item_id!r} is not a dict")
+        else:
+            item_id, metadata = entry, {}
+        if isinstance(item_id, int) and not isinstance(item_id, bool):
+            item_id = str(item_id)
+        if not isinstance(item_id, str) or not item_id:
+            raise UsageError(f"{origin}: item {position} has an invalid id {item_id!r} (ids are non-empty strings)")
+        if item_id in seen:
+            raise UsageError(f"{origin}: duplicate item id {item_id!r}")
+        seen.add(item_id)
+        items.append((item_id, dict(metadata)))
+    return items
+
+
+def read_items_file(path: str | Path) -> Iterator[Any]:
+    """Read a ``.txt``, ``.jsonl`` or ``.csv`` items file (CONTRACT §3)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        handle = path.open(encoding="utf-8", newline="" if suffix == ".csv" else None)
+    except OSError as exc:
+        raise UsageError(f"cannot read items file {path}: {exc.strerror}") from None
+    with handle:
+        try:
+            if suffix == ".jsonl":
+                yield from _jsonl(handle, path)
+            elif suffix == ".csv":
+                yield from _csv(handle, path)
+            else:
+                yield from _txt(handle)
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"items file {path} is not UTF-8 text ({exc.reason})") from None
+
+
+def _txt(handle: Iterable[str]) -> Iterator[str]:
+    for line in handle:
+        text = line.strip()
+        if text and not text.startswith("#"):
+            yield text
+
+
+def _jsonl(handle: Iterable[str], path: Path) -> Iterator[Any]:
+    for number, line in enumerate(handle, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as exc:
+            raise UsageError(f"{path}, line {number}: invalid JSON ({exc})") from None
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise UsageError(f"{path}, line {number}: expected an object with an \"id\" key")
+        yield entry
+
+
+def _csv(handle: Iterable[str], path: Path) -> Iterator[dict[str, Any]]:
+    reader = csv.DictReader(handle)
+    if reader.fieldnames is None or "id" not in reader.fieldnames:
+        raise UsageError(f"{path}: the header has no 'id' column")
+    for row in reader:
+        if not row.get("id"):
+            raise UsageError(f"{path}, line {reader.line_num}: empty id")
+        yield dict(row)

@@ -1,0 +1,397 @@
+"""Runs one item's phases in order (the seed's Pattern 3): cache, start, execute
+with timeout and retries, then complete or fail, saving state before any
+observer is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+import random
+import time
+import traceback
+from typing import Any
+
+from pipekit.context import PhaseContext
+from pipekit.context import PhaseOutcome
+from pipekit.executor import LocalExecutor
+from pipekit.executor import PhaseExecutor
+from pipekit.outcomes import Fail
+from pipekit.outcomes import PhaseInterrupted
+from pipekit.outcomes import PhaseTimeoutError
+from pipekit.outcomes import Retry
+from pipekit.phases import Injector
+from pipekit.phases import PhaseDefinition
+from pipekit.phases import PhaseResult
+from pipekit.state import DONE_STATUSES
+from pipekit.state import PipelineState
+from pipekit.state import PipelineStateManager
+from pipekit.store import encode_item_id
+
+
+#: How many times one execution may ask for ``Retry`` before it counts as failed.
+MAX_RETRY_REQUESTS = 100
+
+
+@dataclass
+class Item:
+    """One item as hooks see it: ``id``, ``metadata``, ``state``, ``index``."""
+
+    id: str
+    metadata: dict[str, Any]
+    manager: PipelineStateManager
+    #: Position of the item in this run's selection (1-based).
+    index: int = 0
+
+    @property
+    def state(self) -> PipelineState:
+        """The item's ``PipelineState``, as last saved."""
+        return self.manager.state
+
+
+def _no_notify(hookname: str, **kwargs: Any) -> None:
+    pass
+
+
+@dataclass
+class RunControl:
+    """What one run shares with every ``PhaseRunner``: stop flags and counters."""
+
+    #: Set on SIGINT/SIGTERM: in-flight phases are abandoned and recorded ``interrupted``.
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    #: True when no new phase may start (a budget, an interruption).
+    stop_new_phases: bool = False
+    phases_started: int = 0
+    phases_completed: int = 0
+    phases_failed: int = 0
+    phases_skipped: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+    def add_usage(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """Count usage spent in this run."""
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        self.cost_usd += cost_usd
+
+
+class PhaseRunner:
+    """Executes phases in sequence with state, progress, and error handling.
+
+    :param phases: the phase definitions, in any order (run by ``num``).
+    :param state_manager: the item's manager; its state is loaded or created if needed.
+    :param progress_tracker: an optional seed ``ProgressTracker``/``SimpleProgress``.
+    :param notify: a ``HookNotifier`` (or any callable ``(hookname, **kwargs)``).
+    :param output_root: folder under which each item gets its ``ctx.output_dir``.
+    :param force: ignore caches (completed phases must be reset by the caller).
+    :param executor: where handlers execute (``LocalExecutor`` by default).
+    :param control: the run's shared stop flags and counters.
+    """
+
+    def __init__(
+        self,
+        phases: Sequence[PhaseDefinition],
+        state_manager: PipelineStateManager,
+        progress_tracker: Any = None,
+        *,
+        notify: Callable[..., None] | None = None,
+        item: Item | None = None,
+        output_root: Path | None = None,
+        force: bool = False,
+        executor: PhaseExecutor | None = None,
+        control: RunControl | None = None,
+        injectors: dict[str, Injector] | None = None,
+        item_dir_name: str | None = None,
+    ) -> None:
+        self.phases = sorted(phases, key=lambda p: p.num)
+        self.state = state_manager
+        self.progress = progress_tracker
+        self.notify = notify or _no_notify
+        self.output_root = output_root
+        self.force = force
+        self.executor = executor or LocalExecutor()
+        self.control = control
+        self._injectors = injectors if injectors is not None else {}
+        self._item = item
+        self._item_dir_name = item_dir_name
+
+    # -- the loop -------------------------------------------------------------
+
+    async def run_async(self) -> bool:
+        """Run every phase not completed or skipped; False if a critical phase failed
+        or the run was interrupted.
+        """
+        if self.control is None:
+            self.control = RunControl()
+        self._ensure_state()
+        for phase in self.phases:
+            if self.state.state.phases[phase.num].status in DONE_STATUSES:
+                continue
+            if self.control.stop_new_phases or self.control.interrupted.is_set():
+                return False
+            ok = await self.run_phase(phase)
+            if self.control.interrupted.is_set():
+                return False
+            if not ok and phase.critical:
+                return False
+        return True
+
+    def run(self) -> bool:
+        """Synchronous ``run_async`` for scripts: ``PhaseRunner(...).run()``."""
+        return asyncio.run(self.run_async())
+
+    def _ensure_state(self) -> None:
+        manager = self.state
+        if manager._state is None and not manager.load_state():
+            manager.create_state({}, self.phases)
+
+    @property
+    def item(self) -> Item:
+        """The item being run, as hooks see it."""
+        if self._item is None:
+            state = self.state.state
+            self._item = Item(state.item_id, state.metadata, self.state, 1)
+        return self._item
+
+    # -- one phase --------------------------------------------------------------
+
+    async def run_phase(self, phase: PhaseDefinition) -> bool:
+        """Run ``phase`` to its end (with retries); True when completed or skipped."""
+        assert self.control is not None
+        item, manager = self.item, self.state
+        if phase.cache_check is not None and not self.force:
+            hit = await self._check_cache(phase)
+            if hit is None:
+                return False
+            if hit:
+                manager.skip_phase(phase.num, "cache", output=hit if isinstance(hit, str) else None)
+                self.control.phases_skipped += 1
+                self.notify("pipekit_phase_skip", item=item, phase=phase, reason="cache")
+                return True
+        manager.start_phase(phase.num, executor=phase.executor)
+        self.control.phases_started += 1
+        self.notify("pipekit_phase_start", item=item, phase=phase)
+        if self.progress is not None:
+            self.progress.start_phase(phase.num, phase.name)
+
+        started = time.monotonic()
+        failures = retry_requests = 0
+        while True:
+            attempt = manager.state.phases[phase.num].attempts
+            ctx = self._context(phase, attempt)
+            future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx))
+            value, error = await self._race(phase, future)
+            usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
+            if error is None:
+                try:
+                    result = _as_result(phase, value)
+                except TypeError as exc:
+                    error = exc
+                else:
+                    return self._complete(phase, ctx, result, usage, time.monotonic() - started)
+            retry_after: float | None = None
+            if isinstance(error, Retry) and retry_requests < MAX_RETRY_REQUESTS:
+                retry_requests += 1
+                retry_after = error.after or 0.0
+            elif _retriable(phase, error) and failures < phase.retries:
+                retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
+                failures += 1
+            if retry_after is None:
+                return self._fail(phase, error, usage, time.monotonic() - started)
+            manager.record_failed_attempt(phase.num, _message(error), *usage)
+            self.control.add_usage(*usage)
+            self.notify("pipekit_phase_retry", item=item, phase=phase, error=error, attempt=attempt)
+            if await self._interruptible_sleep(retry_after):
+                return self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
+            manager.start_phase(phase.num, executor=phase.executor)
+
+    async def _check_cache(self, phase: PhaseDefinition) -> Any:
+        """The cache's answer; None (after failing the phase) if the check itself failed."""
+        assert phase.cache_check is not None
+        ctx = self._context(phase, self.state.state.phases[phase.num].attempts + 1)
+        func = phase.cache_check
+        future = self.executor.start(phase, func, self._arguments(phase, ctx, func))
+        value, error = await self._race(phase, future)
+        if error is None:
+            return value if value else False
+        self.state.start_phase(phase.num, executor=phase.executor)
+        self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="cache check: ")
+        return None
+
+    async def _race(self, phase: PhaseDefinition, future: asyncio.Future[Any]) -> tuple[Any, BaseException | None]:
+        """Wait for ``future``, the phase's timeout or the run's interruption."""
+        assert self.control is not None
+        stopper = asyncio.ensure_future(self.control.interrupted.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {future, stopper}, timeout=phase.timeout_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+        if future in done:
+            if future.cancelled():
+                return None, PhaseInterrupted()
+            exc = future.exception()
+            return (future.result(), None) if exc is None else (None, exc)
+        self.executor.abandon(future)
+        if isinstance(future, asyncio.Task):
+            # Let a cancelled coroutine run its cleanup; it cannot take longer than this.
+            await asyncio.wait({future}, timeout=1.0)
+        if self.control.interrupted.is_set():
+            return None, PhaseInterrupted()
+        assert phase.timeout_seconds is not None
+        return None, PhaseTimeoutError(phase.name, phase.timeout_seconds)
+
+    async def _interruptible_sleep(self, seconds: float) -> bool:
+        """Sleep; True if the run was interrupted meanwhile."""
+        assert self.control is not None
+        try:
+            await asyncio.wait_for(self.control.interrupted.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # -- endings ----------------------------------------------------------------
+
+    def _complete(
+        self,
+        phase: PhaseDefinition,
+        ctx: PhaseContext,
+        result: PhaseResult,
+        usage: tuple[int, int, float],
+        duration: float,
+    ) -> bool:
+        assert self.control is not None
+        tokens_in = usage[0] + result.tokens_in
+        tokens_out = usage[1] + result.tokens_out
+        cost = usage[2] + result.cost_usd
+        executor = result.executor or ctx.executor
+        self.state.complete_phase(
+            phase.num,
+            result.output,
+            tokens_in,
+            tokens_out,
+            cost,
+            duration_seconds=round(duration, 6),
+            output_file=result.output_file,
+            executor=executor,
+        )
+        self.control.phases_completed += 1
+        self.control.add_usage(tokens_in, tokens_out, cost)
+        outcome = PhaseOutcome(
+            output=result.output,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=cost,
+            duration_seconds=duration,
+            attempt=ctx.attempt,
+            output_file=result.output_file,
+            executor=executor,
+        )
+        if self.progress is not None:
+            self.progress.complete_phase(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost)
+        self.notify("pipekit_phase_complete", item=self.item, phase=phase, result=outcome)
+        return True
+
+    def _fail(
+        self,
+        phase: PhaseDefinition,
+        error: BaseException,
+        usage: tuple[int, int, float],
+        duration: float,
+        reason_prefix: str = "",
+    ) -> bool:
+        assert self.control is not None
+        self.state.fail_phase(
+            phase.num,
+            reason_prefix + _message(error),
+            reason=_reason(error),
+            traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+            tokens_in=usage[0],
+            tokens_out=usage[1],
+            cost_usd=usage[2],
+            duration_seconds=round(duration, 6),
+            critical=phase.critical,
+        )
+        self.control.phases_failed += 1
+        self.control.add_usage(*usage)
+        self.notify("pipekit_phase_fail", item=self.item, phase=phase, error=error)
+        return False
+
+    # -- arguments --------------------------------------------------------------
+
+    def _context(self, phase: PhaseDefinition, attempt: int) -> PhaseContext:
+        state = self.state.state
+        root = self.output_root if self.output_root is not None else Path("outputs")
+        folder = root / (self._item_dir_name or encode_item_id(state.item_id))
+        return PhaseContext(state.item_id, state.metadata, phase, attempt, folder)
+
+    def _arguments(
+        self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
+    ) -> dict[str, Any]:
+        func = func or phase.handler
+        key = f"{phase.num}:{id(func)}"
+        injector = self._injectors.get(key)
+        if injector is None:
+            injector = self._injectors[key] = Injector.for_function(func)
+        state = self.state.state
+        previous = {n: o for n, o in state.phase_outputs.items() if n < phase.num}
+        available: dict[str, Any] = {
+            "item_id": state.item_id,
+            "metadata": state.metadata,
+            "previous_outputs": previous,
+            "ctx": ctx,
+        }
+        for earlier in self.phases:
+            if earlier.num >= phase.num:
+                break
+            available[earlier.name] = previous.get(earlier.num)
+        arguments = injector.arguments(available)
+        if injector.takes_kwargs or "output_dir" in injector.wanted:
+            arguments["output_dir"] = ctx.output_dir
+        return arguments
+
+
+def _as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:
+    if isinstance(value, PhaseResult):
+        if not isinstance(value.output, str):
+            raise TypeError(f"phase {phase.name!r} returned a PhaseResult whose output is not a str")
+        return value
+    if value is None:
+        return PhaseResult("")
+    if isinstance(value, str):
+        return PhaseResult(value)
+    raise TypeError(
+        f"phase {phase.name!r} returned {type(value).__name__}; "
+        f"a handler returns a str, None or a PhaseResult"
+    )
+
+
+def _retriable(phase: PhaseDefinition, error: BaseException) -> bool:
+    if isinstance(error, (Fail, PhaseInterrupted)):
+        return False
+    if isinstance(error, PhaseTimeoutError):
+        # The thread of a timed-out sync handler may still be running: do not start a second one.
+        return phase.is_async or phase.isolate == "process"
+    return True
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, PhaseTimeoutError):
+        return "timeout"
+    if isinstance(error, PhaseInterrupted):
+        return "interrupted"
+    return "error"
+
+
+def _message(error: BaseException) -> str:
+    text = str(error)
+    name = type(error).__name__
+    if isinstance(error, (PhaseTimeoutError, PhaseInterrupted, Fail)):
+        return text or name
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,159 @@
+"""The ``@phase`` decorator, phase definitions, phase results and argument injection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+import inspect
+from typing import Any
+from typing import TypeVar
+
+
+#: Names pipekit injects into every handler (CONTRACT §2); a phase may not use one as its name.
+INJECTABLE_NAMES = frozenset({"item_id", "metadata", "previous_outputs", "ctx", "output_dir"})
+
+#: The attribute ``@phase`` sets on a function; the loader looks for it.
+PHASE_MARKER = "__pipekit_phase__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """What a handler may return instead of a plain ``str``.
+
+    Tokens and cost given here add to what the handler reported with
+    ``ctx.record_cost``.
+    """
+
+    output: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    output_file: str | None = None
+    executor: str | None = None
+
+
+@dataclass
+class PhaseDefinition:
+    """Definition of a pipeline phase (the seed's Pattern 3)."""
+
+    num: int
+    name: str
+    handler: Callable[..., Any]
+    timeout_seconds: float | None = 600
+    critical: bool = True
+    cache_check: Callable[..., Any] | None = None
+    retries: int = 0
+    retry_backoff: float = 1.0
+    executor: str = ""
+    isolate: str | None = None
+    #: Free-form options a plugin may read (``@phase(..., **options)`` is not offered;
+    #: plugins set these through ``pipekit_configure``).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_async(self) -> bool:
+        """True when the handler is a coroutine function."""
+        return inspect.iscoroutinefunction(self.handler)
+
+
+def phase(
+    num: int,
+    *,
+    name: str | None = None,
+    critical: bool = True,
+    timeout: float | None = 600,
+    cache: Callable[..., Any] | None = None,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    executor: str = "",
+    isolate: str | None = None,
+) -> Callable[[F], F]:
+    """Mark a function as phase ``num`` of the pipeline defined in its module.
+
+    The function is returned unchanged, so it stays directly callable. Mistakes
+    (duplicate numbers or names, parameters that cannot be injected) are
+    reported when the module is loaded, naming the function.
+
+    :param num: position of the phase; phases run in ascending ``num``.
+    :param name: the phase's name, by default the function's ``__name__``.
+    :param critical: a failed critical phase stops its item; a non-critical one
+        is recorded and the item goes on.
+    :param timeout: seconds before the phase fails as timed out, ``None`` for no limit.
+    :param cache: a callable (arguments injected as for handlers) whose truthy
+        result means the work already exists; the phase is then skipped.
+    :param retries: extra attempts after a failure.
+    :param retry_backoff: base of the exponential wait between attempts, in seconds.
+    :param executor: free text recorded in the phase's state (who or what ran it).
+    :param isolate: ``"process"`` runs a sync handler in a child process that is
+        killed at its timeout.
+    """
+
+    def mark(func: F) -> F:
+        definition = PhaseDefinition(
+            num=num,  # validated by the loader, so that the error names the function
+            name=name if name is not None else getattr(func, "__name__", repr(func)),
+            handler=func,
+            timeout_seconds=timeout,
+            critical=critical,
+            cache_check=cache,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            executor=executor,
+            isolate=isolate,
+        )
+        setattr(func, PHASE_MARKER, definition)
+        return func
+
+    return mark
+
+
+def phase_definition_of(obj: object) -> PhaseDefinition | None:
+    """Return the definition ``@phase`` attached to ``obj``, if any."""
+    definition = getattr(obj, PHASE_MARKER, None)
+    return definition if isinstance(definition, PhaseDefinition) else None
+
+
+def injection_problems(func: Callable[..., Any], available: set[str]) -> list[str]:
+    """Parameters of ``func`` that pipekit cannot fill, described for an error message."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return []
+    problems = []
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            problems.append(f"parameter {parameter.name!r} is positional-only")
+        elif parameter.name not in available and parameter.default is parameter.empty:
+            problems.append(f"parameter {parameter.name!r} cannot be injected and has no default")
+    return problems
+
+
+@dataclass(frozen=True)
+class Injector:
+    """Calls a handler with the arguments it asks for, by name (CONTRACT §2)."""
+
+    wanted: frozenset[str]
+    takes_kwargs: bool
+
+    @classmethod
+    def for_function(cls, func: Callable[..., Any]) -> Injector:
+        """Inspect ``func`` once; the result is reused for every call."""
+        signature = inspect.signature(func)
+        params = signature.parameters.values()
+        return cls(
+            wanted=frozenset(
+                p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            ),
+            takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params),
+        )
+
+    def arguments(self, available: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments to pass, chosen from ``available``."""
+        if self.takes_kwargs:
+            return dict(available)
+        return {name: value for name, value in available.items() if name in self.wanted}

@@ -1,0 +1,383 @@
+"""A run over many items: locking, resume, concurrency, interruption, exit codes.
+
+The per-item phase protocol lives in ``pipekit.phaserunner``; this module
+decides which items run, with how much concurrency, and what the run returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+import os
+from pathlib import Path
+import signal
+import sys
+import time
+from typing import Any
+
+from pipekit.config import Config
+from pipekit.executor import LocalExecutor
+from pipekit.executor import PhaseExecutor
+from pipekit.items import ItemSpec
+from pipekit.loader import Pipeline
+from pipekit.notify import HookNotifier
+from pipekit.outcomes import ExitCode
+from pipekit.outcomes import StateFileError
+from pipekit.outcomes import StateWriteError
+from pipekit.outcomes import worst_exit_code
+from pipekit.phaserunner import Item
+from pipekit.phaserunner import PhaseRunner
+from pipekit.phaserunner import RunControl
+from pipekit.phases import Injector
+from pipekit.state import COMPLETED
+from pipekit.state import DONE_STATUSES
+from pipekit.state import FAILED
+from pipekit.state import PENDING
+from pipekit.state import PipelineState
+from pipekit.state import PipelineStateManager
+from pipekit.store import StateStore
+from pipekit.store import encode_item_id
+
+
+#: Item status when only non-critical phases failed.
+COMPLETED_WITH_ERRORS = "completed_with_errors"
+#: Item status when the run was interrupted while it was in flight.
+INTERRUPTED = "interrupted"
+#: Item status when the run stopped starting phases (a budget) before it finished.
+STOPPED = "stopped"
+
+
+@dataclass
+class RunResult:
+    """What ``pipekit.run`` returns: the exit status, final states and totals."""
+
+    exit_status: ExitCode
+    #: Final state of every selected item whose state could be read, by id.
+    states: dict[str, PipelineState] = field(default_factory=dict)
+    items_total: int = 0
+    items_completed: int = 0
+    items_failed: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+class Run:
+    """One run of a pipeline over its selected items, as hooks see it.
+
+    :param config: the run's configuration.
+    :param pipeline: the loaded pipeline.
+    :param items: the selected items.
+    :param store: where state lives.
+    :param output_root: folder of the items' ``ctx.output_dir``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        items: Sequence[ItemSpec],
+        store: StateStore,
+        output_root: Path,
+        *,
+        workers: int = 1,
+        force: bool = False,
+        from_phase: int | None = None,
+        executor: PhaseExecutor | None = None,
+        notifier: HookNotifier | None = None,
+        keep_states: bool = False,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.items = items
+        self.store = store
+        self.output_root = output_root
+        self.workers = max(1, workers)
+        self.force = force
+        self.from_phase = from_phase
+        self.executor = executor or LocalExecutor()
+        self.notify = notifier or HookNotifier(config.pluginmanager)
+        self.control = RunControl()
+        #: Where state lives, for humans.
+        self.state_location = store.location
+        self.total_items = len(items)
+        self.total_phases = len(pipeline.phases)
+        self.started_at = time.monotonic()
+        self.items_completed = 0
+        self.items_failed = 0
+        self.items_interrupted = 0
+        self.items_stopped = 0
+        #: Items another pipekit process was running, skipped.
+        self.items_busy = 0
+        #: Items that were already finished when the run started.
+        self.items_already_done = 0
+        #: Items whose state file could not be read.
+        self.items_unreadable = 0
+        #: Items in flight right now, by id.
+        self.in_flight: dict[str, Item] = {}
+        self.exit_status: ExitCode | None = None
+        self.fatal_error: BaseException | None = None
+        #: Final states by id, kept only when asked (the library API): a CLI run
+        #: over 100,000 items must not hold them all in memory.
+        self.states: dict[str, PipelineState] = {}
+        self._keep_states = keep_states
+        #: States of items that ended with a failed phase, for the summary.
+        self.failed_states: dict[str, PipelineState] = {}
+        self._injectors: dict[str, Injector] = {}
+        self._module_warning_given = False
+        self._interrupts = 0
+
+    # -- totals, for plugins ----------------------------------------------------
+
+    @property
+    def tokens_in(self) -> int:
+        """Input tokens spent in this run."""
+        return self.control.tokens_in
+
+    @property
+    def tokens_out(self) -> int:
+        """Output tokens spent in this run."""
+        return self.control.tokens_out
+
+    @property
+    def cost_usd(self) -> float:
+        """Dollars spent in this run."""
+        return self.control.cost_usd
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Wall time since the run started."""
+        return time.monotonic() - self.started_at
+
+    # -- the run ------------------------------------------------------------------
+
+    async def execute(self) -> ExitCode:
+        """Process every item; fires run_start and run_finish; returns the exit code."""
+        self.notify("pipekit_run_start", run=self)
+        restore = self._install_signal_handlers()
+        try:
+            await self._process_all()
+        finally:
+            restore()
+            await self.executor.aclose()
+            self.exit_status = self._exit_status()
+            self.notify("pipekit_run_finish", run=self, exitstatus=int(self.exit_status))
+        return self.exit_status
+
+    async def _process_all(self) -> None:
+        slots = asyncio.Semaphore(self.workers)
+        tasks: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            slots.release()
+
+        for index, (item_id, metadata) in enumerate(self.items, 1):
+            if self.control.stop_new_phases:
+                break
+            if self._already_done(item_id, metadata):
+                continue
+            await slots.acquire()
+            if self.control.stop_new_phases:
+                slots.release()
+                break
+            task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
+            tasks.add(task)
+            task.add_done_callback(finished)
+        if tasks:
+            await asyncio.gather(*tasks)
+        if self.fatal_error is not None:
+            raise self.fatal_error
+
+    def _already_done(self, item_id: str, metadata: dict[str, Any]) -> bool:
+        """Cheap check without the lock: finished items need no lock and fire no hooks."""
+        if self.force or self.from_phase is not None:
+            return False
+        manager = PipelineStateManager(item_id, self.store)
+        try:
+            if not manager.load_state():
+                return False
+        except StateFileError:
+            return False  # reported, under the lock, by _process_item
+        state = manager.state
+        manager.reconcile(self.pipeline.phases)
+        if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
+            return False
+        self.items_already_done += 1
+        self.items_completed += 1
+        self._keep(state)
+        return True
+
+    async def _process_item(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
+        lock = self.store.try_lock(item_id)
+        if lock is None:
+            self.items_busy += 1
+            self._say(f"item {item_id!r} is being run by another pipekit process; skipped")
+            return
+        try:
+            manager = self._prepare_state(item_id, metadata)
+            if manager is None:
+                return
+            state = manager.state
+            if state.is_done:
+                self.items_already_done += 1
+                self.items_completed += 1
+                self._keep(state)
+                return
+            item = Item(item_id, state.metadata, manager, index)
+            self.in_flight[item_id] = item
+            self.notify("pipekit_item_start", item=item)
+            try:
+                ok = await PhaseRunner(
+                    self.pipeline.phases,
+                    manager,
+                    notify=self.notify,
+                    item=item,
+                    output_root=self.output_root,
+                    force=self.force,
+                    executor=self.executor,
+                    control=self.control,
+                    injectors=self._injectors,
+                    item_dir_name=encode_item_id(item_id),
+                ).run_async()
+                self._finish_item(manager, ok)
+            finally:
+                del self.in_flight[item_id]
+            self._keep(state)
+            self.notify("pipekit_item_finish", item=item)
+        except StateWriteError as exc:
+            if self.fatal_error is None:
+                self.fatal_error = exc
+            self.control.stop_new_phases = True
+        finally:
+            lock.release()
+
+    def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
+        """Load (or create) the item's state under its lock and apply this run's options."""
+        manager = PipelineStateManager(item_id, self.store)
+        phases = self.pipeline.phases
+        try:
+            loaded = manager.load_state()
+        except StateFileError as exc:
+            self.items_unreadable += 1
+            self._say(f"error: {exc}; item {item_id!r} not run (fix the file or `pipekit reset`)")
+            return None
+        if not loaded:
+            manager.create_state(metadata, phases)
+            manager.state.pipeline_module = self.pipeline.path
+            manager.save_state()
+            return manager
+        state = manager.state
+        changed = manager.reconcile(phases)
+        if any(state.metadata.get(k) != v for k, v in metadata.items()):
+            state.metadata.update(metadata)
+            changed = True
+        if state.pipeline_module != self.pipeline.path:
+            if state.pipeline_module and not self._module_warning_given:
+                self._module_warning_given = True
+                self._say(
+                    f"warning: state in {self.state_location} was written by "
+                    f"{state.pipeline_module}; this run uses {self.pipeline.path}"
+                )
+            state.pipeline_module = self.pipeline.path
+            changed = True
+        for phase in phases:
+            status = state.phases[phase.num].status
+            if status == PENDING:
+                continue
+            if self.force or (self.from_phase is not None and phase.num >= self.from_phase):
+                manager._set_output(phase.num, None)
+                state.phases[phase.num].status = PENDING
+                state.phases[phase.num].error = None
+                state.phases[phase.num].reason = None
+                changed = True
+        if changed:
+            manager._refresh_item_status()
+            manager.save_state()
+        return manager
+
+    def _finish_item(self, manager: PipelineStateManager, ok: bool) -> None:
+        state = manager.state
+        if self.control.interrupted.is_set() and not state.is_done:
+            status, self.items_interrupted = INTERRUPTED, self.items_interrupted + 1
+        elif ok and state.is_done:
+            status, self.items_completed = COMPLETED, self.items_completed + 1
+        elif ok and all(
+            p.status in DONE_STATUSES or (p.status == FAILED and not d.critical)
+            for d in self.pipeline.phases
+            for p in (state.phases[d.num],)
+        ):
+            status, self.items_completed = COMPLETED_WITH_ERRORS, self.items_completed + 1
+        elif ok:
+            status, self.items_stopped = STOPPED, self.items_stopped + 1
+        else:
+            status, self.items_failed = FAILED, self.items_failed + 1
+        if state.status != status:
+            state.status = status
+            manager.save_state()
+        if any(p.status == FAILED for p in state.phases.values()):
+            self.failed_states[state.item_id] = state
+
+    def _exit_status(self) -> ExitCode:
+        codes = set()
+        if self.fatal_error is not None:
+            codes.add(ExitCode.INTERNAL_ERROR)
+        if self.control.interrupted.is_set():
+            codes.add(ExitCode.INTERRUPTED)
+        if self.items_unreadable:
+            codes.add(ExitCode.USAGE_ERROR)
+        unfinished = self.total_items - self.items_completed - self.items_busy - self.items_unreadable
+        if self.items_failed or self.items_stopped or unfinished > 0:
+            codes.add(ExitCode.ITEMS_FAILED)
+        return worst_exit_code(codes)
+
+    # -- interruption ---------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Stop as SIGINT does: abandon in-flight phases (recorded interrupted), start none."""
+        self._interrupts += 1
+        if self._interrupts > 1:
+            self._say("interrupted again: exiting now (state files are intact)")
+            os._exit(int(ExitCode.INTERRUPTED))
+        self._say("interrupted: recording in-flight phases and saving state (again to exit at once)")
+        self.control.stop_new_phases = True
+        self.control.interrupted.set()
+
+    def _install_signal_handlers(self) -> Any:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self.interrupt)
+            except (ValueError, RuntimeError, NotImplementedError):
+                continue  # not the main thread: the caller owns signals
+            installed.append(signum)
+
+        def restore() -> None:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+        return restore
+
+    def _keep(self, state: PipelineState) -> None:
+        if self._keep_states:
+            self.states[state.item_id] = state
+
+    def _say(self, message: str) -> None:
+        print(f"pipekit: {message}", file=sys.stderr, flush=True)
+
+    def result(self) -> RunResult:
+        """The run's ``RunResult``."""
+        assert self.exit_status is not None
+        return RunResult(
+            exit_status=self.exit_status,
+            states=dict(self.states),
+            items_total=self.total_items,
+            items_completed=self.items_completed,
+            items_failed=self.items_failed,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            cost_usd=self.cost_usd,
+        )

@@ -1,0 +1,178 @@
+"""One ``run`` command from arguments to exit code: options, plugins, items,
+state location, the run itself, and teardown (pytest's ``wrap_session``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+import sys
+from typing import Any
+
+import platformdirs
+
+from pipekit.cli import ArgumentParser
+from pipekit.config import Config
+from pipekit.config import Parser
+from pipekit.items import ItemSpec
+from pipekit.items import normalize_items
+from pipekit.loader import Pipeline
+from pipekit.loader import load
+from pipekit.manager import make_plugin_manager
+from pipekit.manager import register_pipeline_module
+from pipekit.outcomes import ExitCode
+from pipekit.outcomes import UsageError
+from pipekit.runner import Run
+from pipekit.runner import RunResult
+from pipekit.store import JsonDirStore
+from pipekit.store import StateStore
+from pipekit.store import encode_item_id
+
+
+PROGRESS_MODES = ("auto", "rich", "simple", "none")
+
+
+def build_run_parser() -> ArgumentParser:
+    """The core options of ``pipekit run`` (CONTRACT §4); plugins add theirs."""
+    parser = ArgumentParser(
+        prog="pipekit run",
+        description="Run a pipeline over its items, resuming where the last run stopped.",
+        add_help=False,
+    )
+    parser.add_argument("module", nargs="?", metavar="MODULE", help="dotted module name or path to a .py file")
+    items = parser.add_argument_group("items")
+    items.add_argument("--item", action="append", default=[], metavar="ID", help="an item id (repeatable)")
+    items.add_argument(
+        "--items", action="append", default=[], metavar="FILE", help="items file: .txt, .jsonl or .csv (repeatable)"
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)")
+    run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
+    run.add_argument("--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run")
+    where = parser.add_argument_group("state and outputs")
+    where.add_argument("--state-dir", metavar="DIR", help="this pipeline's state directory, used as is")
+    where.add_argument("--output-dir", metavar="DIR", help="root of each item's ctx.output_dir (default <state dir>/outputs)")
+    where.add_argument("--store", metavar="URL", help="where state lives (json:DIR); wins over --state-dir")
+    out = parser.add_argument_group("output")
+    out.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="progress display on stderr")
+    out.add_argument("--jsonl", action="store_true", help="one JSON event per line on stdout")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+    out.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
+    plugins = parser.add_argument_group("plugins")
+    plugins.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME", help="load plugin NAME; -p no:NAME blocks it")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def execute_run(
+    args: list[str],
+    plugins: list[Any],
+    *,
+    items: list[Any] | None = None,
+    keep_states: bool = False,
+) -> RunResult:
+    """Run ``pipekit run ARGS`` in this process and return its result.
+
+    Usage errors raise ``UsageError`` (the CLI prints them and exits 4).
+    """
+    return asyncio.run(aexecute_run(args, plugins, items=items, keep_states=keep_states))
+
+
+async def aexecute_run(
+    args: list[str],
+    plugins: list[Any],
+    *,
+    items: list[Any] | None = None,
+    keep_states: bool = False,
+) -> RunResult:
+    """The coroutine behind ``execute_run``, for callers already in an event loop."""
+    parser = build_run_parser()
+    known, _ = parser.parse_known_args(args)
+    pm = make_plugin_manager(args, plugins)
+    pipeline: Pipeline | None = None
+    if known.module:
+        pipeline = load(known.module)
+        register_pipeline_module(pm, pipeline.module)
+    pm.hook.pipekit_addoption.call_historic(kwargs={"parser": Parser(parser)})
+    option = parser.parse_args(args)
+    if option.help:
+        parser.print_help(sys.stdout)
+        return RunResult(ExitCode.OK)
+    if pipeline is None:
+        raise UsageError("pipekit run: give the pipeline MODULE (a dotted name or a .py path)")
+    config = Config(option, pm, pipeline)
+    config.stdout = sys.stdout
+    # During a run stdout carries only --jsonl events: a handler's print goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            config.do_configure()
+            specs = _collect_items(config, pipeline, items)
+            if not specs:
+                print(f"pipekit: no {pipeline.item_noun} to process", file=sys.stderr)
+                return RunResult(ExitCode.NO_ITEMS)
+            store = open_store(option, pipeline)
+            print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+            run = Run(
+                config,
+                pipeline,
+                specs,
+                store,
+                output_root=_output_root(option, store),
+                workers=option.workers,
+                force=option.force,
+                from_phase=option.from_phase,
+                keep_states=keep_states,
+            )
+            await run.execute()
+            return run.result()
+        finally:
+            config.ensure_unconfigure()
+
+
+def _collect_items(config: Config, pipeline: Pipeline, items: list[Any] | None) -> list[ItemSpec]:
+    if items is not None:
+        return normalize_items(items, "items passed to pipekit.run")
+    found = config.hook.pipekit_collect_items(config=config, pipeline=pipeline)
+    if found is None:
+        raise UsageError(
+            f"no items for {pipeline.name}: give --item/--items, or define items() in {pipeline.path}"
+        )
+    origin = "--item/--items" if config.getoption("item") or config.getoption("items") else "items()"
+    return normalize_items(found, origin)
+
+
+def default_state_dir(pipeline_name: str) -> Path:
+    """``$PIPEKIT_STATE_DIR/<pipeline>``, else the user state dir of pipekit ``/<pipeline>``."""
+    root = os.environ.get("PIPEKIT_STATE_DIR") or platformdirs.user_state_dir("pipekit")
+    return Path(root) / encode_item_id(pipeline_name)
+
+
+def open_store(option: argparse.Namespace, pipeline: Pipeline) -> StateStore:
+    """The store chosen by ``--store``, ``PIPEKIT_STORE``, ``--state-dir`` or the default."""
+    url = option.store or os.environ.get("PIPEKIT_STORE")
+    if url:
+        scheme, _, rest = url.partition(":")
+        if scheme == "json" and rest:
+            return JsonDirStore(Path(rest).expanduser())
+        raise UsageError(f"unsupported --store {url!r}: use json:DIR")
+    if option.state_dir:
+        return JsonDirStore(Path(option.state_dir).expanduser())
+    return JsonDirStore(default_state_dir(pipeline.name))
+
+
+def _output_root(option: argparse.Namespace, store: StateStore) -> Path:
+    chosen = option.output_dir or os.environ.get("PIPEKIT_OUTPUT_DIR")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    base = store.state_dir if isinstance(store, JsonDirStore) else Path(".")
+    return (base / "outputs").resolve()

@@ -1,0 +1,251 @@
+"""Where state lives: the store interface and the JSON directory store.
+
+The JSON directory store keeps one human-readable ``.json`` file per item. Every
+write goes to a temporary file (never named ``*.json``), is fsynced, then renamed
+over the old file, so a reader or a crash sees the old or the new file whole.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+import contextlib
+import errno
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipekit.outcomes import StateFileError
+from pipekit.outcomes import StateWriteError
+
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+#: Longest encoded id kept readable; longer ones are cut and end with a full hash.
+_MAX_READABLE = 120
+_tmp_counter = itertools.count()
+
+
+def encode_item_id(item_id: str) -> str:
+    """A file name (without extension) for ``item_id``: injective, at most 200
+    bytes, no ``/``, never ``.`` or ``..`` and never hidden.
+
+    Bytes outside ``[A-Za-z0-9._-]`` become ``%XX``; a leading ``.`` too. Ids
+    with capital letters end with ``~`` and a short hash, so that ids differing
+    only in case get different files on case-insensitive file systems. Ids too
+    long to stay readable are cut and end with ``~`` and their full SHA-256.
+    """
+    if not item_id:
+        raise ValueError("item id must be a non-empty string")
+    parts = []
+    for index, char in enumerate(item_id):
+        if char in _SAFE and not (index == 0 and char == "."):
+            parts.append(char)
+        else:
+            parts.append("".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass")))
+    encoded = "".join(parts)
+    digest = hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()
+    if len(encoded) > _MAX_READABLE + 9:
+        return f"{encoded[:_MAX_READABLE]}~{digest}"
+    if encoded.lower() != encoded:
+        return f"{encoded}~{digest[:8]}"
+    return encoded
+
+
+def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that no reader ever sees a partial file.
+
+    :param durable: fsync the file and its directory, so the write survives a
+        power cut, not only a process crash.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class ItemLock:
+    """An exclusive, non-blocking lock on one item; released on ``release`` or process death."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+class StateStore(abc.ABC):
+    """Where item states are kept. The runner, ``status`` and ``reset`` go through it."""
+
+    #: Where the state lives, for humans (a path or a URL with no password).
+    location: str
+
+    @abc.abstractmethod
+    def load(self, item_id: str) -> dict[str, Any] | None:
+        """The saved document of ``item_id``, or None. Raises ``StateFileError``."""
+
+    @abc.abstractmethod
+    def save(self, item_id: str, document: dict[str, Any]) -> None:
+        """Replace the document of ``item_id`` atomically."""
+
+    @abc.abstractmethod
+    def describe(self, item_id: str) -> str:
+        """Where the state of ``item_id`` is, for error messages."""
+
+    @abc.abstractmethod
+    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+        """Store a large output; returns the reference saved in the state."""
+
+    @abc.abstractmethod
+    def read_output(self, item_id: str, ref: str) -> str:
+        """Read back an output stored by ``write_output``."""
+
+    @abc.abstractmethod
+    def delete_output(self, item_id: str, phase_num: int) -> None:
+        """Forget a stored large output (missing is fine)."""
+
+    @abc.abstractmethod
+    def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's lock without waiting; None when another process holds it."""
+
+    @abc.abstractmethod
+    def item_ids(self) -> Iterator[str]:
+        """Ids of every item with saved state (unordered)."""
+
+
+class JsonDirStore(StateStore):
+    """One JSON file per item in a directory (the default store).
+
+    :param state_dir: the directory, created on first write.
+    :param durable: fsync every write (survives power loss, not only crashes).
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.location = str(self.state_dir)
+        self.durable = durable
+        self._ready = False
+
+    def _prepare(self) -> None:
+        if not self._ready:
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateWriteError(self.state_dir, exc.strerror or str(exc)) from exc
+            self._ready = True
+
+    def path_for(self, item_id: str) -> Path:
+        """The state file of ``item_id``."""
+        return self.state_dir / f"{encode_item_id(item_id)}.json"
+
+    def describe(self, item_id: str) -> str:
+        return str(self.path_for(item_id))
+
+    def load(self, item_id: str) -> dict[str, Any] | None:
+        path = self.path_for(item_id)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateFileError(path, f"cannot be read ({exc.strerror})") from None
+        return self._parse(path, raw)
+
+    @staticmethod
+    def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StateFileError(path, f"not valid JSON ({exc})") from None
+        if not isinstance(document, dict):
+            raise StateFileError(path, "not a JSON object")
+        return document
+
+    def save(self, item_id: str, document: dict[str, Any]) -> None:
+        self._prepare()
+        data = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
+        path = self.path_for(item_id)
+        try:
+            write_atomically(path, data + b"\n", durable=self.durable)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+
+    def _outputs_dir(self, item_id: str) -> Path:
+        return self.state_dir / f"{encode_item_id(item_id)}.outputs"
+
+    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+        self._prepare()
+        folder = self._outputs_dir(item_id)
+        path = folder / f"{phase_num}.txt"
+        try:
+            folder.mkdir(exist_ok=True)
+            write_atomically(path, text.encode("utf-8"), durable=self.durable)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+        return str(path.relative_to(self.state_dir))
+
+    def read_output(self, item_id: str, ref: str) -> str:
+        path = (self.state_dir / ref).resolve()
+        if self.state_dir.resolve() not in path.parents:
+            raise StateFileError(self.path_for(item_id), f"output reference {ref!r} leaves the state dir")
+        try:
+            return path.read_text("utf-8")
+        except OSError as exc:
+            raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
+
+    def delete_output(self, item_id: str, phase_num: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._outputs_dir(item_id) / f"{phase_num}.txt").unlink()
+
+    def try_lock(self, item_id: str) -> ItemLock | None:
+        self._prepare()
+        locks = self.state_dir / ".locks"
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        return ItemLock(fd)
+
+    def item_ids(self) -> Iterator[str]:
+        if not self.state_dir.is_dir():
+            return
+        for entry in os.scandir(self.state_dir):
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                path = Path(entry.path)
+                try:
+                    document = self._parse(path, path.read_bytes())
+                except (StateFileError, OSError):
+                    continue
+                item_id = document.get("item_id")
+                if isinstance(item_id, str):
+                    yield item_id
