@@ -283,18 +283,15 @@ class Run:
                 )
             state.pipeline_module = self.pipeline.path
             changed = True
-        for phase in phases:
-            status = state.phases[phase.num].status
-            if status == PENDING:
-                continue
-            if self.force or (self.from_phase is not None and phase.num >= self.from_phase):
-                manager._set_output(phase.num, None)
-                state.phases[phase.num].status = PENDING
-                state.phases[phase.num].error = None
-                state.phases[phase.num].reason = None
-                changed = True
-        if changed:
-            manager._refresh_item_status()
+        to_reset = [
+            phase.num
+            for phase in phases
+            if state.phases[phase.num].status != PENDING
+            and (self.force or (self.from_phase is not None and phase.num >= self.from_phase))
+        ]
+        if to_reset:
+            manager.reset_phases(to_reset)
+        elif changed:
             manager.save_state()
         return manager
 

@@ -345,16 +345,21 @@ class PipelineStateManager:
 
         Tokens, cost and attempts stay: they were spent.
         """
-        phase = self._phase(phase_num)
-        phase.status = PENDING
-        phase.started_at = None
-        phase.completed_at = None
-        phase.duration_seconds = None
-        phase.error = None
-        phase.reason = None
-        phase.traceback = None
-        phase.output_file = None
-        self._set_output(phase_num, None)
+        self.reset_phases([phase_num])
+
+    def reset_phases(self, phase_nums: Iterable[int]) -> None:
+        """``reset_phase`` for several phases, saved once."""
+        for phase_num in phase_nums:
+            phase = self._phase(phase_num)
+            phase.status = PENDING
+            phase.started_at = None
+            phase.completed_at = None
+            phase.duration_seconds = None
+            phase.error = None
+            phase.reason = None
+            phase.traceback = None
+            phase.output_file = None
+            self._set_output(phase_num, None)
         self._refresh_item_status()
         self.save_state()
 
@@ -434,6 +439,9 @@ class PipelineStateManager:
             state.status = COMPLETED
         elif IN_PROGRESS in statuses:
             state.status = IN_PROGRESS
+        elif not (state.status == FAILED and FAILED in statuses):
+            # work is left; a critical failure stays visible until its phase runs again
+            state.status = PENDING
         state.current_phase = _first_not_done(state)
 
 
