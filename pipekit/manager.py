@@ -69,7 +69,10 @@ class PipekitPluginManager(pluggy.PluginManager):
         """Register ``plugin`` under ``name`` and remember its ``source``."""
         if self.is_blocked(name) or self.has_plugin(name):
             return None
-        registered = self.register(plugin, name)
+        try:
+            registered = self.register(plugin, name)
+        except pluggy.PluginValidationError as exc:
+            raise UsageError(f"invalid plugin {name!r} ({source}): {exc}") from None
         if registered is not None:
             self.sources[registered] = source
         return registered
