@@ -27,7 +27,7 @@ def test_seed_operations_and_the_file_a_person_reads(tmp_path: Path) -> None:
     manager.fail_phase(1, "RuntimeError: boom", critical=False)
     manager.skip_phase(2, "not needed")
     assert manager.get_next_pending_phase() is None
-    assert manager.get_resume_phase() == 3
+    assert manager.get_resume_phase() == 1  # the failed phase is where work resumes
 
     document = json.loads((tmp_path / "book-1.json").read_text())
     assert document["schema_version"] == 1
