@@ -17,6 +17,7 @@ from typing import Any
 from typing import NoReturn
 
 from pipekit.outcomes import ExitCode
+from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
 
 
@@ -60,6 +61,9 @@ def main(args: Sequence[str] | None = None, plugins: Iterable[Any] = ()) -> Exit
     except UsageError as exc:
         print(f"pipekit: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
+    except StateWriteError as exc:
+        print(f"pipekit: error: {exc}", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
     except KeyboardInterrupt:
         print("pipekit: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
