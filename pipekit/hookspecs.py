@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from pipekit.config import Parser
     from pipekit.loader import Pipeline
     from pipekit.phases import PhaseDefinition
-    from pipekit.runner import Item
-    from pipekit.runner import PhaseOutcome
+    from pipekit.context import PhaseOutcome
+    from pipekit.phaserunner import Item
     from pipekit.runner import Run
 
 #: The pluggy project name: entry points live in the group of the same name.
