@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ class PhaseContext:
     :param attempt: executions of this phase so far, this one included, across runs
         (1 the first time; a retry or a resumed run counts up).
     :param output_dir: a folder private to this item, created when first asked for.
+    :param price: prices usage for ``record_usage`` (the ``pipekit_price_usage`` hook,
+        called with keyword arguments); without it usage costs nothing.
     """
 
     def __init__(
@@ -41,12 +44,14 @@ class PhaseContext:
         phase: PhaseDefinition,
         attempt: int,
         output_dir: Path,
+        price: Callable[..., float | None] | None = None,
     ) -> None:
         self.item_id = item_id
         self.metadata = metadata
         self.phase = phase
         self.attempt = attempt
         self._output_dir = output_dir
+        self._price = price
         #: Who or what ran the phase (a model name, a worker); recorded in the state.
         self.executor: str = phase.executor
         self.tokens_in = 0
@@ -64,6 +69,22 @@ class PhaseContext:
         self.tokens_in += int(tokens_in)
         self.tokens_out += int(tokens_out)
         self.cost_usd += float(cost_usd)
+
+    def record_usage(self, model: str, tokens_in: int = 0, tokens_out: int = 0) -> float:
+        """Add one model call's tokens to this phase and price them; returns the cost.
+
+        The cost comes from the ``pipekit_price_usage`` hook (``pipekit-prices``
+        answers it from a price database); with no plugin to answer it is 0.
+        The tokens count even when the call cannot be priced. ``model`` becomes
+        the phase's ``executor`` unless one was set.
+        """
+        self.record_cost(tokens_in, tokens_out)
+        if not self.executor:
+            self.executor = model
+        cost = self._price(model=model, tokens_in=int(tokens_in), tokens_out=int(tokens_out)) if self._price else None
+        if cost:
+            self.cost_usd += float(cost)
+        return float(cost or 0.0)
 
     def __repr__(self) -> str:
         return f"<PhaseContext item={self.item_id!r} phase={self.phase.name!r} attempt={self.attempt}>"
