@@ -73,9 +73,10 @@ class PriceBook:
         provider, sep, name = model.partition(":")
         return (provider, name) if sep and provider in self._providers else (None, model)
 
-    @hookimpl
+    @hookimpl(trylast=True)
     def pipekit_price_usage(self, model: str, tokens_in: int, tokens_out: int) -> float:
-        """Answer pipekit's pricing hook from the genai-prices database."""
+        """Answer pipekit's pricing hook from the genai-prices database, after any
+        other implementation (a pipeline module pricing its own model) declined."""
         return self.price(model, tokens_in, tokens_out)
 
 

@@ -77,3 +77,19 @@ def test_many_handler_threads_price_concurrently(pipetester: PipeTester) -> None
     for item in ids:
         assert result.state(item).phases[1].cost_usd == pytest.approx(200 * one)
     assert result.stderr.count("no price for model 'unknown-model'") == 1
+
+
+def test_a_pipeline_module_prices_its_own_model_first(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(PIPELINE + '''
+    from pipekit import hookimpl
+
+    @hookimpl
+    def pipekit_price_usage(model, tokens_in, tokens_out):
+        if model == "my-private-model-v7":
+            return (tokens_in + tokens_out) / 1000
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a", "-p", "prices")
+    assert result.ret == 0, result
+    assert result.state("a").phases[2].cost_usd == pytest.approx(1.0)
+    assert result.state("a").phases[1].cost_usd > 0.6
+    assert "no price" not in result.stderr
