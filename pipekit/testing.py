@@ -246,7 +246,7 @@ class PipeTester:
 
         recorder = HookRecorder()
         out, err = io.StringIO(), io.StringIO()
-        with _isolated_modules(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with _isolated_modules(self.path), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             ret = main(list(args), plugins=[recorder, *plugins])
         return PipeResult(list(args), int(ret), out.getvalue(), err.getvalue(), recorder.events(), recorder)
 
@@ -334,16 +334,22 @@ def _matches(line: str, kill_at: tuple[str, str | None, int | None]) -> bool:
 
 
 @contextlib.contextmanager
-def _isolated_modules() -> Iterator[None]:
-    """Undo imports and ``sys.path`` changes of an in-process run (every test's
-    pipeline may be called ``pipeline``)."""
+def _isolated_modules(root: Path) -> Iterator[None]:
+    """Undo imports from ``root`` and ``sys.path`` changes of an in-process run
+    (every test's pipeline may be called ``pipeline``).
+
+    Libraries a plugin imported stay imported: a second copy of ``requests``
+    or ``http.cookiejar`` beside the first breaks their ``isinstance`` checks.
+    """
     modules = dict(sys.modules)
     path = list(sys.path)
     try:
         yield
     finally:
         for name in set(sys.modules) - set(modules):
-            del sys.modules[name]
+            where = getattr(sys.modules[name], "__file__", None)
+            if where is None or Path(where).resolve().is_relative_to(root.resolve()):
+                del sys.modules[name]
         sys.modules.update(modules)
         sys.path[:] = path
 
