@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 
 
-pytest_plugins = ["pipekit.testing"]
+# In a repository of its own, a plugin's top-level conftest says
+# ``pytest_plugins = ["pipekit.testing"]``; here the tests also run from pipekit's
+# root, where pytest allows that only in the top-level conftest, so import the fixture.
+from pipekit.testing import pipetester  # noqa: F401
 
 
 class Webhook:
@@ -33,7 +36,7 @@ class Webhook:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def url(self, path: str = "hook") -> str:
