@@ -1,0 +1,48 @@
+"""pipekit-otel: OpenTelemetry traces and metrics for pipekit runs.
+
+Installed, it records a span for the run, each item and each phase, and
+counters and histograms for phases, durations, tokens and cost, whenever the
+standard ``OTEL_*`` environment variables name an exporter (for example
+``OTEL_TRACES_EXPORTER=otlp`` and ``OTEL_EXPORTER_OTLP_ENDPOINT``), or the
+application installed an SDK provider globally. Otherwise it does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+from pipekit import hookimpl
+from pipekit.config import Config
+from pipekit_otel.providers import Providers
+from pipekit_otel.providers import providers_from_env
+from pipekit_otel.telemetry import Telemetry
+
+
+__version__ = importlib.metadata.version("pipekit-otel")
+
+
+#: Registration name of the per-run ``Telemetry``.
+PLUGIN_NAME = "otel-telemetry"
+
+
+@hookimpl
+def pipekit_configure(config: Config) -> None:
+    """Set up providers from ``OTEL_*`` and register this run's ``Telemetry``."""
+    providers = providers_from_env(os.environ)
+    if providers is None:
+        return
+    telemetry = Telemetry(providers.tracer_provider, providers.meter_provider)
+    config.pluginmanager.register(telemetry, PLUGIN_NAME)
+    config.add_cleanup(providers.close)
+
+
+@hookimpl
+def pipekit_unconfigure(config: Config) -> None:
+    """Unregister this run's ``Telemetry`` (the cleanup then flushes the exporters)."""
+    telemetry = config.pluginmanager.get_plugin(PLUGIN_NAME)
+    if telemetry is not None:
+        config.pluginmanager.unregister(telemetry)
+
+
+__all__ = ["Providers", "Telemetry", "__version__", "providers_from_env"]
