@@ -15,9 +15,8 @@ import importlib.metadata
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 from typing import Any
-
-import apprise
 
 from pipekit import hookimpl
 from pipekit.config import Config
@@ -28,8 +27,10 @@ from pipekit_notify.messages import Failure
 from pipekit_notify.messages import failure_message
 from pipekit_notify.messages import finish_message
 from pipekit_notify.messages import stall_message
-from pipekit_notify.sender import Message
-from pipekit_notify.sender import Sender
+
+
+if TYPE_CHECKING:
+    from pipekit_notify.sender import Sender
 
 
 __version__ = importlib.metadata.version("pipekit-notify")
@@ -72,9 +73,14 @@ def pipekit_addoption(parser: Parser) -> None:
 @hookimpl
 def pipekit_configure(config: Config) -> None:
     """Register a ``Notifier`` when notification URLs were given."""
-    urls = list(config.getoption("notify") or []) or apprise.utils.parse.parse_urls(os.environ.get(ENV_URLS, ""))
-    if not urls:
-        return
+    urls = list(config.getoption("notify") or [])
+    if not urls and not os.environ.get(ENV_URLS, "").strip():
+        return  # Apprise takes a while to load its services: only when needed
+    import apprise
+
+    from pipekit_notify.sender import Sender
+
+    urls = urls or apprise.utils.parse.parse_urls(os.environ[ENV_URLS])
     targets = apprise.Apprise()
     for url in urls:
         if not targets.add(url):
@@ -196,4 +202,4 @@ def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-__all__ = ["Message", "Notifier", "Sender", "__version__"]
+__all__ = ["Notifier", "__version__"]

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipekit_notify.sender import Message
+
+@dataclass(frozen=True)
+class Message:
+    """One notification: a title, a body and Apprise's type (info, success, warning, failure)."""
+
+    title: str
+    body: str
+    kind: str = "info"
 
 
 #: Exit status -> (how the run ended, Apprise notification type).

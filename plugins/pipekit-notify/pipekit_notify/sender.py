@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 import logging
 import queue
 import threading
 
 import apprise
 
-
-@dataclass(frozen=True)
-class Message:
-    """One notification: a title, a body and Apprise's type (info, success, warning, failure)."""
-
-    title: str
-    body: str
-    kind: str = "info"
+from pipekit_notify.messages import Message
 
 
 class Sender:

@@ -14,8 +14,6 @@ import importlib.metadata
 import sys
 import threading
 
-import genai_prices
-
 from pipekit import hookimpl
 from pipekit.config import Config
 
@@ -49,6 +47,8 @@ class PriceBook:
         ``provider:model`` (``"openai:gpt-4o"``) picks the provider; a bare
         model name lets genai-prices find the most likely one.
         """
+        import genai_prices  # on first use: a run that prices nothing does not load the database
+
         usage = genai_prices.Usage(input_tokens=tokens_in, output_tokens=tokens_out)
         with self._lock:
             provider, name = self._split(model)
@@ -69,6 +69,8 @@ class PriceBook:
     def _split(self, model: str) -> tuple[str | None, str]:
         # Only a known provider id counts as a prefix: "ft:gpt-4o:org:id" is one model name.
         if self._providers is None:
+            import genai_prices
+
             self._providers = {p.id for p in genai_prices.data_snapshot.get_snapshot().providers}
         provider, sep, name = model.partition(":")
         return (provider, name) if sep and provider in self._providers else (None, model)
