@@ -77,10 +77,11 @@ def pipekit_configure(config: Config) -> None:
     if not urls and not os.environ.get(ENV_URLS, "").strip():
         return  # Apprise takes a while to load its services: only when needed
     import apprise
+    from apprise.utils.parse import parse_urls
 
     from pipekit_notify.sender import Sender
 
-    urls = urls or apprise.utils.parse.parse_urls(os.environ[ENV_URLS])
+    urls = urls or parse_urls(os.environ[ENV_URLS])  # type: ignore[no-untyped-call]
     targets = apprise.Apprise()
     for url in urls:
         if not targets.add(url):

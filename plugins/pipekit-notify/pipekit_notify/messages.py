@@ -93,7 +93,8 @@ def stall_message(run: Any, quiet_seconds: float, in_flight: dict[str, Any]) -> 
         lines.append(f"  - item {item_id!r}, phase {', '.join(running) or '?'}")
     if len(in_flight) > 10:
         lines.append(f"  ... and {len(in_flight) - 10} more")
-    return Message(f"pipekit: {name} looks stalled ({_duration(quiet_seconds)} without progress)", "\n".join(lines), "warning")
+    title = f"pipekit: {name} looks stalled ({_duration(quiet_seconds)} without progress)"
+    return Message(title, "\n".join(lines), "warning")
 
 
 def _duration(seconds: float) -> str:

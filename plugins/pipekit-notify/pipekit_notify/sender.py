@@ -63,9 +63,10 @@ class Sender:
     def _deliver(self, message: Message) -> None:
         # Apprise logs why a delivery failed; capture it so the report can say so
         # (and so it is not printed by logging's last-resort handler on every failure).
+        ok: bool
         try:
-            with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as logs:
-                ok = self._targets.notify(title=message.title, body=message.body, notify_type=message.kind)
+            with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as logs:  # type: ignore[no-untyped-call]
+                ok = bool(self._targets.notify(title=message.title, body=message.body, notify_type=message.kind))
             why = logs.getvalue().strip().splitlines()
         except Exception as exc:
             ok, why = False, [f"{type(exc).__name__}: {exc}"]
@@ -79,7 +80,10 @@ class Sender:
             self.failed += 1
             first = self.failed == 1
         if first:
-            where = ", ".join(server.url(privacy=True).split("?")[0] for server in self._targets)
+            where = ", ".join(
+                str(server.url(privacy=True)).split("?")[0]  # type: ignore[no-untyped-call]
+                for server in self._targets
+            )
             self._report(
                 f"pipekit-notify: could not deliver a notification to {where}: {why} "
                 f"(the run goes on; further delivery failures are not reported)"

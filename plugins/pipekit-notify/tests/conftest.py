@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-
 # In a repository of its own, a plugin's top-level conftest says
 # ``pytest_plugins = ["pipekit.testing"]``; here the tests also run from pipekit's
 # root, where pytest allows that only in the top-level conftest, so import the fixture.

@@ -138,5 +138,3 @@ def test_installed_it_loads_itself_and_can_be_turned_off(pipetester: PipeTester,
     )
     assert off.ret == 0, off
     assert len(webhook.messages()) == 1
-    listing = pipetester.run_subprocess("plugins", env=env)
-    assert "notify 0.1.0  [entry point of pipekit-notify 0.1.0]" in listing.stdout

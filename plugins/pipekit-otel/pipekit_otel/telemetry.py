@@ -63,10 +63,10 @@ class Telemetry:
             span.end()  # left open by an interruption or an internal error
         self._phase_spans.clear()
         self._item_spans.clear()
-        span = self._run_span
-        if span is None:
+        run_span = self._run_span
+        if run_span is None:
             return
-        span.set_attributes(
+        run_span.set_attributes(
             {
                 "pipekit.exit_status": exitstatus,
                 "pipekit.items.completed": run.items_completed,
@@ -77,8 +77,8 @@ class Telemetry:
             }
         )
         if exitstatus != 0:
-            span.set_status(Status(StatusCode.ERROR, f"exit status {exitstatus}"))
-        span.end()
+            run_span.set_status(Status(StatusCode.ERROR, f"exit status {exitstatus}"))
+        run_span.end()
         self._run_span = None
 
     # -- item -------------------------------------------------------------------
@@ -146,7 +146,7 @@ class Telemetry:
         self.phases.add(1, self._labels(phase, "skipped"))
 
     def _start_phase(self, item: Any, phase: Any) -> Span:
-        return self.tracer.start_span(
+        span: Span = self.tracer.start_span(
             f"pipekit.phase {phase.name}",
             context=_under(self._item_spans.get(item.id)),
             attributes={
@@ -158,6 +158,7 @@ class Telemetry:
                 "pipekit.phase.cached": False,
             },
         )
+        return span
 
     def _end_phase(
         self,

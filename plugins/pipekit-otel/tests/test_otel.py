@@ -79,7 +79,11 @@ def test_span_tree_attributes_and_metrics_of_a_run_with_a_failure_and_a_cached_s
     assert run.status.status_code is StatusCode.ERROR
     items = {s.attributes["pipekit.item.id"]: s for s in by_name["pipekit.item"]}
     assert set(items) == {"emma", "moby"}
-    phases = {(s.attributes["pipekit.item.id"], s.attributes["pipekit.phase.num"]): s for s in spans if s.name.startswith("pipekit.phase ")}
+    phases = {
+        (s.attributes["pipekit.item.id"], s.attributes["pipekit.phase.num"]): s
+        for s in spans
+        if s.name.startswith("pipekit.phase ")
+    }
     assert set(phases) == {("emma", 1), ("emma", 2), ("moby", 1), ("moby", 2)}
     assert len(spans) == 1 + 2 + 4
     # Parents and timings: every span lies inside its parent, in one trace.
@@ -137,7 +141,8 @@ def test_span_tree_attributes_and_metrics_of_a_run_with_a_failure_and_a_cached_s
     key = (("pipekit.phase.name", "draft"), ("pipekit.pipeline", "books"), ("pipekit.token.type", "input"))
     assert tokens[key] == 1100 + 200
     durations = recorded.points("pipekit.phase.duration")
-    assert durations[(("pipekit.phase.name", "draft"), ("pipekit.phase.status", "failed"), ("pipekit.pipeline", "books"))] == 1
+    key = (("pipekit.phase.name", "draft"), ("pipekit.phase.status", "failed"), ("pipekit.pipeline", "books"))
+    assert durations[key] == 1
     items_counted = recorded.points("pipekit.items")
     assert items_counted[(("pipekit.item.status", "failed"), ("pipekit.pipeline", "books"))] == 1
 
@@ -159,7 +164,9 @@ def test_configured_by_otel_environment_variables(pipetester: PipeTester, monkey
     "env",
     [{}, {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}, {"OTEL_TRACES_EXPORTER": "none"}],
 )
-def test_quiet_without_an_exporter(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+def test_quiet_without_an_exporter(
+    pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     pipetester.make_pipeline(PIPELINE)
