@@ -2,13 +2,17 @@
 
 The span tree is ``pipekit.run`` > ``pipekit.item`` > ``pipekit.phase <name>``.
 Parents are passed explicitly: items run concurrently on one event loop, so
-"the current span" would mix them up.
+"the current span" would mix them up. While a phase runs, its span is made
+current in its item's task, whose context pipekit copies into the handler (a
+coroutine or a thread): spans the handler or its instrumented clients start
+nest under the phase.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span
 from opentelemetry.trace import Status
@@ -31,6 +35,8 @@ class Telemetry:
     def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
         from pipekit_otel import __version__
 
+        #: The provider spans go to.
+        self.tracer_provider = tracer_provider
         self.tracer = tracer_provider.get_tracer(SCOPE, __version__)
         meter = meter_provider.get_meter(SCOPE, __version__)
         self.phases = meter.create_counter("pipekit.phases", "{phase}", "Phases ended, by status")
@@ -42,6 +48,7 @@ class Telemetry:
         self._run_span: Span | None = None
         self._item_spans: dict[str, Span] = {}
         self._phase_spans: dict[tuple[str, int], Span] = {}
+        self._tokens: dict[tuple[str, int], object] = {}
 
     # -- run --------------------------------------------------------------------
 
@@ -63,6 +70,7 @@ class Telemetry:
             span.end()  # left open by an interruption or an internal error
         self._phase_spans.clear()
         self._item_spans.clear()
+        self._tokens.clear()
         run_span = self._run_span
         if run_span is None:
             return
@@ -108,10 +116,14 @@ class Telemetry:
 
     @hookimpl
     def pipekit_phase_start(self, item: Any, phase: Any) -> None:
-        self._phase_spans[(item.id, phase.num)] = self._start_phase(item, phase)
+        key = (item.id, phase.num)
+        span = self._phase_spans[key] = self._start_phase(item, phase)
+        # Hooks run in the item's task: the handler started next inherits this context.
+        self._tokens[key] = otel_context.attach(trace.set_span_in_context(span))
 
     @hookimpl
     def pipekit_phase_complete(self, item: Any, phase: Any, result: Any) -> None:
+        self._detach(item, phase)
         span = self._phase_spans.pop((item.id, phase.num), None) or self._start_phase(item, phase)
         self._end_phase(
             span, item, phase, "completed", result.attempt, result.duration_seconds,
@@ -127,6 +139,7 @@ class Telemetry:
 
     @hookimpl
     def pipekit_phase_fail(self, item: Any, phase: Any, error: BaseException) -> None:
+        self._detach(item, phase)
         span = self._phase_spans.pop((item.id, phase.num), None) or self._start_phase(item, phase)
         state = item.state.phases[phase.num]
         span.record_exception(error)
@@ -144,6 +157,11 @@ class Telemetry:
         span.set_attribute("pipekit.phase.status", "skipped")
         span.end()
         self.phases.add(1, self._labels(phase, "skipped"))
+
+    def _detach(self, item: Any, phase: Any) -> None:
+        token = self._tokens.pop((item.id, phase.num), None)
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
 
     def _start_phase(self, item: Any, phase: Any) -> Span:
         span: Span = self.tracer.start_span(

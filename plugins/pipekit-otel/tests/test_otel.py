@@ -197,3 +197,40 @@ def test_a_provider_the_application_installed_is_used_and_not_shut_down(monkeypa
     assert providers.tracer_provider is installed
     assert providers.owned is False
     assert providers_from_env({"OTEL_SDK_DISABLED": "true"}) is None
+
+
+def test_spans_a_handler_starts_nest_under_its_phase(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipetester.make_pipeline('''
+        from opentelemetry import trace
+        from pipekit import phase
+
+        tracer = trace.get_tracer("books.client")
+
+        @phase(1)
+        def in_a_thread(item_id):
+            with tracer.start_as_current_span("llm call"):
+                pass
+
+        @phase(2)
+        async def on_the_loop(item_id):
+            with tracer.start_as_current_span("llm call"):
+                pass
+    ''')
+    recorded = Recorded()
+    # The handler's tracer comes from the global API: let it reach the same provider.
+    from opentelemetry import trace
+
+    provider = recorded.plugin.tracer_provider
+    monkeypatch.setattr(trace, "get_tracer", lambda name, *args, **kwargs: provider.get_tracer(name, *args, **kwargs))
+    result = pipetester.run("pipeline.py", "--item", "a", "--item", "b", "-j", "2", plugins=[recorded.plugin])
+    assert result.ret == 0, result
+    spans = recorded.spans.get_finished_spans()
+    phases = {s.context.span_id: s for s in spans if s.name.startswith("pipekit.phase ")}
+    calls = [s for s in spans if s.name == "llm call"]
+    assert len(calls) == 4
+    parents = [phases[call.parent.span_id] for call in calls]
+    assert all(p.context.trace_id == c.context.trace_id for p, c in zip(parents, calls, strict=True))
+    assert sorted((p.attributes["pipekit.item.id"], p.name) for p in parents) == [
+        ("a", "pipekit.phase in_a_thread"), ("a", "pipekit.phase on_the_loop"),
+        ("b", "pipekit.phase in_a_thread"), ("b", "pipekit.phase on_the_loop"),
+    ]
