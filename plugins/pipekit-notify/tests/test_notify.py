@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from pipekit.testing import PipeTester
@@ -122,6 +124,27 @@ def test_a_long_stall_is_notified_once(pipetester: PipeTester, webhook) -> None:
     assert stall["title"].startswith("pipekit: pipeline looks stalled")
     assert "item 'emma', phase 1 (slow)" in stall["message"]
     assert finish["type"] == "success"
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_says_so(pipetester: PipeTester, webhook) -> None:
+    pipetester.make_pipeline('''
+        import time
+        from pipekit import phase
+
+        @phase(1)
+        def slow(item_id):
+            time.sleep(30)
+    ''')
+    result = pipetester.run_subprocess(
+        "pipeline.py", "--item", "emma", "-p", "notify", "--notify", webhook.url(),
+        kill_at=("phase_start", "emma", 1), signal=signal.SIGINT,
+    )
+    assert result.ret == 2, result
+    (finish,) = webhook.messages()
+    assert finish["type"] == "warning"
+    assert finish["title"].startswith("pipekit: pipeline was interrupted: 0/1 completed")
+    assert "1 interrupted" in finish["message"]
 
 
 @pytest.mark.slow
