@@ -81,13 +81,16 @@ def pipekit_configure(config: Config) -> None:
 
     from pipekit_notify.sender import Sender
 
+    origin = "--notify" if urls else ENV_URLS
     urls = urls or parse_urls(os.environ[ENV_URLS])  # type: ignore[no-untyped-call]
     targets = apprise.Apprise()
     for url in urls:
         if not targets.add(url):
             scheme = url.split("://", 1)[0]
-            raise UsageError(f"--notify: Apprise cannot use the URL {scheme}://... (unknown service or bad URL)")
+            raise UsageError(f"{origin}: Apprise cannot use the URL {scheme}://... (unknown service or bad URL)")
     timeout = config.getoption("notify_timeout", 10.0)
+    if not timeout > 0:
+        raise UsageError(f"--notify-timeout must be more than 0 seconds, not {timeout}")
     notifier = Notifier(Sender(targets, timeout, _to_stderr), stall_seconds=config.getoption("notify_stall", 900.0))
     config.pluginmanager.register(notifier, PLUGIN_NAME)
 

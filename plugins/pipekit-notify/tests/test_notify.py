@@ -104,6 +104,9 @@ def test_a_url_apprise_cannot_use_is_a_usage_error(pipetester: PipeTester) -> No
     assert result.ret == 4, result
     assert "--notify: Apprise cannot use the URL nosuchservice://..." in result.stderr
     assert not (pipetester.path / "state").exists()
+    zero = pipetester.run("pipeline.py", "--item", "e", "-p", "notify", "--notify", "json://x", "--notify-timeout", "0")
+    assert zero.ret == 4, zero
+    assert "--notify-timeout must be more than 0 seconds" in zero.stderr
 
 
 def test_a_long_stall_is_notified_once(pipetester: PipeTester, webhook) -> None:
