@@ -300,23 +300,33 @@ def _read_events(
     signum: int,
 ) -> tuple[list[str], bool]:
     assert proc.stdout is not None
+    # Read the pipe's bytes directly: a buffered readline() can pull several
+    # events into its buffer at once, and select() would then wait for output
+    # that already arrived (the kill came only when the process next wrote).
+    fd = proc.stdout.fileno()
     lines: list[str] = []
+    pending = b""
     killed = False
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not selector.select(timeout=0.5):
                 if proc.poll() is not None:
                     break
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            lines.append(line)
-            if kill_at is not None and not killed and _matches(line, kill_at):
-                proc.send_signal(signum)
-                killed = True
+            *complete, pending = (pending + chunk).split(b"\n")
+            for raw in complete:
+                line = raw.decode("utf-8", "replace") + "\n"
+                lines.append(line)
+                if kill_at is not None and not killed and _matches(line, kill_at):
+                    proc.send_signal(signum)
+                    killed = True
+    if pending:
+        lines.append(pending.decode("utf-8", "replace"))
     return lines, killed
 
 
