@@ -58,6 +58,8 @@ class PhaseContext:
         self.tokens_in = 0
         self.tokens_out = 0
         self.cost_usd = 0.0
+        #: ``record_usage`` calls made without a pricer: ``(model, tokens_in, tokens_out)``.
+        self.unpriced: list[tuple[str, int, int]] = []
 
     @property
     def output_dir(self) -> Path:
@@ -93,10 +95,20 @@ class PhaseContext:
         self.record_cost(tokens_in, tokens_out)
         if not self.executor:
             self.executor = model
-        cost = self._price(model=model, tokens_in=int(tokens_in), tokens_out=int(tokens_out)) if self._price else None
-        if cost:
-            self.cost_usd += float(cost)
-        return float(cost or 0.0)
+        return self.price_usage(model, int(tokens_in), int(tokens_out))
+
+    def price_usage(self, model: str, tokens_in: int, tokens_out: int) -> float:
+        """Add the cost of usage whose tokens are already recorded; returns it.
+
+        Without a pricer (in a worker process) the call is kept in ``unpriced``
+        for the driver to price when the worker's usage comes back.
+        """
+        if self._price is None:
+            self.unpriced.append((model, tokens_in, tokens_out))
+            return 0.0
+        cost = float(self._price(model=model, tokens_in=tokens_in, tokens_out=tokens_out) or 0.0)
+        self.cost_usd += cost
+        return cost
 
     def __repr__(self) -> str:
         return f"<PhaseContext item={self.item_id!r} phase={self.phase.name!r} attempt={self.attempt}>"

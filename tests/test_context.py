@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from pipekit import hookimpl
 from pipekit.testing import PipeTester
 
@@ -62,3 +64,24 @@ def test_record_usage_without_a_pricing_plugin_costs_nothing(pipetester: PipeTes
     assert result.state("a").phases[1].cost_usd == 0.0
     (complete,) = [c for c in result.calls("pipekit_phase_complete") if c["phase"].num == 1]
     assert complete["result"].tokens_out == 200
+
+
+@pytest.mark.slow
+def test_usage_recorded_in_a_worker_process_is_priced_by_the_driver(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(
+        USAGE
+        + """
+    from pipekit import hookimpl
+
+    @hookimpl
+    def pipekit_price_usage(model, tokens_in, tokens_out):
+        if model == "house-model":
+            return tokens_in / 1000 + 2 * tokens_out / 1000
+    """
+    )
+    result = pipetester.run_subprocess("pipeline.py", "--item", "a", "--executor", "processes")
+    assert result.ret == 0, result
+    phase1 = result.state("a").phases[1]
+    assert (phase1.tokens_in, phase1.tokens_out) == (1010, 200)
+    assert abs(phase1.cost_usd - 1.41) < 1e-9
+    assert result.state("a").phases[2].cost_usd == 0.0
