@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
@@ -137,7 +138,13 @@ def _command_module(name: str) -> Callable[[list[str], list[Any]], ExitCode]:
 
     def command(args: list[str], plugins: list[Any]) -> ExitCode:
         module = importlib.import_module(f"pipekit.commands.{name}")
-        result: ExitCode = getattr(module, f"{name}_command")(args, plugins)
+        try:
+            result: ExitCode = getattr(module, f"{name}_command")(args, plugins)
+        except BrokenPipeError:
+            # `pipekit status ... | head`: the reader left, which is not an error.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ExitCode.OK
         return result
 
     command.__name__ = f"{name}_command"

@@ -61,7 +61,7 @@ def last_note(state: PipelineState) -> str:
     for phase in reversed(phases):
         if phase.status == FAILED:
             return f"{phase.phase} {phase.name}: {phase.error or phase.reason or 'failed'}"
-    for phase in reversed(phases):
+    for phase in phases:
         if phase.status == SKIPPED and phase.reason and phase.reason != "cache":
             return f"{phase.phase} {phase.name} skipped: {phase.reason}"
     return ""

@@ -14,6 +14,7 @@ import sys
 from pipekit.cli import ArgumentParser
 from pipekit.loader import Pipeline
 from pipekit.loader import load
+from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
 from pipekit.projectconfig import load_project_config
@@ -102,3 +103,39 @@ def open_target(option: argparse.Namespace) -> Target:
 
     pipeline = load(option.module)
     return Target(pipeline, open_store(option, pipeline))
+
+
+@dataclass
+class Edits:
+    """What a state-changing command could not do, for its exit status."""
+
+    busy: int = 0
+    unreadable: int = 0
+
+    def exit_status(self) -> ExitCode:
+        """4 when a state file could not be read, 1 when an item was busy, else 0."""
+        if self.unreadable:
+            return ExitCode.USAGE_ERROR
+        return ExitCode.ITEMS_FAILED if self.busy else ExitCode.OK
+
+
+def locked_items(
+    target: Target, item_ids: list[str], edits: Edits
+) -> Iterator[tuple[str, PipelineStateManager | StateFileError]]:
+    """For each item, take its lock (as a run does) and yield its loaded manager,
+    or the ``StateFileError`` of its corrupt file. Busy items are reported and left out.
+    """
+    for item_id in item_ids:
+        lock = target.store.try_lock(item_id)
+        if lock is None:
+            edits.busy += 1
+            print(f"pipekit: item {item_id!r} is being run by another pipekit process; left alone", file=sys.stderr)
+            continue
+        try:
+            try:
+                loaded: PipelineStateManager | StateFileError = target.manager(item_id)
+            except StateFileError as exc:
+                loaded = exc
+            yield item_id, loaded
+        finally:
+            lock.release()
