@@ -54,13 +54,17 @@ def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
     nums = {resolve_phase(target.pipeline, text).num for text in option.phase}
     if option.downstream:
         nums = {p.num for p in target.pipeline.phases if p.num >= min(nums)}
+    edits, changed_items, changed_phases = Edits(), 0, 0
     if option.item:
         ids = select_item_ids(target.store, option.item)
     else:
-        ids = sorted(target.store.item_ids(), key=natural_key)
+        unreadable: list[StateFileError] = []
+        ids = sorted((item_id for item_id, _ in target.store.load_all(unreadable)), key=natural_key)
+        for error in unreadable:
+            edits.unreadable += 1
+            print(f"pipekit: error: {error}; reset it by naming its item with --item ID", file=sys.stderr)
     literal = {i for i in option.item if not is_glob(i)}
     verb = "would reset" if option.dry_run else "reset"
-    edits, changed_items, changed_phases = Edits(), 0, 0
     for item_id, loaded in locked_items(target, ids, edits):
         if isinstance(loaded, StateFileError):
             if item_id in literal:
