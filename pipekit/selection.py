@@ -24,8 +24,8 @@ _DIGITS = re.compile(r"(\d+)")
 
 
 def natural_key(item_id: str) -> list[Any]:
-    """Sort key putting ``book-2`` before ``book-10``."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(item_id)]
+    """Sort key putting ``book-2`` before ``book-10`` (case-insensitive first)."""
+    return [(0, int(part), "", "") if part.isdigit() else (1, 0, part.lower(), part) for part in _DIGITS.split(item_id)]
 
 
 def is_glob(pattern: str) -> bool:
