@@ -113,8 +113,13 @@ def plugins_command(args: list[str], plugins: list[Any]) -> ExitCode:
     hook_filter = option.hook
     if hook_filter and not hook_filter.startswith("pipekit_"):
         hook_filter = f"pipekit_{hook_filter}"
+    if hook_filter and not hasattr(pm.hook, hook_filter):
+        known = ", ".join(sorted(n for n in vars(pm.hook) if n.startswith("pipekit_")))
+        raise UsageError(f"pipekit plugins: unknown hook {option.hook!r} (hooks: {known})")
     rows = []
     for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked with -p no:NAME
+            continue
         source = pm.sources.get(name, "registered at run time")
         if source == "built-in" and not option.all:
             continue
