@@ -136,3 +136,29 @@ def test_an_unknown_hook_is_a_usage_error(pipetester: PipeTester) -> None:
     result = pipetester.run("plugins", "--hook", "phase_strat")
     assert result.ret == 4, result
     assert "unknown hook 'phase_strat'" in result.stderr and "pipekit_phase_start" in result.stderr
+
+
+@pytest.mark.slow
+def test_an_installed_distribution_is_found_by_its_entry_point(pipetester: PipeTester) -> None:
+    import os
+    import subprocess
+    import sys
+
+    site = pipetester.path / "site"
+    pipetester.make_files({
+        "site": {
+            "fancy_plugin.py": PLUGIN.format(version="0"),
+            "pipekit_fancy-2.5.dist-info": {
+                "METADATA": "Metadata-Version: 2.1\nName: pipekit-fancy\nVersion: 2.5\n",
+                "entry_points.txt": "[pipekit]\nfancy = fancy_plugin\n",
+            },
+        }
+    })
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("PIPEKIT_DISABLE_PLUGIN_AUTOLOAD")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipekit", "plugins", "--hook", "run_finish"],
+        cwd=pipetester.path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "fancy 2.5  [entry point of pipekit-fancy 2.5]" in proc.stdout.splitlines()

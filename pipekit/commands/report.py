@@ -230,7 +230,7 @@ def render_report(target: Target, states: list[PipelineState], errors: list[str]
         failure_rows=failure_rows or '<tr><td colspan="5">No failures.</td></tr>',
         more_failures=more_failures,
         concurrency=conc_html,
-        data=json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/"),
+        data=json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c"),
         script=_SCRIPT,
     )
 
