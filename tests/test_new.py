@@ -46,6 +46,7 @@ def test_new_needs_a_module_name(pipetester: PipeTester, name: str) -> None:
 def test_the_generated_test_passes(pipetester: PipeTester) -> None:
     assert pipetester.run("new", "sub/books").ret == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the generated test names the one plugin it needs
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_books.py"],
         cwd=pipetester.path / "sub", capture_output=True, text=True, env=env, timeout=120,
