@@ -7,18 +7,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import os
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
+import contextlib
+import importlib
+import os
 import sys
 import traceback
 from typing import Any
 from typing import NoReturn
 
 from pipekit.outcomes import ExitCode
+from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
 
 
@@ -62,6 +63,9 @@ def main(args: Sequence[str] | None = None, plugins: Iterable[Any] = ()) -> Exit
     except UsageError as exc:
         print(f"pipekit: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE_ERROR
+    except StateWriteError as exc:
+        print(f"pipekit: error: {exc}", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
     except KeyboardInterrupt:
         print("pipekit: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

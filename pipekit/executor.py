@@ -92,6 +92,7 @@ def run_in_thread(func: Callable[..., Any], kwargs: dict[str, Any], name: str) -
             future.set_exception(value)
 
     def target() -> None:
+        outcome: tuple[bool, Any]
         try:
             result = context.run(func, **kwargs)
         except (KeyboardInterrupt, SystemExit) as exc:

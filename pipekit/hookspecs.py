@@ -37,10 +37,10 @@ import pluggy
 if TYPE_CHECKING:
     from pipekit.config import Config
     from pipekit.config import Parser
+    from pipekit.context import PhaseOutcome
     from pipekit.loader import Pipeline
+    from pipekit.phaserunner import Item
     from pipekit.phases import PhaseDefinition
-    from pipekit.runner import Item
-    from pipekit.runner import PhaseOutcome
     from pipekit.runner import Run
 
 #: The pluggy project name: entry points live in the group of the same name.

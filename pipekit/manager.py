@@ -69,7 +69,10 @@ class PipekitPluginManager(pluggy.PluginManager):
         """Register ``plugin`` under ``name`` and remember its ``source``."""
         if self.is_blocked(name) or self.has_plugin(name):
             return None
-        registered = self.register(plugin, name)
+        try:
+            registered = self.register(plugin, name)
+        except pluggy.PluginValidationError as exc:
+            raise UsageError(f"invalid plugin {name!r} ({source}): {exc}") from None
         if registered is not None:
             self.sources[registered] = source
         return registered
@@ -121,13 +124,12 @@ class PipekitPluginManager(pluggy.PluginManager):
         try:
             plugin = ep.load()
         except Exception as exc:
-            dist = ep.dist.name if ep.dist else "?"
+            owner = ep.dist.name if ep.dist else "?"
             raise UsageError(
-                f"error loading plugin {ep.name!r} (entry point {ep.value} of {dist}): "
+                f"error loading plugin {ep.name!r} (entry point {ep.value} of {owner}): "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        dist = ep.dist
-        source = f"entry point of {dist.name} {dist.version}" if dist else "entry point"
+        source = f"entry point of {ep.dist.name} {ep.dist.version}" if ep.dist else "entry point"
         self.register_from(plugin, ep.name, source)
 
     def block_all(self, names: Iterable[str]) -> None:

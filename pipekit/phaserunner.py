@@ -87,7 +87,8 @@ class PhaseRunner:
     :param state_manager: the item's manager; its state is loaded or created if needed.
     :param progress_tracker: an optional seed ``ProgressTracker``/``SimpleProgress``.
     :param notify: a ``HookNotifier`` (or any callable ``(hookname, **kwargs)``).
-    :param output_root: folder under which each item gets its ``ctx.output_dir``.
+    :param output_root: folder under which each item gets its ``ctx.output_dir``
+        (default: ``outputs`` in the state directory).
     :param force: ignore caches (completed phases must be reset by the caller).
     :param executor: where handlers execute (``LocalExecutor`` by default).
     :param control: the run's shared stop flags and counters.
@@ -327,7 +328,10 @@ class PhaseRunner:
 
     def _context(self, phase: PhaseDefinition, attempt: int) -> PhaseContext:
         state = self.state.state
-        root = self.output_root if self.output_root is not None else Path("outputs")
+        root = self.output_root
+        if root is None:
+            state_dir = getattr(self.state.store, "state_dir", None)
+            root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
         folder = root / (self._item_dir_name or encode_item_id(state.item_id))
         return PhaseContext(state.item_id, state.metadata, phase, attempt, folder)
 

@@ -211,48 +211,53 @@ class Run:
         return True
 
     async def _process_item(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
-        lock = self.store.try_lock(item_id)
-        if lock is None:
-            self.items_busy += 1
-            self._say(f"item {item_id!r} is being run by another pipekit process; skipped")
-            return
         try:
-            manager = self._prepare_state(item_id, metadata)
-            if manager is None:
+            lock = self.store.try_lock(item_id)
+            if lock is None:
+                self.items_busy += 1
+                self._say(f"item {item_id!r} is being run by another pipekit process; skipped")
                 return
-            state = manager.state
-            if state.is_done:
-                self.items_already_done += 1
-                self.items_completed += 1
-                self._keep(state)
-                return
-            item = Item(item_id, state.metadata, manager, index)
-            self.in_flight[item_id] = item
-            self.notify("pipekit_item_start", item=item)
             try:
-                ok = await PhaseRunner(
-                    self.pipeline.phases,
-                    manager,
-                    notify=self.notify,
-                    item=item,
-                    output_root=self.output_root,
-                    force=self.force,
-                    executor=self.executor,
-                    control=self.control,
-                    injectors=self._injectors,
-                    item_dir_name=encode_item_id(item_id),
-                ).run_async()
-                self._finish_item(manager, ok)
+                await self._process_locked_item(index, item_id, metadata)
             finally:
-                del self.in_flight[item_id]
-            self._keep(state)
-            self.notify("pipekit_item_finish", item=item)
+                lock.release()
         except StateWriteError as exc:
+            # Every later write would fail the same way: stop starting work.
             if self.fatal_error is None:
                 self.fatal_error = exc
             self.control.stop_new_phases = True
+
+    async def _process_locked_item(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
+        manager = self._prepare_state(item_id, metadata)
+        if manager is None:
+            return
+        state = manager.state
+        if state.is_done:
+            self.items_already_done += 1
+            self.items_completed += 1
+            self._keep(state)
+            return
+        item = Item(item_id, state.metadata, manager, index)
+        self.in_flight[item_id] = item
+        self.notify("pipekit_item_start", item=item)
+        try:
+            ok = await PhaseRunner(
+                self.pipeline.phases,
+                manager,
+                notify=self.notify,
+                item=item,
+                output_root=self.output_root,
+                force=self.force,
+                executor=self.executor,
+                control=self.control,
+                injectors=self._injectors,
+                item_dir_name=encode_item_id(item_id),
+            ).run_async()
+            self._finish_item(manager, ok)
         finally:
-            lock.release()
+            del self.in_flight[item_id]
+        self._keep(state)
+        self.notify("pipekit_item_finish", item=item)
 
     def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
         """Load (or create) the item's state under its lock and apply this run's options."""

@@ -51,15 +51,21 @@ def build_run_parser() -> ArgumentParser:
         "--items", action="append", default=[], metavar="FILE", help="items file: .txt, .jsonl or .csv (repeatable)"
     )
     run = parser.add_argument_group("run")
-    run.add_argument("-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)")
+    run.add_argument(
+        "-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)"
+    )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
-    run.add_argument("--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run")
+    run.add_argument(
+        "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
+    )
     run.add_argument(
         "--failed-only", action="store_true", help="only the selected items that have a failed phase (retry failures)"
     )
     where = parser.add_argument_group("state and outputs")
     where.add_argument("--state-dir", metavar="DIR", help="this pipeline's state directory, used as is")
-    where.add_argument("--output-dir", metavar="DIR", help="root of each item's ctx.output_dir (default <state dir>/outputs)")
+    where.add_argument(
+        "--output-dir", metavar="DIR", help="root of each item's ctx.output_dir (default <state dir>/outputs)"
+    )
     where.add_argument("--store", metavar="URL", help="where state lives (json:DIR); wins over --state-dir")
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="progress display on stderr")
@@ -67,7 +73,9 @@ def build_run_parser() -> ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     out.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
     plugins = parser.add_argument_group("plugins")
-    plugins.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME", help="load plugin NAME; -p no:NAME blocks it")
+    plugins.add_argument(
+        "-p", dest="plugins", action="append", default=[], metavar="NAME", help="load plugin NAME; -p no:NAME blocks it"
+    )
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     return parser
 

@@ -405,18 +405,17 @@ class PipelineStateManager:
         return None
 
     def get_resume_phase(self) -> int:
-        """The phase after the last completed (or skipped) one: "last completed + 1".
+        """Where to resume: "last completed + 1" when phases finished in order.
 
-        With no phase done it is the first phase; with all done, the last num + 1.
+        It is the first phase (by num) that is neither completed nor skipped, so
+        it never points past unfinished work; with every phase done it is the
+        last num + 1 (and 0 with no phases).
         """
         nums = sorted(self.state.phases)
-        if not nums:
-            return 0
-        done = [n for n in nums if self.state.phases[n].status in DONE_STATUSES]
-        if not done:
-            return nums[0]
-        later = [n for n in nums if n > done[-1]]
-        return later[0] if later else done[-1] + 1
+        for num in nums:
+            if self.state.phases[num].status not in DONE_STATUSES:
+                return num
+        return nums[-1] + 1 if nums else 0
 
     # -- helpers ------------------------------------------------------------
 

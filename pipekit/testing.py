@@ -251,9 +251,12 @@ class PipeTester:
         return PipeResult(list(args), int(ret), out.getvalue(), err.getvalue(), recorder.events(), recorder)
 
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        """Start ``python -m pipekit ARGS --jsonl`` with piped output."""
+        """Start ``python -m pipekit ARGS`` with piped output (``--jsonl`` added for runs)."""
+        from pipekit.cli import COMMANDS
+
+        is_run = not args or args[0] == "run" or args[0] not in COMMANDS
         return subprocess.Popen(
-            [sys.executable, "-m", "pipekit", *args, "--jsonl"],
+            [sys.executable, "-m", "pipekit", *args, *(["--jsonl"] if is_run else [])],
             cwd=self.path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

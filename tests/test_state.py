@@ -1,0 +1,120 @@
+"""The seed's PipelineStateManager and the JSON files it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipekit import PipelineStateManager
+from pipekit import StateFileError
+from pipekit.state import INLINE_OUTPUT_LIMIT
+from pipekit.store import JsonDirStore
+
+
+PHASES = [(0, "research"), (1, "curate"), (2, "draft")]
+
+
+def test_seed_operations_and_the_file_a_person_reads(tmp_path: Path) -> None:
+    manager = PipelineStateManager("book-1", tmp_path)
+    assert manager.load_state() is False
+    manager.create_state({"title": "Emma"}, PHASES)
+    assert manager.get_resume_phase() == 0
+    manager.start_phase(0)
+    manager.complete_phase(0, "notes", tokens_in=100, tokens_out=20, cost_usd=0.5)
+    manager.start_phase(1)
+    manager.fail_phase(1, "RuntimeError: boom", critical=False)
+    manager.skip_phase(2, "not needed")
+    assert manager.get_next_pending_phase() is None
+    assert manager.get_resume_phase() == 1  # the failed phase is where work resumes
+
+    document = json.loads((tmp_path / "book-1.json").read_text())
+    assert document["schema_version"] == 1
+    assert set(document) >= {
+        "item_id", "metadata", "status", "current_phase", "started_at", "last_updated",
+        "phases", "phase_outputs", "total_tokens_in", "total_tokens_out", "total_cost_usd",
+    }
+    research = document["phases"]["0"]
+    assert set(research) >= {
+        "phase", "name", "status", "executor", "started_at", "completed_at", "duration_seconds",
+        "tokens_in", "tokens_out", "cost_usd", "output_file", "error", "attempts", "reason",
+    }
+    assert research["started_at"].endswith("+00:00")
+    assert document["phases"]["1"]["error"] == "RuntimeError: boom"
+    assert document["phases"]["2"]["reason"] == "not needed"
+    assert document["total_cost_usd"] == 0.5
+
+    again = PipelineStateManager("book-1", tmp_path)
+    assert again.load_state() is True
+    assert again.state == manager.state
+    again.reset_phase(0)
+    assert again.get_next_pending_phase() == 0
+    assert again.get_resume_phase() == 0
+    assert again.state.total_cost_usd == 0.5  # what was spent stays spent
+    assert 0 not in again.state.phase_outputs
+
+
+def test_large_outputs_are_written_once_beside_the_state(tmp_path: Path) -> None:
+    manager = PipelineStateManager("big", tmp_path)
+    manager.create_state({}, PHASES)
+    big = "é" * INLINE_OUTPUT_LIMIT  # twice the limit in UTF-8 bytes
+    manager.start_phase(0)
+    manager.complete_phase(0, big)
+    state_file = tmp_path / "big.json"
+    assert state_file.stat().st_size < 4096
+    output_file = tmp_path / "big.outputs" / "0.txt"
+    assert output_file.read_text() == big
+    written = output_file.stat().st_mtime_ns
+    manager.start_phase(1)
+    manager.complete_phase(1, "small")
+    assert output_file.stat().st_mtime_ns == written  # not rewritten by later saves
+    reloaded = PipelineStateManager("big", tmp_path)
+    reloaded.load_state()
+    assert reloaded.state.phase_outputs == {0: big, 1: "small"}
+    reloaded.reset_phase(0)
+    assert not output_file.exists()
+
+
+def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
+    manager = PipelineStateManager("a", tmp_path)
+    manager.create_state({}, PHASES)
+    for num, _ in PHASES:
+        manager.start_phase(num)
+        manager.complete_phase(num, "x" * 10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"schema_version": 1, "item_id": "a"', "not valid JSON"),
+        ("[]", "not a JSON object"),
+        ('{"item_id": "a"}', "no schema_version"),
+        ('{"schema_version": 99, "item_id": "a"}', "schema_version 99 is newer"),
+        ('{"schema_version": 1, "item_id": "a"}', "missing or malformed field"),
+    ],
+)
+def test_unreadable_state_names_the_file(tmp_path: Path, content: str, problem: str) -> None:
+    (tmp_path / "a.json").write_text(content)
+    with pytest.raises(StateFileError) as info:
+        PipelineStateManager("a", tmp_path).load_state()
+    assert str(tmp_path / "a.json") in str(info.value)
+    assert problem in str(info.value)
+    assert (tmp_path / "a.json").read_text() == content
+
+
+def test_store_lists_item_ids(tmp_path: Path) -> None:
+    for item_id in ("a/b", "Ünï", "x" * 300):
+        PipelineStateManager(item_id, tmp_path).create_state({}, PHASES)
+    assert sorted(JsonDirStore(tmp_path).item_ids()) == sorted(["a/b", "Ünï", "x" * 300])
+
+
+def test_item_lock_is_exclusive_until_released(tmp_path: Path) -> None:
+    store = JsonDirStore(tmp_path)
+    lock = store.try_lock("a")
+    assert lock is not None
+    assert store.try_lock("a") is None
+    assert store.try_lock("b") is not None
+    lock.release()
+    assert store.try_lock("a") is not None
