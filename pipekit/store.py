@@ -194,7 +194,7 @@ class JsonDirStore(StateStore):
         return self._parse(path, raw)
 
     @staticmethod
-    def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+    def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
         try:
             document = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -263,9 +263,9 @@ class JsonDirStore(StateStore):
             return
         for entry in os.scandir(self.state_dir):
             if entry.name.endswith(".json") and not entry.name.startswith("."):
-                path = Path(entry.path)
+                path = entry.path
                 try:
-                    with open(entry.path, "rb") as handle:
+                    with open(path, "rb") as handle:
                         document = self._parse(path, handle.read())
                 except OSError as exc:
                     problem = StateFileError(path, f"cannot be read ({exc.strerror})")
