@@ -27,7 +27,7 @@ import tempfile
 import time
 
 
-PIPELINE = '''
+PIPELINE = """
 from pipekit import phase
 
 @phase(1)
@@ -44,7 +44,7 @@ def review(draft): return "v"
 
 @phase(5)
 def publish(draft): return "p"
-'''
+"""
 
 NAMES = ("research", "outline", "draft", "review", "publish")
 
@@ -56,20 +56,40 @@ def document(item_id: str, failed: bool) -> dict[str, object]:
         broken = failed and num == 3
         status = "failed" if broken else ("pending" if failed and num > 3 else "completed")
         phases[str(num)] = {
-            "phase": num, "name": name, "status": status, "executor": "",
-            "started_at": "2026-01-01T00:00:00.000+00:00", "completed_at": "2026-01-01T00:00:01.500+00:00",
-            "duration_seconds": 1.5, "tokens_in": 1200, "tokens_out": 300, "cost_usd": 0.0042,
-            "output_file": None, "error": "RuntimeError: the model refused" if broken else None,
-            "attempts": 1, "reason": "error" if broken else None,
-            "traceback": ("Traceback (most recent call last):\n" + '  File "pipeline.py", line 9\n' * 8) if broken else None,
+            "phase": num,
+            "name": name,
+            "status": status,
+            "executor": "",
+            "started_at": "2026-01-01T00:00:00.000+00:00",
+            "completed_at": "2026-01-01T00:00:01.500+00:00",
+            "duration_seconds": 1.5,
+            "tokens_in": 1200,
+            "tokens_out": 300,
+            "cost_usd": 0.0042,
+            "output_file": None,
+            "error": "RuntimeError: the model refused" if broken else None,
+            "attempts": 1,
+            "reason": "error" if broken else None,
+            "traceback": ("Traceback (most recent call last):\n" + '  File "pipeline.py", line 9\n' * 8)
+            if broken
+            else None,
         }
     return {
-        "schema_version": 1, "item_id": item_id, "metadata": {"title": f"Book {item_id}", "pages": 320},
-        "status": "failed" if failed else "completed", "current_phase": 3 if failed else 5,
-        "started_at": "2026-01-01T00:00:00.000+00:00", "last_updated": "2026-01-01T00:00:08.000+00:00",
+        "schema_version": 1,
+        "item_id": item_id,
+        "metadata": {"title": f"Book {item_id}", "pages": 320},
+        "status": "failed" if failed else "completed",
+        "current_phase": 3 if failed else 5,
+        "started_at": "2026-01-01T00:00:00.000+00:00",
+        "last_updated": "2026-01-01T00:00:08.000+00:00",
         "phases": phases,
-        "phase_outputs": {str(n): f"output of phase {n} for {item_id} " * 20 for n in range(1, 6) if not failed or n < 3},
-        "phase_output_files": {}, "total_tokens_in": 6000, "total_tokens_out": 1500, "total_cost_usd": 0.021,
+        "phase_outputs": {
+            str(n): f"output of phase {n} for {item_id} " * 20 for n in range(1, 6) if not failed or n < 3
+        },
+        "phase_output_files": {},
+        "total_tokens_in": 6000,
+        "total_tokens_out": 1500,
+        "total_cost_usd": 0.021,
         "pipeline_module": "pipeline.py",
     }
 

@@ -73,10 +73,7 @@ def load_project_config(start: str | os.PathLike[str] | None = None) -> ProjectC
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
         if key not in KNOWN_KEYS:
-            raise UsageError(
-                f"{path}: unknown key {raw_key!r} in [tool.pipekit] "
-                f"(known: {', '.join(KNOWN_KEYS)})"
-            )
+            raise UsageError(f"{path}: unknown key {raw_key!r} in [tool.pipekit] (known: {', '.join(KNOWN_KEYS)})")
         values[key] = _validate(path, key, value)
     return ProjectConfig(path, values)
 

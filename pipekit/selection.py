@@ -43,9 +43,7 @@ def has_failed_phase(store: StateStore, item_id: str) -> bool:
     if document is None:
         return False
     phases = document.get("phases")
-    return isinstance(phases, dict) and any(
-        isinstance(p, dict) and p.get("status") == FAILED for p in phases.values()
-    )
+    return isinstance(phases, dict) and any(isinstance(p, dict) and p.get("status") == FAILED for p in phases.values())
 
 
 def select_item_ids(store: StateStore, patterns: Iterable[str], known: Iterable[str] | None = None) -> list[str]:

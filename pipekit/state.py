@@ -124,7 +124,9 @@ class PipelineState:
             known = _PHASE_FIELDS
             phases = {
                 # the common case (no unknown keys) skips the filtering: status reads 100,000 files
-                int(num): PhaseState(**raw) if raw.keys() <= known else PhaseState(**{k: v for k, v in raw.items() if k in known})
+                int(num): PhaseState(**raw)
+                if raw.keys() <= known
+                else PhaseState(**{k: v for k, v in raw.items() if k in known})
                 for num, raw in document["phases"].items()
             }
             state = cls(

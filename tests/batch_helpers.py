@@ -14,7 +14,7 @@ from pipekit.testing import PipeTester
 #: research always works; draft is cached for ids ending in "-c" and fails for
 #: ids containing "bad" (or when a file fail-<id> exists); review is
 #: non-critical and fails for ids starting with "meh".
-BATCH = '''
+BATCH = """
     import json, os, time
     from pathlib import Path
     from pipekit import phase, PhaseResult
@@ -51,7 +51,7 @@ BATCH = '''
         if item_id.startswith("meh"):
             raise ValueError("review found nothing to say")
         return (draft or "").upper()
-'''
+"""
 
 ITEMS = ("a", "b-c", "bad-1", "meh")
 

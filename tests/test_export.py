@@ -30,8 +30,13 @@ def test_jsonl_streams_id_metadata_and_output(pipetester: PipeTester) -> None:
     result = pipetester.run("export", "pipeline.py", "--phase", "3", "--jsonl")
     assert result.ret == 0, result
     assert [json.loads(line) for line in result.stdout.splitlines()] == [
-        {"item_id": "a", "metadata": {"title": "Alpha"}, "phase": 3, "phase_name": "review",
-         "output": "DRAFT FROM NOTES ON A"},
+        {
+            "item_id": "a",
+            "metadata": {"title": "Alpha"},
+            "phase": 3,
+            "phase_name": "review",
+            "output": "DRAFT FROM NOTES ON A",
+        },
     ]
 
 

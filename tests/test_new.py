@@ -49,7 +49,11 @@ def test_the_generated_test_passes(pipetester: PipeTester) -> None:
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the generated test names the one plugin it needs
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_books.py"],
-        cwd=pipetester.path / "sub", capture_output=True, text=True, env=env, timeout=120,
+        cwd=pipetester.path / "sub",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 passed" in proc.stdout

@@ -78,10 +78,12 @@ def test_entry_point_plugins_show_distribution_version_and_hooks(pipetester: Pip
 
 
 def test_each_source_is_named(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch) -> None:
-    pipetester.make_files({
-        "by_flag.py": PLUGIN.format(version="1.1"),
-        "by_env.py": PLUGIN.format(version="3.0"),
-    })
+    pipetester.make_files(
+        {
+            "by_flag.py": PLUGIN.format(version="1.1"),
+            "by_env.py": PLUGIN.format(version="3.0"),
+        }
+    )
     monkeypatch.syspath_prepend(str(pipetester.path))
     monkeypatch.setenv("PIPEKIT_PLUGINS", "by_env")
     pipeline = pipetester.make_pipeline("""
@@ -145,20 +147,26 @@ def test_an_installed_distribution_is_found_by_its_entry_point(pipetester: PipeT
     import sys
 
     site = pipetester.path / "site"
-    pipetester.make_files({
-        "site": {
-            "fancy_plugin.py": PLUGIN.format(version="0"),
-            "pipekit_fancy-2.5.dist-info": {
-                "METADATA": "Metadata-Version: 2.1\nName: pipekit-fancy\nVersion: 2.5\n",
-                "entry_points.txt": "[pipekit]\nfancy = fancy_plugin\n",
-            },
+    pipetester.make_files(
+        {
+            "site": {
+                "fancy_plugin.py": PLUGIN.format(version="0"),
+                "pipekit_fancy-2.5.dist-info": {
+                    "METADATA": "Metadata-Version: 2.1\nName: pipekit-fancy\nVersion: 2.5\n",
+                    "entry_points.txt": "[pipekit]\nfancy = fancy_plugin\n",
+                },
+            }
         }
-    })
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("PIPEKIT_DISABLE_PLUGIN_AUTOLOAD")
     proc = subprocess.run(
         [sys.executable, "-m", "pipekit", "plugins", "--hook", "run_finish"],
-        cwd=pipetester.path, env=env, capture_output=True, text=True, timeout=60,
+        cwd=pipetester.path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert "fancy 2.5  [entry point of pipekit-fancy 2.5]" in proc.stdout.splitlines()

@@ -29,7 +29,9 @@ def test_state_dir_and_workers_come_from_the_nearest_pyproject(pipetester: PipeT
 def test_the_command_line_wins(pipetester: PipeTester) -> None:
     write_config(pipetester, 'state-dir = "var/state"\nworkers = 3\n')
     pipetester.make_pipeline(BATCH)
-    result = pipetester.run("run", "pipeline.py", "--item", "a", "-j", "1", "--state-dir", "elsewhere", "--progress", "none")
+    result = pipetester.run(
+        "run", "pipeline.py", "--item", "a", "-j", "1", "--state-dir", "elsewhere", "--progress", "none"
+    )
     assert result.ret == 0, result
     assert result.state_dir.resolve() == (pipetester.path / "elsewhere").resolve()
     assert result.calls("pipekit_run_start")[0]["run"].workers == 1
@@ -38,14 +40,18 @@ def test_the_command_line_wins(pipetester: PipeTester) -> None:
 def test_plugins_listed_in_the_table_are_loaded(pipetester: PipeTester, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(pipetester.path))
     write_config(pipetester, 'plugins = ["shout"]\n')
-    pipetester.make_files({"shout.py": """
+    pipetester.make_files(
+        {
+            "shout.py": """
         import sys
         from pipekit import hookimpl
 
         @hookimpl
         def pipekit_run_finish(run, exitstatus):
             print("SHOUT done", file=sys.stderr)
-    """})
+    """
+        }
+    )
     pipetester.make_pipeline(BATCH)
     result = pipetester.run("run", "pipeline.py", "--item", "a", "--progress", "none")
     assert "SHOUT done" in result.stderr, result

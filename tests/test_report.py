@@ -35,12 +35,22 @@ def chromium(page: Path, *args: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
             [
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-                *args, page.resolve().as_uri(),
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=5000",
+                *args,
+                page.resolve().as_uri(),
             ],
-            capture_output=True, text=True, timeout=90,
+            capture_output=True,
+            text=True,
+            timeout=90,
         )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -95,7 +105,12 @@ def test_report_renders_in_chromium(pipetester: PipeTester) -> None:
     dom = chromium(page, "--dump-dom")
     assert 'data-rendered="yes"' in dom
     matrix = dom.split('id="matrix"')[1].split("</table>")[0]
-    assert [re.sub("<.*?>", "", m) for m in re.findall(r'<td class="id">.*?</td>', matrix)] == ["a", "b-c", "bad-1", "meh"]
+    assert [re.sub("<.*?>", "", m) for m in re.findall(r'<td class="id">.*?</td>', matrix)] == [
+        "a",
+        "b-c",
+        "bad-1",
+        "meh",
+    ]
     assert matrix.count("dot s-failed") == 2 and matrix.count("dot s-skipped") == 1
     timeline = dom.split('id="timeline"')[1].split("</section>")[0]
     assert timeline.count('class="tl-row"') == 4
@@ -116,15 +131,25 @@ def synthetic_states(count: int) -> list[PipelineState]:
             start = t0 + timedelta(seconds=i * 0.5 + num)
             failed = num == 2 and i % 97 == 0
             phases[num] = PhaseState(
-                phase=num, name=name, status="failed" if failed else ("pending" if num == 3 and i % 97 == 0 else "completed"),
+                phase=num,
+                name=name,
+                status="failed" if failed else ("pending" if num == 3 and i % 97 == 0 else "completed"),
                 started_at=None if num == 3 and i % 97 == 0 else start.isoformat(),
                 completed_at=None if num == 3 and i % 97 == 0 else (start + timedelta(seconds=0.9)).isoformat(),
-                duration_seconds=0.9, cost_usd=0.001 * num, attempts=1,
-                error="RuntimeError: boom" if failed else None, reason="error" if failed else None,
+                duration_seconds=0.9,
+                cost_usd=0.001 * num,
+                attempts=1,
+                error="RuntimeError: boom" if failed else None,
+                reason="error" if failed else None,
             )
         state = PipelineState(
-            item_id=f"book-{i}", metadata={}, status="completed", current_phase=3,
-            started_at=t0.isoformat(), last_updated=t0.isoformat(), phases=phases,
+            item_id=f"book-{i}",
+            metadata={},
+            status="completed",
+            current_phase=3,
+            started_at=t0.isoformat(),
+            last_updated=t0.isoformat(),
+            phases=phases,
             total_cost_usd=sum(p.cost_usd for p in phases.values()),
         )
         states.append(state)

@@ -70,8 +70,14 @@ def test_json_is_the_full_picture(pipetester: PipeTester) -> None:
     result = pipetester.run("status", "pipeline.py", "--json")
     document = json.loads(result.stdout)
     assert document["totals"] == {
-        "items": 4, "completed": 2, "failed": 2, "in_progress": 0, "pending": 0,
-        "tokens_in": 400, "tokens_out": 40, "cost_usd": pytest.approx(0.34),
+        "items": 4,
+        "completed": 2,
+        "failed": 2,
+        "in_progress": 0,
+        "pending": 0,
+        "tokens_in": 400,
+        "tokens_out": 40,
+        "cost_usd": pytest.approx(0.34),
     }
     bad = next(i for i in document["items"] if i["item_id"] == "bad-1")
     assert bad["status"] == "failed"
@@ -155,8 +161,16 @@ def test_status_after_kill_9_shows_the_phase_in_progress(pipetester: PipeTester)
     pipetester.make_pipeline(__import__("batch_helpers").BATCH)
     (pipetester.path / "hang-b").touch()
     killed = pipetester.run_subprocess(
-        "run", "pipeline.py", "--item", "a", "--item", "b", "--progress", "none",
-        kill_at=("phase_start", "b", 1), signal=signal.SIGKILL,
+        "run",
+        "pipeline.py",
+        "--item",
+        "a",
+        "--item",
+        "b",
+        "--progress",
+        "none",
+        kill_at=("phase_start", "b", 1),
+        signal=signal.SIGKILL,
     )
     assert killed.killed and killed.ret == -signal.SIGKILL, killed
     result = pipetester.run("status", "pipeline.py")

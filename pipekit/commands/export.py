@@ -70,7 +70,7 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
             if phase is None or phase.status not in (COMPLETED, SKIPPED) or output is None:
                 missing += 1
                 continue
-            record = {"item_id": item_id, "metadata": state.metadata}
+            record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}
             if folder is not None and index is not None:
                 name = f"{encode_item_id(item_id)}.txt"
                 write_atomically(folder / name, output.encode("utf-8"), durable=False)

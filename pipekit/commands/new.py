@@ -111,7 +111,9 @@ def test_a_second_run_does_nothing(pipetester):
 
 def new_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit new NAME``: write NAME.py, NAME_items.txt and test_NAME.py here."""
-    parser = ArgumentParser(prog="pipekit new", description="Write a runnable pipeline, an items file and a test.", add_help=False)
+    parser = ArgumentParser(
+        prog="pipekit new", description="Write a runnable pipeline, an items file and a test.", add_help=False
+    )
     parser.add_argument("name", nargs="?", metavar="NAME", help="the pipeline's name (a Python identifier)")
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     option = parser.parse_args(args)
@@ -124,7 +126,9 @@ def new_command(args: list[str], plugins: list[Any]) -> ExitCode:
     folder = Path(name).parent
     name = Path(name).name
     if not name.isidentifier() or name.startswith("test"):
-        raise UsageError(f"pipekit new: {option.name!r} is not a usable module name (a Python identifier not starting with 'test')")
+        raise UsageError(
+            f"pipekit new: {option.name!r} is not a usable module name (a Python identifier not starting with 'test')"
+        )
     files = {
         folder / f"{name}.py": MODULE_TEMPLATE.format(name=name),
         folder / f"{name}_items.txt": ITEMS_TEMPLATE,

@@ -37,8 +37,12 @@ from pipekit.store import JsonDirStore
 def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit reset MODULE [--item ID]... [--phase N]... [--downstream] [--failed] [--all] [--dry-run]``."""
     parser = command_parser("pipekit reset", "Set phases back to pending so the next run does them again.")
-    parser.add_argument("--item", action="append", default=[], metavar="ID", help="this item (repeatable; globs like 'book-*')")
-    parser.add_argument("--phase", action="append", default=[], metavar="N", help="exactly this phase, by num or name (repeatable)")
+    parser.add_argument(
+        "--item", action="append", default=[], metavar="ID", help="this item (repeatable; globs like 'book-*')"
+    )
+    parser.add_argument(
+        "--phase", action="append", default=[], metavar="N", help="exactly this phase, by num or name (repeatable)"
+    )
     parser.add_argument("--downstream", action="store_true", help="with --phase: that phase and every later one")
     parser.add_argument("--failed", action="store_true", help="only phases that failed")
     parser.add_argument("--all", action="store_true", help="every item (needed when nothing else selects)")
@@ -87,7 +91,10 @@ def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
         changed_items += 1
         changed_phases += len(chosen)
     if changed_items:
-        print(f"{verb} {changed_phases} phase(s) of {changed_items} item(s)" + (" (dry run: nothing changed)" if option.dry_run else ""))
+        print(
+            f"{verb} {changed_phases} phase(s) of {changed_items} item(s)"
+            + (" (dry run: nothing changed)" if option.dry_run else "")
+        )
     else:
         print("nothing to reset")
     return edits.exit_status()
@@ -97,9 +104,7 @@ def _phases_to_reset(state: PipelineState, nums: set[int], failed_only: bool) ->
     return [
         num
         for num, phase in sorted(state.phases.items())
-        if phase.status != PENDING
-        and (not nums or num in nums)
-        and (not failed_only or phase.status == FAILED)
+        if phase.status != PENDING and (not nums or num in nums) and (not failed_only or phase.status == FAILED)
     ]
 
 

@@ -30,8 +30,16 @@ BY_HAND = "by hand: "
 def skip_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """Mark phases of the given items skipped with a reason."""
     parser = command_parser("pipekit skip", "Mark phases skipped by hand so runs stop retrying them.")
-    parser.add_argument("--item", action="append", default=[], metavar="ID", help="the item (repeatable; globs allowed)")
-    parser.add_argument("--phase", action="append", default=[], metavar="N", help="only this phase, by num or name (default: every unfinished phase)")
+    parser.add_argument(
+        "--item", action="append", default=[], metavar="ID", help="the item (repeatable; globs allowed)"
+    )
+    parser.add_argument(
+        "--phase",
+        action="append",
+        default=[],
+        metavar="N",
+        help="only this phase, by num or name (default: every unfinished phase)",
+    )
     parser.add_argument("--reason", metavar="TEXT", help="why (shown by status)")
     option = parse(parser, args)
     if option is None:
@@ -51,7 +59,10 @@ def skip_command(args: list[str], plugins: list[Any]) -> ExitCode:
         phases = loaded.state.phases
         for num in sorted(nums):
             if phases[num].status in DONE_STATUSES:
-                print(f"{item_id}: phase {num} {phases[num].name} is already {phases[num].status}; reset it first to skip it")
+                print(
+                    f"{item_id}: phase {num} {phases[num].name} is already {phases[num].status}; "
+                    "reset it first to skip it"
+                )
         chosen = [n for n, p in sorted(phases.items()) if p.status not in DONE_STATUSES and (not nums or n in nums)]
         for num in chosen:
             loaded.skip_phase(num, BY_HAND + option.reason.strip())

@@ -86,11 +86,23 @@ def state_record(state: PipelineState) -> dict[str, Any]:
 def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit status MODULE [--item ID]... [--failed] [--pending] [--all] [--json]``."""
     parser = command_parser("pipekit status", "Show items x phases, costs and errors (never changes state).")
-    parser.add_argument("--item", action="append", default=[], metavar="ID", help="only these items (globs allowed); one id shows its full story")
+    parser.add_argument(
+        "--item",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only these items (globs allowed); one id shows its full story",
+    )
     parser.add_argument("--failed", action="store_true", help="only items with a failed phase")
     parser.add_argument("--pending", action="store_true", help="only items with work left")
     parser.add_argument("--all", action="store_true", help="every row, however many")
-    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, metavar="N", help=f"summarise above N rows (default {DEFAULT_MAX_ROWS})")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help=f"summarise above N rows (default {DEFAULT_MAX_ROWS})",
+    )
     parser.add_argument("--json", action="store_true", help="the full picture as JSON on stdout")
     option = parse(parser, args)
     if option is None:
@@ -113,9 +125,9 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
         states = [s for s in states if s.item_id in wanted]
     if option.failed or option.pending:
         states = [
-            s for s in states
-            if (option.failed and item_status(s) == FAILED)
-            or (option.pending and item_status(s) != COMPLETED)
+            s
+            for s in states
+            if (option.failed and item_status(s) == FAILED) or (option.pending and item_status(s) != COMPLETED)
         ]
     if option.json:
         write_json(out, target, states, errors)
@@ -164,15 +176,16 @@ def write_matrix(out: TextIO, target: Target, states: list[PipelineState], colou
     nums = [p.num for p in target.pipeline.phases]
     widths = [len(str(n)) for n in nums]
     id_width = min(40, max([4, *(len(s.item_id) for s in states)]))
-    cells = " ".join(str(n).rjust(w) for n, w in zip(nums, widths))
+    cells = " ".join(str(n).rjust(w) for n, w in zip(nums, widths, strict=True))
     out.write(f"{'item'.ljust(id_width)}  {cells}  {'cost':>9}  last error\n")
     for state in states:
         row = " ".join(
             " " * (w - 1) + glyph(state.phases[n].status if n in state.phases else PENDING, colour)
-            for n, w in zip(nums, widths)
+            for n, w in zip(nums, widths, strict=True)
         )
         note = _clip(last_note(state), 100)
-        out.write(f"{_clip(state.item_id, id_width).ljust(id_width)}  {row}  {_cost(state.total_cost_usd):>9}  {note}".rstrip() + "\n")
+        label = _clip(state.item_id, id_width).ljust(id_width)
+        out.write(f"{label}  {row}  {_cost(state.total_cost_usd):>9}  {note}".rstrip() + "\n")
     out.write("\n" + legend(colour) + "\n")
     out.write(totals_line(target, states) + "\n")
 
@@ -214,7 +227,9 @@ def write_summary(out: TextIO, target: Target, states: list[PipelineState], colo
     out.write(f"{'phase'.ljust(name_width)}  {heads}{'cost':>10}\n")
     for definition in target.pipeline.phases:
         row = "".join(f"{counts[definition.num][s]:>13}  " for s in STATUS_ORDER)
-        out.write(f"{f'{definition.num} {definition.name}'.ljust(name_width)}  {row}{_cost(cost[definition.num]):>10}\n")
+        out.write(
+            f"{f'{definition.num} {definition.name}'.ljust(name_width)}  {row}{_cost(cost[definition.num]):>10}\n"
+        )
     if failures:
         shown = failures[:SUMMARY_FAILURES]
         out.write(f"\nfailures ({len(shown)} of {len(failures)}; --failed --all lists them all):\n")
