@@ -25,6 +25,20 @@ PLUGIN = """
 """
 
 
+#: A pipeline module that is also a plugin (as a conftest.py is).
+HOOKED_PIPELINE = """
+    from pipekit import hookimpl, phase
+
+    @phase(1)
+    def one():
+        return "1"
+
+    @hookimpl
+    def pipekit_item_finish(item):
+        pass
+"""
+
+
 class FakeDistribution(importlib.metadata.Distribution):
     """An installed distribution that exists only in memory, with entry points."""
 
@@ -86,17 +100,7 @@ def test_each_source_is_named(pipetester: PipeTester, monkeypatch: pytest.Monkey
     )
     monkeypatch.syspath_prepend(str(pipetester.path))
     monkeypatch.setenv("PIPEKIT_PLUGINS", "by_env")
-    pipeline = pipetester.make_pipeline("""
-        from pipekit import hookimpl, phase
-
-        @phase(1)
-        def one():
-            return "1"
-
-        @hookimpl
-        def pipekit_item_finish(item):
-            pass
-    """)
+    pipeline = pipetester.make_pipeline(HOOKED_PIPELINE)
     result = pipetester.run("plugins", "pipeline.py", "-p", "by_flag")
     assert result.ret == 0, result
     assert listing(result.stdout) == [
@@ -111,17 +115,7 @@ def test_each_source_is_named(pipetester: PipeTester, monkeypatch: pytest.Monkey
 
 @pytest.mark.usefixtures("fake_entry_points")
 def test_hook_filters_plugins(pipetester: PipeTester) -> None:
-    pipetester.make_pipeline("""
-        from pipekit import hookimpl, phase
-
-        @phase(1)
-        def one():
-            return "1"
-
-        @hookimpl
-        def pipekit_item_finish(item):
-            pass
-    """)
+    pipetester.make_pipeline(HOOKED_PIPELINE)
     only_fail = pipetester.run("plugins", "pipeline.py", "--hook", "phase_fail")
     assert [line for line in listing(only_fail.stdout) if not line.startswith(" ")] == [
         "fancy 2.5  [entry point of pipekit-fancy 2.5]"
