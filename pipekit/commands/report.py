@@ -222,7 +222,7 @@ def render_report(target: Target, states: list[PipelineState], errors: list[str]
         tokens=f"{tokens_in:,} in / {tokens_out:,} out",
         errors=error_html,
         legend=legend,
-        status_heads="".join(f"<th>{s.replace('_', ' ')}</th>" for s in STATUS_ORDER),
+        status_heads="".join(f'<th class="n">{s.replace("_", " ")}</th>' for s in STATUS_ORDER),
         phase_rows="".join(phase_rows),
         item_rows=item_rows,
         failure_count=len(failures),
