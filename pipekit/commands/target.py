@@ -54,18 +54,23 @@ class Target:
     store: StateStore
 
     def states(self, errors: list[StateFileError] | None = None) -> Iterator[PipelineState]:
-        """Every saved state, reconciled with the current phases, naturally sorted by id.
+        """Every saved state without its outputs, reconciled with the current phases,
+        naturally sorted by id (``manager`` loads one item with its outputs).
 
-        Outputs kept in files are not read (use ``load`` for one item's outputs).
+        Documents are parsed as they come and their outputs dropped, so memory
+        holds states, never every output of a big batch.
         """
-        documents = sorted(self.store.load_all(errors), key=lambda pair: natural_key(pair[0]))
-        for item_id, document in documents:
+        states = []
+        for item_id, document in self.store.load_all(errors):
+            document.pop("phase_outputs", None)
             try:
-                yield self.from_document(item_id, document)
+                states.append(self.from_document(item_id, document))
             except StateFileError as exc:
                 if errors is None:
                     raise
                 errors.append(exc)
+        states.sort(key=lambda state: natural_key(state.item_id))
+        return iter(states)
 
     def from_document(self, item_id: str, document: dict[str, object]) -> PipelineState:
         """Parse one saved document and match its phases to the pipeline's."""
