@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 import fnmatch
 import re
-from typing import Any
 
 from pipekit.loader import Pipeline
 from pipekit.outcomes import StateFileError
@@ -23,9 +22,14 @@ _GLOB_CHARS = frozenset("*?[")
 _DIGITS = re.compile(r"(\d+)")
 
 
-def natural_key(item_id: str) -> list[Any]:
+def natural_key(item_id: str) -> tuple[str, str]:
     """Sort key putting ``book-2`` before ``book-10`` (case-insensitive first)."""
-    return [(0, int(part), "", "") if part.isdigit() else (1, 0, part.lower(), part) for part in _DIGITS.split(item_id)]
+    # One regex pass with zero-padded digit runs: sorting 100,000 ids stays cheap.
+    return _DIGITS.sub(_pad_digits, item_id.lower()), item_id
+
+
+def _pad_digits(match: re.Match[str]) -> str:
+    return match.group().rjust(24, "0")
 
 
 def is_glob(pattern: str) -> bool:

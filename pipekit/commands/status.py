@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict
 import json
 import os
 import sys
@@ -79,7 +78,7 @@ def state_record(state: PipelineState) -> dict[str, Any]:
         "total_tokens_in": state.total_tokens_in,
         "total_tokens_out": state.total_tokens_out,
         "total_cost_usd": state.total_cost_usd,
-        "phases": [asdict(p) for _, p in sorted(state.phases.items())],
+        "phases": [dict(vars(p)) for _, p in sorted(state.phases.items())],
     }
 
 
@@ -257,7 +256,8 @@ def write_json(out: TextIO, target: Target, states: list[PipelineState], errors:
         },
         "errors": [str(e) for e in errors],
     }
-    json.dump(document, out, indent=1, ensure_ascii=False)
+    # No indent: json's C encoder is used only without one (pipe it to `jq` to read it).
+    out.write(json.dumps(document, ensure_ascii=False))
     out.write("\n")
 
 

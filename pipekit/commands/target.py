@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from dataclasses import dataclass
+import gc
 import sys
 
 from pipekit.cli import ArgumentParser
@@ -61,14 +62,22 @@ class Target:
         holds states, never every output of a big batch.
         """
         states = []
-        for item_id, document in self.store.load_all(errors):
-            document.pop("phase_outputs", None)
-            try:
-                states.append(self.from_document(item_id, document))
-            except StateFileError as exc:
-                if errors is None:
-                    raise
-                errors.append(exc)
+        # Millions of small acyclic objects: the cyclic GC would rescan the growing
+        # heap over and over (6x the cost of parsing at 100,000 items).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for item_id, document in self.store.load_all(errors):
+                document.pop("phase_outputs", None)
+                try:
+                    states.append(self.from_document(item_id, document))
+                except StateFileError as exc:
+                    if errors is None:
+                        raise
+                    errors.append(exc)
+        finally:
+            if collecting:
+                gc.enable()
         states.sort(key=lambda state: natural_key(state.item_id))
         return iter(states)
 
