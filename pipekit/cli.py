@@ -66,6 +66,11 @@ def main(args: Sequence[str] | None = None, plugins: Iterable[Any] = ()) -> Exit
     except StateWriteError as exc:
         print(f"pipekit: error: {exc}", file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
+    except BrokenPipeError:
+        # `pipekit status ... | head`: the reader left, which is not an error.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     except KeyboardInterrupt:
         print("pipekit: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -147,13 +152,7 @@ def _command_module(name: str) -> Callable[[list[str], list[Any]], ExitCode]:
 
     def command(args: list[str], plugins: list[Any]) -> ExitCode:
         module = importlib.import_module(f"pipekit.commands.{name}")
-        try:
-            result: ExitCode = getattr(module, f"{name}_command")(args, plugins)
-        except BrokenPipeError:
-            # `pipekit status ... | head`: the reader left, which is not an error.
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return ExitCode.OK
+        result: ExitCode = getattr(module, f"{name}_command")(args, plugins)
         return result
 
     command.__name__ = f"{name}_command"
