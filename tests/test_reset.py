@@ -179,3 +179,30 @@ def test_run_failed_only_retries_just_the_failed_items(pipetester: PipeTester) -
     none_left = pipetester.run("run", "pipeline.py", "--items", "items.txt", "--failed-only", "--progress", "none")
     assert none_left.ret == 5, none_left
     assert "no items with a failed phase" in none_left.stderr
+
+
+@pytest.mark.slow
+def test_reset_and_skip_leave_an_item_a_live_run_holds(pipetester: PipeTester) -> None:
+    import json as jsonlib
+
+    pipetester.make_pipeline(__import__("batch_helpers").BATCH)
+    (pipetester.path / "hang-b").touch()
+    proc = pipetester.popen("run", "pipeline.py", "--item", "b", "--progress", "none")
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if jsonlib.loads(line).get("event") == "phase_start":
+                break
+        reset = pipetester.run("reset", "pipeline.py", "--item", "b")
+        skip = pipetester.run("skip", "pipeline.py", "--item", "b", "--reason", "x")
+    finally:
+        proc.kill()
+        proc.communicate()
+    for result in (reset, skip):
+        assert result.ret == 1, result
+        assert "item 'b' is being run by another pipekit process; left alone" in result.stderr
+    assert statuses(pipetester, "b") == ["in_progress", "pending", "pending"]
+    # once the run is gone (kill -9), reset takes the lock and the phase is pending again
+    after = pipetester.run("reset", "pipeline.py", "--item", "b", "--phase", "1")
+    assert after.ret == 0 and after.stdout.startswith("reset b: 1 research (in_progress)"), after
+    assert statuses(pipetester, "b") == ["pending"] * 3
