@@ -211,7 +211,7 @@ def totals_line(target: Target, states: Iterable[PipelineState]) -> str:
 def write_summary(out: TextIO, target: Target, states: list[PipelineState], colour: bool) -> None:
     """Counts per phase and status, then the failures: for batches too big to list."""
     _header(out, target, len(states))
-    counts = {p.num: Counter() for p in target.pipeline.phases}  # type: dict[int, Counter[str]]
+    counts: dict[int, Counter[str]] = {p.num: Counter() for p in target.pipeline.phases}
     cost = {p.num: 0.0 for p in target.pipeline.phases}
     failures: list[tuple[str, str]] = []
     for state in states:
