@@ -181,3 +181,14 @@ def test_status_after_kill_9_shows_the_phase_in_progress(pipetester: PipeTester)
     (pipetester.path / "hang-b").unlink()
     assert pipetester.run("run", "pipeline.py", "--item", "a", "--item", "b", "--progress", "none").ret == 0
     assert "2 completed" in pipetester.run("status", "pipeline.py").stdout
+
+
+def test_phases_added_since_the_run_show_as_pending(pipetester: PipeTester) -> None:
+    make_batch(pipetester, "a")
+    source = (pipetester.path / "pipeline.py").read_text()
+    (pipetester.path / "pipeline.py").write_text(
+        source.replace("@phase(1)", "@phase(0)\ndef fetch():\n    return ''\n\n@phase(1)")
+    )
+    result = pipetester.run("status", "pipeline.py")
+    assert result.ret == 0, result
+    result.fnmatch_lines(["item  0 1 2 3 * cost  last error", "a     · ✓ ✓ ✓ *$0.1100"], stream="stdout")

@@ -54,6 +54,9 @@ class Target:
     pipeline: Pipeline
     store: StateStore
 
+    def __post_init__(self) -> None:
+        self._pairs = [(p.num, p.name) for p in self.pipeline.phases]
+
     def states(self, errors: list[StateFileError] | None = None) -> Iterator[PipelineState]:
         """Every saved state without its outputs, reconciled with the current phases,
         naturally sorted by id (``manager`` loads one item with its outputs).
@@ -84,9 +87,10 @@ class Target:
     def from_document(self, item_id: str, document: dict[str, object]) -> PipelineState:
         """Parse one saved document and match its phases to the pipeline's."""
         state, _ = PipelineState.from_document(document, _Where(self.store, item_id))
-        manager = PipelineStateManager(item_id, self.store)
-        manager.state = state
-        manager.reconcile(self.pipeline.phases)
+        if [(num, phase.name) for num, phase in sorted(state.phases.items())] != self._pairs:
+            manager = PipelineStateManager(item_id, self.store)
+            manager.state = state
+            manager.reconcile(self.pipeline.phases)
         return state
 
     def manager(self, item_id: str) -> PipelineStateManager:
