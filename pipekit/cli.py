@@ -195,7 +195,7 @@ commands:
   plugins   list plugins, their versions, where they came from and their hooks
 
 Run options can default from [tool.pipekit] in the nearest pyproject.toml
-(workers, state_dir, output_dir, store, plugins, progress).
+(workers, state_dir, output_dir, store, plugins, progress, executor).
 
 exit codes: 0 ok, 1 items unfinished, 2 interrupted, 3 internal error,
             4 usage error, 5 no items"""

@@ -25,7 +25,7 @@ from pipekit.outcomes import UsageError
 
 
 #: Keys of ``[tool.pipekit]`` (``-`` and ``_`` are interchangeable).
-KNOWN_KEYS = ("workers", "state_dir", "output_dir", "store", "plugins", "progress")
+KNOWN_KEYS = ("workers", "state_dir", "output_dir", "store", "plugins", "progress", "executor")
 _PATH_KEYS = ("state_dir", "output_dir")
 
 

@@ -12,7 +12,7 @@ def write_config(tester: PipeTester, body: str) -> None:
 
 
 def test_state_dir_and_workers_come_from_the_nearest_pyproject(pipetester: PipeTester) -> None:
-    write_config(pipetester, 'state_dir = "var/state"\nworkers = 3\nprogress = "none"\n')
+    write_config(pipetester, 'state_dir = "var/state"\nworkers = 3\nprogress = "none"\nexecutor = "local"\n')
     pipetester.make_pipeline(BATCH)
     sub = pipetester.path / "sub"
     sub.mkdir()
@@ -67,6 +67,13 @@ def test_an_unknown_key_is_a_usage_error_naming_it(pipetester: PipeTester) -> No
         assert result.ret == 4, result
         assert "unknown key 'wokers' in [tool.pipekit]" in result.stderr
         assert str(pipetester.path / "pyproject.toml") in result.stderr
+
+
+def test_an_unknown_executor_from_the_table_is_a_usage_error(pipetester: PipeTester) -> None:
+    write_config(pipetester, 'executor = "nope"\n')
+    pipetester.make_pipeline(BATCH)
+    result = pipetester.run("run", "pipeline.py", "--item", "a")
+    assert result.ret == 4 and "unknown --executor 'nope'" in result.stderr, result
 
 
 def test_a_bad_value_is_a_usage_error(pipetester: PipeTester) -> None:
