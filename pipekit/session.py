@@ -27,6 +27,7 @@ from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
 from pipekit.runner import Run
 from pipekit.runner import RunResult
+from pipekit.staleness import prepare_stale_policy
 from pipekit.store import JsonDirStore
 from pipekit.store import StateStore
 from pipekit.store import encode_item_id
@@ -53,6 +54,11 @@ def build_run_parser() -> ArgumentParser:
         "-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)"
     )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
+    run.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="also re-run completed phases whose code, version or inputs changed (see `pipekit plan`)",
+    )
     run.add_argument(
         "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
     )
@@ -130,16 +136,19 @@ async def aexecute_run(
                 return RunResult(ExitCode.NO_ITEMS)
             store = open_store(option, pipeline)
             print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+            output_root = _output_root(option, store)
+            stale_policy = prepare_stale_policy(pipeline, store, specs, output_root, option)
             run = Run(
                 config,
                 pipeline,
                 specs,
                 store,
-                output_root=_output_root(option, store),
+                output_root=output_root,
                 workers=option.workers,
                 force=option.force,
                 from_phase=option.from_phase,
                 keep_states=keep_states,
+                stale_policy=stale_policy,
             )
             await run.execute()
             return run.result()
