@@ -90,6 +90,23 @@ def run_command(args: list[str], plugins: list[Any]) -> ExitCode:
     return execute_run(args, plugins).exit_status
 
 
+# -- plan, why -------------------------------------------------------------------
+
+
+def plan_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit plan MODULE [run options] [--json]``."""
+    from pipekit.plancmd import plan_command as command
+
+    return command(args, plugins)
+
+
+def why_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit why MODULE ITEM PHASE``."""
+    from pipekit.plancmd import why_command as command
+
+    return command(args, plugins)
+
+
 # -- plugins ---------------------------------------------------------------------
 
 
@@ -138,11 +155,15 @@ def plugins_command(args: list[str], plugins: list[Any]) -> ExitCode:
 COMMANDS: dict[str, Callable[[list[str], list[Any]], ExitCode]] = {
     "run": run_command,
     "plugins": plugins_command,
+    "plan": plan_command,
+    "why": why_command,
 }
 
 TOP_HELP = """\
 usage: pipekit [run] MODULE [options]     run a pipeline (see `pipekit run --help`)
        pipekit plugins [MODULE] [--all] [--hook NAME]
+       pipekit plan MODULE [run options] [--json]
+       pipekit why MODULE ITEM PHASE
 
 Multi-phase, resumable batch pipelines. MODULE is a dotted module name or a
 path to a .py file whose functions are marked with @pipekit.phase.
@@ -150,6 +171,8 @@ path to a .py file whose functions are marked with @pipekit.phase.
 commands:
   run       run the pipeline over its items; resumes where the last run stopped
   plugins   list plugins, their versions, where they came from and their hooks
+  plan      what a run would do and why (pending, failed, stale), with estimated time and cost
+  why       the story of one (item, phase): attempts, errors, what changed since it ran
 
 exit codes: 0 ok, 1 items unfinished, 2 interrupted, 3 internal error,
             4 usage error, 5 no items"""
