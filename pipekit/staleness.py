@@ -356,15 +356,14 @@ def make_plan(
     selected = list(item_ids)
     states, unreadable = load_states(pipeline, store, selected)
     history: dict[int, PhaseHistory] = {p.num: PhaseHistory() for p in pipeline.phases}
-    others: dict[str, PipelineState] = {}
-    if history_from_store:
+    _add_history(history, states.values())
+    if history_from_store and not all(h.costs for h in history.values()):
+        # Some phase never completed among the selected items: learn from the rest
+        # of the store (not always: listing the store reads every state once more).
         chosen = set(selected)
         others, _ = load_states(pipeline, store, (i for i in store.item_ids() if i not in chosen))
+        _add_history(history, others.values())
     unknown = 0
-    for state in (*states.values(), *others.values()):
-        for num, phase_state in state.phases.items():
-            if phase_state.status == COMPLETED and num in history:
-                history[num].add(phase_state.duration_seconds, phase_state.cost_usd, phase_state.attempts)
     cells = []
     for item_id in selected:
         if item_id in unreadable:
@@ -374,6 +373,13 @@ def make_plan(
             unknown += sum(1 for p in item_state.phases.values() if p.status == COMPLETED and not p.fingerprint)
         cells += plan_item(checker, policy, item_id, item_state, force=force, from_phase=from_phase)
     return Plan(pipeline, selected, cells, history, unreadable, unknown)
+
+
+def _add_history(history: dict[int, PhaseHistory], states: Iterable[PipelineState]) -> None:
+    for state in states:
+        for num, phase_state in state.phases.items():
+            if phase_state.status == COMPLETED and num in history:
+                history[num].add(phase_state.duration_seconds, phase_state.cost_usd, phase_state.attempts)
 
 
 # -- words -----------------------------------------------------------------------
