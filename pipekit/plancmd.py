@@ -15,14 +15,11 @@ from typing import Any
 
 from pipekit.cli import ArgumentParser
 from pipekit.config import Config
-from pipekit.config import Parser
 from pipekit.fingerprint import SourceArchive
 from pipekit.fingerprint import code_identity
 from pipekit.fingerprint import output_hash
 from pipekit.loader import Pipeline
 from pipekit.loader import load
-from pipekit.manager import make_plugin_manager
-from pipekit.manager import register_pipeline_module
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
 from pipekit.phases import PhaseDefinition
@@ -30,6 +27,7 @@ from pipekit.session import _collect_items
 from pipekit.session import _output_root
 from pipekit.session import build_run_parser
 from pipekit.session import open_store
+from pipekit.session import parse_with_plugins
 from pipekit.staleness import RUN
 from pipekit.staleness import SKIP
 from pipekit.staleness import STALE
@@ -86,14 +84,7 @@ def _configured(
 ) -> Iterator[tuple[Any, Config, Pipeline]]:
     """Plugins, module, options and ``pipekit_configure`` as a run has them
     (so that plugin item sources and options work); option is None after ``--help``."""
-    known, _ = parser.parse_known_args(args)
-    pm = make_plugin_manager(args, plugins)
-    pipeline = None
-    if known.module:
-        pipeline = load(known.module)
-        register_pipeline_module(pm, pipeline.module)
-    pm.hook.pipekit_addoption.call_historic(kwargs={"parser": Parser(parser)})
-    option = parser.parse_args(args)
+    option, pm, pipeline = parse_with_plugins(parser, args, plugins)
     if option.help:
         parser.print_help(sys.stdout)
         yield None, None, None  # type: ignore[misc]

@@ -111,14 +111,7 @@ async def aexecute_run(
 ) -> RunResult:
     """The coroutine behind ``execute_run``, for callers already in an event loop."""
     parser = build_run_parser()
-    known, _ = parser.parse_known_args(args)
-    pm = make_plugin_manager(args, plugins)
-    pipeline: Pipeline | None = None
-    if known.module:
-        pipeline = load(known.module)
-        register_pipeline_module(pm, pipeline.module)
-    pm.hook.pipekit_addoption.call_historic(kwargs={"parser": Parser(parser)})
-    option = parser.parse_args(args)
+    option, pm, pipeline = parse_with_plugins(parser, args, plugins)
     if option.help:
         parser.print_help(sys.stdout)
         return RunResult(ExitCode.OK)
@@ -154,6 +147,23 @@ async def aexecute_run(
             return run.result()
         finally:
             config.ensure_unconfigure()
+
+
+def parse_with_plugins(
+    parser: ArgumentParser, args: list[str], plugins: list[Any]
+) -> tuple[argparse.Namespace, Any, Pipeline | None]:
+    """Plugins, the pipeline module (a plugin too) and their options, then the
+    parsed command line: how ``run`` and ``plan`` start. Returns the options,
+    the plugin manager and the pipeline (None when no MODULE was given).
+    """
+    known, _ = parser.parse_known_args(args)
+    pm = make_plugin_manager(args, plugins)
+    pipeline: Pipeline | None = None
+    if known.module:
+        pipeline = load(known.module)
+        register_pipeline_module(pm, pipeline.module)
+    pm.hook.pipekit_addoption.call_historic(kwargs={"parser": Parser(parser)})
+    return parser.parse_args(args), pm, pipeline
 
 
 def _collect_items(config: Config, pipeline: Pipeline, items: list[Any] | None) -> list[ItemSpec]:
