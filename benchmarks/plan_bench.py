@@ -15,6 +15,7 @@ once; phase 3's code is then edited, so that plan finds 20,000 stale cells
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 import statistics
@@ -112,8 +113,6 @@ def main() -> None:
         (folder / "pipeline.py").write_text(source.replace('"draft: "', '"Draft: "'))
         plan = [sys.executable, "-m", "pipekit", "plan", "pipeline.py", "--state-dir", str(state_dir)]
         check = subprocess.run([*plan, "--json"], cwd=folder, check=True, capture_output=True, text=True)
-        import json
-
         total = json.loads(check.stdout)["total"]
         assert total["stale_not_included"] == 3 * option.items, total
         results = {
