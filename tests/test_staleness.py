@@ -286,8 +286,15 @@ def test_why_shows_the_story_and_the_code_diff(tester: PipeTester) -> None:
     )
     by_num = tester.run("why", "pipeline.py", "a", "3")
     by_num.fnmatch_lines(
-        ["item 'a', phase 3 report", "    input: * -> *  same", "      summarize: * -> *  same"], "stdout"
+        [
+            "item 'a', phase 3 report",
+            "    input: * -> *  same",
+            "      summarize: * -> *  same",
+            "  stale: upstream stale; a run re-executes it with --rerun-stale",
+        ],
+        "stdout",
     )
+    assert "up to date: a run skips it" in tester.run("why", "pipeline.py", "a", "archive").stdout
 
 
 def test_why_on_failures_and_mistakes(tester: PipeTester) -> None:
@@ -295,7 +302,10 @@ def test_why_on_failures_and_mistakes(tester: PipeTester) -> None:
     assert tester.run("pipeline.py", "--progress", "none", "--item", "a", "--rerun-stale").ret == 1
     result = tester.run("why", "pipeline.py", "a", "archive")
     assert result.ret == 0, result
-    result.fnmatch_lines(["  status: failed (error)", "  attempts: 2", "  last error: *disk full*"], "stdout")
+    result.fnmatch_lines(
+        ["  status: failed (error)", "  attempts: 2", "  last error: *disk full*", "  a run would execute it (failed)"],
+        "stdout",
+    )
     assert tester.run("why", "pipeline.py", "nobody", "1").stdout.endswith("a run would execute it (pending)\n")
     missing = tester.run("why", "pipeline.py", "a", "9")
     assert missing.ret == 4
