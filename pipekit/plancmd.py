@@ -73,6 +73,7 @@ def plan_command(args: list[str], plugins: list[Any]) -> ExitCode:
             rerun_stale=option.rerun_stale,
             force=option.force,
             from_phase=option.from_phase,
+            metadata=dict(specs),
         )
         if option.json:
             # One line: the indenting encoder is pure Python and slow on 10,000s of cells.

@@ -345,16 +345,22 @@ def make_plan(
     force: bool = False,
     from_phase: int | None = None,
     history_from_store: bool = True,
+    metadata: dict[str, dict[str, Any]] | None = None,
 ) -> Plan:
     """What a run of ``item_ids`` with these options would do; changes nothing.
 
     :param history_from_store: estimate from every item in the store, not only
         the selected ones.
+    :param metadata: the items' metadata from their source, which a run saves
+        over what the state holds (``fingerprint=`` callables may read it).
     """
     checker = StaleChecker(pipeline, output_root)
     policy = StalePolicy(checker, rerun_stale)
     selected = list(item_ids)
     states, unreadable = load_states(pipeline, store, selected)
+    for item_id, fresh in (metadata or {}).items():
+        if item_id in states:
+            states[item_id].metadata.update(fresh)
     history: dict[int, PhaseHistory] = {p.num: PhaseHistory() for p in pipeline.phases}
     _add_history(history, states.values())
     if history_from_store and not all(h.costs for h in history.values()):
@@ -467,6 +473,7 @@ def prepare_stale_policy(
         rerun_stale=rerun_stale,
         from_phase=getattr(option, "from_phase", None),
         history_from_store=False,
+        metadata=dict(items),
     )
     print_stale_report(plan)
     return StalePolicy(StaleChecker(pipeline, output_root), rerun_stale)

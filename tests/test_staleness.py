@@ -365,3 +365,26 @@ def test_edit_plan_rerun_through_the_console_script(tester: PipeTester) -> None:
         (item, num) for item in ITEMS for num in (2, 3)
     ]
     assert sorted(executions(tester)) == sorted((item, name) for item in ITEMS for name in ("summarize", "report"))
+
+
+def test_fingerprint_reads_the_metadata_a_run_would_save(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(
+        """
+        from pipekit import phase
+
+        def model(metadata):
+            return metadata["model"]
+
+        @phase(1, fingerprint=model)
+        def answer(item_id, metadata):
+            return f"{metadata['model']} on {item_id}"
+        """
+    )
+    pipetester.make_items({"id": "a", "model": "small"}, {"id": "b", "model": "small"}, name="items.jsonl")
+    assert pipetester.run("pipeline.py", "--items", "items.jsonl", "--progress", "none").ret == 0
+    pipetester.make_items({"id": "a", "model": "large"}, {"id": "b", "model": "small"}, name="items.jsonl")
+    document = plan(pipetester, "--items", "items.jsonl")
+    assert cells(document, "stale") == {"answer": {"a": ["input changed"]}}
+    result = pipetester.run("pipeline.py", "--items", "items.jsonl", "--progress", "none", "--rerun-stale")
+    assert result.ret == 0, result
+    assert result.state("a").phase_outputs[1] == "large on a"
