@@ -209,7 +209,7 @@ class Run:
         manager.reconcile(self.pipeline.phases)
         if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
             return False
-        if self.stale_policy is not None and self.stale_policy.item_needs_rerun(state):
+        if self._reruns_stale(state):
             return False
         self.items_already_done += 1
         self.items_completed += 1
@@ -238,7 +238,7 @@ class Run:
         if manager is None:
             return
         state = manager.state
-        if state.is_done and not (self.stale_policy is not None and self.stale_policy.item_needs_rerun(state)):
+        if state.is_done and not self._reruns_stale(state):
             self.items_already_done += 1
             self.items_completed += 1
             self._keep(state)
@@ -258,13 +258,16 @@ class Run:
                 control=self.control,
                 injectors=self._injectors,
                 item_dir_name=encode_item_id(item_id),
-                stale_check=self.stale_policy if self.stale_policy is not None and self.stale_policy.active else None,
+                stale_check=self.stale_policy,
             ).run_async()
             self._finish_item(manager, ok)
         finally:
             del self.in_flight[item_id]
         self._keep(state)
         self.notify("pipekit_item_finish", item=item)
+
+    def _reruns_stale(self, state: PipelineState) -> bool:
+        return self.stale_policy is not None and self.stale_policy.item_needs_rerun(state)
 
     def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
         """Load (or create) the item's state under its lock and apply this run's options."""
