@@ -259,6 +259,7 @@ class Run:
                 injectors=self._injectors,
                 item_dir_name=encode_item_id(item_id),
                 stale_check=self.stale_policy,
+                price=self.config.hook.pipekit_price_usage,
             ).run_async()
             self._finish_item(manager, ok)
         finally:
