@@ -31,6 +31,7 @@ from pipekit.phaserunner import Item
 from pipekit.phaserunner import PhaseRunner
 from pipekit.phaserunner import RunControl
 from pipekit.phases import Injector
+from pipekit.staleness import StalePolicy
 from pipekit.state import COMPLETED
 from pipekit.state import DONE_STATUSES
 from pipekit.state import FAILED
@@ -88,6 +89,7 @@ class Run:
         executor: PhaseExecutor | None = None,
         notifier: HookNotifier | None = None,
         keep_states: bool = False,
+        stale_policy: StalePolicy | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
@@ -97,6 +99,8 @@ class Run:
         self.workers = max(1, workers)
         self.force = force
         self.from_phase = from_phase
+        #: Which completed-but-stale phases run again (``--rerun-stale``, ``on_change``).
+        self.stale_policy = stale_policy
         self.executor = executor or LocalExecutor()
         self.notify = notifier or HookNotifier(config.pluginmanager)
         self.control = RunControl()
@@ -205,6 +209,8 @@ class Run:
         manager.reconcile(self.pipeline.phases)
         if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
             return False
+        if self._reruns_stale(state):
+            return False
         self.items_already_done += 1
         self.items_completed += 1
         self._keep(state)
@@ -232,7 +238,7 @@ class Run:
         if manager is None:
             return
         state = manager.state
-        if state.is_done:
+        if state.is_done and not self._reruns_stale(state):
             self.items_already_done += 1
             self.items_completed += 1
             self._keep(state)
@@ -252,6 +258,7 @@ class Run:
                 control=self.control,
                 injectors=self._injectors,
                 item_dir_name=encode_item_id(item_id),
+                stale_check=self.stale_policy,
                 price=self.config.hook.pipekit_price_usage,
             ).run_async()
             self._finish_item(manager, ok)
@@ -259,6 +266,9 @@ class Run:
             del self.in_flight[item_id]
         self._keep(state)
         self.notify("pipekit_item_finish", item=item)
+
+    def _reruns_stale(self, state: PipelineState) -> bool:
+        return self.stale_policy is not None and self.stale_policy.item_needs_rerun(state)
 
     def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
         """Load (or create) the item's state under its lock and apply this run's options."""
