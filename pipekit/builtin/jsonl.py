@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from datetime import timezone
 import json
+import time
 from typing import IO
 from typing import Any
 
@@ -23,6 +24,9 @@ class JsonlReporter:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        #: Usage in each running phase's state when its current attempt started, and
+        #: when the phase started, by ``(item id, phase num)``.
+        self._before: dict[tuple[str, int], tuple[int, int, float, float]] = {}
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event line and flush it."""
@@ -35,15 +39,19 @@ class JsonlReporter:
     def _phase(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
         return {"item_id": item.id, "phase": phase.num, "phase_name": phase.name}
 
-    @staticmethod
-    def _usage(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
+    def _attempt_usage(self, item: Item, phase: PhaseDefinition) -> dict[str, Any]:
+        """Tokens and cost of the attempt that just ended (the state keeps running sums),
+        and the seconds since the phase started, as ``phase_complete`` reports them."""
+        key = (item.id, phase.num)
         state = item.state.phases[phase.num]
+        unknown = (state.tokens_in, state.tokens_out, state.cost_usd, time.monotonic())  # never started
+        tokens_in, tokens_out, cost, started = self._before.get(key, unknown)
+        self._before[key] = (state.tokens_in, state.tokens_out, state.cost_usd, started)
         return {
-            "duration_seconds": state.duration_seconds,
-            "tokens_in": state.tokens_in,
-            "tokens_out": state.tokens_out,
-            "cost_usd": state.cost_usd,
-            "attempt": state.attempts,
+            "duration_seconds": round(time.monotonic() - started, 6),
+            "tokens_in": state.tokens_in - tokens_in,
+            "tokens_out": state.tokens_out - tokens_out,
+            "cost_usd": state.cost_usd - cost,
         }
 
     @hookimpl
@@ -62,10 +70,13 @@ class JsonlReporter:
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
+        state = item.state.phases[phase.num]
+        self._before[item.id, phase.num] = (state.tokens_in, state.tokens_out, state.cost_usd, time.monotonic())
         self.emit("phase_start", **self._phase(item, phase), attempt=item.state.phases[phase.num].attempts)
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
+        self._before.pop((item.id, phase.num), None)
         self.emit(
             "phase_complete",
             **self._phase(item, phase),
@@ -81,17 +92,22 @@ class JsonlReporter:
         self.emit(
             "phase_retry",
             **self._phase(item, phase),
-            **self._usage(item, phase),
-            error=_describe(error),
+            **self._attempt_usage(item, phase),
+            attempt=attempt,
+            error=item.state.phases[phase.num].error or _describe(error),
         )
 
     @hookimpl
     def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
         state = item.state.phases[phase.num]
+        usage = self._attempt_usage(item, phase)
+        self._before.pop((item.id, phase.num), None)
+        usage["duration_seconds"] = state.duration_seconds if state.duration_seconds is not None else usage["duration_seconds"]
         self.emit(
             "phase_fail",
             **self._phase(item, phase),
-            **self._usage(item, phase),
+            **usage,
+            attempt=state.attempts,
             error=state.error or _describe(error),
             reason=state.reason,
             critical=phase.critical,
@@ -129,6 +145,7 @@ class JsonlReporter:
             tokens_in=run.tokens_in,
             tokens_out=run.tokens_out,
             cost_usd=run.cost_usd,
+            earlier_cost_usd=run.earlier_cost_usd,
             duration_seconds=round(run.elapsed_seconds, 6),
         )
 

@@ -1,0 +1,237 @@
+"""The built-in ``progress`` plugin: plain lines in logs, a live display in a terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+
+from pipekit.testing import PipeTester
+
+from .pipelines import BOOKS
+from .pipelines import GATED
+
+
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][A-Z0-9])")
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text).replace("\r", "")
+
+
+def test_plain_lines_off_a_terminal(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(BOOKS)
+    result = pipetester.run("pipeline.py", "--item", "good", "--item", "bad")
+    assert result.ret == 1, result
+    result.fnmatch_lines(
+        [
+            "pipekit: pipeline -j 1: 2 books x 3 phases",
+            "[[]1/2] good phase 1/3 research done in *s",
+            "[[]1/2] good phase 2/3 draft done in *s $0.2500 (run $0.2500)",
+            "[[]1/2] good phase 3/3 review done in *s $0.5000 (run $0.7500)",
+            "[[]1/2] good completed (1/2 books done, $0.7500 this book)",
+            "[[]2/2] bad phase 2/3 draft FAILED in *s $0.2500 (run $1.00): RuntimeError: model refused bad",
+            "[[]2/2] bad failed (2/2 books done, $0.2500 this book)",
+        ]
+    )
+    assert "second line of the error" not in result.stderr.split("summary of")[0]
+    assert "\x1b" not in result.stderr
+    assert "reviewing good" in result.stderr  # a handler's print goes to stderr
+    assert result.stdout == ""
+
+
+def test_skips_and_retries_are_lines_too(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        from pathlib import Path
+        from pipekit import phase
+
+        @phase(1, cache=lambda item_id: True)
+        def cached(item_id):
+            return "never"
+
+        @phase(2, retries=1, retry_backoff=0)
+        def flaky(item_id):
+            marker = Path("tried")
+            if not marker.exists():
+                marker.touch()
+                raise ConnectionError("try again")
+            return "ok"
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a", "-v")
+    assert result.ret == 0, result
+    result.fnmatch_lines(
+        [
+            "[[]1/1] a phase 1/2 cached skipped (cache)",
+            "[[]1/1] a phase 2/2 flaky started",
+            "[[]1/1] a phase 2/2 flaky attempt 1 failed, retrying: ConnectionError: try again",
+            "[[]1/1] a phase 2/2 flaky done in *s",
+        ]
+    )
+
+
+def test_heartbeat_shows_a_long_phase_is_alive(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        import time
+        from pipekit import phase
+
+        @phase(1)
+        def slow(item_id):
+            time.sleep(0.6)
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a", "--heartbeat", "0.1")
+    assert result.ret == 0, result
+    result.fnmatch_lines(["pipekit: 0/1 items, phases 0/1, elapsed *, ETA --:--:--*; running: a phase 1/1 slow *s"])
+
+
+def test_rich_display_when_asked_for(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    pipetester.make_pipeline(BOOKS)
+    result = pipetester.run("pipeline.py", "--item", "good", "--item", "bad", "--progress", "rich")
+    assert result.ret == 1, result
+    assert "\x1b[" in result.stderr
+    screen = plain(result.stderr)
+    assert "2/2 books" in screen
+    assert "1 failed" in screen
+    assert "ETA 0:00:00" in screen
+    assert "tokens 2,010 in / 405 out" in screen
+    assert "cost $1.00" in screen
+    assert result.stdout == ""
+
+
+def test_progress_none_and_quiet_print_no_progress(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(BOOKS)
+    silent = pipetester.run("pipeline.py", "--item", "good", "--progress", "none")
+    assert "phase 1/3" not in silent.stderr
+    assert "summary of pipeline" in silent.stderr
+    quiet = pipetester.run("pipeline.py", "--item", "good2", "-q")
+    assert "phase 1/3" not in quiet.stderr
+    assert "summary" not in quiet.stderr
+
+
+@pytest.mark.parametrize("jsonl", [False, True], ids=["", "jsonl"])
+@pytest.mark.parametrize("mode", ["auto", "simple", "rich", "none"])
+@pytest.mark.parametrize("blocked", [False, True], ids=["", "no-progress"])
+def test_progress_options_combine(
+    pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch, blocked: bool, mode: str, jsonl: bool
+) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    pipetester.make_pipeline(BOOKS)
+    args = ["pipeline.py", "--item", "good", "--progress", mode]
+    args += ["-p", "no:progress"] if blocked else []
+    args += ["--jsonl"] if jsonl else []
+    result = pipetester.run(*args)
+    assert result.ret == 0, result
+    if jsonl:
+        events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+        assert events[0] == "run_start" and events[-1] == "run_finish"
+        assert events.count("phase_complete") == 3
+    else:
+        assert result.stdout == ""
+    shown = not blocked and mode != "none"
+    assert ("good phase 1/3 research done" in result.stderr) == (shown and mode != "rich")
+    assert ("\x1b[" in result.stderr) == (shown and mode == "rich")
+    assert "summary of pipeline" in plain(result.stderr) or "pipekit summary" in plain(result.stderr)
+
+
+def test_piped_run_has_no_escape_codes_and_an_empty_stdout(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(BOOKS)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipekit", "run", "pipeline.py", "--item", "good", "-j", "8"],
+        cwd=pipetester.path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TERM": "xterm-256color", "NO_COLOR": ""},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert "\x1b" not in proc.stderr
+    assert "[1/1] good phase 3/3 review done" in proc.stderr
+
+
+def _run_in_terminal(
+    tester: PipeTester, args: list[str], release: Path, ready: re.Pattern[str], timeout: float = 60
+) -> tuple[int, str, str]:
+    """Run pipekit on a pseudo-terminal; create ``release`` once the screen matches ``ready``.
+
+    Returns the exit code, the output seen before the release and all of it.
+    """
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "RELEASE": str(release)}
+    env.pop("NO_COLOR", None)
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipekit", *args],
+        cwd=tester.path,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    output = b""
+    before = ""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([master], [], [], 0.1)
+            if readable:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not before and ready.search(plain(output.decode(errors="replace"))):
+                before = output.decode(errors="replace")
+                release.touch()
+            if proc.poll() is not None and not readable:
+                break
+        ret = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return ret, before, output.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_live_display_in_a_terminal_shows_the_items_in_flight(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(GATED)
+    in_flight = "".join(rf"(?=.*book-0{i}\s+phase 1/2 wait_for_release\s+\d+\.\ds)" for i in range(8))
+    ready = re.compile(rf"(?s){in_flight}.*ETA")
+    ret, before, everything = _run_in_terminal(
+        pipetester, ["run", "pipeline.py", "-j", "8"], pipetester.path / "release", ready
+    )
+    assert before, f"the screen never showed the 8 items in flight:\n{plain(everything)}"
+    assert ret == 0, plain(everything)
+    assert "\x1b[" in before  # drawn, not printed line by line
+    screen = plain(before)
+    last_frame = screen[screen.rindex("pipeline -j 8") :]
+    assert "0/12 books" in last_frame
+    assert "phases 0/24" in last_frame
+    assert "elapsed 0:00:0" in last_frame
+    assert "ETA --:--:--" in last_frame
+    assert "cost $0.0000" in last_frame
+    assert "book-08" not in last_frame  # only -j 8 items are in flight
+    final = plain(everything)
+    assert "12/12 books" in final
+    assert "ETA 0:00:00" in final
+    assert "cost $1.50" in final
+    assert "handler output for book-00" in final  # printed above the display, not through it
+    assert "books: 12 selected: 12 completed, 0 failed, 0 remaining" in final
