@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Hashable
 from dataclasses import dataclass
-from dataclasses import field
 from datetime import datetime
 from datetime import timezone
 import sys
@@ -519,7 +518,8 @@ class ProgressTracker(_BaseProgress):
             facts.append(f"  failed phases {s.failed_phases}", style="red")
         lines: list[RenderableType] = [head, facts]
         if self.show_cost:
-            money = f"tokens {s.total_tokens_in:,} in / {s.total_tokens_out:,} out  cost {format_cost(s.total_cost_usd)}"
+            money = f"tokens {s.total_tokens_in:,} in / {s.total_tokens_out:,} out"
+            money += f"  cost {format_cost(s.total_cost_usd)}"
             if s.earlier_cost_usd:
                 money += f"  (+{format_cost(s.earlier_cost_usd)} in earlier runs)"
             lines.append(Text(money))

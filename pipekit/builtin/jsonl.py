@@ -102,7 +102,8 @@ class JsonlReporter:
         state = item.state.phases[phase.num]
         usage = self._attempt_usage(item, phase)
         self._before.pop((item.id, phase.num), None)
-        usage["duration_seconds"] = state.duration_seconds if state.duration_seconds is not None else usage["duration_seconds"]
+        if state.duration_seconds is not None:
+            usage["duration_seconds"] = state.duration_seconds
         self.emit(
             "phase_fail",
             **self._phase(item, phase),

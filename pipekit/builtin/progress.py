@@ -165,7 +165,8 @@ def pipekit_addoption(parser: Parser) -> None:
         type=float,
         default=HEARTBEAT_SECONDS,
         metavar="SECONDS",
-        help=f"plain progress: after SECONDS without a line, print what is running (default {HEARTBEAT_SECONDS:g}; 0: never)",
+        help=f"plain progress: after SECONDS without a line, print what is running "
+        f"(default {HEARTBEAT_SECONDS:g}; 0: never)",
     )
 
 

@@ -242,7 +242,8 @@ class Summary:
             table.add_column(name, justify="left" if index == 0 else "right", no_wrap=True)
         for number, row in enumerate(rows):
             last = number == len(rows) - 1
-            table.add_row(*row, style="bold" if last else ("red" if row[3] != "0" else None), end_section=number == len(rows) - 2)
+            style = "bold" if last else ("red" if row[3] != "0" else None)
+            table.add_row(*row, style=style, end_section=number == len(rows) - 2)
         console.print(table)
         for line in lines:
             console.print(Text(line))
@@ -254,8 +255,8 @@ def _plain_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[
     widths = [max(len(columns[i]), *(len(row[i]) for row in rows)) for i in range(len(columns))]
 
     def line(cells: tuple[str, ...]) -> str:
-        first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))]).rstrip()
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([cells[0].ljust(widths[0]), *rest]).rstrip()
 
     return [line(columns), *(line(row) for row in rows)]
 
