@@ -104,7 +104,9 @@ class ItemProgress:
     phase_name: str = ""
     #: Clock reading when the current phase started, None between phases.
     phase_started: float | None = None
+    #: Dollars spent by this item in this run, and by its current phase (retries included).
     cost_usd: float = 0.0
+    phase_cost_usd: float = 0.0
 
 
 class _BaseProgress:
@@ -152,6 +154,7 @@ class _BaseProgress:
         """Phase number ``phase_num`` (1-based position) of an item starts."""
         item = self._item(key)
         item.phase, item.phase_name, item.phase_started = phase_num, name, self.clock()
+        item.phase_cost_usd = 0.0
         self.state.current_phase = phase_num
         self.state.current_phase_name = name
 
@@ -169,7 +172,7 @@ class _BaseProgress:
         duration = self._phase_duration(item, duration)
         self.state.completed_phases += 1
         self._add_usage(item, tokens_in, tokens_out, cost_usd)
-        self._show_phase_end(item, "done", duration, cost_usd, "")
+        self._show_phase_end(item, "done", duration, item.phase_cost_usd, "")
         item.phase_started = None
 
     def complete_item(self, *, key: Hashable | None = None, status: str = "completed") -> None:
@@ -201,13 +204,25 @@ class _BaseProgress:
         duration = self._phase_duration(item, duration)
         self.state.failed_phases += 1
         self._add_usage(item, tokens_in, tokens_out, cost_usd)
-        self._show_phase_end(item, "FAILED" if critical else "failed (non-critical)", duration, cost_usd, error)
+        outcome = "FAILED" if critical else "failed (non-critical)"
+        self._show_phase_end(item, outcome, duration, item.phase_cost_usd, error)
         item.phase_started = None
 
-    def retry_phase(self, error: str, attempt: int, *, key: Hashable | None = None) -> None:
-        """Attempt ``attempt`` of the item's current phase failed and will be retried."""
+    def retry_phase(
+        self,
+        error: str,
+        attempt: int,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+        *,
+        key: Hashable | None = None,
+    ) -> None:
+        """Attempt ``attempt`` of the item's current phase failed (spending this) and will be retried."""
+        item = self._item(key)
         self.state.retried_attempts += 1
-        self._show_retry(self._item(key), error, attempt)
+        self._add_usage(item, tokens_in, tokens_out, cost_usd)
+        self._show_retry(item, error, attempt)
 
     def skip_phase(self, phase_num: int, name: str, reason: str = "cache", *, key: Hashable | None = None) -> None:
         """A phase was skipped without executing (its cache had the work)."""
@@ -273,6 +288,7 @@ class _BaseProgress:
         self.state.total_tokens_out += tokens_out
         self.state.total_cost_usd += cost_usd
         item.cost_usd += cost_usd
+        item.phase_cost_usd += cost_usd
 
     def _show_phase_end(self, item: ItemProgress, outcome: str, duration: float, cost: float, error: str) -> None:
         pass

@@ -48,14 +48,10 @@ class ProgressPlugin:
         self._usage_before: dict[str, tuple[int, int, float]] = {}
 
     def _sync(self) -> None:
-        """Copy the run's exact totals (retried attempts cost too) and finished items."""
+        """Copy what only the run knows: earlier runs' cost, items found finished."""
         run, tracker = self._run, self.tracker
         assert run is not None and tracker is not None
-        state = tracker.state
-        state.total_tokens_in = run.tokens_in
-        state.total_tokens_out = run.tokens_out
-        state.total_cost_usd = run.cost_usd
-        state.earlier_cost_usd = run.earlier_cost_usd
+        tracker.state.earlier_cost_usd = run.earlier_cost_usd
         if run.items_already_done > self._already_done:
             tracker.skip_items(run.items_already_done - self._already_done)
             self._already_done = run.items_already_done
@@ -93,9 +89,11 @@ class ProgressPlugin:
         self.tracker.settle_phases(done)
 
     def _spent(self, item: Item, phase: PhaseDefinition) -> tuple[int, int, float]:
-        """Usage of this execution of the phase, failed attempts included."""
+        """Usage of the attempt that just ended (the state keeps running sums)."""
         state = item.state.phases[phase.num]
-        tokens_in, tokens_out, cost = self._usage_before.pop(item.id, (0, 0, 0.0))
+        now = (state.tokens_in, state.tokens_out, state.cost_usd)
+        tokens_in, tokens_out, cost = self._usage_before.get(item.id, now)
+        self._usage_before[item.id] = now
         return state.tokens_in - tokens_in, state.tokens_out - tokens_out, state.cost_usd - cost
 
     @hookimpl
@@ -109,13 +107,13 @@ class ProgressPlugin:
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
         assert self.tracker is not None
         self.tracker.complete_phase(*self._spent(item, phase), key=item.id, duration=result.duration_seconds)
-        self._sync()
+        self._usage_before.pop(item.id, None)
 
     @hookimpl
     def pipekit_phase_retry(self, item: Item, phase: PhaseDefinition, error: BaseException, attempt: int) -> None:
         assert self.tracker is not None
-        self.tracker.retry_phase(_first_line(item.state.phases[phase.num].error or str(error)), attempt, key=item.id)
-        self._sync()
+        message = _first_line(item.state.phases[phase.num].error or str(error))
+        self.tracker.retry_phase(message, attempt, *self._spent(item, phase), key=item.id)
 
     @hookimpl
     def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
@@ -128,7 +126,7 @@ class ProgressPlugin:
             duration=state.duration_seconds,
             critical=phase.critical,
         )
-        self._sync()
+        self._usage_before.pop(item.id, None)
 
     @hookimpl
     def pipekit_phase_skip(self, item: Item, phase: PhaseDefinition, reason: str) -> None:

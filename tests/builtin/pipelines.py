@@ -52,3 +52,22 @@ GATED = '''
     def write(item_id):
         return "written"
 '''
+
+#: Phase 1 is always cached; phase 2 fails its first attempt (once per folder) and is retried.
+CACHED_AND_FLAKY = '''
+    from pathlib import Path
+    from pipekit import phase
+
+    @phase(1, cache=lambda item_id: True)
+    def cached(item_id):
+        return "never"
+
+    @phase(2, retries=2, retry_backoff=0)
+    def flaky(item_id, ctx):
+        ctx.record_cost(tokens_in=5, cost_usd=0.01)
+        marker = Path("tried")
+        if not marker.exists():
+            marker.touch()
+            raise ConnectionError("try again")
+        return "ok"
+'''

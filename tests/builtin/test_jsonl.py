@@ -13,6 +13,7 @@ import pytest
 from pipekit.testing import PipeTester
 
 from .pipelines import BOOKS
+from .pipelines import CACHED_AND_FLAKY
 from .pipelines import GATED
 
 
@@ -47,23 +48,7 @@ def test_events_carry_the_contract_fields(pipetester: PipeTester) -> None:
 
 
 def test_retry_reports_the_failed_attempt_and_skip_its_reason(pipetester: PipeTester) -> None:
-    pipetester.make_pipeline('''
-        from pathlib import Path
-        from pipekit import phase
-
-        @phase(1, cache=lambda item_id: True)
-        def cached(item_id):
-            return "never"
-
-        @phase(2, retries=2, retry_backoff=0)
-        def flaky(item_id, ctx):
-            ctx.record_cost(tokens_in=5, cost_usd=0.01)
-            marker = Path("tried")
-            if not marker.exists():
-                marker.touch()
-                raise ConnectionError("try again")
-            return "ok"
-    ''')
+    pipetester.make_pipeline(CACHED_AND_FLAKY)
     result = pipetester.run("pipeline.py", "--item", "a", "--jsonl")
     events = records(result.stdout)
     skip = next(e for e in events if e["event"] == "phase_skip")

@@ -19,6 +19,7 @@ import pytest
 from pipekit.testing import PipeTester
 
 from .pipelines import BOOKS
+from .pipelines import CACHED_AND_FLAKY
 from .pipelines import GATED
 
 
@@ -51,22 +52,7 @@ def test_plain_lines_off_a_terminal(pipetester: PipeTester) -> None:
 
 
 def test_skips_and_retries_are_lines_too(pipetester: PipeTester) -> None:
-    pipetester.make_pipeline('''
-        from pathlib import Path
-        from pipekit import phase
-
-        @phase(1, cache=lambda item_id: True)
-        def cached(item_id):
-            return "never"
-
-        @phase(2, retries=1, retry_backoff=0)
-        def flaky(item_id):
-            marker = Path("tried")
-            if not marker.exists():
-                marker.touch()
-                raise ConnectionError("try again")
-            return "ok"
-    ''')
+    pipetester.make_pipeline(CACHED_AND_FLAKY)
     result = pipetester.run("pipeline.py", "--item", "a", "-v")
     assert result.ret == 0, result
     result.fnmatch_lines(
@@ -74,7 +60,7 @@ def test_skips_and_retries_are_lines_too(pipetester: PipeTester) -> None:
             "[[]1/1] a phase 1/2 cached skipped (cache)",
             "[[]1/1] a phase 2/2 flaky started",
             "[[]1/1] a phase 2/2 flaky attempt 1 failed, retrying: ConnectionError: try again",
-            "[[]1/1] a phase 2/2 flaky done in *s",
+            "[[]1/1] a phase 2/2 flaky done in *s $0.0200 (run $0.0200)",
         ]
     )
 
