@@ -277,3 +277,28 @@ def test_phase_runner_drives_a_tracker(tmp_path: Path) -> None:
     assert tracker.state.total_tokens_in == 7
     assert "[1/1] book phase 2/2 draft done in" in out.getvalue()
     assert "$0.0200" in out.getvalue()
+
+
+def test_rich_tracker_redraws_on_a_timer_not_per_event() -> None:
+    """10,000 events cost a handful of redraws (the display stays cheap at -j 64)."""
+    console = Console(file=io.StringIO(), width=100, height=30, force_terminal=True)
+    tracker = ProgressTracker(10_000, 1, console=console, refresh_per_second=4)
+    renders = 0
+    render = tracker.render
+
+    def counting_render() -> object:
+        nonlocal renders
+        renders += 1
+        return render()
+
+    tracker.render = counting_render  # type: ignore[method-assign]
+    tracker.start()
+    for index in range(10_000):
+        tracker.start_item(index + 1, f"item-{index}", key=index)
+        tracker.start_phase(1, "only", key=index)
+        tracker.complete_phase(cost_usd=0.001, key=index)
+        tracker.complete_item(key=index)
+    tracker.stop()
+    assert tracker.state.completed_items == 10_000
+    assert 1 <= renders < 100
+    assert "10000/10000 items" in ANSI.sub("", console.file.getvalue())  # type: ignore[attr-defined]
