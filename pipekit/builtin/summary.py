@@ -169,7 +169,7 @@ class Summary:
         lines = self._run_lines(run)
         failures = self._failure_lines()
         if self.rich:
-            self._print_rich(rows, lines, failures)
+            self._print_rich(f"pipekit: summary of {run.pipeline.name}", rows, lines, failures)
         else:
             text = [f"pipekit: summary of {run.pipeline.name}", *_plain_table(COLUMNS, rows), *lines, *failures]
             self.stream.write("\n".join(text) + "\n")
@@ -231,13 +231,13 @@ class Summary:
             lines.append(f"  ... and {len(self.failures) - limit} more (-v lists them all)")
         return lines
 
-    def _print_rich(self, rows: list[tuple[str, ...]], lines: list[str], failures: list[str]) -> None:
+    def _print_rich(self, title: str, rows: list[tuple[str, ...]], lines: list[str], failures: list[str]) -> None:
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
 
         console = Console(file=self.stream, force_terminal=True, highlight=False)
-        table = Table(title="pipekit summary", title_justify="left", show_edge=False)
+        table = Table(title=title, title_justify="left", show_edge=False)
         for index, name in enumerate(COLUMNS):
             table.add_column(name, justify="left" if index == 0 else "right", no_wrap=True)
         for number, row in enumerate(rows):

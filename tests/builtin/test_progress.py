@@ -126,7 +126,7 @@ def test_progress_options_combine(
     shown = not blocked and mode != "none"
     assert ("good phase 1/3 research done" in result.stderr) == (shown and mode != "rich")
     assert ("\x1b[" in result.stderr) == (shown and mode == "rich")
-    assert "summary of pipeline" in plain(result.stderr) or "pipekit summary" in plain(result.stderr)
+    assert "pipekit: summary of pipeline" in plain(result.stderr)
 
 
 def test_piped_run_has_no_escape_codes_and_an_empty_stdout(pipetester: PipeTester) -> None:
@@ -220,4 +220,6 @@ def test_live_display_in_a_terminal_shows_the_items_in_flight(pipetester: PipeTe
     assert "ETA 0:00:00" in final
     assert "cost $1.50" in final
     assert "handler output for book-00" in final  # printed above the display, not through it
+    assert "pipekit: summary of pipeline" in final
+    assert re.search(r"1 wait_for_release\s+│\s+12\s+│\s+12\s+│\s+0\s+│\s+0\s+│", final), final
     assert "books: 12 selected: 12 completed, 0 failed, 0 remaining" in final
