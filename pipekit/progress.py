@@ -518,7 +518,7 @@ class ProgressTracker(_BaseProgress):
         head.add_column(no_wrap=True)
         head.add_column(ratio=1)
         head.add_column(no_wrap=True)
-        counts = Text(f"{done}/{s.total_items} {s.item_noun}")
+        counts = Text(f"{done:,}/{s.total_items:,} {s.item_noun}")
         if s.failed_items:
             counts.append(f"  {s.failed_items} failed", style="bold red")
         head.add_row(
@@ -527,7 +527,7 @@ class ProgressTracker(_BaseProgress):
             counts,
         )
         facts = Text(
-            f"phases {s.executed_phases + s.skipped_phases}/{s.total_work}"
+            f"phases {s.executed_phases + s.skipped_phases:,}/{s.total_work:,}"
             f"  elapsed {format_seconds(self.elapsed)}  ETA {format_seconds(self.eta)}"
         )
         if s.failed_phases:

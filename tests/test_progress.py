@@ -301,4 +301,4 @@ def test_rich_tracker_redraws_on_a_timer_not_per_event() -> None:
     tracker.stop()
     assert tracker.state.completed_items == 10_000
     assert 1 <= renders < 100
-    assert "10000/10000 items" in ANSI.sub("", console.file.getvalue())  # type: ignore[attr-defined]
+    assert "10,000/10,000 items" in ANSI.sub("", console.file.getvalue())  # type: ignore[attr-defined]

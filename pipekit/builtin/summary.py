@@ -48,10 +48,10 @@ class PhaseStats:
         """The phase's cells, in ``COLUMNS`` order."""
         return (
             f"{self.num} {self.name}",
-            str(self.executed),
-            str(self.completed),
-            str(self.failed),
-            str(self.skipped),
+            f"{self.executed:,}",
+            f"{self.completed:,}",
+            f"{self.failed:,}",
+            f"{self.skipped:,}",
             _duration(mean(self.durations)),
             _duration(percentile(self.durations, 95)),
             f"{self.tokens_in:,}",
@@ -192,7 +192,7 @@ class Summary:
     def _run_lines(self, run: Run) -> list[str]:
         noun = run.pipeline.item_noun
         remaining = run.total_items - run.items_completed - run.items_failed
-        parts = [f"{run.items_completed} completed", f"{run.items_failed} failed", f"{remaining} remaining"]
+        parts = [f"{run.items_completed:,} completed", f"{run.items_failed:,} failed", f"{remaining:,} remaining"]
         for count, label in (
             (run.items_already_done, "already done before this run"),
             (run.items_interrupted, "interrupted"),
@@ -200,7 +200,7 @@ class Summary:
             (run.items_unreadable, "with unreadable state"),
         ):
             if count:
-                parts.append(f"{count} {label}")
+                parts.append(f"{count:,} {label}")
         cost = f"cost {format_cost(run.cost_usd)} this run"
         if run.earlier_cost_usd:
             cost += (
@@ -209,7 +209,7 @@ class Summary:
             )
         wall = run.elapsed_seconds
         lines = [
-            f"{noun}: {run.total_items} selected: {', '.join(parts)}",
+            f"{noun}: {run.total_items:,} selected: {', '.join(parts)}",
             f"wall time {_duration(wall)}; tokens {run.tokens_in:,} in / {run.tokens_out:,} out; {cost}",
         ]
         if self.verbose:
