@@ -484,6 +484,7 @@ class ProgressTracker(_BaseProgress):
         self.console = console
         self.refresh_per_second = refresh_per_second
         self._live: Live | None = None
+        self._stopped = False
 
     def start(self) -> None:
         """Start the clock and the live display (it redraws on its own thread)."""
@@ -502,6 +503,7 @@ class ProgressTracker(_BaseProgress):
     def stop(self) -> None:
         """Draw the last frame and leave it on the screen."""
         live, self._live = self._live, None
+        self._stopped = True  # the last frame shows no ETA for work this run will not do
         if live is not None:
             live.stop()
 
@@ -528,7 +530,8 @@ class ProgressTracker(_BaseProgress):
         )
         facts = Text(
             f"phases {s.executed_phases + s.skipped_phases:,}/{s.total_work:,}"
-            f"  elapsed {format_seconds(self.elapsed)}  ETA {format_seconds(self.eta)}"
+            f"  elapsed {format_seconds(self.elapsed)}"
+            f"  ETA {format_seconds(None if self._stopped and s.phases_left else self.eta)}"
         )
         if s.failed_phases:
             facts.append(f"  failed phases {s.failed_phases}", style="red")

@@ -150,6 +150,8 @@ class Summary:
             stats.executed += 1  # a cache check that raised fails the phase without starting it
         if state.duration_seconds is not None:
             stats.durations.append(state.duration_seconds)
+        if state.reason == "interrupted":
+            return  # counted once as interrupted items, not listed as eight failures
         message = (state.error or str(error) or type(error).__name__).strip()
         self.failures.append((item.id, phase.num, phase.name, message.splitlines()[0] if message else ""))
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import fcntl
 import json
 import os
-from pathlib import Path
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -146,12 +147,17 @@ def test_piped_run_has_no_escape_codes_and_an_empty_stdout(pipetester: PipeTeste
 
 
 def _run_in_terminal(
-    tester: PipeTester, args: list[str], release: Path, ready: re.Pattern[str], timeout: float = 60
+    tester: PipeTester,
+    args: list[str],
+    ready: re.Pattern[str],
+    when_ready: Callable[[subprocess.Popen[bytes]], None],
+    timeout: float = 60,
 ) -> tuple[int, str, str]:
-    """Run pipekit on a pseudo-terminal; create ``release`` once the screen matches ``ready``.
+    """Run pipekit on a pseudo-terminal; call ``when_ready`` once the screen matches ``ready``.
 
-    Returns the exit code, the output seen before the release and all of it.
+    Returns the exit code, the output seen until then and all of it.
     """
+    release = tester.path / "release"
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = {**os.environ, "TERM": "xterm-256color", "RELEASE": str(release)}
@@ -184,7 +190,7 @@ def _run_in_terminal(
                 output += chunk
             if not before and ready.search(plain(output.decode(errors="replace"))):
                 before = output.decode(errors="replace")
-                release.touch()
+                when_ready(proc)
             if proc.poll() is not None and not readable:
                 break
         ret = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -196,13 +202,18 @@ def _run_in_terminal(
     return ret, before, output.decode(errors="replace")
 
 
+EIGHT_IN_FLIGHT = re.compile(
+    "(?s)"
+    + "".join(rf"(?=.*book-0{i}\s+phase 1/2 wait_for_release\s+\d+\.\ds)" for i in range(8))
+    + ".*ETA"
+)
+
+
 @pytest.mark.slow
 def test_live_display_in_a_terminal_shows_the_items_in_flight(pipetester: PipeTester) -> None:
     pipetester.make_pipeline(GATED)
-    in_flight = "".join(rf"(?=.*book-0{i}\s+phase 1/2 wait_for_release\s+\d+\.\ds)" for i in range(8))
-    ready = re.compile(rf"(?s){in_flight}.*ETA")
     ret, before, everything = _run_in_terminal(
-        pipetester, ["run", "pipeline.py", "-j", "8"], pipetester.path / "release", ready
+        pipetester, ["run", "pipeline.py", "-j", "8"], EIGHT_IN_FLIGHT, lambda _: (pipetester.path / "release").touch()
     )
     assert before, f"the screen never showed the 8 items in flight:\n{plain(everything)}"
     assert ret == 0, plain(everything)
@@ -223,3 +234,24 @@ def test_live_display_in_a_terminal_shows_the_items_in_flight(pipetester: PipeTe
     assert "pipekit: summary of pipeline" in final
     assert re.search(r"1 wait_for_release\s+│\s+12\s+│\s+12\s+│\s+0\s+│\s+0\s+│", final), final
     assert "books: 12 selected: 12 completed, 0 failed, 0 remaining" in final
+    assert everything.rindex("\x1b[?25h") > everything.rindex("12/12 books")  # cursor shown again
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_the_live_display_leaves_a_clean_terminal(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(GATED)
+    ret, before, everything = _run_in_terminal(
+        pipetester,
+        ["run", "pipeline.py", "-j", "8"],
+        EIGHT_IN_FLIGHT,
+        lambda proc: os.killpg(proc.pid, signal.SIGINT),
+    )
+    assert before, plain(everything)
+    assert ret == 2, plain(everything)
+    final = plain(everything)
+    assert "interrupted: recording in-flight phases" in final
+    assert "books: 12 selected: 0 completed, 0 failed, 12 remaining, 8 interrupted" in final
+    assert "Traceback" not in final
+    assert "ETA --:--:--" in final[final.rindex("pipeline -j 8") :]  # no promise for work left undone
+    assert "failures" not in final  # interrupted phases are counted, not listed one by one
+    assert everything.rindex("\x1b[?25h") > everything.rindex("pipeline -j 8")
