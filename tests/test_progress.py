@@ -302,3 +302,11 @@ def test_rich_tracker_redraws_on_a_timer_not_per_event() -> None:
     assert tracker.state.completed_items == 10_000
     assert 1 <= renders < 100
     assert "10,000/10,000 items" in ANSI.sub("", console.file.getvalue())  # type: ignore[attr-defined]
+
+
+def test_import_pipekit_does_not_import_rich() -> None:
+    import subprocess
+
+    code = "import sys, pipekit; print(sorted(m for m in sys.modules if m == 'rich' or m.startswith('rich.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
