@@ -408,6 +408,8 @@ class SimpleProgress(_BaseProgress):
             text += f", {s.failed_items} failed"
         if self.show_cost:
             text += f", {format_cost(s.total_cost_usd)}"
+            if s.earlier_cost_usd:
+                text += f" (+{format_cost(s.earlier_cost_usd)} in earlier runs)"
         return text
 
     def _beat(self) -> None:

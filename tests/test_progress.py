@@ -170,6 +170,9 @@ def test_earlier_cost_is_shown_apart_and_show_cost_hides_money() -> None:
     tracker = ProgressTracker(1, 1, console=make_console(), clock=FakeClock())
     tracker.state.earlier_cost_usd = 4.5
     assert "(+$4.50 in earlier runs)" in show(tracker)
+    simple = SimpleProgress(1, 1, stream=io.StringIO(), clock=FakeClock())
+    simple.state.earlier_cost_usd = 4.5
+    assert simple.overview().endswith("$0.0000 (+$4.50 in earlier runs)")
     quiet = ProgressTracker(1, 1, show_cost=False, console=make_console(), clock=FakeClock())
     assert "$" not in show(quiet)
 
