@@ -9,6 +9,7 @@ import time
 from typing import IO
 from typing import Any
 
+from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.context import PhaseOutcome
 from pipekit.hookspecs import hookimpl
@@ -24,9 +25,9 @@ class JsonlReporter:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
-        #: Usage in each running phase's state when its current attempt started, and
-        #: when the phase started, by ``(item id, phase num)``.
-        self._before: dict[tuple[str, int], tuple[int, int, float, float]] = {}
+        self._usage = AttemptUsage()
+        #: When each running phase started, by ``(item id, phase num)``.
+        self._started: dict[tuple[str, int], float] = {}
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event line and flush it."""
@@ -39,19 +40,17 @@ class JsonlReporter:
     def _phase(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
         return {"item_id": item.id, "phase": phase.num, "phase_name": phase.name}
 
-    def _attempt_usage(self, item: Item, phase: PhaseDefinition) -> dict[str, Any]:
-        """Tokens and cost of the attempt that just ended (the state keeps running sums),
-        and the seconds since the phase started, as ``phase_complete`` reports them."""
+    def _attempt_usage(self, item: Item, phase: PhaseDefinition, *, last: bool) -> dict[str, Any]:
+        """Tokens and cost of the attempt that just ended, and the seconds since the
+        phase started (as ``phase_complete`` reports them)."""
+        tokens_in, tokens_out, cost = self._usage.take(item, phase, last=last)
         key = (item.id, phase.num)
-        state = item.state.phases[phase.num]
-        unknown = (state.tokens_in, state.tokens_out, state.cost_usd, time.monotonic())  # never started
-        tokens_in, tokens_out, cost, started = self._before.get(key, unknown)
-        self._before[key] = (state.tokens_in, state.tokens_out, state.cost_usd, started)
+        started = self._started.pop(key, None) if last else self._started.get(key)
         return {
-            "duration_seconds": round(time.monotonic() - started, 6),
-            "tokens_in": state.tokens_in - tokens_in,
-            "tokens_out": state.tokens_out - tokens_out,
-            "cost_usd": state.cost_usd - cost,
+            "duration_seconds": round(time.monotonic() - started, 6) if started is not None else 0.0,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "cost_usd": cost,
         }
 
     @hookimpl
@@ -70,13 +69,14 @@ class JsonlReporter:
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
-        state = item.state.phases[phase.num]
-        self._before[item.id, phase.num] = (state.tokens_in, state.tokens_out, state.cost_usd, time.monotonic())
+        self._usage.mark(item, phase)
+        self._started[item.id, phase.num] = time.monotonic()
         self.emit("phase_start", **self._phase(item, phase), attempt=item.state.phases[phase.num].attempts)
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
-        self._before.pop((item.id, phase.num), None)
+        self._usage.take(item, phase)
+        self._started.pop((item.id, phase.num), None)
         self.emit(
             "phase_complete",
             **self._phase(item, phase),
@@ -92,7 +92,7 @@ class JsonlReporter:
         self.emit(
             "phase_retry",
             **self._phase(item, phase),
-            **self._attempt_usage(item, phase),
+            **self._attempt_usage(item, phase, last=False),
             attempt=attempt,
             error=item.state.phases[phase.num].error or _describe(error),
         )
@@ -100,8 +100,7 @@ class JsonlReporter:
     @hookimpl
     def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
         state = item.state.phases[phase.num]
-        usage = self._attempt_usage(item, phase)
-        self._before.pop((item.id, phase.num), None)
+        usage = self._attempt_usage(item, phase, last=True)
         if state.duration_seconds is not None:
             usage["duration_seconds"] = state.duration_seconds
         self.emit(

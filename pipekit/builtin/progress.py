@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import IO
 
+from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.config import Parser
 from pipekit.context import PhaseOutcome
@@ -44,8 +45,7 @@ class ProgressPlugin:
         self._run: Run | None = None
         self._positions: dict[int, int] = {}
         self._already_done = 0
-        #: Usage recorded in each running phase's state when it started, by item id.
-        self._usage_before: dict[str, tuple[int, int, float]] = {}
+        self._usage = AttemptUsage()
 
     def _sync(self) -> None:
         """Copy what only the run knows: earlier runs' cost, items found finished."""
@@ -88,32 +88,22 @@ class ProgressPlugin:
         done = sum(1 for p in item.state.phases.values() if p.status in DONE_STATUSES)
         self.tracker.settle_phases(done)
 
-    def _spent(self, item: Item, phase: PhaseDefinition) -> tuple[int, int, float]:
-        """Usage of the attempt that just ended (the state keeps running sums)."""
-        state = item.state.phases[phase.num]
-        now = (state.tokens_in, state.tokens_out, state.cost_usd)
-        tokens_in, tokens_out, cost = self._usage_before.get(item.id, now)
-        self._usage_before[item.id] = now
-        return state.tokens_in - tokens_in, state.tokens_out - tokens_out, state.cost_usd - cost
-
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
         assert self.tracker is not None
-        state = item.state.phases[phase.num]
-        self._usage_before[item.id] = (state.tokens_in, state.tokens_out, state.cost_usd)
+        self._usage.mark(item, phase)
         self.tracker.start_phase(self._positions.get(phase.num, phase.num), phase.name, key=item.id)
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
         assert self.tracker is not None
-        self.tracker.complete_phase(*self._spent(item, phase), key=item.id, duration=result.duration_seconds)
-        self._usage_before.pop(item.id, None)
+        self.tracker.complete_phase(*self._usage.take(item, phase), key=item.id, duration=result.duration_seconds)
 
     @hookimpl
     def pipekit_phase_retry(self, item: Item, phase: PhaseDefinition, error: BaseException, attempt: int) -> None:
         assert self.tracker is not None
         message = _first_line(item.state.phases[phase.num].error or str(error))
-        self.tracker.retry_phase(message, attempt, *self._spent(item, phase), key=item.id)
+        self.tracker.retry_phase(message, attempt, *self._usage.take(item, phase, last=False), key=item.id)
 
     @hookimpl
     def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
@@ -121,12 +111,11 @@ class ProgressPlugin:
         state = item.state.phases[phase.num]
         self.tracker.fail_phase(
             _first_line(state.error or str(error)),
-            *self._spent(item, phase),
+            *self._usage.take(item, phase),
             key=item.id,
             duration=state.duration_seconds,
             critical=phase.critical,
         )
-        self._usage_before.pop(item.id, None)
 
     @hookimpl
     def pipekit_phase_skip(self, item: Item, phase: PhaseDefinition, reason: str) -> None:

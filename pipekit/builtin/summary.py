@@ -13,6 +13,7 @@ import math
 import sys
 from typing import IO
 
+from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.context import PhaseOutcome
 from pipekit.hookspecs import hookimpl
@@ -100,7 +101,7 @@ class Summary:
         self.failures: list[tuple[str, int, str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self._usage_before: dict[tuple[str, int], tuple[int, int, float]] = {}
+        self._usage = AttemptUsage()
 
     def _stats(self, phase: PhaseDefinition) -> PhaseStats:
         stats = self.phases.get(phase.num)
@@ -109,12 +110,11 @@ class Summary:
         return stats
 
     def _add_usage(self, item: Item, phase: PhaseDefinition, stats: PhaseStats) -> None:
-        """Add what this execution spent, failed attempts included (state keeps the sums)."""
-        state = item.state.phases[phase.num]
-        tokens_in, tokens_out, cost = self._usage_before.pop((item.id, phase.num), (0, 0, 0.0))
-        stats.tokens_in += state.tokens_in - tokens_in
-        stats.tokens_out += state.tokens_out - tokens_out
-        stats.cost_usd += state.cost_usd - cost
+        """Add what this execution spent, failed attempts included."""
+        tokens_in, tokens_out, cost = self._usage.take(item, phase)
+        stats.tokens_in += tokens_in
+        stats.tokens_out += tokens_out
+        stats.cost_usd += cost
 
     @hookimpl
     def pipekit_run_start(self, run: Run) -> None:
@@ -128,8 +128,7 @@ class Summary:
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
-        state = item.state.phases[phase.num]
-        self._usage_before[item.id, phase.num] = (state.tokens_in, state.tokens_out, state.cost_usd)
+        self._usage.mark(item, phase)
         self._stats(phase).executed += 1
 
     @hookimpl
@@ -144,7 +143,7 @@ class Summary:
         stats = self._stats(phase)
         state = item.state.phases[phase.num]
         stats.failed += 1
-        if (item.id, phase.num) in self._usage_before:
+        if self._usage.is_marked(item, phase):
             self._add_usage(item, phase, stats)
         else:
             stats.executed += 1  # a cache check that raised fails the phase without starting it
