@@ -255,3 +255,29 @@ def test_ctrl_c_under_the_live_display_leaves_a_clean_terminal(pipetester: PipeT
     assert "ETA --:--:--" in final[final.rindex("pipeline -j 8") :]  # no promise for work left undone
     assert "failures" not in final  # interrupted phases are counted, not listed one by one
     assert everything.rindex("\x1b[?25h") > everything.rindex("pipeline -j 8")
+
+
+@pytest.mark.parametrize(
+    ("mode", "stderr_tty", "stdout_tty", "jsonl", "expected"),
+    [
+        ("auto", True, False, False, "rich"),
+        ("auto", False, True, False, "simple"),
+        ("auto", True, False, True, "rich"),  # events piped elsewhere
+        ("auto", True, True, True, "simple"),  # events on the same terminal would tear the display
+        ("rich", False, False, False, "rich"),
+        ("simple", True, True, False, "simple"),
+        ("none", True, True, False, "none"),
+    ],
+)
+def test_auto_chooses_rich_only_for_a_terminal_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, mode: str, stderr_tty: bool, stdout_tty: bool, jsonl: bool, expected: str
+) -> None:
+    from pipekit.builtin.progress import choose_display
+
+    monkeypatch.setenv("TERM", "xterm-256color")
+    master, slave = os.openpty()
+    with open(slave, "w") as terminal, open(os.devnull, "w") as devnull:
+        stderr = terminal if stderr_tty else devnull
+        stdout = terminal if stdout_tty else devnull
+        assert choose_display(mode, stderr, stdout, jsonl) == expected
+    os.close(master)
