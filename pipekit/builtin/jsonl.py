@@ -94,7 +94,7 @@ class JsonlReporter:
             **self._phase(item, phase),
             **self._attempt_usage(item, phase, last=False),
             attempt=attempt,
-            error=item.state.phases[phase.num].error or _describe(error),
+            error=_describe(error),
         )
 
     @hookimpl
