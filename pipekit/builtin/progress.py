@@ -45,16 +45,21 @@ class ProgressPlugin:
         self._run: Run | None = None
         self._positions: dict[int, int] = {}
         self._already_done = 0
+        self._not_run = 0
         self._usage = AttemptUsage()
 
     def _sync(self) -> None:
-        """Copy what only the run knows: earlier runs' cost, items found finished."""
+        """Copy what only the run knows: earlier runs' cost, items found finished or not run."""
         run, tracker = self._run, self.tracker
         assert run is not None and tracker is not None
         tracker.state.earlier_cost_usd = run.earlier_cost_usd
         if run.items_already_done > self._already_done:
             tracker.skip_items(run.items_already_done - self._already_done)
             self._already_done = run.items_already_done
+        not_run = run.items_busy + run.items_unreadable  # no work for this run either
+        if not_run > self._not_run:
+            tracker.settle_phases((not_run - self._not_run) * run.total_phases)
+            self._not_run = not_run
 
     @hookimpl
     def pipekit_run_start(self, run: Run) -> None:

@@ -281,3 +281,18 @@ def test_auto_chooses_rich_only_for_a_terminal_of_its_own(
         stdout = terminal if stdout_tty else devnull
         assert choose_display(mode, stderr, stdout, jsonl) == expected
     os.close(master)
+
+
+def test_a_resumed_run_counts_finished_items_and_shows_earlier_cost(
+    pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
+    pipetester.make_pipeline(BOOKS)
+    pipetester.run("pipeline.py", "--item", "a", "--item", "b")
+    again = pipetester.run("pipeline.py", "--item", "a", "--item", "b", "--item", "c", "--progress", "rich")
+    assert again.ret == 0, again
+    screen = plain(again.stderr)
+    last_frame = screen[screen.rindex("pipeline -j 1") :]
+    assert "3/3 books" in last_frame
+    assert "phases 9/9" in last_frame
+    assert "cost $0.7500  (+$1.50 in earlier runs)" in last_frame
