@@ -206,8 +206,10 @@ def test_simple_progress_heartbeat_says_what_is_running_after_a_quiet_spell() ->
     clock = FakeClock()
     out = io.StringIO()
     tracker = SimpleProgress(4, 2, stream=out, clock=clock, heartbeat_seconds=30)
-    tracker.state.started_at = None
-    tracker._t0 = clock()  # started, without the heartbeat thread
+    tracker.start()
+    tracker.stop()  # stops only the heartbeat's thread: this test calls heartbeat() itself
+    out.truncate(0)
+    out.seek(0)
     tracker.start_item(1, "a", key="a")
     tracker.start_phase(1, "slow", key="a")
     clock.advance(10)
