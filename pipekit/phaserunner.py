@@ -93,6 +93,7 @@ class PhaseRunner:
     :param force: ignore caches (completed phases must be reset by the caller).
     :param executor: where handlers execute (``LocalExecutor`` by default).
     :param control: the run's shared stop flags and counters.
+    :param price: prices ``ctx.record_usage`` calls (the ``pipekit_price_usage`` hook).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class PhaseRunner:
         control: RunControl | None = None,
         injectors: dict[str, Injector] | None = None,
         item_dir_name: str | None = None,
+        price: Callable[..., float | None] | None = None,
     ) -> None:
         self.phases = sorted(phases, key=lambda p: p.num)
         self.state = state_manager
@@ -121,6 +123,7 @@ class PhaseRunner:
         self._injectors = injectors if injectors is not None else {}
         self._item = item
         self._item_dir_name = item_dir_name
+        self._price = price
 
     # -- the loop -------------------------------------------------------------
 
@@ -335,7 +338,7 @@ class PhaseRunner:
             state_dir = getattr(self.state.store, "state_dir", None)
             root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
         folder = root / (self._item_dir_name or encode_item_id(state.item_id))
-        return PhaseContext(state.item_id, state.metadata, phase, attempt, folder)
+        return PhaseContext(state.item_id, state.metadata, phase, attempt, folder, price=self._price)
 
     def _arguments(
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None

@@ -25,8 +25,10 @@ from pipekit.manager import make_plugin_manager
 from pipekit.manager import register_pipeline_module
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
+from pipekit.projectconfig import load_project_config
 from pipekit.runner import Run
 from pipekit.runner import RunResult
+from pipekit.selection import has_failed_phase
 from pipekit.store import JsonDirStore
 from pipekit.store import StateStore
 from pipekit.store import encode_item_id
@@ -58,6 +60,9 @@ def build_run_parser() -> ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
     run.add_argument(
         "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
+    )
+    run.add_argument(
+        "--failed-only", action="store_true", help="only the selected items that have a failed phase (retry failures)"
     )
     where = parser.add_argument_group("state and outputs")
     where.add_argument("--state-dir", metavar="DIR", help="this pipeline's state directory, used as is")
@@ -108,6 +113,9 @@ async def aexecute_run(
 ) -> RunResult:
     """The coroutine behind ``execute_run``, for callers already in an event loop."""
     parser = build_run_parser()
+    project = load_project_config()
+    project.apply(parser)
+    args = project.plugin_args() + list(args)
     known, _ = parser.parse_known_args(args)
     pm = make_plugin_manager(args, plugins)
     pipeline: Pipeline | None = None
@@ -133,6 +141,11 @@ async def aexecute_run(
                 return RunResult(ExitCode.NO_ITEMS)
             store = open_store(option, pipeline)
             print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+            if option.failed_only:
+                specs = [spec for spec in specs if has_failed_phase(store, spec[0])]
+                if not specs:
+                    print(f"pipekit: no {pipeline.item_noun} with a failed phase", file=sys.stderr)
+                    return RunResult(ExitCode.NO_ITEMS)
             executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
             if executor is None:
                 raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
