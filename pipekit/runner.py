@@ -119,6 +119,8 @@ class Run:
         self.items_already_done = 0
         #: Items whose state file could not be read.
         self.items_unreadable = 0
+        #: Dollars these items' states had recorded before this run (earlier runs).
+        self.earlier_cost_usd = 0.0
         #: Items in flight right now, by id.
         self.in_flight: dict[str, Item] = {}
         self.exit_status: ExitCode | None = None
@@ -213,6 +215,7 @@ class Run:
             return False
         self.items_already_done += 1
         self.items_completed += 1
+        self.earlier_cost_usd += state.total_cost_usd
         self._keep(state)
         return True
 
@@ -286,6 +289,7 @@ class Run:
             manager.save_state()
             return manager
         state = manager.state
+        self.earlier_cost_usd += state.total_cost_usd
         changed = manager.reconcile(phases)
         if any(state.metadata.get(k) != v for k, v in metadata.items()):
             state.metadata.update(metadata)
