@@ -55,6 +55,27 @@ def encode_item_id(item_id: str) -> str:
     return encoded
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+
+
+def encode_document(document: dict[str, Any]) -> bytes:
+    """``document`` as UTF-8 JSON, one top-level key per line and one line per
+    entry of a top-level object (each phase on its own line).
+
+    Readable like ``indent=2`` but built with json's C encoder, which is used
+    only without ``indent``; the indenting encoder is pure Python and was a
+    third of the CPU cost of a save.
+    """
+    lines = []
+    for key, value in document.items():
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            inner = ",\n".join(f"    {_encode(k)}: {_encode(v)}" for k, v in value.items())
+            lines.append(f"  {_encode(key)}: {{\n{inner}\n  }}")
+        else:
+            lines.append(f"  {_encode(key)}: {_encode(value)}")
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
+
+
 def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that no reader ever sees a partial file.
 
@@ -206,10 +227,10 @@ class JsonDirStore(StateStore):
 
     def save(self, item_id: str, document: dict[str, Any]) -> None:
         self._prepare()
-        data = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8")
+        data = encode_document(document)
         path = self.path_for(item_id)
         try:
-            write_atomically(path, data + b"\n", durable=self.durable)
+            write_atomically(path, data, durable=self.durable)
         except OSError as exc:
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
 
