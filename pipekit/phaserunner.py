@@ -32,6 +32,7 @@ from pipekit.remote import RemoteError
 from pipekit.state import DONE_STATUSES
 from pipekit.state import PipelineState
 from pipekit.state import PipelineStateManager
+from pipekit.statewriter import StateWriter
 from pipekit.store import encode_item_id
 
 
@@ -97,6 +98,8 @@ class PhaseRunner:
     :param stale_check: says whether a completed phase must run again (its
         fingerprint changed and the run includes stale phases; ``pipekit.staleness``).
     :param price: prices ``ctx.record_usage`` calls (the ``pipekit_price_usage`` hook).
+    :param writer: writes the state after each change, before observers are
+        told (``pipekit.statewriter``; by default on the event loop's thread).
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class PhaseRunner:
         item_dir_name: str | None = None,
         stale_check: Callable[[PhaseDefinition, PipelineState], bool] | None = None,
         price: Callable[..., float | None] | None = None,
+        writer: StateWriter | None = None,
     ) -> None:
         self.phases = sorted(phases, key=lambda p: p.num)
         self.state = state_manager
@@ -129,6 +133,7 @@ class PhaseRunner:
         self._item_dir_name = item_dir_name
         self.stale_check = stale_check
         self._price = price
+        self.writer = writer or StateWriter()
 
     # -- the loop -------------------------------------------------------------
 
@@ -139,6 +144,15 @@ class PhaseRunner:
         if self.control is None:
             self.control = RunControl()
         self._ensure_state()
+        held = self.writer.hold(self.state)
+        try:
+            return await self._run_phases()
+        finally:
+            if held:
+                self.writer.release(self.state)
+
+    async def _run_phases(self) -> bool:
+        assert self.control is not None
         for phase in self.phases:
             if self.state.state.phases[phase.num].status in DONE_STATUSES:
                 if self.stale_check is None or not self.stale_check(phase, self.state.state):
@@ -182,10 +196,12 @@ class PhaseRunner:
                 return False
             if hit:
                 manager.skip_phase(phase.num, "cache", output=hit if isinstance(hit, str) else None)
+                await self._saved()
                 self.control.phases_skipped += 1
                 self.notify("pipekit_phase_skip", item=item, phase=phase, reason="cache")
                 return True
         manager.start_phase(phase.num, executor=phase.executor)
+        await self._saved()
         self.control.phases_started += 1
         self.notify("pipekit_phase_start", item=item, phase=phase)
         if self.progress is not None:
@@ -198,7 +214,7 @@ class PhaseRunner:
                 phase, self.phases, manager.state.phase_outputs, lambda func: self._arguments(phase, ctx, func)
             )
         except Exception as exc:
-            return self._fail(phase, exc, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
+            return await self._fail(phase, exc, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
         failures = retry_requests = 0
         while True:
             attempt = manager.state.phases[phase.num].attempts
@@ -213,7 +229,7 @@ class PhaseRunner:
                     error = exc
                 else:
                     manager.state.phases[phase.num].fingerprint = fingerprint  # saved by _complete
-                    return self._complete(phase, ctx, result, usage, time.monotonic() - started)
+                    return await self._complete(phase, ctx, result, usage, time.monotonic() - started)
             retry_after: float | None = None
             if isinstance(error, Retry) and retry_requests < MAX_RETRY_REQUESTS:
                 retry_requests += 1
@@ -222,13 +238,15 @@ class PhaseRunner:
                 retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
                 failures += 1
             if retry_after is None:
-                return self._fail(phase, error, usage, time.monotonic() - started)
+                return await self._fail(phase, error, usage, time.monotonic() - started)
             manager.record_failed_attempt(phase.num, _message(error), *usage)
+            await self._saved()
             self.control.add_usage(*usage)
             self.notify("pipekit_phase_retry", item=item, phase=phase, error=error, attempt=attempt)
             if await self._interruptible_sleep(retry_after):
-                return self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
+                return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
             manager.start_phase(phase.num, executor=phase.executor)
+            await self._saved()
 
     async def _check_cache(self, phase: PhaseDefinition) -> Any:
         """The cache's answer; None (after failing the phase) if the check itself failed."""
@@ -240,7 +258,7 @@ class PhaseRunner:
         if error is None:
             return value if value else False
         self.state.start_phase(phase.num, executor=phase.executor)
-        self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="cache check: ")
+        await self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="cache check: ")
         return None
 
     async def _race(self, phase: PhaseDefinition, future: asyncio.Future[Any]) -> tuple[Any, BaseException | None]:
@@ -276,9 +294,13 @@ class PhaseRunner:
             return False
         return True
 
+    async def _saved(self) -> None:
+        """Write the changes made so far (observers are told only after this)."""
+        await self.writer.flush(self.state)
+
     # -- endings ----------------------------------------------------------------
 
-    def _complete(
+    async def _complete(
         self,
         phase: PhaseDefinition,
         ctx: PhaseContext,
@@ -301,6 +323,7 @@ class PhaseRunner:
             output_file=result.output_file,
             executor=executor,
         )
+        await self._saved()
         self.control.phases_completed += 1
         self.control.add_usage(tokens_in, tokens_out, cost)
         outcome = PhaseOutcome(
@@ -318,7 +341,7 @@ class PhaseRunner:
         self.notify("pipekit_phase_complete", item=self.item, phase=phase, result=outcome)
         return True
 
-    def _fail(
+    async def _fail(
         self,
         phase: PhaseDefinition,
         error: BaseException,
@@ -339,6 +362,7 @@ class PhaseRunner:
             duration_seconds=round(duration, 6),
             critical=phase.critical,
         )
+        await self._saved()
         self.control.phases_failed += 1
         self.control.add_usage(*usage)
         self.notify("pipekit_phase_fail", item=self.item, phase=phase, error=error)

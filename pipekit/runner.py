@@ -38,6 +38,7 @@ from pipekit.state import FAILED
 from pipekit.state import PENDING
 from pipekit.state import PipelineState
 from pipekit.state import PipelineStateManager
+from pipekit.statewriter import StateWriter
 from pipekit.store import StateStore
 from pipekit.store import encode_item_id
 
@@ -104,6 +105,8 @@ class Run:
         self.executor = executor or LocalExecutor()
         self.notify = notifier or HookNotifier(config.pluginmanager)
         self.control = RunControl()
+        #: Writes states off the event loop when items run concurrently.
+        self._writer = StateWriter(threads=min(self.workers, 8) if self.workers > 1 else 0)
         #: Where state lives, for humans.
         self.state_location = store.location
         self.total_items = len(items)
@@ -167,6 +170,7 @@ class Run:
             await self._process_all()
         finally:
             restore()
+            self._writer.close()
             await self.executor.aclose()
             self.exit_status = self._exit_status()
             self.notify("pipekit_run_finish", run=self, exitstatus=int(self.exit_status))
@@ -240,6 +244,13 @@ class Run:
         manager = self._prepare_state(item_id, metadata)
         if manager is None:
             return
+        try:
+            await self._writer.flush(manager)
+            await self._run_prepared(index, item_id, manager)
+        finally:
+            self._writer.release(manager)
+
+    async def _run_prepared(self, index: int, item_id: str, manager: PipelineStateManager) -> None:
         state = manager.state
         if state.is_done and not self._reruns_stale(state):
             self.items_already_done += 1
@@ -263,8 +274,10 @@ class Run:
                 item_dir_name=encode_item_id(item_id),
                 stale_check=self.stale_policy,
                 price=self.config.hook.pipekit_price_usage,
+                writer=self._writer,
             ).run_async()
             self._finish_item(manager, ok)
+            await self._writer.flush(manager)
         finally:
             del self.in_flight[item_id]
         self._keep(state)
@@ -276,6 +289,8 @@ class Run:
     def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
         """Load (or create) the item's state under its lock and apply this run's options."""
         manager = PipelineStateManager(item_id, self.store)
+        # The new state, its module and any reset below are written once, by the caller.
+        self._writer.hold(manager)
         phases = self.pipeline.phases
         try:
             loaded = manager.load_state()

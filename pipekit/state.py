@@ -196,6 +196,11 @@ class PipelineStateManager:
         self._state: PipelineState | None = None
         #: Phase outputs already written to their own file, by num.
         self._output_refs: dict[int, str] = {}
+        #: Set by a runner (``pipekit.statewriter``): ``save_state`` then keeps the
+        #: document for the runner to write off the event loop before it tells
+        #: any observer. Never set for library users: their saves are synchronous.
+        self.defer_saves = False
+        self._pending: dict[str, Any] | None = None
 
     @property
     def state(self) -> PipelineState:
@@ -253,7 +258,16 @@ class PipelineStateManager:
             if num not in self._output_refs and len(text) * 4 > INLINE_OUTPUT_LIMIT:
                 if len(text.encode("utf-8")) > INLINE_OUTPUT_LIMIT:
                     self._output_refs[num] = self.store.write_output(self.item_id, num, text)
-        self.store.save(self.item_id, state.to_document(self._output_refs))
+        document = state.to_document(self._output_refs)
+        if self.defer_saves:
+            self._pending = document  # a later save replaces an unwritten one
+        else:
+            self.store.save(self.item_id, document)
+
+    def take_pending(self) -> dict[str, Any] | None:
+        """The document saved with ``defer_saves`` and not yet written (then forgotten)."""
+        document, self._pending = self._pending, None
+        return document
 
     # -- transitions ----------------------------------------------------
 

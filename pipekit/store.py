@@ -125,6 +125,9 @@ class StateStore(abc.ABC):
 
     #: Where the state lives, for humans (a path or a URL with no password).
     location: str
+    #: True when ``save`` may be called from several threads at once (for
+    #: different items); the runner then writes states off its event loop.
+    threadsafe_saves: bool = False
 
     @abc.abstractmethod
     def load(self, item_id: str) -> dict[str, Any] | None:
@@ -184,11 +187,14 @@ class JsonDirStore(StateStore):
         crash of the process. By default true unless ``PIPEKIT_FSYNC=0``.
     """
 
+    threadsafe_saves = True
+
     def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.location = str(self.state_dir)
         self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
+        self._locks_ready = False
 
     def _prepare(self) -> None:
         if not self._ready:
@@ -264,7 +270,9 @@ class JsonDirStore(StateStore):
     def try_lock(self, item_id: str) -> ItemLock | None:
         self._prepare()
         locks = self.state_dir / ".locks"
-        locks.mkdir(exist_ok=True)
+        if not self._locks_ready:  # one mkdir per run, not per item
+            locks.mkdir(exist_ok=True)
+            self._locks_ready = True
         fd = os.open(locks / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,0 +1,160 @@
+"""State writes off the event loop: one write per change, in order, before observers hear of it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+import json
+from pathlib import Path
+import threading
+from typing import Any
+
+import pytest
+
+import pipekit
+from pipekit import hookimpl
+from pipekit.state import PipelineStateManager
+from pipekit.statewriter import StateWriter
+from pipekit.store import JsonDirStore
+from pipekit.store import encode_document
+
+
+PIPELINE = """
+import asyncio
+from pipekit import phase
+
+@phase(1)
+async def fetch(item_id):
+    await asyncio.sleep(0.01)
+    return "f-" + item_id
+
+@phase(2)
+def parse(fetch):
+    return fetch.upper()
+
+@phase(3)
+async def store(parse):
+    return parse + "!"
+"""
+
+
+class Recorder:
+    """Counts saves per item and the threads that made them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.saves: Counter[str] = Counter()
+        self.threads: set[str] = set()
+        self.statuses: dict[str, list[str]] = {}
+        original = JsonDirStore.save
+
+        def save(store: JsonDirStore, item_id: str, document: dict[str, Any]) -> None:
+            self.saves[item_id] += 1
+            self.threads.add(threading.current_thread().name)
+            self.statuses.setdefault(item_id, []).append(
+                ",".join(p["status"] for p in document["phases"].values())
+            )
+            original(store, item_id, document)
+
+        monkeypatch.setattr(JsonDirStore, "save", save)
+
+
+class DiskReader:
+    """An observer that reads the state file the moment it is told of a change."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.seen: list[tuple[str, str, int, str]] = []
+
+    def _on_disk(self, item: Any, phase: Any) -> str:
+        document = json.loads((self.state_dir / f"{item.id}.json").read_text())
+        return document["phases"][str(phase.num)]["status"]
+
+    @hookimpl
+    def pipekit_phase_start(self, item: Any, phase: Any) -> None:
+        self.seen.append(("start", item.id, phase.num, self._on_disk(item, phase)))
+
+    @hookimpl
+    def pipekit_phase_complete(self, item: Any, phase: Any, result: Any) -> None:
+        self.seen.append(("complete", item.id, phase.num, self._on_disk(item, phase)))
+
+
+@pytest.mark.parametrize("workers", [1, 8])
+def test_a_fresh_item_costs_one_write_per_change_saved_before_observers_hear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    (tmp_path / "pipe.py").write_text(PIPELINE)
+    monkeypatch.chdir(tmp_path)
+    recorder = Recorder(monkeypatch)
+    reader = DiskReader(tmp_path / "state")
+    items = [f"item{n}" for n in range(12)]
+
+    result = pipekit.run("pipe.py", items, state_dir="state", workers=workers, plugins=[reader], progress="none")
+
+    assert result.exit_status == 0
+    # created once (with its module), then the start and the end of each of 3 phases
+    assert recorder.saves == {item: 7 for item in items}
+    assert recorder.statuses["item0"] == [
+        "pending,pending,pending",
+        "in_progress,pending,pending",
+        "completed,pending,pending",
+        "completed,in_progress,pending",
+        "completed,completed,pending",
+        "completed,completed,in_progress",
+        "completed,completed,completed",
+    ]
+    expected = {"start": "in_progress", "complete": "completed"}
+    assert len(reader.seen) == 12 * 3 * 2
+    assert all(on_disk == expected[event] for event, _, _, on_disk in reader.seen)
+    on_disk = json.loads((tmp_path / "state" / "item3.json").read_text())
+    assert on_disk["phase_outputs"] == {"1": "f-item3", "2": "F-ITEM3", "3": "F-ITEM3!"}
+    assert on_disk["pipeline_module"].endswith("pipe.py")
+    if workers > 1:
+        assert any(name.startswith("pipekit-save") for name in recorder.threads)
+    else:
+        assert recorder.threads == {"MainThread"}
+
+
+def test_a_finished_run_writes_nothing_when_run_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pipe.py").write_text(PIPELINE)
+    monkeypatch.chdir(tmp_path)
+    assert pipekit.run("pipe.py", ["a", "b"], state_dir="state", progress="none").exit_status == 0
+    recorder = Recorder(monkeypatch)
+    assert pipekit.run("pipe.py", ["a", "b"], state_dir="state", workers=4, progress="none").exit_status == 0
+    assert recorder.saves == {}
+
+
+def test_the_manager_api_saves_synchronously_unless_a_runner_defers(tmp_path: Path) -> None:
+    store = JsonDirStore(tmp_path)
+    manager = PipelineStateManager("x", store)
+    manager.create_state({}, [(1, "one")])
+    assert store.load("x")["phases"]["1"]["status"] == "pending"
+
+    writer = StateWriter(threads=2)
+    assert writer.hold(manager) and not writer.hold(manager)
+    manager.start_phase(1)
+    manager.complete_phase(1, "out")
+    assert store.load("x")["phases"]["1"]["status"] == "pending"  # not written yet
+    asyncio.run(writer.flush(manager))
+    assert store.load("x")["phase_outputs"] == {"1": "out"}
+    manager.reset_phase(1)
+    writer.release(manager)  # what is left is written at once
+    writer.close()
+    assert store.load("x")["phases"]["1"]["status"] == "pending"
+    manager.start_phase(1)
+    assert store.load("x")["phases"]["1"]["status"] == "in_progress"
+
+
+def test_state_files_stay_readable_json_one_phase_per_line(tmp_path: Path) -> None:
+    document = {"item_id": "é", "metadata": {}, "phases": {"1": {"status": "completed"}, "2": {"status": "pending"}}}
+    text = encode_document(document).decode("utf-8")
+    assert json.loads(text) == document
+    assert text.splitlines() == [
+        "{",
+        '  "item_id": "é",',
+        '  "metadata": {},',
+        '  "phases": {',
+        '    "1": {"status": "completed"},',
+        '    "2": {"status": "pending"}',
+        "  }",
+        "}",
+    ]
