@@ -205,6 +205,16 @@ class Run:
         """Cheap check without the lock: finished items need no lock and fire no hooks."""
         if self.force or self.from_phase is not None:
             return False
+        finished = None if self.stale_policy is None or self._keep_states else self.stale_policy.finished
+        if finished is not None:
+            # Read once already at the start of the run (the stale report): not again.
+            cost = finished.pop(item_id, None)
+            if cost is None:
+                return False  # unfinished, new or unreadable: looked at under the lock
+            self.items_already_done += 1
+            self.items_completed += 1
+            self.earlier_cost_usd += cost
+            return True
         manager = PipelineStateManager(item_id, self.store)
         try:
             if not manager.load_state():

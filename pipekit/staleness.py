@@ -170,6 +170,9 @@ class StalePolicy:
         self.rerun_stale = rerun_stale
         #: False when no phase can be re-run: the run then skips every check.
         self.active = rerun_stale or any(p.on_change == "rerun" for p in checker.phases)
+        #: Items found at the start of the run with nothing to do, with their
+        #: recorded cost (None: not known); the run skips them without reading them again.
+        self.finished: dict[str, float] | None = None
 
     def includes(self, definition: PhaseDefinition) -> bool:
         """True when a stale ``definition`` is re-executed by this run."""
@@ -465,15 +468,47 @@ def prepare_stale_policy(
     if getattr(option, "force", False):
         return None
     rerun_stale = bool(getattr(option, "rerun_stale", False))
-    plan = make_plan(
-        pipeline,
-        store,
-        [item_id for item_id, _ in items],
-        output_root,
-        rerun_stale=rerun_stale,
-        from_phase=getattr(option, "from_phase", None),
-        history_from_store=False,
-        metadata=dict(items),
-    )
+    policy = StalePolicy(StaleChecker(pipeline, output_root), rerun_stale)
+    plan, finished = _plan_run(pipeline, store, items, policy, getattr(option, "from_phase", None))
     print_stale_report(plan)
-    return StalePolicy(StaleChecker(pipeline, output_root), rerun_stale)
+    if getattr(option, "from_phase", None) is None:
+        policy.finished = finished
+    return policy
+
+
+def _plan_run(
+    pipeline: Pipeline,
+    store: StateStore,
+    items: Sequence[tuple[str, Any]],
+    policy: StalePolicy,
+    from_phase: int | None,
+) -> tuple[Plan, dict[str, float]]:
+    """``make_plan`` for the start of a run, reading each state once and holding
+    none: the plan keeps only the stale cells its report needs. Also returns
+    the items with nothing to do, with their recorded cost, so that the run
+    need not read them again."""
+    checker = policy.checker
+    history: dict[int, PhaseHistory] = {p.num: PhaseHistory() for p in pipeline.phases}
+    cells: list[Cell] = []
+    unreadable: dict[str, str] = {}
+    finished: dict[str, float] = {}
+    unknown = 0
+    for item_id, fresh in items:
+        manager = PipelineStateManager(item_id, store)
+        try:
+            if not manager.load_state():
+                continue
+        except StateFileError as exc:
+            unreadable[item_id] = str(exc)
+            continue
+        manager.reconcile(pipeline.phases)
+        state = manager.state
+        same_metadata = all(state.metadata.get(k) == v for k, v in fresh.items())
+        state.metadata.update(fresh)
+        _add_history(history, (state,))
+        unknown += sum(1 for p in state.phases.values() if p.status == COMPLETED and not p.fingerprint)
+        item_cells = plan_item(checker, policy, item_id, state, from_phase=from_phase)
+        cells += (c for c in item_cells if c.reasons and set(c.reasons) <= set(STALE_REASONS))
+        if same_metadata and state.is_done and all(c.action != RUN for c in item_cells):
+            finished[item_id] = state.total_cost_usd
+    return Plan(pipeline, [item_id for item_id, _ in items], cells, history, unreadable, unknown), finished

@@ -40,6 +40,8 @@ def encode_item_id(item_id: str) -> str:
     """
     if not item_id:
         raise ValueError("item id must be a non-empty string")
+    if _SAFE.issuperset(item_id) and item_id[0] != "." and len(item_id) <= _MAX_READABLE + 9 and item_id.islower():
+        return item_id  # already a safe, readable file name
     parts = []
     for index, char in enumerate(item_id):
         if char in _SAFE and not (index == 0 and char == "."):
@@ -47,12 +49,13 @@ def encode_item_id(item_id: str) -> str:
         else:
             parts.append("".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass")))
     encoded = "".join(parts)
+    long, upper = len(encoded) > _MAX_READABLE + 9, encoded.lower() != encoded
+    if not (long or upper):
+        return encoded  # the common case needs no hash
     digest = hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()
-    if len(encoded) > _MAX_READABLE + 9:
+    if long:
         return f"{encoded[:_MAX_READABLE]}~{digest}"
-    if encoded.lower() != encoded:
-        return f"{encoded}~{digest[:8]}"
-    return encoded
+    return f"{encoded}~{digest[:8]}"
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
