@@ -92,7 +92,11 @@ def run_to_log(folder: Path, mode: str, workers: int) -> float:
 
 def run_on_terminal(folder: Path, mode: str, workers: int) -> float:
     """Seconds one fresh run takes with ``--progress mode``, output drained from a pty."""
-    args = command(folder, mode, workers)
+    return run_command_on_terminal(command(folder, mode, workers), folder)
+
+
+def run_command_on_terminal(args: list[str], folder: Path) -> float:
+    """Seconds ``args`` takes on a 120x40 pseudo-terminal whose output is drained."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     started = time.perf_counter()
@@ -116,7 +120,7 @@ def run_on_terminal(folder: Path, mode: str, workers: int) -> float:
         os.close(master)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
-        raise SystemExit(f"--progress {mode} exited {proc.returncode}")
+        raise SystemExit(f"{' '.join(args)} exited {proc.returncode}")
     return elapsed
 
 

@@ -23,6 +23,9 @@ import sys
 import tempfile
 import time
 
+import progress_overhead
+import status_bench
+
 
 CHILD = r'''
 import json, os, resource, sys, time
@@ -139,18 +142,45 @@ def overhead(folder: Path, items: int, repeat: int) -> None:
     print()
 
 
+def baseline_parallel_writes(folder: Path, items: int, phases: int, threads: int) -> float:
+    """The same durable writes as an I/O-bound run (1 + 2 per phase per item),
+    spread over ``threads`` threads as pipekit's writer does, and nothing else:
+    the least time the disk needs for them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipekit.store import write_atomically
+
+    target = folder / "baseline-parallel"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    data = json.dumps({"phases": {str(p): {"status": "completed"} for p in range(phases)}}).encode()
+
+    def item(n: int) -> None:
+        for _ in range(1 + 2 * phases):
+            write_atomically(target / f"item-{n}.json", data)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(item, range(items)))
+    return time.perf_counter() - started
+
+
 def io_bound(folder: Path, items: int, repeat: int) -> None:
     phases, sleep, workers = 3, 0.1, 100
     (folder / "pipeline.py").write_text(pipeline_source(phases, f"await asyncio.sleep({sleep})"))
     ideal = items * phases * sleep / workers
-    samples = []
-    for _ in range(repeat):
+    samples, disk = [], []
+    for _ in range(repeat):  # interleaved, so drift in the machine's load hits both alike
         state = folder / "state"
         shutil.rmtree(state, ignore_errors=True)
         samples.append(run_child(folder, items, workers, state)["seconds"])
-    actual = statistics.median(samples)
+        disk.append(baseline_parallel_writes(folder, items, phases, 8))
+    actual, writes = statistics.median(samples), statistics.median(disk)
+    limit = max(ideal, writes)
     print(f"2. I/O-bound: {items} items x {phases} phases of sleep({sleep}), -j {workers}, durable")
-    print(f"  ideal {ideal:.2f} s (work / concurrency), actual {actual:.2f} s: efficiency {ideal / actual:.0%}\n")
+    print(f"  ideal {ideal:.2f} s (work / concurrency), actual {actual:.2f} s: efficiency {ideal / actual:.0%}")
+    print(f"  the same {items * (1 + 2 * phases):,} durable writes alone, 8 threads: {writes:.2f} s;"
+          f" efficiency against max(ideal, writes) {limit / actual:.0%}\n")
 
 
 def rerun(folder: Path, items: int, repeat: int) -> None:
@@ -197,14 +227,62 @@ def memory(folder: Path, items: int) -> None:
     print()
 
 
+def status(folder: Path, items: int, repeat: int) -> None:
+    """`pipekit status` over a batch written as status_bench writes it (1 % failed)."""
+    root = folder / "status"
+    state = status_bench.write_batch(root, items)
+    status_bench.baseline(state)  # warm the page cache
+    start = statistics.median([wall([sys.executable, "-c", "pass"]) for _ in range(repeat)])
+    read = statistics.median([timed(status_bench.baseline, state) for _ in range(repeat)])
+    command = [sys.executable, "-m", "pipekit", "status", "pipeline.py", "--state-dir", str(state)]
+    summary = statistics.median([wall(command, root) for _ in range(repeat)])
+    as_json = statistics.median([wall([*command, "--json"], root) for _ in range(repeat)])
+    print(f"6. status over {items:,} items (whole CLI; baseline: python start + read and parse every file)")
+    row("pipekit status MODULE", summary * 1000, (start + read) * 1000, "ms")
+    row("pipekit status MODULE --json", as_json * 1000, (start + read) * 1000, "ms")
+    print()
+    shutil.rmtree(root)
+
+
+def display(folder: Path, items: int, repeat: int) -> None:
+    """The rich display on a terminal and every built-in plugin, against none of them."""
+    (folder / "pipeline.py").write_text(pipeline_source(5, "return ''"))
+    (folder / "items.txt").write_text("".join(f"item-{n}\n" for n in range(items)))
+    bare_args = ["--progress", "none", "-p", "no:jsonl", "-p", "no:summary"]
+    samples: dict[str, list[tuple[float, float]]] = {"bare": [], "rich": []}
+    for _ in range(repeat):
+        for mode, extra in (("bare", bare_args), ("rich", ["--progress", "rich"])):
+            state = folder / "state-display"
+            shutil.rmtree(state, ignore_errors=True)
+            command = [sys.executable, "-m", "pipekit", "run", "pipeline.py", "--items", "items.txt",
+                       "--state-dir", str(state), "-j", "1", *extra]
+            cpu = progress_overhead.children_cpu()
+            seconds = progress_overhead.run_command_on_terminal(command, folder)
+            samples[mode].append((seconds, progress_overhead.children_cpu() - cpu))
+    phases = items * 5
+    print(f"7. display and plugins: {items} items x 5 no-op phases, -j 1, durable, on a pseudo-terminal")
+    print("   (baseline: --progress none -p no:jsonl -p no:summary; CPU = the run's user + system time)")
+    for index, what in ((0, "wall"), (1, "CPU")):
+        bare = statistics.median(s[index] for s in samples["bare"]) / phases * 1e6
+        rich = statistics.median(s[index] for s in samples["rich"]) / phases * 1e6
+        row(f"--progress rich + plugins, {what} per phase", rich, bare, "us")
+    print()
+
+
+def timed(func: object, *args: object) -> float:
+    started = time.perf_counter()
+    func(*args)  # type: ignore[operator]
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", help="comma list of: overhead,io,rerun,startup,memory")
+    parser.add_argument("--only", help="comma list of: overhead,io,rerun,startup,memory,status,display")
     args = parser.parse_args()
     repeat = 1 if args.quick else args.repeat
-    only = set(args.only.split(",")) if args.only else {"overhead", "io", "rerun", "startup", "memory"}
+    only = set(args.only.split(",")) if args.only else {"overhead", "io", "rerun", "startup", "memory", "status", "display"}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}; figures are medians of {repeat} run(s)\n")
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,6 +298,10 @@ def main() -> None:
             startup(repeat)
         if "memory" in only:
             memory(folder, 10_000 if args.quick else 100_000)
+        if "status" in only:
+            status(folder, 10_000 if args.quick else 100_000, repeat)
+        if "display" in only:
+            display(folder, 200 if args.quick else 2000, repeat)
 
 
 if __name__ == "__main__":
