@@ -198,6 +198,7 @@ class JsonDirStore(StateStore):
         self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
         self._locks_ready = False
+        self._last_path: tuple[str, Path] | None = None
 
     def _prepare(self) -> None:
         if not self._ready:
@@ -209,7 +210,12 @@ class JsonDirStore(StateStore):
 
     def path_for(self, item_id: str) -> Path:
         """The state file of ``item_id``."""
-        return self.state_dir / f"{encode_item_id(item_id)}.json"
+        last = self._last_path
+        if last is not None and last[0] == item_id:
+            return last[1]  # loading an item asks for its path twice (load, describe)
+        path = self.state_dir / f"{encode_item_id(item_id)}.json"
+        self._last_path = (item_id, path)
+        return path
 
     def describe(self, item_id: str) -> str:
         return str(self.path_for(item_id))
@@ -217,7 +223,8 @@ class JsonDirStore(StateStore):
     def load(self, item_id: str) -> dict[str, Any] | None:
         path = self.path_for(item_id)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as handle:
+                raw = handle.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
