@@ -280,6 +280,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", help="comma list of: overhead,io,rerun,startup,memory,status,display")
+    parser.add_argument("--rerun-items", help="comma list of sizes for the no-op re-run (default 10000,100000)")
+    parser.add_argument("--memory-items", type=int, help="items of the memory run (default 100000)")
+    parser.add_argument("--status-items", type=int, help="items of the status run (default 100000)")
     args = parser.parse_args()
     repeat = 1 if args.quick else args.repeat
     only = set(args.only.split(",")) if args.only else {"overhead", "io", "rerun", "startup", "memory", "status", "display"}
@@ -292,14 +295,15 @@ def main() -> None:
         if "io" in only:
             io_bound(folder, 200 if args.quick else 1000, repeat)
         if "rerun" in only:
-            for items in (1000,) if args.quick else (10_000, 100_000):
+            sizes = (1000,) if args.quick else (10_000, 100_000)
+            for items in [int(n) for n in args.rerun_items.split(",")] if args.rerun_items else sizes:
                 rerun(folder, items, repeat)
         if "startup" in only:
             startup(repeat)
         if "memory" in only:
-            memory(folder, 10_000 if args.quick else 100_000)
+            memory(folder, args.memory_items or (10_000 if args.quick else 100_000))
         if "status" in only:
-            status(folder, 10_000 if args.quick else 100_000, repeat)
+            status(folder, args.status_items or (10_000 if args.quick else 100_000), repeat)
         if "display" in only:
             display(folder, 200 if args.quick else 2000, repeat)
 
