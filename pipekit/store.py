@@ -164,7 +164,8 @@ class JsonDirStore(StateStore):
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
-        self.state_dir = Path(state_dir)
+        # Absolute, so a handler that changes the current folder cannot lose state.
+        self.state_dir = Path(state_dir).expanduser().resolve()
         self.location = str(self.state_dir)
         self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
