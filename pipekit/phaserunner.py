@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from collections.abc import Sequence
+import copy
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipekit.context import PhaseContext
 from pipekit.context import PhaseOutcome
 from pipekit.executor import LocalExecutor
 from pipekit.executor import PhaseExecutor
+from pipekit.executor import run_in_thread
 from pipekit.fingerprint import phase_fingerprint
 from pipekit.outcomes import Fail
 from pipekit.outcomes import PhaseInterrupted
@@ -208,13 +210,9 @@ class PhaseRunner:
             self.progress.start_phase(phase.num, phase.name)
 
         started = time.monotonic()
-        ctx = self._context(phase, manager.state.phases[phase.num].attempts)
-        try:
-            fingerprint = phase_fingerprint(
-                phase, self.phases, manager.state.phase_outputs, lambda func: self._arguments(phase, ctx, func)
-            )
-        except Exception as exc:
-            return await self._fail(phase, exc, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
+        fingerprint, error = await self._fingerprint(phase)
+        if error is not None:
+            return await self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
         failures = retry_requests = 0
         while True:
             attempt = manager.state.phases[phase.num].attempts
@@ -247,6 +245,26 @@ class PhaseRunner:
                 return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
             manager.start_phase(phase.num, executor=phase.executor)
             await self._saved()
+
+    async def _fingerprint(self, phase: PhaseDefinition) -> tuple[Any, BaseException | None]:
+        """What produced this execution (``pipekit.fingerprint``); a user's ``fingerprint=``
+        callable runs in a thread, under the phase's timeout, never on the event loop."""
+        ctx = self._context(phase, self.state.state.phases[phase.num].attempts)
+        outputs = dict(self.state.state.phase_outputs)
+        arguments = self._arguments(phase, ctx, phase.fingerprint) if phase.fingerprint is not None else {}
+        kwargs: dict[str, Any] = {
+            "definition": phase,
+            "phases": self.phases,
+            "outputs": outputs,
+            "arguments_for": lambda _: arguments,
+        }
+        if phase.fingerprint is None:
+            try:
+                return phase_fingerprint(**kwargs), None
+            except Exception as exc:
+                return None, exc
+        future = run_in_thread(phase_fingerprint, kwargs, name=f"pipekit-{phase.name}-fingerprint")
+        return await self._race(phase, future)
 
     async def _check_cache(self, phase: PhaseDefinition) -> Any:
         """The cache's answer; None (after failing the phase) if the check itself failed."""
@@ -377,7 +395,9 @@ class PhaseRunner:
             state_dir = getattr(self.state.store, "state_dir", None)
             root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
         folder = root / (self._item_dir_name or encode_item_id(state.item_id))
-        return PhaseContext(state.item_id, state.metadata, phase, attempt, folder, price=self._price)
+        # A copy: what a handler does to its metadata must not leak into the saved state.
+        metadata = copy.deepcopy(state.metadata)
+        return PhaseContext(state.item_id, metadata, phase, attempt, folder, price=self._price)
 
     def _arguments(
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
@@ -391,7 +411,7 @@ class PhaseRunner:
         previous = {n: o for n, o in state.phase_outputs.items() if n < phase.num}
         available: dict[str, Any] = {
             "item_id": state.item_id,
-            "metadata": state.metadata,
+            "metadata": ctx.metadata,
             "previous_outputs": previous,
             "ctx": ctx,
         }

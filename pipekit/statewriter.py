@@ -43,11 +43,12 @@ class StateWriter:
             return
         if self.threads <= 0 or not manager.store.threadsafe_saves:
             manager.store.save(manager.item_id, document)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pipekit-save")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, manager.store.save, manager.item_id, document)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pipekit-save")
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._pool, manager.store.save, manager.item_id, document)
+        manager.saved()
 
     def release(self, manager: PipelineStateManager) -> None:
         """Stop deferring: write anything still unwritten, synchronously."""
@@ -55,6 +56,7 @@ class StateWriter:
         document = manager.take_pending()
         if document is not None:
             manager.store.save(manager.item_id, document)
+            manager.saved()
 
     def close(self) -> None:
         """Wait for writes in flight and stop the threads."""
