@@ -283,6 +283,7 @@ def main() -> None:
     parser.add_argument("--rerun-items", help="comma list of sizes for the no-op re-run (default 10000,100000)")
     parser.add_argument("--memory-items", type=int, help="items of the memory run (default 100000)")
     parser.add_argument("--status-items", type=int, help="items of the status run (default 100000)")
+    parser.add_argument("--display-items", type=int, help="items of the display run (default 2000)")
     args = parser.parse_args()
     repeat = 1 if args.quick else args.repeat
     only = set(args.only.split(",")) if args.only else {"overhead", "io", "rerun", "startup", "memory", "status", "display"}
@@ -305,7 +306,7 @@ def main() -> None:
         if "status" in only:
             status(folder, args.status_items or (10_000 if args.quick else 100_000), repeat)
         if "display" in only:
-            display(folder, 200 if args.quick else 2000, repeat)
+            display(folder, args.display_items or (200 if args.quick else 2000), repeat)
 
 
 if __name__ == "__main__":
