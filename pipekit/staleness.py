@@ -15,6 +15,7 @@ stale in turn (their recorded input hash no longer matches).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -324,7 +325,17 @@ def load_states(
 ) -> tuple[dict[str, PipelineState], dict[str, str]]:
     """States of ``item_ids`` reconciled with the pipeline (in memory only), and
     the unreadable ones with their message."""
-    states, unreadable = {}, {}
+    unreadable: dict[str, str] = {}
+    states = dict(iter_states(pipeline, store, item_ids, unreadable))
+    return states, unreadable
+
+
+def iter_states(
+    pipeline: Pipeline, store: StateStore, item_ids: Iterable[str], unreadable: dict[str, str]
+) -> Iterator[tuple[str, PipelineState]]:
+    """``(item_id, state)`` of each of ``item_ids`` with a saved state, reconciled
+    with the pipeline (in memory only), one at a time; unreadable ones go into
+    ``unreadable`` with their message."""
     for item_id in item_ids:
         manager = PipelineStateManager(item_id, store)
         try:
@@ -334,8 +345,7 @@ def load_states(
             unreadable[item_id] = str(exc)
             continue
         manager.reconcile(pipeline.phases)
-        states[item_id] = manager.state
-    return states, unreadable
+        yield item_id, manager.state
 
 
 def make_plan(
@@ -493,16 +503,9 @@ def _plan_run(
     unreadable: dict[str, str] = {}
     finished: dict[str, float] = {}
     unknown = 0
-    for item_id, fresh in items:
-        manager = PipelineStateManager(item_id, store)
-        try:
-            if not manager.load_state():
-                continue
-        except StateFileError as exc:
-            unreadable[item_id] = str(exc)
-            continue
-        manager.reconcile(pipeline.phases)
-        state = manager.state
+    metadata = dict(items)
+    for item_id, state in iter_states(pipeline, store, metadata, unreadable):
+        fresh = metadata[item_id]
         same_metadata = all(state.metadata.get(k) == v for k, v in fresh.items())
         state.metadata.update(fresh)
         _add_history(history, (state,))
