@@ -168,6 +168,8 @@ class PipelineStateManager:
         self._state: PipelineState | None = None
         #: Phase outputs already written to their own file, by num.
         self._output_refs: dict[int, str] = {}
+        #: Phases whose output file goes once the next save no longer refers to it.
+        self._stale_outputs: set[int] = set()
 
     @property
     def state(self) -> PipelineState:
@@ -226,6 +228,11 @@ class PipelineStateManager:
                 if len(text.encode("utf-8")) > INLINE_OUTPUT_LIMIT:
                     self._output_refs[num] = self.store.write_output(self.item_id, num, text)
         self.store.save(self.item_id, state.to_document(self._output_refs))
+        # Only now that no saved state refers to them: a crash before the save
+        # must leave the old state with its output files.
+        stale, self._stale_outputs = self._stale_outputs, set()
+        for num in stale - set(self._output_refs):
+            self.store.delete_output(self.item_id, num)
 
     # -- transitions ----------------------------------------------------
 
@@ -422,7 +429,7 @@ class PipelineStateManager:
     def _set_output(self, phase_num: int, output: str | None) -> None:
         outputs = self.state.phase_outputs
         if self._output_refs.pop(phase_num, None) is not None:
-            self.store.delete_output(self.item_id, phase_num)
+            self._stale_outputs.add(phase_num)  # deleted once the state no longer refers to it
         if output is None:
             outputs.pop(phase_num, None)
         else:
