@@ -44,7 +44,9 @@ class LocalExecutor(PhaseExecutor):
     A thread per sync call (not a bounded pool) means a handler abandoned at
     its timeout keeps only its own thread busy: it never takes a worker slot
     from the rest of the run. The threads are daemons, so the process exits
-    without waiting for one that is stuck.
+    without waiting for one that is stuck. A phase marked
+    ``isolate="process"`` runs in a child process instead, killed when
+    abandoned (``pipekit.isolate``).
     """
 
     name = "local"
@@ -52,6 +54,10 @@ class LocalExecutor(PhaseExecutor):
     def start(
         self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]
     ) -> asyncio.Future[Any]:
+        if phase.isolate == "process" and func is phase.handler:
+            from pipekit.isolate import start_isolated
+
+            return start_isolated(phase, func, kwargs)
         if asyncio.iscoroutinefunction(func):
             return asyncio.ensure_future(_call_async(func, kwargs))
         return run_in_thread(func, kwargs, name=f"pipekit-{phase.name}")
@@ -68,9 +74,12 @@ async def _call_async(func: Callable[..., Awaitable[Any]], kwargs: dict[str, Any
 class HandlerExit(Exception):
     """A handler raised ``SystemExit`` or ``KeyboardInterrupt``: the phase fails, the run goes on."""
 
-    def __init__(self, exc: BaseException) -> None:
+    def __init__(self, exc: BaseException | str) -> None:
+        # A str when unpickled (an isolated phase's child sends it back).
         super().__init__(
-            f"handler raised {type(exc).__name__}{exc.args!r}; a phase fails by raising an exception"
+            exc
+            if isinstance(exc, str)
+            else f"handler raised {type(exc).__name__}{exc.args!r}; a phase fails by raising an exception"
         )
 
 

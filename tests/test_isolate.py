@@ -1,0 +1,135 @@
+"""``@phase(..., isolate="process")``: sync code that can be stopped for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from pipekit.testing import PipeTester
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` no longer exists (waits a little for the reaper)."""
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_isolated_phase_is_killed_at_its_timeout_and_retried(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        import os, time
+        from pipekit import phase
+
+        @phase(1, isolate="process", timeout=0.5, retries=1, retry_backoff=0.01)
+        def stuck(item_id):
+            with open("pids", "a") as f:
+                f.write(f"{os.getpid()}\\n")
+            time.sleep(60)
+            return "never"
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a")
+    assert result.ret == 1, result
+    phase = result.state("a").phases[1]
+    assert (phase.status, phase.reason, phase.attempts) == ("failed", "timeout", 2)
+    assert phase.error == "phase 'stuck' timed out after 0.5s"
+    pids = [int(line) for line in (pipetester.path / "pids").read_text().split()]
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert all(gone(pid) for pid in pids)
+    assert result.event_names("a") == ["item_start", "phase_start", "phase_retry", "phase_fail", "item_finish"]
+
+
+@pytest.mark.slow
+def test_isolated_phase_returns_its_output_and_its_recorded_cost(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        import os
+        from pipekit import phase, PhaseResult
+
+        @phase(1, isolate="process")
+        def measured(item_id, metadata, ctx):
+            print("a handler's print never reaches stdout")
+            ctx.record_cost(tokens_in=10, tokens_out=5, cost_usd=0.25)
+            ctx.executor = "child"
+            return PhaseResult(f"{item_id} {metadata['n']} from {os.getpid()}", tokens_in=1)
+
+        @phase(2)
+        def after(measured):
+            return measured.upper()
+    ''')
+    pipetester.make_items({"id": "a", "n": 7}, name="items.jsonl")
+    result = pipetester.run_subprocess("pipeline.py", "--items", "items.jsonl")
+    assert result.ret == 0, result
+    assert all(json.loads(line) for line in result.stdout.splitlines())
+    assert "a handler's print never reaches stdout" in result.stderr
+    state = result.state("a")
+    output = state.phase_outputs[1]
+    assert output.startswith("a 7 from ") and int(output.rsplit(" ", 1)[1]) != os.getpid()
+    phase = state.phases[1]
+    assert (phase.tokens_in, phase.tokens_out, phase.cost_usd, phase.executor) == (11, 5, 0.25, "child")
+    assert state.total_cost_usd == 0.25
+    assert state.phase_outputs[2] == output.upper()
+    finish = [payload for name, payload in result.events if name == "run_finish"][0]
+    assert finish["cost_usd"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("return lambda: 1", "phase 'work' has isolate='process' but returned a value that cannot be pickled"),
+        ("raise ValueError('bad row 3')", "ValueError: bad row 3"),
+        ("sys.exit(3)", "handler raised SystemExit"),
+        ("raise KeyboardInterrupt", "handler raised KeyboardInterrupt"),
+        ("os._exit(7)", "phase 'work': its process exited with status 7 without a result"),
+        ("return 42", "phase 'work' returned int; a handler returns a str, None or a PhaseResult"),
+    ],
+)
+def test_isolated_phase_failures_are_clear_and_the_run_goes_on(
+    pipetester: PipeTester, body: str, message: str
+) -> None:
+    pipetester.make_pipeline(f'''
+        import os, sys
+        from pipekit import phase
+
+        @phase(1, isolate="process", critical=False)
+        def work(item_id):
+            {body}
+
+        @phase(2)
+        def after(item_id):
+            return "after"
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a")
+    assert result.ret == 0, result
+    state = result.state("a")
+    assert message in (state.phases[1].error or ""), state.phases[1]
+    assert state.phases[1].attempts == 1
+    assert state.phases[2].status == "completed"
+    if "ValueError" in message:
+        # the child's own traceback is kept
+        assert "raise ValueError('bad row 3')" in (state.phases[1].traceback or "")
+
+
+def test_arguments_that_cannot_be_pickled_name_the_phase() -> None:
+    import asyncio
+    import threading
+
+    from pipekit.isolate import IsolationError
+    from pipekit.isolate import start_isolated
+    from pipekit.phases import PhaseDefinition
+
+    def work(lock: object) -> str:
+        return "never"
+
+    phase = PhaseDefinition(1, "work", work, isolate="process")
+
+    async def call() -> None:
+        await start_isolated(phase, work, {"lock": threading.Lock()})
+
+    with pytest.raises(IsolationError, match="phase 'work' has isolate='process' but its arguments cannot be pickled"):
+        asyncio.run(call())
