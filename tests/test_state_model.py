@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine
 from hypothesis.stateful import initialize
 from hypothesis.stateful import invariant
-from hypothesis.stateful import precondition
 from hypothesis.stateful import rule
 import pytest
 
