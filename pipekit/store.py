@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+import sys
 from typing import Any
 
 from pipekit.outcomes import StateFileError
@@ -27,6 +28,8 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 #: Longest encoded id kept readable; longer ones are cut and end with a full hash.
 _MAX_READABLE = 120
 _tmp_counter = itertools.count()
+#: flock errors meaning "this file system has no locks" rather than "someone holds it".
+_NO_LOCKING = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 def encode_item_id(item_id: str) -> str:
@@ -86,16 +89,21 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
 
 
 class ItemLock:
-    """An exclusive, non-blocking lock on one item; released on ``release`` or process death."""
+    """An exclusive, non-blocking lock on one item; released on ``release`` or process death.
 
-    def __init__(self, fd: int) -> None:
+    :param locked: False for a stand-in on a file system without locks.
+    """
+
+    def __init__(self, fd: int, *, locked: bool = True) -> None:
         self._fd: int | None = fd
+        self.locked = locked
 
     def release(self) -> None:
         """Release the lock (idempotent)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if self.locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 
@@ -150,6 +158,7 @@ class JsonDirStore(StateStore):
         self.location = str(self.state_dir)
         self.durable = durable
         self._ready = False
+        self._warned_no_locking = False
 
     def _prepare(self) -> None:
         if not self._ready:
@@ -223,18 +232,43 @@ class JsonDirStore(StateStore):
             (self._outputs_dir(item_id) / f"{phase_num}.txt").unlink()
 
     def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's ``flock`` in ``.locks/``.
+
+        The kernel drops an flock when its process dies, however it dies, so a
+        lock file left behind never blocks a later run (lock files are never
+        deleted: deleting one while another process waits on it would let two
+        processes hold "the" lock). On a file system without locking (some NFS
+        mounts answer ENOLCK) items are run unlocked, with one warning.
+        """
         self._prepare()
-        locks = self.state_dir / ".locks"
-        locks.mkdir(exist_ok=True)
-        fd = os.open(locks / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
                 return None
-            raise
+            if exc.errno in _NO_LOCKING:
+                self._warn_no_locking(exc)
+                return ItemLock(fd, locked=False)
+            os.close(fd)
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
         return ItemLock(fd)
+
+    def _warn_no_locking(self, exc: OSError) -> None:
+        if not self._warned_no_locking:
+            self._warned_no_locking = True
+            print(
+                f"pipekit: warning: {self.state_dir} does not support file locks "
+                f"({exc.strerror}); items are run unlocked: do not start two runs on it at once",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def item_ids(self) -> Iterator[str]:
         if not self.state_dir.is_dir():
