@@ -43,6 +43,11 @@ def normalize_items(source: Iterable[Any], origin: str) -> list[ItemSpec]:
         if item_id in seen:
             raise UsageError(f"{origin}: duplicate item id {item_id!r}")
         seen.add(item_id)
+        try:
+            json.dumps(metadata)
+        except (TypeError, ValueError) as exc:
+            # It is saved in the item's state file: refuse it before any item runs.
+            raise UsageError(f"{origin}: metadata of item {item_id!r} cannot be saved as JSON ({exc})") from None
         items.append((item_id, dict(metadata)))
     return items
 
