@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 import signal
 import time
 
 import pytest
+from test_isolate import gone
 
 from pipekit.testing import PipeTester
 
@@ -56,16 +56,6 @@ def wait_for(path: Path) -> None:
     raise AssertionError(f"{path} never appeared")
 
 
-def alive(pid: int) -> bool:
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def events_of(stdout: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in stdout.splitlines()]
 
@@ -96,7 +86,7 @@ def test_a_signal_stops_stuck_sync_and_isolated_phases_and_exits_2(
         assert (phase["status"], phase["reason"], phase["error"]) == ("failed", "interrupted", "interrupted")
         assert state["phases"]["4"]["status"] == "pending"
     assert not list(pipetester.path.glob("never-*"))
-    assert not alive(child), "the isolated phase's process outlived the run"
+    assert gone(child), "the isolated phase's process outlived the run"
 
 
 @pytest.mark.slow
@@ -169,18 +159,24 @@ def test_a_late_result_of_an_abandoned_handler_is_discarded(pipetester: PipeTest
 # -- retries -------------------------------------------------------------------------
 
 
-def test_retry_after_waits_as_asked_and_does_not_use_up_retries(
-    pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits between attempts, recorded instead of slept."""
     from pipekit.phaserunner import PhaseRunner
 
-    waits: list[float] = []
+    recorded: list[float] = []
 
     async def no_sleep(self: PhaseRunner, seconds: float) -> bool:
-        waits.append(seconds)
+        recorded.append(seconds)
         return False
 
     monkeypatch.setattr(PhaseRunner, "_interruptible_sleep", no_sleep)
+    return recorded
+
+
+def test_retry_after_waits_as_asked_and_does_not_use_up_retries(
+    pipetester: PipeTester, waits: list[float]
+) -> None:
     pipetester.make_pipeline('''
         from pathlib import Path
         from pipekit import phase, Retry
@@ -202,17 +198,8 @@ def test_retry_after_waits_as_asked_and_does_not_use_up_retries(
 
 
 def test_backoff_doubles_with_jitter_and_the_last_error_is_kept(
-    pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch
+    pipetester: PipeTester, waits: list[float]
 ) -> None:
-    from pipekit.phaserunner import PhaseRunner
-
-    waits: list[float] = []
-
-    async def no_sleep(self: PhaseRunner, seconds: float) -> bool:
-        waits.append(seconds)
-        return False
-
-    monkeypatch.setattr(PhaseRunner, "_interruptible_sleep", no_sleep)
     pipetester.make_pipeline('''
         from pipekit import phase
 
@@ -235,17 +222,8 @@ def test_backoff_doubles_with_jitter_and_the_last_error_is_kept(
 
 
 def test_retry_raised_in_an_isolated_phase_keeps_its_delay(
-    pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch
+    pipetester: PipeTester, waits: list[float]
 ) -> None:
-    from pipekit.phaserunner import PhaseRunner
-
-    waits: list[float] = []
-
-    async def no_sleep(self: PhaseRunner, seconds: float) -> bool:
-        waits.append(seconds)
-        return False
-
-    monkeypatch.setattr(PhaseRunner, "_interruptible_sleep", no_sleep)
     pipetester.make_pipeline('''
         from pipekit import phase, Retry, Fail
 
