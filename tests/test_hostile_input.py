@@ -212,3 +212,35 @@ def test_a_full_or_read_only_disk_is_a_clear_error_and_the_old_state_stays(pipet
     assert "Read-only file system (the previous state is intact)" in read("ro.err")
     assert "Traceback" not in read("ro.err")
     assert read("ro.same") == "same"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("items.jsonl", '{"id": "a"}\n{"id": ""}\n', "item 2 has an invalid id ''"),
+        ("items.jsonl", '{"id": "a"}\n{"id": null}\n', "item 2 has an invalid id None"),
+        ("items.csv", "id,title\na,x\n,y\n", "items.csv, line 3: empty id"),
+        ("items.jsonl", '{"id": "a"}\n\n{"id": "b"\n', "items.jsonl, line 3: invalid JSON"),
+    ],
+)
+def test_empty_and_missing_ids_are_refused_before_anything_runs(
+    pipetester: PipeTester, name: str, content: str, message: str
+) -> None:
+    pipetester.make_pipeline(TWO_PHASES)
+    (pipetester.path / name).write_text(content)
+    result = pipetester.run("pipeline.py", "--items", name)
+    assert result.ret == 4, result
+    assert message in result.stderr
+    assert not (pipetester.path / "state").exists()
+
+
+def test_ids_with_nul_newlines_slashes_and_dots_each_get_their_own_state(pipetester: PipeTester) -> None:
+    ids = ["a\x00b", "a\nb", "a/b", "a%2Fb", "../a", "..", ".", "📚" * 100, "é", "e\u0301"]
+    pipetester.make_pipeline(TWO_PHASES)
+    pipetester.make_items(*({"id": i} for i in ids), name="items.jsonl")
+    result = pipetester.run("pipeline.py", "--items", "items.jsonl")
+    assert result.ret == 0, result
+    assert len(list(result.state_dir.glob("*.json"))) == len(ids)
+    for item_id in ids:
+        assert result.state(item_id).phase_outputs[2] == f"one {item_id} two"
+    assert sorted(p.name for p in pipetester.path.iterdir()) == ["items.jsonl", "pipeline.py", "state"]

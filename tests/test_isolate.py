@@ -133,3 +133,26 @@ def test_arguments_that_cannot_be_pickled_name_the_phase() -> None:
 
     with pytest.raises(IsolationError, match="phase 'work' has isolate='process' but its arguments cannot be pickled"):
         asyncio.run(call())
+
+
+@pytest.mark.slow
+def test_the_child_dies_with_a_killed_run(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        import os, time
+        from pathlib import Path
+        from pipekit import phase
+
+        @phase(1, isolate="process")
+        def stuck(item_id):
+            Path("child").write_text(str(os.getpid()))
+            time.sleep(60)
+    ''')
+    proc = pipetester.popen("pipeline.py", "--item", "a")
+    marker = pipetester.path / "child"
+    for _ in range(600):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert gone(int(marker.read_text())), "the isolated phase's process outlived a kill -9 of the run"
