@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
+import contextlib
 import sys
 import traceback
 from typing import Any

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+import sys
 from typing import IO
+from typing import TYPE_CHECKING
 from typing import Any
 
 from pipekit.outcomes import UsageError

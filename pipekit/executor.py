@@ -14,6 +14,7 @@ import contextvars
 import threading
 from typing import Any
 
+from pipekit.context import PhaseContext
 from pipekit.phases import PhaseDefinition
 
 
@@ -22,11 +23,22 @@ class PhaseExecutor:
 
     #: Name recorded in ``--executor`` and ``pipekit plugins``.
     name = "base"
+    #: True when ``abandon`` really stops a sync handler (its process is killed),
+    #: so a timed-out sync phase may be retried in the same run.
+    hard_timeouts = False
 
     def start(
-        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
     ) -> asyncio.Future[Any]:
-        """Start ``func(**kwargs)`` for ``phase``; the future holds its return value."""
+        """Start ``func(**kwargs)`` for ``phase``; the future holds its return value.
+
+        :param ctx: the attempt's context (also in ``kwargs`` when the handler asks
+            for it); remote executors replay the worker's usage onto it.
+        """
         raise NotImplementedError
 
     def abandon(self, future: asyncio.Future[Any]) -> None:
@@ -52,7 +64,11 @@ class LocalExecutor(PhaseExecutor):
     name = "local"
 
     def start(
-        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
     ) -> asyncio.Future[Any]:
         if phase.isolate == "process" and func is phase.handler:
             from pipekit.isolate import start_isolated
@@ -101,6 +117,7 @@ def run_in_thread(func: Callable[..., Any], kwargs: dict[str, Any], name: str) -
             future.set_exception(value)
 
     def target() -> None:
+        outcome: tuple[bool, Any]
         try:
             result = context.run(func, **kwargs)
         except (KeyboardInterrupt, SystemExit) as exc:

@@ -19,7 +19,7 @@ from pipekit.outcomes import UsageError
 
 ENTRY_POINT_GROUP: Final = "pipekit"
 #: Built-in plugins, imported as ``pipekit.builtin.<name>`` and registered under ``<name>``.
-BUILTIN_PLUGINS: Final = ("items", "progress", "jsonl", "summary")
+BUILTIN_PLUGINS: Final = ("items", "executors", "progress", "jsonl", "summary")
 #: Built-ins that ``-p no:NAME`` may not block: pipekit cannot work without them.
 ESSENTIAL_PLUGINS: Final = ("items",)
 
@@ -124,13 +124,12 @@ class PipekitPluginManager(pluggy.PluginManager):
         try:
             plugin = ep.load()
         except Exception as exc:
-            dist = ep.dist.name if ep.dist else "?"
+            owner = ep.dist.name if ep.dist else "?"
             raise UsageError(
-                f"error loading plugin {ep.name!r} (entry point {ep.value} of {dist}): "
+                f"error loading plugin {ep.name!r} (entry point {ep.value} of {owner}): "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        dist = ep.dist
-        source = f"entry point of {dist.name} {dist.version}" if dist else "entry point"
+        source = f"entry point of {ep.dist.name} {ep.dist.version}" if ep.dist else "entry point"
         self.register_from(plugin, ep.name, source)
 
     def block_all(self, names: Iterable[str]) -> None:

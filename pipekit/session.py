@@ -49,12 +49,21 @@ def build_run_parser() -> ArgumentParser:
         "--items", action="append", default=[], metavar="FILE", help="items file: .txt, .jsonl or .csv (repeatable)"
     )
     run = parser.add_argument_group("run")
-    run.add_argument("-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)")
+    run.add_argument(
+        "-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)"
+    )
+    run.add_argument(
+        "--executor", default="local", metavar="NAME", help="where phases execute: local (default), processes, dask"
+    )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
-    run.add_argument("--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run")
+    run.add_argument(
+        "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
+    )
     where = parser.add_argument_group("state and outputs")
     where.add_argument("--state-dir", metavar="DIR", help="this pipeline's state directory, used as is")
-    where.add_argument("--output-dir", metavar="DIR", help="root of each item's ctx.output_dir (default <state dir>/outputs)")
+    where.add_argument(
+        "--output-dir", metavar="DIR", help="root of each item's ctx.output_dir (default <state dir>/outputs)"
+    )
     where.add_argument("--store", metavar="URL", help="where state lives (json:DIR); wins over --state-dir")
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="progress display on stderr")
@@ -62,7 +71,9 @@ def build_run_parser() -> ArgumentParser:
     out.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     out.add_argument("-v", "--verbose", action="count", default=0, help="more detail")
     plugins = parser.add_argument_group("plugins")
-    plugins.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME", help="load plugin NAME; -p no:NAME blocks it")
+    plugins.add_argument(
+        "-p", dest="plugins", action="append", default=[], metavar="NAME", help="load plugin NAME; -p no:NAME blocks it"
+    )
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     return parser
 
@@ -122,6 +133,9 @@ async def aexecute_run(
                 return RunResult(ExitCode.NO_ITEMS)
             store = open_store(option, pipeline)
             print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+            executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
+            if executor is None:
+                raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
             run = Run(
                 config,
                 pipeline,
@@ -131,6 +145,7 @@ async def aexecute_run(
                 workers=option.workers,
                 force=option.force,
                 from_phase=option.from_phase,
+                executor=executor,
                 keep_states=keep_states,
             )
             await run.execute()

@@ -96,7 +96,8 @@ def test_module_that_raises_shows_the_users_traceback_not_pipekits(pipetester: P
 
 
 def test_dotted_module_name_from_the_current_folder(pipetester: PipeTester) -> None:
-    pipetester.make_files({"flows": {"__init__.py": "", "daily.py": "from pipekit import phase\n@phase(1)\ndef a(item_id):\n    return item_id\n"}})
+    daily = "from pipekit import phase\n@phase(1)\ndef a(item_id):\n    return item_id\n"
+    pipetester.make_files({"flows": {"__init__.py": "", "daily.py": daily}})
     result = pipetester.run("run", "flows.daily", "--item", "x")
     assert result.ret == 0, result
     assert result.state_dir.name == "daily"

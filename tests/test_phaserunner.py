@@ -7,8 +7,8 @@ import time
 import pytest
 
 from pipekit import PhaseDefinition
-from pipekit import PipelineStateManager
 from pipekit import PhaseRunner
+from pipekit import PipelineStateManager
 from pipekit.testing import PipeTester
 
 

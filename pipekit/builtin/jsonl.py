@@ -11,8 +11,8 @@ from typing import Any
 from pipekit.config import Config
 from pipekit.context import PhaseOutcome
 from pipekit.hookspecs import hookimpl
-from pipekit.phases import PhaseDefinition
 from pipekit.phaserunner import Item
+from pipekit.phases import PhaseDefinition
 from pipekit.runner import Run
 
 
