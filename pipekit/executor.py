@@ -12,10 +12,15 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 import contextvars
 import threading
+from typing import TYPE_CHECKING
 from typing import Any
 
 from pipekit.context import PhaseContext
 from pipekit.phases import PhaseDefinition
+
+
+if TYPE_CHECKING:
+    from pipekit.isolate import IsolatedCalls
 
 
 class PhaseExecutor:
@@ -57,11 +62,14 @@ class LocalExecutor(PhaseExecutor):
     its timeout keeps only its own thread busy: it never takes a worker slot
     from the rest of the run. The threads are daemons, so the process exits
     without waiting for one that is stuck. A phase marked
-    ``isolate="process"`` runs in a child process instead, killed when
+    ``isolate="process"`` runs in a worker process instead, killed when
     abandoned (``pipekit.isolate``).
     """
 
     name = "local"
+
+    def __init__(self) -> None:
+        self._isolated: IsolatedCalls | None = None
 
     def start(
         self,
@@ -71,12 +79,18 @@ class LocalExecutor(PhaseExecutor):
         ctx: PhaseContext | None = None,
     ) -> asyncio.Future[Any]:
         if phase.isolate == "process" and func is phase.handler:
-            from pipekit.isolate import start_isolated
+            if self._isolated is None:
+                from pipekit.isolate import IsolatedCalls
 
-            return start_isolated(phase, func, kwargs)
+                self._isolated = IsolatedCalls()
+            return self._isolated.start(phase, func, kwargs, ctx)
         if asyncio.iscoroutinefunction(func):
             return asyncio.ensure_future(_call_async(func, kwargs))
         return run_in_thread(func, kwargs, name=f"pipekit-{phase.name}")
+
+    async def aclose(self) -> None:
+        if self._isolated is not None:
+            self._isolated.close()
 
 
 async def _call_async(func: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> Any:
@@ -90,12 +104,9 @@ async def _call_async(func: Callable[..., Awaitable[Any]], kwargs: dict[str, Any
 class HandlerExit(Exception):
     """A handler raised ``SystemExit`` or ``KeyboardInterrupt``: the phase fails, the run goes on."""
 
-    def __init__(self, exc: BaseException | str) -> None:
-        # A str when unpickled (an isolated phase's child sends it back).
+    def __init__(self, exc: BaseException) -> None:
         super().__init__(
-            exc
-            if isinstance(exc, str)
-            else f"handler raised {type(exc).__name__}{exc.args!r}; a phase fails by raising an exception"
+            f"handler raised {type(exc).__name__}{exc.args!r}; a phase fails by raising an exception"
         )
 
 

@@ -81,11 +81,11 @@ def test_isolated_phase_returns_its_output_and_its_recorded_cost(pipetester: Pip
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("return lambda: 1", "phase 'work' has isolate='process' but returned a value that cannot be pickled"),
+        ("return lambda: 1", "phase 'work' returned a value that cannot be sent back from the worker"),
         ("raise ValueError('bad row 3')", "ValueError: bad row 3"),
         ("sys.exit(3)", "handler raised SystemExit"),
         ("raise KeyboardInterrupt", "handler raised KeyboardInterrupt"),
-        ("os._exit(7)", "phase 'work': its process exited with status 7 without a result"),
+        ("os._exit(7)", "died while running the phase (exit code 7)"),
         ("return 42", "phase 'work' returned int; a handler returns a str, None or a PhaseResult"),
     ],
 )
@@ -119,8 +119,7 @@ def test_arguments_that_cannot_be_pickled_name_the_phase() -> None:
     import asyncio
     import threading
 
-    from pipekit.isolate import IsolationError
-    from pipekit.isolate import start_isolated
+    from pipekit.isolate import IsolatedCalls
     from pipekit.phases import PhaseDefinition
 
     def work(lock: object) -> str:
@@ -129,9 +128,13 @@ def test_arguments_that_cannot_be_pickled_name_the_phase() -> None:
     phase = PhaseDefinition(1, "work", work, isolate="process")
 
     async def call() -> None:
-        await start_isolated(phase, work, {"lock": threading.Lock()})
+        calls = IsolatedCalls()
+        try:
+            await calls.start(phase, work, {"lock": threading.Lock()}, None)
+        finally:
+            calls.close()
 
-    with pytest.raises(IsolationError, match="phase 'work' has isolate='process' but its arguments cannot be pickled"):
+    with pytest.raises(TypeError, match="phase 'work': its arguments cannot be sent to a worker process"):
         asyncio.run(call())
 
 
