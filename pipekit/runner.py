@@ -128,7 +128,7 @@ class Run:
         self._injectors: dict[str, Injector] = {}
         self._module_warning_given = False
         self._interrupts = 0
-        self._signals: list[int] = []
+        self._signals: list[signal.Signals] = []
 
     # -- totals, for plugins ----------------------------------------------------
 

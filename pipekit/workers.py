@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import os
 from multiprocessing.connection import Connection
+import os
 import signal
 from typing import Any
 
