@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 import sys
+import time
 from typing import Any
 
 from pipekit.outcomes import StateFileError
@@ -86,6 +87,32 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+#: A temporary file this old belongs to a write that died (a kill during it).
+STALE_TEMP_SECONDS = 3600
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete the temporary files of writes that died in ``folder`` (not below it).
+
+    A kill during ``write_atomically`` leaves its hidden ``.*.tmp`` file; nothing
+    reads it. A live write lasts milliseconds, so only files older than
+    ``STALE_TEMP_SECONDS`` go. Returns how many were deleted.
+    """
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 class ItemLock:
@@ -168,6 +195,7 @@ class JsonDirStore(StateStore):
             except OSError as exc:
                 raise StateWriteError(self.state_dir, exc.strerror or str(exc)) from exc
             self._ready = True
+            remove_stale_temp_files(self.state_dir)
 
     def path_for(self, item_id: str) -> Path:
         """The state file of ``item_id``."""
@@ -213,6 +241,8 @@ class JsonDirStore(StateStore):
         folder = self._outputs_dir(item_id)
         path = folder / f"{phase_num}.txt"
         try:
+            if folder.exists():
+                remove_stale_temp_files(folder)
             folder.mkdir(exist_ok=True)
             write_atomically(path, text.encode("utf-8"), durable=self.durable)
         except OSError as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 import tempfile
+import time
 from typing import Any
 
 from hypothesis import HealthCheck
@@ -198,3 +200,24 @@ def test_every_id_round_trips_through_its_own_file(tmp_path: Path, item_ids: lis
     assert sorted(JsonDirStore(folder).item_ids()) == sorted(item_ids)
     assert [p for p in folder.rglob("*") if folder not in p.parents] == []
     assert not any(p.name.startswith(".") for p in folder.iterdir())
+
+
+def test_temporary_files_of_killed_writes_are_removed_once_stale(tmp_path: Path) -> None:
+    """A kill during a write leaves a hidden temp file; a later run removes it once old."""
+    manager = PipelineStateManager("a", tmp_path)
+    manager.create_state({}, PHASES)
+    outputs = tmp_path / "a.outputs"
+    outputs.mkdir()
+    stale = [tmp_path / ".a.json.123.0.tmp", outputs / ".1.txt.123.0.tmp"]
+    fresh = tmp_path / ".b.json.456.0.tmp"  # a write in flight in another process
+    for path in (*stale, fresh):
+        path.write_text("{")
+    for path in stale:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    again = PipelineStateManager("a", tmp_path)
+    assert again.load_state()
+    again.start_phase(1)
+    again.complete_phase(1, "x" * (INLINE_OUTPUT_LIMIT + 1))
+    assert [p.exists() for p in stale] == [False, False]
+    assert fresh.exists()
+    assert again.state.phase_outputs[1] == "x" * (INLINE_OUTPUT_LIMIT + 1)
