@@ -226,6 +226,8 @@ class Campaign:
             proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=300)
         killed = proc.returncode == -signal.SIGKILL
+        # The machine's speed changes under load: keep most runs killed, some not.
+        self.window *= 1.05 if killed else 0.8
         if killed:
             self.report.kills += 1
         else:
