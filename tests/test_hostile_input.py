@@ -59,6 +59,11 @@ def test_a_broken_state_file_is_named_left_alone_and_the_others_still_run(
     assert broken.read_bytes() == content
     for item_id in "ac":
         assert result.state(item_id).status == "completed"
+    recovered = pipetester.run("reset", "pipeline.py", "--item", "b")
+    assert recovered.ret == 0, recovered
+    again = pipetester.run("pipeline.py", "--items", "items.txt")
+    assert again.ret == 0, again
+    assert again.state("b").phase_outputs == {1: "one b", 2: "one b two"}
 
 
 def test_metadata_that_cannot_be_saved_is_a_usage_error(pipetester: PipeTester) -> None:
