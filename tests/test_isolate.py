@@ -27,7 +27,11 @@ def test_isolated_phase_is_killed_at_its_timeout_and_retried(pipetester: PipeTes
         import os, time
         from pipekit import phase
 
-        @phase(1, isolate="process", timeout=2, retries=1, retry_backoff=0.01)
+        @phase(1, isolate="process")
+        def warm_up(item_id):
+            return "a worker is running"
+
+        @phase(2, isolate="process", timeout=1, retries=1, retry_backoff=0.01)
         def stuck(item_id):
             with open("pids", "a") as f:
                 f.write(f"{os.getpid()}\\n")
@@ -36,13 +40,15 @@ def test_isolated_phase_is_killed_at_its_timeout_and_retried(pipetester: PipeTes
     ''')
     result = pipetester.run("pipeline.py", "--item", "a")
     assert result.ret == 1, result
-    phase = result.state("a").phases[1]
+    phase = result.state("a").phases[2]
     assert (phase.status, phase.reason, phase.attempts) == ("failed", "timeout", 2)
-    assert phase.error == "phase 'stuck' timed out after 2s"
+    assert phase.error == "phase 'stuck' timed out after 1s"
+    # The first attempt reused phase 1's worker; the retry's fresh worker may not
+    # have started the handler within 1 s on a loaded machine (start-up counts).
     pids = [int(line) for line in (pipetester.path / "pids").read_text().split()]
-    assert len(pids) == 2 and os.getpid() not in pids
+    assert 1 <= len(pids) <= 2 and os.getpid() not in pids
     assert all(gone(pid) for pid in pids)
-    assert result.event_names("a") == ["item_start", "phase_start", "phase_retry", "phase_fail", "item_finish"]
+    assert result.event_names("a")[-4:] == ["phase_start", "phase_retry", "phase_fail", "item_finish"]
 
 
 @pytest.mark.slow

@@ -137,14 +137,14 @@ def test_a_late_result_of_an_abandoned_handler_is_discarded(pipetester: PipeTest
         import time
         from pipekit import phase
 
-        @phase(1, timeout=0.2, critical=False)
+        @phase(1, timeout=0.5, critical=False)
         def slow(item_id):
-            time.sleep(0.6 if item_id == "a" else 0)
+            time.sleep(1.0 if item_id == "a" else 0)
             return f"late for {item_id}"
 
         @phase(2)
         def wait_for_the_late_one(item_id):
-            time.sleep(1.0 if item_id == "a" else 0)
+            time.sleep(1.5 if item_id == "a" else 0)
             return "done"
     ''')
     result = pipetester.run("pipeline.py", "--item", "a", "--item", "b")
