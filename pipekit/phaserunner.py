@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from collections.abc import Sequence
+import copy
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -353,7 +354,9 @@ class PhaseRunner:
             state_dir = getattr(self.state.store, "state_dir", None)
             root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
         folder = root / (self._item_dir_name or encode_item_id(state.item_id))
-        return PhaseContext(state.item_id, state.metadata, phase, attempt, folder, price=self._price)
+        # A copy: what a handler does to its metadata must not leak into the saved state.
+        metadata = copy.deepcopy(state.metadata)
+        return PhaseContext(state.item_id, metadata, phase, attempt, folder, price=self._price)
 
     def _arguments(
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
@@ -367,7 +370,7 @@ class PhaseRunner:
         previous = {n: o for n, o in state.phase_outputs.items() if n < phase.num}
         available: dict[str, Any] = {
             "item_id": state.item_id,
-            "metadata": state.metadata,
+            "metadata": ctx.metadata,
             "previous_outputs": previous,
             "ctx": ctx,
         }

@@ -25,7 +25,6 @@ from pipekit.loader import Pipeline
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
-from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import worst_exit_code
 from pipekit.phaserunner import Item
 from pipekit.phaserunner import PhaseRunner
@@ -181,20 +180,29 @@ class Run:
             tasks.discard(task)
             slots.release()
 
-        for index, (item_id, metadata) in enumerate(self.items, 1):
-            if self.control.stop_new_phases:
-                break
-            if self._already_done(item_id, metadata):
-                continue
-            await slots.acquire()
-            if self.control.stop_new_phases:
-                slots.release()
-                break
-            task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
-            tasks.add(task)
-            task.add_done_callback(finished)
-        if tasks:
-            await asyncio.gather(*tasks)
+        try:
+            for index, (item_id, metadata) in enumerate(self.items, 1):
+                if self.control.stop_new_phases:
+                    break
+                if self._already_done(item_id, metadata):
+                    continue
+                await slots.acquire()
+                if self.control.stop_new_phases:
+                    slots.release()
+                    break
+                task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
+                tasks.add(task)
+                task.add_done_callback(finished)
+            if tasks:
+                await asyncio.shield(asyncio.gather(*tasks))
+        except asyncio.CancelledError:
+            # The caller cancelled the run (pipekit.arun under a timeout, say):
+            # stop as an interrupt does, so in-flight phases are recorded.
+            self.control.stop_new_phases = True
+            self.control.interrupted.set()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         if self.fatal_error is not None:
             raise self.fatal_error
 
@@ -231,8 +239,9 @@ class Run:
                 await self._process_locked_item(index, item_id, metadata)
             finally:
                 lock.release()
-        except StateWriteError as exc:
-            # Every later write would fail the same way: stop starting work.
+        except Exception as exc:
+            # A state write that failed (every later one would fail the same way)
+            # or a bug: stop starting work and end with an internal error.
             if self.fatal_error is None:
                 self.fatal_error = exc
             self.control.stop_new_phases = True
@@ -380,16 +389,20 @@ class Run:
         loop = asyncio.get_running_loop()
         installed = []
         for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
             try:
                 loop.add_signal_handler(signum, self.interrupt)
             except (ValueError, RuntimeError, NotImplementedError):
                 continue  # not the main thread: the caller owns signals
-            installed.append(signum)
-        self._signals = installed
+            installed.append((signum, previous))
+        self._signals = [signum for signum, _ in installed]
 
         def restore() -> None:
-            for signum in installed:
+            # Give a host program (pipekit used as a library) its own handlers back.
+            for signum, previous in installed:
                 loop.remove_signal_handler(signum)
+                if previous is not None:
+                    signal.signal(signum, previous)
 
         return restore
 

@@ -147,6 +147,9 @@ async def aexecute_run(
                 raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
             output_root = _output_root(option, store)
             stale_policy = prepare_stale_policy(pipeline, store, specs, output_root, option)
+            if option.from_phase is not None and not any(p.num >= option.from_phase for p in pipeline.phases):
+                numbers = ", ".join(str(p.num) for p in pipeline.phases)
+                raise UsageError(f"--from-phase {option.from_phase}: no phase has that num or a later one ({numbers})")
             run = Run(
                 config,
                 pipeline,
@@ -201,7 +204,13 @@ def _collect_items(config: Config, pipeline: Pipeline, items: list[Any] | None) 
 def default_state_dir(pipeline_name: str) -> Path:
     """``$PIPEKIT_STATE_DIR/<pipeline>``, else the user state dir of pipekit ``/<pipeline>``."""
     root = os.environ.get("PIPEKIT_STATE_DIR") or platformdirs.user_state_dir("pipekit")
-    return Path(root) / encode_item_id(pipeline_name)
+    return Path(root) / _folder_name(pipeline_name)
+
+
+def _folder_name(name: str) -> str:
+    """``name`` itself when it is a plain folder name, else its safe encoding."""
+    plain = name not in (".", "..") and not name.startswith(".") and not any(c in name for c in "/\\\0")
+    return name if plain and len(name.encode("utf-8", "surrogatepass")) <= 200 else encode_item_id(name)
 
 
 def open_store(option: argparse.Namespace, pipeline: Pipeline) -> StateStore:

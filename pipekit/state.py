@@ -177,8 +177,8 @@ class PipelineStateManager:
         self._state: PipelineState | None = None
         #: Phase outputs already written to their own file, by num.
         self._output_refs: dict[int, str] = {}
-        #: Phases whose output file goes once the next save no longer refers to it.
-        self._stale_outputs: set[int] = set()
+        #: Output files to delete once a saved state no longer refers to them.
+        self._unreferenced: list[str] = []
 
     @property
     def state(self) -> PipelineState:
@@ -237,11 +237,14 @@ class PipelineStateManager:
                 if len(text.encode("utf-8")) > INLINE_OUTPUT_LIMIT:
                     self._output_refs[num] = self.store.write_output(self.item_id, num, text)
         self.store.save(self.item_id, state.to_document(self._output_refs))
-        # Only now that no saved state refers to them: a crash before the save
-        # must leave the old state with its output files.
-        stale, self._stale_outputs = self._stale_outputs, set()
-        for num in stale - set(self._output_refs):
-            self.store.delete_output(self.item_id, num)
+        # Only now that the saved state no longer refers to them (a crash before
+        # this point leaves a stray file, never a state pointing at nothing).
+        if self._unreferenced:
+            kept = set(self._output_refs.values())
+            for ref in self._unreferenced:
+                if ref not in kept:
+                    self.store.delete_output(self.item_id, ref)
+            self._unreferenced.clear()
 
     # -- transitions ----------------------------------------------------
 
@@ -406,8 +409,7 @@ class PipelineStateManager:
             new_phases[num] = old
         state.phases = new_phases
         state.phase_outputs = outputs
-        # Outputs in files are named by their old num: re-written under the new one on save.
-        self._output_refs = {n: r for n, r in refs.items() if r.endswith(f"/{n}.txt")}
+        self._output_refs = refs
         state.current_phase = _first_not_done(state)
         return True
 
@@ -437,8 +439,9 @@ class PipelineStateManager:
 
     def _set_output(self, phase_num: int, output: str | None) -> None:
         outputs = self.state.phase_outputs
-        if self._output_refs.pop(phase_num, None) is not None:
-            self._stale_outputs.add(phase_num)  # deleted once the state no longer refers to it
+        ref = self._output_refs.pop(phase_num, None)
+        if ref is not None:
+            self._unreferenced.append(ref)
         if output is None:
             outputs.pop(phase_num, None)
         else:

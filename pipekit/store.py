@@ -154,15 +154,20 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
-        """Store a large output; returns the reference saved in the state."""
+        """Store a large output; returns the reference saved in the state.
+
+        Must never overwrite an output the saved state still refers to: the
+        state that refers to the new output is saved only afterwards.
+        """
 
     @abc.abstractmethod
     def read_output(self, item_id: str, ref: str) -> str:
         """Read back an output stored by ``write_output``."""
 
     @abc.abstractmethod
-    def delete_output(self, item_id: str, phase_num: int) -> None:
-        """Forget a stored large output (missing is fine)."""
+    def delete_output(self, item_id: str, ref: str) -> None:
+        """Forget an output stored by ``write_output`` once no saved state refers to it
+        (missing is fine)."""
 
     @abc.abstractmethod
     def try_lock(self, item_id: str) -> ItemLock | None:
@@ -199,7 +204,8 @@ class JsonDirStore(StateStore):
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
-        self.state_dir = Path(state_dir)
+        # Absolute, so a handler that changes the current folder cannot lose state.
+        self.state_dir = Path(state_dir).expanduser().resolve()
         self.location = str(self.state_dir)
         self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
@@ -256,7 +262,9 @@ class JsonDirStore(StateStore):
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
         self._prepare()
         folder = self._outputs_dir(item_id)
-        path = folder / f"{phase_num}.txt"
+        # Named by content, so the file the saved state refers to is never overwritten.
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        path = folder / f"{phase_num}.{digest}.txt"
         try:
             if folder.exists():
                 remove_stale_temp_files(folder)
@@ -275,9 +283,11 @@ class JsonDirStore(StateStore):
         except OSError as exc:
             raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
 
-    def delete_output(self, item_id: str, phase_num: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self._outputs_dir(item_id) / f"{phase_num}.txt").unlink()
+    def delete_output(self, item_id: str, ref: str) -> None:
+        path = (self.state_dir / ref).resolve()
+        if self.state_dir in path.parents:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's ``flock`` in ``.locks/``.
