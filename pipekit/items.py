@@ -51,11 +51,6 @@ def normalize_items(source: Iterable[Any], origin: str) -> list[ItemSpec]:
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{origin}: metadata of item {item_id!r} cannot be saved as JSON ({exc})") from None
         seen.add(item_id)
-        try:
-            json.dumps(metadata)
-        except (TypeError, ValueError) as exc:
-            # It is saved in the item's state file: refuse it before any item runs.
-            raise UsageError(f"{origin}: metadata of item {item_id!r} cannot be saved as JSON ({exc})") from None
         items.append((item_id, dict(metadata)))
     return items
 

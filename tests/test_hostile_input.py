@@ -66,19 +66,6 @@ def test_a_broken_state_file_is_named_left_alone_and_the_others_still_run(
     assert again.state("b").phase_outputs == {1: "one b", 2: "one b two"}
 
 
-def test_metadata_that_cannot_be_saved_is_a_usage_error(pipetester: PipeTester) -> None:
-    pipetester.make_pipeline(TWO_PHASES + '''
-    import datetime
-
-    def items():
-        return [("a", {"ok": 1}), ("b", {"when": datetime.date(2024, 1, 1)})]
-    ''')
-    result = pipetester.run("pipeline.py")
-    assert result.ret == 4, result
-    assert "items(): metadata of item 'b' cannot be saved as JSON" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 class RaisesEverywhere:
     """A plugin whose every observer hook raises."""
 
