@@ -257,7 +257,11 @@ class PhaseRunner:
         value, error = await self._race(phase, future)
         if error is None:
             return value if value else False
+        # The check is user code that ran: observers see it start and fail like any execution.
         self.state.start_phase(phase.num, executor=phase.executor)
+        assert self.control is not None
+        self.control.phases_started += 1
+        self.notify("pipekit_phase_start", item=self.item, phase=phase)
         self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="cache check: ")
         return None
 
