@@ -54,6 +54,13 @@ def build_run_parser() -> ArgumentParser:
     )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
     run.add_argument(
+        "--max-cost",
+        type=_dollars,
+        metavar="USD",
+        help="stop starting phases once the selected items have recorded this many dollars "
+        "(across runs); the same command with a higher cap continues",
+    )
+    run.add_argument(
         "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
     )
     where = parser.add_argument_group("state and outputs")
@@ -73,6 +80,13 @@ def build_run_parser() -> ArgumentParser:
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     return parser
+
+
+def _dollars(text: str) -> float:
+    value = float(text.lstrip("$"))
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of dollars, 0 or more")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -140,6 +154,7 @@ async def aexecute_run(
                 force=option.force,
                 from_phase=option.from_phase,
                 keep_states=keep_states,
+                max_cost=option.max_cost,
             )
             await run.execute()
             return run.result()
