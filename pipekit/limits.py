@@ -149,7 +149,7 @@ class Gate:
             if name not in self.declared:
                 known = ", ".join(sorted(self.declared)) or "none declared"
                 raise KeyError(f"no limit named {name!r} in {LIMITS_ATTRIBUTE} ({known})")
-            found = self._limiters[name] = RateLimiter(name, self.declared[name])
+            found = self._limiters[name] = RateLimiter(name, self.declared[name], clock=self.loop.time)
         return found
 
     async def enter(self, phase: PhaseDefinition, on_wait: WaitCallback | None = None) -> Callable[[], None]:
