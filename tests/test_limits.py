@@ -45,7 +45,7 @@ CONCURRENCY = '''
 
 def overlaps(intervals: list[tuple[float, float]]) -> int:
     intervals = sorted(intervals)
-    return sum(1 for (_, end), (start, _) in zip(intervals, intervals[1:]) if start < end)
+    return sum(1 for (_, end), (start, _) in zip(intervals, intervals[1:], strict=False) if start < end)
 
 
 def test_concurrency_1_never_has_two_items_in_the_phase(pipetester: PipeTester) -> None:
@@ -93,7 +93,7 @@ def test_a_60_per_minute_limit_spaces_starts_by_a_second(pipetester: PipeTester)
         # (fsynced), which takes a varying time; ctx.acquire has no such gap.
         starts = sorted(at for what, at in records(pipetester) if what == name)
         assert len(starts) == 3
-        assert all(later - earlier >= least for earlier, later in zip(starts, starts[1:])), (name, starts)
+        assert all(later - earlier >= least for earlier, later in zip(starts, starts[1:], strict=False)), (name, starts)
     result.fnmatch_lines(["pipekit: limit 'api' is throttling*rpm=60*"])
     waits = [p for name, p in result.events if name == "phase_wait"]
     assert "limit:api" in {p["reason"] for p in waits}
