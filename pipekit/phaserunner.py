@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from collections.abc import Sequence
+import copy
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -22,6 +23,7 @@ from pipekit.context import PhaseContext
 from pipekit.context import PhaseOutcome
 from pipekit.executor import LocalExecutor
 from pipekit.executor import PhaseExecutor
+from pipekit.fingerprint import phase_fingerprint
 from pipekit.limits import Gate
 from pipekit.outcomes import Fail
 from pipekit.outcomes import PhaseInterrupted
@@ -30,6 +32,7 @@ from pipekit.outcomes import Retry
 from pipekit.phases import Injector
 from pipekit.phases import PhaseDefinition
 from pipekit.phases import PhaseResult
+from pipekit.remote import RemoteError
 from pipekit.state import DONE_STATUSES
 from pipekit.state import PipelineState
 from pipekit.state import PipelineStateManager
@@ -104,6 +107,9 @@ class PhaseRunner:
     :param force: ignore caches (completed phases must be reset by the caller).
     :param executor: where handlers execute (``LocalExecutor`` by default).
     :param control: the run's shared stop flags and counters.
+    :param stale_check: says whether a completed phase must run again (its
+        fingerprint changed and the run includes stale phases; ``pipekit.staleness``).
+    :param price: prices ``ctx.record_usage`` calls (the ``pipekit_price_usage`` hook).
     """
 
     def __init__(
@@ -120,6 +126,8 @@ class PhaseRunner:
         control: RunControl | None = None,
         injectors: dict[str, Injector] | None = None,
         item_dir_name: str | None = None,
+        stale_check: Callable[[PhaseDefinition, PipelineState], bool] | None = None,
+        price: Callable[..., float | None] | None = None,
     ) -> None:
         self.phases = sorted(phases, key=lambda p: p.num)
         self.state = state_manager
@@ -132,6 +140,8 @@ class PhaseRunner:
         self._injectors = injectors if injectors is not None else {}
         self._item = item
         self._item_dir_name = item_dir_name
+        self.stale_check = stale_check
+        self._price = price
 
     # -- the loop -------------------------------------------------------------
 
@@ -144,7 +154,9 @@ class PhaseRunner:
         self._ensure_state()
         for phase in self.phases:
             if self.state.state.phases[phase.num].status in DONE_STATUSES:
-                continue
+                if self.stale_check is None or not self.stale_check(phase, self.state.state):
+                    continue
+                self.state.reset_phase(phase.num)
             if self.control.interrupted.is_set():
                 return False
             if self.control.stop_new_phases:
@@ -200,12 +212,19 @@ class PhaseRunner:
             self.progress.start_phase(phase.num, phase.name)
 
         started = time.monotonic()
+        ctx = self._context(phase, manager.state.phases[phase.num].attempts)
+        try:
+            fingerprint = phase_fingerprint(
+                phase, self.phases, manager.state.phase_outputs, lambda func: self._arguments(phase, ctx, func)
+            )
+        except Exception as exc:
+            return self._fail(phase, exc, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
         failures = retry_requests = 0
         while True:
             attempt = manager.state.phases[phase.num].attempts
             ctx = self._context(phase, attempt)
             try:
-                future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx))
+                future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
                 value, error = await self._race(phase, future)
             finally:
                 release()
@@ -216,6 +235,7 @@ class PhaseRunner:
                 except TypeError as exc:
                     error = exc
                 else:
+                    manager.state.phases[phase.num].fingerprint = fingerprint  # saved by _complete
                     return self._complete(phase, ctx, result, usage, time.monotonic() - started)
             retry_after: float | None = None
             if isinstance(error, Retry) and retry_requests < MAX_RETRY_REQUESTS:
@@ -224,7 +244,7 @@ class PhaseRunner:
                 if error.after and self.control.gate is not None:
                     who = f"item {item.id!r} phase {phase.name!r}"
                     self.control.gate.pause(ctx.limits_used, error.after, who)
-            elif _retriable(phase, error) and failures < phase.retries:
+            elif _retriable(phase, error, self.executor) and failures < phase.retries:
                 retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
                 failures += 1
             if retry_after is None:
@@ -279,7 +299,7 @@ class PhaseRunner:
         assert phase.cache_check is not None
         ctx = self._context(phase, self.state.state.phases[phase.num].attempts + 1)
         func = phase.cache_check
-        future = self.executor.start(phase, func, self._arguments(phase, ctx, func))
+        future = self.executor.start(phase, func, self._arguments(phase, ctx, func), ctx)
         value, error = await self._race(phase, future)
         if error is None:
             return value if value else False
@@ -375,7 +395,8 @@ class PhaseRunner:
             phase.num,
             reason_prefix + _message(error),
             reason=_reason(error),
-            traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+            traceback=getattr(error, "remote_traceback", None)
+            or "".join(traceback.format_exception(type(error), error, error.__traceback__)),
             tokens_in=usage[0],
             tokens_out=usage[1],
             cost_usd=usage[2],
@@ -396,12 +417,15 @@ class PhaseRunner:
             state_dir = getattr(self.state.store, "state_dir", None)
             root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
         folder = root / (self._item_dir_name or encode_item_id(state.item_id))
+        # A copy: what a handler does to its metadata must not leak into the saved state.
+        metadata = copy.deepcopy(state.metadata)
         return PhaseContext(
             state.item_id,
-            state.metadata,
+            metadata,
             phase,
             attempt,
             folder,
+            price=self._price,
             checkpoints=Checkpoints(self.state.store, state.item_id, phase.name),
             gate=self.control.gate if self.control is not None else None,
             on_wait=self._waiter(phase),
@@ -419,7 +443,7 @@ class PhaseRunner:
         previous = {n: o for n, o in state.phase_outputs.items() if n < phase.num}
         available: dict[str, Any] = {
             "item_id": state.item_id,
-            "metadata": state.metadata,
+            "metadata": ctx.metadata,
             "previous_outputs": previous,
             "ctx": ctx,
         }
@@ -448,12 +472,12 @@ def _as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:
     )
 
 
-def _retriable(phase: PhaseDefinition, error: BaseException) -> bool:
+def _retriable(phase: PhaseDefinition, error: BaseException, executor: PhaseExecutor) -> bool:
     if isinstance(error, (Fail, PhaseInterrupted)):
         return False
     if isinstance(error, PhaseTimeoutError):
         # The thread of a timed-out sync handler may still be running: do not start a second one.
-        return phase.is_async or phase.isolate == "process"
+        return phase.is_async or phase.isolate == "process" or executor.hard_timeouts
     return True
 
 
@@ -468,12 +492,13 @@ def _reason(error: BaseException) -> str:
         return "timeout"
     if isinstance(error, PhaseInterrupted):
         return "interrupted"
-    return "error"
+    reason = getattr(error, "reason", None)
+    return reason if isinstance(reason, str) else "error"
 
 
 def _message(error: BaseException) -> str:
     text = str(error)
     name = type(error).__name__
-    if isinstance(error, (PhaseTimeoutError, PhaseInterrupted, Fail)):
+    if isinstance(error, (PhaseTimeoutError, PhaseInterrupted, Fail, RemoteError)):
         return text or name
     return f"{name}: {text}" if text else name

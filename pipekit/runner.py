@@ -28,12 +28,12 @@ from pipekit.loader import Pipeline
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
-from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import worst_exit_code
 from pipekit.phaserunner import Item
 from pipekit.phaserunner import PhaseRunner
 from pipekit.phaserunner import RunControl
 from pipekit.phases import Injector
+from pipekit.staleness import StalePolicy
 from pipekit.state import COMPLETED
 from pipekit.state import DONE_STATUSES
 from pipekit.state import FAILED
@@ -92,6 +92,7 @@ class Run:
         notifier: HookNotifier | None = None,
         keep_states: bool = False,
         max_cost: float | None = None,
+        stale_policy: StalePolicy | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
@@ -101,6 +102,8 @@ class Run:
         self.workers = max(1, workers)
         self.force = force
         self.from_phase = from_phase
+        #: Which completed-but-stale phases run again (``--rerun-stale``, ``on_change``).
+        self.stale_policy = stale_policy
         self.executor = executor or LocalExecutor()
         self.notify = notifier or HookNotifier(config.pluginmanager)
         self.control = RunControl()
@@ -123,6 +126,8 @@ class Run:
         self.items_already_done = 0
         #: Items whose state file could not be read.
         self.items_unreadable = 0
+        #: Dollars these items' states had recorded before this run (earlier runs).
+        self.earlier_cost_usd = 0.0
         #: Items in flight right now, by id.
         self.in_flight: dict[str, Item] = {}
         self.exit_status: ExitCode | None = None
@@ -187,20 +192,29 @@ class Run:
             tasks.discard(task)
             slots.release()
 
-        for index, (item_id, metadata) in enumerate(self.items, 1):
-            if self._already_done(item_id, metadata):
-                continue
-            if self.control.stop_new_phases:
-                break
-            await slots.acquire()
-            if self.control.stop_new_phases:
-                slots.release()
-                break
-            task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
-            tasks.add(task)
-            task.add_done_callback(finished)
-        if tasks:
-            await asyncio.gather(*tasks)
+        try:
+            for index, (item_id, metadata) in enumerate(self.items, 1):
+                if self._already_done(item_id, metadata):
+                    continue
+                if self.control.stop_new_phases:
+                    break
+                await slots.acquire()
+                if self.control.stop_new_phases:
+                    slots.release()
+                    break
+                task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
+                tasks.add(task)
+                task.add_done_callback(finished)
+            if tasks:
+                await asyncio.shield(asyncio.gather(*tasks))
+        except asyncio.CancelledError:
+            # The caller cancelled the run (pipekit.arun under a timeout, say):
+            # stop as an interrupt does, so in-flight phases are recorded.
+            self.control.stop_new_phases = True
+            self.control.interrupted.set()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         if self.fatal_error is not None:
             raise self.fatal_error
 
@@ -218,8 +232,11 @@ class Run:
         manager.reconcile(self.pipeline.phases)
         if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
             return False
+        if self._reruns_stale(state):
+            return False
         self.items_already_done += 1
         self.items_completed += 1
+        self.earlier_cost_usd += state.total_cost_usd
         self._keep(state)
         return True
 
@@ -234,8 +251,9 @@ class Run:
                 await self._process_locked_item(index, item_id, metadata)
             finally:
                 lock.release()
-        except StateWriteError as exc:
-            # Every later write would fail the same way: stop starting work.
+        except Exception as exc:
+            # A state write that failed (every later one would fail the same way)
+            # or a bug: stop starting work and end with an internal error.
             if self.fatal_error is None:
                 self.fatal_error = exc
             self.control.stop_new_phases = True
@@ -245,7 +263,7 @@ class Run:
         if manager is None:
             return
         state = manager.state
-        if state.is_done:
+        if state.is_done and not self._reruns_stale(state):
             self.items_already_done += 1
             self.items_completed += 1
             self._keep(state)
@@ -265,12 +283,17 @@ class Run:
                 control=self.control,
                 injectors=self._injectors,
                 item_dir_name=encode_item_id(item_id),
+                stale_check=self.stale_policy,
+                price=self.config.hook.pipekit_price_usage,
             ).run_async()
             self._finish_item(manager, ok)
         finally:
             del self.in_flight[item_id]
         self._keep(state)
         self.notify("pipekit_item_finish", item=item)
+
+    def _reruns_stale(self, state: PipelineState) -> bool:
+        return self.stale_policy is not None and self.stale_policy.item_needs_rerun(state)
 
     def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
         """Load (or create) the item's state under its lock and apply this run's options."""
@@ -288,6 +311,7 @@ class Run:
             manager.save_state()
             return manager
         state = manager.state
+        self.earlier_cost_usd += state.total_cost_usd
         changed = manager.reconcile(phases)
         if any(state.metadata.get(k) != v for k, v in metadata.items()):
             state.metadata.update(metadata)
@@ -364,15 +388,19 @@ class Run:
         loop = asyncio.get_running_loop()
         installed = []
         for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
             try:
                 loop.add_signal_handler(signum, self.interrupt)
             except (ValueError, RuntimeError, NotImplementedError):
                 continue  # not the main thread: the caller owns signals
-            installed.append(signum)
+            installed.append((signum, previous))
 
         def restore() -> None:
-            for signum in installed:
+            # Give a host program (pipekit used as a library) its own handlers back.
+            for signum, previous in installed:
                 loop.remove_signal_handler(signum)
+                if previous is not None:
+                    signal.signal(signum, previous)
 
         return restore
 
