@@ -120,15 +120,20 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
-        """Store a large output; returns the reference saved in the state."""
+        """Store a large output; returns the reference saved in the state.
+
+        Must never overwrite an output the saved state still refers to: the
+        state that refers to the new output is saved only afterwards.
+        """
 
     @abc.abstractmethod
     def read_output(self, item_id: str, ref: str) -> str:
         """Read back an output stored by ``write_output``."""
 
     @abc.abstractmethod
-    def delete_output(self, item_id: str, phase_num: int) -> None:
-        """Forget a stored large output (missing is fine)."""
+    def delete_output(self, item_id: str, ref: str) -> None:
+        """Forget an output stored by ``write_output`` once no saved state refers to it
+        (missing is fine)."""
 
     @abc.abstractmethod
     def try_lock(self, item_id: str) -> ItemLock | None:
@@ -242,7 +247,9 @@ class JsonDirStore(StateStore):
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
         self._prepare()
         folder = self._outputs_dir(item_id)
-        path = folder / f"{phase_num}.txt"
+        # Named by content, so the file the saved state refers to is never overwritten.
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        path = folder / f"{phase_num}.{digest}.txt"
         try:
             folder.mkdir(exist_ok=True)
             write_atomically(path, text.encode("utf-8"), durable=self.durable)
@@ -259,9 +266,11 @@ class JsonDirStore(StateStore):
         except OSError as exc:
             raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
 
-    def delete_output(self, item_id: str, phase_num: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self._outputs_dir(item_id) / f"{phase_num}.txt").unlink()
+    def delete_output(self, item_id: str, ref: str) -> None:
+        path = (self.state_dir / ref).resolve()
+        if self.state_dir in path.parents:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def _checkpoint_dir(self, item_id: str, phase: str) -> Path:
         return self.state_dir / f"{encode_item_id(item_id)}.checkpoints" / encode_item_id(phase)
