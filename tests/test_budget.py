@@ -62,6 +62,8 @@ def test_the_cap_stops_new_phases_and_a_higher_cap_continues(pipetester: PipeTes
             "pipekit: budget reached: $4.00 spent of --max-cost $4.00; no new phase starts, phases in flight finish",
             "pipekit: stopped by --max-cost: $4.00 spent of $4.00 ($0.00 left); ~$5.00 to finish 2 items *"
             "To continue, run the same command with a higher cap, e.g. --max-cost 9",
+            "items: 3 selected: 1 completed, 0 failed, 2 remaining, 1 stopped by --max-cost",
+            "budget: --max-cost $4.00 reached ($4.00 spent)",
         ]
     )
 

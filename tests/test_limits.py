@@ -61,6 +61,7 @@ def test_concurrency_1_never_has_two_items_in_the_phase(pipetester: PipeTester) 
     assert overlaps(by_phase["cheap"]) > 0  # -j 6 is in force for the other phase
     waits = [e for e in result.events if e[0] == "phase_wait"]
     assert waits and all(p["reason"] == "concurrency" and p["phase"] == 2 for _, p in waits)
+    result.fnmatch_lines([f"waited: {len(waits)} x concurrency of 'gpu'"])
 
 
 def test_a_60_per_minute_limit_spaces_starts_by_a_second(pipetester: PipeTester) -> None:
@@ -144,7 +145,12 @@ def test_a_retry_after_pauses_the_limit_for_every_user(pipetester: PipeTester) -
     times = {(item, what): at for item, what, at in records(pipetester)}  # a's last call: its retry
     for item in "abc":
         assert times[item, "call"] - times["a", "429"] >= 0.499, times
-    result.fnmatch_lines(["pipekit: limit 'api' paused for 0.5s (Retry-After from item 'a' phase 'call')"])
+    result.fnmatch_lines(
+        [
+            "pipekit: limit 'api' paused for 0.5s (Retry-After from item 'a' phase 'call')",
+            "waited: *retry-after 'api'*",
+        ]
+    )
     waits = {(p["item_id"], p["reason"]) for name, p in result.events if name == "phase_wait"}
     assert {("b", "retry-after:api"), ("c", "retry-after:api")} <= waits
     assert result.state("a").phases[2].attempts == 2
