@@ -196,3 +196,14 @@ def test_a_store_without_checkpoint_support_keeps_them_in_memory() -> None:
         book.checkpoint("nan", lambda: float("nan"))
     with pytest.raises(TypeError, match="non-empty str"):
         book.checkpoint("", lambda: 1)
+
+
+def test_pipekit_reset_drops_the_checkpoints(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(ASYNC_RETRY.replace("retries=1", "retries=0"))
+    assert pipetester.run("pipeline.py", "--item", "a").ret == 1
+    assert (pipetester.path / "state" / "pipeline" / "a.checkpoints").is_dir()
+    reset = pipetester.run("reset", "pipeline.py", "--all")
+    assert reset.ret == 0, reset
+    assert not (pipetester.path / "state" / "pipeline" / "a.checkpoints").exists()
+    assert pipetester.run("pipeline.py", "--item", "a").ret == 0
+    assert calls(pipetester) == ["one", "two", "one", "two", "three"]
