@@ -17,10 +17,13 @@ import sys
 import time
 from typing import Any
 
+from pipekit.budget import Spending
 from pipekit.config import Config
 from pipekit.executor import LocalExecutor
 from pipekit.executor import PhaseExecutor
 from pipekit.items import ItemSpec
+from pipekit.limits import Gate
+from pipekit.limits import declared_limits
 from pipekit.loader import Pipeline
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
@@ -88,6 +91,7 @@ class Run:
         executor: PhaseExecutor | None = None,
         notifier: HookNotifier | None = None,
         keep_states: bool = False,
+        max_cost: float | None = None,
         stale_policy: StalePolicy | None = None,
     ) -> None:
         self.config = config
@@ -103,6 +107,10 @@ class Run:
         self.executor = executor or LocalExecutor()
         self.notify = notifier or HookNotifier(config.pluginmanager)
         self.control = RunControl()
+        #: Rate limits declared in the module's ``LIMITS`` (checked against the phases).
+        self.limits = declared_limits(pipeline.module, pipeline.phases)
+        #: The cost forecast and the ``--max-cost`` cap.
+        self.spending = Spending(self, max_cost, self._say)
         #: Where state lives, for humans.
         self.state_location = store.location
         self.total_items = len(items)
@@ -161,14 +169,19 @@ class Run:
 
     async def execute(self) -> ExitCode:
         """Process every item; fires run_start and run_finish; returns the exit code."""
+        if self.limits or any(p.concurrency or p.limits for p in self.pipeline.phases):
+            self.control.gate = Gate(self.limits, self.pipeline.phases, say=self._say)
+        self.spending.start()
         self.notify("pipekit_run_start", run=self)
         restore = self._install_signal_handlers()
         try:
+            self.spending.check_at_start()
             await self._process_all()
         finally:
             restore()
             await self.executor.aclose()
             self.exit_status = self._exit_status()
+            self.spending.finish()
             self.notify("pipekit_run_finish", run=self, exitstatus=int(self.exit_status))
         return self.exit_status
 
@@ -182,10 +195,10 @@ class Run:
 
         try:
             for index, (item_id, metadata) in enumerate(self.items, 1):
-                if self.control.stop_new_phases:
-                    break
                 if self._already_done(item_id, metadata):
                     continue
+                if self.control.stop_new_phases:
+                    break
                 await slots.acquire()
                 if self.control.stop_new_phases:
                     slots.release()
