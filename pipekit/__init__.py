@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pipekit.context import PhaseOutcome
     from pipekit.hookspecs import hookimpl
     from pipekit.hookspecs import hookspec
+    from pipekit.limits import Limit
     from pipekit.loader import Pipeline
     from pipekit.loader import load
     from pipekit.outcomes import ExitCode
@@ -48,6 +49,7 @@ _LAZY = {
     "PhaseOutcome": "pipekit.context",
     "hookimpl": "pipekit.hookspecs",
     "hookspec": "pipekit.hookspecs",
+    "Limit": "pipekit.limits",
     "Pipeline": "pipekit.loader",
     "load": "pipekit.loader",
     "ExitCode": "pipekit.outcomes",
@@ -77,6 +79,7 @@ __all__ = [
     "ExitCode",
     "Fail",
     "Item",
+    "Limit",
     "PhaseContext",
     "PhaseDefinition",
     "PhaseOutcome",

@@ -17,10 +17,13 @@ import sys
 import time
 from typing import Any
 
+from pipekit.budget import Spending
 from pipekit.config import Config
 from pipekit.executor import LocalExecutor
 from pipekit.executor import PhaseExecutor
 from pipekit.items import ItemSpec
+from pipekit.limits import Gate
+from pipekit.limits import declared_limits
 from pipekit.loader import Pipeline
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
@@ -89,6 +92,7 @@ class Run:
         executor: PhaseExecutor | None = None,
         notifier: HookNotifier | None = None,
         keep_states: bool = False,
+        max_cost: float | None = None,
         stale_policy: StalePolicy | None = None,
     ) -> None:
         self.config = config
@@ -106,6 +110,10 @@ class Run:
         self.control = RunControl()
         #: Writes states off the event loop when items run concurrently.
         self._writer = StateWriter(threads=min(self.workers, 8) if self.workers > 1 else 0)
+        #: Rate limits declared in the module's ``LIMITS`` (checked against the phases).
+        self.limits = declared_limits(pipeline.module, pipeline.phases)
+        #: The cost forecast and the ``--max-cost`` cap.
+        self.spending = Spending(self, max_cost, self._say)
         #: Where state lives, for humans.
         self.state_location = store.location
         self.total_items = len(items)
@@ -136,6 +144,7 @@ class Run:
         self._injectors: dict[str, Injector] = {}
         self._module_warning_given = False
         self._interrupts = 0
+        self._signals: list[signal.Signals] = []
 
     # -- totals, for plugins ----------------------------------------------------
 
@@ -163,15 +172,20 @@ class Run:
 
     async def execute(self) -> ExitCode:
         """Process every item; fires run_start and run_finish; returns the exit code."""
+        if self.limits or any(p.concurrency or p.limits for p in self.pipeline.phases):
+            self.control.gate = Gate(self.limits, self.pipeline.phases, say=self._say)
+        self.spending.start()
         self.notify("pipekit_run_start", run=self)
         restore = self._install_signal_handlers()
         try:
+            self.spending.check_at_start()
             await self._process_all()
         finally:
             restore()
             self._writer.close()
             await self.executor.aclose()
             self.exit_status = self._exit_status()
+            self.spending.finish()
             self.notify("pipekit_run_finish", run=self, exitstatus=int(self.exit_status))
         return self.exit_status
 
@@ -185,10 +199,10 @@ class Run:
 
         try:
             for index, (item_id, metadata) in enumerate(self.items, 1):
-                if self.control.stop_new_phases:
-                    break
                 if self._already_done(item_id, metadata):
                     continue
+                if self.control.stop_new_phases:
+                    break
                 await slots.acquire()
                 if self.control.stop_new_phases:
                     slots.release()
@@ -390,11 +404,24 @@ class Run:
         """Stop as SIGINT does: abandon in-flight phases (recorded interrupted), start none."""
         self._interrupts += 1
         if self._interrupts > 1:
-            self._say("interrupted again: exiting now (state files are intact)")
-            os._exit(int(ExitCode.INTERRUPTED))
+            self._exit_now()
         self._say("interrupted: recording in-flight phases and saving state (again to exit at once)")
+        self._exit_on_next_signal()
         self.control.stop_new_phases = True
         self.control.interrupted.set()
+
+    def _exit_now(self, *args: Any) -> None:
+        self._say("interrupted again: exiting now (state files are intact)")
+        os._exit(int(ExitCode.INTERRUPTED))
+
+    def _exit_on_next_signal(self) -> None:
+        """The loop may be stuck in a slow hook when the second Ctrl-C comes: a plain
+        signal handler runs between the main thread's bytecodes, the loop's does not."""
+        for signum in self._signals:
+            try:
+                signal.signal(signum, self._exit_now)
+            except (ValueError, RuntimeError):
+                pass  # not the main thread
 
     def _install_signal_handlers(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -406,6 +433,7 @@ class Run:
             except (ValueError, RuntimeError, NotImplementedError):
                 continue  # not the main thread: the caller owns signals
             installed.append((signum, previous))
+        self._signals = [signum for signum, _ in installed]
 
         def restore() -> None:
             # Give a host program (pipekit used as a library) its own handlers back.

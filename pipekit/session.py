@@ -61,6 +61,13 @@ def build_run_parser() -> ArgumentParser:
     )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
     run.add_argument(
+        "--max-cost",
+        type=_dollars,
+        metavar="USD",
+        help="stop starting phases once the selected items have recorded this many dollars "
+        "(across runs); the same command with a higher cap continues",
+    )
+    run.add_argument(
         "--rerun-stale",
         action="store_true",
         help="also re-run completed phases whose code, version or inputs changed (see `pipekit plan`)",
@@ -88,6 +95,13 @@ def build_run_parser() -> ArgumentParser:
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     return parser
+
+
+def _dollars(text: str) -> float:
+    value = float(text.lstrip("$"))
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of dollars, 0 or more")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -170,6 +184,7 @@ async def _execute_run(
             executor=executor,
             keep_states=keep_states,
             stale_policy=stale_policy,
+            max_cost=option.max_cost,
         )
         await run.execute()
         return run.result()

@@ -349,6 +349,8 @@ class PipelineStateManager:
         self._set_output(phase_num, output)
         self._refresh_item_status()
         self.save_state()
+        # After the save: a crash in between leaves stale checkpoints, never lost work.
+        self.store.drop_checkpoints(self.item_id, phase.name)
 
     def fail_phase(
         self,
@@ -401,6 +403,7 @@ class PipelineStateManager:
         self._set_output(phase_num, output)
         self._refresh_item_status()
         self.save_state()
+        self.store.drop_checkpoints(self.item_id, phase.name)
 
     def reset_phase(self, phase_num: int) -> None:
         """Set the phase back to ``pending`` and drop its output, save.
@@ -422,6 +425,8 @@ class PipelineStateManager:
             phase.traceback = None
             phase.output_file = None
             self._set_output(phase_num, None)
+            # Before the save: a reset phase must never find its old checkpoints.
+            self.store.drop_checkpoints(self.item_id, phase.name)
         self._refresh_item_status()
         self.save_state()
 
