@@ -127,6 +127,8 @@ class Run:
         self.failed_states: dict[str, PipelineState] = {}
         self._injectors: dict[str, Injector] = {}
         self._module_warning_given = False
+        #: Finished items and their metadata, from the store's index (None: no index).
+        self._finished: dict[str, dict[str, Any]] | None = None
         self._interrupts = 0
 
     # -- totals, for plugins ----------------------------------------------------
@@ -174,6 +176,9 @@ class Run:
             tasks.discard(task)
             slots.release()
 
+        if not (self.force or self.from_phase is not None):
+            # One indexed query instead of a read per item, where the store has one.
+            self._finished = self.store.finished_items([p.name for p in self.pipeline.phases])
         for index, (item_id, metadata) in enumerate(self.items, 1):
             if self.control.stop_new_phases:
                 break
@@ -195,6 +200,19 @@ class Run:
         """Cheap check without the lock: finished items need no lock and fire no hooks."""
         if self.force or self.from_phase is not None:
             return False
+        if self._finished is not None:
+            saved = self._finished.get(item_id)
+            if saved is None or any(saved.get(k) != v for k, v in metadata.items()):
+                return False
+            if self._keep_states:
+                kept = PipelineStateManager(item_id, self.store)
+                if not kept.load_state():
+                    return False
+                kept.reconcile(self.pipeline.phases)
+                self._keep(kept.state)
+            self.items_already_done += 1
+            self.items_completed += 1
+            return True
         manager = PipelineStateManager(item_id, self.store)
         try:
             if not manager.load_state():

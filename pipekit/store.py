@@ -8,8 +8,11 @@ over the old file, so a reader or a crash sees the old or the new file whole.
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
+from collections.abc import Iterable
 from collections.abc import Iterator
 import contextlib
+from dataclasses import dataclass
 import errno
 import fcntl
 import hashlib
@@ -137,6 +140,102 @@ class StateStore(abc.ABC):
     def item_ids(self) -> Iterator[str]:
         """Ids of every item with saved state (unordered)."""
 
+    def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every saved ``(item_id, document)``, unordered, for readers of many items.
+
+        Stores may override this with one pass over their data (``status`` reads
+        100,000 items). Unreadable documents are appended to ``errors`` when it
+        is given, else skipped.
+        """
+        for item_id in self.item_ids():
+            try:
+                document = self.load(item_id)
+            except StateFileError as exc:
+                if errors is not None:
+                    errors.append(exc)
+                continue
+            if document is not None:
+                yield item_id, document
+
+    def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """Save many ``(item_id, document)`` pairs (``migrate``); returns how many.
+
+        Database stores write them in batches of one transaction each.
+        """
+        count = 0
+        for item_id, document in documents:
+            self.save(item_id, document)
+            count += 1
+        return count
+
+    def finished_items(self, phase_names: Collection[str]) -> dict[str, dict[str, Any]] | None:
+        """Ids and metadata of the items whose phases named ``phase_names`` are
+        all completed or skipped, answered by an index; None when this store has
+        no such index (the runner then reads each item).
+        """
+        return None
+
+    def unfinished_item_ids(self) -> Iterator[str]:
+        """Ids of the items with work left ("what is left"); an indexed query where the store has one."""
+        for item_id, document in self.load_all():
+            if summarize(document).next_phase is not None:
+                yield item_id
+
+    def close(self) -> None:
+        """Release connections and leases (idempotent). A store is usable until closed."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The indexed columns database stores keep beside each document."""
+
+    status: str | None
+    #: First phase (by num) neither completed nor skipped; None when all are.
+    next_phase: int | None
+    #: Names of the phases completed or skipped, sorted.
+    done_names: tuple[str, ...]
+    metadata: dict[str, Any]
+
+
+def summarize(document: Any) -> Summary:
+    """The ``Summary`` of a saved document; tolerant, as a malformed one is stored as is."""
+    if not isinstance(document, dict):
+        return Summary(None, None, (), {})
+    phases = document.get("phases")
+    pending: list[int] = []
+    done: list[str] = []
+    if isinstance(phases, dict):
+        for num, phase in phases.items():
+            if not isinstance(phase, dict):
+                continue
+            if phase.get("status") in ("completed", "skipped"):
+                done.append(str(phase.get("name")))
+            else:
+                with contextlib.suppress(TypeError, ValueError):
+                    pending.append(int(num))
+    status = document.get("status")
+    metadata = document.get("metadata")
+    return Summary(
+        status if isinstance(status, str) else None,
+        min(pending) if pending else None,
+        tuple(sorted(done)),
+        metadata if isinstance(metadata, dict) else {},
+    )
+
+
+def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
+    """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks_dir / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return ItemLock(fd)
+
 
 class JsonDirStore(StateStore):
     """One JSON file per item in a directory (the default store).
@@ -224,17 +323,7 @@ class JsonDirStore(StateStore):
 
     def try_lock(self, item_id: str) -> ItemLock | None:
         self._prepare()
-        locks = self.state_dir / ".locks"
-        locks.mkdir(exist_ok=True)
-        fd = os.open(locks / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return None
-            raise
-        return ItemLock(fd)
+        return flock_item(self.state_dir / ".locks", item_id)
 
     def item_ids(self) -> Iterator[str]:
         if not self.state_dir.is_dir():
