@@ -135,14 +135,23 @@ def plugins_command(args: list[str], plugins: list[Any]) -> ExitCode:
     return ExitCode.OK
 
 
+def migrate_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit migrate --from URL --to URL``: copy a run's state between stores, verified."""
+    from pipekit.migrate import migrate_command as command
+
+    return command(args, plugins)
+
+
 COMMANDS: dict[str, Callable[[list[str], list[Any]], ExitCode]] = {
     "run": run_command,
+    "migrate": migrate_command,
     "plugins": plugins_command,
 }
 
 TOP_HELP = """\
 usage: pipekit [run] MODULE [options]     run a pipeline (see `pipekit run --help`)
        pipekit plugins [MODULE] [--all] [--hook NAME]
+       pipekit migrate --from URL --to URL [--pipeline NAME]
 
 Multi-phase, resumable batch pipelines. MODULE is a dotted module name or a
 path to a .py file whose functions are marked with @pipekit.phase.
@@ -150,6 +159,7 @@ path to a .py file whose functions are marked with @pipekit.phase.
 commands:
   run       run the pipeline over its items; resumes where the last run stopped
   plugins   list plugins, their versions, where they came from and their hooks
+  migrate   copy a run's state between stores (json:DIR, sqlite:PATH, postgresql://...), verified
 
 exit codes: 0 ok, 1 items unfinished, 2 interrupted, 3 internal error,
             4 usage error, 5 no items"""

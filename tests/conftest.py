@@ -1,4 +1,59 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+import os
+import uuid
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+
+if TYPE_CHECKING:
+    from pipekit.testing import PipeTester
 
 pytest_plugins = ["pipekit.testing"]
+
+#: The stores the core tests run against (``--store`` URL schemes).
+STORES = ["json", "sqlite", "postgresql"]
+
+
+def postgres_url() -> str:
+    """The test server's URL; skips (fails in CI) when there is none."""
+    url = os.environ.get("PIPEKIT_TEST_POSTGRES_URL")
+    if url:
+        return url
+    reason = "no PostgreSQL server: set PIPEKIT_TEST_POSTGRES_URL (bash .ci/postgres.sh starts one)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must test the postgresql store")
+    pytest.skip(reason)
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """A fresh store URL of each kind (None for the default JSON directory)."""
+    if request.param == "json":
+        yield None
+    elif request.param == "sqlite":
+        yield f"sqlite:{tmp_path_factory.mktemp('sqlite')}/state.db"
+    else:
+        namespace = f"t_{uuid.uuid4().hex}"
+        base = postgres_url()
+        yield f"{base}{'&' if '?' in base else '?'}pipeline={namespace}"
+        _drop_namespace(base, namespace)
+
+
+def _drop_namespace(base: str, namespace: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base, autocommit=True) as db:
+        for table in ("pipekit_items", "pipekit_outputs", "pipekit_leases"):
+            db.execute(f"DELETE FROM {table} WHERE pipeline = %s", (namespace,))
+
+
+@pytest.fixture
+def any_store(pipetester: PipeTester, store_url: str | None, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Runs of ``pipetester`` use each store in turn (through ``PIPEKIT_STORE``)."""
+    if store_url is not None:
+        monkeypatch.setenv("PIPEKIT_STORE", store_url)
+    return store_url

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pipekit.testing import PipeTester
+
+
+#: Every test here runs against each store.
+pytestmark = pytest.mark.usefixtures("any_store")
 
 
 COUNTING = '''

@@ -286,11 +286,11 @@ class PostgresStore(StateStore):
                         # Someone holds or held it: take it only if the lease expired. A row
                         # another driver is taking right now is skipped, not waited for.
                         row = self._db.execute(
-                            """SELECT expires_at < now() FROM pipekit_leases
+                            """SELECT expires_at < now(), host, pid FROM pipekit_leases
                                WHERE pipeline = %s AND item_id = %s FOR UPDATE SKIP LOCKED""",
                             (self.pipeline, item_id),
                         ).fetchone()
-                        if row is None or not row[0]:
+                        if row is None or not (row[0] or _died_here(row[1], row[2])):
                             return None
                         self._db.execute(
                             """UPDATE pipekit_leases SET owner = %s, host = %s, pid = %s,
@@ -344,3 +344,16 @@ class PostgresStore(StateStore):
             self._db.close()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
+
+
+def _died_here(host: str, pid: int) -> bool:
+    """True when the lease holder ran on this host and its process is gone (no need to wait for expiry)."""
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
