@@ -32,15 +32,27 @@ def postgres_url() -> str:
 @pytest.fixture(params=STORES)
 def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
     """A fresh store URL of each kind (None for the default JSON directory)."""
-    if request.param == "json":
+    yield from store_url_fixture(request.param, tmp_path_factory)
+
+
+def store_url_fixture(kind: str, tmp_path_factory: pytest.TempPathFactory | None = None) -> Iterator[str | None]:
+    """A fresh store of ``kind``, emptied afterwards."""
+    if kind == "json":
         yield None
-    elif request.param == "sqlite":
+    elif kind == "sqlite":
+        assert tmp_path_factory is not None
         yield f"sqlite:{tmp_path_factory.mktemp('sqlite')}/state.db"
     else:
         namespace = f"t_{uuid.uuid4().hex}"
         base = postgres_url()
         yield f"{base}{'&' if '?' in base else '?'}pipeline={namespace}"
         _drop_namespace(base, namespace)
+
+
+@pytest.fixture
+def postgres_store_url() -> Iterator[str | None]:
+    """A fresh namespace on the test PostgreSQL server."""
+    yield from store_url_fixture("postgresql")
 
 
 def _drop_namespace(base: str, namespace: str) -> None:

@@ -257,7 +257,8 @@ class PostgresStore(StateStore):
     def finished_items(self, phase_names: Collection[str]) -> dict[str, dict[str, Any]]:
         rows = self._query(
             """SELECT item_id, metadata FROM pipekit_items
-               WHERE pipeline = %s AND next_phase IS NULL AND done_names @> %s""",
+               WHERE pipeline = %s AND next_phase IS NULL AND done_names @> %s
+                 AND jsonb_typeof(state) = 'object' AND state ? 'schema_version' AND state ? 'phases'""",
             (self.pipeline, sorted(phase_names)),
         )
         return {item_id: metadata if isinstance(metadata, dict) else {} for item_id, metadata in rows}

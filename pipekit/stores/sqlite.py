@@ -270,7 +270,9 @@ class SqliteStore(StateStore):
         wanted = set(phase_names)
         with self._lock:
             rows = self._db.execute(
+                # A row whose document no longer parses is left to the slow path, which names it.
                 "SELECT item_id, done_names, metadata FROM items WHERE next_phase IS NULL"
+                " AND json_valid(state) AND json_type(state) = 'object'"
             ).fetchall()
         found = {}
         for item_id, done, metadata in rows:
