@@ -61,7 +61,11 @@ def build_run_parser() -> ArgumentParser:
     where.add_argument(
         "--output-dir", metavar="DIR", help="root of each item's ctx.output_dir (default <state dir>/outputs)"
     )
-    where.add_argument("--store", metavar="URL", help="where state lives: json:DIR, sqlite:PATH or postgresql://...; wins over --state-dir")
+    where.add_argument(
+        "--store",
+        metavar="URL",
+        help="where state lives: json:DIR, sqlite:PATH or postgresql://...; wins over --state-dir",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="progress display on stderr")
     out.add_argument("--jsonl", action="store_true", help="one JSON event per line on stdout")

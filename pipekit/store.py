@@ -181,7 +181,7 @@ class StateStore(abc.ABC):
             if summarize(document).next_phase is not None:
                 yield item_id
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (most stores hold nothing to release)
         """Release connections and leases (idempotent). A store is usable until closed."""
 
 

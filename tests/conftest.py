@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import os
-import uuid
-
 from typing import TYPE_CHECKING
+import uuid
 
 import pytest
 

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 import json
 import os
 from pathlib import Path
-from typing import Any
 import socket
 import sqlite3
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -194,7 +194,8 @@ def test_sqlite_database_is_wal_synchronous_full_with_indexed_columns(tmp_path: 
     db = store._db  # type: ignore[attr-defined]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN SELECT item_id FROM items WHERE next_phase IS NOT NULL"))
+    query = "EXPLAIN QUERY PLAN SELECT item_id FROM items WHERE next_phase IS NOT NULL"
+    plan = " ".join(str(row) for row in db.execute(query))
     assert "items_next_phase" in plan
     assert db.execute("SELECT status, next_phase FROM items").fetchone() == ("pending", 1)
     store.close()

@@ -15,16 +15,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
-import json
 import os
 import socket
 import threading
 from typing import Any
-import uuid
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
 from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
+import uuid
 
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
