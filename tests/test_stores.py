@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from pipekit import PipelineStateManager
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
 from pipekit.state import INLINE_OUTPUT_LIMIT
+from pipekit.state import PipelineState
 from pipekit.store import StateStore
 from pipekit.stores import mask_password
 from pipekit.stores import open_store_url
@@ -107,6 +109,7 @@ def test_item_lock_is_exclusive_across_store_instances(store: StateStore, store_
     try:
         lock = store.try_lock("a")
         assert lock is not None
+        assert store.try_lock("a") is None
         assert other.try_lock("a") is None
         assert other.try_lock("b") is not None
         lock.release()
@@ -261,6 +264,19 @@ def check_leases(store: Any) -> None:
     )
     assert rows == [(store.owner, socket.gethostname(), os.getpid())]  # type: ignore[attr-defined]
     lease.release()
+    # a live driver keeps renewing its lease well past the lease time
+    short = open_store_url(postgres_url_of(store) + "&lease=1.5")
+    rival = open_store_url(postgres_url_of(store) + "&lease=1.5")
+    try:
+        held = short.try_lock("renewed")
+        assert held is not None
+        time.sleep(3)
+        assert rival.try_lock("renewed") is None
+        held.release()
+        assert rival.try_lock("renewed") is not None
+    finally:
+        short.close()
+        rival.close()
     assert store._query(  # type: ignore[attr-defined]
         "SELECT count(*) FROM pipekit_leases WHERE pipeline = %s AND item_id = 'expired'", (store.pipeline,)
     ) == [(0,)]
@@ -284,12 +300,12 @@ def test_migrate_copies_and_verifies_between_every_store(
     resumed = pipetester.run("pipeline.py", "--item", "a", "--item", "b/ü", "--store", target)
     assert resumed.ret == 0, resumed
     assert executions(pipetester) == []  # nothing left to do in the copy
-    assert PipeResultState(target, "b/ü").phase_outputs[1] == "n" * 20000 + "b/ü"
+    assert saved_state(target, "b/ü").phase_outputs[1] == "n" * 20000 + "b/ü"
     again = pipetester.run("migrate", "--from", source, "--to", target)
     assert again.ret == 4 and "migrate into an empty store" in again.stderr, again
 
 
-def PipeResultState(url: str, item_id: str):  # type: ignore[no-untyped-def]  # noqa: N802
+def saved_state(url: str, item_id: str) -> PipelineState:
     store = open_store_url(url, pipeline="pipeline")
     try:
         manager = PipelineStateManager(item_id, store)
@@ -297,3 +313,8 @@ def PipeResultState(url: str, item_id: str):  # type: ignore[no-untyped-def]  # 
         return manager.state
     finally:
         store.close()
+
+
+def postgres_url_of(store: Any) -> str:
+    """The URL of ``store`` with its password, for a second driver on the same pipeline."""
+    return f"{store.conninfo}{'&' if '?' in store.conninfo else '?'}pipeline={store.pipeline}"
