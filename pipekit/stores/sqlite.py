@@ -43,14 +43,22 @@ NETWORK_FILESYSTEMS = frozenset(
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     item_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
     status TEXT,
     next_phase INTEGER,
     done_names TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}'
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS items_next_phase ON items (next_phase);
+    metadata TEXT NOT NULL DEFAULT '{}',
+    rev INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL
+);
+-- Covers the resume and "what is left" queries: they never read a state document.
+CREATE INDEX IF NOT EXISTS items_next_phase ON items (next_phase, item_id, done_names, metadata);
 CREATE INDEX IF NOT EXISTS items_status ON items (status);
+-- A state changed by hand (not by pipekit, which bumps rev) no longer counts as
+-- finished, so the next run reads it and names it if it is broken.
+CREATE TRIGGER IF NOT EXISTS items_edited AFTER UPDATE OF state ON items WHEN NEW.rev IS OLD.rev
+BEGIN
+    UPDATE items SET done_names = '[]' WHERE item_id = NEW.item_id;
+END;
 CREATE TABLE IF NOT EXISTS outputs (
     item_id TEXT NOT NULL,
     phase INTEGER NOT NULL,
@@ -62,7 +70,8 @@ CREATE TABLE IF NOT EXISTS outputs (
 _UPSERT = """
 INSERT INTO items (item_id, state, status, next_phase, done_names, metadata) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (item_id) DO UPDATE SET state = excluded.state, status = excluded.status,
-    next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata
+    next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata,
+    rev = items.rev + 1
 """
 
 
@@ -123,9 +132,8 @@ class SqliteStore(StateStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             with self._transaction() as db:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(_SCHEMA):
+                    db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
 
@@ -270,14 +278,24 @@ class SqliteStore(StateStore):
         wanted = set(phase_names)
         with self._lock:
             rows = self._db.execute(
-                # A row whose document no longer parses is left to the slow path, which names it.
                 "SELECT item_id, done_names, metadata FROM items WHERE next_phase IS NULL"
-                " AND json_valid(state) AND json_type(state) = 'object'"
             ).fetchall()
+        # Most items share their finished names and often their metadata ("{}"):
+        # parse each distinct text once.
+        complete: dict[str, bool] = {}
+        parsed: dict[str, dict[str, Any]] = {}
         found = {}
         for item_id, done, metadata in rows:
-            if wanted.issubset(json.loads(done)):
-                found[item_id] = json.loads(metadata)
+            ok = complete.get(done)
+            if ok is None:
+                ok = complete[done] = wanted.issubset(json.loads(done))
+            if ok:
+                value = parsed.get(metadata)
+                if value is None:
+                    value = json.loads(metadata)
+                    if len(parsed) < 1000:
+                        parsed[metadata] = value
+                found[item_id] = value
         return found
 
     def unfinished_item_ids(self) -> Iterator[str]:
@@ -296,3 +314,16 @@ def _ref_phase(ref: str) -> int | None:
     if name.endswith(".txt") and name[:-4].isdigit():
         return int(name[:-4])
     return None
+
+
+def _statements(script: str) -> list[str]:
+    """``script`` split into statements (a trigger body's ``;`` stays inside its statement)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
