@@ -229,7 +229,7 @@ def main() -> None:
             f"{r['store']:<11} {r['writes_per_second']:>9,.0f} "
             f"{r['writes_per_second'] / base['dumps_per_second']:>8.4f} "
             f"{r['resume_seconds']:>7.2f}s {r['resume_seconds'] / base['loads_all_seconds']:>8.2f} "
-            f"{r['left_query_seconds']:>10.3f}s {human(r['disk_bytes']):>9} {human(r['resume_peak_bytes']):>9}"
+            f"{r['left_query_seconds'] * 1000:>9.1f}ms {human(r['disk_bytes']):>9} {human(r['resume_peak_bytes']):>9}"
         )
     if json_resume:
         for r in results:
