@@ -7,12 +7,14 @@ is for pytest. The lifecycle of a run::
     pipekit_addoption          once, while the command line is built
     pipekit_configure          once, after options are parsed
     pipekit_collect_items      once, first non-None result wins
+    pipekit_make_executor      once, first non-None result wins
     pipekit_run_start          once
       for each item with work left (several at once with -j):
         pipekit_item_start
           for each phase left to run:
             pipekit_phase_skip                          (cache hit)
             or pipekit_phase_start
+               pipekit_price_usage ...                 (each ctx.record_usage, first answer wins)
                then pipekit_phase_retry ...            (each failed attempt retried)
                then pipekit_phase_complete | pipekit_phase_fail
         pipekit_item_finish
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from pipekit.config import Config
     from pipekit.config import Parser
     from pipekit.context import PhaseOutcome
+    from pipekit.executor import PhaseExecutor
     from pipekit.loader import Pipeline
     from pipekit.phaserunner import Item
     from pipekit.phases import PhaseDefinition
@@ -110,6 +113,26 @@ def pipekit_collect_items(config: Config, pipeline: Pipeline) -> Iterable[Any] |
     """
 
 
+@hookspec(firstresult=True)
+def pipekit_make_executor(config: Config, pipeline: Pipeline, name: str) -> PhaseExecutor | None:
+    """Called once before the run starts, to build the executor ``--executor NAME`` names;
+    stops at the first non-None result.
+
+    :param config: the run's configuration.
+    :param pipeline: the loaded pipeline (workers import ``pipeline.path``).
+    :param name: the value of ``--executor`` (``local`` by default).
+    :returns: a ``pipekit.executor.PhaseExecutor``, or ``None`` when this
+        plugin does not provide ``name``.
+
+    The built-in ``executors`` plugin answers last for ``local``,
+    ``processes`` and ``dask``. An executor decides only where a handler
+    runs: the driver keeps every item's phase sequence, writes all state and
+    fires every hook.
+
+    .. versionadded:: 1.0
+    """
+
+
 # -------------------------------------------------------------------------
 # Run
 # -------------------------------------------------------------------------
@@ -150,6 +173,29 @@ def pipekit_phase_start(item: Item, phase: PhaseDefinition) -> None:
 
     Fired once per execution, not per attempt. A phase skipped by its cache
     does not fire it.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec(firstresult=True)
+def pipekit_price_usage(model: str, tokens_in: int, tokens_out: int) -> float | None:
+    """Called when a handler reports usage with ``ctx.record_usage``, to price it;
+    stops at the first non-None result.
+
+    :param model: the model name the handler gave (``"gpt-4o"``, ``"claude-sonnet-4-5"``).
+    :param tokens_in: input (prompt) tokens of this call.
+    :param tokens_out: output (completion) tokens of this call.
+    :returns: the cost in US dollars, or ``None`` to let the next plugin answer.
+        When no plugin answers the cost is 0; the tokens are recorded either way.
+
+    Sync handlers run in worker threads, so this hook may be called from any
+    thread, several at once: an implementation must be thread-safe and quick
+    (no network). An exception it raises reaches the handler, as any error of
+    ``ctx`` would. The ``pipekit-prices`` distribution implements it from the
+    ``genai-prices`` database.
+
+    In a pipeline module: define it to price a private or fine-tuned model.
 
     .. versionadded:: 1.0
     """

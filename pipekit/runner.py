@@ -270,6 +270,7 @@ class Run:
                 control=self.control,
                 injectors=self._injectors,
                 item_dir_name=encode_item_id(item_id),
+                price=self.config.hook.pipekit_price_usage,
             ).run_async()
             self._finish_item(manager, ok)
         finally:

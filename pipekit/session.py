@@ -25,8 +25,10 @@ from pipekit.manager import make_plugin_manager
 from pipekit.manager import register_pipeline_module
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
+from pipekit.projectconfig import load_project_config
 from pipekit.runner import Run
 from pipekit.runner import RunResult
+from pipekit.selection import has_failed_phase
 from pipekit.store import JsonDirStore
 from pipekit.store import StateStore
 from pipekit.store import encode_item_id
@@ -52,9 +54,15 @@ def build_run_parser() -> ArgumentParser:
     run.add_argument(
         "-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)"
     )
+    run.add_argument(
+        "--executor", default="local", metavar="NAME", help="where phases execute: local (default), processes, dask"
+    )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
     run.add_argument(
         "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
+    )
+    run.add_argument(
+        "--failed-only", action="store_true", help="only the selected items that have a failed phase (retry failures)"
     )
     where = parser.add_argument_group("state and outputs")
     where.add_argument("--state-dir", metavar="DIR", help="this pipeline's state directory, used as is")
@@ -109,6 +117,9 @@ async def aexecute_run(
 ) -> RunResult:
     """The coroutine behind ``execute_run``, for callers already in an event loop."""
     parser = build_run_parser()
+    project = load_project_config()
+    project.apply(parser)
+    args = project.plugin_args() + list(args)
     known, _ = parser.parse_known_args(args)
     pm = make_plugin_manager(args, plugins)
     pipeline: Pipeline | None = None
@@ -135,6 +146,14 @@ async def aexecute_run(
             store = open_store(option, pipeline)
             config.add_cleanup(store.close)
             print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+            if option.failed_only:
+                specs = [spec for spec in specs if has_failed_phase(store, spec[0])]
+                if not specs:
+                    print(f"pipekit: no {pipeline.item_noun} with a failed phase", file=sys.stderr)
+                    return RunResult(ExitCode.NO_ITEMS)
+            executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
+            if executor is None:
+                raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
             run = Run(
                 config,
                 pipeline,
@@ -144,6 +163,7 @@ async def aexecute_run(
                 workers=option.workers,
                 force=option.force,
                 from_phase=option.from_phase,
+                executor=executor,
                 keep_states=keep_states,
             )
             await run.execute()

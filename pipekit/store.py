@@ -241,13 +241,14 @@ class JsonDirStore(StateStore):
     """One JSON file per item in a directory (the default store).
 
     :param state_dir: the directory, created on first write.
-    :param durable: fsync every write (survives power loss, not only crashes).
+    :param durable: fsync every write, so it survives a power cut, not only a
+        crash of the process. By default true unless ``PIPEKIT_FSYNC=0``.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.location = str(self.state_dir)
-        self.durable = durable
+        self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
 
     def _prepare(self) -> None:
@@ -276,7 +277,7 @@ class JsonDirStore(StateStore):
         return self._parse(path, raw)
 
     @staticmethod
-    def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+    def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
         try:
             document = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -326,15 +327,30 @@ class JsonDirStore(StateStore):
         return flock_item(self.state_dir / ".locks", item_id)
 
     def item_ids(self) -> Iterator[str]:
+        for item_id, _ in self.load_all():
+            yield item_id
+
+    def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        # One read and one parse per file (item_ids() followed by load() would be two).
         if not self.state_dir.is_dir():
             return
         for entry in os.scandir(self.state_dir):
             if entry.name.endswith(".json") and not entry.name.startswith("."):
-                path = Path(entry.path)
+                path = entry.path
                 try:
-                    document = self._parse(path, path.read_bytes())
-                except (StateFileError, OSError):
+                    with open(path, "rb") as handle:
+                        document = self._parse(path, handle.read())
+                except OSError as exc:
+                    problem = StateFileError(path, f"cannot be read ({exc.strerror})")
+                    if errors is not None:
+                        errors.append(problem)
+                    continue
+                except StateFileError as exc:
+                    if errors is not None:
+                        errors.append(exc)
                     continue
                 item_id = document.get("item_id")
                 if isinstance(item_id, str):
-                    yield item_id
+                    yield item_id, document
+                elif errors is not None:
+                    errors.append(StateFileError(path, "has no item_id"))
