@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
+import contextlib
 import os
 import socket
 import threading
@@ -332,6 +333,11 @@ class PostgresStore(StateStore):
                     )
                 except self._psycopg.Error:
                     continue  # a network blip: try again; the lease outlives a few misses
+
+    def __del__(self) -> None:
+        # A command that forgot close() must not leave an open connection behind.
+        with contextlib.suppress(Exception):
+            self.close()
 
     def close(self) -> None:
         self._stop.set()
