@@ -108,13 +108,16 @@ class SqliteStore(StateStore):
     """Every item of a run in one SQLite database.
 
     :param path: the database file (created with its folder).
-    :param synchronous: SQLite ``synchronous`` pragma; ``FULL`` (default) survives power loss.
+    :param synchronous: SQLite ``synchronous`` pragma; ``FULL`` survives power loss. By
+        default ``FULL``, or ``NORMAL`` (survives a crash of the process) with ``PIPEKIT_FSYNC=0``.
     :param busy_timeout: seconds a writer waits for another process's transaction.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", busy_timeout: float = 60.0
+        self, path: str | os.PathLike[str], *, synchronous: str | None = None, busy_timeout: float = 60.0
     ) -> None:
+        if synchronous is None:
+            synchronous = "NORMAL" if os.environ.get("PIPEKIT_FSYNC", "1") == "0" else "FULL"
         self.path = Path(path).expanduser().absolute()
         self.location = f"sqlite:{self.path}"
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -145,7 +148,7 @@ class SqliteStore(StateStore):
         unknown = set(options) - {"synchronous"}
         if unknown:
             raise UsageError(f"sqlite store: unknown option(s) {', '.join(sorted(unknown))}")
-        return cls(path, synchronous=options.get("synchronous", "FULL"))
+        return cls(path, synchronous=options.get("synchronous"))
 
     # -- transactions -------------------------------------------------------
 
