@@ -97,6 +97,23 @@ def run_command(args: list[str], plugins: list[Any]) -> ExitCode:
     return execute_run(args, plugins).exit_status
 
 
+# -- plan, why -------------------------------------------------------------------
+
+
+def plan_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit plan MODULE [run options] [--json]``."""
+    from pipekit.plancmd import plan_command as command
+
+    return command(args, plugins)
+
+
+def why_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit why MODULE ITEM PHASE``."""
+    from pipekit.plancmd import why_command as command
+
+    return command(args, plugins)
+
+
 # -- plugins ---------------------------------------------------------------------
 
 
@@ -169,6 +186,8 @@ COMMANDS: dict[str, Callable[[list[str], list[Any]], ExitCode]] = {
     "new": _command_module("new"),
     "migrate": _command_module("migrate"),
     "plugins": plugins_command,
+    "plan": plan_command,
+    "why": why_command,
 }
 
 TOP_HELP = """\
@@ -180,6 +199,8 @@ usage: pipekit [run] MODULE [options]     run a pipeline (see `pipekit run --hel
        pipekit report MODULE -o report.html
        pipekit new NAME
        pipekit plugins [MODULE] [--all] [--hook NAME]
+       pipekit plan MODULE [run options] [--json]
+       pipekit why MODULE ITEM PHASE
        pipekit migrate --from URL --to URL [--pipeline NAME]
 
 Multi-phase, resumable batch pipelines. MODULE is a dotted module name or a
@@ -195,6 +216,8 @@ commands:
   report    write a self-contained HTML report: matrix, timeline, costs, failures
   new       write a runnable pipeline NAME.py, an items file and a test for it
   plugins   list plugins, their versions, where they came from and their hooks
+  plan      what a run would do and why (pending, failed, stale), with estimated time and cost
+  why       the story of one (item, phase): attempts, errors, what changed since it ran
   migrate   copy a run's state between stores (json:DIR, sqlite:PATH, postgresql://...), verified
 
 Run options can default from [tool.pipekit] in the nearest pyproject.toml

@@ -31,12 +31,14 @@ from pipekit.phaserunner import Item
 from pipekit.phaserunner import PhaseRunner
 from pipekit.phaserunner import RunControl
 from pipekit.phases import Injector
+from pipekit.staleness import StalePolicy
 from pipekit.state import COMPLETED
 from pipekit.state import DONE_STATUSES
 from pipekit.state import FAILED
 from pipekit.state import PENDING
 from pipekit.state import PipelineState
 from pipekit.state import PipelineStateManager
+from pipekit.store import FinishedItem
 from pipekit.store import StateStore
 from pipekit.store import encode_item_id
 
@@ -88,6 +90,7 @@ class Run:
         executor: PhaseExecutor | None = None,
         notifier: HookNotifier | None = None,
         keep_states: bool = False,
+        stale_policy: StalePolicy | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
@@ -97,6 +100,8 @@ class Run:
         self.workers = max(1, workers)
         self.force = force
         self.from_phase = from_phase
+        #: Which completed-but-stale phases run again (``--rerun-stale``, ``on_change``).
+        self.stale_policy = stale_policy
         self.executor = executor or LocalExecutor()
         self.notify = notifier or HookNotifier(config.pluginmanager)
         self.control = RunControl()
@@ -115,6 +120,8 @@ class Run:
         self.items_already_done = 0
         #: Items whose state file could not be read.
         self.items_unreadable = 0
+        #: Dollars these items' states had recorded before this run (earlier runs).
+        self.earlier_cost_usd = 0.0
         #: Items in flight right now, by id.
         self.in_flight: dict[str, Item] = {}
         self.exit_status: ExitCode | None = None
@@ -128,7 +135,7 @@ class Run:
         self._injectors: dict[str, Injector] = {}
         self._module_warning_given = False
         #: Finished items and their metadata, from the store's index (None: no index).
-        self._finished: dict[str, dict[str, Any]] | None = None
+        self._finished: dict[str, FinishedItem] | None = None
         self._interrupts = 0
 
     # -- totals, for plugins ----------------------------------------------------
@@ -176,8 +183,10 @@ class Run:
             tasks.discard(task)
             slots.release()
 
-        if not (self.force or self.from_phase is not None):
-            # One indexed query instead of a read per item, where the store has one.
+        stale_check = self.stale_policy is not None and self.stale_policy.active
+        if not (self.force or self.from_phase is not None or stale_check):
+            # One indexed query instead of a read per item, where the store has one
+            # (not when staleness is checked: that needs each item's state).
             self._finished = self.store.finished_items([p.name for p in self.pipeline.phases])
         for index, (item_id, metadata) in enumerate(self.items, 1):
             if self.control.stop_new_phases:
@@ -201,8 +210,8 @@ class Run:
         if self.force or self.from_phase is not None:
             return False
         if self._finished is not None:
-            saved = self._finished.get(item_id)
-            if saved is None or any(saved.get(k) != v for k, v in metadata.items()):
+            finished = self._finished.get(item_id)
+            if finished is None or any(finished.metadata.get(k) != v for k, v in metadata.items()):
                 return False
             if self._keep_states:
                 kept = PipelineStateManager(item_id, self.store)
@@ -212,6 +221,7 @@ class Run:
                 self._keep(kept.state)
             self.items_already_done += 1
             self.items_completed += 1
+            self.earlier_cost_usd += finished.cost_usd
             return True
         manager = PipelineStateManager(item_id, self.store)
         try:
@@ -223,8 +233,11 @@ class Run:
         manager.reconcile(self.pipeline.phases)
         if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
             return False
+        if self._reruns_stale(state):
+            return False
         self.items_already_done += 1
         self.items_completed += 1
+        self.earlier_cost_usd += state.total_cost_usd
         self._keep(state)
         return True
 
@@ -250,7 +263,7 @@ class Run:
         if manager is None:
             return
         state = manager.state
-        if state.is_done:
+        if state.is_done and not self._reruns_stale(state):
             self.items_already_done += 1
             self.items_completed += 1
             self._keep(state)
@@ -270,6 +283,7 @@ class Run:
                 control=self.control,
                 injectors=self._injectors,
                 item_dir_name=encode_item_id(item_id),
+                stale_check=self.stale_policy,
                 price=self.config.hook.pipekit_price_usage,
             ).run_async()
             self._finish_item(manager, ok)
@@ -277,6 +291,9 @@ class Run:
             del self.in_flight[item_id]
         self._keep(state)
         self.notify("pipekit_item_finish", item=item)
+
+    def _reruns_stale(self, state: PipelineState) -> bool:
+        return self.stale_policy is not None and self.stale_policy.item_needs_rerun(state)
 
     def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
         """Load (or create) the item's state under its lock and apply this run's options."""
@@ -294,6 +311,7 @@ class Run:
             manager.save_state()
             return manager
         state = manager.state
+        self.earlier_cost_usd += state.total_cost_usd
         changed = manager.reconcile(phases)
         if any(state.metadata.get(k) != v for k, v in metadata.items()):
             state.metadata.update(metadata)

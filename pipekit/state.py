@@ -63,6 +63,9 @@ class PhaseState:
     reason: str | None = None
     #: Full traceback of the last failure.
     traceback: str | None = None
+    #: What produced the completed result (``pipekit.fingerprint``); None when
+    #: unknown (written before fingerprints existed, or skipped by a cache).
+    fingerprint: dict[str, Any] | None = None
 
 
 _PHASE_FIELDS = frozenset(f.name for f in fields(PhaseState))

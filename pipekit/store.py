@@ -168,10 +168,10 @@ class StateStore(abc.ABC):
             count += 1
         return count
 
-    def finished_items(self, phase_names: Collection[str]) -> dict[str, dict[str, Any]] | None:
-        """Ids and metadata of the items whose phases named ``phase_names`` are
-        all completed or skipped, answered by an index; None when this store has
-        no such index (the runner then reads each item).
+    def finished_items(self, phase_names: Collection[str]) -> dict[str, FinishedItem] | None:
+        """The items whose phases named ``phase_names`` are all completed or
+        skipped, by id, answered by an index; None when this store has no such
+        index (the runner then reads each item).
         """
         return None
 
@@ -186,6 +186,14 @@ class StateStore(abc.ABC):
 
 
 @dataclass(frozen=True)
+class FinishedItem:
+    """What the runner needs to know of an item that is finished, without its state."""
+
+    metadata: dict[str, Any]
+    cost_usd: float
+
+
+@dataclass(frozen=True)
 class Summary:
     """The indexed columns database stores keep beside each document."""
 
@@ -195,12 +203,13 @@ class Summary:
     #: Names of the phases completed or skipped, sorted.
     done_names: tuple[str, ...]
     metadata: dict[str, Any]
+    cost_usd: float
 
 
 def summarize(document: Any) -> Summary:
     """The ``Summary`` of a saved document; tolerant, as a malformed one is stored as is."""
     if not isinstance(document, dict):
-        return Summary(None, None, (), {})
+        return Summary(None, None, (), {}, 0.0)
     phases = document.get("phases")
     pending: list[int] = []
     done: list[str] = []
@@ -215,11 +224,13 @@ def summarize(document: Any) -> Summary:
                     pending.append(int(num))
     status = document.get("status")
     metadata = document.get("metadata")
+    cost = document.get("total_cost_usd")
     return Summary(
         status if isinstance(status, str) else None,
         min(pending) if pending else None,
         tuple(sorted(done)),
         metadata if isinstance(metadata, dict) else {},
+        float(cost) if isinstance(cost, (int, float)) else 0.0,
     )
 
 

@@ -20,6 +20,7 @@ from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
 from pipekit.state import INLINE_OUTPUT_LIMIT
 from pipekit.state import PipelineState
+from pipekit.store import FinishedItem
 from pipekit.store import JsonDirStore
 from pipekit.store import StateStore
 from pipekit.stores import mask_password
@@ -101,7 +102,7 @@ def test_what_is_left_and_what_is_finished(store: StateStore) -> None:
     assert sorted(item_id for item_id, _ in store.load_all()) == ["done", "fresh", "half"]
     finished = store.finished_items(["research", "draft", "review"])
     if finished is not None:  # the JSON directory has no index: the runner reads each item
-        assert finished == {"done": {"n": "done"}}
+        assert finished == {"done": FinishedItem({"n": "done"}, 0.0)}
         assert store.finished_items(["research", "draft", "review", "added later"]) == {}
 
 

@@ -29,6 +29,7 @@ import uuid
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
+from pipekit.store import FinishedItem
 from pipekit.store import ItemLock
 from pipekit.store import StateStore
 from pipekit.store import summarize
@@ -51,8 +52,11 @@ _SCHEMA = [
         next_phase INTEGER,
         done_names TEXT[] NOT NULL DEFAULT '{}',
         metadata JSONB NOT NULL DEFAULT '{}',
+        cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
         updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         PRIMARY KEY (pipeline, item_id))""",
+    # added after the first schema; idempotent
+    "ALTER TABLE pipekit_items ADD COLUMN IF NOT EXISTS cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0",
     "CREATE INDEX IF NOT EXISTS pipekit_items_next_phase ON pipekit_items (pipeline, next_phase)",
     "CREATE INDEX IF NOT EXISTS pipekit_items_status ON pipekit_items (pipeline, status)",
     """CREATE TABLE IF NOT EXISTS pipekit_outputs (
@@ -72,11 +76,11 @@ _SCHEMA = [
 ]
 
 _UPSERT = """
-INSERT INTO pipekit_items (pipeline, item_id, state, status, next_phase, done_names, metadata, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, now())
+INSERT INTO pipekit_items (pipeline, item_id, state, status, next_phase, done_names, metadata, cost_usd, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
 ON CONFLICT (pipeline, item_id) DO UPDATE SET state = excluded.state, status = excluded.status,
     next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata,
-    updated_at = now()
+    cost_usd = excluded.cost_usd, updated_at = now()
 """
 
 
@@ -173,6 +177,7 @@ class PostgresStore(StateStore):
             summary.next_phase,
             list(summary.done_names),
             Jsonb(summary.metadata),
+            summary.cost_usd,
         )
 
     # -- the interface ------------------------------------------------------------
@@ -254,14 +259,17 @@ class PostgresStore(StateStore):
             elif errors is not None:
                 errors.append(StateFileError(self.describe(item_id), "not a JSON object"))
 
-    def finished_items(self, phase_names: Collection[str]) -> dict[str, dict[str, Any]]:
+    def finished_items(self, phase_names: Collection[str]) -> dict[str, FinishedItem]:
         rows = self._query(
-            """SELECT item_id, metadata FROM pipekit_items
+            """SELECT item_id, metadata, cost_usd FROM pipekit_items
                WHERE pipeline = %s AND next_phase IS NULL AND done_names @> %s
                  AND jsonb_typeof(state) = 'object' AND state ? 'schema_version' AND state ? 'phases'""",
             (self.pipeline, sorted(phase_names)),
         )
-        return {item_id: metadata if isinstance(metadata, dict) else {} for item_id, metadata in rows}
+        return {
+            item_id: FinishedItem(metadata if isinstance(metadata, dict) else {}, float(cost))
+            for item_id, metadata, cost in rows
+        }
 
     def unfinished_item_ids(self) -> Iterator[str]:
         rows = self._query(

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
+from pipekit.store import FinishedItem
 from pipekit.store import ItemLock
 from pipekit.store import StateStore
 from pipekit.store import flock_item
@@ -47,11 +48,12 @@ CREATE TABLE IF NOT EXISTS items (
     next_phase INTEGER,
     done_names TEXT NOT NULL DEFAULT '[]',
     metadata TEXT NOT NULL DEFAULT '{}',
+    cost_usd REAL NOT NULL DEFAULT 0,
     rev INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL
 );
 -- Covers the resume and "what is left" queries: they never read a state document.
-CREATE INDEX IF NOT EXISTS items_next_phase ON items (next_phase, item_id, done_names, metadata);
+CREATE INDEX IF NOT EXISTS items_next_phase ON items (next_phase, item_id, done_names, metadata, cost_usd);
 CREATE INDEX IF NOT EXISTS items_status ON items (status);
 -- A state changed by hand (not by pipekit, which bumps rev) no longer counts as
 -- finished, so the next run reads it and names it if it is broken.
@@ -68,10 +70,11 @@ CREATE TABLE IF NOT EXISTS outputs (
 """
 
 _UPSERT = """
-INSERT INTO items (item_id, state, status, next_phase, done_names, metadata) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO items (item_id, state, status, next_phase, done_names, metadata, cost_usd)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (item_id) DO UPDATE SET state = excluded.state, status = excluded.status,
     next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata,
-    rev = items.rev + 1
+    cost_usd = excluded.cost_usd, rev = items.rev + 1
 """
 
 
@@ -212,6 +215,7 @@ class SqliteStore(StateStore):
             summary.next_phase,
             json.dumps(summary.done_names, ensure_ascii=False),
             json.dumps(summary.metadata, ensure_ascii=False),
+            summary.cost_usd,
         )
 
     def save(self, item_id: str, document: dict[str, Any]) -> None:
@@ -277,18 +281,18 @@ class SqliteStore(StateStore):
                 if errors is not None:
                     errors.append(exc)
 
-    def finished_items(self, phase_names: Collection[str]) -> dict[str, dict[str, Any]]:
+    def finished_items(self, phase_names: Collection[str]) -> dict[str, FinishedItem]:
         wanted = set(phase_names)
         with self._lock:
             rows = self._db.execute(
-                "SELECT item_id, done_names, metadata FROM items WHERE next_phase IS NULL"
+                "SELECT item_id, done_names, metadata, cost_usd FROM items WHERE next_phase IS NULL"
             ).fetchall()
         # Most items share their finished names and often their metadata ("{}"):
         # parse each distinct text once.
         complete: dict[str, bool] = {}
         parsed: dict[str, dict[str, Any]] = {}
         found = {}
-        for item_id, done, metadata in rows:
+        for item_id, done, metadata, cost in rows:
             ok = complete.get(done)
             if ok is None:
                 ok = complete[done] = wanted.issubset(json.loads(done))
@@ -298,7 +302,7 @@ class SqliteStore(StateStore):
                     value = json.loads(metadata)
                     if len(parsed) < 1000:
                         parsed[metadata] = value
-                found[item_id] = value
+                found[item_id] = FinishedItem(value, cost)
         return found
 
     def unfinished_item_ids(self) -> Iterator[str]:
