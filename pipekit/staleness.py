@@ -322,10 +322,13 @@ def load_states(
     """States of ``item_ids`` reconciled with the pipeline (in memory only), and
     the unreadable ones with their message."""
     states, unreadable = {}, {}
-    for item_id in item_ids:
+    # One query per batch of items on a database store, not one per item.
+    for item_id, document in store.load_many(item_ids):
         manager = PipelineStateManager(item_id, store)
         try:
-            if not manager.load_state():
+            if isinstance(document, StateFileError):
+                raise document
+            if not manager.load_document(document):
                 continue
         except StateFileError as exc:
             unreadable[item_id] = str(exc)

@@ -322,3 +322,14 @@ def saved_state(url: str, item_id: str) -> PipelineState:
 def postgres_url_of(store: Any) -> str:
     """The URL of ``store`` with its password, for a second driver on the same pipeline."""
     return f"{store.conninfo}{'&' if '?' in store.conninfo else '?'}pipeline={store.pipeline}"
+
+
+def test_load_many_reads_in_order_with_missing_and_corrupt_items(store: StateStore) -> None:
+    for item_id in ("a", "b", "c"):
+        PipelineStateManager(item_id, store).create_state({}, PHASES)
+    corrupt(store, "b")
+    found = list(store.load_many(["c", "nope", "b", "a"]))
+    assert [item_id for item_id, _ in found] == ["c", "nope", "b", "a"]
+    assert isinstance(found[0][1], dict) and found[0][1]["item_id"] == "c"
+    assert found[1][1] is None
+    assert isinstance(found[2][1], StateFileError)  # named, and the others still read

@@ -251,6 +251,25 @@ class PostgresStore(StateStore):
         for (item_id,) in self._query("SELECT item_id FROM pipekit_items WHERE pipeline = %s", (self.pipeline,)):
             yield item_id
 
+    def load_many(
+        self, item_ids: Iterable[str], chunk: int = 1000
+    ) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
+        from pipekit.stores.sqlite import _chunks
+
+        for part in _chunks(item_ids, chunk):
+            rows = dict(
+                self._query(
+                    "SELECT item_id, state FROM pipekit_items WHERE pipeline = %s AND item_id = ANY(%s)",
+                    (self.pipeline, part),
+                )
+            )
+            for item_id in part:
+                document = rows.get(item_id)
+                if document is None or isinstance(document, dict):
+                    yield item_id, document
+                else:
+                    yield item_id, StateFileError(self.describe(item_id), "not a JSON object")
+
     def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         rows = self._query("SELECT item_id, state FROM pipekit_items WHERE pipeline = %s", (self.pipeline,))
         for item_id, document in rows:

@@ -271,6 +271,20 @@ class SqliteStore(StateStore):
         for (item_id,) in rows:
             yield item_id
 
+    def load_many(
+        self, item_ids: Iterable[str], chunk: int = 500
+    ) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
+        for part in _chunks(item_ids, chunk):
+            marks = ",".join("?" * len(part))
+            with self._lock:
+                rows = dict(self._db.execute(f"SELECT item_id, state FROM items WHERE item_id IN ({marks})", part))
+            for item_id in part:
+                raw = rows.get(item_id)
+                try:
+                    yield item_id, None if raw is None else self._parse(item_id, raw)
+                except StateFileError as exc:
+                    yield item_id, exc
+
     def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         with self._lock:
             rows = self._db.execute("SELECT item_id, state FROM items").fetchall()
@@ -334,3 +348,14 @@ def _statements(script: str) -> list[str]:
             statements.append(current.strip())
             current = ""
     return statements
+
+
+def _chunks(item_ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    part: list[str] = []
+    for item_id in item_ids:
+        part.append(item_id)
+        if len(part) >= size:
+            yield part
+            part = []
+    if part:
+        yield part
