@@ -20,6 +20,9 @@ import itertools
 import json
 import os
 from pathlib import Path
+import shutil
+import sys
+import time
 from typing import Any
 
 from pipekit.outcomes import StateFileError
@@ -30,6 +33,8 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 #: Longest encoded id kept readable; longer ones are cut and end with a full hash.
 _MAX_READABLE = 120
 _tmp_counter = itertools.count()
+#: flock errors meaning "this file system has no locks" rather than "someone holds it".
+_NO_LOCKING = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 def encode_item_id(item_id: str) -> str:
@@ -88,17 +93,48 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
             os.close(dir_fd)
 
 
-class ItemLock:
-    """An exclusive, non-blocking lock on one item; released on ``release`` or process death."""
+#: A temporary file this old belongs to a write that died (a kill during it).
+STALE_TEMP_SECONDS = 3600
 
-    def __init__(self, fd: int) -> None:
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete the temporary files of writes that died in ``folder`` (not below it).
+
+    A kill during ``write_atomically`` leaves its hidden ``.*.tmp`` file; nothing
+    reads it. A live write lasts milliseconds, so only files older than
+    ``STALE_TEMP_SECONDS`` go. Returns how many were deleted.
+    """
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+class ItemLock:
+    """An exclusive, non-blocking lock on one item; released on ``release`` or process death.
+
+    :param locked: False for a stand-in on a file system without locks.
+    """
+
+    def __init__(self, fd: int, *, locked: bool = True) -> None:
         self._fd: int | None = fd
+        self.locked = locked
 
     def release(self) -> None:
         """Release the lock (idempotent)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if self.locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 
@@ -122,15 +158,20 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
-        """Store a large output; returns the reference saved in the state."""
+        """Store a large output; returns the reference saved in the state.
+
+        Must never overwrite an output the saved state still refers to: the
+        state that refers to the new output is saved only afterwards.
+        """
 
     @abc.abstractmethod
     def read_output(self, item_id: str, ref: str) -> str:
         """Read back an output stored by ``write_output``."""
 
     @abc.abstractmethod
-    def delete_output(self, item_id: str, phase_num: int) -> None:
-        """Forget a stored large output (missing is fine)."""
+    def delete_output(self, item_id: str, ref: str) -> None:
+        """Forget an output stored by ``write_output`` once no saved state refers to it
+        (missing is fine)."""
 
     @abc.abstractmethod
     def try_lock(self, item_id: str) -> ItemLock | None:
@@ -195,6 +236,27 @@ class StateStore(abc.ABC):
     def close(self) -> None:  # noqa: B027  (most stores hold nothing to release)
         """Release connections and leases (idempotent). A store is usable until closed."""
 
+    # Checkpoints inside a phase (``ctx.checkpoint``). They live beside the
+    # item's state, never in it, so saving one costs the same however many
+    # exist. The defaults keep them in memory (they survive retries within a
+    # run, not a crash): a durable store overrides all three.
+
+    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
+        """The stored checkpoints of (``item_id``, phase named ``phase``), by key."""
+        return dict(self._memory_checkpoints().get((item_id, phase), {}))
+
+    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
+        """Store one checkpoint's JSON-serialisable ``value`` durably, replacing any old one."""
+        self._memory_checkpoints().setdefault((item_id, phase), {})[key] = value
+
+    def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        """Forget every checkpoint of (``item_id``, ``phase``) (none is fine)."""
+        self._memory_checkpoints().pop((item_id, phase), None)
+
+    def _memory_checkpoints(self) -> dict[tuple[str, str], dict[str, Any]]:
+        memory: dict[tuple[str, str], dict[str, Any]] = self.__dict__.setdefault("_checkpoints_in_memory", {})
+        return memory
+
 
 @dataclass(frozen=True)
 class FinishedItem:
@@ -245,6 +307,12 @@ def summarize(document: Any) -> Summary:
     )
 
 
+def output_ref(phase_num: int, text: str) -> str:
+    """The reference of a large output in a database store: named by phase and content."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"outputs/{phase_num}.{digest}.txt"
+
+
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
     """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
     locks_dir.mkdir(parents=True, exist_ok=True)
@@ -268,10 +336,12 @@ class JsonDirStore(StateStore):
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
-        self.state_dir = Path(state_dir)
+        # Absolute, so a handler that changes the current folder cannot lose state.
+        self.state_dir = Path(state_dir).expanduser().resolve()
         self.location = str(self.state_dir)
         self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
+        self._warned_no_locking = False
 
     def _prepare(self) -> None:
         if not self._ready:
@@ -280,6 +350,7 @@ class JsonDirStore(StateStore):
             except OSError as exc:
                 raise StateWriteError(self.state_dir, exc.strerror or str(exc)) from exc
             self._ready = True
+            remove_stale_temp_files(self.state_dir)
 
     def path_for(self, item_id: str) -> Path:
         """The state file of ``item_id``."""
@@ -323,8 +394,12 @@ class JsonDirStore(StateStore):
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
         self._prepare()
         folder = self._outputs_dir(item_id)
-        path = folder / f"{phase_num}.txt"
+        # Named by content, so the file the saved state refers to is never overwritten.
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        path = folder / f"{phase_num}.{digest}.txt"
         try:
+            if folder.exists():
+                remove_stale_temp_files(folder)
             folder.mkdir(exist_ok=True)
             write_atomically(path, text.encode("utf-8"), durable=self.durable)
         except OSError as exc:
@@ -340,13 +415,87 @@ class JsonDirStore(StateStore):
         except OSError as exc:
             raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
 
-    def delete_output(self, item_id: str, phase_num: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self._outputs_dir(item_id) / f"{phase_num}.txt").unlink()
+    def delete_output(self, item_id: str, ref: str) -> None:
+        path = (self.state_dir / ref).resolve()
+        if self.state_dir in path.parents:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _checkpoint_dir(self, item_id: str, phase: str) -> Path:
+        return self.state_dir / f"{encode_item_id(item_id)}.checkpoints" / encode_item_id(phase)
+
+    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
+        folder = self._checkpoint_dir(item_id, phase)
+        found: dict[str, Any] = {}
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                path = Path(entry.path)
+                record = self._parse(path, path.read_bytes())
+                if isinstance(record.get("key"), str) and "value" in record:
+                    found[record["key"]] = record["value"]
+        return found
+
+    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
+        self._prepare()
+        folder = self._checkpoint_dir(item_id, phase)
+        path = folder / f"{encode_item_id(key)}.json"
+        data = json.dumps({"key": key, "value": value}, ensure_ascii=False).encode("utf-8")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, data + b"\n", durable=self.durable)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+
+    def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        folder = self._checkpoint_dir(item_id, phase)
+        if not folder.is_dir():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # only when no other phase has checkpoints
 
     def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's ``flock`` in ``.locks/``.
+
+        The kernel drops an flock when its process dies, however it dies, so a
+        lock file left behind never blocks a later run (lock files are never
+        deleted: deleting one while another process waits on it would let two
+        processes hold "the" lock). On a file system without locking (some NFS
+        mounts answer ENOLCK) items are run unlocked, with one warning.
+        """
         self._prepare()
-        return flock_item(self.state_dir / ".locks", item_id)
+        path = self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                return None
+            if exc.errno in _NO_LOCKING:
+                self._warn_no_locking(exc)
+                return ItemLock(fd, locked=False)
+            os.close(fd)
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+        return ItemLock(fd)
+
+    def _warn_no_locking(self, exc: OSError) -> None:
+        if not self._warned_no_locking:
+            self._warned_no_locking = True
+            print(
+                f"pipekit: warning: {self.state_dir} does not support file locks "
+                f"({exc.strerror}); items are run unlocked: do not start two runs on it at once",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def item_ids(self) -> Iterator[str]:
         for item_id, _ in self.load_all():

@@ -32,6 +32,7 @@ from pipekit.outcomes import UsageError
 from pipekit.store import FinishedItem
 from pipekit.store import ItemLock
 from pipekit.store import StateStore
+from pipekit.store import output_ref
 from pipekit.store import summarize
 from pipekit.stores import mask_password
 
@@ -62,9 +63,9 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS pipekit_outputs (
         pipeline TEXT NOT NULL,
         item_id TEXT NOT NULL,
-        phase INTEGER NOT NULL,
+        ref TEXT NOT NULL,
         text TEXT NOT NULL,
-        PRIMARY KEY (pipeline, item_id, phase))""",
+        PRIMARY KEY (pipeline, item_id, ref))""",
     """CREATE TABLE IF NOT EXISTS pipekit_leases (
         pipeline TEXT NOT NULL,
         item_id TEXT NOT NULL,
@@ -222,29 +223,28 @@ class PostgresStore(StateStore):
         return count + len(rows)
 
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+        # Named by content: the output the saved state refers to is never overwritten.
+        ref = output_ref(phase_num, text)
         self._query(
-            """INSERT INTO pipekit_outputs (pipeline, item_id, phase, text) VALUES (%s, %s, %s, %s)
-               ON CONFLICT (pipeline, item_id, phase) DO UPDATE SET text = excluded.text""",
-            (self.pipeline, item_id, phase_num, text),
+            """INSERT INTO pipekit_outputs (pipeline, item_id, ref, text) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (pipeline, item_id, ref) DO UPDATE SET text = excluded.text""",
+            (self.pipeline, item_id, ref, text),
         )
-        return f"outputs/{phase_num}.txt"
+        return ref
 
     def read_output(self, item_id: str, ref: str) -> str:
-        name = ref.rsplit("/", 1)[-1]
-        rows: list[tuple[Any, ...]] = []
-        if name.endswith(".txt") and name[:-4].isdigit():
-            rows = self._query(
-                "SELECT text FROM pipekit_outputs WHERE pipeline = %s AND item_id = %s AND phase = %s",
-                (self.pipeline, item_id, int(name[:-4])),
-            )
+        rows = self._query(
+            "SELECT text FROM pipekit_outputs WHERE pipeline = %s AND item_id = %s AND ref = %s",
+            (self.pipeline, item_id, ref),
+        )
         if not rows:
             raise StateFileError(self.describe(item_id), f"stored output {ref!r} is missing")
         return str(rows[0][0])
 
-    def delete_output(self, item_id: str, phase_num: int) -> None:
+    def delete_output(self, item_id: str, ref: str) -> None:
         self._query(
-            "DELETE FROM pipekit_outputs WHERE pipeline = %s AND item_id = %s AND phase = %s",
-            (self.pipeline, item_id, phase_num),
+            "DELETE FROM pipekit_outputs WHERE pipeline = %s AND item_id = %s AND ref = %s",
+            (self.pipeline, item_id, ref),
         )
 
     def item_ids(self) -> Iterator[str]:

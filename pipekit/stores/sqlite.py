@@ -29,6 +29,7 @@ from pipekit.store import FinishedItem
 from pipekit.store import ItemLock
 from pipekit.store import StateStore
 from pipekit.store import flock_item
+from pipekit.store import output_ref
 from pipekit.store import summarize
 
 
@@ -63,10 +64,10 @@ BEGIN
 END;
 CREATE TABLE IF NOT EXISTS outputs (
     item_id TEXT NOT NULL,
-    phase INTEGER NOT NULL,
+    ref TEXT NOT NULL,
     text TEXT NOT NULL,
-    PRIMARY KEY (item_id, phase)
-) WITHOUT ROWID;
+    PRIMARY KEY (item_id, ref)
+);
 """
 
 _UPSERT = """
@@ -235,31 +236,27 @@ class SqliteStore(StateStore):
         return count + len(rows)
 
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+        # Named by content: the output the saved state refers to is never overwritten.
+        ref = output_ref(phase_num, text)
         self._write(
             self.describe(item_id),
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO outputs (item_id, phase, text) VALUES (?, ?, ?)", (item_id, phase_num, text)
+                "INSERT OR REPLACE INTO outputs (item_id, ref, text) VALUES (?, ?, ?)", (item_id, ref, text)
             ),
         )
-        # The "/N.txt" ending keeps the reference valid when phases are renumbered (state.reconcile).
-        return f"outputs/{phase_num}.txt"
+        return ref
 
     def read_output(self, item_id: str, ref: str) -> str:
-        phase_num = _ref_phase(ref)
-        row = None
-        if phase_num is not None:
-            with self._lock:
-                row = self._db.execute(
-                    "SELECT text FROM outputs WHERE item_id = ? AND phase = ?", (item_id, phase_num)
-                ).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT text FROM outputs WHERE item_id = ? AND ref = ?", (item_id, ref)).fetchone()
         if row is None:
             raise StateFileError(self.describe(item_id), f"stored output {ref!r} is missing")
         return str(row[0])
 
-    def delete_output(self, item_id: str, phase_num: int) -> None:
+    def delete_output(self, item_id: str, ref: str) -> None:
         self._write(
             self.describe(item_id),
-            lambda db: db.execute("DELETE FROM outputs WHERE item_id = ? AND phase = ?", (item_id, phase_num)),
+            lambda db: db.execute("DELETE FROM outputs WHERE item_id = ? AND ref = ?", (item_id, ref)),
         )
 
     def try_lock(self, item_id: str) -> ItemLock | None:
@@ -328,13 +325,6 @@ class SqliteStore(StateStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _ref_phase(ref: str) -> int | None:
-    name = ref.rsplit("/", 1)[-1]
-    if name.endswith(".txt") and name[:-4].isdigit():
-        return int(name[:-4])
-    return None
 
 
 def _statements(script: str) -> list[str]:
