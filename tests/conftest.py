@@ -58,7 +58,7 @@ def _drop_namespace(base: str, namespace: str) -> None:
     import psycopg
 
     with psycopg.connect(base, autocommit=True) as db:
-        for table in ("pipekit_items", "pipekit_outputs", "pipekit_leases"):
+        for table in ("pipekit_items", "pipekit_outputs", "pipekit_leases", "pipekit_checkpoints"):
             db.execute(f"DELETE FROM {table} WHERE pipeline = %s", (namespace,))
 
 

@@ -333,3 +333,18 @@ def test_load_many_reads_in_order_with_missing_and_corrupt_items(store: StateSto
     assert isinstance(found[0][1], dict) and found[0][1]["item_id"] == "c"
     assert found[1][1] is None
     assert isinstance(found[2][1], StateFileError)  # named, and the others still read
+
+
+def test_checkpoints_are_durable_in_every_store(store: StateStore, store_url: str | None) -> None:
+    store.save_checkpoint("a/1", "draft", "chapter 1", {"words": 10})
+    store.save_checkpoint("a/1", "draft", "chapter 1", {"words": 12})
+    store.save_checkpoint("a/1", "draft", "chapter 2", "done")
+    store.save_checkpoint("a/1", "review", "x", 1)
+    reopened = open_store_url(store_url or f"json:{store.location}", pipeline="pipeline")
+    try:
+        assert reopened.load_checkpoints("a/1", "draft") == {"chapter 1": {"words": 12}, "chapter 2": "done"}
+        reopened.drop_checkpoints("a/1", "draft")
+        assert store.load_checkpoints("a/1", "draft") == {}
+        assert store.load_checkpoints("a/1", "review") == {"x": 1}
+    finally:
+        reopened.close()

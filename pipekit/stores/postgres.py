@@ -66,6 +66,13 @@ _SCHEMA = [
         ref TEXT NOT NULL,
         text TEXT NOT NULL,
         PRIMARY KEY (pipeline, item_id, ref))""",
+    """CREATE TABLE IF NOT EXISTS pipekit_checkpoints (
+        pipeline TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        phase TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value JSONB NOT NULL,
+        PRIMARY KEY (pipeline, item_id, phase, key))""",
     """CREATE TABLE IF NOT EXISTS pipekit_leases (
         pipeline TEXT NOT NULL,
         item_id TEXT NOT NULL,
@@ -245,6 +252,28 @@ class PostgresStore(StateStore):
         self._query(
             "DELETE FROM pipekit_outputs WHERE pipeline = %s AND item_id = %s AND ref = %s",
             (self.pipeline, item_id, ref),
+        )
+
+    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
+        rows = self._query(
+            "SELECT key, value FROM pipekit_checkpoints WHERE pipeline = %s AND item_id = %s AND phase = %s",
+            (self.pipeline, item_id, phase),
+        )
+        return {key: value for key, value in rows}
+
+    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
+        from psycopg.types.json import Jsonb
+
+        self._query(
+            """INSERT INTO pipekit_checkpoints (pipeline, item_id, phase, key, value) VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (pipeline, item_id, phase, key) DO UPDATE SET value = excluded.value""",
+            (self.pipeline, item_id, phase, key, Jsonb(value)),
+        )
+
+    def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        self._query(
+            "DELETE FROM pipekit_checkpoints WHERE pipeline = %s AND item_id = %s AND phase = %s",
+            (self.pipeline, item_id, phase),
         )
 
     def item_ids(self) -> Iterator[str]:

@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS items (
     rev INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    item_id TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (item_id, phase, key)
+);
 -- Covers the resume and "what is left" queries: they never read a state document.
 CREATE INDEX IF NOT EXISTS items_next_phase ON items (next_phase, item_id, done_names, metadata, cost_usd);
 CREATE INDEX IF NOT EXISTS items_status ON items (status);
@@ -257,6 +264,29 @@ class SqliteStore(StateStore):
         self._write(
             self.describe(item_id),
             lambda db: db.execute("DELETE FROM outputs WHERE item_id = ? AND ref = ?", (item_id, ref)),
+        )
+
+    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, value FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase)
+            ).fetchall()
+        return {key: json.loads(value) for key, value in rows}
+
+    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
+        text = json.dumps(value, ensure_ascii=False)
+        self._write(
+            self.describe(item_id),
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO checkpoints (item_id, phase, key, value) VALUES (?, ?, ?, ?)",
+                (item_id, phase, key, text),
+            ),
+        )
+
+    def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        self._write(
+            self.describe(item_id),
+            lambda db: db.execute("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase)),
         )
 
     def try_lock(self, item_id: str) -> ItemLock | None:
