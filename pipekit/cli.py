@@ -184,6 +184,7 @@ COMMANDS: dict[str, Callable[[list[str], list[Any]], ExitCode]] = {
     "export": _command_module("export"),
     "report": _command_module("report"),
     "new": _command_module("new"),
+    "migrate": _command_module("migrate"),
     "plugins": plugins_command,
     "plan": plan_command,
     "why": why_command,
@@ -200,6 +201,7 @@ usage: pipekit [run] MODULE [options]     run a pipeline (see `pipekit run --hel
        pipekit plugins [MODULE] [--all] [--hook NAME]
        pipekit plan MODULE [run options] [--json]
        pipekit why MODULE ITEM PHASE
+       pipekit migrate --from URL --to URL [--pipeline NAME]
 
 Multi-phase, resumable batch pipelines. MODULE is a dotted module name or a
 path to a .py file whose functions are marked with @pipekit.phase.
@@ -216,6 +218,7 @@ commands:
   plugins   list plugins, their versions, where they came from and their hooks
   plan      what a run would do and why (pending, failed, stale), with estimated time and cost
   why       the story of one (item, phase): attempts, errors, what changed since it ran
+  migrate   copy a run's state between stores (json:DIR, sqlite:PATH, postgresql://...), verified
 
 Run options can default from [tool.pipekit] in the nearest pyproject.toml
 (workers, state_dir, output_dir, store, plugins, progress, executor).

@@ -41,6 +41,7 @@ from pipekit.state import PENDING
 from pipekit.state import PipelineState
 from pipekit.state import PipelineStateManager
 from pipekit.statewriter import StateWriter
+from pipekit.store import FinishedItem
 from pipekit.store import StateStore
 from pipekit.store import encode_item_id
 
@@ -143,6 +144,8 @@ class Run:
         self.failed_states: dict[str, PipelineState] = {}
         self._injectors: dict[str, Injector] = {}
         self._module_warning_given = False
+        #: Finished items and their metadata, from the store's index (None: no index).
+        self._finished: dict[str, FinishedItem] | None = None
         self._interrupts = 0
         self._signals: list[signal.Signals] = []
 
@@ -197,6 +200,11 @@ class Run:
             tasks.discard(task)
             slots.release()
 
+        stale_check = self.stale_policy is not None and self.stale_policy.active
+        if not (self.force or self.from_phase is not None or stale_check):
+            # One indexed query instead of a read per item, where the store has one
+            # (not when staleness is checked: that needs each item's state).
+            self._finished = self.store.finished_items([p.name for p in self.pipeline.phases])
         try:
             for index, (item_id, metadata) in enumerate(self.items, 1):
                 if self._already_done(item_id, metadata):
@@ -236,6 +244,20 @@ class Run:
             self.items_already_done += 1
             self.items_completed += 1
             self.earlier_cost_usd += cost
+            return True
+        if self._finished is not None:
+            indexed = self._finished.get(item_id)
+            if indexed is None or any(indexed.metadata.get(k) != v for k, v in metadata.items()):
+                return False
+            if self._keep_states:
+                kept = PipelineStateManager(item_id, self.store)
+                if not kept.load_state():
+                    return False
+                kept.reconcile(self.pipeline.phases)
+                self._keep(kept.state)
+            self.items_already_done += 1
+            self.items_completed += 1
+            self.earlier_cost_usd += indexed.cost_usd
             return True
         manager = PipelineStateManager(item_id, self.store)
         try:

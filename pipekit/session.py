@@ -83,7 +83,11 @@ def build_run_parser() -> ArgumentParser:
     where.add_argument(
         "--output-dir", metavar="DIR", help="root of each item's ctx.output_dir (default <state dir>/outputs)"
     )
-    where.add_argument("--store", metavar="URL", help="where state lives (json:DIR); wins over --state-dir")
+    where.add_argument(
+        "--store",
+        metavar="URL",
+        help="where state lives: json:DIR, sqlite:PATH or postgresql://...; wins over --state-dir",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="progress display on stderr")
     out.add_argument("--jsonl", action="store_true", help="one JSON event per line on stdout")
@@ -158,6 +162,7 @@ async def _execute_run(
             print(f"pipekit: no {pipeline.item_noun} to process", file=sys.stderr)
             return RunResult(ExitCode.NO_ITEMS)
         store = open_store(option, pipeline)
+        config.add_cleanup(store.close)
         print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
         if option.failed_only:
             specs = [spec for spec in specs if has_failed_phase(store, spec[0])]
@@ -240,10 +245,9 @@ def open_store(option: argparse.Namespace, pipeline: Pipeline) -> StateStore:
     """The store chosen by ``--store``, ``PIPEKIT_STORE``, ``--state-dir`` or the default."""
     url = option.store or os.environ.get("PIPEKIT_STORE")
     if url:
-        scheme, _, rest = url.partition(":")
-        if scheme == "json" and rest:
-            return JsonDirStore(Path(rest).expanduser())
-        raise UsageError(f"unsupported --store {url!r}: use json:DIR")
+        from pipekit.stores import open_store_url
+
+        return open_store_url(url, pipeline=pipeline.name)
     if option.state_dir:
         return JsonDirStore(Path(option.state_dir).expanduser())
     return JsonDirStore(default_state_dir(pipeline.name))
@@ -253,5 +257,10 @@ def _output_root(option: argparse.Namespace, store: StateStore) -> Path:
     chosen = option.output_dir or os.environ.get("PIPEKIT_OUTPUT_DIR")
     if chosen:
         return Path(chosen).expanduser().resolve()
-    base = store.state_dir if isinstance(store, JsonDirStore) else Path(".")
+    if isinstance(store, JsonDirStore):
+        base = store.state_dir
+    else:
+        # A database file keeps its outputs beside it; a server has no folder of its own.
+        path = getattr(store, "path", None)
+        base = path.parent if isinstance(path, Path) else Path(".")
     return (base / "outputs").resolve()

@@ -336,10 +336,13 @@ def iter_states(
     """``(item_id, state)`` of each of ``item_ids`` with a saved state, reconciled
     with the pipeline (in memory only), one at a time; unreadable ones go into
     ``unreadable`` with their message."""
-    for item_id in item_ids:
+    # One query per batch of items on a database store, not one per item.
+    for item_id, document in store.load_many(item_ids):
         manager = PipelineStateManager(item_id, store)
         try:
-            if not manager.load_state():
+            if isinstance(document, StateFileError):
+                raise document
+            if not manager.load_document(document):
                 continue
         except StateFileError as exc:
             unreadable[item_id] = str(exc)

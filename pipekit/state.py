@@ -244,7 +244,10 @@ class PipelineStateManager:
 
     def load_state(self) -> bool:
         """Load the saved state; False when there is none. Raises ``StateFileError``."""
-        document = self.store.load(self.item_id)
+        return self.load_document(self.store.load(self.item_id))
+
+    def load_document(self, document: dict[str, Any] | None) -> bool:
+        """``load_state`` from a document already read (``StateStore.load_many``)."""
         if document is None:
             return False
         where = self.store.describe(self.item_id)

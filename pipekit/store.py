@@ -8,8 +8,11 @@ over the old file, so a reader or a crash sees the old or the new file whole.
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
+from collections.abc import Iterable
 from collections.abc import Iterator
 import contextlib
+from dataclasses import dataclass
 import errno
 import fcntl
 import hashlib
@@ -81,7 +84,12 @@ def encode_document(document: dict[str, Any]) -> bytes:
             lines.append(f"  {_encode(key)}: {{\n{inner}\n  }}")
         else:
             lines.append(f"  {_encode(key)}: {_encode(value)}")
-    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
+    text = "{\n" + ",\n".join(lines) + "\n}\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (an id from a file name, say) has no UTF-8 form: escape it as \\udXXX.
+        return json.dumps(document, ensure_ascii=True, indent=2).encode("ascii")
 
 
 def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -222,6 +230,44 @@ class StateStore(abc.ABC):
             if document is not None:
                 yield item_id, document
 
+    def load_many(
+        self, item_ids: Iterable[str]
+    ) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
+        """``(item_id, document or None or the error)`` for each id, in order; database
+        stores read them in a few queries instead of one per item."""
+        for item_id in item_ids:
+            try:
+                yield item_id, self.load(item_id)
+            except StateFileError as exc:
+                yield item_id, exc
+
+    def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """Save many ``(item_id, document)`` pairs (``migrate``); returns how many.
+
+        Database stores write them in batches of one transaction each.
+        """
+        count = 0
+        for item_id, document in documents:
+            self.save(item_id, document)
+            count += 1
+        return count
+
+    def finished_items(self, phase_names: Collection[str]) -> dict[str, FinishedItem] | None:
+        """The items whose phases named ``phase_names`` are all completed or
+        skipped, by id, answered by an index; None when this store has no such
+        index (the runner then reads each item).
+        """
+        return None
+
+    def unfinished_item_ids(self) -> Iterator[str]:
+        """Ids of the items with work left ("what is left"); an indexed query where the store has one."""
+        for item_id, document in self.load_all():
+            if summarize(document).next_phase is not None:
+                yield item_id
+
+    def close(self) -> None:  # noqa: B027  (most stores hold nothing to release)
+        """Release connections and leases (idempotent). A store is usable until closed."""
+
     # Checkpoints inside a phase (``ctx.checkpoint``). They live beside the
     # item's state, never in it, so saving one costs the same however many
     # exist. The defaults keep them in memory (they survive retries within a
@@ -242,6 +288,75 @@ class StateStore(abc.ABC):
     def _memory_checkpoints(self) -> dict[tuple[str, str], dict[str, Any]]:
         memory: dict[tuple[str, str], dict[str, Any]] = self.__dict__.setdefault("_checkpoints_in_memory", {})
         return memory
+
+
+@dataclass(frozen=True)
+class FinishedItem:
+    """What the runner needs to know of an item that is finished, without its state."""
+
+    metadata: dict[str, Any]
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The indexed columns database stores keep beside each document."""
+
+    status: str | None
+    #: First phase (by num) neither completed nor skipped; None when all are.
+    next_phase: int | None
+    #: Names of the phases completed or skipped, sorted.
+    done_names: tuple[str, ...]
+    metadata: dict[str, Any]
+    cost_usd: float
+
+
+def summarize(document: Any) -> Summary:
+    """The ``Summary`` of a saved document; tolerant, as a malformed one is stored as is."""
+    if not isinstance(document, dict):
+        return Summary(None, None, (), {}, 0.0)
+    phases = document.get("phases")
+    pending: list[int] = []
+    done: list[str] = []
+    if isinstance(phases, dict):
+        for num, phase in phases.items():
+            if not isinstance(phase, dict):
+                continue
+            if phase.get("status") in ("completed", "skipped"):
+                done.append(str(phase.get("name")))
+            else:
+                with contextlib.suppress(TypeError, ValueError):
+                    pending.append(int(num))
+    status = document.get("status")
+    metadata = document.get("metadata")
+    cost = document.get("total_cost_usd")
+    return Summary(
+        status if isinstance(status, str) else None,
+        min(pending) if pending else None,
+        tuple(sorted(done)),
+        metadata if isinstance(metadata, dict) else {},
+        float(cost) if isinstance(cost, (int, float)) else 0.0,
+    )
+
+
+def output_ref(phase_num: int, text: str) -> str:
+    """The reference of a large output in a database store: named by phase and content."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"outputs/{phase_num}.{digest}.txt"
+
+
+def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
+    """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks_dir / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return ItemLock(fd)
 
 
 class JsonDirStore(StateStore):

@@ -48,6 +48,7 @@ from pipekit.outcomes import ExitCode
 from pipekit.state import PipelineState
 from pipekit.state import PipelineStateManager
 from pipekit.store import JsonDirStore
+from pipekit.store import StateStore
 
 
 _STATE_LINE = re.compile(r"^pipekit: state: (.+)$", re.M)
@@ -158,6 +159,8 @@ class PipeResult:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     recorder: HookRecorder | None = None
     killed: bool = False
+    #: The ``PIPEKIT_STORE`` the command ran with (None: the JSON state dir it printed).
+    store_url: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -195,19 +198,46 @@ class PipeResult:
             raise AssertionError(f"the run printed no state location\n{self!r}")
         return Path(match.group(1).strip())
 
+    def open_store(self) -> StateStore:
+        """The store the run used (the caller closes it)."""
+        if self.store_url:
+            from pipekit.stores import open_store_url
+
+            return open_store_url(self.store_url, pipeline="pipeline")
+        return JsonDirStore(self.state_dir)
+
     def state(self, item_id: str) -> PipelineState:
-        """The item's state as saved on disk."""
-        manager = PipelineStateManager(item_id, JsonDirStore(self.state_dir))
-        if not manager.load_state():
-            raise AssertionError(f"no state saved for {item_id!r} in {self.state_dir}")
-        return manager.state
+        """The item's state as saved in the run's store."""
+        store = self.open_store()
+        try:
+            manager = PipelineStateManager(item_id, store)
+            if not manager.load_state():
+                raise AssertionError(f"no state saved for {item_id!r} in {store.location}")
+            return manager.state
+        finally:
+            store.close()
+
+    def has_state(self, item_id: str) -> bool:
+        """Whether the run's store holds a state for ``item_id``."""
+        store = self.open_store()
+        try:
+            return store.load(item_id) is not None
+        finally:
+            store.close()
 
     def assert_outcomes(self, item_ids: Iterable[str] | None = None, **expected: int) -> None:
         """Count phase statuses over ``item_ids`` (default: every saved item) and compare.
 
         ``assert_outcomes(completed=6, failed=1)``; unnamed statuses are not checked.
         """
-        ids = list(item_ids) if item_ids is not None else list(JsonDirStore(self.state_dir).item_ids())
+        if item_ids is None:
+            store = self.open_store()
+            try:
+                ids = list(store.item_ids())
+            finally:
+                store.close()
+        else:
+            ids = list(item_ids)
         counts: dict[str, int] = {}
         for item_id in ids:
             for phase in self.state(item_id).phases.values():
@@ -262,7 +292,10 @@ class PipeTester:
         out, err = io.StringIO(), io.StringIO()
         with _isolated_modules(self.path), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             ret = main(list(args), plugins=[recorder, *plugins])
-        return PipeResult(list(args), int(ret), out.getvalue(), err.getvalue(), recorder.events(), recorder)
+        return PipeResult(
+            list(args), int(ret), out.getvalue(), err.getvalue(), recorder.events(), recorder,
+            store_url=os.environ.get("PIPEKIT_STORE"),
+        )
 
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """Start ``python -m pipekit ARGS`` with piped output (``--jsonl`` added for runs)."""
@@ -304,7 +337,10 @@ class PipeTester:
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
                 events.append((record.pop("event"), record))
-        return PipeResult(list(args), proc.returncode, "".join(stdout_lines), stderr, events, killed=killed)
+        return PipeResult(
+            list(args), proc.returncode, "".join(stdout_lines), stderr, events, killed=killed,
+            store_url={**os.environ, **(env or {})}.get("PIPEKIT_STORE"),
+        )
 
 
 def _read_events(

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
+from typing import Any
 
+from pipekit.store import JsonDirStore
+from pipekit.store import StateStore
+from pipekit.stores import open_store_url
 from pipekit.testing import PipeResult
 from pipekit.testing import PipeTester
 
@@ -90,3 +95,29 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def saved_document(tester: PipeTester, item_id: str) -> dict[str, Any]:
+    """The item's saved document, from whichever store the test runs against (``any_store``)."""
+    store = open_test_store(tester)
+    try:
+        document = store.load(item_id)
+    finally:
+        store.close()
+    assert document is not None, f"no state for {item_id!r}"
+    return document
+
+
+def open_test_store(tester: PipeTester) -> StateStore:
+    """The store of the batch: ``PIPEKIT_STORE`` when a test sets it, else the state directory."""
+    url = os.environ.get("PIPEKIT_STORE")
+    return open_store_url(url, pipeline="pipeline") if url else JsonDirStore(state_dir(tester))
+
+
+def store_snapshot(tester: PipeTester) -> dict[str, str]:
+    """Every saved document of the batch, as JSON, by item id (for "nothing changed" checks)."""
+    store = open_test_store(tester)
+    try:
+        return {item_id: json.dumps(document, sort_keys=True) for item_id, document in store.load_all()}
+    finally:
+        store.close()

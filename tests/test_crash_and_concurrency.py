@@ -13,6 +13,10 @@ import pytest
 from pipekit.testing import PipeTester
 
 
+#: Every test here runs against each store.
+pytestmark = pytest.mark.usefixtures("any_store")
+
+
 SLOW = '''
     import asyncio, json, os, time
     from pathlib import Path
@@ -90,7 +94,7 @@ def test_interrupt_records_in_flight_phases_and_the_same_command_resumes(
     assert stopped.ret == 2, stopped
     assert "interrupted: recording in-flight phases" in stopped.stderr
     interrupted = [
-        (i, p.phase) for i in "abcd" if (stopped.state_dir / f"{i}.json").exists()
+        (i, p.phase) for i in "abcd" if stopped.has_state(i)
         for p in stopped.state(i).phases.values() if p.reason == "interrupted"
     ]
     assert interrupted, stopped

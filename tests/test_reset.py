@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
-
 from batch_helpers import executions
 from batch_helpers import forget_executions
 from batch_helpers import make_batch
+from batch_helpers import open_test_store
+from batch_helpers import saved_document
 from batch_helpers import snapshot
 from batch_helpers import state_dir
 import pytest
 
-from pipekit.store import JsonDirStore
 from pipekit.testing import PipeTester
 
 
 def statuses(tester: PipeTester, item_id: str) -> list[str]:
-    document = json.loads((state_dir(tester) / f"{item_id}.json").read_text())
+    document = saved_document(tester, item_id)
     return [p["status"] for _, p in sorted(document["phases"].items())]
 
 
@@ -24,6 +23,7 @@ def run_again(tester: PipeTester, *args: str) -> int:
     return tester.run("run", "pipeline.py", "--items", "items.txt", "--progress", "none", *args).ret
 
 
+@pytest.mark.usefixtures("any_store")
 def test_no_selector_is_a_usage_error_that_says_all(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     before = snapshot(state_dir(pipetester))
@@ -33,6 +33,7 @@ def test_no_selector_is_a_usage_error_that_says_all(pipetester: PipeTester) -> N
     assert snapshot(state_dir(pipetester)) == before
 
 
+@pytest.mark.usefixtures("any_store")
 def test_failed_resets_only_failed_phases_and_the_next_run_redoes_them(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     result = pipetester.run("reset", "pipeline.py", "--failed")
@@ -49,6 +50,7 @@ def test_failed_resets_only_failed_phases_and_the_next_run_redoes_them(pipeteste
     assert executions(pipetester) == [("bad-1", "draft"), ("meh", "review")]
 
 
+@pytest.mark.usefixtures("any_store")
 def test_phase_is_exact_and_downstream_takes_the_later_ones(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     exact = pipetester.run("reset", "pipeline.py", "--item", "a", "--phase", "1")
@@ -61,6 +63,7 @@ def test_phase_is_exact_and_downstream_takes_the_later_ones(pipetester: PipeTest
     assert statuses(pipetester, "meh") == ["completed", "pending", "pending"]
 
 
+@pytest.mark.usefixtures("any_store")
 def test_globs_dry_run_and_all(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     before = snapshot(state_dir(pipetester))
@@ -78,23 +81,27 @@ def test_globs_dry_run_and_all(pipetester: PipeTester) -> None:
     assert pipetester.run("reset", "pipeline.py", "--all").stdout == "nothing to reset\n"
 
 
+@pytest.mark.usefixtures("any_store")
 def test_reset_keeps_what_was_spent(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     pipetester.run("reset", "pipeline.py", "--item", "a", "--phase", "1")
-    document = json.loads((state_dir(pipetester) / "a.json").read_text())
+    document = saved_document(pipetester, "a")
     assert document["phases"]["1"]["attempts"] == 1
     assert document["total_cost_usd"] == pytest.approx(0.11)
     assert "1" not in document["phase_outputs"]
 
 
+@pytest.mark.usefixtures("any_store")
 def test_an_item_another_process_holds_is_left_alone(pipetester: PipeTester) -> None:
     make_batch(pipetester)
-    lock = JsonDirStore(state_dir(pipetester)).try_lock("bad-1")
+    store = open_test_store(pipetester)
+    lock = store.try_lock("bad-1")
     assert lock is not None
     try:
         result = pipetester.run("reset", "pipeline.py", "--failed")
     finally:
         lock.release()
+        store.close()
     assert result.ret == 1, result
     assert "item 'bad-1' is being run by another pipekit process; left alone" in result.stderr
     assert statuses(pipetester, "bad-1") == ["completed", "failed", "pending"]
@@ -120,6 +127,7 @@ def test_a_corrupt_file_is_left_alone_unless_named(pipetester: PipeTester) -> No
     assert ("meh", "research") in executions(pipetester)
 
 
+@pytest.mark.usefixtures("any_store")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -135,6 +143,7 @@ def test_bad_selectors_are_usage_errors(pipetester: PipeTester, args: list[str],
     assert message in result.stderr
 
 
+@pytest.mark.usefixtures("any_store")
 def test_skip_by_hand_stops_retries_and_reset_undoes_it(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     skipped = pipetester.run("skip", "pipeline.py", "--item", "bad-1", "--reason", "the scan is unreadable")
@@ -155,6 +164,7 @@ def test_skip_by_hand_stops_retries_and_reset_undoes_it(pipetester: PipeTester) 
     assert executions(pipetester) == [("bad-1", "draft")]
 
 
+@pytest.mark.usefixtures("any_store")
 def test_skip_one_phase_and_refuse_finished_ones(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     result = pipetester.run("skip", "pipeline.py", "--item", "meh", "--phase", "1", "--phase", "3", "--reason", "meh")
@@ -165,6 +175,7 @@ def test_skip_one_phase_and_refuse_finished_ones(pipetester: PipeTester) -> None
     assert missing.ret == 4 and "--reason" in missing.stderr
 
 
+@pytest.mark.usefixtures("any_store")
 def test_run_failed_only_retries_just_the_failed_items(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     pipetester.run("reset", "pipeline.py", "--item", "a", "--phase", "3")
@@ -182,6 +193,7 @@ def test_run_failed_only_retries_just_the_failed_items(pipetester: PipeTester) -
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("any_store")
 def test_reset_and_skip_leave_an_item_a_live_run_holds(pipetester: PipeTester) -> None:
     import json as jsonlib
 

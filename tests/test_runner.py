@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pipekit import PipelineStateManager
 from pipekit.testing import PipeTester
+
+
+#: Every test here runs against each store.
+pytestmark = pytest.mark.usefixtures("any_store")
 
 
 COUNTING = '''
@@ -192,8 +198,10 @@ def test_a_phase_removed_and_added_back_keeps_its_work(pipetester: PipeTester) -
     back = pipetester.run("pipeline.py", "--item", "a")
     assert back.ret == 0, back
     assert executions(pipetester) == []  # review came back completed: nothing to do
-    manager = PipelineStateManager("a", back.state_dir)
+    store = back.open_store()
+    manager = PipelineStateManager("a", store)
     manager.load_state()
+    store.close()
     manager.reconcile([(1, "research"), (2, "draft"), (3, "review")])
     assert manager.state.phases[3].status == "completed"
     assert manager.state.phase_outputs[3] == "DRAFT FROM NOTES ON A"

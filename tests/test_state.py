@@ -160,12 +160,3 @@ def test_store_lists_item_ids(tmp_path: Path) -> None:
         PipelineStateManager(item_id, tmp_path).create_state({}, PHASES)
     assert sorted(JsonDirStore(tmp_path).item_ids()) == sorted(["a/b", "Ünï", "x" * 300])
 
-
-def test_item_lock_is_exclusive_until_released(tmp_path: Path) -> None:
-    store = JsonDirStore(tmp_path)
-    lock = store.try_lock("a")
-    assert lock is not None
-    assert store.try_lock("a") is None
-    assert store.try_lock("b") is not None
-    lock.release()
-    assert store.try_lock("a") is not None

@@ -8,11 +8,13 @@ import signal
 from batch_helpers import make_batch
 from batch_helpers import snapshot
 from batch_helpers import state_dir
+from batch_helpers import store_snapshot
 import pytest
 
 from pipekit.testing import PipeTester
 
 
+@pytest.mark.usefixtures("any_store")
 def test_matrix_shows_glyphs_costs_errors_and_totals(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     result = pipetester.run("status", "pipeline.py")
@@ -34,6 +36,7 @@ def test_matrix_shows_glyphs_costs_errors_and_totals(pipetester: PipeTester) -> 
     assert result.stderr == ""
 
 
+@pytest.mark.usefixtures("any_store")
 def test_filters_select_rows(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     failed = pipetester.run("status", "pipeline.py", "--failed")
@@ -45,6 +48,7 @@ def test_filters_select_rows(pipetester: PipeTester) -> None:
     assert [line.split()[0] for line in pending.stdout.splitlines()[5:-3]] == ["bad-1", "meh"], pending
 
 
+@pytest.mark.usefixtures("any_store")
 def test_many_items_are_summarised_unless_all(pipetester: PipeTester) -> None:
     make_batch(pipetester, *[f"book-{i}" for i in range(12)], "bad-1")
     summary = pipetester.run("status", "pipeline.py", "--max-rows", "5")
@@ -65,6 +69,7 @@ def test_many_items_are_summarised_unless_all(pipetester: PipeTester) -> None:
     assert sum(line.startswith("book-") for line in full.stdout.splitlines()) == 12
 
 
+@pytest.mark.usefixtures("any_store")
 def test_json_is_the_full_picture(pipetester: PipeTester) -> None:
     make_batch(pipetester)
     result = pipetester.run("status", "pipeline.py", "--json")
@@ -111,12 +116,13 @@ def test_one_item_tells_its_whole_story(pipetester: PipeTester) -> None:
     )
 
 
+@pytest.mark.usefixtures("any_store")
 def test_status_never_changes_state(pipetester: PipeTester) -> None:
     make_batch(pipetester)
-    before = snapshot(state_dir(pipetester))
+    before = (snapshot(state_dir(pipetester)), store_snapshot(pipetester))
     for args in ([], ["--json"], ["--item", "a"], ["--failed", "--all"]):
         assert pipetester.run("status", "pipeline.py", *args).ret == 0
-    assert snapshot(state_dir(pipetester)) == before
+    assert (snapshot(state_dir(pipetester)), store_snapshot(pipetester)) == before
 
 
 def test_a_corrupt_state_file_is_named_and_left_alone(pipetester: PipeTester) -> None:
@@ -133,6 +139,7 @@ def test_a_corrupt_state_file_is_named_and_left_alone(pipetester: PipeTester) ->
     assert snapshot(state_dir(pipetester)) == before
 
 
+@pytest.mark.usefixtures("any_store")
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -156,6 +163,7 @@ def test_a_module_that_is_not_a_pipeline_is_a_usage_error(pipetester: PipeTester
     assert "notapipeline" in result.stderr
 
 
+@pytest.mark.usefixtures("any_store")
 @pytest.mark.slow
 def test_status_after_kill_9_shows_the_phase_in_progress(pipetester: PipeTester) -> None:
     pipetester.make_pipeline(__import__("batch_helpers").BATCH)
@@ -183,6 +191,7 @@ def test_status_after_kill_9_shows_the_phase_in_progress(pipetester: PipeTester)
     assert "2 completed" in pipetester.run("status", "pipeline.py").stdout
 
 
+@pytest.mark.usefixtures("any_store")
 def test_phases_added_since_the_run_show_as_pending(pipetester: PipeTester) -> None:
     make_batch(pipetester, "a")
     source = (pipetester.path / "pipeline.py").read_text()
