@@ -65,24 +65,27 @@ def pipekit_configure(config: Any) -> None:
 # --8<-- [end:options]
 
 
+def describe(path: Path) -> dict[str, str]:
+    """A book's metadata from the header of its text file."""
+    header = path.read_text(encoding="utf-8").split("***", 1)[0] if path.exists() else ""
+    title = re.search(r"^Title:\s*(.+?)\s*$", header, re.M)
+    author = re.search(r"^Author:\s*(.+?)\s*$", header, re.M)
+    return {
+        "title": title.group(1) if title else path.stem,
+        "author": author.group(1) if author else "",
+        "path": str(path),
+    }
+
+
 def items() -> list[tuple[str, dict[str, str]]]:
-    """Every ``texts/*.txt``: the id is the file's stem, the title comes from its header."""
-    found = []
-    for path in sorted(TEXTS.glob("*.txt")):
-        header = path.read_text(encoding="utf-8").split("***", 1)[0]
-        title = re.search(r"^Title:\s*(.+?)\s*$", header, re.M)
-        author = re.search(r"^Author:\s*(.+?)\s*$", header, re.M)
-        found.append(
-            (
-                path.stem,
-                {
-                    "title": title.group(1) if title else path.stem,
-                    "author": author.group(1) if author else "",
-                    "path": str(path),
-                },
-            )
-        )
-    return found
+    """Every ``texts/*.txt``: the id is the file's stem."""
+    return [(path.stem, describe(path)) for path in sorted(TEXTS.glob("*.txt"))]
+
+
+def book(item_id: str, metadata: dict[str, str]) -> dict[str, str]:
+    """The item's metadata, completed from ``texts/<id>.txt`` when it came from ``--item ID``."""
+    path = Path(metadata["path"]) if "path" in metadata else TEXTS / f"{item_id}.txt"
+    return {**describe(path), **metadata}
 
 
 def file_exists(name: str):  # type: ignore[no-untyped-def]
@@ -105,9 +108,9 @@ def write_atomically(path: Path, text: str) -> None:
 
 # --8<-- [start:load]
 @phase(1, cache=file_exists("raw.txt"), timeout=30)
-def load(metadata: dict[str, str], output_dir: Path) -> str:
+def load(item_id: str, metadata: dict[str, str], output_dir: Path) -> str:
     """Copy the book's text into its output folder, as a download would."""
-    source = Path(metadata["path"])
+    source = Path(book(item_id, metadata)["path"])
     if not source.exists():
         raise FileNotFoundError(f"no text for this book at {source}")
     write_atomically(output_dir / "raw.txt", source.read_bytes().decode("utf-8"))
@@ -161,7 +164,7 @@ def summaries_exist(output_dir: Path) -> str | bool:
 
 # --8<-- [start:summarise]
 @phase(4, cache=summaries_exist, timeout=600, retries=2)
-def summarise(metadata: dict[str, str], ctx: Any) -> PhaseResult:
+def summarise(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
     """Summarise each chapter that has no summary yet: a re-run skips finished ones."""
     chapters = json.loads((ctx.output_dir / "chapters.json").read_text(encoding="utf-8"))
     written = 0
@@ -170,7 +173,7 @@ def summarise(metadata: dict[str, str], ctx: Any) -> PhaseResult:
         if target.exists():
             continue  # summarised by an earlier, interrupted run: paid for already
         text = (ctx.output_dir / chapter["file"]).read_text(encoding="utf-8")
-        reply = MODEL.summarise(metadata["title"], text)
+        reply = MODEL.summarise(book(item_id, metadata)["title"], text)
         # Recorded per call: tokens spent count even if a later chapter fails.
         ctx.record_cost(reply.tokens_in, reply.tokens_out, reply.cost_usd)
         write_atomically(target, reply.text + "\n")
@@ -181,13 +184,13 @@ def summarise(metadata: dict[str, str], ctx: Any) -> PhaseResult:
 
 
 @phase(5, critical=False, cache=file_exists("review.md"), timeout=300, retries=1)
-def review(metadata: dict[str, str], ctx: Any) -> PhaseResult:
+def review(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
     """A second look at the summaries; if it fails the report goes out without it."""
     chapters = json.loads((ctx.output_dir / "chapters.json").read_text(encoding="utf-8"))
     summaries = [
         (ctx.output_dir / f"summaries/{c['number']:02d}.md").read_text(encoding="utf-8") for c in chapters
     ]
-    reply = MODEL.review(metadata["title"], summaries)
+    reply = MODEL.review(book(item_id, metadata)["title"], summaries)
     write_atomically(ctx.output_dir / "review.md", reply.text + "\n")
     ctx.executor = MODEL.name
     return PhaseResult(
@@ -199,6 +202,7 @@ def review(metadata: dict[str, str], ctx: Any) -> PhaseResult:
 def assemble(item_id: str, metadata: dict[str, str], review: str | None, output_dir: Path) -> PhaseResult:
     """Write ``report.md``: title, the review (when there is one), each chapter's summary."""
     chapters = json.loads((output_dir / "chapters.json").read_text(encoding="utf-8"))
+    metadata = book(item_id, metadata)
     lines = [f"# {metadata['title']}", ""]
     if metadata.get("author"):
         lines += [f"*{metadata['author']}* · {len(chapters)} chapters", ""]
