@@ -55,7 +55,7 @@ def _attribute_docstring(name: str) -> str:
     spec = importlib.util.find_spec(module.group(1))
     assert spec and spec.origin
     body = ast.parse(Path(spec.origin).read_text()).body
-    for statement, following in zip(body, body[1:]):
+    for statement, following in zip(body, body[1:], strict=False):
         if isinstance(statement, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == name for t in statement.targets
         ):
@@ -157,7 +157,9 @@ def test_concepts_pipeline_runs_as_the_page_says(pipetester: PipeTester) -> None
     skips = [c["reason"] for c in again.calls("pipekit_phase_skip")]
     assert skips == []  # --force ignores the cache
     (pipetester.path / "st" / "intro.json").unlink()
-    cached = pipetester.run(str(SNIPPETS / "concepts.py"), "--state-dir", "st", "--output-dir", "out", "--item", "intro")
+    cached = pipetester.run(
+        str(SNIPPETS / "concepts.py"), "--state-dir", "st", "--output-dir", "out", "--item", "intro"
+    )
     assert [(c["phase"].name, c["reason"]) for c in cached.calls("pipekit_phase_skip")] == [("fetch", "cache")]
 
     # The JSON excerpt on the page has the shape of a real state file.

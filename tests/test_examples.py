@@ -65,7 +65,14 @@ BOOKS = ["aesop", "andersen", "grimm"]
 
 def run_books(pipetester: PipeTester, *args: str):  # type: ignore[no-untyped-def]
     return pipetester.run(
-        str(EXAMPLES / "books" / "pipeline.py"), "--model-latency", "0", "--state-dir", "st", "--output-dir", "out", *args
+        str(EXAMPLES / "books" / "pipeline.py"),
+        "--model-latency",
+        "0",
+        "--state-dir",
+        "st",
+        "--output-dir",
+        "out",
+        *args,
     )
 
 
@@ -133,7 +140,7 @@ def test_books_model_option_without_llm_is_a_usage_error(
     assert not (pipetester.path / "st").exists()
 
 
-FAKE_LLM = '''
+FAKE_LLM = """
 class Usage:
     input, output = 900, 60
 
@@ -156,7 +163,7 @@ MODELS = []
 def get_model(name):
     MODELS.append(name)
     return Model()
-'''
+"""
 
 
 def test_books_through_llm_with_a_failing_reviewer(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +196,11 @@ def test_plugin_example_both_ways(pipetester: PipeTester) -> None:
     assert result.ret == 0, result
     # The hooks in the pipeline module:
     lines = (pipetester.path / "audit.log").read_text().splitlines()
-    assert [line.split()[1:] for line in lines] == [["pluggy", "completed"], ["pytest", "completed"], ["pipekit", "completed"]]
+    assert [line.split()[1:] for line in lines] == [
+        ["pluggy", "completed"],
+        ["pytest", "completed"],
+        ["pipekit", "completed"],
+    ]
     # The plugin loaded with -p:
     timings = json.loads((pipetester.path / "timings.json").read_text())
     assert {name: t["runs"] for name, t in timings.items()} == {"measure": 3, "shout": 3}

@@ -15,12 +15,15 @@ from pipekit import phase
 PIPELINE_NAME = "concepts"
 ITEM_NOUN = "articles"
 
+
 # --8<-- [start:items]
 def items():
     """Ids, (id, metadata) pairs, or dicts with an "id" key."""
     yield "intro"
     yield ("pricing", {"words": 1200})
     yield {"id": "faq", "words": 300}
+
+
 # --8<-- [end:items]
 
 
@@ -38,6 +41,8 @@ async def fetch(item_id: str, output_dir: Path) -> str:
     html = f"<h1>{item_id}</h1>"
     (output_dir / "page.html").write_text(html)
     return html
+
+
 # --8<-- [end:cache]
 
 
@@ -48,6 +53,8 @@ def draft(item_id: str, metadata: dict[str, Any], fetch: str, ctx: Any) -> Phase
     words = metadata.get("words", 500)
     ctx.record_cost(tokens_in=len(fetch), tokens_out=words)  # counts even if this attempt fails
     return PhaseResult(output=f"{words} words on {item_id}", cost_usd=words * 2e-6)
+
+
 # --8<-- [end:arguments]
 
 
@@ -60,6 +67,8 @@ def review(item_id: str, ctx: Any) -> str:
     if ctx.attempt == 1:
         raise Retry(after=0.01, message="the reviewer is busy")  # try again, not counted as an error
     return "looks good"
+
+
 # --8<-- [end:retry]
 
 
@@ -68,4 +77,6 @@ def review(item_id: str, ctx: Any) -> str:
 def publish(previous_outputs: dict[int, str], review: str | None) -> str:
     """``review`` is None when that phase failed; previous_outputs has the rest, by num."""
     return previous_outputs[2] + ("" if review is None else f" ({review})")
+
+
 # --8<-- [end:previous]

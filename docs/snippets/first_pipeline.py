@@ -1,6 +1,8 @@
 # --8<-- [start:all]
 """words.py: count the words of some files, then report the longest one."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 from pipekit import phase
@@ -25,4 +27,6 @@ def longest(item_id: str, count: str) -> str:
     """The longest word (this phase may fail without stopping the item)."""
     words = Path(item_id).read_text().split()
     return f"{max(words, key=len)} (of {count} words)"
+
+
 # --8<-- [end:all]

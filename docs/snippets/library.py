@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+# --8<-- [start:run]
 from pathlib import Path
 
-
-HERE = Path(__file__).parent
-
-# --8<-- [start:run]
 import pipekit
 
 
+HERE = Path(__file__).parent  # the folder of concepts.py
 pipeline = pipekit.load(str(HERE / "concepts.py"))
 print(pipeline.name, [phase.name for phase in pipeline.phases])
 

@@ -83,4 +83,6 @@ def answer(item_id: str, ctx: Any) -> PhaseResult:
         tokens_out=tokens_out,
         cost_usd=tokens_in * PRICE[0] + tokens_out * PRICE[1],
     )
+
+
 # --8<-- [end:phase]

@@ -62,6 +62,8 @@ def pipekit_configure(config: Any) -> None:
         MODEL = make_model(config.getoption("model"), config.getoption("model_latency"))
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
+
+
 # --8<-- [end:options]
 
 
@@ -115,6 +117,8 @@ def load(item_id: str, metadata: dict[str, str], output_dir: Path) -> str:
         raise FileNotFoundError(f"no text for this book at {source}")
     write_atomically(output_dir / "raw.txt", source.read_bytes().decode("utf-8"))
     return "raw.txt"
+
+
 # --8<-- [end:load]
 
 
@@ -137,7 +141,7 @@ def split(output_dir: Path) -> str:
     chapters = []
     if len(parts) == 1:  # no headings: the whole book is one chapter
         parts = ["", "I", "", text]
-    for number, (_, heading, body) in enumerate(zip(*[iter(parts[1:])] * 3), 1):
+    for number, (_, heading, body) in enumerate(zip(*[iter(parts[1:])] * 3, strict=False), 1):
         name = f"chapters/{number:02d}.txt"
         write_atomically(output_dir / name, body.strip() + "\n")
         chapters.append({"number": number, "title": title_case(heading) or f"Chapter {number}", "file": name})
@@ -180,6 +184,8 @@ def summarise(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
         written += 1
     ctx.executor = MODEL.name
     return PhaseResult(output=f"{written} of {len(chapters)} chapters summarised this run")
+
+
 # --8<-- [end:summarise]
 
 
@@ -187,9 +193,7 @@ def summarise(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
 def review(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
     """A second look at the summaries; if it fails the report goes out without it."""
     chapters = json.loads((ctx.output_dir / "chapters.json").read_text(encoding="utf-8"))
-    summaries = [
-        (ctx.output_dir / f"summaries/{c['number']:02d}.md").read_text(encoding="utf-8") for c in chapters
-    ]
+    summaries = [(ctx.output_dir / f"summaries/{c['number']:02d}.md").read_text(encoding="utf-8") for c in chapters]
     reply = MODEL.review(book(item_id, metadata)["title"], summaries)
     write_atomically(ctx.output_dir / "review.md", reply.text + "\n")
     ctx.executor = MODEL.name

@@ -54,4 +54,6 @@ def pipekit_configure(config: Any) -> None:
     timer = PhaseTimer(config.getoption("timings"))
     config.pluginmanager.register(timer, "phase-timer-collector")
     config.add_cleanup(lambda: config.pluginmanager.unregister(timer))
+
+
 # --8<-- [end:plugin]

@@ -61,6 +61,8 @@ def pipekit_configure(config: Any) -> None:
     """Read the option once, when the run is configured."""
     global AUDIT_LOG
     AUDIT_LOG = config.getoption("audit_log")
+
+
 # --8<-- [end:hooks]
 
 
