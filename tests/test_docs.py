@@ -212,6 +212,18 @@ def test_llm_recipe_retries_rate_limits_and_records_cost(pipetester: PipeTester)
     assert len(result.calls("pipekit_phase_retry")) == 3
 
 
+@pytest.mark.slow
+def test_testing_page_tests_pass(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PIPEKIT_"))}
+    check = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(SNIPPETS),
+         str(SNIPPETS / "test_words.py")],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "3 passed" in check.stdout
+
+
 # -- the site builds ---------------------------------------------------------------------
 
 
