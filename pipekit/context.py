@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,17 @@ class PhaseContext:
         """This item's own folder for files (created on first use)."""
         self._output_dir.mkdir(parents=True, exist_ok=True)
         return self._output_dir
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key stable for this item, phase and attempt, for external side effects.
+
+        Phases run at least once: the attempt in flight when a process or a
+        worker dies runs again. Give this key to an API that deduplicates
+        requests so a repeated delivery of the same attempt does no harm.
+        """
+        digest = hashlib.sha256(f"{self.item_id}\0{self.phase.name}\0{self.attempt}".encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()[:32]
 
     def record_cost(self, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0) -> None:
         """Add usage to this phase; it counts even if the attempt later fails."""

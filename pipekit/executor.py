@@ -14,6 +14,7 @@ import contextvars
 import threading
 from typing import Any
 
+from pipekit.context import PhaseContext
 from pipekit.phases import PhaseDefinition
 
 
@@ -22,11 +23,22 @@ class PhaseExecutor:
 
     #: Name recorded in ``--executor`` and ``pipekit plugins``.
     name = "base"
+    #: True when ``abandon`` really stops a sync handler (its process is killed),
+    #: so a timed-out sync phase may be retried in the same run.
+    hard_timeouts = False
 
     def start(
-        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
     ) -> asyncio.Future[Any]:
-        """Start ``func(**kwargs)`` for ``phase``; the future holds its return value."""
+        """Start ``func(**kwargs)`` for ``phase``; the future holds its return value.
+
+        :param ctx: the attempt's context (also in ``kwargs`` when the handler asks
+            for it); remote executors replay the worker's usage onto it.
+        """
         raise NotImplementedError
 
     def abandon(self, future: asyncio.Future[Any]) -> None:
@@ -50,7 +62,11 @@ class LocalExecutor(PhaseExecutor):
     name = "local"
 
     def start(
-        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
     ) -> asyncio.Future[Any]:
         if asyncio.iscoroutinefunction(func):
             return asyncio.ensure_future(_call_async(func, kwargs))

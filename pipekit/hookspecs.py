@@ -7,6 +7,7 @@ is for pytest. The lifecycle of a run::
     pipekit_addoption          once, while the command line is built
     pipekit_configure          once, after options are parsed
     pipekit_collect_items      once, first non-None result wins
+    pipekit_make_executor      once, first non-None result wins
     pipekit_run_start          once
       for each item with work left (several at once with -j):
         pipekit_item_start
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from pipekit.config import Config
     from pipekit.config import Parser
     from pipekit.context import PhaseOutcome
+    from pipekit.executor import PhaseExecutor
     from pipekit.loader import Pipeline
     from pipekit.phaserunner import Item
     from pipekit.phases import PhaseDefinition
@@ -109,6 +111,26 @@ def pipekit_collect_items(config: Config, pipeline: Pipeline) -> Iterable[Any] |
     last for the module's ``items()`` function.
 
     In a pipeline module: define it to read items from a database or an API.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec(firstresult=True)
+def pipekit_make_executor(config: Config, pipeline: Pipeline, name: str) -> PhaseExecutor | None:
+    """Called once before the run starts, to build the executor ``--executor NAME`` names;
+    stops at the first non-None result.
+
+    :param config: the run's configuration.
+    :param pipeline: the loaded pipeline (workers import ``pipeline.path``).
+    :param name: the value of ``--executor`` (``local`` by default).
+    :returns: a ``pipekit.executor.PhaseExecutor``, or ``None`` when this
+        plugin does not provide ``name``.
+
+    The built-in ``executors`` plugin answers last for ``local``,
+    ``processes`` and ``dask``. An executor decides only where a handler
+    runs: the driver keeps every item's phase sequence, writes all state and
+    fires every hook.
 
     .. versionadded:: 1.0
     """

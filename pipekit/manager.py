@@ -19,7 +19,7 @@ from pipekit.outcomes import UsageError
 
 ENTRY_POINT_GROUP: Final = "pipekit"
 #: Built-in plugins, imported as ``pipekit.builtin.<name>`` and registered under ``<name>``.
-BUILTIN_PLUGINS: Final = ("items", "progress", "jsonl", "summary")
+BUILTIN_PLUGINS: Final = ("items", "executors", "progress", "jsonl", "summary")
 #: Built-ins that ``-p no:NAME`` may not block: pipekit cannot work without them.
 ESSENTIAL_PLUGINS: Final = ("items",)
 

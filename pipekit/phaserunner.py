@@ -27,6 +27,7 @@ from pipekit.outcomes import Retry
 from pipekit.phases import Injector
 from pipekit.phases import PhaseDefinition
 from pipekit.phases import PhaseResult
+from pipekit.remote import RemoteError
 from pipekit.state import DONE_STATUSES
 from pipekit.state import PipelineState
 from pipekit.state import PipelineStateManager
@@ -185,7 +186,7 @@ class PhaseRunner:
         while True:
             attempt = manager.state.phases[phase.num].attempts
             ctx = self._context(phase, attempt)
-            future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx))
+            future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
             value, error = await self._race(phase, future)
             usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
             if error is None:
@@ -199,7 +200,7 @@ class PhaseRunner:
             if isinstance(error, Retry) and retry_requests < MAX_RETRY_REQUESTS:
                 retry_requests += 1
                 retry_after = error.after or 0.0
-            elif _retriable(phase, error) and failures < phase.retries:
+            elif _retriable(phase, error, self.executor) and failures < phase.retries:
                 retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
                 failures += 1
             if retry_after is None:
@@ -216,7 +217,7 @@ class PhaseRunner:
         assert phase.cache_check is not None
         ctx = self._context(phase, self.state.state.phases[phase.num].attempts + 1)
         func = phase.cache_check
-        future = self.executor.start(phase, func, self._arguments(phase, ctx, func))
+        future = self.executor.start(phase, func, self._arguments(phase, ctx, func), ctx)
         value, error = await self._race(phase, future)
         if error is None:
             return value if value else False
@@ -312,7 +313,8 @@ class PhaseRunner:
             phase.num,
             reason_prefix + _message(error),
             reason=_reason(error),
-            traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)),
+            traceback=getattr(error, "remote_traceback", None)
+            or "".join(traceback.format_exception(type(error), error, error.__traceback__)),
             tokens_in=usage[0],
             tokens_out=usage[1],
             cost_usd=usage[2],
@@ -376,12 +378,12 @@ def _as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:
     )
 
 
-def _retriable(phase: PhaseDefinition, error: BaseException) -> bool:
+def _retriable(phase: PhaseDefinition, error: BaseException, executor: PhaseExecutor) -> bool:
     if isinstance(error, (Fail, PhaseInterrupted)):
         return False
     if isinstance(error, PhaseTimeoutError):
         # The thread of a timed-out sync handler may still be running: do not start a second one.
-        return phase.is_async or phase.isolate == "process"
+        return phase.is_async or phase.isolate == "process" or executor.hard_timeouts
     return True
 
 
@@ -390,12 +392,13 @@ def _reason(error: BaseException) -> str:
         return "timeout"
     if isinstance(error, PhaseInterrupted):
         return "interrupted"
-    return "error"
+    reason = getattr(error, "reason", None)
+    return reason if isinstance(reason, str) else "error"
 
 
 def _message(error: BaseException) -> str:
     text = str(error)
     name = type(error).__name__
-    if isinstance(error, (PhaseTimeoutError, PhaseInterrupted, Fail)):
+    if isinstance(error, (PhaseTimeoutError, PhaseInterrupted, Fail, RemoteError)):
         return text or name
     return f"{name}: {text}" if text else name

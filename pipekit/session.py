@@ -52,6 +52,9 @@ def build_run_parser() -> ArgumentParser:
     run.add_argument(
         "-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)"
     )
+    run.add_argument(
+        "--executor", default="local", metavar="NAME", help="where phases execute: local (default), processes, dask"
+    )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
     run.add_argument(
         "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
@@ -130,6 +133,9 @@ async def aexecute_run(
                 return RunResult(ExitCode.NO_ITEMS)
             store = open_store(option, pipeline)
             print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+            executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
+            if executor is None:
+                raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
             run = Run(
                 config,
                 pipeline,
@@ -139,6 +145,7 @@ async def aexecute_run(
                 workers=option.workers,
                 force=option.force,
                 from_phase=option.from_phase,
+                executor=executor,
                 keep_states=keep_states,
             )
             await run.execute()

@@ -142,13 +142,14 @@ class JsonDirStore(StateStore):
     """One JSON file per item in a directory (the default store).
 
     :param state_dir: the directory, created on first write.
-    :param durable: fsync every write (survives power loss, not only crashes).
+    :param durable: fsync every write, so it survives a power cut, not only a
+        crash of the process. By default true unless ``PIPEKIT_FSYNC=0``.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.location = str(self.state_dir)
-        self.durable = durable
+        self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
 
     def _prepare(self) -> None:

@@ -1,0 +1,226 @@
+"""pipekit's own costs, each beside a plain-Python baseline measured in the same run.
+
+    python benchmarks/run.py            # full sizes (several minutes)
+    python benchmarks/run.py --quick    # small sizes, one repeat
+
+Every figure is the median of repeated runs and is printed with its baseline
+and the ratio to it. The baselines are the physical limit for the same work:
+a plain loop performing the same durable state writes, the same sleeps, the
+same file reads. See RESULTS.md for the latest figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+CHILD = r'''
+import json, os, resource, sys, time
+sys.path.insert(0, os.getcwd())
+args = json.loads(sys.argv[1])
+started = time.perf_counter()
+import pipekit
+items = [f"item-{n}" for n in range(args["items"])]
+result = pipekit.run("pipeline.py", items, state_dir=args["state_dir"], workers=args["workers"], progress="none")
+assert result.exit_status == 0, result.exit_status
+elapsed = time.perf_counter() - started
+print(json.dumps({"seconds": elapsed, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+'''
+
+RSS = r'''
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+'''
+
+
+def pipeline_source(phases: int, body: str, items: int | None = None) -> str:
+    source = "import asyncio\nfrom pipekit import phase\n" + "".join(
+        f"\n@phase({n})\nasync def p{n}(item_id):\n    {body}\n" for n in range(1, phases + 1)
+    )
+    if items is not None:
+        source += f"\ndef items():\n    return [f'item-{{n}}' for n in range({items})]\n"
+    return source
+
+
+def run_child(folder: Path, items: int, workers: int, state_dir: Path, env: dict[str, str] | None = None) -> dict:
+    """Time ``pipekit.run`` alone (no interpreter start-up) in a fresh process."""
+    payload = json.dumps({"items": items, "workers": workers, "state_dir": str(state_dir)})
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, payload],
+        cwd=folder, check=True, capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def baseline_writes(folder: Path, items: int, phases: int, durable: bool) -> float:
+    """A plain loop writing each item's state atomically as pipekit does:
+    once when the item is created, then at the start and the end of each phase."""
+    target = folder / "baseline"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    started = time.perf_counter()
+    for n in range(items):
+        state = {"item_id": f"item-{n}", "phases": {str(p): {"status": "pending"} for p in range(1, phases + 1)}}
+        path, tmp = target / f"item-{n}.json", target / f".item-{n}.tmp"
+
+        def write() -> None:
+            with open(tmp, "w") as handle:
+                handle.write(json.dumps(state, indent=2))
+                if durable:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            if durable:
+                fd = os.open(target, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+
+        write()
+        for p in range(1, phases + 1):
+            for status in ("in_progress", "completed"):
+                state["phases"][str(p)]["status"] = status
+                write()
+    return time.perf_counter() - started
+
+
+def baseline_reread(folder: Path) -> float:
+    """Read and parse every state file once: the least a resume check can do."""
+    started = time.perf_counter()
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".json"):
+            with open(entry.path, "rb") as handle:
+                json.loads(handle.read())
+    return time.perf_counter() - started
+
+
+def wall(command: list[str], cwd: Path | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def peak_rss_kb(command: list[str], cwd: Path | None = None) -> int:
+    out = subprocess.run([sys.executable, "-c", RSS, *command], cwd=cwd, check=True, capture_output=True, text=True)
+    return int(out.stdout.strip())
+
+
+def row(label: str, value: float, baseline: float, unit: str) -> None:
+    ratio = value / baseline if baseline else float("nan")
+    print(f"  {label:<40} {value:>10.1f} {unit:<4} | baseline {baseline:>9.1f} {unit:<4} | {ratio:6.2f}x")
+
+
+def overhead(folder: Path, items: int, repeat: int) -> None:
+    phases = 5
+    (folder / "pipeline.py").write_text(pipeline_source(phases, "return ''"))
+    print(f"1. overhead: {items} items x {phases} no-op phases, us per phase (the run alone)")
+    for durable in (True, False):
+        env = {} if durable else {"PIPEKIT_FSYNC": "0"}
+        base = statistics.median([baseline_writes(folder, items, phases, durable) for _ in range(repeat)])
+        base_us = base / (items * phases) * 1e6
+        for workers in (1, 32):
+            samples = []
+            for _ in range(repeat):
+                state = folder / "state"
+                shutil.rmtree(state, ignore_errors=True)
+                samples.append(run_child(folder, items, workers, state, env)["seconds"])
+            us = statistics.median(samples) / (items * phases) * 1e6
+            row(f"-j {workers}, {'durable (fsync)' if durable else 'no fsync (PIPEKIT_FSYNC=0)'}", us, base_us, "us")
+    print()
+
+
+def io_bound(folder: Path, items: int, repeat: int) -> None:
+    phases, sleep, workers = 3, 0.1, 100
+    (folder / "pipeline.py").write_text(pipeline_source(phases, f"await asyncio.sleep({sleep})"))
+    ideal = items * phases * sleep / workers
+    samples = []
+    for _ in range(repeat):
+        state = folder / "state"
+        shutil.rmtree(state, ignore_errors=True)
+        samples.append(run_child(folder, items, workers, state)["seconds"])
+    actual = statistics.median(samples)
+    print(f"2. I/O-bound: {items} items x {phases} phases of sleep({sleep}), -j {workers}, durable")
+    print(f"  ideal {ideal:.2f} s (work / concurrency), actual {actual:.2f} s: efficiency {ideal / actual:.0%}\n")
+
+
+def rerun(folder: Path, items: int, repeat: int) -> None:
+    (folder / "pipeline.py").write_text(pipeline_source(5, "return ''", items=items))
+    state = folder / f"state-{items}"
+    run_child(folder, items, 32, state, {"PIPEKIT_FSYNC": "0"})
+    command = [sys.executable, "-m", "pipekit", "run", "pipeline.py", "--state-dir", str(state), "-q"]
+    seconds = statistics.median([wall(command, folder) for _ in range(repeat)])
+    start = statistics.median([wall([sys.executable, "-c", "pass"]) for _ in range(repeat)])
+    base = statistics.median([baseline_reread(state) for _ in range(repeat)]) + start
+    print(f"3. no-op re-run of a finished run of {items:,} items (whole CLI; baseline: python start + read every file)")
+    row("wall time", seconds * 1000, base * 1000, "ms")
+    print()
+    shutil.rmtree(state)
+
+
+def startup(repeat: int) -> None:
+    base = statistics.median([wall([sys.executable, "-c", "pass"]) for _ in range(repeat)])
+    imp = statistics.median([wall([sys.executable, "-c", "import pipekit"]) for _ in range(repeat)])
+    help_ = statistics.median([wall([sys.executable, "-m", "pipekit", "--help"]) for _ in range(repeat)])
+    print("4. start-up (baseline: python -c pass)")
+    row("python -c 'import pipekit'", imp * 1000, base * 1000, "ms")
+    row("pipekit --help", help_ * 1000, base * 1000, "ms")
+    print()
+
+
+def memory(folder: Path, items: int) -> None:
+    (folder / "pipeline.py").write_text(pipeline_source(5, "return ''", items=items))
+    state = folder / "state-memory"
+    shutil.rmtree(state, ignore_errors=True)
+    env = {**os.environ, "PIPEKIT_FSYNC": "0"}
+    command = [sys.executable, "-m", "pipekit", "run", "pipeline.py", "--state-dir", str(state), "-j", "100", "-q"]
+    os.environ["PIPEKIT_FSYNC"] = "0"
+    try:
+        first = peak_rss_kb(command, folder)
+        again = peak_rss_kb(command, folder)
+    finally:
+        os.environ.pop("PIPEKIT_FSYNC")
+    _ = env
+    base = peak_rss_kb([sys.executable, "-c", f"x = [f'item-{{n}}' for n in range({items})]"])
+    print(f"5. memory: peak RSS over {items:,} items, -j 100 (baseline: python holding the list of ids)")
+    row("first run", first / 1024, base / 1024, "MiB")
+    row("no-op re-run", again / 1024, base / 1024, "MiB")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", help="comma list of: overhead,io,rerun,startup,memory")
+    args = parser.parse_args()
+    repeat = 1 if args.quick else args.repeat
+    only = set(args.only.split(",")) if args.only else {"overhead", "io", "rerun", "startup", "memory"}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{platform.system()} {platform.release()}; figures are medians of {repeat} run(s)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if "overhead" in only:
+            overhead(folder, 200 if args.quick else 2000, repeat)
+        if "io" in only:
+            io_bound(folder, 200 if args.quick else 1000, repeat)
+        if "rerun" in only:
+            for items in (1000,) if args.quick else (10_000, 100_000):
+                rerun(folder, items, repeat)
+        if "startup" in only:
+            startup(repeat)
+        if "memory" in only:
+            memory(folder, 10_000 if args.quick else 100_000)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""``--executor dask``: phases as tasks on a Dask cluster, the driver the single writer.
+
+Needs the ``pipekit[dask]`` extra. With no scheduler address a ``LocalCluster``
+of ``-j`` single-threaded worker processes is started. Each result is gathered
+as soon as it is ready and its future dropped, so Dask never recomputes a
+finished phase behind pipekit's back; a task whose worker died is not rerun by
+Dask (``allowed-failures`` 0 on a cluster pipekit starts) but failed with
+reason ``worker_lost`` and retried by the phase's own ``retries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+import itertools
+from typing import Any
+
+from pipekit.context import PhaseContext
+from pipekit.executor import PhaseExecutor
+from pipekit.outcomes import UsageError
+from pipekit.phases import PhaseDefinition
+from pipekit.remote import RemoteOutcome
+from pipekit.remote import WorkerLost
+from pipekit.remote import apply_outcome
+from pipekit.remote import build_call
+from pipekit.remote import execute_call
+
+
+_keys = itertools.count()
+
+
+class DaskExecutor(PhaseExecutor):
+    """Submits every handler call to Dask distributed.
+
+    :param module_path: the pipeline module; workers import it by this path,
+        so it must be visible to them (a shared filesystem or the same machine).
+    :param workers: size of the ``LocalCluster`` when no address is given.
+    :param address: a running scheduler, e.g. ``tcp://host:8786``.
+    :param shared_dir: a folder driver and workers both see; outputs over
+        64 KiB come back through it instead of through the scheduler.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self, module_path: str, workers: int, address: str | None = None, shared_dir: str | None = None
+    ) -> None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise UsageError("--executor dask needs Dask: pip install 'pipekit[dask]'") from None
+        self.module_path = module_path
+        self.workers = workers
+        self.address = address
+        self.shared_dir = shared_dir
+        self._client: Any = None
+        self._cluster: Any = None
+        self._connecting: asyncio.Lock | None = None
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._client is None:
+                import dask
+                from distributed import Client
+                from distributed import LocalCluster
+
+                if self.address:
+                    self._client = await Client(self.address, asynchronous=True)  # type: ignore[no-untyped-call]
+                else:
+                    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                        self._cluster = await LocalCluster(  # type: ignore[no-untyped-call]
+                            n_workers=self.workers,
+                            threads_per_worker=1,
+                            processes=True,
+                            asynchronous=True,
+                            dashboard_address=None,
+                        )
+                    self._client = await Client(self._cluster, asynchronous=True)  # type: ignore[no-untyped-call]
+                await self._client.run(_import_on_worker, self.module_path)
+        return self._client
+
+    def start(
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
+    ) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self._run(phase, func, kwargs, ctx))
+
+    async def _run(
+        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any], ctx: PhaseContext | None
+    ) -> Any:
+        from distributed import KilledWorker
+
+        call = build_call(self.module_path, phase, func, kwargs, shared_dir=self.shared_dir)
+        client = await self._get_client()
+        future = client.submit(execute_call, call, pure=False, key=f"pipekit-{phase.name}-{next(_keys)}")
+        try:
+            outcome: RemoteOutcome = await future
+        except KilledWorker as exc:
+            raise WorkerLost(f"the Dask worker running the phase died ({exc})") from None
+        finally:
+            future.release()  # a held future would make Dask recompute it if its worker died
+        return apply_outcome(outcome, ctx)
+
+    def abandon(self, future: asyncio.Future[Any]) -> None:
+        # Dask cannot interrupt a running task: its late result is dropped with the future.
+        future.cancel()
+
+    async def aclose(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.close()
+        if self._client is not None:
+            await self._client.close()
+
+
+def _import_on_worker(module_path: str) -> None:
+    from pipekit.remote import import_once
+
+    import_once(module_path)
