@@ -78,6 +78,13 @@ def test_hello_writes_greetings_and_survives_a_failed_review(pipetester: PipeTes
 BOOKS = ["aesop", "andersen", "grimm"]
 
 
+@pytest.fixture(autouse=True)
+def _books_model_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The books pipeline passes its model choice on in the environment: undo it after each test."""
+    monkeypatch.setenv("BOOKS_MODEL", "offline")
+    monkeypatch.setenv("BOOKS_MODEL_LATENCY", "0")
+
+
 def run_books(pipetester: PipeTester, *args: str):  # type: ignore[no-untyped-def]
     return pipetester.run(
         str(EXAMPLES / "books" / "pipeline.py"),
@@ -133,7 +140,9 @@ def test_books_summarises_only_chapters_without_a_summary(pipetester: PipeTester
 @pytest.mark.slow
 def test_books_resumes_after_ctrl_c(pipetester: PipeTester) -> None:
     args = [str(EXAMPLES / "books" / "pipeline.py"), "--state-dir", "st", "--output-dir", "out", "--item", "aesop"]
-    stopped = pipetester.run_subprocess(*args, kill_at=("phase_start", "aesop", 4), signal=signal.SIGINT)
+    stopped = pipetester.run_subprocess(
+        *args, "--model-latency", "0.2", kill_at=("phase_start", "aesop", 4), signal=signal.SIGINT
+    )
     assert stopped.ret == 2, stopped
     assert stopped.state("aesop").phases[4].status == "failed"
     assert stopped.state("aesop").phases[4].reason == "interrupted"
@@ -248,3 +257,18 @@ def test_plugin_example_installed_loads_from_its_entry_point(pipetester: PipeTes
     )
     assert blocked.ret == 0, blocked
     assert "phase-timer" not in blocked.stderr
+
+
+@pytest.mark.slow
+def test_books_model_choice_reaches_worker_processes(pipetester: PipeTester) -> None:
+    (pipetester.path / "fakellm").mkdir()
+    (pipetester.path / "fakellm" / "llm.py").write_text(FAKE_LLM)
+    result = pipetester.run_subprocess(
+        str(EXAMPLES / "books" / "pipeline.py"), "--state-dir", "st", "--output-dir", "out",
+        "--item", "grimm", "--executor", "processes", "-j", "2", "--model", "gpt-4o-mini",
+        env={"PYTHONPATH": str(pipetester.path / "fakellm")},
+    )  # fmt: skip
+    assert result.ret == 0, result
+    report = (pipetester.path / "out/grimm/report.md").read_text()
+    assert report.count("A summary from gpt-4o-mini.") == 4
+    assert result.state("grimm").phases[4].executor == "gpt-4o-mini"

@@ -12,6 +12,7 @@ library instead (see README.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -31,9 +32,6 @@ PIPELINE_NAME = "books"
 ITEM_NOUN = "books"
 TEXTS = Path(__file__).parent / "texts"
 
-#: The model every phase uses, chosen by ``--model`` when the run is configured.
-MODEL: Model = make_model("offline")
-
 
 # --8<-- [start:options]
 @hookimpl
@@ -48,7 +46,7 @@ def pipekit_addoption(parser: Any) -> None:
     group.addoption(
         "--model-latency",
         type=float,
-        default=0.2,
+        default=float(os.environ.get("BOOKS_MODEL_LATENCY", "0.2")),
         metavar="SECONDS",
         help="how long each offline model call pretends to take (default 0.2)",
     )
@@ -56,12 +54,25 @@ def pipekit_addoption(parser: Any) -> None:
 
 @hookimpl
 def pipekit_configure(config: Any) -> None:
-    """Pick the model once per run; a model that cannot be used is a usage error."""
-    global MODEL
+    """Check the model now (one that cannot be used is a usage error) and pass the choice
+    on through the environment, which worker processes (``--executor processes``) inherit."""
+    name, latency = config.getoption("model"), config.getoption("model_latency")
     try:
-        MODEL = make_model(config.getoption("model"), config.getoption("model_latency"))
+        make_model(name, latency)
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
+    os.environ["BOOKS_MODEL"] = name
+    os.environ["BOOKS_MODEL_LATENCY"] = str(latency)
+
+
+def model() -> Model:
+    """The model this run chose, in the driver and in every worker process."""
+    return _cached_model(os.environ.get("BOOKS_MODEL", "offline"), float(os.environ.get("BOOKS_MODEL_LATENCY", "0.2")))
+
+
+@functools.cache
+def _cached_model(name: str, latency: float) -> Model:
+    return make_model(name, latency)
 
 
 # --8<-- [end:options]
@@ -177,12 +188,12 @@ def summarise(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
         if target.exists():
             continue  # summarised by an earlier, interrupted run: paid for already
         text = (ctx.output_dir / chapter["file"]).read_text(encoding="utf-8")
-        reply = MODEL.summarise(book(item_id, metadata)["title"], text)
+        reply = model().summarise(book(item_id, metadata)["title"], text)
         # Recorded per call: tokens spent count even if a later chapter fails.
         ctx.record_cost(reply.tokens_in, reply.tokens_out, reply.cost_usd)
         write_atomically(target, reply.text + "\n")
         written += 1
-    ctx.executor = MODEL.name
+    ctx.executor = model().name
     return PhaseResult(output=f"{written} of {len(chapters)} chapters summarised this run")
 
 
@@ -194,9 +205,9 @@ def review(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
     """A second look at the summaries; if it fails the report goes out without it."""
     chapters = json.loads((ctx.output_dir / "chapters.json").read_text(encoding="utf-8"))
     summaries = [(ctx.output_dir / f"summaries/{c['number']:02d}.md").read_text(encoding="utf-8") for c in chapters]
-    reply = MODEL.review(book(item_id, metadata)["title"], summaries)
+    reply = model().review(book(item_id, metadata)["title"], summaries)
     write_atomically(ctx.output_dir / "review.md", reply.text + "\n")
-    ctx.executor = MODEL.name
+    ctx.executor = model().name
     return PhaseResult(
         output="review.md", tokens_in=reply.tokens_in, tokens_out=reply.tokens_out, cost_usd=reply.cost_usd
     )
