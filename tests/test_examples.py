@@ -141,7 +141,7 @@ def test_books_summarises_only_chapters_without_a_summary(pipetester: PipeTester
 def test_books_resumes_after_ctrl_c(pipetester: PipeTester) -> None:
     args = [str(EXAMPLES / "books" / "pipeline.py"), "--state-dir", "st", "--output-dir", "out", "--item", "aesop"]
     stopped = pipetester.run_subprocess(
-        *args, "--model-latency", "0.2", kill_at=("phase_start", "aesop", 4), signal=signal.SIGINT
+        *args, "--model-latency", "0.5", kill_at=("phase_start", "aesop", 4), signal=signal.SIGINT
     )
     assert stopped.ret == 2, stopped
     assert stopped.state("aesop").phases[4].status == "failed"
