@@ -23,6 +23,10 @@ from pipekit.phaserunner import PhaseRunner
 from pipekit.phases import PhaseDefinition
 from pipekit.phases import PhaseResult
 from pipekit.phases import phase
+from pipekit.progress import ProgressState
+from pipekit.progress import ProgressTracker
+from pipekit.progress import SimpleProgress
+from pipekit.progress import create_progress_tracker
 from pipekit.runner import Run
 from pipekit.runner import RunResult
 from pipekit.state import PhaseState
@@ -44,12 +48,16 @@ __all__ = [
     "Pipeline",
     "PipelineState",
     "PipelineStateManager",
+    "ProgressState",
+    "ProgressTracker",
     "Retry",
     "Run",
     "RunResult",
+    "SimpleProgress",
     "StateFileError",
     "UsageError",
     "arun",
+    "create_progress_tracker",
     "hookimpl",
     "hookspec",
     "load",

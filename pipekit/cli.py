@@ -11,6 +11,8 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
 import contextlib
+import importlib
+import os
 import sys
 import traceback
 from typing import Any
@@ -64,6 +66,11 @@ def main(args: Sequence[str] | None = None, plugins: Iterable[Any] = ()) -> Exit
     except StateWriteError as exc:
         print(f"pipekit: error: {exc}", file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
+    except BrokenPipeError:
+        # `pipekit status ... | head`: the reader left, which is not an error.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.OK
     except KeyboardInterrupt:
         print("pipekit: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -88,6 +95,23 @@ def run_command(args: list[str], plugins: list[Any]) -> ExitCode:
     from pipekit.session import execute_run
 
     return execute_run(args, plugins).exit_status
+
+
+# -- plan, why -------------------------------------------------------------------
+
+
+def plan_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit plan MODULE [run options] [--json]``."""
+    from pipekit.plancmd import plan_command as command
+
+    return command(args, plugins)
+
+
+def why_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit why MODULE ITEM PHASE``."""
+    from pipekit.plancmd import why_command as command
+
+    return command(args, plugins)
 
 
 # -- plugins ---------------------------------------------------------------------
@@ -115,8 +139,13 @@ def plugins_command(args: list[str], plugins: list[Any]) -> ExitCode:
     hook_filter = option.hook
     if hook_filter and not hook_filter.startswith("pipekit_"):
         hook_filter = f"pipekit_{hook_filter}"
+    if hook_filter and not hasattr(pm.hook, hook_filter):
+        known = ", ".join(sorted(n for n in vars(pm.hook) if n.startswith("pipekit_")))
+        raise UsageError(f"pipekit plugins: unknown hook {option.hook!r} (hooks: {known})")
     rows = []
     for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # blocked with -p no:NAME
+            continue
         source = pm.sources.get(name, "registered at run time")
         if source == "built-in" and not option.all:
             continue
@@ -135,21 +164,61 @@ def plugins_command(args: list[str], plugins: list[Any]) -> ExitCode:
     return ExitCode.OK
 
 
+def _command_module(name: str) -> Callable[[list[str], list[Any]], ExitCode]:
+    """A command implemented by ``pipekit.commands.<name>``, imported when used."""
+
+    def command(args: list[str], plugins: list[Any]) -> ExitCode:
+        module = importlib.import_module(f"pipekit.commands.{name}")
+        result: ExitCode = getattr(module, f"{name}_command")(args, plugins)
+        return result
+
+    command.__name__ = f"{name}_command"
+    return command
+
+
 COMMANDS: dict[str, Callable[[list[str], list[Any]], ExitCode]] = {
     "run": run_command,
+    "status": _command_module("status"),
+    "reset": _command_module("reset"),
+    "skip": _command_module("skip"),
+    "export": _command_module("export"),
+    "report": _command_module("report"),
+    "new": _command_module("new"),
     "plugins": plugins_command,
+    "plan": plan_command,
+    "why": why_command,
 }
 
 TOP_HELP = """\
 usage: pipekit [run] MODULE [options]     run a pipeline (see `pipekit run --help`)
+       pipekit status MODULE [--item ID]... [--failed] [--pending] [--all] [--json]
+       pipekit reset MODULE [--item ID]... [--phase N]... [--downstream] [--failed] [--all] [--dry-run]
+       pipekit skip MODULE --item ID [--phase N] --reason TEXT
+       pipekit export MODULE --phase N|NAME (-o DIR | --jsonl)
+       pipekit report MODULE -o report.html
+       pipekit new NAME
        pipekit plugins [MODULE] [--all] [--hook NAME]
+       pipekit plan MODULE [run options] [--json]
+       pipekit why MODULE ITEM PHASE
 
 Multi-phase, resumable batch pipelines. MODULE is a dotted module name or a
 path to a .py file whose functions are marked with @pipekit.phase.
 
 commands:
   run       run the pipeline over its items; resumes where the last run stopped
+            (--failed-only retries just the items with a failed phase)
+  status    items x phases with glyphs, costs and last errors; --item ID tells one item's story
+  reset     set phases of the selected items back to pending (it never prompts)
+  skip      mark phases of an item skipped by hand, with a reason (reset undoes it)
+  export    write one phase's outputs: one file per item (-o DIR) or JSON lines (--jsonl)
+  report    write a self-contained HTML report: matrix, timeline, costs, failures
+  new       write a runnable pipeline NAME.py, an items file and a test for it
   plugins   list plugins, their versions, where they came from and their hooks
+  plan      what a run would do and why (pending, failed, stale), with estimated time and cost
+  why       the story of one (item, phase): attempts, errors, what changed since it ran
+
+Run options can default from [tool.pipekit] in the nearest pyproject.toml
+(workers, state_dir, output_dir, store, plugins, progress, executor).
 
 exit codes: 0 ok, 1 items unfinished, 2 interrupted, 3 internal error,
             4 usage error, 5 no items"""

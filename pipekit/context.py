@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 import hashlib
 from pathlib import Path
@@ -33,6 +34,8 @@ class PhaseContext:
     :param attempt: executions of this phase so far, this one included, across runs
         (1 the first time; a retry or a resumed run counts up).
     :param output_dir: a folder private to this item, created when first asked for.
+    :param price: prices usage for ``record_usage`` (the ``pipekit_price_usage`` hook,
+        called with keyword arguments); without it usage costs nothing.
     """
 
     def __init__(
@@ -42,17 +45,21 @@ class PhaseContext:
         phase: PhaseDefinition,
         attempt: int,
         output_dir: Path,
+        price: Callable[..., float | None] | None = None,
     ) -> None:
         self.item_id = item_id
         self.metadata = metadata
         self.phase = phase
         self.attempt = attempt
         self._output_dir = output_dir
+        self._price = price
         #: Who or what ran the phase (a model name, a worker); recorded in the state.
         self.executor: str = phase.executor
         self.tokens_in = 0
         self.tokens_out = 0
         self.cost_usd = 0.0
+        #: ``record_usage`` calls made without a pricer: ``(model, tokens_in, tokens_out)``.
+        self.unpriced: list[tuple[str, int, int]] = []
 
     @property
     def output_dir(self) -> Path:
@@ -76,6 +83,32 @@ class PhaseContext:
         self.tokens_in += int(tokens_in)
         self.tokens_out += int(tokens_out)
         self.cost_usd += float(cost_usd)
+
+    def record_usage(self, model: str, tokens_in: int = 0, tokens_out: int = 0) -> float:
+        """Add one model call's tokens to this phase and price them; returns the cost.
+
+        The cost comes from the ``pipekit_price_usage`` hook (``pipekit-prices``
+        answers it from a price database); with no plugin to answer it is 0.
+        The tokens count even when the call cannot be priced. ``model`` becomes
+        the phase's ``executor`` unless one was set.
+        """
+        self.record_cost(tokens_in, tokens_out)
+        if not self.executor:
+            self.executor = model
+        return self.price_usage(model, int(tokens_in), int(tokens_out))
+
+    def price_usage(self, model: str, tokens_in: int, tokens_out: int) -> float:
+        """Add the cost of usage whose tokens are already recorded; returns it.
+
+        Without a pricer (in a worker process) the call is kept in ``unpriced``
+        for the driver to price when the worker's usage comes back.
+        """
+        if self._price is None:
+            self.unpriced.append((model, tokens_in, tokens_out))
+            return 0.0
+        cost = float(self._price(model=model, tokens_in=tokens_in, tokens_out=tokens_out) or 0.0)
+        self.cost_usd += cost
+        return cost
 
     def __repr__(self) -> str:
         return f"<PhaseContext item={self.item_id!r} phase={self.phase.name!r} attempt={self.attempt}>"

@@ -14,6 +14,7 @@ is for pytest. The lifecycle of a run::
           for each phase left to run:
             pipekit_phase_skip                          (cache hit)
             or pipekit_phase_start
+               pipekit_price_usage ...                 (each ctx.record_usage, first answer wins)
                then pipekit_phase_retry ...            (each failed attempt retried)
                then pipekit_phase_complete | pipekit_phase_fail
         pipekit_item_finish
@@ -176,6 +177,29 @@ def pipekit_phase_start(item: Item, phase: PhaseDefinition) -> None:
 
     Fired once per execution, not per attempt. A phase skipped by its cache
     does not fire it.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec(firstresult=True)
+def pipekit_price_usage(model: str, tokens_in: int, tokens_out: int) -> float | None:
+    """Called when a handler reports usage with ``ctx.record_usage``, to price it;
+    stops at the first non-None result.
+
+    :param model: the model name the handler gave (``"gpt-4o"``, ``"claude-sonnet-4-5"``).
+    :param tokens_in: input (prompt) tokens of this call.
+    :param tokens_out: output (completion) tokens of this call.
+    :returns: the cost in US dollars, or ``None`` to let the next plugin answer.
+        When no plugin answers the cost is 0; the tokens are recorded either way.
+
+    Sync handlers run in worker threads, so this hook may be called from any
+    thread, several at once: an implementation must be thread-safe and quick
+    (no network). An exception it raises reaches the handler, as any error of
+    ``ctx`` would. The ``pipekit-prices`` distribution implements it from the
+    ``genai-prices`` database.
+
+    In a pipeline module: define it to price a private or fine-tuned model.
 
     .. versionadded:: 1.0
     """

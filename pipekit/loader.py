@@ -135,7 +135,7 @@ def collect_phases(module: ModuleType) -> list[PhaseDefinition]:
         phases = sorted((d for _, d in found), key=lambda d: d.num)
         for index, d in enumerate(phases):
             available = set(INJECTABLE_NAMES) | {p.name for p in phases[:index]}
-            for label, func in (("handler", d.handler), ("cache", d.cache_check)):
+            for label, func in (("handler", d.handler), ("cache", d.cache_check), ("fingerprint", d.fingerprint)):
                 if func is not None:
                     problems += [
                         f"{getattr(d.handler, '__name__', d.name)}: {label} {p}"

@@ -20,6 +20,7 @@ from pipekit.context import PhaseContext
 from pipekit.context import PhaseOutcome
 from pipekit.executor import LocalExecutor
 from pipekit.executor import PhaseExecutor
+from pipekit.fingerprint import phase_fingerprint
 from pipekit.outcomes import Fail
 from pipekit.outcomes import PhaseInterrupted
 from pipekit.outcomes import PhaseTimeoutError
@@ -93,6 +94,9 @@ class PhaseRunner:
     :param force: ignore caches (completed phases must be reset by the caller).
     :param executor: where handlers execute (``LocalExecutor`` by default).
     :param control: the run's shared stop flags and counters.
+    :param stale_check: says whether a completed phase must run again (its
+        fingerprint changed and the run includes stale phases; ``pipekit.staleness``).
+    :param price: prices ``ctx.record_usage`` calls (the ``pipekit_price_usage`` hook).
     """
 
     def __init__(
@@ -109,6 +113,8 @@ class PhaseRunner:
         control: RunControl | None = None,
         injectors: dict[str, Injector] | None = None,
         item_dir_name: str | None = None,
+        stale_check: Callable[[PhaseDefinition, PipelineState], bool] | None = None,
+        price: Callable[..., float | None] | None = None,
     ) -> None:
         self.phases = sorted(phases, key=lambda p: p.num)
         self.state = state_manager
@@ -121,6 +127,8 @@ class PhaseRunner:
         self._injectors = injectors if injectors is not None else {}
         self._item = item
         self._item_dir_name = item_dir_name
+        self.stale_check = stale_check
+        self._price = price
 
     # -- the loop -------------------------------------------------------------
 
@@ -133,7 +141,9 @@ class PhaseRunner:
         self._ensure_state()
         for phase in self.phases:
             if self.state.state.phases[phase.num].status in DONE_STATUSES:
-                continue
+                if self.stale_check is None or not self.stale_check(phase, self.state.state):
+                    continue
+                self.state.reset_phase(phase.num)
             if self.control.stop_new_phases or self.control.interrupted.is_set():
                 return False
             ok = await self.run_phase(phase)
@@ -182,6 +192,13 @@ class PhaseRunner:
             self.progress.start_phase(phase.num, phase.name)
 
         started = time.monotonic()
+        ctx = self._context(phase, manager.state.phases[phase.num].attempts)
+        try:
+            fingerprint = phase_fingerprint(
+                phase, self.phases, manager.state.phase_outputs, lambda func: self._arguments(phase, ctx, func)
+            )
+        except Exception as exc:
+            return self._fail(phase, exc, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
         failures = retry_requests = 0
         while True:
             attempt = manager.state.phases[phase.num].attempts
@@ -195,6 +212,7 @@ class PhaseRunner:
                 except TypeError as exc:
                     error = exc
                 else:
+                    manager.state.phases[phase.num].fingerprint = fingerprint  # saved by _complete
                     return self._complete(phase, ctx, result, usage, time.monotonic() - started)
             retry_after: float | None = None
             if isinstance(error, Retry) and retry_requests < MAX_RETRY_REQUESTS:
@@ -335,7 +353,7 @@ class PhaseRunner:
             state_dir = getattr(self.state.store, "state_dir", None)
             root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
         folder = root / (self._item_dir_name or encode_item_id(state.item_id))
-        return PhaseContext(state.item_id, state.metadata, phase, attempt, folder)
+        return PhaseContext(state.item_id, state.metadata, phase, attempt, folder, price=self._price)
 
     def _arguments(
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None

@@ -13,6 +13,9 @@ from typing import TypeVar
 #: Names pipekit injects into every handler (CONTRACT §2); a phase may not use one as its name.
 INJECTABLE_NAMES = frozenset({"item_id", "metadata", "previous_outputs", "ctx", "output_dir"})
 
+#: What a run does with a completed phase whose fingerprint changed (``@phase(on_change=...)``).
+ON_CHANGE_CHOICES = ("warn", "rerun")
+
 #: The attribute ``@phase`` sets on a function; the loader looks for it.
 PHASE_MARKER = "__pipekit_phase__"
 
@@ -52,6 +55,13 @@ class PhaseDefinition:
     #: Free-form options a plugin may read (``@phase(..., **options)`` is not offered;
     #: plugins set these through ``pipekit_configure``).
     options: dict[str, Any] = field(default_factory=dict)
+    #: Bumped by hand to mark completed results out of date (``pipekit.fingerprint``).
+    version: str | None = None
+    #: A callable (arguments injected) whose value stands for inputs outside the code.
+    fingerprint: Callable[..., Any] | None = None
+    #: ``"warn"``: a stale phase is reported, re-run only with ``--rerun-stale``;
+    #: ``"rerun"``: a stale phase is re-run automatically.
+    on_change: str = "warn"
 
     @property
     def is_async(self) -> bool:
@@ -70,6 +80,9 @@ def phase(
     retry_backoff: float = 1.0,
     executor: str = "",
     isolate: str | None = None,
+    version: str | int | None = None,
+    fingerprint: Callable[..., Any] | None = None,
+    on_change: str = "warn",
 ) -> Callable[[F], F]:
     """Mark a function as phase ``num`` of the pipeline defined in its module.
 
@@ -89,7 +102,15 @@ def phase(
     :param executor: free text recorded in the phase's state (who or what ran it).
     :param isolate: ``"process"`` runs a sync handler in a child process that is
         killed at its timeout.
+    :param version: bump it by hand to make completed results of this phase stale.
+    :param fingerprint: a callable (arguments injected as for handlers) returning
+        a JSON-able value for inputs outside the code (prompt file, model name);
+        when its value changes, completed results are stale.
+    :param on_change: ``"warn"`` (a run reports stale results and re-runs them
+        only with ``--rerun-stale``) or ``"rerun"`` (re-run them automatically).
     """
+    if on_change not in ON_CHANGE_CHOICES:
+        raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
 
     def mark(func: F) -> F:
         definition = PhaseDefinition(
@@ -103,6 +124,9 @@ def phase(
             retry_backoff=retry_backoff,
             executor=executor,
             isolate=isolate,
+            version=None if version is None else str(version),
+            fingerprint=fingerprint,
+            on_change=on_change,
         )
         setattr(func, PHASE_MARKER, definition)
         return func

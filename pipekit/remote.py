@@ -73,6 +73,8 @@ class RemoteOutcome:
     usage: tuple[int, int, float] = (0, 0, 0.0)
     #: ``ctx.executor`` as the handler left it.
     executor: str = ""
+    #: ``ctx.record_usage`` calls for the driver to price (workers have no plugins).
+    unpriced: list[tuple[str, int, int]] = field(default_factory=list)
     #: A file in the shared folder holding the output (large outputs).
     output_ref: str | None = None
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
@@ -132,6 +134,8 @@ def apply_outcome(outcome: RemoteOutcome, ctx: PhaseContext | None) -> Any:
     if ctx is not None:
         ctx.record_cost(*outcome.usage)
         ctx.executor = outcome.executor or ctx.executor or outcome.worker
+        for usage in outcome.unpriced:
+            ctx.price_usage(*usage)
     if outcome.error is not None:
         raise outcome.error
     if outcome.output_ref is not None:
@@ -193,6 +197,7 @@ def execute_call(call: RemoteCall) -> RemoteOutcome:
     if ctx is not None:
         outcome.usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
         outcome.executor = ctx.executor
+        outcome.unpriced = ctx.unpriced
     return check_result_picklable(_share_large_output(outcome, call), call.phase_name)
 
 
@@ -242,5 +247,6 @@ def check_result_picklable(outcome: RemoteOutcome, phase_name: str) -> RemoteOut
             ),
             usage=outcome.usage,
             executor=outcome.executor,
+            unpriced=outcome.unpriced,
         )
     return outcome

@@ -31,6 +31,7 @@ from pipekit.phaserunner import Item
 from pipekit.phaserunner import PhaseRunner
 from pipekit.phaserunner import RunControl
 from pipekit.phases import Injector
+from pipekit.staleness import StalePolicy
 from pipekit.state import COMPLETED
 from pipekit.state import DONE_STATUSES
 from pipekit.state import FAILED
@@ -88,6 +89,7 @@ class Run:
         executor: PhaseExecutor | None = None,
         notifier: HookNotifier | None = None,
         keep_states: bool = False,
+        stale_policy: StalePolicy | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
@@ -97,6 +99,8 @@ class Run:
         self.workers = max(1, workers)
         self.force = force
         self.from_phase = from_phase
+        #: Which completed-but-stale phases run again (``--rerun-stale``, ``on_change``).
+        self.stale_policy = stale_policy
         self.executor = executor or LocalExecutor()
         self.notify = notifier or HookNotifier(config.pluginmanager)
         self.control = RunControl()
@@ -115,6 +119,8 @@ class Run:
         self.items_already_done = 0
         #: Items whose state file could not be read.
         self.items_unreadable = 0
+        #: Dollars these items' states had recorded before this run (earlier runs).
+        self.earlier_cost_usd = 0.0
         #: Items in flight right now, by id.
         self.in_flight: dict[str, Item] = {}
         self.exit_status: ExitCode | None = None
@@ -205,8 +211,11 @@ class Run:
         manager.reconcile(self.pipeline.phases)
         if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
             return False
+        if self._reruns_stale(state):
+            return False
         self.items_already_done += 1
         self.items_completed += 1
+        self.earlier_cost_usd += state.total_cost_usd
         self._keep(state)
         return True
 
@@ -232,7 +241,7 @@ class Run:
         if manager is None:
             return
         state = manager.state
-        if state.is_done:
+        if state.is_done and not self._reruns_stale(state):
             self.items_already_done += 1
             self.items_completed += 1
             self._keep(state)
@@ -252,12 +261,17 @@ class Run:
                 control=self.control,
                 injectors=self._injectors,
                 item_dir_name=encode_item_id(item_id),
+                stale_check=self.stale_policy,
+                price=self.config.hook.pipekit_price_usage,
             ).run_async()
             self._finish_item(manager, ok)
         finally:
             del self.in_flight[item_id]
         self._keep(state)
         self.notify("pipekit_item_finish", item=item)
+
+    def _reruns_stale(self, state: PipelineState) -> bool:
+        return self.stale_policy is not None and self.stale_policy.item_needs_rerun(state)
 
     def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
         """Load (or create) the item's state under its lock and apply this run's options."""
@@ -275,6 +289,7 @@ class Run:
             manager.save_state()
             return manager
         state = manager.state
+        self.earlier_cost_usd += state.total_cost_usd
         changed = manager.reconcile(phases)
         if any(state.metadata.get(k) != v for k, v in metadata.items()):
             state.metadata.update(metadata)

@@ -25,8 +25,11 @@ from pipekit.manager import make_plugin_manager
 from pipekit.manager import register_pipeline_module
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
+from pipekit.projectconfig import load_project_config
 from pipekit.runner import Run
 from pipekit.runner import RunResult
+from pipekit.selection import has_failed_phase
+from pipekit.staleness import prepare_stale_policy
 from pipekit.store import JsonDirStore
 from pipekit.store import StateStore
 from pipekit.store import encode_item_id
@@ -57,7 +60,15 @@ def build_run_parser() -> ArgumentParser:
     )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
     run.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="also re-run completed phases whose code, version or inputs changed (see `pipekit plan`)",
+    )
+    run.add_argument(
         "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
+    )
+    run.add_argument(
+        "--failed-only", action="store_true", help="only the selected items that have a failed phase (retry failures)"
     )
     where = parser.add_argument_group("state and outputs")
     where.add_argument("--state-dir", metavar="DIR", help="this pipeline's state directory, used as is")
@@ -108,14 +119,7 @@ async def aexecute_run(
 ) -> RunResult:
     """The coroutine behind ``execute_run``, for callers already in an event loop."""
     parser = build_run_parser()
-    known, _ = parser.parse_known_args(args)
-    pm = make_plugin_manager(args, plugins)
-    pipeline: Pipeline | None = None
-    if known.module:
-        pipeline = load(known.module)
-        register_pipeline_module(pm, pipeline.module)
-    pm.hook.pipekit_addoption.call_historic(kwargs={"parser": Parser(parser)})
-    option = parser.parse_args(args)
+    option, pm, pipeline = parse_with_plugins(parser, args, plugins)
     if option.help:
         parser.print_help(sys.stdout)
         return RunResult(ExitCode.OK)
@@ -133,25 +137,53 @@ async def aexecute_run(
                 return RunResult(ExitCode.NO_ITEMS)
             store = open_store(option, pipeline)
             print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+            if option.failed_only:
+                specs = [spec for spec in specs if has_failed_phase(store, spec[0])]
+                if not specs:
+                    print(f"pipekit: no {pipeline.item_noun} with a failed phase", file=sys.stderr)
+                    return RunResult(ExitCode.NO_ITEMS)
             executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
             if executor is None:
                 raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
+            output_root = _output_root(option, store)
+            stale_policy = prepare_stale_policy(pipeline, store, specs, output_root, option)
             run = Run(
                 config,
                 pipeline,
                 specs,
                 store,
-                output_root=_output_root(option, store),
+                output_root=output_root,
                 workers=option.workers,
                 force=option.force,
                 from_phase=option.from_phase,
                 executor=executor,
                 keep_states=keep_states,
+                stale_policy=stale_policy,
             )
             await run.execute()
             return run.result()
         finally:
             config.ensure_unconfigure()
+
+
+def parse_with_plugins(
+    parser: ArgumentParser, args: list[str], plugins: list[Any]
+) -> tuple[argparse.Namespace, Any, Pipeline | None]:
+    """Plugins, the pipeline module (a plugin too) and their options, then the
+    parsed command line: how ``run`` and ``plan`` start. Returns the options,
+    the plugin manager and the pipeline (None when no MODULE was given).
+    """
+    project = load_project_config()
+    project.apply(parser)
+    args = project.plugin_args() + list(args)
+    known, _ = parser.parse_known_args(args)
+    pm = make_plugin_manager(args, plugins)
+    pipeline: Pipeline | None = None
+    if known.module:
+        pipeline = load(known.module)
+        register_pipeline_module(pm, pipeline.module)
+    pm.hook.pipekit_addoption.call_historic(kwargs={"parser": Parser(parser)})
+    return parser.parse_args(args), pm, pipeline
 
 
 def _collect_items(config: Config, pipeline: Pipeline, items: list[Any] | None) -> list[ItemSpec]:

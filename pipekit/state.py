@@ -63,6 +63,12 @@ class PhaseState:
     reason: str | None = None
     #: Full traceback of the last failure.
     traceback: str | None = None
+    #: What produced the completed result (``pipekit.fingerprint``); None when
+    #: unknown (written before fingerprints existed, or skipped by a cache).
+    fingerprint: dict[str, Any] | None = None
+
+
+_PHASE_FIELDS = frozenset(f.name for f in fields(PhaseState))
 
 
 @dataclass
@@ -118,9 +124,12 @@ class PipelineState:
                 f"({SCHEMA_VERSION}); upgrade pipekit",
             )
         try:
-            known = {f.name for f in fields(PhaseState)}
+            known = _PHASE_FIELDS
             phases = {
-                int(num): PhaseState(**{k: v for k, v in raw.items() if k in known})
+                # the common case (no unknown keys) skips the filtering: status reads 100,000 files
+                int(num): PhaseState(**raw)
+                if raw.keys() <= known
+                else PhaseState(**{k: v for k, v in raw.items() if k in known})
                 for num, raw in document["phases"].items()
             }
             state = cls(

@@ -137,6 +137,23 @@ class StateStore(abc.ABC):
     def item_ids(self) -> Iterator[str]:
         """Ids of every item with saved state (unordered)."""
 
+    def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every saved ``(item_id, document)``, unordered, for readers of many items.
+
+        Stores may override this with one pass over their data (``status`` reads
+        100,000 items). Unreadable documents are appended to ``errors`` when it
+        is given, else skipped.
+        """
+        for item_id in self.item_ids():
+            try:
+                document = self.load(item_id)
+            except StateFileError as exc:
+                if errors is not None:
+                    errors.append(exc)
+                continue
+            if document is not None:
+                yield item_id, document
+
 
 class JsonDirStore(StateStore):
     """One JSON file per item in a directory (the default store).
@@ -178,7 +195,7 @@ class JsonDirStore(StateStore):
         return self._parse(path, raw)
 
     @staticmethod
-    def _parse(path: Path, raw: bytes) -> dict[str, Any]:
+    def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
         try:
             document = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -238,15 +255,30 @@ class JsonDirStore(StateStore):
         return ItemLock(fd)
 
     def item_ids(self) -> Iterator[str]:
+        for item_id, _ in self.load_all():
+            yield item_id
+
+    def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        # One read and one parse per file (item_ids() followed by load() would be two).
         if not self.state_dir.is_dir():
             return
         for entry in os.scandir(self.state_dir):
             if entry.name.endswith(".json") and not entry.name.startswith("."):
-                path = Path(entry.path)
+                path = entry.path
                 try:
-                    document = self._parse(path, path.read_bytes())
-                except (StateFileError, OSError):
+                    with open(path, "rb") as handle:
+                        document = self._parse(path, handle.read())
+                except OSError as exc:
+                    problem = StateFileError(path, f"cannot be read ({exc.strerror})")
+                    if errors is not None:
+                        errors.append(problem)
+                    continue
+                except StateFileError as exc:
+                    if errors is not None:
+                        errors.append(exc)
                     continue
                 item_id = document.get("item_id")
                 if isinstance(item_id, str):
-                    yield item_id
+                    yield item_id, document
+                elif errors is not None:
+                    errors.append(StateFileError(path, "has no item_id"))

@@ -246,7 +246,7 @@ class PipeTester:
 
         recorder = HookRecorder()
         out, err = io.StringIO(), io.StringIO()
-        with _isolated_modules(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with _isolated_modules(self.path), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             ret = main(list(args), plugins=[recorder, *plugins])
         return PipeResult(list(args), int(ret), out.getvalue(), err.getvalue(), recorder.events(), recorder)
 
@@ -300,23 +300,33 @@ def _read_events(
     signum: int,
 ) -> tuple[list[str], bool]:
     assert proc.stdout is not None
+    # Read the pipe's bytes directly: a buffered readline() can pull several
+    # events into its buffer at once, and select() would then wait for output
+    # that already arrived (the kill came only when the process next wrote).
+    fd = proc.stdout.fileno()
     lines: list[str] = []
+    pending = b""
     killed = False
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not selector.select(timeout=0.5):
                 if proc.poll() is not None:
                     break
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            lines.append(line)
-            if kill_at is not None and not killed and _matches(line, kill_at):
-                proc.send_signal(signum)
-                killed = True
+            *complete, pending = (pending + chunk).split(b"\n")
+            for raw in complete:
+                line = raw.decode("utf-8", "replace") + "\n"
+                lines.append(line)
+                if kill_at is not None and not killed and _matches(line, kill_at):
+                    proc.send_signal(signum)
+                    killed = True
+    if pending:
+        lines.append(pending.decode("utf-8", "replace"))
     return lines, killed
 
 
@@ -334,16 +344,22 @@ def _matches(line: str, kill_at: tuple[str, str | None, int | None]) -> bool:
 
 
 @contextlib.contextmanager
-def _isolated_modules() -> Iterator[None]:
-    """Undo imports and ``sys.path`` changes of an in-process run (every test's
-    pipeline may be called ``pipeline``)."""
+def _isolated_modules(root: Path) -> Iterator[None]:
+    """Undo imports from ``root`` and ``sys.path`` changes of an in-process run
+    (every test's pipeline may be called ``pipeline``).
+
+    Libraries a plugin imported stay imported: a second copy of ``requests``
+    or ``http.cookiejar`` beside the first breaks their ``isinstance`` checks.
+    """
     modules = dict(sys.modules)
     path = list(sys.path)
     try:
         yield
     finally:
         for name in set(sys.modules) - set(modules):
-            del sys.modules[name]
+            where = getattr(sys.modules[name], "__file__", None)
+            if where is None or Path(where).resolve().is_relative_to(root.resolve()):
+                del sys.modules[name]
         sys.modules.update(modules)
         sys.path[:] = path
 

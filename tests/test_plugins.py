@@ -149,7 +149,7 @@ def test_a_plugin_that_raises_is_reported_once_per_hook_and_changes_nothing(pipe
 def test_blocking_progress_keeps_the_progress_option(pipetester: PipeTester) -> None:
     pipetester.make_pipeline(SIMPLE)
     shown = pipetester.run("pipeline.py", "--item", "a", "--progress", "simple")
-    assert "a phase 2 two done" in shown.stderr
+    assert "a phase 2/2 two done" in shown.stderr
     hidden = pipetester.run("pipeline.py", "--item", "b", "-p", "no:progress", "--progress", "simple")
     assert hidden.ret == 0, hidden
     assert "phase 2 two" not in hidden.stderr

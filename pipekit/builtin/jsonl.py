@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from datetime import timezone
 import json
+import time
 from typing import IO
 from typing import Any
 
+from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.context import PhaseOutcome
 from pipekit.hookspecs import hookimpl
@@ -23,6 +25,9 @@ class JsonlReporter:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        self._usage = AttemptUsage()
+        #: When each running phase started, by ``(item id, phase num)``.
+        self._started: dict[tuple[str, int], float] = {}
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event line and flush it."""
@@ -35,15 +40,17 @@ class JsonlReporter:
     def _phase(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
         return {"item_id": item.id, "phase": phase.num, "phase_name": phase.name}
 
-    @staticmethod
-    def _usage(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
-        state = item.state.phases[phase.num]
+    def _attempt_usage(self, item: Item, phase: PhaseDefinition, *, last: bool) -> dict[str, Any]:
+        """Tokens and cost of the attempt that just ended, and the seconds since the
+        phase started (as ``phase_complete`` reports them)."""
+        tokens_in, tokens_out, cost = self._usage.take(item, phase, last=last)
+        key = (item.id, phase.num)
+        started = self._started.pop(key, None) if last else self._started.get(key)
         return {
-            "duration_seconds": state.duration_seconds,
-            "tokens_in": state.tokens_in,
-            "tokens_out": state.tokens_out,
-            "cost_usd": state.cost_usd,
-            "attempt": state.attempts,
+            "duration_seconds": round(time.monotonic() - started, 6) if started is not None else 0.0,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "cost_usd": cost,
         }
 
     @hookimpl
@@ -62,10 +69,14 @@ class JsonlReporter:
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
+        self._usage.mark(item, phase)
+        self._started[item.id, phase.num] = time.monotonic()
         self.emit("phase_start", **self._phase(item, phase), attempt=item.state.phases[phase.num].attempts)
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
+        self._usage.take(item, phase)
+        self._started.pop((item.id, phase.num), None)
         self.emit(
             "phase_complete",
             **self._phase(item, phase),
@@ -81,17 +92,22 @@ class JsonlReporter:
         self.emit(
             "phase_retry",
             **self._phase(item, phase),
-            **self._usage(item, phase),
+            **self._attempt_usage(item, phase, last=False),
+            attempt=attempt,
             error=_describe(error),
         )
 
     @hookimpl
     def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
         state = item.state.phases[phase.num]
+        usage = self._attempt_usage(item, phase, last=True)
+        if state.duration_seconds is not None:
+            usage["duration_seconds"] = state.duration_seconds
         self.emit(
             "phase_fail",
             **self._phase(item, phase),
-            **self._usage(item, phase),
+            **usage,
+            attempt=state.attempts,
             error=state.error or _describe(error),
             reason=state.reason,
             critical=phase.critical,
@@ -129,6 +145,7 @@ class JsonlReporter:
             tokens_in=run.tokens_in,
             tokens_out=run.tokens_out,
             cost_usd=run.cost_usd,
+            earlier_cost_usd=run.earlier_cost_usd,
             duration_seconds=round(run.elapsed_seconds, 6),
         )
 

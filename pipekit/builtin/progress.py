@@ -1,7 +1,9 @@
-"""Progress on stderr, driven by the hooks: a plain line per event.
+"""Progress on stderr, driven by the hooks: a live rich display on a terminal,
+one plain line per event elsewhere.
 
 ``--progress`` is a core option (it is accepted even when ``-p no:progress``
-removed this plugin); ``none`` silences it.
+removed this plugin): ``auto`` (rich on a terminal, plain otherwise),
+``rich``, ``simple`` or ``none``. ``-q`` silences it too.
 """
 
 from __future__ import annotations
@@ -9,81 +11,203 @@ from __future__ import annotations
 import sys
 from typing import IO
 
+from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
+from pipekit.config import Parser
 from pipekit.context import PhaseOutcome
 from pipekit.hookspecs import hookimpl
 from pipekit.phaserunner import Item
 from pipekit.phases import PhaseDefinition
+from pipekit.progress import HEARTBEAT_SECONDS
+from pipekit.progress import ProgressTracker
+from pipekit.progress import SimpleProgress
+from pipekit.progress import is_rich_supported
 from pipekit.runner import Run
+from pipekit.state import DONE_STATUSES
+from pipekit.state import PENDING
 
 
-class LineProgress:
-    """One plain line per meaningful event, no escape codes: for logs and pipes."""
+class ProgressPlugin:
+    """Feeds the hooks to a ``ProgressTracker`` (rich) or ``SimpleProgress`` (plain).
 
-    name = "progress-lines"
+    :param rich: draw the live rich display (else plain lines).
+    :param stream: the terminal or log (stderr).
+    """
 
-    def __init__(self, stream: IO[str], verbose: int = 0) -> None:
+    name = "progress-display"
+
+    def __init__(self, rich: bool, stream: IO[str], verbose: int = 0, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+        self.rich = rich
         self.stream = stream
         self.verbose = verbose
-        self.total_items = 0
-        self.total_phases = 0
-        self.noun = "items"
+        self.heartbeat = heartbeat
+        self.tracker: ProgressTracker | SimpleProgress | None = None
+        self._run: Run | None = None
+        self._positions: dict[int, int] = {}
+        self._already_done = 0
+        self._not_run = 0
+        self._usage = AttemptUsage()
 
-    def _line(self, text: str) -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def _where(self, item: Item, phase: PhaseDefinition | None = None) -> str:
-        text = f"[{item.index}/{self.total_items}] {item.id}"
-        if phase is not None:
-            position = phase.num
-            text += f" phase {position} {phase.name}"
-        return text
+    def _sync(self) -> None:
+        """Copy what only the run knows: earlier runs' cost, items found finished or not run."""
+        run, tracker = self._run, self.tracker
+        assert run is not None and tracker is not None
+        tracker.state.earlier_cost_usd = run.earlier_cost_usd
+        if run.items_already_done > self._already_done:
+            tracker.skip_items(run.items_already_done - self._already_done)
+            self._already_done = run.items_already_done
+        not_run = run.items_busy + run.items_unreadable  # no work for this run either
+        if not_run > self._not_run:
+            tracker.settle_phases((not_run - self._not_run) * run.total_phases)
+            self._not_run = not_run
 
     @hookimpl
     def pipekit_run_start(self, run: Run) -> None:
-        self.total_items = run.total_items
-        self.total_phases = run.total_phases
-        self.noun = run.pipeline.item_noun
-        self._line(f"pipekit: {run.pipeline.name}: {run.total_items} {self.noun}, {run.total_phases} phases, -j {run.workers}")
+        self._run = run
+        phases = sorted(run.pipeline.phases, key=lambda p: p.num)
+        self._positions = {p.num: position for position, p in enumerate(phases, 1)}
+        noun = run.pipeline.item_noun
+        title = f"{run.pipeline.name} -j {run.workers}"
+        if self.rich:
+            from rich.console import Console
+
+            console = Console(file=self.stream, force_terminal=True)
+            self.tracker = ProgressTracker(run.total_items, run.total_phases, noun, console=console, title=title)
+        else:
+            self.tracker = SimpleProgress(
+                run.total_items,
+                run.total_phases,
+                noun,
+                stream=self.stream,
+                title=title,
+                verbose=self.verbose,
+                heartbeat_seconds=self.heartbeat,
+            )
+        self.tracker.start()
+
+    @hookimpl
+    def pipekit_item_start(self, item: Item) -> None:
+        assert self.tracker is not None
+        self._sync()
+        self.tracker.start_item(item.index, item.id, key=item.id)
+        done = sum(1 for p in item.state.phases.values() if p.status in DONE_STATUSES)
+        self.tracker.settle_phases(done)
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
-        if self.verbose > 0:
-            self._line(f"{self._where(item, phase)} started")
+        assert self.tracker is not None
+        self._usage.mark(item, phase)
+        self.tracker.start_phase(self._positions.get(phase.num, phase.num), phase.name, key=item.id)
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
-        cost = f" ${result.cost_usd:.4f}" if result.cost_usd else ""
-        self._line(f"{self._where(item, phase)} done {result.duration_seconds:.2f}s{cost}")
+        assert self.tracker is not None
+        self.tracker.complete_phase(*self._usage.take(item, phase), key=item.id, duration=result.duration_seconds)
 
     @hookimpl
     def pipekit_phase_retry(self, item: Item, phase: PhaseDefinition, error: BaseException, attempt: int) -> None:
-        self._line(f"{self._where(item, phase)} attempt {attempt} failed, retrying: {error}")
+        assert self.tracker is not None
+        message = _first_line(item.state.phases[phase.num].error or str(error))
+        self.tracker.retry_phase(message, attempt, *self._usage.take(item, phase, last=False), key=item.id)
 
     @hookimpl
     def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
-        kind = "FAILED" if phase.critical else "failed (non-critical)"
-        message = item.state.phases[phase.num].error or str(error)
-        self._line(f"{self._where(item, phase)} {kind}: {message}")
+        assert self.tracker is not None
+        state = item.state.phases[phase.num]
+        self.tracker.fail_phase(
+            _first_line(state.error or str(error)),
+            *self._usage.take(item, phase),
+            key=item.id,
+            duration=state.duration_seconds,
+            critical=phase.critical,
+        )
 
     @hookimpl
     def pipekit_phase_skip(self, item: Item, phase: PhaseDefinition, reason: str) -> None:
-        self._line(f"{self._where(item, phase)} skipped ({reason})")
+        assert self.tracker is not None
+        self.tracker.skip_phase(self._positions.get(phase.num, phase.num), phase.name, reason, key=item.id)
 
     @hookimpl
     def pipekit_item_finish(self, item: Item) -> None:
-        self._line(f"{self._where(item)} {item.state.status}")
+        assert self.tracker is not None
+        # Phases a failed or interrupted item leaves pending are not work of this run.
+        self.tracker.settle_phases(sum(1 for p in item.state.phases.values() if p.status == PENDING))
+        self.tracker.complete_item(key=item.id, status=item.state.status)
+        self._sync()
+
+    @hookimpl(tryfirst=True)
+    def pipekit_run_finish(self, run: Run) -> None:
+        """Draw the last frame before the summary prints."""
+        if self.tracker is not None:
+            self._sync()
+            self.close()
+
+    def close(self) -> None:
+        """Stop the display (idempotent)."""
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            tracker.stop()
+
+
+@hookimpl
+def pipekit_addoption(parser: Parser) -> None:
+    """``--heartbeat``: how often plain progress says what is still running."""
+    parser.getgroup("output").addoption(
+        "--heartbeat",
+        type=float,
+        default=HEARTBEAT_SECONDS,
+        metavar="SECONDS",
+        help=f"plain progress: after SECONDS without a line, print what is running "
+        f"(default {HEARTBEAT_SECONDS:g}; 0: never)",
+    )
+
+
+def choose_display(mode: str, stderr: IO[str], stdout: IO[str], jsonl: bool) -> str:
+    """``rich``, ``simple`` or ``none`` for ``--progress MODE``.
+
+    ``auto`` draws rich only on a terminal, and not when ``--jsonl`` events go
+    to the same terminal (they would tear the live display).
+    """
+    if mode != "auto":
+        return mode
+    if not is_rich_supported(stderr):
+        return "simple"
+    if jsonl and _isatty(stdout):
+        return "simple"
+    return "rich"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @hookimpl
 def pipekit_configure(config: Config) -> None:
     """Register the display chosen by ``--progress``."""
-    mode = config.getoption("progress") or "auto"
-    if mode == "none" or config.getoption("quiet"):
+    if config.getoption("quiet"):
         return
-    reporter = LineProgress(sys.stderr, verbose=config.getoption("verbose") or 0)
-    config.pluginmanager.register(reporter, LineProgress.name)
-    config.add_cleanup(lambda: config.pluginmanager.unregister(reporter))
+    display = choose_display(
+        config.getoption("progress") or "auto", sys.stderr, config.stdout, bool(config.getoption("jsonl"))
+    )
+    if display == "none":
+        return
+    plugin = ProgressPlugin(
+        display == "rich",
+        sys.stderr,
+        verbose=config.getoption("verbose") or 0,
+        heartbeat=config.getoption("heartbeat", HEARTBEAT_SECONDS),
+    )
+    config.pluginmanager.register(plugin, ProgressPlugin.name)
 
+    def cleanup() -> None:
+        plugin.close()
+        config.pluginmanager.unregister(plugin)
 
+    config.add_cleanup(cleanup)

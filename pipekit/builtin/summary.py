@@ -1,62 +1,265 @@
-"""End-of-run totals on stderr: items, phases, tokens, cost, failures."""
+"""End-of-run summary on stderr: a table per phase, the run's totals and its failures.
+
+Gathered from the hooks alone. A rich table on a terminal, aligned plain text
+otherwise. ``-v`` lists every failure (not only the first ten) and adds the
+rate of work and the concurrency reached; ``-q`` silences it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from dataclasses import field
+import math
 import sys
 from typing import IO
 
+from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
+from pipekit.context import PhaseOutcome
 from pipekit.hookspecs import hookimpl
+from pipekit.phaserunner import Item
+from pipekit.phases import PhaseDefinition
+from pipekit.progress import format_cost
+from pipekit.progress import is_rich_supported
 from pipekit.runner import Run
 
 
 #: Failures listed without ``-v``.
 FIRST_FAILURES = 10
 
+COLUMNS = ("phase", "executed", "completed", "failed", "skipped", "mean", "p95", "tokens in", "tokens out", "cost")
+
+
+@dataclass
+class PhaseStats:
+    """What one phase did over the run's items."""
+
+    num: int
+    name: str
+    executed: int = 0
+    completed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    durations: list[float] = field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+    def row(self) -> tuple[str, ...]:
+        """The phase's cells, in ``COLUMNS`` order."""
+        return (
+            f"{self.num} {self.name}",
+            f"{self.executed:,}",
+            f"{self.completed:,}",
+            f"{self.failed:,}",
+            f"{self.skipped:,}",
+            _duration(mean(self.durations)),
+            _duration(percentile(self.durations, 95)),
+            f"{self.tokens_in:,}",
+            f"{self.tokens_out:,}",
+            format_cost(self.cost_usd),
+        )
+
+
+def mean(values: list[float]) -> float | None:
+    """The mean, None for no values."""
+    return sum(values) / len(values) if values else None
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """The nearest-rank percentile, None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
 
 class Summary:
-    """Prints the run's totals when it finishes."""
+    """Counts what each phase did and prints it when the run finishes.
+
+    :param stream: where the summary goes (stderr).
+    :param rich: draw a rich table (on a terminal) instead of plain text.
+    """
 
     name = "summary-reporter"
 
-    def __init__(self, stream: IO[str], verbose: int = 0) -> None:
+    def __init__(self, stream: IO[str], verbose: int = 0, rich: bool = False) -> None:
         self.stream = stream
         self.verbose = verbose
+        self.rich = rich
+        self.phases: dict[int, PhaseStats] = {}
+        #: ``(item id, phase num, phase name, first line of the error)``.
+        self.failures: list[tuple[str, int, str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._usage = AttemptUsage()
+
+    def _stats(self, phase: PhaseDefinition) -> PhaseStats:
+        stats = self.phases.get(phase.num)
+        if stats is None:
+            stats = self.phases[phase.num] = PhaseStats(phase.num, phase.name)
+        return stats
+
+    def _add_usage(self, item: Item, phase: PhaseDefinition, stats: PhaseStats) -> None:
+        """Add what this execution spent, failed attempts included."""
+        tokens_in, tokens_out, cost = self._usage.take(item, phase)
+        stats.tokens_in += tokens_in
+        stats.tokens_out += tokens_out
+        stats.cost_usd += cost
 
     @hookimpl
+    def pipekit_run_start(self, run: Run) -> None:
+        for phase in sorted(run.pipeline.phases, key=lambda p: p.num):
+            self._stats(phase)
+
+    @hookimpl
+    def pipekit_item_start(self, item: Item) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    @hookimpl
+    def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
+        self._usage.mark(item, phase)
+        self._stats(phase).executed += 1
+
+    @hookimpl
+    def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
+        stats = self._stats(phase)
+        stats.completed += 1
+        stats.durations.append(result.duration_seconds)
+        self._add_usage(item, phase, stats)
+
+    @hookimpl
+    def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
+        stats = self._stats(phase)
+        state = item.state.phases[phase.num]
+        stats.failed += 1
+        if self._usage.is_marked(item, phase):
+            self._add_usage(item, phase, stats)
+        else:
+            stats.executed += 1  # a cache check that raised fails the phase without starting it
+        if state.duration_seconds is not None:
+            stats.durations.append(state.duration_seconds)
+        if state.reason == "interrupted":
+            return  # counted once as interrupted items, not listed as eight failures
+        message = (state.error or str(error) or type(error).__name__).strip()
+        self.failures.append((item.id, phase.num, phase.name, message.splitlines()[0] if message else ""))
+
+    @hookimpl
+    def pipekit_phase_skip(self, item: Item, phase: PhaseDefinition, reason: str) -> None:
+        self._stats(phase).skipped += 1
+
+    @hookimpl
+    def pipekit_item_finish(self, item: Item) -> None:
+        self.in_flight -= 1
+
+    @hookimpl(trylast=True)
     def pipekit_run_finish(self, run: Run, exitstatus: int) -> None:
+        """Print the summary (after the live display has drawn its last frame)."""
+        rows = [stats.row() for stats in self.phases.values()]
+        rows.append(self._total_row())
+        lines = self._run_lines(run)
+        failures = self._failure_lines()
+        if self.rich:
+            self._print_rich(f"pipekit: summary of {run.pipeline.name}", rows, lines, failures)
+        else:
+            text = [f"pipekit: summary of {run.pipeline.name}", *_plain_table(COLUMNS, rows), *lines, *failures]
+            self.stream.write("\n".join(text) + "\n")
+            self.stream.flush()
+
+    def _total_row(self) -> tuple[str, ...]:
+        every = list(self.phases.values())
+        total = PhaseStats(0, "all")
+        for stats in every:
+            total.executed += stats.executed
+            total.completed += stats.completed
+            total.failed += stats.failed
+            total.skipped += stats.skipped
+            total.durations.extend(stats.durations)
+            total.tokens_in += stats.tokens_in
+            total.tokens_out += stats.tokens_out
+            total.cost_usd += stats.cost_usd
+        return ("total", *total.row()[1:])
+
+    def _run_lines(self, run: Run) -> list[str]:
         noun = run.pipeline.item_noun
-        c = run.control
-        parts = [f"{run.items_completed} completed"]
+        remaining = run.total_items - run.items_completed - run.items_failed
+        parts = [f"{run.items_completed:,} completed", f"{run.items_failed:,} failed", f"{remaining:,} remaining"]
         for count, label in (
-            (run.items_failed, "failed"),
+            (run.items_already_done, "already done before this run"),
             (run.items_interrupted, "interrupted"),
-            (run.items_busy, "busy elsewhere"),
-            (run.items_unreadable, "unreadable state"),
+            (run.items_busy, "busy in another process"),
+            (run.items_unreadable, "with unreadable state"),
         ):
             if count:
-                parts.append(f"{count} {label}")
-        if run.items_already_done:
-            parts.append(f"{run.items_already_done} already done")
+                parts.append(f"{count:,} {label}")
+        cost = f"cost {format_cost(run.cost_usd)} this run"
+        if run.earlier_cost_usd:
+            cost += (
+                f" + {format_cost(run.earlier_cost_usd)} in earlier runs"
+                f" = {format_cost(run.cost_usd + run.earlier_cost_usd)}"
+            )
+        wall = run.elapsed_seconds
         lines = [
-            f"pipekit: {run.total_items} {noun}: {', '.join(parts)}",
-            f"pipekit: phases: {c.phases_completed} completed, {c.phases_failed} failed, "
-            f"{c.phases_skipped} skipped; tokens {c.tokens_in:,} in / {c.tokens_out:,} out; "
-            f"${c.cost_usd:.4f} this run; {run.elapsed_seconds:.1f}s",
+            f"{noun}: {run.total_items:,} selected: {', '.join(parts)}",
+            f"wall time {_duration(wall)}; tokens {run.tokens_in:,} in / {run.tokens_out:,} out; {cost}",
         ]
-        failures = [
-            (item_id, p.phase, p.name, (p.error or "").splitlines()[0] if p.error else "")
-            for item_id, state in run.failed_states.items()
-            for p in state.phases.values()
-            if p.status == "failed"
-        ]
+        if self.verbose:
+            executed = sum(s.completed + s.failed for s in self.phases.values())
+            rate = executed / wall * 60 if wall > 0 else 0.0
+            lines.append(
+                f"throughput {rate:,.1f} phases/min; concurrency reached {self.max_in_flight} of -j {run.workers}"
+            )
+        return lines
+
+    def _failure_lines(self) -> list[str]:
+        if not self.failures:
+            return []
         limit = None if self.verbose else FIRST_FAILURES
-        for item_id, num, name, error in failures[:limit]:
-            lines.append(f"pipekit:   FAILED {item_id} phase {num} {name}: {error}")
-        if limit is not None and len(failures) > limit:
-            lines.append(f"pipekit:   ... and {len(failures) - limit} more (-v shows all)")
-        self.stream.write("\n".join(lines) + "\n")
-        self.stream.flush()
+        lines = [f"failures ({len(self.failures)}):"]
+        for item_id, num, name, error in self.failures[:limit]:
+            lines.append(f"  {item_id}  phase {num} {name}: {error}")
+        if limit is not None and len(self.failures) > limit:
+            lines.append(f"  ... and {len(self.failures) - limit} more (-v lists them all)")
+        return lines
+
+    def _print_rich(self, title: str, rows: list[tuple[str, ...]], lines: list[str], failures: list[str]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        console = Console(file=self.stream, force_terminal=True, highlight=False)
+        table = Table(title=title, title_justify="left", show_edge=False)
+        for index, name in enumerate(COLUMNS):
+            table.add_column(name, justify="left" if index == 0 else "right", no_wrap=True)
+        for number, row in enumerate(rows):
+            last = number == len(rows) - 1
+            style = "bold" if last else ("red" if row[3] != "0" else None)
+            table.add_row(*row, style=style, end_section=number == len(rows) - 2)
+        console.print(table)
+        for line in lines:
+            console.print(Text(line))
+        for number, line in enumerate(failures):
+            console.print(Text(line, style="red" if number == 0 else ""))
+
+
+def _plain_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(columns[i]), *(len(row[i]) for row in rows)) for i in range(len(columns))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([cells[0].ljust(widths[0]), *rest]).rstrip()
+
+    return [line(columns), *(line(row) for row in rows)]
 
 
 @hookimpl
@@ -64,6 +267,7 @@ def pipekit_configure(config: Config) -> None:
     """Register the summary unless ``-q``."""
     if config.getoption("quiet"):
         return
-    summary = Summary(sys.stderr, verbose=config.getoption("verbose") or 0)
+    rich = config.getoption("progress") != "simple" and is_rich_supported(sys.stderr)
+    summary = Summary(sys.stderr, verbose=config.getoption("verbose") or 0, rich=rich)
     config.pluginmanager.register(summary, Summary.name)
     config.add_cleanup(lambda: config.pluginmanager.unregister(summary))
