@@ -120,7 +120,7 @@ def test_books_writes_a_report_per_book_with_tokens_and_cost(pipetester: PipeTes
     # The header and footer of the shipped text are cleaned away, CRLF included.
     clean = (out / "grimm" / "clean.txt").read_text()
     assert "START OF" not in clean and "public" not in clean and "\r" not in clean
-    result.fnmatch_lines(["pipekit: 3 books: 3 completed", "pipekit: phases: 18 completed*tokens * in * out; $0.00*"])
+    result.fnmatch_lines(["books: 3 selected: 3 completed, 0 failed, 0 remaining", "*tokens * in / * out; cost $0.00*"])
 
 
 def test_books_summarises_only_chapters_without_a_summary(pipetester: PipeTester) -> None:
