@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from pipekit import hookimpl
 from pipekit.testing import PipeTester
 
 
@@ -190,11 +191,22 @@ def get_model(name):
 """
 
 
+class Pricer:
+    """A pricing plugin, as pipekit-prices is: dollars for a model's tokens."""
+
+    @hookimpl
+    def pipekit_price_usage(self, model: str, tokens_in: int, tokens_out: int) -> float | None:
+        return (tokens_in * 0.15 + tokens_out * 0.60) / 1e6 if model == "gpt-4o-mini" else None
+
+
 def test_books_through_llm_with_a_failing_reviewer(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch) -> None:
     (pipetester.path / "fakellm").mkdir()
     (pipetester.path / "fakellm" / "llm.py").write_text(FAKE_LLM)
     monkeypatch.syspath_prepend(str(pipetester.path / "fakellm"))
-    result = run_books(pipetester, "--model", "gpt-4o-mini", "--item", "andersen")
+    result = pipetester.run(
+        str(EXAMPLES / "books" / "pipeline.py"), "--state-dir", "st", "--output-dir", "out",
+        "--model", "gpt-4o-mini", "--item", "andersen", plugins=[Pricer()],
+    )  # fmt: skip
     # review is not critical: the report goes out without it and the run succeeds.
     assert result.ret == 0, result
     state = result.state("andersen")

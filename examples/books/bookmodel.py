@@ -23,14 +23,10 @@ from typing import Any
 from typing import Protocol
 
 
-#: Dollars per million tokens (input, output). The offline model is priced like
-#: a small hosted model; unknown ``llm`` models record tokens and cost $0.
-PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
-    "offline-extractive": (0.15, 0.60),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "claude-3.5-haiku": (0.80, 4.00),
-}
+#: Dollars per million tokens (input, output) of the offline model, priced like a
+#: small hosted model. Real models are priced by a pricing plugin (``pipekit-prices``)
+#: through ``ctx.record_usage``; without one they record tokens and $0.
+OFFLINE_PRICE_PER_MILLION = (0.15, 0.60)
 
 SUMMARY_PROMPT = (
     "Summarise this chapter of {title!r} in two or three sentences, "
@@ -53,7 +49,8 @@ _STOPWORDS = frozenset(
 
 @dataclass(frozen=True)
 class Reply:
-    """What one model call produced and spent."""
+    """What one model call produced and spent (``cost_usd`` 0.0 when the adapter
+    leaves pricing to ``ctx.record_usage``)."""
 
     text: str
     tokens_in: int
@@ -77,9 +74,9 @@ def estimate_tokens(text: str) -> int:
     return max(1, round(len(text) / 4))
 
 
-def price(model: str, tokens_in: int, tokens_out: int) -> float:
-    """Dollars for this many tokens of ``model`` (0.0 when its price is unknown)."""
-    per_in, per_out = PRICES_PER_MILLION.get(model, (0.0, 0.0))
+def offline_price(tokens_in: int, tokens_out: int) -> float:
+    """Dollars for this many tokens of the offline model."""
+    per_in, per_out = OFFLINE_PRICE_PER_MILLION
     return (tokens_in * per_in + tokens_out * per_out) / 1_000_000
 
 
@@ -105,7 +102,7 @@ class OfflineModel:
             time.sleep(self.latency)
         tokens_in = estimate_tokens(prompt)
         tokens_out = estimate_tokens(text)
-        return Reply(text, tokens_in, tokens_out, price(self.name, tokens_in, tokens_out), self.name)
+        return Reply(text, tokens_in, tokens_out, offline_price(tokens_in, tokens_out), self.name)
 
     def summarise(self, title: str, text: str) -> Reply:
         """The two or three sentences whose words matter most in the chapter, in order."""
@@ -168,7 +165,7 @@ class LlmModel:
         usage = response.usage() if hasattr(response, "usage") else None
         tokens_in = getattr(usage, "input", None) or estimate_tokens(system + text)
         tokens_out = getattr(usage, "output", None) or estimate_tokens(answer)
-        return Reply(answer, tokens_in, tokens_out, price(self.name, tokens_in, tokens_out), self.name)
+        return Reply(answer, tokens_in, tokens_out, 0.0, self.name)  # priced by ctx.record_usage
 
     def summarise(self, title: str, text: str) -> Reply:
         """Ask the model for a two- or three-sentence summary."""

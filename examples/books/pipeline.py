@@ -20,6 +20,8 @@ import re
 from typing import Any
 
 from bookmodel import Model
+from bookmodel import OfflineModel
+from bookmodel import Reply
 from bookmodel import make_model
 
 from pipekit import PhaseResult
@@ -167,6 +169,15 @@ def title_case(heading: str) -> str:
     return " ".join(w if i and w in small else w[:1].upper() + w[1:] for i, w in enumerate(words))
 
 
+def spend(ctx: Any, reply: Reply) -> None:
+    """Record one model call: the offline model prices itself; a real model's tokens
+    go to ``ctx.record_usage``, which a pricing plugin (``pipekit-prices``) turns into dollars."""
+    if reply.model == OfflineModel.name:
+        ctx.record_cost(reply.tokens_in, reply.tokens_out, reply.cost_usd)
+    else:
+        ctx.record_usage(reply.model, reply.tokens_in, reply.tokens_out)
+
+
 def summaries_exist(output_dir: Path) -> str | bool:
     """The summarise phase is done when every chapter has its summary file."""
     index = output_dir / "chapters.json"
@@ -189,8 +200,7 @@ def summarise(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
             continue  # summarised by an earlier, interrupted run: paid for already
         text = (ctx.output_dir / chapter["file"]).read_text(encoding="utf-8")
         reply = model().summarise(book(item_id, metadata)["title"], text)
-        # Recorded per call: tokens spent count even if a later chapter fails.
-        ctx.record_cost(reply.tokens_in, reply.tokens_out, reply.cost_usd)
+        spend(ctx, reply)  # per call: tokens spent count even if a later chapter fails
         write_atomically(target, reply.text + "\n")
         written += 1
     ctx.executor = model().name
@@ -206,11 +216,10 @@ def review(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
     chapters = json.loads((ctx.output_dir / "chapters.json").read_text(encoding="utf-8"))
     summaries = [(ctx.output_dir / f"summaries/{c['number']:02d}.md").read_text(encoding="utf-8") for c in chapters]
     reply = model().review(book(item_id, metadata)["title"], summaries)
+    spend(ctx, reply)
     write_atomically(ctx.output_dir / "review.md", reply.text + "\n")
     ctx.executor = model().name
-    return PhaseResult(
-        output="review.md", tokens_in=reply.tokens_in, tokens_out=reply.tokens_out, cost_usd=reply.cost_usd
-    )
+    return PhaseResult(output="review.md")
 
 
 @phase(6, timeout=30)
