@@ -169,6 +169,7 @@ def title_case(heading: str) -> str:
     return " ".join(w if i and w in small else w[:1].upper() + w[1:] for i, w in enumerate(words))
 
 
+# --8<-- [start:spend]
 def spend(ctx: Any, reply: Reply) -> None:
     """Record one model call: the offline model prices itself; a real model's tokens
     go to ``ctx.record_usage``, which a pricing plugin (``pipekit-prices``) turns into dollars."""
@@ -176,6 +177,9 @@ def spend(ctx: Any, reply: Reply) -> None:
         ctx.record_cost(reply.tokens_in, reply.tokens_out, reply.cost_usd)
     else:
         ctx.record_usage(reply.model, reply.tokens_in, reply.tokens_out)
+
+
+# --8<-- [end:spend]
 
 
 def summaries_exist(output_dir: Path) -> str | bool:
