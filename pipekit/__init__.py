@@ -10,6 +10,7 @@ from pipekit.context import PhaseContext
 from pipekit.context import PhaseOutcome
 from pipekit.hookspecs import hookimpl
 from pipekit.hookspecs import hookspec
+from pipekit.limits import Limit
 from pipekit.loader import Pipeline
 from pipekit.loader import load
 from pipekit.outcomes import ExitCode
@@ -38,6 +39,7 @@ __all__ = [
     "ExitCode",
     "Fail",
     "Item",
+    "Limit",
     "PhaseContext",
     "PhaseDefinition",
     "PhaseOutcome",

@@ -6,9 +6,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 import hashlib
 from pathlib import Path
+import threading
+from typing import TYPE_CHECKING
 from typing import Any
 
+from pipekit.outcomes import Fail
 from pipekit.phases import PhaseDefinition
+
+
+if TYPE_CHECKING:
+    from pipekit.checkpoints import Checkpoints
+    from pipekit.limits import Gate
+    from pipekit.limits import WaitCallback
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,10 @@ class PhaseContext:
         attempt: int,
         output_dir: Path,
         price: Callable[..., float | None] | None = None,
+        *,
+        checkpoints: Checkpoints | None = None,
+        gate: Gate | None = None,
+        on_wait: WaitCallback | None = None,
     ) -> None:
         self.item_id = item_id
         self.metadata = metadata
@@ -58,6 +71,11 @@ class PhaseContext:
         self.tokens_in = 0
         self.tokens_out = 0
         self.cost_usd = 0.0
+        self._checkpoints = checkpoints
+        self._gate = gate
+        self._on_wait = on_wait
+        #: Names of the limits acquired by this attempt (a ``Retry`` pauses them).
+        self.limits_used: set[str] = set(phase.limits)
         #: ``record_usage`` calls made without a pricer: ``(model, tokens_in, tokens_out)``.
         self.unpriced: list[tuple[str, int, int]] = []
 
@@ -83,6 +101,44 @@ class PhaseContext:
         self.tokens_in += int(tokens_in)
         self.tokens_out += int(tokens_out)
         self.cost_usd += float(cost_usd)
+        self._check_max_cost()
+
+    def _check_max_cost(self) -> None:
+        cap = self.phase.max_cost
+        if cap is not None and self.cost_usd > cap:
+            raise CostCapExceeded(
+                f"phase {self.phase.name!r} recorded ${self.cost_usd:.4f} in this execution, "
+                f"over its max_cost ${cap:g}"
+            )
+
+    def checkpoint(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` once per (item, phase, ``key``) and keep its result.
+
+        The result must be JSON-serialisable; it is stored durably before it is
+        returned (as JSON reads it back: a tuple comes back a list), and a later
+        attempt of this phase gets the stored result without calling ``fn``.
+        Awaitable when ``fn`` is a coroutine function, a plain call otherwise.
+        The checkpoints are dropped when the phase completes or is reset.
+        """
+        if self._checkpoints is None:
+            raise RuntimeError("ctx.checkpoint works inside a pipekit run only")
+        return self._checkpoints.checkpoint(key, fn, *args)
+
+    def acquire(self, limit: str, tokens: int = 0) -> Any:
+        """Take one request and ``tokens`` tokens of the rate limit named ``limit``.
+
+        In an async handler, ``await ctx.acquire("openai", tokens=1200)``; in a
+        sync handler (it runs in a thread) the call blocks until capacity is free.
+        A ``pipekit.Retry`` raised afterwards pauses this limit for every phase.
+        """
+        if self._gate is None:
+            raise RuntimeError("ctx.acquire works inside a pipekit run only")
+        self._gate.limiter(limit)  # an unknown name fails here, in the handler's own frame
+        self.limits_used.add(limit)
+        if threading.get_ident() == self._gate.loop_thread:
+            return self._gate.acquire(limit, tokens, self._on_wait)
+        self._gate.acquire_from_thread(limit, tokens, self._on_wait)
+        return None
 
     def record_usage(self, model: str, tokens_in: int = 0, tokens_out: int = 0) -> float:
         """Add one model call's tokens to this phase and price them; returns the cost.
@@ -108,7 +164,12 @@ class PhaseContext:
             return 0.0
         cost = float(self._price(model=model, tokens_in=tokens_in, tokens_out=tokens_out) or 0.0)
         self.cost_usd += cost
+        self._check_max_cost()
         return cost
 
     def __repr__(self) -> str:
         return f"<PhaseContext item={self.item_id!r} phase={self.phase.name!r} attempt={self.attempt}>"
+
+
+class CostCapExceeded(Fail):
+    """One execution of a phase recorded more than its ``max_cost``; it fails, unretried."""

@@ -13,11 +13,13 @@ is for pytest. The lifecycle of a run::
         pipekit_item_start
           for each phase left to run:
             pipekit_phase_skip                          (cache hit)
-            or pipekit_phase_start
+            or pipekit_phase_wait ...                   (concurrency or a rate limit)
+               then pipekit_phase_start
                pipekit_price_usage ...                 (each ctx.record_usage, first answer wins)
                then pipekit_phase_retry ...            (each failed attempt retried)
                then pipekit_phase_complete | pipekit_phase_fail
         pipekit_item_finish
+      pipekit_budget_reached   at most once, when --max-cost is reached
     pipekit_run_finish         once, if pipekit_run_start ran
     pipekit_unconfigure        once, always
 
@@ -206,6 +208,26 @@ def pipekit_price_usage(model: str, tokens_in: int, tokens_out: int) -> float | 
 
 
 @hookspec
+def pipekit_phase_wait(item: Item, phase: PhaseDefinition, reason: str, seconds: float | None) -> None:
+    """Called when a phase has to wait before its work can go on.
+
+    :param item: the item.
+    :param phase: the phase's definition.
+    :param reason: what it waits for: ``"concurrency"`` (the phase's
+        ``concurrency`` slots are taken), ``"limit:NAME"`` (the rate limit
+        ``NAME`` has no capacity) or ``"retry-after:NAME"`` (the limit is
+        paused by a ``pipekit.Retry(after=...)``).
+    :param seconds: the expected wait, or ``None`` when it cannot be known.
+
+    Fired when the wait begins: before ``pipekit_phase_start`` for the first
+    attempt, before a retried attempt, and inside the handler when
+    ``ctx.acquire`` has to wait. Not fired when there is capacity.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
 def pipekit_phase_complete(item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
     """Called after a phase completed and its state was saved.
 
@@ -266,6 +288,22 @@ def pipekit_item_finish(item: Item) -> None:
     """Called when an item that fired ``pipekit_item_start`` is done for this run.
 
     :param item: the item; ``item.state.status`` says how it ended.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_budget_reached(run: Run, spent: float, cap: float) -> None:
+    """Called once when the spending of the selected items reaches ``--max-cost``.
+
+    :param run: the run.
+    :param spent: dollars recorded by the selected items, this run and earlier ones.
+    :param cap: the ``--max-cost`` in dollars.
+
+    From then on no new phase starts; phases in flight finish and are saved.
+    Fired at the start of a run when an earlier run already spent the cap.
+    The run then exits 1; the same command with a higher cap continues.
 
     .. versionadded:: 1.0
     """

@@ -42,6 +42,14 @@ def normalize_items(source: Iterable[Any], origin: str) -> list[ItemSpec]:
             raise UsageError(f"{origin}: item {position} has an invalid id {item_id!r} (ids are non-empty strings)")
         if item_id in seen:
             raise UsageError(f"{origin}: duplicate item id {item_id!r}")
+        try:
+            item_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{origin}: item id {item_id!r} is not valid Unicode text") from None
+        try:
+            json.dumps(metadata)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{origin}: metadata of item {item_id!r} cannot be saved as JSON ({exc})") from None
         seen.add(item_id)
         items.append((item_id, dict(metadata)))
     return items
@@ -52,7 +60,8 @@ def read_items_file(path: str | Path) -> Iterator[Any]:
     path = Path(path)
     suffix = path.suffix.lower()
     try:
-        handle = path.open(encoding="utf-8", newline="" if suffix == ".csv" else None)
+        # utf-8-sig: files saved by spreadsheet programs start with a byte-order mark.
+        handle = path.open(encoding="utf-8-sig", newline="" if suffix == ".csv" else None)
     except OSError as exc:
         raise UsageError(f"cannot read items file {path}: {exc.strerror}") from None
     with handle:

@@ -64,9 +64,9 @@ def import_pipeline_module(target: str) -> ModuleType:
                 f"no module named {target!r} (give a dotted module name importable from "
                 f"the current folder, or a path to a .py file)"
             ) from None
-        raise UsageError(_user_traceback(exc, target)) from None
+        raise UsageError(user_traceback(exc, f"error while importing pipeline {target!r}")) from None
     except Exception as exc:
-        raise UsageError(_user_traceback(exc, target)) from None
+        raise UsageError(user_traceback(exc, f"error while importing pipeline {target!r}")) from None
 
 
 def _import_path(path: Path) -> ModuleType:
@@ -92,12 +92,12 @@ def _import_path(path: Path) -> ModuleType:
     return module
 
 
-def _user_traceback(exc: BaseException, target: str) -> str:
-    """The traceback of an import error, without pipekit's and importlib's frames."""
+def user_traceback(exc: BaseException, what: str) -> str:
+    """``exc``'s traceback without pipekit's and importlib's frames, introduced by ``what``."""
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if "importlib" not in f.filename and "/pipekit/" not in f.filename]
     lines = traceback.format_list(user) + traceback.format_exception_only(type(exc), exc)
-    return f"error while importing pipeline {target!r}:\nTraceback (most recent call last):\n" + "".join(lines).rstrip()
+    return f"{what}:\nTraceback (most recent call last):\n" + "".join(lines).rstrip()
 
 
 def collect_phases(module: ModuleType) -> list[PhaseDefinition]:
@@ -127,6 +127,10 @@ def collect_phases(module: ModuleType) -> list[PhaseDefinition]:
             problems.append(f"{attr}: timeout must be a positive number or None")
         if not isinstance(d.retries, int) or d.retries < 0:
             problems.append(f"{attr}: retries must be a non-negative int")
+        if not isinstance(d.retry_backoff, (int, float)) or isinstance(d.retry_backoff, bool) or d.retry_backoff < 0:
+            problems.append(f"{attr}: retry_backoff must be a non-negative number of seconds")
+        if d.cache_check is not None and not callable(d.cache_check):
+            problems.append(f"{attr}: cache must be a callable or None")
         if d.isolate not in (None, "process"):
             problems.append(f"{attr}: isolate must be None or 'process'")
     problems += [f"{', '.join(a)}: duplicate phase num {n}" for n, a in by_num.items() if len(a) > 1]

@@ -69,6 +69,13 @@ class PipekitPluginManager(pluggy.PluginManager):
         """Register ``plugin`` under ``name`` and remember its ``source``."""
         if self.is_blocked(name) or self.has_plugin(name):
             return None
+        for attr in dir(plugin):
+            opts = self.parse_hookimpl_opts(plugin, attr) if attr.startswith("pipekit_") else None
+            if opts and opts.get("hookwrapper"):
+                raise UsageError(
+                    f"{attr} of plugin {name!r} ({source}) uses hookwrapper=True, which pipekit does not "
+                    f"support: use @pipekit.hookimpl(wrapper=True)"
+                )
         try:
             registered = self.register(plugin, name)
         except pluggy.PluginValidationError as exc:

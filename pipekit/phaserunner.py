@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from collections.abc import Sequence
+import copy
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -16,11 +17,15 @@ import time
 import traceback
 from typing import Any
 
+from pipekit.checkpoints import Checkpoints
+from pipekit.context import CostCapExceeded
 from pipekit.context import PhaseContext
 from pipekit.context import PhaseOutcome
 from pipekit.executor import LocalExecutor
 from pipekit.executor import PhaseExecutor
+from pipekit.executor import run_in_thread
 from pipekit.fingerprint import phase_fingerprint
+from pipekit.limits import Gate
 from pipekit.outcomes import Fail
 from pipekit.outcomes import PhaseInterrupted
 from pipekit.outcomes import PhaseTimeoutError
@@ -67,6 +72,9 @@ class RunControl:
     interrupted: asyncio.Event = field(default_factory=asyncio.Event)
     #: True when no new phase may start (a budget, an interruption).
     stop_new_phases: bool = False
+    #: Set by a budget when it sets ``stop_new_phases``: phases waiting for a
+    #: slot or a rate limit give up instead of starting.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     phases_started: int = 0
     phases_completed: int = 0
     phases_failed: int = 0
@@ -74,12 +82,18 @@ class RunControl:
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    #: Per-phase concurrency and rate limits (``pipekit.limits``); None: no waiting.
+    gate: Gate | None = None
+    #: Called after every ``add_usage`` (the budget cap watches spending here).
+    on_usage: Callable[[RunControl], None] | None = None
 
     def add_usage(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
         """Count usage spent in this run."""
         self.tokens_in += tokens_in
         self.tokens_out += tokens_out
         self.cost_usd += cost_usd
+        if self.on_usage is not None:
+            self.on_usage(self)
 
 
 class PhaseRunner:
@@ -144,8 +158,10 @@ class PhaseRunner:
                 if self.stale_check is None or not self.stale_check(phase, self.state.state):
                     continue
                 self.state.reset_phase(phase.num)
-            if self.control.stop_new_phases or self.control.interrupted.is_set():
+            if self.control.interrupted.is_set():
                 return False
+            if self.control.stop_new_phases:
+                return True  # stopped (a budget), not failed: the item is left to a later run
             ok = await self.run_phase(phase)
             if self.control.interrupted.is_set():
                 return False
@@ -185,6 +201,11 @@ class PhaseRunner:
                 self.control.phases_skipped += 1
                 self.notify("pipekit_phase_skip", item=item, phase=phase, reason="cache")
                 return True
+        release = await self._admit(phase, first=True)
+        if release is None or self.control.stop_new_phases:
+            if release is not None:
+                release()
+            return not self.control.interrupted.is_set()
         manager.start_phase(phase.num, executor=phase.executor)
         self.control.phases_started += 1
         self.notify("pipekit_phase_start", item=item, phase=phase)
@@ -192,19 +213,19 @@ class PhaseRunner:
             self.progress.start_phase(phase.num, phase.name)
 
         started = time.monotonic()
-        ctx = self._context(phase, manager.state.phases[phase.num].attempts)
-        try:
-            fingerprint = phase_fingerprint(
-                phase, self.phases, manager.state.phase_outputs, lambda func: self._arguments(phase, ctx, func)
-            )
-        except Exception as exc:
-            return self._fail(phase, exc, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
+        fingerprint, error = await self._fingerprint(phase)
+        if error is not None:
+            release()
+            return self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
         failures = retry_requests = 0
         while True:
             attempt = manager.state.phases[phase.num].attempts
             ctx = self._context(phase, attempt)
-            future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
-            value, error = await self._race(phase, future)
+            try:
+                future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
+                value, error = await self._race(phase, future)
+            finally:
+                release()
             usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
             if error is None:
                 try:
@@ -218,6 +239,9 @@ class PhaseRunner:
             if isinstance(error, Retry) and retry_requests < MAX_RETRY_REQUESTS:
                 retry_requests += 1
                 retry_after = error.after or 0.0
+                if error.after and self.control.gate is not None:
+                    who = f"item {item.id!r} phase {phase.name!r}"
+                    self.control.gate.pause(ctx.limits_used, error.after, who)
             elif _retriable(phase, error, self.executor) and failures < phase.retries:
                 retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
                 failures += 1
@@ -228,7 +252,65 @@ class PhaseRunner:
             self.notify("pipekit_phase_retry", item=item, phase=phase, error=error, attempt=attempt)
             if await self._interruptible_sleep(retry_after):
                 return self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
+            release = await self._admit(phase)
+            if release is None:
+                return self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
             manager.start_phase(phase.num, executor=phase.executor)
+
+    async def _fingerprint(self, phase: PhaseDefinition) -> tuple[Any, BaseException | None]:
+        """What produced this execution (``pipekit.fingerprint``); a user's ``fingerprint=``
+        callable runs in a thread, under the phase's timeout, never on the event loop."""
+        ctx = self._context(phase, self.state.state.phases[phase.num].attempts)
+        outputs = dict(self.state.state.phase_outputs)
+        arguments = self._arguments(phase, ctx, phase.fingerprint) if phase.fingerprint is not None else {}
+        kwargs: dict[str, Any] = {
+            "definition": phase,
+            "phases": self.phases,
+            "outputs": outputs,
+            "arguments_for": lambda _: arguments,
+        }
+        if phase.fingerprint is None:
+            try:
+                return phase_fingerprint(**kwargs), None
+            except Exception as exc:
+                return None, exc
+        future = run_in_thread(phase_fingerprint, kwargs, name=f"pipekit-{phase.name}-fingerprint")
+        return await self._race(phase, future)
+
+    async def _admit(self, phase: PhaseDefinition, first: bool = False) -> Callable[[], None] | None:
+        """Wait for the phase's concurrency slot and rate limits; the release, or
+        None when the run was interrupted first (or, before the ``first``
+        attempt, told to start no new phase).
+        """
+        assert self.control is not None
+        gate = self.control.gate
+        if gate is None or (phase.concurrency is None and not phase.limits):
+            return _no_release
+        entering = asyncio.ensure_future(gate.enter(phase, self._waiter(phase)))
+        stoppers = {asyncio.ensure_future(self.control.interrupted.wait())}
+        if first:
+            stoppers.add(asyncio.ensure_future(self.control.stopping.wait()))
+        try:
+            await asyncio.wait({entering, *stoppers}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for stopper in stoppers:
+                stopper.cancel()
+        if not entering.done():
+            entering.cancel()
+            await asyncio.wait({entering})
+        if entering.cancelled():
+            return None
+        release = entering.result()
+        if self.control.interrupted.is_set() or (first and self.control.stopping.is_set()):
+            release()
+            return None
+        return release
+
+    def _waiter(self, phase: PhaseDefinition) -> Callable[[str, float | None], None]:
+        def waiting(reason: str, seconds: float | None) -> None:
+            self.notify("pipekit_phase_wait", item=self.item, phase=phase, reason=reason, seconds=seconds)
+
+        return waiting
 
     async def _check_cache(self, phase: PhaseDefinition) -> Any:
         """The cache's answer; None (after failing the phase) if the check itself failed."""
@@ -239,7 +321,11 @@ class PhaseRunner:
         value, error = await self._race(phase, future)
         if error is None:
             return value if value else False
+        # The check is user code that ran: observers see it start and fail like any execution.
         self.state.start_phase(phase.num, executor=phase.executor)
+        assert self.control is not None
+        self.control.phases_started += 1
+        self.notify("pipekit_phase_start", item=self.item, phase=phase)
         self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="cache check: ")
         return None
 
@@ -353,7 +439,19 @@ class PhaseRunner:
             state_dir = getattr(self.state.store, "state_dir", None)
             root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
         folder = root / (self._item_dir_name or encode_item_id(state.item_id))
-        return PhaseContext(state.item_id, state.metadata, phase, attempt, folder, price=self._price)
+        # A copy: what a handler does to its metadata must not leak into the saved state.
+        metadata = copy.deepcopy(state.metadata)
+        return PhaseContext(
+            state.item_id,
+            metadata,
+            phase,
+            attempt,
+            folder,
+            price=self._price,
+            checkpoints=Checkpoints(self.state.store, state.item_id, phase.name),
+            gate=self.control.gate if self.control is not None else None,
+            on_wait=self._waiter(phase),
+        )
 
     def _arguments(
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
@@ -367,7 +465,7 @@ class PhaseRunner:
         previous = {n: o for n, o in state.phase_outputs.items() if n < phase.num}
         available: dict[str, Any] = {
             "item_id": state.item_id,
-            "metadata": state.metadata,
+            "metadata": ctx.metadata,
             "previous_outputs": previous,
             "ctx": ctx,
         }
@@ -405,7 +503,13 @@ def _retriable(phase: PhaseDefinition, error: BaseException, executor: PhaseExec
     return True
 
 
+def _no_release() -> None:
+    pass
+
+
 def _reason(error: BaseException) -> str:
+    if isinstance(error, CostCapExceeded):
+        return "max_cost"
     if isinstance(error, PhaseTimeoutError):
         return "timeout"
     if isinstance(error, PhaseInterrupted):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 import inspect
@@ -52,6 +54,13 @@ class PhaseDefinition:
     retry_backoff: float = 1.0
     executor: str = ""
     isolate: str | None = None
+    #: Most items inside this phase at once (``None``: only ``-j`` limits it).
+    concurrency: int | None = None
+    #: Named rate limits (``LIMITS`` in the module) acquired before every attempt,
+    #: mapped to the tokens each attempt is expected to use.
+    limits: dict[str, int] = field(default_factory=dict)
+    #: Dollars one execution may record with ``ctx.record_cost`` before it fails.
+    max_cost: float | None = None
     #: Free-form options a plugin may read (``@phase(..., **options)`` is not offered;
     #: plugins set these through ``pipekit_configure``).
     options: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +92,9 @@ def phase(
     version: str | int | None = None,
     fingerprint: Callable[..., Any] | None = None,
     on_change: str = "warn",
+    concurrency: int | None = None,
+    limits: Iterable[str] | Mapping[str, int] = (),
+    max_cost: float | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as phase ``num`` of the pipeline defined in its module.
 
@@ -108,6 +120,13 @@ def phase(
         when its value changes, completed results are stale.
     :param on_change: ``"warn"`` (a run reports stale results and re-runs them
         only with ``--rerun-stale``) or ``"rerun"`` (re-run them automatically).
+    :param concurrency: at most this many items inside this phase at once,
+        whatever ``-j`` is (a GPU phase at 1 while cheap phases run at 32).
+    :param limits: names of rate limits declared in the module's ``LIMITS``,
+        acquired before every attempt (one request each); a mapping gives the
+        tokens to reserve per attempt, e.g. ``{"openai": 1200}``.
+    :param max_cost: dollars one execution may record with ``ctx.record_cost``;
+        the call that goes over fails the phase (no retry).
     """
     if on_change not in ON_CHANGE_CHOICES:
         raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
@@ -127,6 +146,9 @@ def phase(
             version=None if version is None else str(version),
             fingerprint=fingerprint,
             on_change=on_change,
+            concurrency=concurrency,
+            limits=dict(limits) if isinstance(limits, Mapping) else dict.fromkeys(limits, 0),
+            max_cost=max_cost,
         )
         setattr(func, PHASE_MARKER, definition)
         return func

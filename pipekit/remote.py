@@ -86,6 +86,11 @@ class WorkerContext(PhaseContext):
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("ctx.checkpoint is not available in a worker process; use --executor local")
 
+    def acquire(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            "ctx.acquire is not available in a worker process; use @phase(limits=[...]) or --executor local"
+        )
+
 
 def snapshot_context(ctx: PhaseContext) -> dict[str, Any]:
     """What a worker needs to rebuild ``ctx``."""

@@ -17,15 +17,17 @@ import sys
 import time
 from typing import Any
 
+from pipekit.budget import Spending
 from pipekit.config import Config
 from pipekit.executor import LocalExecutor
 from pipekit.executor import PhaseExecutor
 from pipekit.items import ItemSpec
+from pipekit.limits import Gate
+from pipekit.limits import declared_limits
 from pipekit.loader import Pipeline
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
-from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import worst_exit_code
 from pipekit.phaserunner import Item
 from pipekit.phaserunner import PhaseRunner
@@ -89,6 +91,7 @@ class Run:
         executor: PhaseExecutor | None = None,
         notifier: HookNotifier | None = None,
         keep_states: bool = False,
+        max_cost: float | None = None,
         stale_policy: StalePolicy | None = None,
     ) -> None:
         self.config = config
@@ -104,6 +107,10 @@ class Run:
         self.executor = executor or LocalExecutor()
         self.notify = notifier or HookNotifier(config.pluginmanager)
         self.control = RunControl()
+        #: Rate limits declared in the module's ``LIMITS`` (checked against the phases).
+        self.limits = declared_limits(pipeline.module, pipeline.phases)
+        #: The cost forecast and the ``--max-cost`` cap.
+        self.spending = Spending(self, max_cost, self._say)
         #: Where state lives, for humans.
         self.state_location = store.location
         self.total_items = len(items)
@@ -161,14 +168,19 @@ class Run:
 
     async def execute(self) -> ExitCode:
         """Process every item; fires run_start and run_finish; returns the exit code."""
+        if self.limits or any(p.concurrency or p.limits for p in self.pipeline.phases):
+            self.control.gate = Gate(self.limits, self.pipeline.phases, say=self._say)
+        self.spending.start()
         self.notify("pipekit_run_start", run=self)
         restore = self._install_signal_handlers()
         try:
+            self.spending.check_at_start()
             await self._process_all()
         finally:
             restore()
             await self.executor.aclose()
             self.exit_status = self._exit_status()
+            self.spending.finish()
             self.notify("pipekit_run_finish", run=self, exitstatus=int(self.exit_status))
         return self.exit_status
 
@@ -180,20 +192,29 @@ class Run:
             tasks.discard(task)
             slots.release()
 
-        for index, (item_id, metadata) in enumerate(self.items, 1):
-            if self.control.stop_new_phases:
-                break
-            if self._already_done(item_id, metadata):
-                continue
-            await slots.acquire()
-            if self.control.stop_new_phases:
-                slots.release()
-                break
-            task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
-            tasks.add(task)
-            task.add_done_callback(finished)
-        if tasks:
-            await asyncio.gather(*tasks)
+        try:
+            for index, (item_id, metadata) in enumerate(self.items, 1):
+                if self._already_done(item_id, metadata):
+                    continue
+                if self.control.stop_new_phases:
+                    break
+                await slots.acquire()
+                if self.control.stop_new_phases:
+                    slots.release()
+                    break
+                task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
+                tasks.add(task)
+                task.add_done_callback(finished)
+            if tasks:
+                await asyncio.shield(asyncio.gather(*tasks))
+        except asyncio.CancelledError:
+            # The caller cancelled the run (pipekit.arun under a timeout, say):
+            # stop as an interrupt does, so in-flight phases are recorded.
+            self.control.stop_new_phases = True
+            self.control.interrupted.set()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         if self.fatal_error is not None:
             raise self.fatal_error
 
@@ -230,8 +251,9 @@ class Run:
                 await self._process_locked_item(index, item_id, metadata)
             finally:
                 lock.release()
-        except StateWriteError as exc:
-            # Every later write would fail the same way: stop starting work.
+        except Exception as exc:
+            # A state write that failed (every later one would fail the same way)
+            # or a bug: stop starting work and end with an internal error.
             if self.fatal_error is None:
                 self.fatal_error = exc
             self.control.stop_new_phases = True
@@ -366,15 +388,19 @@ class Run:
         loop = asyncio.get_running_loop()
         installed = []
         for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
             try:
                 loop.add_signal_handler(signum, self.interrupt)
             except (ValueError, RuntimeError, NotImplementedError):
                 continue  # not the main thread: the caller owns signals
-            installed.append(signum)
+            installed.append((signum, previous))
 
         def restore() -> None:
-            for signum in installed:
+            # Give a host program (pipekit used as a library) its own handlers back.
+            for signum, previous in installed:
                 loop.remove_signal_handler(signum)
+                if previous is not None:
+                    signal.signal(signum, previous)
 
         return restore
 

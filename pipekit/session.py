@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 from pathlib import Path
 import sys
+from typing import IO
 from typing import Any
 
 import platformdirs
@@ -33,6 +33,7 @@ from pipekit.staleness import prepare_stale_policy
 from pipekit.store import JsonDirStore
 from pipekit.store import StateStore
 from pipekit.store import encode_item_id
+from pipekit.streams import stdout_reserved_for_events
 
 
 PROGRESS_MODES = ("auto", "rich", "simple", "none")
@@ -59,6 +60,13 @@ def build_run_parser() -> ArgumentParser:
         "--executor", default="local", metavar="NAME", help="where phases execute: local (default), processes, dask"
     )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
+    run.add_argument(
+        "--max-cost",
+        type=_dollars,
+        metavar="USD",
+        help="stop starting phases once the selected items have recorded this many dollars "
+        "(across runs); the same command with a higher cap continues",
+    )
     run.add_argument(
         "--rerun-stale",
         action="store_true",
@@ -87,6 +95,13 @@ def build_run_parser() -> ArgumentParser:
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     return parser
+
+
+def _dollars(text: str) -> float:
+    value = float(text.lstrip("$"))
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of dollars, 0 or more")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -118,52 +133,63 @@ async def aexecute_run(
     keep_states: bool = False,
 ) -> RunResult:
     """The coroutine behind ``execute_run``, for callers already in an event loop."""
+    # During a run stdout carries only --jsonl events: the module's and the
+    # handlers' prints, subprocesses and workers write to stderr.
+    with stdout_reserved_for_events() as stdout:
+        return await _execute_run(stdout, args, plugins, items=items, keep_states=keep_states)
+
+
+async def _execute_run(
+    stdout: IO[str], args: list[str], plugins: list[Any], *, items: list[Any] | None, keep_states: bool
+) -> RunResult:
     parser = build_run_parser()
     option, pm, pipeline = parse_with_plugins(parser, args, plugins)
     if option.help:
-        parser.print_help(sys.stdout)
+        parser.print_help(stdout)
         return RunResult(ExitCode.OK)
     if pipeline is None:
         raise UsageError("pipekit run: give the pipeline MODULE (a dotted name or a .py path)")
     config = Config(option, pm, pipeline)
-    config.stdout = sys.stdout
-    # During a run stdout carries only --jsonl events: a handler's print goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        try:
-            config.do_configure()
-            specs = _collect_items(config, pipeline, items)
+    config.stdout = stdout
+    try:
+        config.do_configure()
+        specs = _collect_items(config, pipeline, items)
+        if not specs:
+            print(f"pipekit: no {pipeline.item_noun} to process", file=sys.stderr)
+            return RunResult(ExitCode.NO_ITEMS)
+        store = open_store(option, pipeline)
+        print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+        if option.failed_only:
+            specs = [spec for spec in specs if has_failed_phase(store, spec[0])]
             if not specs:
-                print(f"pipekit: no {pipeline.item_noun} to process", file=sys.stderr)
+                print(f"pipekit: no {pipeline.item_noun} with a failed phase", file=sys.stderr)
                 return RunResult(ExitCode.NO_ITEMS)
-            store = open_store(option, pipeline)
-            print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
-            if option.failed_only:
-                specs = [spec for spec in specs if has_failed_phase(store, spec[0])]
-                if not specs:
-                    print(f"pipekit: no {pipeline.item_noun} with a failed phase", file=sys.stderr)
-                    return RunResult(ExitCode.NO_ITEMS)
-            executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
-            if executor is None:
-                raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
-            output_root = _output_root(option, store)
-            stale_policy = prepare_stale_policy(pipeline, store, specs, output_root, option)
-            run = Run(
-                config,
-                pipeline,
-                specs,
-                store,
-                output_root=output_root,
-                workers=option.workers,
-                force=option.force,
-                from_phase=option.from_phase,
-                executor=executor,
-                keep_states=keep_states,
-                stale_policy=stale_policy,
-            )
-            await run.execute()
-            return run.result()
-        finally:
-            config.ensure_unconfigure()
+        executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
+        if executor is None:
+            raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
+        output_root = _output_root(option, store)
+        stale_policy = prepare_stale_policy(pipeline, store, specs, output_root, option)
+        if option.from_phase is not None and not any(p.num >= option.from_phase for p in pipeline.phases):
+            numbers = ", ".join(str(p.num) for p in pipeline.phases)
+            raise UsageError(f"--from-phase {option.from_phase}: no phase has that num or a later one ({numbers})")
+        run = Run(
+            config,
+            pipeline,
+            specs,
+            store,
+            output_root=output_root,
+            workers=option.workers,
+            force=option.force,
+            from_phase=option.from_phase,
+            executor=executor,
+            keep_states=keep_states,
+            stale_policy=stale_policy,
+            max_cost=option.max_cost,
+        )
+        await run.execute()
+        return run.result()
+    finally:
+        config.ensure_unconfigure()
 
 
 def parse_with_plugins(
@@ -201,7 +227,13 @@ def _collect_items(config: Config, pipeline: Pipeline, items: list[Any] | None) 
 def default_state_dir(pipeline_name: str) -> Path:
     """``$PIPEKIT_STATE_DIR/<pipeline>``, else the user state dir of pipekit ``/<pipeline>``."""
     root = os.environ.get("PIPEKIT_STATE_DIR") or platformdirs.user_state_dir("pipekit")
-    return Path(root) / encode_item_id(pipeline_name)
+    return Path(root) / _folder_name(pipeline_name)
+
+
+def _folder_name(name: str) -> str:
+    """``name`` itself when it is a plain folder name, else its safe encoding."""
+    plain = name not in (".", "..") and not name.startswith(".") and not any(c in name for c in "/\\\0")
+    return name if plain and len(name.encode("utf-8", "surrogatepass")) <= 200 else encode_item_id(name)
 
 
 def open_store(option: argparse.Namespace, pipeline: Pipeline) -> StateStore:

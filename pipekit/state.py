@@ -88,6 +88,9 @@ class PipelineState:
     total_cost_usd: float = 0.0
     #: Path of the pipeline module that last ran this item.
     pipeline_module: str | None = None
+    #: Phases no longer in the pipeline, by name: ``{"state": {...}, "output": str | None}``.
+    #: Kept so that work is not lost when a phase is removed and added back.
+    retired_phases: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_done(self) -> bool:
@@ -145,6 +148,7 @@ class PipelineState:
                 total_tokens_out=int(document.get("total_tokens_out", 0)),
                 total_cost_usd=float(document.get("total_cost_usd", 0.0)),
                 pipeline_module=document.get("pipeline_module"),
+                retired_phases=dict(document.get("retired_phases") or {}),
             )
             refs = {int(k): str(v) for k, v in document.get("phase_output_files", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -177,6 +181,8 @@ class PipelineStateManager:
         self._state: PipelineState | None = None
         #: Phase outputs already written to their own file, by num.
         self._output_refs: dict[int, str] = {}
+        #: Output files to delete once a saved state no longer refers to them.
+        self._unreferenced: list[str] = []
 
     @property
     def state(self) -> PipelineState:
@@ -235,6 +241,14 @@ class PipelineStateManager:
                 if len(text.encode("utf-8")) > INLINE_OUTPUT_LIMIT:
                     self._output_refs[num] = self.store.write_output(self.item_id, num, text)
         self.store.save(self.item_id, state.to_document(self._output_refs))
+        # Only now that the saved state no longer refers to them (a crash before
+        # this point leaves a stray file, never a state pointing at nothing).
+        if self._unreferenced:
+            kept = set(self._output_refs.values())
+            for ref in self._unreferenced:
+                if ref not in kept:
+                    self.store.delete_output(self.item_id, ref)
+            self._unreferenced.clear()
 
     # -- transitions ----------------------------------------------------
 
@@ -296,6 +310,8 @@ class PipelineStateManager:
         self._set_output(phase_num, output)
         self._refresh_item_status()
         self.save_state()
+        # After the save: a crash in between leaves stale checkpoints, never lost work.
+        self.store.drop_checkpoints(self.item_id, phase.name)
 
     def fail_phase(
         self,
@@ -348,6 +364,7 @@ class PipelineStateManager:
         self._set_output(phase_num, output)
         self._refresh_item_status()
         self.save_state()
+        self.store.drop_checkpoints(self.item_id, phase.name)
 
     def reset_phase(self, phase_num: int) -> None:
         """Set the phase back to ``pending`` and drop its output, save.
@@ -369,38 +386,57 @@ class PipelineStateManager:
             phase.traceback = None
             phase.output_file = None
             self._set_output(phase_num, None)
+            # Before the save: a reset phase must never find its old checkpoints.
+            self.store.drop_checkpoints(self.item_id, phase.name)
         self._refresh_item_status()
         self.save_state()
 
     def reconcile(self, phases: Iterable[Any]) -> bool:
         """Match the saved phases to the pipeline's current ones by name.
 
-        Phases are re-keyed to their current num, a new name is ``pending``, a
-        phase gone from the pipeline is dropped from the state (what it cost
-        stays in the totals). Returns True when anything changed (not saved).
+        Phases are re-keyed to their current num and a new name is ``pending``.
+        A phase gone from the pipeline is not run and not counted, but kept, with
+        its output, under ``retired_phases``: if its name comes back, so does its
+        state. Returns True when anything changed (not saved).
         """
         state = self.state
         pairs = _phase_pairs(phases)
         if [(n, p.name) for n, p in sorted(state.phases.items())] == pairs:
             return False
         by_name = {p.name: p for p in state.phases.values()}
-        outputs, refs = {}, {}
-        new_phases = {}
+        current_names = {name for _, name in pairs}
+        outputs: dict[int, str] = {}
+        refs: dict[int, str] = {}
+        new_phases: dict[int, PhaseState] = {}
+        for gone in by_name.values():
+            if gone.name not in current_names:
+                state.retired_phases[gone.name] = {
+                    "state": asdict(gone),
+                    "output": state.phase_outputs.get(gone.phase),
+                }
+                ref = self._output_refs.get(gone.phase)
+                if ref is not None:
+                    self._unreferenced.append(ref)  # its text is kept inline now
         for num, name in pairs:
             old = by_name.get(name)
+            if old is None and name in state.retired_phases:
+                retired = state.retired_phases.pop(name)
+                old = PhaseState(**{k: v for k, v in retired["state"].items() if k in _PHASE_FIELDS})
+                if retired.get("output") is not None:
+                    outputs[num] = retired["output"]
+            elif old is not None:
+                if old.phase in state.phase_outputs:
+                    outputs[num] = state.phase_outputs[old.phase]
+                if old.phase in self._output_refs:
+                    refs[num] = self._output_refs[old.phase]
             if old is None:
                 new_phases[num] = PhaseState(phase=num, name=name)
                 continue
-            if old.phase in state.phase_outputs:
-                outputs[num] = state.phase_outputs[old.phase]
-            if old.phase in self._output_refs:
-                refs[num] = self._output_refs[old.phase]
             old.phase = num
             new_phases[num] = old
         state.phases = new_phases
         state.phase_outputs = outputs
-        # Outputs in files are named by their old num: re-written under the new one on save.
-        self._output_refs = {n: r for n, r in refs.items() if r.endswith(f"/{n}.txt")}
+        self._output_refs = refs
         state.current_phase = _first_not_done(state)
         return True
 
@@ -430,8 +466,9 @@ class PipelineStateManager:
 
     def _set_output(self, phase_num: int, output: str | None) -> None:
         outputs = self.state.phase_outputs
-        if self._output_refs.pop(phase_num, None) is not None:
-            self.store.delete_output(self.item_id, phase_num)
+        ref = self._output_refs.pop(phase_num, None)
+        if ref is not None:
+            self._unreferenced.append(ref)
         if output is None:
             outputs.pop(phase_num, None)
         else:

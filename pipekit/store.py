@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+import shutil
 from typing import Any
 
 from pipekit.outcomes import StateFileError
@@ -119,15 +120,20 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
-        """Store a large output; returns the reference saved in the state."""
+        """Store a large output; returns the reference saved in the state.
+
+        Must never overwrite an output the saved state still refers to: the
+        state that refers to the new output is saved only afterwards.
+        """
 
     @abc.abstractmethod
     def read_output(self, item_id: str, ref: str) -> str:
         """Read back an output stored by ``write_output``."""
 
     @abc.abstractmethod
-    def delete_output(self, item_id: str, phase_num: int) -> None:
-        """Forget a stored large output (missing is fine)."""
+    def delete_output(self, item_id: str, ref: str) -> None:
+        """Forget an output stored by ``write_output`` once no saved state refers to it
+        (missing is fine)."""
 
     @abc.abstractmethod
     def try_lock(self, item_id: str) -> ItemLock | None:
@@ -154,6 +160,27 @@ class StateStore(abc.ABC):
             if document is not None:
                 yield item_id, document
 
+    # Checkpoints inside a phase (``ctx.checkpoint``). They live beside the
+    # item's state, never in it, so saving one costs the same however many
+    # exist. The defaults keep them in memory (they survive retries within a
+    # run, not a crash): a durable store overrides all three.
+
+    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
+        """The stored checkpoints of (``item_id``, phase named ``phase``), by key."""
+        return dict(self._memory_checkpoints().get((item_id, phase), {}))
+
+    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
+        """Store one checkpoint's JSON-serialisable ``value`` durably, replacing any old one."""
+        self._memory_checkpoints().setdefault((item_id, phase), {})[key] = value
+
+    def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        """Forget every checkpoint of (``item_id``, ``phase``) (none is fine)."""
+        self._memory_checkpoints().pop((item_id, phase), None)
+
+    def _memory_checkpoints(self) -> dict[tuple[str, str], dict[str, Any]]:
+        memory: dict[tuple[str, str], dict[str, Any]] = self.__dict__.setdefault("_checkpoints_in_memory", {})
+        return memory
+
 
 class JsonDirStore(StateStore):
     """One JSON file per item in a directory (the default store).
@@ -164,7 +191,8 @@ class JsonDirStore(StateStore):
     """
 
     def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
-        self.state_dir = Path(state_dir)
+        # Absolute, so a handler that changes the current folder cannot lose state.
+        self.state_dir = Path(state_dir).expanduser().resolve()
         self.location = str(self.state_dir)
         self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
@@ -219,7 +247,9 @@ class JsonDirStore(StateStore):
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
         self._prepare()
         folder = self._outputs_dir(item_id)
-        path = folder / f"{phase_num}.txt"
+        # Named by content, so the file the saved state refers to is never overwritten.
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        path = folder / f"{phase_num}.{digest}.txt"
         try:
             folder.mkdir(exist_ok=True)
             write_atomically(path, text.encode("utf-8"), durable=self.durable)
@@ -236,9 +266,48 @@ class JsonDirStore(StateStore):
         except OSError as exc:
             raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
 
-    def delete_output(self, item_id: str, phase_num: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self._outputs_dir(item_id) / f"{phase_num}.txt").unlink()
+    def delete_output(self, item_id: str, ref: str) -> None:
+        path = (self.state_dir / ref).resolve()
+        if self.state_dir in path.parents:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _checkpoint_dir(self, item_id: str, phase: str) -> Path:
+        return self.state_dir / f"{encode_item_id(item_id)}.checkpoints" / encode_item_id(phase)
+
+    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
+        folder = self._checkpoint_dir(item_id, phase)
+        found: dict[str, Any] = {}
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                path = Path(entry.path)
+                record = self._parse(path, path.read_bytes())
+                if isinstance(record.get("key"), str) and "value" in record:
+                    found[record["key"]] = record["value"]
+        return found
+
+    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
+        self._prepare()
+        folder = self._checkpoint_dir(item_id, phase)
+        path = folder / f"{encode_item_id(key)}.json"
+        data = json.dumps({"key": key, "value": value}, ensure_ascii=False).encode("utf-8")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, data + b"\n", durable=self.durable)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+
+    def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        folder = self._checkpoint_dir(item_id, phase)
+        if not folder.is_dir():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # only when no other phase has checkpoints
 
     def try_lock(self, item_id: str) -> ItemLock | None:
         self._prepare()

@@ -56,14 +56,20 @@ _STATE_LINE = re.compile(r"^pipekit: state: (.+)$", re.M)
 HOOK_EVENTS = {
     "pipekit_run_start": "run_start",
     "pipekit_item_start": "item_start",
+    "pipekit_phase_wait": "phase_wait",
     "pipekit_phase_start": "phase_start",
     "pipekit_phase_complete": "phase_complete",
     "pipekit_phase_retry": "phase_retry",
     "pipekit_phase_fail": "phase_fail",
     "pipekit_phase_skip": "phase_skip",
     "pipekit_item_finish": "item_finish",
+    "pipekit_budget_reached": "budget_reached",
     "pipekit_run_finish": "run_finish",
 }
+
+
+#: Hook arguments named otherwise in ``--jsonl`` events.
+_EVENT_FIELDS = {"exitstatus": "exit_status", "spent": "spent_usd", "cap": "cap_usd"}
 
 
 class HookRecorder:
@@ -84,6 +90,10 @@ class HookRecorder:
     @hookimpl
     def pipekit_item_start(self, item: Any) -> None:
         self._record("pipekit_item_start", item=item)
+
+    @hookimpl
+    def pipekit_phase_wait(self, item: Any, phase: Any, reason: str, seconds: float | None) -> None:
+        self._record("pipekit_phase_wait", item=item, phase=phase, reason=reason, seconds=seconds)
 
     @hookimpl
     def pipekit_phase_start(self, item: Any, phase: Any) -> None:
@@ -110,6 +120,10 @@ class HookRecorder:
         self._record("pipekit_item_finish", item=item)
 
     @hookimpl
+    def pipekit_budget_reached(self, run: Any, spent: float, cap: float) -> None:
+        self._record("pipekit_budget_reached", run=run, spent=spent, cap=cap)
+
+    @hookimpl
     def pipekit_run_finish(self, run: Any, exitstatus: int) -> None:
         self._record("pipekit_run_finish", run=run, exitstatus=exitstatus)
 
@@ -123,9 +137,9 @@ class HookRecorder:
             if "phase" in kwargs:
                 payload["phase"] = kwargs["phase"].num
                 payload["phase_name"] = kwargs["phase"].name
-            for key in ("reason", "attempt", "exitstatus"):
+            for key in ("reason", "attempt", "exitstatus", "seconds", "spent", "cap"):
                 if key in kwargs:
-                    payload["exit_status" if key == "exitstatus" else key] = kwargs[key]
+                    payload[_EVENT_FIELDS.get(key, key)] = kwargs[key]
             if "error" in kwargs:
                 payload["error"] = str(kwargs["error"])
             events.append((HOOK_EVENTS[hookname], payload))

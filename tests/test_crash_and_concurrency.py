@@ -126,3 +126,31 @@ def test_two_processes_never_run_the_same_item(pipetester: PipeTester) -> None:
     assert check.returncode == 0
     events = [json.loads(line)["event"] for line in check.stdout.splitlines()]
     assert events == ["run_start", "run_finish"]
+
+
+@pytest.mark.slow
+def test_stdout_carries_only_events_whatever_prints(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        import os, subprocess, sys
+        from pipekit import phase
+
+        print("module-level print")
+
+        @phase(1)
+        def noisy(item_id):
+            print("handler print")
+            subprocess.run(["echo", "subprocess output"], check=True)
+            os.write(1, b"raw fd 1 write\\n")
+            return "ok"
+    ''')
+    result = pipetester.run_subprocess("pipeline.py", "--item", "a", "--executor", "processes")
+    assert result.ret == 0, result
+    for line in result.stdout.splitlines():
+        json.loads(line)
+    for text in ("module-level print", "handler print", "subprocess output", "raw fd 1 write"):
+        assert text in result.stderr
+    help_result = subprocess.run(
+        [sys.executable, "-m", "pipekit", "run", "pipeline.py", "--help"],
+        cwd=pipetester.path, capture_output=True, text=True, timeout=60,
+    )
+    assert "--from-phase" in help_result.stdout

@@ -175,3 +175,32 @@ def test_plugins_command_shows_the_pipeline_module(pipetester: PipeTester) -> No
     pipetester.make_pipeline(SIMPLE + PLUGIN_MODULE)
     result = pipetester.run("plugins", "pipeline.py")
     assert f"pipeline module {os.path.join(str(pipetester.path), 'pipeline.py')}" in result.stdout
+
+
+def test_old_style_hookwrappers_are_refused_with_the_new_style_named(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(SIMPLE + '''
+    from pipekit import hookimpl
+
+    @hookimpl(hookwrapper=True)
+    def pipekit_phase_complete(item, phase, result):
+        yield
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a")
+    assert result.ret == 4
+    assert "hookwrapper=True" in result.stderr and "wrapper=True" in result.stderr
+
+
+def test_new_style_wrappers_wrap_the_other_observers(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(SIMPLE + '''
+    import sys
+    from pipekit import hookimpl
+
+    @hookimpl(wrapper=True)
+    def pipekit_phase_complete(item, phase, result):
+        print(f"before {phase.name}", file=sys.stderr)
+        yield
+        print(f"after {phase.name}", file=sys.stderr)
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a", "--progress", "simple")
+    assert result.ret == 0, result
+    result.fnmatch_lines(["before one", "*a phase 1/2 one done*", "after one"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from pipekit import PipelineStateManager
 from pipekit.testing import PipeTester
 
 
@@ -170,3 +171,30 @@ def test_phase_added_to_the_module_runs_on_the_next_run(pipetester: PipeTester) 
     ]
     assert executions(pipetester) == []  # review kept its completed state under its new num
     assert state.phase_outputs[4] == "DRAFT FROM NOTES ON A"
+
+
+def test_a_phase_removed_and_added_back_keeps_its_work(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(COUNTING)
+    pipetester.run("pipeline.py", "--item", "a")
+    without_review = COUNTING[: COUNTING.index("    @phase(3)")] + '''
+    @phase(4)
+    def polish(draft):
+        return draft + "!"
+    '''
+    pipetester.make_pipeline(without_review)
+    removed = pipetester.run("pipeline.py", "--item", "a")
+    assert removed.ret == 0, removed
+    state = removed.state("a")
+    assert sorted(state.phases) == [1, 2, 4]
+    assert state.retired_phases["review"]["output"] == "DRAFT FROM NOTES ON A"
+    (pipetester.path / "executions.log").unlink()
+    pipetester.make_pipeline(COUNTING)
+    back = pipetester.run("pipeline.py", "--item", "a")
+    assert back.ret == 0, back
+    assert executions(pipetester) == []  # review came back completed: nothing to do
+    manager = PipelineStateManager("a", back.state_dir)
+    manager.load_state()
+    manager.reconcile([(1, "research"), (2, "draft"), (3, "review")])
+    assert manager.state.phases[3].status == "completed"
+    assert manager.state.phase_outputs[3] == "DRAFT FROM NOTES ON A"
+    assert list(manager.state.retired_phases) == ["polish"]

@@ -388,3 +388,25 @@ def test_fingerprint_reads_the_metadata_a_run_would_save(pipetester: PipeTester)
     result = pipetester.run("pipeline.py", "--items", "items.jsonl", "--progress", "none", "--rerun-stale")
     assert result.ret == 0, result
     assert result.state("a").phase_outputs[1] == "large on a"
+
+
+def test_a_slow_fingerprint_does_not_block_other_items(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        import asyncio, time
+        from pipekit import phase
+
+        def slow_for_a(item_id):
+            if item_id == "a":
+                time.sleep(2)
+            return item_id
+
+        @phase(1, fingerprint=slow_for_a, timeout=1)
+        async def one(item_id):
+            await asyncio.sleep(0.1)
+            return item_id
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a", "--item", "b", "-j", "2")
+    assert result.state("b").phases[1].status == "completed"
+    a = result.state("a").phases[1]
+    assert (a.status, a.reason) == ("failed", "timeout")
+    assert "fingerprint: " in (a.error or "")

@@ -9,6 +9,7 @@ import pytest
 
 from pipekit import PipelineStateManager
 from pipekit import StateFileError
+from pipekit.outcomes import StateWriteError
 from pipekit.state import INLINE_OUTPUT_LIMIT
 from pipekit.store import JsonDirStore
 
@@ -63,7 +64,7 @@ def test_large_outputs_are_written_once_beside_the_state(tmp_path: Path) -> None
     manager.complete_phase(0, big)
     state_file = tmp_path / "big.json"
     assert state_file.stat().st_size < 4096
-    output_file = tmp_path / "big.outputs" / "0.txt"
+    [output_file] = (tmp_path / "big.outputs").iterdir()
     assert output_file.read_text() == big
     written = output_file.stat().st_mtime_ns
     manager.start_phase(1)
@@ -74,6 +75,56 @@ def test_large_outputs_are_written_once_beside_the_state(tmp_path: Path) -> None
     assert reloaded.state.phase_outputs == {0: big, 1: "small"}
     reloaded.reset_phase(0)
     assert not output_file.exists()
+
+
+class FailingSaves(JsonDirStore):
+    """A store whose state writes fail, as on a full disk, after its output writes."""
+
+    fail = False
+
+    def save(self, item_id: str, document: dict) -> None:  # type: ignore[type-arg]
+        if self.fail:
+            raise StateWriteError(self.path_for(item_id), "No space left on device")
+        super().save(item_id, document)
+
+
+def test_a_failed_save_never_leaves_the_state_pointing_at_a_missing_output(tmp_path: Path) -> None:
+    store = FailingSaves(tmp_path)
+    manager = PipelineStateManager("x", store)
+    manager.create_state({}, PHASES)
+    big = "A" * (INLINE_OUTPUT_LIMIT + 1)
+    manager.start_phase(0)
+    manager.complete_phase(0, big)
+    store.fail = True
+    with pytest.raises(StateWriteError):
+        manager.reset_phase(0)
+    reloaded = PipelineStateManager("x", tmp_path)
+    assert reloaded.load_state()
+    assert reloaded.state.phase_outputs[0] == big
+
+
+def test_renumbered_phases_keep_their_own_large_outputs_even_if_a_save_fails(tmp_path: Path) -> None:
+    store = FailingSaves(tmp_path)
+    manager = PipelineStateManager("x", store)
+    manager.create_state({}, [(1, "a"), (2, "b")])
+    for num, letter in ((1, "A"), (2, "B")):
+        manager.start_phase(num)
+        manager.complete_phase(num, letter * (INLINE_OUTPUT_LIMIT + 1))
+    swapped = PipelineStateManager("x", store)
+    swapped.load_state()
+    assert swapped.reconcile([(1, "b"), (2, "a")])
+    swapped.state.phases[1].error = "touch"
+    store.fail = True
+    with pytest.raises(StateWriteError):
+        swapped.save_state()
+    reloaded = PipelineStateManager("x", tmp_path)
+    reloaded.load_state()
+    assert reloaded.state.phase_outputs[1].startswith("A") and reloaded.state.phase_outputs[2].startswith("B")
+    store.fail = False
+    swapped.save_state()
+    again = PipelineStateManager("x", tmp_path)
+    again.load_state()
+    assert again.state.phase_outputs[1].startswith("B") and again.state.phase_outputs[2].startswith("A")
 
 
 def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pipekit.config import Config
 from pipekit.hookspecs import hookimpl
 from pipekit.items import read_items_file
 from pipekit.loader import Pipeline
+from pipekit.loader import user_traceback
 from pipekit.outcomes import UsageError
 
 
@@ -40,4 +41,12 @@ def pipekit_collect_module_items(pipeline: Pipeline) -> Iterable[Any] | None:
         raise UsageError(f"items in {pipeline.path} must be a function returning the items")
     if inspect.iscoroutinefunction(func):
         raise UsageError(f"items() in {pipeline.path} must be a plain function (not async)")
-    return func()  # type: ignore[no-any-return]
+    return _guarded(func, pipeline)
+
+
+def _guarded(func: Any, pipeline: Pipeline) -> Iterator[Any]:
+    """Yield what ``items()`` gives; its own errors are the user's, shown with their traceback."""
+    try:
+        yield from func()
+    except Exception as exc:
+        raise UsageError(user_traceback(exc, f"items() in {pipeline.path} raised")) from None

@@ -68,6 +68,10 @@ class JsonlReporter:
         self.emit("item_start", item_id=item.id, index=item.index)
 
     @hookimpl
+    def pipekit_phase_wait(self, item: Item, phase: PhaseDefinition, reason: str, seconds: float | None) -> None:
+        self.emit("phase_wait", **self._phase(item, phase), reason=reason, seconds=seconds)
+
+    @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
         self._usage.mark(item, phase)
         self._started[item.id, phase.num] = time.monotonic()
@@ -128,6 +132,10 @@ class JsonlReporter:
             tokens_out=state.total_tokens_out,
             cost_usd=state.total_cost_usd,
         )
+
+    @hookimpl
+    def pipekit_budget_reached(self, run: Run, spent: float, cap: float) -> None:
+        self.emit("budget_reached", spent_usd=round(spent, 6), cap_usd=cap)
 
     @hookimpl
     def pipekit_run_finish(self, run: Run, exitstatus: int) -> None:

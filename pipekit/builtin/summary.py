@@ -102,6 +102,10 @@ class Summary:
         self.in_flight = 0
         self.max_in_flight = 0
         self._usage = AttemptUsage()
+        #: Times phases had to wait, by what they waited for.
+        self.waits: dict[str, int] = {}
+        #: ``(spent, cap)`` when ``--max-cost`` was reached.
+        self.budget: tuple[float, float] | None = None
 
     def _stats(self, phase: PhaseDefinition) -> PhaseStats:
         stats = self.phases.get(phase.num)
@@ -130,6 +134,16 @@ class Summary:
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
         self._usage.mark(item, phase)
         self._stats(phase).executed += 1
+
+    @hookimpl
+    def pipekit_phase_wait(self, item: Item, phase: PhaseDefinition, reason: str) -> None:
+        kind, _, name = reason.partition(":")  # "limit:openai", "retry-after:openai", "concurrency"
+        key = f"{kind} {name!r}" if name else f"{kind} of {phase.name!r}"
+        self.waits[key] = self.waits.get(key, 0) + 1
+
+    @hookimpl
+    def pipekit_budget_reached(self, spent: float, cap: float) -> None:
+        self.budget = (spent, cap)
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
@@ -197,6 +211,7 @@ class Summary:
         for count, label in (
             (run.items_already_done, "already done before this run"),
             (run.items_interrupted, "interrupted"),
+            (run.items_stopped, "stopped by --max-cost"),
             (run.items_busy, "busy in another process"),
             (run.items_unreadable, "with unreadable state"),
         ):
@@ -213,6 +228,11 @@ class Summary:
             f"{noun}: {run.total_items:,} selected: {', '.join(parts)}",
             f"wall time {_duration(wall)}; tokens {run.tokens_in:,} in / {run.tokens_out:,} out; {cost}",
         ]
+        if self.waits:
+            lines.append("waited: " + ", ".join(f"{n:,} x {what}" for what, n in sorted(self.waits.items())))
+        if self.budget is not None:
+            spent, cap = self.budget
+            lines.append(f"budget: --max-cost {format_cost(cap)} reached ({format_cost(spent)} spent)")
         if self.verbose:
             executed = sum(s.completed + s.failed for s in self.phases.values())
             rate = executed / wall * 60 if wall > 0 else 0.0
