@@ -211,6 +211,19 @@ def test_llm_recipe_retries_rate_limits_and_records_cost(pipetester: PipeTester)
         assert answer.status == "completed" and answer.attempts == 2
         assert answer.executor == "example-model" and answer.cost_usd > 0
     assert len(result.calls("pipekit_phase_retry")) == 3
+    assert {c["reason"] for c in result.calls("pipekit_phase_wait")} >= {"retry-after:model"}
+
+
+def test_llm_recipe_stops_at_max_cost_and_continues_with_a_higher_cap(pipetester: PipeTester) -> None:
+    args = [str(SNIPPETS / "llm_recipe.py"), "--state-dir", "st"]
+    capped = pipetester.run(*args, "--max-cost", "0.00001")
+    assert capped.ret == 1, capped
+    assert len(capped.calls("pipekit_budget_reached")) == 1
+    done = [c["item"].id for c in capped.calls("pipekit_item_finish") if c["item"].state.status == "completed"]
+    assert len(done) == 1
+    resumed = pipetester.run(*args, "--max-cost", "1")
+    assert resumed.ret == 0, resumed
+    assert len(resumed.calls("pipekit_item_start")) == 2  # the finished one is not paid for again
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The LLM recipe's pipeline: a rate-limited model adapter and Retry-After handling.
+"""The LLM recipe's pipeline: a named rate limit, Retry-After handling and cost caps.
 
 tests/test_docs.py runs it with the fake model below; swap ``call_model`` for
 your client (``llm``, ``openai``, ``anthropic``...).
@@ -6,10 +6,9 @@ your client (``llm``, ``openai``, ``anthropic``...).
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
+import pipekit
 from pipekit import PhaseResult
 from pipekit import Retry
 from pipekit import phase
@@ -22,25 +21,10 @@ def items():
     return ["why is the sky blue", "why is the sea salty", "why do cats purr"]
 
 
-# --8<-- [start:limiter]
-class RateLimiter:
-    """At most ``per_second`` calls a second across all threads of this process."""
-
-    def __init__(self, per_second: float) -> None:
-        self.interval = 1.0 / per_second
-        self.lock = threading.Lock()
-        self.next_slot = 0.0
-
-    def wait(self) -> None:
-        with self.lock:
-            now = time.monotonic()
-            slot = max(now, self.next_slot)
-            self.next_slot = slot + self.interval
-        time.sleep(max(0.0, slot - now))
-
-
-LIMIT = RateLimiter(per_second=20)
-# --8<-- [end:limiter]
+# --8<-- [start:limits]
+#: Declared once, by name: at most 1,200 requests and 400,000 tokens a minute.
+LIMITS = {"model": pipekit.Limit(rpm=1200, tpm=400_000, burst=5)}
+# --8<-- [end:limits]
 
 
 class RateLimited(Exception):
@@ -67,14 +51,13 @@ PRICE = (0.15e-6, 0.60e-6)
 
 
 # --8<-- [start:phase]
-@phase(1, timeout=120, retries=3, retry_backoff=2.0)
+@phase(1, timeout=120, retries=3, retry_backoff=2.0, limits=["model"], max_cost=0.05)
 def answer(item_id: str, ctx: Any) -> PhaseResult:
-    """One model call: rate-limited here, retried by pipekit, its cost recorded."""
-    LIMIT.wait()
+    """One model call: rate-limited by pipekit, retried by pipekit, its cost recorded."""
     try:
         text, tokens_in, tokens_out = call_model(item_id)
     except RateLimited as exc:
-        # Not an error: wait as the server asks, without using up a retry.
+        # Not an error: every phase using "model" pauses as the server asks; no retry used up.
         raise Retry(after=exc.retry_after) from exc
     ctx.executor = "example-model"
     return PhaseResult(
