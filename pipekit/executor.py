@@ -12,10 +12,15 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 import contextvars
 import threading
+from typing import TYPE_CHECKING
 from typing import Any
 
 from pipekit.context import PhaseContext
 from pipekit.phases import PhaseDefinition
+
+
+if TYPE_CHECKING:
+    from pipekit.isolate import IsolatedCalls
 
 
 class PhaseExecutor:
@@ -56,10 +61,15 @@ class LocalExecutor(PhaseExecutor):
     A thread per sync call (not a bounded pool) means a handler abandoned at
     its timeout keeps only its own thread busy: it never takes a worker slot
     from the rest of the run. The threads are daemons, so the process exits
-    without waiting for one that is stuck.
+    without waiting for one that is stuck. A phase marked
+    ``isolate="process"`` runs in a worker process instead, killed when
+    abandoned (``pipekit.isolate``).
     """
 
     name = "local"
+
+    def __init__(self) -> None:
+        self._isolated: IsolatedCalls | None = None
 
     def start(
         self,
@@ -68,9 +78,19 @@ class LocalExecutor(PhaseExecutor):
         kwargs: dict[str, Any],
         ctx: PhaseContext | None = None,
     ) -> asyncio.Future[Any]:
+        if phase.isolate == "process" and func is phase.handler:
+            if self._isolated is None:
+                from pipekit.isolate import IsolatedCalls
+
+                self._isolated = IsolatedCalls()
+            return self._isolated.start(phase, func, kwargs, ctx)
         if asyncio.iscoroutinefunction(func):
             return asyncio.ensure_future(_call_async(func, kwargs))
         return run_in_thread(func, kwargs, name=f"pipekit-{phase.name}")
+
+    async def aclose(self) -> None:
+        if self._isolated is not None:
+            self._isolated.close()
 
 
 async def _call_async(func: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> Any:

@@ -79,6 +79,10 @@ class Retry(Exception):
         super().__init__(message or f"retry requested (after {after}s)")
         self.after = after
 
+    def __reduce__(self) -> tuple[type[Retry], tuple[float | None, str]]:
+        # Keeps ``after`` when pickled (an isolated phase's child sends it back).
+        return (type(self), (self.after, str(self)))
+
 
 class Fail(Exception):
     """Raise from a handler to fail the phase at once, with no retry."""

@@ -141,6 +141,7 @@ class Run:
         self._injectors: dict[str, Injector] = {}
         self._module_warning_given = False
         self._interrupts = 0
+        self._signals: list[signal.Signals] = []
 
     # -- totals, for plugins ----------------------------------------------------
 
@@ -378,11 +379,24 @@ class Run:
         """Stop as SIGINT does: abandon in-flight phases (recorded interrupted), start none."""
         self._interrupts += 1
         if self._interrupts > 1:
-            self._say("interrupted again: exiting now (state files are intact)")
-            os._exit(int(ExitCode.INTERRUPTED))
+            self._exit_now()
         self._say("interrupted: recording in-flight phases and saving state (again to exit at once)")
+        self._exit_on_next_signal()
         self.control.stop_new_phases = True
         self.control.interrupted.set()
+
+    def _exit_now(self, *args: Any) -> None:
+        self._say("interrupted again: exiting now (state files are intact)")
+        os._exit(int(ExitCode.INTERRUPTED))
+
+    def _exit_on_next_signal(self) -> None:
+        """The loop may be stuck in a slow hook when the second Ctrl-C comes: a plain
+        signal handler runs between the main thread's bytecodes, the loop's does not."""
+        for signum in self._signals:
+            try:
+                signal.signal(signum, self._exit_now)
+            except (ValueError, RuntimeError):
+                pass  # not the main thread
 
     def _install_signal_handlers(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -394,6 +408,7 @@ class Run:
             except (ValueError, RuntimeError, NotImplementedError):
                 continue  # not the main thread: the caller owns signals
             installed.append((signum, previous))
+        self._signals = [signum for signum, _ in installed]
 
         def restore() -> None:
             # Give a host program (pipekit used as a library) its own handlers back.

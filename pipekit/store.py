@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 import shutil
+import sys
+import time
 from typing import Any
 
 from pipekit.outcomes import StateFileError
@@ -28,6 +30,8 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 #: Longest encoded id kept readable; longer ones are cut and end with a full hash.
 _MAX_READABLE = 120
 _tmp_counter = itertools.count()
+#: flock errors meaning "this file system has no locks" rather than "someone holds it".
+_NO_LOCKING = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 def encode_item_id(item_id: str) -> str:
@@ -86,17 +90,48 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
             os.close(dir_fd)
 
 
-class ItemLock:
-    """An exclusive, non-blocking lock on one item; released on ``release`` or process death."""
+#: A temporary file this old belongs to a write that died (a kill during it).
+STALE_TEMP_SECONDS = 3600
 
-    def __init__(self, fd: int) -> None:
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete the temporary files of writes that died in ``folder`` (not below it).
+
+    A kill during ``write_atomically`` leaves its hidden ``.*.tmp`` file; nothing
+    reads it. A live write lasts milliseconds, so only files older than
+    ``STALE_TEMP_SECONDS`` go. Returns how many were deleted.
+    """
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+class ItemLock:
+    """An exclusive, non-blocking lock on one item; released on ``release`` or process death.
+
+    :param locked: False for a stand-in on a file system without locks.
+    """
+
+    def __init__(self, fd: int, *, locked: bool = True) -> None:
         self._fd: int | None = fd
+        self.locked = locked
 
     def release(self) -> None:
         """Release the lock (idempotent)."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if self.locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
 
@@ -196,6 +231,7 @@ class JsonDirStore(StateStore):
         self.location = str(self.state_dir)
         self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
+        self._warned_no_locking = False
 
     def _prepare(self) -> None:
         if not self._ready:
@@ -204,6 +240,7 @@ class JsonDirStore(StateStore):
             except OSError as exc:
                 raise StateWriteError(self.state_dir, exc.strerror or str(exc)) from exc
             self._ready = True
+            remove_stale_temp_files(self.state_dir)
 
     def path_for(self, item_id: str) -> Path:
         """The state file of ``item_id``."""
@@ -251,6 +288,8 @@ class JsonDirStore(StateStore):
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         path = folder / f"{phase_num}.{digest}.txt"
         try:
+            if folder.exists():
+                remove_stale_temp_files(folder)
             folder.mkdir(exist_ok=True)
             write_atomically(path, text.encode("utf-8"), durable=self.durable)
         except OSError as exc:
@@ -310,18 +349,43 @@ class JsonDirStore(StateStore):
             folder.parent.rmdir()  # only when no other phase has checkpoints
 
     def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's ``flock`` in ``.locks/``.
+
+        The kernel drops an flock when its process dies, however it dies, so a
+        lock file left behind never blocks a later run (lock files are never
+        deleted: deleting one while another process waits on it would let two
+        processes hold "the" lock). On a file system without locking (some NFS
+        mounts answer ENOLCK) items are run unlocked, with one warning.
+        """
         self._prepare()
-        locks = self.state_dir / ".locks"
-        locks.mkdir(exist_ok=True)
-        fd = os.open(locks / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
                 return None
-            raise
+            if exc.errno in _NO_LOCKING:
+                self._warn_no_locking(exc)
+                return ItemLock(fd, locked=False)
+            os.close(fd)
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
         return ItemLock(fd)
+
+    def _warn_no_locking(self, exc: OSError) -> None:
+        if not self._warned_no_locking:
+            self._warned_no_locking = True
+            print(
+                f"pipekit: warning: {self.state_dir} does not support file locks "
+                f"({exc.strerror}); items are run unlocked: do not start two runs on it at once",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def item_ids(self) -> Iterator[str]:
         for item_id, _ in self.load_all():

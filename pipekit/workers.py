@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import multiprocessing
 from multiprocessing.connection import Connection
+import os
 import signal
 from typing import Any
 
@@ -24,6 +25,9 @@ from pipekit.remote import WorkerLost
 def _worker_main(conn: Connection) -> None:
     # Ctrl-C reaches the whole process group: the driver decides, workers wait to be told.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_driver()
+    # stdout carries the driver's --jsonl events: a handler's print goes to stderr.
+    os.dup2(2, 1)
     from pipekit.remote import execute_call
 
     while True:
@@ -32,6 +36,18 @@ def _worker_main(conn: Connection) -> None:
         except EOFError:
             return
         conn.send(execute_call(call))
+
+
+def _die_with_driver() -> None:
+    """Have Linux kill this worker when the driver dies, kill -9 included; else a
+    worker busy in a long call would outlive a killed run."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the driver died before the request above
+        os._exit(1)
 
 
 class _Worker:
