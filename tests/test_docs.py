@@ -211,7 +211,6 @@ def test_llm_recipe_retries_rate_limits_and_records_cost(pipetester: PipeTester)
         assert answer.status == "completed" and answer.attempts == 2
         assert answer.executor == "example-model" and answer.cost_usd > 0
     assert len(result.calls("pipekit_phase_retry")) == 3
-    assert {c["reason"] for c in result.calls("pipekit_phase_wait")} >= {"retry-after:model"}
 
 
 def test_llm_recipe_stops_at_max_cost_and_continues_with_a_higher_cap(pipetester: PipeTester) -> None:
