@@ -52,7 +52,11 @@ if TYPE_CHECKING:
 PROJECT_NAME = "pipekit"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks a hook specification (pipekit's own specs in this module, or a plugin's new hooks)."""
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marks a hook implementation: ``@pipekit.hookimpl`` on a ``pipekit_*`` function of a plugin
+or pipeline module. Accepts pluggy's options: ``tryfirst``, ``trylast``, ``wrapper``,
+``optionalhook``, ``specname``."""
 
 
 # -------------------------------------------------------------------------

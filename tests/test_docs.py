@@ -1,0 +1,263 @@
+"""The documentation site: it builds strictly, its code runs, and it covers the public API."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import os
+from pathlib import Path
+import re
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+import pipekit
+from pipekit import hookspecs
+from pipekit.testing import PipeTester
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+SNIPPETS = DOCS / "snippets"
+
+_FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
+_INCLUDE = re.compile(r'^--8<-- "([^":]+)(?::[\w-]+)?"$')
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.rglob("*.md"))
+
+
+def code_blocks(page: Path) -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(2)) for m in _FENCE.finditer(page.read_text())]
+
+
+# -- the public API ---------------------------------------------------------------
+
+
+def _own_docstring(obj: object) -> str:
+    if inspect.isclass(obj):
+        doc = vars(obj).get("__doc__") or ""
+        # dataclasses invent "Name(field: type, ...)" when a class has none
+        return "" if doc.startswith(f"{obj.__name__}(") else doc
+    return getattr(obj, "__doc__", None) or ""
+
+
+def _attribute_docstring(name: str) -> str:
+    """The string literal after ``name = ...`` in the module ``pipekit`` imports it from."""
+    source = inspect.getsource(pipekit)
+    module = re.search(rf"^from (pipekit\.\w+) import {name}$", source, re.M)
+    assert module, f"pipekit.{name} is not imported one name per line"
+    spec = importlib.util.find_spec(module.group(1))
+    assert spec and spec.origin
+    body = ast.parse(Path(spec.origin).read_text()).body
+    for statement, following in zip(body, body[1:], strict=False):
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in statement.targets
+        ):
+            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+                return str(following.value.value)
+    return ""
+
+
+@pytest.mark.parametrize("name", pipekit.__all__)
+def test_every_public_name_has_a_docstring(name: str) -> None:
+    obj = getattr(pipekit, name)
+    if inspect.isclass(obj) or inspect.isroutine(obj):
+        assert _own_docstring(obj).strip(), f"pipekit.{name} has no docstring"
+    else:
+        assert _attribute_docstring(name).strip(), f"pipekit.{name} has no docstring after its assignment"
+    if inspect.isclass(obj):
+        missing = []
+        for attr, value in vars(obj).items():
+            if attr.startswith("_"):
+                continue
+            func = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+            # an override may inherit its base class's docstring
+            if inspect.isroutine(func) and not (inspect.getdoc(getattr(obj, attr)) or "").strip():
+                missing.append(attr)
+        assert not missing, f"pipekit.{name}: public methods without a docstring: {missing}"
+
+
+def test_api_page_has_an_entry_for_every_public_name() -> None:
+    entries = re.findall(r"^::: pipekit\.(\w+)$", (DOCS / "api.md").read_text(), re.M)
+    assert sorted(entries) == sorted(pipekit.__all__)
+
+
+# -- code in the docs comes from files the tests run ----------------------------------
+
+#: Folders whose files the test suite runs: examples/ (tests/test_examples.py) and
+#: docs/snippets/ (this module).
+TESTED_SOURCES = ("examples/", "docs/snippets/")
+
+
+#: Pages with tests of their own: the hook reference is generated from the spec
+#: docstrings, and the plugin guide's examples are checked beside its generator.
+SELF_TESTED_PAGES = ("hooks.md", "plugins.md")
+
+
+def test_python_in_the_docs_is_included_from_tested_files() -> None:
+    included = set()
+    for page in pages():
+        if page.relative_to(DOCS).as_posix() in SELF_TESTED_PAGES:
+            continue
+        for language, body in code_blocks(page):
+            if language != "python":
+                continue
+            lines = [line for line in body.splitlines() if line.strip()]
+            for line in lines:
+                match = _INCLUDE.match(line.strip())
+                assert match, f"{page.relative_to(ROOT)}: python written inline, not included: {line!r}"
+                assert match.group(1).startswith(TESTED_SOURCES), match.group(1)
+                assert (ROOT / match.group(1)).is_file(), match.group(1)
+                included.add(match.group(1))
+    snippets = {f"docs/snippets/{p.name}" for p in SNIPPETS.glob("*.py")}
+    assert snippets <= included | {"docs/snippets/concepts.py"}, "a snippet no page uses"
+
+
+def test_getting_started_shows_the_readme_commands_verbatim() -> None:
+    readme = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    page = (DOCS / "getting-started.md").read_text()
+    for command in readme[:2]:
+        assert f"```bash\n{command}```" in page
+
+
+def test_lifecycle_diagram_names_every_hook_in_firing_order() -> None:
+    specs = [name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("pipekit_")]
+    specs.sort(key=lambda name: inspect.getsourcelines(getattr(hookspecs, name))[1])
+    diagram = next(body for lang, body in code_blocks(DOCS / "lifecycle.md") if lang == "mermaid")
+    drawn = list(dict.fromkeys(re.findall(r"pipekit_\w+", diagram)))
+    assert sorted(drawn) == sorted(specs), "docs/lifecycle.md must draw exactly the hooks of pipekit/hookspecs.py"
+    outer = [name for name in specs if not name.startswith("pipekit_phase_")]
+    assert [name for name in drawn if name in outer] == outer
+
+
+def test_reliability_page_cites_tests_that_exist() -> None:
+    cited = re.findall(r"`(test_\w+\.py)(?:::(\w+))?`", (DOCS / "reliability.md").read_text())
+    assert len(cited) >= 8
+    for filename, test_name in cited:
+        source = (ROOT / "tests" / filename).read_text()
+        assert not test_name or re.search(rf"^(async )?def {test_name}\(", source, re.M), f"{filename}::{test_name}"
+
+
+# -- the snippets run and do what the pages say -----------------------------------------
+
+
+def test_concepts_pipeline_runs_as_the_page_says(pipetester: PipeTester) -> None:
+    result = pipetester.run(str(SNIPPETS / "concepts.py"), "--state-dir", "st", "--output-dir", "out")
+    assert result.ret == 0, result
+    faq = result.state("faq")
+    assert faq.status == "completed_with_errors"
+    assert (faq.phases[3].status, faq.phases[3].error, faq.phases[3].attempts) == (
+        "failed", "nothing to review in a FAQ", 1,
+    )  # fmt: skip
+    assert faq.metadata == {"words": 300}
+    assert faq.phase_outputs[4] == "300 words on faq"
+    intro = result.state("intro")
+    assert intro.phases[3].attempts == 2  # the Retry did not use up a retry, and the item went on
+    assert intro.phase_outputs[4] == "500 words on intro (looks good)"
+    assert intro.phases[2].tokens_out == 500 and intro.phases[2].cost_usd == pytest.approx(0.001)
+    again = pipetester.run(str(SNIPPETS / "concepts.py"), "--state-dir", "st", "--output-dir", "out", "--force")
+    skips = [c["reason"] for c in again.calls("pipekit_phase_skip")]
+    assert skips == []  # --force ignores the cache
+    (pipetester.path / "st" / "intro.json").unlink()
+    cached = pipetester.run(
+        str(SNIPPETS / "concepts.py"), "--state-dir", "st", "--output-dir", "out", "--item", "intro"
+    )
+    assert [(c["phase"].name, c["reason"]) for c in cached.calls("pipekit_phase_skip")] == [("fetch", "cache")]
+
+    # The JSON excerpt on the page has the shape of a real state file.
+    excerpt = json.loads(next(b for lang, b in code_blocks(DOCS / "concepts.md") if lang == "json"))
+    real = json.loads((pipetester.path / "st" / "faq.json").read_text())
+
+    def same_shape(part: object, whole: object, where: str) -> None:
+        if isinstance(part, dict):
+            assert isinstance(whole, dict), where
+            for key, value in part.items():
+                assert key in whole, f"{where}.{key} is not in a real state file"
+                same_shape(value, whole[key], f"{where}.{key}")
+
+    same_shape(excerpt, real, "state")
+    assert excerpt["phases"]["3"]["error"] == real["phases"]["3"]["error"]
+
+
+def test_library_snippet_runs(pipetester: PipeTester, capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(SNIPPETS / "library.py"), run_name="__main__")
+    assert capsys.readouterr().out.splitlines() == ["concepts ['fetch', 'draft', 'review', 'publish']", "0 failed"]
+    assert (pipetester.path / "concepts-state" / "faq.json").exists()
+
+
+def test_first_pipeline_from_getting_started(pipetester: PipeTester) -> None:
+    source = (SNIPPETS / "first_pipeline.py").read_text()
+    pipetester.make_pipeline(source, name="words")
+    pipetester.make_files({"a.txt": "one three fifteen\n", "b.txt": "pipekit resumes\n"})
+    result = pipetester.run("words.py", "--state-dir", "state")
+    assert result.ret == 0, result
+    assert result.state("a.txt").phase_outputs[2] == "fifteen (of 3 words)"
+    pipetester.make_files({"c.txt": "new\n"})
+    again = pipetester.run("words.py", "--state-dir", "state")
+    assert {c["item"].id for c in again.calls("pipekit_item_start")} == {"c.txt"}
+
+
+def test_llm_recipe_retries_rate_limits_and_records_cost(pipetester: PipeTester) -> None:
+    result = pipetester.run(str(SNIPPETS / "llm_recipe.py"), "--state-dir", "st", "-j", "3")
+    assert result.ret == 0, result
+    for item_id in ("why is the sky blue", "why do cats purr"):
+        answer = result.state(item_id).phases[1]
+        assert answer.status == "completed" and answer.attempts == 2
+        assert answer.executor == "example-model" and answer.cost_usd > 0
+    assert len(result.calls("pipekit_phase_retry")) == 3
+
+
+def test_llm_recipe_stops_at_max_cost_and_continues_with_a_higher_cap(pipetester: PipeTester) -> None:
+    args = [str(SNIPPETS / "llm_recipe.py"), "--state-dir", "st"]
+    capped = pipetester.run(*args, "--max-cost", "0.00001")
+    assert capped.ret == 1, capped
+    assert len(capped.calls("pipekit_budget_reached")) == 1
+    done = [c["item"].id for c in capped.calls("pipekit_item_finish") if c["item"].state.status == "completed"]
+    assert len(done) == 1
+    resumed = pipetester.run(*args, "--max-cost", "1")
+    assert resumed.ret == 0, resumed
+    assert len(resumed.calls("pipekit_item_start")) == 2  # the finished one is not paid for again
+
+
+@pytest.mark.slow
+def test_testing_page_tests_pass(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PIPEKIT_"))}
+    check = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(SNIPPETS),
+         str(SNIPPETS / "test_words.py")],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "3 passed" in check.stdout
+
+
+# -- the site builds ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mkdocs_build_is_strict_and_clean(tmp_path: Path) -> None:
+    if importlib.util.find_spec("mkdocs") is None:
+        if os.environ.get("CI"):
+            pytest.fail("mkdocs is not installed in CI: pip install -e '.[docs]'")
+        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    assert "WARNING" not in build.stderr, build.stderr
+    cli = (tmp_path / "site" / "cli" / "index.html").read_text()
+    assert "usage: pipekit run" in cli  # the help text was generated from the program
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    for name in pipekit.__all__:
+        assert f'id="pipekit.{name}"' in api, name
