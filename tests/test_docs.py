@@ -49,10 +49,9 @@ def _own_docstring(obj: object) -> str:
 
 def _attribute_docstring(name: str) -> str:
     """The string literal after ``name = ...`` in the module ``pipekit`` imports it from."""
-    source = inspect.getsource(pipekit)
-    module = re.search(rf"^from (pipekit\.\w+) import {name}$", source, re.M)
-    assert module, f"pipekit.{name} is not imported one name per line"
-    spec = importlib.util.find_spec(module.group(1))
+    module = pipekit._LAZY.get(name)
+    assert module, f"pipekit.{name} is not in pipekit._LAZY"
+    spec = importlib.util.find_spec(module)
     assert spec and spec.origin
     body = ast.parse(Path(spec.origin).read_text()).body
     for statement, following in zip(body, body[1:], strict=False):
