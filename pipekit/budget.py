@@ -153,7 +153,9 @@ class Budget:
         text = f"stopped by --max-cost: ${self.spent:,.2f} spent of ${self.cap:,.2f} (${self.left:,.2f} left)"
         if forecast is not None and forecast.items_left:
             text += f"; {forecast.describe(noun)}"
-        suggestion = self.cap + max(forecast.cost_usd if forecast else 0.0, self.cap * 0.5, 0.01)
+        # From what is already spent: retries and phases in flight may have gone past the cap.
+        base = max(self.spent, self.cap)
+        suggestion = base + max(forecast.cost_usd if forecast else 0.0, self.cap * 0.5, 0.01)
         return text + f". To continue, run the same command with a higher cap, e.g. --max-cost {_round_up(suggestion)}"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 import hashlib
+import math
 from pathlib import Path
 import threading
 from typing import TYPE_CHECKING
@@ -32,6 +33,13 @@ class PhaseOutcome:
     attempt: int
     output_file: str | None = None
     executor: str = ""
+
+
+def check_usage(tokens_in: float, tokens_out: float, cost_usd: float) -> None:
+    """Refuse usage that would corrupt totals: NaN, infinite or negative numbers."""
+    for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out), ("cost_usd", cost_usd)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 class PhaseContext:
@@ -98,6 +106,7 @@ class PhaseContext:
 
     def record_cost(self, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0) -> None:
         """Add usage to this phase; it counts even if the attempt later fails."""
+        check_usage(tokens_in, tokens_out, cost_usd)
         self.tokens_in += int(tokens_in)
         self.tokens_out += int(tokens_out)
         self.cost_usd += float(cost_usd)

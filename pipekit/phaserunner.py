@@ -21,6 +21,7 @@ from pipekit.checkpoints import Checkpoints
 from pipekit.context import CostCapExceeded
 from pipekit.context import PhaseContext
 from pipekit.context import PhaseOutcome
+from pipekit.context import check_usage
 from pipekit.executor import LocalExecutor
 from pipekit.executor import PhaseExecutor
 from pipekit.executor import run_in_thread
@@ -509,6 +510,10 @@ def _as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:
     if isinstance(value, PhaseResult):
         if not isinstance(value.output, str):
             raise TypeError(f"phase {phase.name!r} returned a PhaseResult whose output is not a str")
+        try:
+            check_usage(value.tokens_in, value.tokens_out, value.cost_usd)
+        except ValueError as exc:
+            raise TypeError(f"phase {phase.name!r} returned a PhaseResult with bad usage: {exc}") from None
         return value
     if value is None:
         return PhaseResult("")

@@ -50,6 +50,8 @@ class ProjectConfig:
         defaults = {k: v for k, v in self.values.items() if k != "plugins"}
         known = {action.dest for action in parser._actions}
         parser.set_defaults(**{k: v for k, v in defaults.items() if k in known})
+        # Remembered so that a command-line --state-dir can beat a configured store.
+        parser.set_defaults(configured_defaults=dict(defaults))
 
 
 def find_pyproject(start: Path) -> Path | None:

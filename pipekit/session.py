@@ -242,8 +242,17 @@ def _folder_name(name: str) -> str:
 
 
 def open_store(option: argparse.Namespace, pipeline: Pipeline) -> StateStore:
-    """The store chosen by ``--store``, ``PIPEKIT_STORE``, ``--state-dir`` or the default."""
-    url = option.store or os.environ.get("PIPEKIT_STORE")
+    """The store chosen by ``--store``, ``PIPEKIT_STORE``, ``--state-dir`` or the default.
+
+    On the command line ``--store`` wins over ``--state-dir``; a ``--state-dir``
+    given there wins over a store from ``PIPEKIT_STORE`` or ``[tool.pipekit]``.
+    """
+    configured = getattr(option, "configured_defaults", None) or {}
+    store_given = option.store is not None and option.store != configured.get("store")
+    dir_given = option.state_dir is not None and option.state_dir != configured.get("state_dir")
+    url = option.store if store_given or not dir_given else None
+    if url is None and not dir_given:
+        url = os.environ.get("PIPEKIT_STORE")
     if url:
         from pipekit.stores import open_store_url
 

@@ -158,3 +158,31 @@ def test_cancelling_arun_records_the_phase_in_flight_as_interrupted(pipetester: 
     state = pipekit.PipelineStateManager("a", pipetester.path / "state" / "pipeline")
     assert state.load_state()
     assert (state.state.phases[1].status, state.state.phases[1].reason) == ("failed", "interrupted")
+
+
+@pytest.mark.parametrize("how", ["ctx.record_cost(cost_usd=float('nan'))", "return PhaseResult('x', cost_usd=-1.0)"])
+def test_usage_that_would_corrupt_totals_fails_the_phase(pipetester: PipeTester, how: str) -> None:
+    pipetester.make_pipeline(f'''
+        from pipekit import phase, PhaseResult
+
+        @phase(1)
+        def spend(item_id, ctx):
+            {how}
+            return "x"
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a", "--jsonl")
+    assert result.ret == 1, result
+    state = result.state("a")
+    assert "must be a finite number >= 0" in (state.phases[1].error or "")
+    assert state.total_cost_usd == 0.0
+    assert "NaN" not in (result.state_dir / "a.json").read_text()
+
+
+def test_command_line_state_dir_beats_a_configured_store(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(ONE)
+    (pipetester.path / "pyproject.toml").write_text('[tool.pipekit]\nstore = "json:cfgstate"\n')
+    result = pipetester.run("pipeline.py", "--item", "a", "--state-dir", "cli_state")
+    assert result.ret == 0, result
+    assert result.state_dir == pipetester.path / "cli_state"
+    configured = pipetester.run("pipeline.py", "--item", "b")
+    assert configured.state_dir == pipetester.path / "cfgstate"
