@@ -248,8 +248,14 @@ class PhaseRunner:
             if error is None:
                 try:
                     result = _as_result(phase, value)
-                except TypeError as exc:
+                    if phase.max_cost is not None and usage[2] + result.cost_usd > phase.max_cost:
+                        # What the PhaseResult reports counts toward max_cost like ctx.record_cost.
+                        ctx.cost_usd = usage[2] + result.cost_usd
+                        ctx._check_max_cost()
+                except (TypeError, CostCapExceeded) as exc:
                     error = exc
+                    if isinstance(exc, CostCapExceeded):
+                        usage = (usage[0] + result.tokens_in, usage[1] + result.tokens_out, ctx.cost_usd)
                 else:
                     manager.state.phases[phase.num].fingerprint = fingerprint  # saved by _complete
                     return await self._complete(phase, ctx, result, usage, time.monotonic() - started)
@@ -263,6 +269,8 @@ class PhaseRunner:
             elif _retriable(phase, error, self.executor) and failures < phase.retries:
                 retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
                 failures += 1
+            if retry_after is not None and self.control.stop_new_phases:
+                retry_after = None  # the run is stopping (a budget was reached): no new attempt
             if retry_after is None:
                 return await self._fail(phase, error, usage, time.monotonic() - started)
             manager.record_failed_attempt(phase.num, _message(error), *usage)

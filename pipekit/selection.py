@@ -51,7 +51,8 @@ def has_failed_phase(store: StateStore, item_id: str) -> bool:
 
 
 def select_item_ids(store: StateStore, patterns: Iterable[str], known: Iterable[str] | None = None) -> list[str]:
-    """Ids matching ``patterns`` (literal ids or globs), naturally sorted.
+    """Ids matching ``patterns`` (literal ids or globs, a pattern always matching
+    the id spelled the same), naturally sorted.
 
     A literal id without saved state, or a glob matching nothing, is a usage
     error. A literal id whose state file is corrupt is returned (the caller
@@ -62,8 +63,10 @@ def select_item_ids(store: StateStore, patterns: Iterable[str], known: Iterable[
     globs = [p for p in patterns if is_glob(p)]
     if globs:
         ids = list(known) if known is not None else list(store.item_ids())
+        present = set(ids)
         for pattern in globs:
-            matched = fnmatch.filter(ids, pattern)
+            # An id may itself contain glob characters ("book[1]"): it always matches itself.
+            matched = fnmatch.filter(ids, pattern) + ([pattern] if pattern in present else [])
             if not matched:
                 raise UsageError(f"no saved item matches {pattern!r}")
             chosen.update(matched)

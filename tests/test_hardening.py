@@ -186,3 +186,44 @@ def test_command_line_state_dir_beats_a_configured_store(pipetester: PipeTester)
     assert result.state_dir == pipetester.path / "cli_state"
     configured = pipetester.run("pipeline.py", "--item", "b")
     assert configured.state_dir == pipetester.path / "cfgstate"
+
+
+def test_max_cost_counts_the_cost_a_phase_result_reports(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        from pipekit import phase, PhaseResult
+
+        @phase(1, max_cost=1.0)
+        def pricey(item_id):
+            return PhaseResult("x", cost_usd=5.0)
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a")
+    assert result.ret == 1, result
+    phase = result.state("a").phases[1]
+    assert phase.status == "failed" and "over its max_cost" in (phase.error or "")
+    assert phase.cost_usd == 5.0  # spent is spent
+
+
+def test_no_retry_starts_once_the_budget_is_reached(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        from pipekit import phase
+
+        @phase(1, retries=5, retry_backoff=0.01)
+        def flaky(item_id, ctx):
+            ctx.record_cost(cost_usd=1.0)
+            raise ConnectionError("down")
+    ''')
+    result = pipetester.run("pipeline.py", "--item", "a", "--item", "b", "--max-cost", "1.5")
+    assert result.ret == 1, result
+    spent = sum(result.state(i).total_cost_usd for i in ("a", "b") if (result.state_dir / f"{i}.json").exists())
+    assert spent <= 3.0
+
+
+@pytest.mark.parametrize("item_id", ["book[1]", "star*"])
+def test_ids_with_glob_characters_can_be_named_literally(pipetester: PipeTester, item_id: str) -> None:
+    pipetester.make_pipeline(ONE)
+    pipetester.run("pipeline.py", "--item", item_id)
+    reset = pipetester.run("reset", "pipeline.py", "--item", item_id, "--phase", "1")
+    assert reset.ret == 0, reset
+    manager = pipekit.PipelineStateManager(item_id, pipetester.path / "state" / "pipeline")
+    assert manager.load_state()
+    assert manager.state.phases[1].status == "pending"

@@ -7,6 +7,7 @@ phase with a cache, a non-critical phase and cost recording; the test uses
 
 from __future__ import annotations
 
+import keyword
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def new_command(args: list[str], plugins: list[Any]) -> ExitCode:
         name = name[:-3]
     folder = Path(name).parent
     name = Path(name).name
-    if not name.isidentifier() or name.startswith("test"):
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("test"):
         raise UsageError(
             f"pipekit new: {option.name!r} is not a usable module name (a Python identifier not starting with 'test')"
         )
