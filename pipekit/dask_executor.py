@@ -77,11 +77,15 @@ class DaskExecutor(PhaseExecutor):
                             threads_per_worker=1,
                             processes=True,
                             asynchronous=True,
-                            dashboard_address=None,
+                            dashboard_address=":0",  # never collide with another cluster's 8787
                         )
                     self._client = await Client(self._cluster, asynchronous=True)  # type: ignore[no-untyped-call]
                 await self._client.run(_import_on_worker, self.module_path)
         return self._client
+
+    async def astart(self) -> None:
+        # Starting a cluster takes seconds: not inside the first phase's timeout.
+        await self._get_client()
 
     def start(
         self,

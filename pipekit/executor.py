@@ -50,6 +50,10 @@ class PhaseExecutor:
         """The runner no longer wants ``future``'s result (timeout or interrupt)."""
         future.cancel()
 
+    async def astart(self) -> None:
+        """Get ready before the first phase (connect, start a cluster): outside any
+        phase's timeout."""
+
     async def aclose(self) -> None:
         """Release what the executor holds (pools, clients)."""
 

@@ -26,6 +26,7 @@ from pipekit.phases import PhaseDefinition
 from pipekit.session import _collect_items
 from pipekit.session import _output_root
 from pipekit.session import build_run_parser
+from pipekit.session import check_from_phase
 from pipekit.session import open_store
 from pipekit.session import parse_with_plugins
 from pipekit.staleness import RUN
@@ -62,6 +63,7 @@ def plan_command(args: list[str], plugins: list[Any]) -> ExitCode:
     with _configured(parser, args, plugins) as (option, config, pipeline):
         if option is None:
             return ExitCode.OK
+        check_from_phase(pipeline, option.from_phase)
         with contextlib.redirect_stdout(sys.stderr):
             specs = _collect_items(config, pipeline, None)
         store = open_store(option, pipeline)

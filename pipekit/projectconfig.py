@@ -58,7 +58,14 @@ def find_pyproject(start: Path) -> Path | None:
     """The nearest ``pyproject.toml`` with a ``[tool.pipekit]`` table, from ``start`` upwards."""
     for folder in (start, *start.parents):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file() and "pipekit" in _read(candidate).get("tool", {}):
+        if not candidate.is_file():
+            continue
+        try:
+            text = candidate.read_text("utf-8", errors="replace")
+        except OSError:
+            continue
+        # A broken pyproject.toml of some other project up the tree is not ours to judge.
+        if "tool.pipekit" in text and "pipekit" in _read(candidate).get("tool", {}):
             return candidate
     return None
 

@@ -182,6 +182,7 @@ class Run:
         restore = self._install_signal_handlers()
         try:
             self.spending.check_at_start()
+            await self.executor.astart()
             await self._process_all()
         finally:
             restore()

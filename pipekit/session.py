@@ -174,9 +174,7 @@ async def _execute_run(
             raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
         output_root = _output_root(option, store)
         stale_policy = prepare_stale_policy(pipeline, store, specs, output_root, option)
-        if option.from_phase is not None and not any(p.num >= option.from_phase for p in pipeline.phases):
-            numbers = ", ".join(str(p.num) for p in pipeline.phases)
-            raise UsageError(f"--from-phase {option.from_phase}: no phase has that num or a later one ({numbers})")
+        check_from_phase(pipeline, option.from_phase)
         run = Run(
             config,
             pipeline,
@@ -195,6 +193,13 @@ async def _execute_run(
         return run.result()
     finally:
         config.ensure_unconfigure()
+
+
+def check_from_phase(pipeline: Pipeline, from_phase: int | None) -> None:
+    """A usage error when ``--from-phase`` names no phase and no later one."""
+    if from_phase is not None and not any(p.num >= from_phase for p in pipeline.phases):
+        numbers = ", ".join(str(p.num) for p in pipeline.phases)
+        raise UsageError(f"--from-phase {from_phase}: no phase has that num or a later one ({numbers})")
 
 
 def parse_with_plugins(

@@ -191,3 +191,17 @@ def test_a_value_that_cannot_travel_back_fails_the_phase_clearly(pipetester: Pip
     assert "phase 'bad' returned a value that cannot be sent back from the worker" in (
         result.state("x").phases[1].error or ""
     )
+
+
+@pytest.mark.slow
+def test_dask_cluster_start_up_does_not_count_against_the_first_phase_timeout(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline('''
+        from pipekit import phase
+
+        @phase(1, timeout=0.5)
+        def quick(item_id):
+            return item_id
+    ''')
+    result = pipetester.run_subprocess("pipeline.py", "--item", "a", "--executor", "dask")
+    assert result.ret == 0, result
+    assert result.state("a").phases[1].status == "completed"

@@ -58,3 +58,14 @@ def test_bad_arguments_are_usage_errors(pipetester: PipeTester) -> None:
     ]:
         result = pipetester.run("export", "pipeline.py", *args)
         assert result.ret == 4 and message in result.stderr, result
+
+
+def test_export_names_state_files_too_broken_to_read(pipetester) -> None:  # type: ignore[no-untyped-def]
+    pipetester.make_pipeline("from pipekit import phase\n@phase(1)\ndef one(item_id):\n    return item_id\n")
+    pipetester.run("pipeline.py", "--item", "a", "--progress", "none")
+    state_dir = pipetester.path / "state" / "pipeline"
+    (state_dir / "broken.json").write_text("{not json")
+    result = pipetester.run("export", "pipeline.py", "--phase", "1", "--jsonl")
+    assert result.ret == 4, result
+    assert "broken.json" in result.stderr
+    assert '"item_id": "a"' in result.stdout

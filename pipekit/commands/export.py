@@ -47,16 +47,21 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
         raise UsageError("pipekit export: give exactly one of -o DIR and --jsonl")
     target = open_target(option)
     definition = resolve_phase(target.pipeline, option.phase)
+    errors: list[StateFileError] = []
     if option.item:
         ids = select_item_ids(target.store, option.item)
     else:
-        ids = sorted(target.store.item_ids(), key=natural_key)
+        # load_all, not item_ids: a file too broken to name its item must still be reported.
+        ids = sorted((item_id for item_id, _ in target.store.load_all(errors)), key=natural_key)
     folder = Path(option.output) if option.output else None
     index = None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         index = (folder / INDEX_NAME).open("w", encoding="utf-8")
-    exported = missing = unreadable = 0
+    exported = missing = 0
+    unreadable = len(errors)
+    for error in errors:
+        print(f"pipekit: error: {error}", file=sys.stderr)
     try:
         for item_id in ids:
             try:
