@@ -150,7 +150,9 @@ class StaleChecker:
         for name, then in (recorded.get("consumed") or {}).items():
             num = self._num_by_name.get(name)
             if num is None:
-                continue  # the upstream phase is gone from the pipeline
+                # The upstream phase was renamed or removed: what this phase would consume now differs.
+                found.append(Difference(UPSTREAM_RERUN, "consumed", then, None, upstream=name))
+                continue
             now = output_hash(state.phase_outputs.get(num))
             if name in rerun or now != then:
                 found.append(Difference(UPSTREAM_RERUN, "consumed", then, now, upstream=name))

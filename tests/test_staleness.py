@@ -410,3 +410,23 @@ def test_a_slow_fingerprint_does_not_block_other_items(pipetester: PipeTester) -
     a = result.state("a").phases[1]
     assert (a.status, a.reason) == ("failed", "timeout")
     assert "fingerprint: " in (a.error or "")
+
+
+def test_renaming_an_upstream_phase_makes_its_consumers_stale(pipetester: PipeTester) -> None:
+    source = '''
+        from pipekit import phase
+
+        @phase(1)
+        def one(item_id):
+            return "v1:" + item_id
+
+        @phase(2)
+        def two(previous_outputs):
+            return f"two({previous_outputs[1]})"
+    '''
+    pipetester.make_pipeline(source)
+    pipetester.run("pipeline.py", "--item", "a", "--progress", "none")
+    pipetester.make_pipeline(source.replace("def one(item_id):", "def first(item_id):").replace('"v1:"', '"v2:"'))
+    result = pipetester.run("pipeline.py", "--item", "a", "--rerun-stale", "--progress", "none")
+    assert result.ret == 0, result
+    assert result.state("a").phase_outputs == {1: "v2:a", 2: "two(v2:a)"}
