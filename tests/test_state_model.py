@@ -27,7 +27,10 @@ from pipekit.store import encode_item_id
 PHASES = [(1, "one"), (2, "two"), (5, "five"), (7, "seven")]
 NUMS = st.sampled_from([num for num, _ in PHASES])
 #: Small outputs stay inline; large ones go to files beside the state.
-OUTPUTS = st.one_of(st.text(max_size=20), st.text(min_size=1, max_size=3).map(lambda t: t * (INLINE_OUTPUT_LIMIT // len(t) + 1)))
+OUTPUTS = st.one_of(
+    st.text(max_size=20),
+    st.text(min_size=1, max_size=3).map(lambda t: t * (INLINE_OUTPUT_LIMIT // len(t) + 1)),
+)
 
 
 class StateMachine(RuleBasedStateMachine):
