@@ -11,25 +11,21 @@ reason ``worker_lost`` and retried by the phase's own ``retries``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 import itertools
 from typing import Any
 
-from pipekit.context import PhaseContext
-from pipekit.executor import PhaseExecutor
+from pipekit.executor import RemoteExecutor
 from pipekit.outcomes import UsageError
-from pipekit.phases import PhaseDefinition
+from pipekit.remote import RemoteCall
 from pipekit.remote import RemoteOutcome
 from pipekit.remote import WorkerLost
-from pipekit.remote import apply_outcome
-from pipekit.remote import build_call
 from pipekit.remote import execute_call
 
 
 _keys = itertools.count()
 
 
-class DaskExecutor(PhaseExecutor):
+class DaskExecutor(RemoteExecutor):
     """Submits every handler call to Dask distributed.
 
     :param module_path: the pipeline module; workers import it by this path,
@@ -87,30 +83,18 @@ class DaskExecutor(PhaseExecutor):
         # Starting a cluster takes seconds: not inside the first phase's timeout.
         await self._get_client()
 
-    def start(
-        self,
-        phase: PhaseDefinition,
-        func: Callable[..., Any],
-        kwargs: dict[str, Any],
-        ctx: PhaseContext | None = None,
-    ) -> asyncio.Future[Any]:
-        return asyncio.ensure_future(self._run(phase, func, kwargs, ctx))
-
-    async def _run(
-        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any], ctx: PhaseContext | None
-    ) -> Any:
+    async def execute(self, call: RemoteCall) -> RemoteOutcome:
         from distributed import KilledWorker
 
-        call = build_call(self.module_path, phase, func, kwargs, shared_dir=self.shared_dir)
         client = await self._get_client()
-        future = client.submit(execute_call, call, pure=False, key=f"pipekit-{phase.name}-{next(_keys)}")
+        future = client.submit(execute_call, call, pure=False, key=f"pipekit-{call.phase_name}-{next(_keys)}")
         try:
             outcome: RemoteOutcome = await future
         except KilledWorker as exc:
             raise WorkerLost(f"the Dask worker running the phase died ({exc})") from None
         finally:
             future.release()  # a held future would make Dask recompute it if its worker died
-        return apply_outcome(outcome, ctx)
+        return outcome
 
     def abandon(self, future: asyncio.Future[Any]) -> None:
         # Dask cannot interrupt a running task: its late result is dropped with the future.

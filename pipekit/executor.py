@@ -20,6 +20,11 @@ from pipekit.phases import PhaseDefinition
 
 
 if TYPE_CHECKING:
+    from pipekit.remote import RemoteCall
+    from pipekit.remote import RemoteOutcome
+
+
+if TYPE_CHECKING:
     from pipekit.isolate import IsolatedCalls
 
 
@@ -148,3 +153,39 @@ def run_in_thread(func: Callable[..., Any], kwargs: dict[str, Any], name: str) -
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return future
+
+
+class RemoteExecutor(PhaseExecutor):
+    """Base of executors that run each call in another process.
+
+    The call travels as data (``pipekit.remote.build_call``); a subclass only
+    says how to get a ``RemoteCall`` executed, in ``execute``. The worker's
+    usage is replayed onto the driver's ``ctx`` before the future resolves.
+    """
+
+    #: The pipeline module each worker imports.
+    module_path: str
+    #: A folder driver and workers both see, for large outputs (None: send them back).
+    shared_dir: str | None = None
+
+    def start(
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
+    ) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self._run(phase, func, kwargs, ctx))
+
+    async def _run(
+        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any], ctx: PhaseContext | None
+    ) -> Any:
+        from pipekit.remote import apply_outcome
+        from pipekit.remote import build_call
+
+        call = build_call(self.module_path, phase, func, kwargs, shared_dir=self.shared_dir)
+        return apply_outcome(await self.execute(call), ctx)
+
+    async def execute(self, call: RemoteCall) -> RemoteOutcome:
+        """Run ``call`` somewhere else and return what came back."""
+        raise NotImplementedError

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Any
-
-from pipekit.context import PhaseContext
-from pipekit.executor import PhaseExecutor
-from pipekit.phases import PhaseDefinition
-from pipekit.remote import apply_outcome
-from pipekit.remote import build_call
+from pipekit.executor import RemoteExecutor
+from pipekit.remote import RemoteCall
+from pipekit.remote import RemoteOutcome
 from pipekit.workers import ProcessPool
 
 
-class ProcessExecutor(PhaseExecutor):
+class ProcessExecutor(RemoteExecutor):
     """Runs every handler in a pool of worker processes (``-j`` of them).
 
     The driver keeps each item's phase sequence and writes all state; a
@@ -32,20 +26,8 @@ class ProcessExecutor(PhaseExecutor):
         self.module_path = module_path
         self.pool = ProcessPool(workers)
 
-    def start(
-        self,
-        phase: PhaseDefinition,
-        func: Callable[..., Any],
-        kwargs: dict[str, Any],
-        ctx: PhaseContext | None = None,
-    ) -> asyncio.Future[Any]:
-        return asyncio.ensure_future(self._run(phase, func, kwargs, ctx))
-
-    async def _run(
-        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any], ctx: PhaseContext | None
-    ) -> Any:
-        call = build_call(self.module_path, phase, func, kwargs)
-        return apply_outcome(await self.pool.run(call), ctx)
+    async def execute(self, call: RemoteCall) -> RemoteOutcome:
+        return await self.pool.run(call)
 
     async def aclose(self) -> None:
         self.pool.close()
