@@ -145,7 +145,7 @@ def apply_outcome(outcome: RemoteOutcome, ctx: PhaseContext | None) -> Any:
         raise outcome.error
     if outcome.output_ref is not None:
         path = Path(outcome.output_ref)
-        text = path.read_text("utf-8")
+        text = path.read_bytes().decode("utf-8")
         path.unlink(missing_ok=True)
         value = outcome.value
         if value is None:

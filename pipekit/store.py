@@ -453,7 +453,7 @@ class JsonDirStore(StateStore):
         if self.state_dir.resolve() not in path.parents:
             raise StateFileError(self.path_for(item_id), f"output reference {ref!r} leaves the state dir")
         try:
-            return path.read_text("utf-8")
+            return path.read_bytes().decode("utf-8")  # not read_text: it would turn \r into \n
         except OSError as exc:
             raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
 

@@ -160,3 +160,14 @@ def test_store_lists_item_ids(tmp_path: Path) -> None:
         PipelineStateManager(item_id, tmp_path).create_state({}, PHASES)
     assert sorted(JsonDirStore(tmp_path).item_ids()) == sorted(["a/b", "Ünï", "x" * 300])
 
+
+
+def test_large_outputs_come_back_byte_for_byte(tmp_path: Path) -> None:
+    text = "line\r\nold mac\rend\n" * (INLINE_OUTPUT_LIMIT // 10)
+    manager = PipelineStateManager("crlf", tmp_path)
+    manager.create_state({}, PHASES)
+    manager.start_phase(0)
+    manager.complete_phase(0, text)
+    reloaded = PipelineStateManager("crlf", tmp_path)
+    reloaded.load_state()
+    assert reloaded.state.phase_outputs[0] == text
