@@ -27,6 +27,9 @@ class HookNotifier:
         self._report = report or _to_stderr
         self._reported: set[tuple[str, str]] = set()
         self._trace = bool(os.environ.get("PIPEKIT_DEBUG_HOOKS"))
+        #: Per hook: the implementations it was planned for, then wrappers and
+        #: plain ones in calling order (hooks fire thousands of times a run).
+        self._plans: dict[str, _Plan] = {}
         #: Number of errors raised by observers, reported or not.
         self.errors = 0
 
@@ -34,12 +37,20 @@ class HookNotifier:
         if self._trace:
             self._report(f"[hook] {hookname}({', '.join(sorted(kwargs))})")
         impls = getattr(self.pm.hook, hookname).get_hookimpls()
-        # pluggy calls the last registered first, wrappers around the rest.
-        wrappers = [i for i in reversed(impls) if i.wrapper]
-        plain = [i for i in reversed(impls) if not i.wrapper and not i.hookwrapper]
+        plan = self._plans.get(hookname)
+        if plan is None or plan[0] != impls:  # first call, or a plugin came or went
+            plan = self._plans[hookname] = _plan(impls)
+        _, wrappers, plain = plan
+        if not wrappers:
+            for impl, argnames in plain:
+                try:
+                    impl.function(*[kwargs[name] for name in argnames])
+                except Exception as exc:
+                    self._failed(impl, hookname, exc)
+            return
         open_wrappers = []
-        for impl in wrappers:
-            gen = self._call(impl, hookname, kwargs)
+        for impl, argnames in wrappers:
+            gen = self._call(impl, argnames, hookname, kwargs)
             if gen is not None:
                 try:
                     next(gen)
@@ -48,8 +59,8 @@ class HookNotifier:
                     self._failed(impl, hookname, RuntimeError("wrapper did not yield"))
                 except Exception as exc:
                     self._failed(impl, hookname, exc)
-        for impl in plain:
-            self._call(impl, hookname, kwargs)
+        for impl, argnames in plain:
+            self._call(impl, argnames, hookname, kwargs)
         for impl, gen in reversed(open_wrappers):
             try:
                 gen.send(None)
@@ -58,9 +69,9 @@ class HookNotifier:
             except Exception as exc:
                 self._failed(impl, hookname, exc)
 
-    def _call(self, impl: Any, hookname: str, kwargs: dict[str, Any]) -> Any:
+    def _call(self, impl: Any, argnames: tuple[str, ...], hookname: str, kwargs: dict[str, Any]) -> Any:
         try:
-            return impl.function(*[kwargs[name] for name in impl.argnames])
+            return impl.function(*[kwargs[name] for name in argnames])
         except Exception as exc:
             self._failed(impl, hookname, exc)
             return None
@@ -76,6 +87,21 @@ class HookNotifier:
             f"pipekit: plugin {impl.plugin_name!r} raised in {hookname} "
             f"(reported once; the run goes on):\n{where.rstrip()}"
         )
+
+
+_Calls = list[tuple[Any, tuple[str, ...]]]
+_Plan = tuple[list[Any], _Calls, _Calls]
+
+
+def _plan(impls: list[Any]) -> _Plan:
+    """Wrappers and plain implementations of one hook, each with its argument names.
+
+    pluggy calls the last registered first, wrappers around the rest.
+    """
+    ordered = list(reversed(impls))
+    wrappers = [(i, tuple(i.argnames)) for i in ordered if i.wrapper]
+    plain = [(i, tuple(i.argnames)) for i in ordered if not i.wrapper and not i.hookwrapper]
+    return impls, wrappers, plain
 
 
 def _to_stderr(message: str) -> None:
