@@ -97,31 +97,42 @@ def run_on_terminal(folder: Path, mode: str, workers: int) -> float:
 
 def run_command_on_terminal(args: list[str], folder: Path) -> float:
     """Seconds ``args`` takes on a 120x40 pseudo-terminal whose output is drained."""
+    return measure_on_terminal(args, folder)[0]
+
+
+def measure_on_terminal(args: list[str], folder: Path, env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Wall, user CPU and system CPU seconds of ``args`` on a 120x40 pseudo-terminal
+    whose output is drained as a terminal would (the CPU times are the child's own)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     started = time.perf_counter()
     proc = subprocess.Popen(
-        args, cwd=folder, stdin=slave, stdout=slave, stderr=slave, env=ENV, start_new_session=True
+        args, cwd=folder, stdin=slave, stdout=slave, stderr=slave, env={**ENV, **(env or {})}, start_new_session=True
     )
     os.close(slave)
+    reaped: tuple[int, int, resource.struct_rusage] | None = None
     try:
-        while True:
+        while reaped is None:
             readable, _, _ = select.select([master], [], [], 0.5)
             if readable:
                 try:
-                    if not os.read(master, 1 << 16):
-                        break
-                except OSError:
-                    break
-            elif proc.poll() is not None:
-                break
-        proc.wait()
+                    if os.read(master, 1 << 16):
+                        continue
+                except OSError:  # EIO: the child closed the terminal
+                    pass
+                reaped = os.wait4(proc.pid, 0)
+            else:
+                reaped = os.wait4(proc.pid, os.WNOHANG)
+                if reaped[0] == 0:
+                    reaped = None
     finally:
         os.close(master)
+    _, status, usage = reaped
+    proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(args)} exited {proc.returncode}")
-    return elapsed
+    return elapsed, usage.ru_utime, usage.ru_stime
 
 
 def main() -> None:

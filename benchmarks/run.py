@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-import progress_overhead
+import display_bench
 import status_bench
 
 
@@ -246,26 +246,12 @@ def status(folder: Path, items: int, repeat: int) -> None:
 
 def display(folder: Path, items: int, repeat: int) -> None:
     """The rich display on a terminal and every built-in plugin, against none of them."""
-    (folder / "pipeline.py").write_text(pipeline_source(5, "return ''"))
-    (folder / "items.txt").write_text("".join(f"item-{n}\n" for n in range(items)))
-    bare_args = ["--progress", "none", "-p", "no:jsonl", "-p", "no:summary"]
-    samples: dict[str, list[tuple[float, float]]] = {"bare": [], "rich": []}
-    for _ in range(repeat):
-        for mode, extra in (("bare", bare_args), ("rich", ["--progress", "rich"])):
-            state = folder / "state-display"
-            shutil.rmtree(state, ignore_errors=True)
-            command = [sys.executable, "-m", "pipekit", "run", "pipeline.py", "--items", "items.txt",
-                       "--state-dir", str(state), "-j", "1", *extra]
-            cpu = progress_overhead.children_cpu()
-            seconds = progress_overhead.run_command_on_terminal(command, folder)
-            samples[mode].append((seconds, progress_overhead.children_cpu() - cpu))
-    phases = items * 5
-    print(f"7. display and plugins: {items} items x 5 no-op phases, -j 1, durable, on a pseudo-terminal")
-    print("   (baseline: --progress none -p no:jsonl -p no:summary; CPU = the run's user + system time)")
-    for index, what in ((0, "wall"), (1, "CPU")):
-        bare = statistics.median(s[index] for s in samples["bare"]) / phases * 1e6
-        rich = statistics.median(s[index] for s in samples["rich"]) / phases * 1e6
-        row(f"--progress rich + plugins, {what} per phase", rich, bare, "us")
+    rounds = max(repeat, 5) if repeat > 1 else 1  # paired rounds: the ratio is small beside the disk's noise
+    samples = display_bench.measure(folder, items, rounds)
+    print(f"7. display and plugins: {items} items x 5 no-op phases, -j 1, durable, on a pseudo-terminal, "
+          f"{rounds} rounds")
+    print(f"   (baseline: {' '.join(display_bench.BARE)}; CPU = the run's own user + system time)")
+    display_bench.report(samples, items)
     print()
 
 
