@@ -8,6 +8,7 @@ reported once per plugin and hook, on stderr, with the plugin's name.
 from __future__ import annotations
 
 from collections.abc import Callable
+import operator
 import os
 import sys
 import traceback
@@ -37,30 +38,32 @@ class HookNotifier:
         if self._trace:
             self._report(f"[hook] {hookname}({', '.join(sorted(kwargs))})")
         impls = getattr(self.pm.hook, hookname).get_hookimpls()
+        if not impls:
+            return
         plan = self._plans.get(hookname)
         if plan is None or plan[0] != impls:  # first call, or a plugin came or went
             plan = self._plans[hookname] = _plan(impls)
         _, wrappers, plain = plan
         if not wrappers:
-            for impl, argnames in plain:
+            for impl, function, fetch, single in plain:
                 try:
-                    impl.function(*[kwargs[name] for name in argnames])
+                    function(fetch(kwargs)) if single else function(*fetch(kwargs))
                 except Exception as exc:
                     self._failed(impl, hookname, exc)
             return
         open_wrappers = []
-        for impl, argnames in wrappers:
-            gen = self._call(impl, argnames, hookname, kwargs)
+        for call in wrappers:
+            gen = self._call(call, hookname, kwargs)
             if gen is not None:
                 try:
                     next(gen)
-                    open_wrappers.append((impl, gen))
+                    open_wrappers.append((call[0], gen))
                 except StopIteration:
-                    self._failed(impl, hookname, RuntimeError("wrapper did not yield"))
+                    self._failed(call[0], hookname, RuntimeError("wrapper did not yield"))
                 except Exception as exc:
-                    self._failed(impl, hookname, exc)
-        for impl, argnames in plain:
-            self._call(impl, argnames, hookname, kwargs)
+                    self._failed(call[0], hookname, exc)
+        for call in plain:
+            self._call(call, hookname, kwargs)
         for impl, gen in reversed(open_wrappers):
             try:
                 gen.send(None)
@@ -69,9 +72,10 @@ class HookNotifier:
             except Exception as exc:
                 self._failed(impl, hookname, exc)
 
-    def _call(self, impl: Any, argnames: tuple[str, ...], hookname: str, kwargs: dict[str, Any]) -> Any:
+    def _call(self, call: _Call, hookname: str, kwargs: dict[str, Any]) -> Any:
+        impl, function, fetch, single = call
         try:
-            return impl.function(*[kwargs[name] for name in argnames])
+            return function(fetch(kwargs)) if single else function(*fetch(kwargs))
         except Exception as exc:
             self._failed(impl, hookname, exc)
             return None
@@ -89,18 +93,30 @@ class HookNotifier:
         )
 
 
-_Calls = list[tuple[Any, tuple[str, ...]]]
-_Plan = tuple[list[Any], _Calls, _Calls]
+#: One implementation ready to call: ``(impl, function, fetch, single)``, where
+#: ``fetch(kwargs)`` gives its arguments (one value when ``single``, else a tuple).
+_Call = tuple[Any, Callable[..., Any], Callable[[dict[str, Any]], Any], bool]
+_Plan = tuple[list[Any], list[_Call], list[_Call]]
+
+
+def _no_arguments(kwargs: dict[str, Any]) -> tuple[()]:
+    return ()
+
+
+def _prepare(impl: Any) -> _Call:
+    names = tuple(impl.argnames)
+    fetch = operator.itemgetter(*names) if names else _no_arguments
+    return impl, impl.function, fetch, len(names) == 1
 
 
 def _plan(impls: list[Any]) -> _Plan:
-    """Wrappers and plain implementations of one hook, each with its argument names.
+    """Wrappers and plain implementations of one hook, in calling order, ready to call.
 
     pluggy calls the last registered first, wrappers around the rest.
     """
     ordered = list(reversed(impls))
-    wrappers = [(i, tuple(i.argnames)) for i in ordered if i.wrapper]
-    plain = [(i, tuple(i.argnames)) for i in ordered if not i.wrapper and not i.hookwrapper]
+    wrappers = [_prepare(i) for i in ordered if i.wrapper]
+    plain = [_prepare(i) for i in ordered if not i.wrapper and not i.hookwrapper]
     return impls, wrappers, plain
 
 

@@ -14,20 +14,25 @@ from pipekit.phases import PhaseDefinition
 Usage = tuple[int, int, float]
 
 
+#: What an attempt that recorded nothing spent (most phases record no usage).
+NOTHING: Usage = (0, 0, 0.0)
+
+
 class AttemptUsage:
-    """Marks of ``(tokens_in, tokens_out, cost_usd)`` by ``(item id, phase num)``."""
+    """Marks of ``(tokens_in, tokens_out, cost_usd)`` by ``(item id, phase num)``.
+
+    Called on every phase start and end, so each call is a dict operation and
+    no more.
+    """
 
     def __init__(self) -> None:
         self._marks: dict[tuple[str, int], Usage] = {}
 
-    @staticmethod
-    def _now(item: Item, phase: PhaseDefinition) -> Usage:
-        state = item.state.phases[phase.num]
-        return state.tokens_in, state.tokens_out, state.cost_usd
-
     def mark(self, item: Item, phase: PhaseDefinition) -> None:
         """Remember the phase's sums (call on ``pipekit_phase_start``)."""
-        self._marks[item.id, phase.num] = self._now(item, phase)
+        num = phase.num
+        state = item.state.phases[num]
+        self._marks[item.id, num] = (state.tokens_in, state.tokens_out, state.cost_usd)
 
     def is_marked(self, item: Item, phase: PhaseDefinition) -> bool:
         """True if the phase started (a failed cache check fails it unstarted)."""
@@ -35,9 +40,13 @@ class AttemptUsage:
 
     def take(self, item: Item, phase: PhaseDefinition, *, last: bool = True) -> Usage:
         """Usage since the mark (nothing if unmarked); move the mark, or drop it when ``last``."""
-        key = (item.id, phase.num)
-        now = self._now(item, phase)
+        num = phase.num
+        state = item.state.phases[num]
+        now = (state.tokens_in, state.tokens_out, state.cost_usd)
+        key = (item.id, num)
         before = self._marks.pop(key, now)
         if not last:
             self._marks[key] = now
+        if before == now:
+            return NOTHING
         return now[0] - before[0], now[1] - before[1], now[2] - before[2]

@@ -116,6 +116,8 @@ class Summary:
     def _add_usage(self, item: Item, phase: PhaseDefinition, stats: PhaseStats) -> None:
         """Add what this execution spent, failed attempts included."""
         tokens_in, tokens_out, cost = self._usage.take(item, phase)
+        if not (tokens_in or tokens_out or cost):
+            return
         stats.tokens_in += tokens_in
         stats.tokens_out += tokens_out
         stats.cost_usd += cost
@@ -133,7 +135,7 @@ class Summary:
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
         self._usage.mark(item, phase)
-        self._stats(phase).executed += 1
+        (self.phases.get(phase.num) or self._stats(phase)).executed += 1
 
     @hookimpl
     def pipekit_phase_wait(self, item: Item, phase: PhaseDefinition, reason: str) -> None:
@@ -147,7 +149,7 @@ class Summary:
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
-        stats = self._stats(phase)
+        stats = self.phases.get(phase.num) or self._stats(phase)
         stats.completed += 1
         stats.durations.append(result.duration_seconds)
         self._add_usage(item, phase, stats)
