@@ -301,10 +301,11 @@ class Run:
         if manager is None:
             return
         try:
-            await self._writer.flush(manager)
+            # Not awaited: the item's first phase starts while its new state is written.
+            self._writer.write_soon(manager)
             await self._run_prepared(index, item_id, manager)
         finally:
-            self._writer.release(manager)
+            await self._writer.release(manager)
 
     async def _run_prepared(self, index: int, item_id: str, manager: PipelineStateManager) -> None:
         state = manager.state
