@@ -33,6 +33,8 @@ import functools
 
 from pipekit.state import PendingWrite
 from pipekit.state import PipelineStateManager
+from pipekit.store import ItemLock
+from pipekit.store import StateStore
 
 
 class StateWriter:
@@ -111,6 +113,13 @@ class StateWriter:
             if manager.has_pending_save and manager not in self._busy:
                 manager.write_pending()
 
+    async def lock_item(self, store: StateStore, item_id: str) -> ItemLock | None:
+        """``store.try_lock(item_id)``, on the writer's threads when it has them:
+        taking a lock is a system call that can wait behind the disk."""
+        if self.threads <= 0 or not store.threadsafe_saves:
+            return store.try_lock(item_id)
+        return await asyncio.get_running_loop().run_in_executor(self._threads(), store.try_lock, item_id)
+
     def close(self) -> None:
         """Wait for writes in flight and stop the threads."""
         if self._pool is not None:
@@ -118,6 +127,11 @@ class StateWriter:
             self._pool = None
 
     # -- scheduling -------------------------------------------------------------
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pipekit-save")
+        return self._pool
 
     def _in_threads(self, manager: PipelineStateManager) -> bool:
         return self.threads > 0 and manager.store.threadsafe_saves
@@ -145,11 +159,9 @@ class StateWriter:
             if not manager.has_pending_save:
                 self._wake(manager)
                 continue
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pipekit-save")
             write = manager.take_pending_write()
             self._busy.add(manager)
-            landing = asyncio.get_running_loop().run_in_executor(self._pool, write.run)
+            landing = asyncio.get_running_loop().run_in_executor(self._threads(), write.run)
             landing.add_done_callback(functools.partial(self._landed, manager, write))
 
     def _landed(self, manager: PipelineStateManager, write: PendingWrite, done: asyncio.Future[None]) -> None:
