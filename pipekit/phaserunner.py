@@ -242,11 +242,15 @@ class PhaseRunner:
         while True:
             attempt = manager.state.phases[phase.num].attempts
             ctx = self._context(phase, attempt)
+            future: asyncio.Future[Any] | None = None
             try:
                 future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
                 value, error = await self._race(phase, future)
             finally:
-                release()
+                if future is None:
+                    release()
+                else:  # a sync handler abandoned at its timeout still holds its slot while it runs
+                    self.executor.when_stopped(future, release)
             usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
             if error is None:
                 try:
