@@ -172,7 +172,7 @@ def run_in_thread(
         if on_exit is not None:
             on_exit()
 
-    def call() -> None:
+    def call() -> Callable[[], None]:
         threading.current_thread().name = name
         outcome: tuple[bool, Any]
         try:
@@ -183,10 +183,14 @@ def run_in_thread(
             outcome = (False, exc)
         else:
             outcome = (True, result)
-        try:
-            loop.call_soon_threadsafe(finish, *outcome)
-        except RuntimeError:
-            pass  # the loop is closed: the run is over and nobody wants this result
+
+        def report() -> None:
+            try:
+                loop.call_soon_threadsafe(finish, *outcome)
+            except RuntimeError:
+                pass  # the loop is closed: the run is over and nobody wants this result
+
+        return report
 
     _THREADS.submit(call, name)
     return future
@@ -196,15 +200,19 @@ class ThreadCache:
     """Daemon threads for sync calls, reused: an idle thread takes the next
     call, and a new one starts when every thread is busy. A thread idle for
     ``idle_seconds`` ends.
+
+    A call returns what reports its result; the thread counts itself idle
+    before running it, so the next call (which the report may trigger at
+    once) finds it free.
     """
 
     def __init__(self, idle_seconds: float = 30.0) -> None:
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
         #: The inbox of each idle thread, the most recently idle last.
-        self._idle: list[queue.SimpleQueue[Callable[[], None]]] = []
+        self._idle: list[queue.SimpleQueue[Callable[[], Callable[[], None]]]] = []
 
-    def submit(self, call: Callable[[], None], name: str) -> None:
+    def submit(self, call: Callable[[], Callable[[], None]], name: str) -> None:
         """Run ``call`` in an idle thread, or in a new one named ``name``."""
         with self._lock:
             inbox = self._idle.pop() if self._idle else None
@@ -213,7 +221,7 @@ class ThreadCache:
             threading.Thread(target=self._serve, args=(inbox,), name=name, daemon=True).start()
         inbox.put(call)
 
-    def _serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], Callable[[], None]]]) -> None:
         while True:
             try:
                 call = inbox.get(timeout=self.idle_seconds)
@@ -223,10 +231,12 @@ class ThreadCache:
                         self._idle.remove(inbox)
                         return
                 continue  # taken by a submit just now: its call is on the way
-            call()
+            report = call()
             del call  # drop the call's arguments before waiting for the next one
             with self._lock:
                 self._idle.append(inbox)
+            report()
+            del report
 
 
 _THREADS = ThreadCache()
