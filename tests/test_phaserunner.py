@@ -199,3 +199,35 @@ def test_an_interruption_between_two_phases_records_the_next_one_interrupted(pip
     assert resumed.ret == 0, resumed
     assert (pipetester.path / "two-ran").exists()
     assert resumed.state("a").phases[2].attempts == 2
+
+
+def test_sync_handlers_reuse_idle_threads_and_a_stuck_one_delays_nobody(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline("""
+        import threading, time
+        from pipekit import phase
+
+        def note(item_id):
+            with open("threads.log", "a") as f:
+                f.write(f"{item_id} {threading.get_native_id()}\\n")
+
+        @phase(1, timeout=0.3, critical=False)
+        def one(item_id):
+            note(item_id)
+            if item_id == "stuck":
+                time.sleep(5)
+
+        @phase(2)
+        def two(item_id):
+            note(item_id)
+    """)
+    items = ["stuck", *[f"item{n}" for n in range(20)]]
+    pipetester.make_items(*items)
+    result = pipetester.run("pipeline.py", "--items", "items.txt")
+    assert result.ret == 0, result
+    assert result.state("stuck").phases[1].reason == "timeout"
+    lines = [line.split() for line in (pipetester.path / "threads.log").read_text().splitlines()]
+    stuck_thread = next(ident for item, ident in lines if item == "stuck")
+    others = {ident for item, ident in lines if item != "stuck"}
+    assert len(lines) == 2 + 20 * 2
+    assert stuck_thread not in others  # busy in its sleep: never handed another call
+    assert len(others) <= 2  # -j 1: 41 calls, one thread reused (or two, around the stuck one)
