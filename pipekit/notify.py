@@ -47,7 +47,10 @@ class HookNotifier:
         if not wrappers:
             for impl, function, fetch, single in plain:
                 try:
-                    function(fetch(kwargs)) if single else function(*fetch(kwargs))
+                    if single:
+                        function(fetch(kwargs))
+                    else:
+                        function(*fetch(kwargs))
                 except Exception as exc:
                     self._failed(impl, hookname, exc)
             return
