@@ -296,6 +296,8 @@ class FinishedItem:
 
     metadata: dict[str, Any]
     cost_usd: float
+    #: Its ``pipekit.stalekey`` (None: unknown, the stale check reads the state).
+    stale_key: str | None = None
 
 
 @dataclass(frozen=True)

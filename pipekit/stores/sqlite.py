@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
+from pipekit.stalekey import stale_key
 from pipekit.store import FinishedItem
 from pipekit.store import ItemLock
 from pipekit.store import StateStore
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS items (
     metadata TEXT NOT NULL DEFAULT '{}',
     cost_usd REAL NOT NULL DEFAULT 0,
     rev INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL
+    state TEXT NOT NULL,
+    stale_key TEXT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     item_id TEXT NOT NULL,
@@ -60,8 +62,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     value TEXT NOT NULL,
     PRIMARY KEY (item_id, phase, key)
 );
--- Covers the resume and "what is left" queries: they never read a state document.
-CREATE INDEX IF NOT EXISTS items_next_phase ON items (next_phase, item_id, done_names, metadata, cost_usd);
 CREATE INDEX IF NOT EXISTS items_status ON items (status);
 -- A state changed by hand (not by pipekit, which bumps rev) no longer counts as
 -- finished, so the next run reads it and names it if it is broken.
@@ -77,12 +77,19 @@ CREATE TABLE IF NOT EXISTS outputs (
 );
 """
 
+#: Run after _SCHEMA: databases made before the stale key get its column first.
+_INDEXES = """
+DROP INDEX IF EXISTS items_next_phase;
+-- Covers the resume and "what is left" queries: they never read a state document.
+CREATE INDEX IF NOT EXISTS items_finished ON items (next_phase, item_id, done_names, metadata, cost_usd, stale_key);
+"""
+
 _UPSERT = """
-INSERT INTO items (item_id, state, status, next_phase, done_names, metadata, cost_usd)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO items (item_id, state, status, next_phase, done_names, metadata, cost_usd, stale_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (item_id) DO UPDATE SET state = excluded.state, status = excluded.status,
     next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata,
-    cost_usd = excluded.cost_usd, rev = items.rev + 1
+    cost_usd = excluded.cost_usd, stale_key = excluded.stale_key, rev = items.rev + 1
 """
 
 
@@ -147,6 +154,10 @@ class SqliteStore(StateStore):
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             with self._transaction() as db:
                 for statement in _statements(_SCHEMA):
+                    db.execute(statement)
+                if "stale_key" not in {row[1] for row in db.execute("PRAGMA table_info(items)")}:
+                    db.execute("ALTER TABLE items ADD COLUMN stale_key TEXT")
+                for statement in _statements(_INDEXES):
                     db.execute(statement)
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
@@ -224,6 +235,7 @@ class SqliteStore(StateStore):
             json.dumps(summary.done_names, ensure_ascii=False),
             json.dumps(summary.metadata, ensure_ascii=False),
             summary.cost_usd,
+            stale_key(document),
         )
 
     def save(self, item_id: str, document: dict[str, Any]) -> None:
@@ -326,14 +338,14 @@ class SqliteStore(StateStore):
         wanted = set(phase_names)
         with self._lock:
             rows = self._db.execute(
-                "SELECT item_id, done_names, metadata, cost_usd FROM items WHERE next_phase IS NULL"
+                "SELECT item_id, done_names, metadata, cost_usd, stale_key FROM items WHERE next_phase IS NULL"
             ).fetchall()
         # Most items share their finished names and often their metadata ("{}"):
         # parse each distinct text once.
         complete: dict[str, bool] = {}
         parsed: dict[str, dict[str, Any]] = {}
         found = {}
-        for item_id, done, metadata, cost in rows:
+        for item_id, done, metadata, cost, key in rows:
             ok = complete.get(done)
             if ok is None:
                 ok = complete[done] = wanted.issubset(json.loads(done))
@@ -343,7 +355,7 @@ class SqliteStore(StateStore):
                     value = json.loads(metadata)
                     if len(parsed) < 1000:
                         parsed[metadata] = value
-                found[item_id] = FinishedItem(value, cost)
+                found[item_id] = FinishedItem(value, cost, key)
         return found
 
     def unfinished_item_ids(self) -> Iterator[str]:
