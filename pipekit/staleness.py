@@ -162,7 +162,6 @@ class StaleChecker:
                 found.append(Difference(UPSTREAM_STALE, "consumed", then, now, upstream=name))
         return found
 
-
     def fresh_by_key(self, key: str | None) -> bool:
         """True when no completed phase of a state with this ``pipekit.stalekey``
         is stale, and none needs its ``fingerprint=`` callable run to tell: a

@@ -108,14 +108,16 @@ def test_a_consumer_of_a_changed_large_output_stays_stale_until_rerun(
 
 def test_the_key_holds_what_the_stale_check_needs() -> None:
     large = "x" * 20000
+
+    def completed(name: str, code: str | None, version: str | None, input_: str | None, **consumed: str) -> Any:
+        fingerprint = {"code": code, "version": version, "input": input_, "consumed": consumed}
+        return {"name": name, "status": "completed", "fingerprint": fingerprint}
+
     document = {
         "phases": {
-            "1": {"name": "one", "status": "completed", "fingerprint": {"code": "c1", "version": None,
-                                                                        "input": None, "consumed": {}}},
-            "2": {"name": "two", "status": "completed", "fingerprint": {"code": "c2", "version": "3",
-                                                                        "input": "i", "consumed": {"one": text_hash(large)}}},
-            "3": {"name": "three", "status": "completed", "fingerprint": {"code": None, "version": None,
-                                                                          "input": None, "consumed": {"two": text_hash("y")}}},
+            "1": completed("one", "c1", None, None),
+            "2": completed("two", "c2", "3", "i", one=text_hash(large)),
+            "3": completed("three", None, None, None, two=text_hash("y")),
             "4": {"name": "four", "status": "skipped", "fingerprint": None},
             "5": {"name": "five", "status": "completed", "fingerprint": None},
         },
