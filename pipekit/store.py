@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from typing import Any
+from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
@@ -290,9 +291,12 @@ class StateStore(abc.ABC):
         return memory
 
 
-@dataclass(frozen=True)
-class FinishedItem:
-    """What the runner needs to know of an item that is finished, without its state."""
+class FinishedItem(NamedTuple):
+    """What the runner needs to know of an item that is finished, without its state.
+
+    A named tuple: a store makes one per finished item (100,000 on a big resume),
+    and a frozen dataclass costs several times more to build and to hold.
+    """
 
     metadata: dict[str, Any]
     cost_usd: float
