@@ -10,8 +10,9 @@ For each store it reports:
   shipped: fsync for JSON, ``synchronous=FULL`` for SQLite, PostgreSQL's
   default synchronous commit), on ``--write-items`` items;
 - resume: wall time of ``pipekit run`` (in a fresh process, after its imports)
-  over ``--items`` items that are all finished, i.e. the cost of finding that
-  nothing is left; and that process's peak memory;
+  over ``--items`` items that are all finished, with the fingerprints a real
+  run records, i.e. the cost of finding that nothing is left or stale; and
+  that process's peak memory;
 - what is left: ``store.unfinished_item_ids()`` with 1% of the items unfinished;
 - disk used by the state (PostgreSQL: what the run adds to the tables, indexes and TOAST).
 
@@ -62,7 +63,12 @@ RESUME = textwrap.dedent('''
 
 
 def write_pipeline(folder: Path, phases: int) -> Path:
-    body = "".join(f"\n@phase({n})\ndef phase_{n}(item_id):\n    return item_id\n" for n in range(1, phases + 1))
+    # Each phase after the first is given the one before's output, as in a real pipeline:
+    # its fingerprint records that output's hash, which the stale check compares.
+    body = "".join(
+        f"\n@phase({n})\ndef phase_{n}(item_id{f', phase_{n - 1}' if n > 1 else ''}):\n    return item_id\n"
+        for n in range(1, phases + 1)
+    )
     path = folder / "bench_pipeline.py"
     path.write_text(PIPELINE.format(phases=body))
     return path
@@ -76,6 +82,19 @@ def lifecycle(store: StateStore, item_id: str, phases: list[tuple[int, str]]) ->
         manager.start_phase(num)
         manager.complete_phase(num, f"output of phase {num} for {item_id} " + "x" * 200)
     return 1 + 2 * len(phases)
+
+
+def with_fingerprints(document: dict[str, Any], pipeline: Path) -> dict[str, Any]:
+    """``document`` with the fingerprints a real run records (code hashes, consumed outputs)."""
+    from pipekit.fingerprint import phase_fingerprint
+    from pipekit.loader import load
+
+    phases = load(str(pipeline)).phases
+    outputs = {int(num): text for num, text in document["phase_outputs"].items()}
+    for definition in phases:
+        recorded = phase_fingerprint(definition, phases, outputs, lambda func: {})
+        document["phases"][str(definition.num)]["fingerprint"] = recorded
+    return document
 
 
 def disk_bytes(store: StateStore) -> int:
@@ -116,6 +135,7 @@ def bench_store(
     writes_per_second = saves / (time.perf_counter() - started)
     template = store.load("w-0")
     assert template is not None
+    template = with_fingerprints(template, pipeline)
     # a database server holds other runs too: count what this one adds
     disk_before = 0 if kind != "postgresql" else disk_bytes(store)
     store.close()
