@@ -1,6 +1,6 @@
 """Write and resume a big run in each state store.
 
-    python benchmarks/stores_bench.py [--items 100000] [--phases 5] [--write-items 1000]
+    python benchmarks/stores_bench.py [--items 100000] [--phases 5] [--write-items 300] [--repeat 3]
                                       [--stores json,sqlite,postgresql] [--postgres-url URL]
 
 For each store it reports:
@@ -9,10 +9,10 @@ For each store it reports:
   ``PipelineStateManager`` (1 + 2 x phases saves per item, durable settings as
   shipped: fsync for JSON, ``synchronous=FULL`` for SQLite, PostgreSQL's
   default synchronous commit), on ``--write-items`` items;
-- resume: wall time of ``pipekit run`` (in a fresh process, after its imports)
-  over ``--items`` items that are all finished, with the fingerprints a real
-  run records, i.e. the cost of finding that nothing is left or stale; and
-  that process's peak memory;
+- resume: median wall time of ``--repeat`` runs of ``pipekit run`` (each in a
+  fresh process, timed after its imports) over ``--items`` items that are all
+  finished, with the fingerprints a real run records, i.e. the cost of finding
+  that nothing is left or stale; and the largest peak memory of those runs;
 - what is left: ``store.unfinished_item_ids()`` with 1% of the items unfinished;
 - disk used by the state (PostgreSQL: what the run adds to the tables, indexes and TOAST).
 
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,7 +126,7 @@ def human(n: float) -> str:
 
 
 def bench_store(
-    kind: str, url: str, work: Path, pipeline: Path, items: int, write_items: int, phases: int
+    kind: str, url: str, work: Path, pipeline: Path, items: int, write_items: int, phases: int, repeat: int = 3
 ) -> dict[str, Any]:
     names = [(n, f"phase_{n}") for n in range(1, phases + 1)]
     store = open_store_url(url, pipeline="bench_pipeline")
@@ -153,13 +154,18 @@ def bench_store(
     items_file = work / f"items-{kind}.txt"
     items_file.write_text("\n".join(ids) + "\n")
     env = {**os.environ, "PIPEKIT_STORE": url, "PIPEKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", RESUME, "run", str(pipeline), "--items", str(items_file), "-q", "--progress", "none"],
-        cwd=work, env=env, capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"resume run failed ({kind}):\n{proc.stderr[-2000:]}")
-    resume = json.loads(proc.stdout.strip().splitlines()[-1])
+    command = [sys.executable, "-c", RESUME, "run", str(pipeline), "--items", str(items_file), "-q"]
+    command += ["--progress", "none"]
+    resumes = []
+    for _ in range(repeat):
+        proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"resume run failed ({kind}):\n{proc.stderr[-2000:]}")
+        resumes.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    resume = {
+        "seconds": statistics.median(r["seconds"] for r in resumes),
+        "peak_bytes": max(r["peak_bytes"] for r in resumes),
+    }
 
     # what is left: 1% of the items lose their last phase
     unfinished = template["phases"][str(phases)]
@@ -206,6 +212,7 @@ def main() -> None:
     parser.add_argument("--phases", type=int, default=5)
     parser.add_argument("--write-items", type=int, default=300)
     parser.add_argument("--stores", default="json,sqlite,postgresql")
+    parser.add_argument("--repeat", type=int, default=3, help="resumes per store (the median is shown)")
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("PIPEKIT_BENCH_POSTGRES_URL") or os.environ.get("PIPEKIT_TEST_POSTGRES_URL"),
@@ -231,7 +238,9 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown store {kind!r}")
             print(f"{kind}: {mask_password(url)} ...", file=sys.stderr, flush=True)
-            results.append(bench_store(kind, url, work, pipeline, option.items, option.write_items, option.phases))
+            results.append(
+                bench_store(kind, url, work, pipeline, option.items, option.write_items, option.phases, option.repeat)
+            )
             if kind == "postgresql":
                 store = open_store_url(url)
                 for table in ("pipekit_items", "pipekit_outputs", "pipekit_leases"):
