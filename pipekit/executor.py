@@ -55,6 +55,15 @@ class PhaseExecutor:
         """The runner no longer wants ``future``'s result (timeout or interrupt)."""
         future.cancel()
 
+    def when_stopped(self, future: asyncio.Future[Any], callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the call behind ``future`` no longer runs (the
+        runner then frees the phase's concurrency slot). By default: when
+        ``future`` is done; an executor whose abandoned calls run on says later."""
+        if future.done():
+            callback()
+        else:
+            future.add_done_callback(lambda _: callback())
+
     async def astart(self) -> None:
         """Get ready before the first phase (connect, start a cluster): outside any
         phase's timeout."""
@@ -79,6 +88,8 @@ class LocalExecutor(PhaseExecutor):
 
     def __init__(self) -> None:
         self._isolated: IsolatedCalls | None = None
+        #: Sync calls whose thread still runs, with what to call when it ends.
+        self._threads: dict[asyncio.Future[Any], list[Callable[[], None]]] = {}
 
     def start(
         self,
@@ -95,7 +106,21 @@ class LocalExecutor(PhaseExecutor):
             return self._isolated.start(phase, func, kwargs, ctx)
         if asyncio.iscoroutinefunction(func):
             return asyncio.ensure_future(_call_async(func, kwargs))
-        return run_in_thread(func, kwargs, name=f"pipekit-{phase.name}")
+        waiting: list[Callable[[], None]] = []
+        future = run_in_thread(func, kwargs, name=f"pipekit-{phase.name}", on_exit=lambda: self._ended(future))
+        self._threads[future] = waiting
+        return future
+
+    def when_stopped(self, future: asyncio.Future[Any], callback: Callable[[], None]) -> None:
+        waiting = self._threads.get(future)
+        if waiting is not None and future.cancelled():
+            waiting.append(callback)  # abandoned, but its thread cannot be stopped: wait for it
+        else:
+            super().when_stopped(future, callback)
+
+    def _ended(self, future: asyncio.Future[Any]) -> None:
+        for callback in self._threads.pop(future, []):
+            callback()
 
     async def aclose(self) -> None:
         if self._isolated is not None:
@@ -119,10 +144,16 @@ class HandlerExit(Exception):
         )
 
 
-def run_in_thread(func: Callable[..., Any], kwargs: dict[str, Any], name: str) -> asyncio.Future[Any]:
+def run_in_thread(
+    func: Callable[..., Any],
+    kwargs: dict[str, Any],
+    name: str,
+    on_exit: Callable[[], None] | None = None,
+) -> asyncio.Future[Any]:
     """Run ``func(**kwargs)`` in a new daemon thread; a future of its result.
 
     A result that arrives after the future was cancelled is dropped.
+    ``on_exit`` is called on the event loop when the thread is done, even then.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
@@ -148,6 +179,8 @@ def run_in_thread(func: Callable[..., Any], kwargs: dict[str, Any], name: str) -
             outcome = (True, result)
         try:
             loop.call_soon_threadsafe(settle, *outcome)
+            if on_exit is not None:
+                loop.call_soon_threadsafe(on_exit)
         except RuntimeError:
             pass  # the loop is closed: the run is over and nobody wants this result
 

@@ -164,7 +164,7 @@ class PhaseRunner:
             return await self._run_phases()
         finally:
             if held:
-                self.writer.release(self.state)
+                await self.writer.release(self.state)
 
     async def _run_phases(self) -> bool:
         assert self.control is not None
@@ -173,7 +173,7 @@ class PhaseRunner:
                 if self.stale_check is None or not self.stale_check(phase, self.state.state):
                     continue
                 self.state.reset_phase(phase.num)
-                await self._saved()
+                self.writer.write_soon(self.state)
             if self.control.interrupted.is_set():
                 return False
             if self.control.stop_new_phases:
@@ -224,7 +224,10 @@ class PhaseRunner:
                 release()
             return not self.control.interrupted.is_set()
         manager.start_phase(phase.num, executor=phase.executor)
-        await self._saved()
+        # Not awaited: a crash before it lands re-runs the phase, as an in_progress
+        # one would. Observers hear of the start before the handler runs (a tracer
+        # opens its span here, in the item's context), maybe before it is on disk.
+        self.writer.write_soon(manager)
         self.control.phases_started += 1
         self.notify("pipekit_phase_start", item=item, phase=phase)
         if self.progress is not None:
@@ -239,11 +242,15 @@ class PhaseRunner:
         while True:
             attempt = manager.state.phases[phase.num].attempts
             ctx = self._context(phase, attempt)
+            future: asyncio.Future[Any] | None = None
             try:
                 future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
                 value, error = await self._race(phase, future)
             finally:
-                release()
+                if future is None:
+                    release()
+                else:  # a sync handler abandoned at its timeout still holds its slot while it runs
+                    self.executor.when_stopped(future, release)
             usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
             if error is None:
                 try:
@@ -283,7 +290,7 @@ class PhaseRunner:
             if release is None:
                 return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
             manager.start_phase(phase.num, executor=phase.executor)
-            await self._saved()
+            self.writer.write_soon(manager)
 
     async def _fingerprint(self, phase: PhaseDefinition) -> tuple[Any, BaseException | None]:
         """What produced this execution (``pipekit.fingerprint``); a user's ``fingerprint=``

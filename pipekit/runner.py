@@ -282,7 +282,7 @@ class Run:
 
     async def _process_item(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
         try:
-            lock = self.store.try_lock(item_id)
+            lock = await self._writer.lock_item(self.store, item_id)
             if lock is None:
                 self.items_busy += 1
                 self._say(f"item {item_id!r} is being run by another pipekit process; skipped")
@@ -303,10 +303,11 @@ class Run:
         if manager is None:
             return
         try:
-            await self._writer.flush(manager)
+            # Not awaited: the item's first phase starts while its new state is written.
+            self._writer.write_soon(manager)
             await self._run_prepared(index, item_id, manager)
         finally:
-            self._writer.release(manager)
+            await self._writer.release(manager)
 
     async def _run_prepared(self, index: int, item_id: str, manager: PipelineStateManager) -> None:
         state = manager.state
