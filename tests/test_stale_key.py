@@ -161,6 +161,11 @@ def test_a_database_made_before_the_stale_key_still_resumes(pipetester: PipeTest
         finished = store.finished_items(["one", "two"])
         assert finished is not None and sorted(finished) == ["a", "b", "c"]
         assert all(item.stale_key and json.loads(item.stale_key)[1][4] == ["one"] for item in finished.values())
+        # Keys are kept once, one per stage the items went through (no phase, one, both),
+        # not one per item: the rows hold digests.
+        db = store._db  # type: ignore[attr-defined]
+        assert db.execute("SELECT count(*) FROM stale_keys").fetchone() == (3,)
+        assert db.execute("SELECT count(DISTINCT stale_digest) FROM items").fetchone() == (1,)
     finally:
         store.close()
     again = pipetester.run("pipeline.py", "--store", f"sqlite:{path}", "--progress", "none")
