@@ -309,9 +309,7 @@ class Campaign:
                 report.reexecuted_completed += new
                 self._problem(f"completed phase {key} executed again")
             elif new > 0 and before > 0:
-                # A phase's start is written in the background: a kill can land
-                # after its handler began and before its in_progress did.
-                if status_before in ("in_progress", "pending"):
+                if status_before == "in_progress":
                     report.in_flight_reruns += new
                 else:
                     report.unexpected_reruns += new
@@ -322,6 +320,9 @@ class Campaign:
             if status_now == "completed" and now == 0:
                 self._problem(f"phase {key} completed without executing")
                 report.damaged_outputs += 1
+            if status_now == "pending" and now > 0:
+                self._problem(f"phase {key} executed but its state says pending")
+                report.unexpected_reruns += 1
         self.counts, self.statuses = counts, statuses
         return done
 

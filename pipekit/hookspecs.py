@@ -23,14 +23,10 @@ is for pytest. The lifecycle of a run::
     pipekit_run_finish         once, if pipekit_run_start ran
     pipekit_unconfigure        once, always
 
-The end of a phase (completed, failed, skipped, retried) and of an item is on
-disk before observers are called, so a hook never hears of work a crash could
-still lose. A phase's start is told before its handler runs, in the item's
-task, while (with -j > 1) its in_progress write may still be landing.
-``item.state`` is always the item's current state. Observer hooks run on the
-event loop's thread: keep them quick and hand slow work to a thread. An
-observer that raises is reported once with its plugin's name and the run goes
-on.
+State is saved before observers are called, so a hook always sees the item's
+state as it is on disk. Observer hooks run on the event loop's thread: keep
+them quick and hand slow work to a thread. An observer that raises is reported
+once with its plugin's name and the run goes on.
 """
 
 from __future__ import annotations
@@ -176,11 +172,10 @@ def pipekit_item_start(item: Item) -> None:
 
 @hookspec
 def pipekit_phase_start(item: Item, phase: PhaseDefinition) -> None:
-    """Called when a phase is recorded ``in_progress``, before its handler runs.
+    """Called after a phase is recorded ``in_progress``, before its handler runs.
 
     It runs in the item's task, so context variables set here (a tracing span)
-    are seen by the handler. With ``-j`` > 1 the ``in_progress`` state is
-    written in the background and may land just after this call.
+    are seen by the handler.
 
     :param item: the item.
     :param phase: the phase's definition (``num``, ``name``, ...).

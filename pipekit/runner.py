@@ -303,8 +303,7 @@ class Run:
         if manager is None:
             return
         try:
-            # Not awaited: the item's first phase starts while its new state is written.
-            self._writer.write_soon(manager)
+            # Not written yet: the write that starts the item's first phase includes it.
             await self._run_prepared(index, item_id, manager)
         finally:
             await self._writer.release(manager)

@@ -1,27 +1,18 @@
-"""Writing item states off the event loop, most urgent first.
+"""Writing item states off the event loop.
 
 A durable save (temporary file, fsync, rename, directory fsync) blocks for
 milliseconds; done on the event loop it stops every other item, and 100
 concurrent items that only ``await`` a network call run no faster than their
 state writes one after another. The runner marks each item's manager
-``defer_saves``; its changes are then written by this module in a small
-thread pool, so that writes of different items overlap while one item's
-writes land in order (one write per item in flight at a time).
+``defer_saves`` and awaits ``StateWriter.flush`` after a change and before it
+tells observers or runs a handler: the write runs in a small thread pool, so
+writes of different items overlap while one item's writes land in order (one
+write per item in flight at a time). Changes saved while an item's write is
+queued or in flight are written together, once.
 
-Two ways to ask for a write:
-
-- ``flush`` waits until everything saved so far is durable. The runner uses
-  it for the changes a crash must not lose (a phase completed, failed or
-  skipped, the item's end), always before it tells observers about them.
-- ``write_soon`` starts the write in the background and returns at once. The
-  runner uses it for changes a crash may lose without harm (a phase started,
-  a new item's state): after a crash that phase runs again either way, so the
-  handler need not wait for the write.
-
-Flushes go first: a background write waits while any flush waits, so an item
-whose phase just ended is not kept waiting by another item's start. Changes
-made while a write is queued or in flight are written together, once: when
-the disk is the bottleneck, a phase's start and end become one write.
+A database store that declares ``batched_saves`` gets group commit instead:
+one thread writes every item queued meanwhile with one ``save_many`` (one
+transaction, one fsync), while the next batch gathers.
 """
 
 from __future__ import annotations
@@ -40,21 +31,18 @@ from pipekit.store import StateStore
 class StateWriter:
     """Writes deferred saves of ``PipelineStateManager`` objects.
 
-    :param threads: size of the thread pool; 0 writes on the calling thread
-        (``write_soon`` and ``flush`` then write at once).
+    :param threads: size of the thread pool; 0 writes on the calling thread.
     """
 
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
-        self._urgent: deque[PipelineStateManager] = deque()
-        self._background: deque[PipelineStateManager] = deque()
+        #: Items waiting for a thread, oldest first.
+        self._queue: deque[PipelineStateManager] = deque()
         #: Items with a write in flight (at most one each, so they land in order).
         self._busy: set[PipelineStateManager] = set()
         #: Flushes waiting for an item to have nothing left to write.
         self._waiters: dict[PipelineStateManager, list[asyncio.Future[None]]] = {}
-        #: A background write that failed, raised by the item's next call here.
-        self._errors: dict[PipelineStateManager, BaseException] = {}
 
     def hold(self, manager: PipelineStateManager) -> bool:
         """Defer ``manager``'s saves until written here; False if they already were."""
@@ -63,20 +51,8 @@ class StateWriter:
         manager.defer_saves = True
         return True
 
-    def write_soon(self, manager: PipelineStateManager) -> None:
-        """Have what ``manager`` saved written in the background, when no flush waits."""
-        self._raise_error(manager)
-        if not manager.has_pending_save:
-            return
-        if not self._in_threads(manager):
-            manager.write_pending()
-            return
-        self._enqueue(manager, urgent=False)
-        self._dispatch()
-
     async def flush(self, manager: PipelineStateManager) -> None:
         """Wait until everything ``manager`` saved so far is written."""
-        self._raise_error(manager)
         if not self._in_threads(manager):
             if manager.has_pending_save:
                 manager.write_pending()
@@ -86,7 +62,7 @@ class StateWriter:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(manager, []).append(waiter)
         if manager.has_pending_save:
-            self._enqueue(manager, urgent=True)
+            self._enqueue(manager)
             self._dispatch()
         await waiter
 
@@ -134,56 +110,67 @@ class StateWriter:
         return self._pool
 
     def _in_threads(self, manager: PipelineStateManager) -> bool:
-        return self.threads > 0 and manager.store.threadsafe_saves
+        store = manager.store
+        return self.threads > 0 and (store.threadsafe_saves or store.batched_saves)
 
-    def _raise_error(self, manager: PipelineStateManager) -> None:
-        error = self._errors.pop(manager, None)
-        if error is not None:
-            raise error
-
-    def _enqueue(self, manager: PipelineStateManager, urgent: bool) -> None:
-        if manager in self._busy:
-            return  # queued again when its write lands
-        if manager in self._urgent:
-            return
-        if manager in self._background:
-            if not urgent:
-                return
-            self._background.remove(manager)
-        (self._urgent if urgent else self._background).append(manager)
+    def _enqueue(self, manager: PipelineStateManager) -> None:
+        if manager not in self._busy and manager not in self._queue:
+            self._queue.append(manager)  # (a busy one is queued again when its write lands)
 
     def _dispatch(self) -> None:
-        """Start writes while threads are free: flushes first, oldest first."""
-        while len(self._busy) < self.threads and (self._urgent or self._background):
-            manager = self._urgent.popleft() if self._urgent else self._background.popleft()
-            if not manager.has_pending_save:
-                self._wake(manager)
+        """Start writes while threads are free, oldest first; for a store with
+        batched saves, one call at a time writes every item queued meanwhile."""
+        while self._queue and len(self._busy) < self.threads:
+            if self._queue[0].store.batched_saves:
+                if self._busy:
+                    return  # the batch in flight takes the next ones when it lands
+                managers = self._take_queue()
+                job = PendingWrite.run_together
+            else:
+                managers, job = [self._queue.popleft()], _run_one
+            for manager in managers:
+                if not manager.has_pending_save:
+                    self._wake(manager)
+            managers = [manager for manager in managers if manager.has_pending_save]
+            if not managers:
                 continue
-            write = manager.take_pending_write()
-            self._busy.add(manager)
-            landing = asyncio.get_running_loop().run_in_executor(self._threads(), write.run)
-            landing.add_done_callback(functools.partial(self._landed, manager, write))
+            writes = [manager.take_pending_write() for manager in managers]
+            self._busy.update(managers)
+            landing = asyncio.get_running_loop().run_in_executor(self._threads(), job, writes)
+            landing.add_done_callback(functools.partial(self._landed, managers, writes))
 
-    def _landed(self, manager: PipelineStateManager, write: PendingWrite, done: asyncio.Future[None]) -> None:
-        self._busy.discard(manager)
+    def _take_queue(self, limit: int = 1000) -> list[PipelineStateManager]:
+        taken: list[PipelineStateManager] = []
+        while self._queue and len(taken) < limit:
+            taken.append(self._queue.popleft())
+        return taken
+
+    def _landed(
+        self, managers: list[PipelineStateManager], writes: list[PendingWrite], done: asyncio.Future[None]
+    ) -> None:
         error = asyncio.CancelledError() if done.cancelled() else done.exception()
-        if error is None:
+        for manager, write in zip(managers, writes, strict=True):
+            self._busy.discard(manager)
+            if error is not None:
+                self._wake(manager, error)
+                continue
             manager.saved(write)
             if manager.has_pending_save:
-                self._enqueue(manager, urgent=manager in self._waiters)
+                self._enqueue(manager)
             else:
                 self._wake(manager)
-        else:
-            self._wake(manager, error)
         self._dispatch()
 
     def _wake(self, manager: PipelineStateManager, error: BaseException | None = None) -> None:
         """Tell the item's flushes its writes have landed (or failed)."""
-        waiters = [w for w in self._waiters.pop(manager, []) if not w.done()]
-        if error is not None and not waiters:
-            self._errors[manager] = error
-        for waiter in waiters:
+        for waiter in self._waiters.pop(manager, []):
+            if waiter.done():
+                continue
             if error is None:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(error)
+
+
+def _run_one(writes: list[PendingWrite]) -> None:
+    writes[0].run()
