@@ -51,7 +51,7 @@ JSON_CHUNK = 1000
 
 def item_status(state: PipelineState) -> str:
     """What the item looks like now: failed, in_progress, completed or pending."""
-    return row_status(vars(p) for p in state.phases.values())
+    return row_status(p.status for p in state.phases.values())
 
 
 def last_note(state: PipelineState) -> str:
@@ -100,7 +100,7 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
             write_story(out, target, state, _colour(out))
         return ExitCode.OK
     errors: list[StateFileError] = []
-    rows = RowReader(target).rows(errors)
+    rows = RowReader(target).rows(errors, encode=option.json)
     if option.item:
         wanted = set(select_item_ids(target.store, option.item, known=[r.item_id for r in rows]))
         rows = [r for r in rows if r.item_id in wanted]
@@ -167,7 +167,7 @@ def write_matrix(out: TextIO, target: Target, rows: list[StatusRow], colour: boo
     out.write(f"{'item'.ljust(id_width)}  {cells}  {'cost':>9}  last error\n")
     for item in rows:
         line = " ".join(
-            " " * (w - 1) + glyph(item.phase_status(index), colour) for index, w in enumerate(widths)
+            " " * (w - 1) + glyph(status, colour) for status, w in zip(item.statuses, widths, strict=True)
         )
         note = _clip(item.last_note(), 100)
         label = _clip(item.item_id, id_width).ljust(id_width)
@@ -213,9 +213,8 @@ def write_summary(out: TextIO, target: Target, rows: list[StatusRow], colour: bo
     counts: dict[int, Counter[str]] = {}
     cost: dict[int, float] = {}
     for index, definition in enumerate(definitions):
-        phases = [r.phases[index] for r in rows]
-        counts[definition.num] = Counter([p.get("status", PENDING) for p in phases])
-        cost[definition.num] = sum([p.get("cost_usd", 0.0) for p in phases])
+        counts[definition.num] = Counter([r.statuses[index] for r in rows])
+        cost[definition.num] = sum([r.costs[index] for r in rows])
     failed = sorted_rows([r for r in rows if r.status == FAILED])
     failures = [(r.item_id, r.last_note()) for r in failed[:SUMMARY_FAILURES]]
     name_width = max([5, *(len(f"{p.num} {p.name}") for p in target.pipeline.phases)])
@@ -250,7 +249,7 @@ def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[
     for start in range(0, len(rows), JSON_CHUNK):
         if start:
             out.write(", ")
-        out.write(encode([r.record() for r in rows[start : start + JSON_CHUNK]])[1:-1])
+        out.write(", ".join([r.json() for r in rows[start : start + JSON_CHUNK]]))
     out.write(f'], "totals": {encode(totals(rows))}, "errors": {encode([str(e) for e in errors])}}}\n')
 
 

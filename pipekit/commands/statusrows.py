@@ -13,9 +13,17 @@ ways show the same thing and a corrupt document raises the same
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Iterator
+import contextlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import MISSING
 from dataclasses import fields
 import gc
+import json
+import multiprocessing
+import os
+import threading
 from typing import Any
 
 from pipekit.commands.target import Target
@@ -29,6 +37,7 @@ from pipekit.state import SCHEMA_VERSION
 from pipekit.state import SKIPPED
 from pipekit.state import PhaseState
 from pipekit.state import PipelineState
+from pipekit.store import JsonDirStore
 
 
 #: Every field of a saved phase with its default, in ``PhaseState`` order
@@ -37,26 +46,38 @@ PHASE_DEFAULTS: dict[str, Any] = {
     f.name: None if f.default is MISSING else f.default for f in fields(PhaseState)
 }
 _PHASE_KEYS = frozenset(PHASE_DEFAULTS)
+#: From this many state files on, a JSON directory is read by worker processes:
+#: parsing JSON holds the GIL, and below this starting them costs more than it saves.
+PARALLEL_FILES = 20_000
+#: At most this many worker processes.
+MAX_WORKERS = 2
+#: State files per task handed to a worker.
+CHUNK_FILES = 2_000
+
+_encode = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class StatusRow:
-    """One item as status shows it.
+    """One item as status shows it: its status, totals, and per pipeline phase
+    (in the pipeline's order) its status and cost.
 
-    ``phases`` holds one dict per pipeline phase, in the pipeline's order, with
-    ``PhaseState``'s fields (a field missing from the saved document has its default).
+    ``phases`` holds the phases with ``PhaseState``'s fields (a field missing
+    from the saved document has its default); a row sent back by a worker
+    process has none, only what the views show (``last_note`` and ``json``).
     """
 
     __slots__ = (
         "item_id",
         "status",
-        "saved_status",
-        "metadata",
-        "started_at",
-        "last_updated",
         "total_tokens_in",
         "total_tokens_out",
         "total_cost_usd",
+        "statuses",
+        "costs",
         "phases",
+        "_detail",
+        "_note",
+        "_encoded",
     )
 
     def __init__(
@@ -70,13 +91,14 @@ class StatusRow:
         phases: list[dict[str, Any]],
     ) -> None:
         self.item_id = item_id
-        self.saved_status = saved_status
-        self.metadata = metadata
-        self.started_at = started_at
-        self.last_updated = last_updated
         self.total_tokens_in, self.total_tokens_out, self.total_cost_usd = totals
         self.phases = phases
-        self.status = row_status(phases)
+        self.statuses = tuple([p.get("status", PENDING) for p in phases])
+        self.costs = tuple([p.get("cost_usd", 0.0) for p in phases])
+        self.status = row_status(self.statuses)
+        self._detail = (saved_status, metadata, started_at, last_updated)
+        self._note: str | None = None
+        self._encoded: str | None = None
 
     @classmethod
     def from_state(cls, state: PipelineState) -> StatusRow:
@@ -91,33 +113,55 @@ class StatusRow:
             [dict(vars(p)) for _, p in sorted(state.phases.items())],
         )
 
-    def phase_status(self, index: int) -> Any:
-        """The status of the pipeline's ``index``-th phase (a str unless hand-edited)."""
-        return self.phases[index].get("status", PENDING)
-
     def last_note(self) -> str:
         """The last failure (``2 draft: error``), else the last hand-made skip reason."""
-        return phases_note(self.phases)
+        if self._note is None:
+            self._note = phases_note(self.phases)
+        return self._note
 
     def record(self) -> dict[str, Any]:
         """The machine-readable picture of the item (outputs left out: see ``export``)."""
+        saved_status, metadata, started_at, last_updated = self._detail
         return {
             "item_id": self.item_id,
             "status": self.status,
-            "saved_status": self.saved_status,
-            "metadata": self.metadata,
-            "started_at": self.started_at,
-            "last_updated": self.last_updated,
+            "saved_status": saved_status,
+            "metadata": metadata,
+            "started_at": started_at,
+            "last_updated": last_updated,
             "total_tokens_in": self.total_tokens_in,
             "total_tokens_out": self.total_tokens_out,
             "total_cost_usd": self.total_cost_usd,
             "phases": [{**PHASE_DEFAULTS, **p} for p in self.phases],
         }
 
+    def json(self) -> str:
+        """``record()`` as JSON text (json's C encoder: no indent)."""
+        return self._encoded if self._encoded is not None else _encode(self.record())
 
-def row_status(phases: Iterable[dict[str, Any]]) -> str:
-    """What the item looks like now: failed, in_progress, completed or pending."""
-    statuses = {p.get("status", PENDING) for p in phases}
+    def to_wire(self, encode: bool) -> tuple[Any, ...]:
+        """What a worker process sends back: plain values, quick to pickle. With
+        ``encode`` the encoded record (for ``--json``), else the note."""
+        text = self.json() if encode else None
+        note = None if encode else self.last_note()
+        return (self.item_id, self.status, self.total_tokens_in, self.total_tokens_out, self.total_cost_usd,
+                self.statuses, self.costs, note, text)
+
+    @classmethod
+    def from_wire(cls, wire: tuple[Any, ...]) -> StatusRow:
+        """The row ``to_wire`` sent (without ``phases``)."""
+        row = cls.__new__(cls)
+        (row.item_id, row.status, row.total_tokens_in, row.total_tokens_out, row.total_cost_usd,
+         row.statuses, row.costs, row._note, row._encoded) = wire
+        row.phases = []
+        row._detail = None
+        return row
+
+
+def row_status(statuses: Iterable[Any]) -> str:
+    """What an item whose phases have ``statuses`` looks like now: failed,
+    in_progress, completed or pending."""
+    statuses = set(statuses)
     if FAILED in statuses:
         return FAILED
     if IN_PROGRESS in statuses:
@@ -149,16 +193,33 @@ class RowReader:
         self._expected = {str(p.num): (p.name, p.num) for p in target.pipeline.phases}
         self._order = [str(p.num) for p in sorted(target.pipeline.phases, key=lambda p: p.num)]
 
-    def rows(self, errors: list[StateFileError] | None = None) -> list[StatusRow]:
+    def rows(self, errors: list[StateFileError] | None = None, *, encode: bool = False) -> list[StatusRow]:
         """A row for every saved item, unordered; a broken document goes to
-        ``errors`` when given (raised otherwise)."""
+        ``errors`` when given (raised otherwise).
+
+        :param encode: the rows are for ``--json`` (worker processes then encode
+            each record, and the parent gets no phases).
+        """
+        store = self.target.store
+        if not isinstance(store, JsonDirStore):
+            return self._rows(store.load_all(errors), errors)
+        paths = store.state_files()
+        workers = worker_count(len(paths))
+        if workers > 1 and errors is not None:
+            try:
+                return self._rows_in_processes(paths, errors, workers, encode)
+            except BrokenProcessPool:
+                pass  # a worker died (out of memory?): read them here
+        return self._rows(store.load_files(paths, errors), errors)
+
+    def _rows(
+        self, documents: Iterable[tuple[str, dict[str, Any]]], errors: list[StateFileError] | None
+    ) -> list[StatusRow]:
         rows = []
         # Millions of small acyclic objects: the cyclic GC would rescan the growing
         # heap over and over.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for item_id, document in self.target.store.load_all(errors):
+        with _gc_paused():
+            for item_id, document in documents:
                 document.pop("phase_outputs", None)  # never shown; memory holds rows only
                 try:
                     rows.append(self.row(item_id, document))
@@ -166,9 +227,28 @@ class RowReader:
                     if errors is None:
                         raise
                     errors.append(exc)
+        return rows
+
+    def _rows_in_processes(
+        self, paths: list[str], errors: list[StateFileError], workers: int, encode: bool
+    ) -> list[StatusRow]:
+        """``rows`` with the files shared out to forked ``workers``, in order (so
+        errors come in the order one process meets them)."""
+        global _forked
+        starts = range(0, len(paths), CHUNK_FILES)
+        rows: list[StatusRow] = []
+        found: list[StateFileError] = []
+        _forked = (self, paths)  # what the forked workers read, without pickling it
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool, _gc_paused():
+                from_wire = StatusRow.from_wire
+                for wires, problems in pool.map(_read_chunk, starts, [encode] * len(starts)):
+                    rows += [from_wire(wire) for wire in wires]
+                    found += [StateFileError(path, problem) for path, problem in problems]
         finally:
-            if collecting:
-                gc.enable()
+            _forked = None
+        errors += found
         return rows
 
     def row(self, item_id: str, document: dict[str, Any]) -> StatusRow:
@@ -221,3 +301,43 @@ class RowReader:
             ),
             [saved[key] for key in self._order],
         )
+
+
+#: The reader of the parent process and its state files, inherited by the workers it forks.
+_forked: tuple[RowReader, list[str]] | None = None
+
+
+def _read_chunk(start: int, encode: bool) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    """In a worker: the rows of ``CHUNK_FILES`` state files from ``start``, as
+    ``to_wire`` tuples, and their problems as (path, problem)."""
+    assert _forked is not None
+    reader, paths = _forked
+    store = reader.target.store
+    assert isinstance(store, JsonDirStore)
+    errors: list[StateFileError] = []
+    rows = reader._rows(store.load_files(paths[start : start + CHUNK_FILES], errors), errors)
+    # StateFileError does not survive pickling (its arguments are not its message).
+    return [row.to_wire(encode) for row in rows], [(str(e.path), e.problem) for e in errors]
+
+
+def worker_count(files: int) -> int:
+    """How many processes should read ``files`` state files (1: this one alone)."""
+    if files < PARALLEL_FILES or threading.active_count() > 1:
+        return 1  # forking a process with threads can deadlock the child
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(cpus, MAX_WORKERS)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC (as it was afterwards)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
