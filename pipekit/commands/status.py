@@ -100,7 +100,7 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
             write_story(out, target, state, _colour(out))
         return ExitCode.OK
     errors: list[StateFileError] = []
-    rows = RowReader(target).rows(errors, encode=option.json)
+    rows = RowReader(target, full=option.json).rows(errors)
     if option.item:
         wanted = set(select_item_ids(target.store, option.item, known=[r.item_id for r in rows]))
         rows = [r for r in rows if r.item_id in wanted]

@@ -119,8 +119,17 @@ class StatusRow:
             self._note = phases_note(self.phases)
         return self._note
 
+    def forget_phases(self) -> None:
+        """Keep only what the matrix and the summary show: less memory, and far
+        fewer objects for the cyclic GC to scan and for the end to free."""
+        statuses = self.statuses
+        self._note = phases_note(self.phases) if FAILED in statuses or SKIPPED in statuses else ""
+        self.phases = []
+        self._detail = None
+
     def record(self) -> dict[str, Any]:
         """The machine-readable picture of the item (outputs left out: see ``export``)."""
+        assert self._detail is not None, "record() of a row without its phases"
         saved_status, metadata, started_at, last_updated = self._detail
         return {
             "item_id": self.item_id,
@@ -139,11 +148,11 @@ class StatusRow:
         """``record()`` as JSON text (json's C encoder: no indent)."""
         return self._encoded if self._encoded is not None else _encode(self.record())
 
-    def to_wire(self, encode: bool) -> tuple[Any, ...]:
-        """What a worker process sends back: plain values, quick to pickle. With
-        ``encode`` the encoded record (for ``--json``), else the note."""
-        text = self.json() if encode else None
-        note = None if encode else self.last_note()
+    def to_wire(self) -> tuple[Any, ...]:
+        """What a worker process sends back: plain values, quick to pickle (the
+        encoded record for ``--json``, else the note)."""
+        text = self.json() if self._detail is not None else None
+        note = None if text is not None else self.last_note()
         return (self.item_id, self.status, self.total_tokens_in, self.total_tokens_out, self.total_cost_usd,
                 self.statuses, self.costs, note, text)
 
@@ -187,19 +196,18 @@ def phases_note(phases: list[dict[str, Any]]) -> str:
 class RowReader:
     """Turns the saved documents of ``target``'s store into ``StatusRow``s."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, *, full: bool = False) -> None:
+        """:param full: keep every phase for ``record`` (``--json``); else only
+        what the matrix and the summary show."""
         self.target = target
+        self.full = full
         #: The pipeline's phases as a saved document keys them: {"1": ("research", 1)}.
         self._expected = {str(p.num): (p.name, p.num) for p in target.pipeline.phases}
         self._order = [str(p.num) for p in sorted(target.pipeline.phases, key=lambda p: p.num)]
 
-    def rows(self, errors: list[StateFileError] | None = None, *, encode: bool = False) -> list[StatusRow]:
+    def rows(self, errors: list[StateFileError] | None = None) -> list[StatusRow]:
         """A row for every saved item, unordered; a broken document goes to
-        ``errors`` when given (raised otherwise).
-
-        :param encode: the rows are for ``--json`` (worker processes then encode
-            each record, and the parent gets no phases).
-        """
+        ``errors`` when given (raised otherwise)."""
         store = self.target.store
         if not isinstance(store, JsonDirStore):
             return self._rows(store.load_all(errors), errors)
@@ -207,7 +215,7 @@ class RowReader:
         workers = worker_count(len(paths))
         if workers > 1 and errors is not None:
             try:
-                return self._rows_in_processes(paths, errors, workers, encode)
+                return self._rows_in_processes(paths, errors, workers)
             except BrokenProcessPool:
                 pass  # a worker died (out of memory?): read them here
         return self._rows(store.load_files(paths, errors), errors)
@@ -222,15 +230,19 @@ class RowReader:
             for item_id, document in documents:
                 document.pop("phase_outputs", None)  # never shown; memory holds rows only
                 try:
-                    rows.append(self.row(item_id, document))
+                    row = self.row(item_id, document)
                 except StateFileError as exc:
                     if errors is None:
                         raise
                     errors.append(exc)
+                    continue
+                if not self.full:
+                    row.forget_phases()
+                rows.append(row)
         return rows
 
     def _rows_in_processes(
-        self, paths: list[str], errors: list[StateFileError], workers: int, encode: bool
+        self, paths: list[str], errors: list[StateFileError], workers: int
     ) -> list[StatusRow]:
         """``rows`` with the files shared out to forked ``workers``, in order (so
         errors come in the order one process meets them)."""
@@ -243,7 +255,7 @@ class RowReader:
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(workers, mp_context=context) as pool, _gc_paused():
                 from_wire = StatusRow.from_wire
-                for wires, problems in pool.map(_read_chunk, starts, [encode] * len(starts)):
+                for wires, problems in pool.map(_read_chunk, starts):
                     rows += [from_wire(wire) for wire in wires]
                     found += [StateFileError(path, problem) for path, problem in problems]
         finally:
@@ -307,7 +319,7 @@ class RowReader:
 _forked: tuple[RowReader, list[str]] | None = None
 
 
-def _read_chunk(start: int, encode: bool) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+def _read_chunk(start: int) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
     """In a worker: the rows of ``CHUNK_FILES`` state files from ``start``, as
     ``to_wire`` tuples, and their problems as (path, problem)."""
     assert _forked is not None
@@ -317,7 +329,7 @@ def _read_chunk(start: int, encode: bool) -> tuple[list[tuple[Any, ...]], list[t
     errors: list[StateFileError] = []
     rows = reader._rows(store.load_files(paths[start : start + CHUNK_FILES], errors), errors)
     # StateFileError does not survive pickling (its arguments are not its message).
-    return [row.to_wire(encode) for row in rows], [(str(e.path), e.problem) for e in errors]
+    return [row.to_wire() for row in rows], [(str(e.path), e.problem) for e in errors]
 
 
 def worker_count(files: int) -> int:
