@@ -167,6 +167,14 @@ class StatusRow:
         return row
 
 
+def rows_json(rows: list[StatusRow]) -> str:
+    """The records of ``rows`` as JSON, separated by ``", "``."""
+    if all(row._encoded is not None for row in rows):
+        return ", ".join([row.json() for row in rows])
+    # One encoder call for many records: json sets up its C encoder on each call.
+    return _encode([row.record() for row in rows])[1:-1]
+
+
 def row_status(statuses: Iterable[Any]) -> str:
     """What an item whose phases have ``statuses`` looks like now: failed,
     in_progress, completed or pending."""
@@ -226,7 +234,7 @@ class RowReader:
         rows = []
         # Millions of small acyclic objects: the cyclic GC would rescan the growing
         # heap over and over.
-        with _gc_paused():
+        with gc_paused():
             for item_id, document in documents:
                 document.pop("phase_outputs", None)  # never shown; memory holds rows only
                 try:
@@ -253,7 +261,7 @@ class RowReader:
         _forked = (self, paths)  # what the forked workers read, without pickling it
         try:
             context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool, _gc_paused():
+            with ProcessPoolExecutor(workers, mp_context=context) as pool, gc_paused():
                 from_wire = StatusRow.from_wire
                 for wires, problems in pool.map(_read_chunk, starts):
                     rows += [from_wire(wire) for wire in wires]
@@ -344,7 +352,7 @@ def worker_count(files: int) -> int:
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC (as it was afterwards)."""
     was = gc.isenabled()
     gc.disable()
