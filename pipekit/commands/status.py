@@ -12,7 +12,6 @@ from typing import TextIO
 
 from pipekit.commands.statusrows import RowReader
 from pipekit.commands.statusrows import gc_paused
-from pipekit.commands.statusrows import rows_json
 from pipekit.commands.statusrows import StatusRow
 from pipekit.commands.statusrows import phases_note
 from pipekit.commands.statusrows import row_status
@@ -48,7 +47,7 @@ DEFAULT_MAX_ROWS = 50
 SUMMARY_FAILURES = 20
 
 
-#: Items encoded per write of ``--json`` (one C call each, without holding the whole text).
+#: Items per write of ``--json`` (never one string of the whole document).
 JSON_CHUNK = 1000
 
 
@@ -260,7 +259,7 @@ def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[
     for start in range(0, len(rows), JSON_CHUNK):
         if start:
             out.write(", ")
-        out.write(rows_json(rows[start : start + JSON_CHUNK]))
+        out.write(", ".join([r.json() for r in rows[start : start + JSON_CHUNK]]))
     out.write(f'], "totals": {encode(totals(rows))}, "errors": {encode([str(e) for e in errors])}}}\n')
 
 
