@@ -37,6 +37,9 @@ from pipekit import phase
 
 LIMITS = {{"api": pipekit.Limit(rpm=600_000, tpm=100_000_000, burst=100)}}
 
+async def echo(value):
+    return value
+
 @phase(1, timeout=None{options})
 async def call(ctx):
     {body}
@@ -48,9 +51,11 @@ VARIANTS = {
     "limits=['api'] (around the phase)": (", limits=['api']", "pass"),
     "ctx.acquire('api', tokens=500)": ("", "await ctx.acquire('api', tokens=500)"),
     "concurrency=100 + limit": (", concurrency=100, limits=['api']", "pass"),
+    # async functions, as an async handler would checkpoint its API calls: their
+    # durable writes then run in a thread, not on the event loop
     "2 checkpoints + limit": (
         ", limits=['api']",
-        "ctx.checkpoint('a', str, 1); ctx.checkpoint('b', str, 2)",
+        "await ctx.checkpoint('a', echo, 1); await ctx.checkpoint('b', echo, 2)",
     ),
 }
 

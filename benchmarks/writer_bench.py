@@ -1,6 +1,6 @@
 """Durable state writes off the event loop: a thread pool against batching.
 
-    python benchmarks/writer_bench.py [--items 1000] [--writes 7] [-j 100]
+    python benchmarks/writer_bench.py [--items 1000] [--writes 4] [-j 100]
 
 ``-j`` coroutines each write one item's state ``--writes`` times in order,
 awaiting each write (as the runner does: an item's next change waits for its
@@ -130,7 +130,7 @@ def with_batches(folder: Path, items: int, writes: int, workers: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--writes", type=int, default=7, help="writes per item (1 + 2 per phase)")
+    parser.add_argument("--writes", type=int, default=4, help="writes per item (1 + 1 per phase of 3)")
     parser.add_argument("-j", "--workers", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

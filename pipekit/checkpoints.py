@@ -11,6 +11,7 @@ or is reset (``--force``, ``--from-phase``, ``pipekit reset``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from collections.abc import Callable
 import inspect
@@ -81,10 +82,12 @@ class Checkpoints:
         return self.store_result(key, fn(*args))
 
     async def _checkpoint_async(self, key: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        found, value = self.lookup(key)
+        # The store's reads and durable writes run in a thread: on the event
+        # loop each one would stop every other item for the length of an fsync.
+        found, value = await asyncio.to_thread(self.lookup, key)
         if found:
             return value
-        return self.store_result(key, await fn(*args))
+        return await asyncio.to_thread(self.store_result, key, await fn(*args))
 
 
 def _check_key(key: object) -> None:

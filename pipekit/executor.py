@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable
 from collections.abc import Callable
 import contextvars
+import queue
 import threading
 from typing import TYPE_CHECKING
 from typing import Any
@@ -55,6 +56,15 @@ class PhaseExecutor:
         """The runner no longer wants ``future``'s result (timeout or interrupt)."""
         future.cancel()
 
+    def when_stopped(self, future: asyncio.Future[Any], callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the call behind ``future`` no longer runs (the
+        runner then frees the phase's concurrency slot). By default: when
+        ``future`` is done; an executor whose abandoned calls run on says later."""
+        if future.done():
+            callback()
+        else:
+            future.add_done_callback(lambda _: callback())
+
     async def astart(self) -> None:
         """Get ready before the first phase (connect, start a cluster): outside any
         phase's timeout."""
@@ -79,6 +89,8 @@ class LocalExecutor(PhaseExecutor):
 
     def __init__(self) -> None:
         self._isolated: IsolatedCalls | None = None
+        #: Sync calls whose thread still runs, with what to call when it ends.
+        self._threads: dict[asyncio.Future[Any], list[Callable[[], None]]] = {}
 
     def start(
         self,
@@ -95,7 +107,21 @@ class LocalExecutor(PhaseExecutor):
             return self._isolated.start(phase, func, kwargs, ctx)
         if asyncio.iscoroutinefunction(func):
             return asyncio.ensure_future(_call_async(func, kwargs))
-        return run_in_thread(func, kwargs, name=f"pipekit-{phase.name}")
+        waiting: list[Callable[[], None]] = []
+        future = run_in_thread(func, kwargs, name=f"pipekit-{phase.name}", on_exit=lambda: self._ended(future))
+        self._threads[future] = waiting
+        return future
+
+    def when_stopped(self, future: asyncio.Future[Any], callback: Callable[[], None]) -> None:
+        waiting = self._threads.get(future)
+        if waiting is not None and future.cancelled():
+            waiting.append(callback)  # abandoned, but its thread cannot be stopped: wait for it
+        else:
+            super().when_stopped(future, callback)
+
+    def _ended(self, future: asyncio.Future[Any]) -> None:
+        for callback in self._threads.pop(future, []):
+            callback()
 
     async def aclose(self) -> None:
         if self._isolated is not None:
@@ -119,24 +145,35 @@ class HandlerExit(Exception):
         )
 
 
-def run_in_thread(func: Callable[..., Any], kwargs: dict[str, Any], name: str) -> asyncio.Future[Any]:
-    """Run ``func(**kwargs)`` in a new daemon thread; a future of its result.
+def run_in_thread(
+    func: Callable[..., Any],
+    kwargs: dict[str, Any],
+    name: str,
+    on_exit: Callable[[], None] | None = None,
+) -> asyncio.Future[Any]:
+    """Run ``func(**kwargs)`` in a daemon thread of its own; a future of its result.
 
-    A result that arrives after the future was cancelled is dropped.
+    The thread is an idle one from an earlier call when there is one (starting
+    a thread costs more than a no-op phase), else a new one, so a call stuck
+    in its thread never delays another. A result that arrives after the future
+    was cancelled is dropped. ``on_exit`` is called on the event loop when the
+    call is over, even then.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
     context = contextvars.copy_context()
 
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    def finish(ok: bool, value: Any) -> None:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        if on_exit is not None:
+            on_exit()
 
-    def target() -> None:
+    def call() -> Callable[[], None]:
+        threading.current_thread().name = name
         outcome: tuple[bool, Any]
         try:
             result = context.run(func, **kwargs)
@@ -146,13 +183,63 @@ def run_in_thread(func: Callable[..., Any], kwargs: dict[str, Any], name: str) -
             outcome = (False, exc)
         else:
             outcome = (True, result)
-        try:
-            loop.call_soon_threadsafe(settle, *outcome)
-        except RuntimeError:
-            pass  # the loop is closed: the run is over and nobody wants this result
 
-    threading.Thread(target=target, name=name, daemon=True).start()
+        def report() -> None:
+            try:
+                loop.call_soon_threadsafe(finish, *outcome)
+            except RuntimeError:
+                pass  # the loop is closed: the run is over and nobody wants this result
+
+        return report
+
+    _THREADS.submit(call, name)
     return future
+
+
+class ThreadCache:
+    """Daemon threads for sync calls, reused: an idle thread takes the next
+    call, and a new one starts when every thread is busy. A thread idle for
+    ``idle_seconds`` ends.
+
+    A call returns what reports its result; the thread counts itself idle
+    before running it, so the next call (which the report may trigger at
+    once) finds it free.
+    """
+
+    def __init__(self, idle_seconds: float = 30.0) -> None:
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        #: The inbox of each idle thread, the most recently idle last.
+        self._idle: list[queue.SimpleQueue[Callable[[], Callable[[], None]]]] = []
+
+    def submit(self, call: Callable[[], Callable[[], None]], name: str) -> None:
+        """Run ``call`` in an idle thread, or in a new one named ``name``."""
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name=name, daemon=True).start()
+        inbox.put(call)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], Callable[[], None]]]) -> None:
+        while True:
+            try:
+                call = inbox.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:
+                        self._idle.remove(inbox)
+                        return
+                continue  # taken by a submit just now: its call is on the way
+            report = call()
+            del call  # drop the call's arguments before waiting for the next one
+            with self._lock:
+                self._idle.append(inbox)
+            report()
+            del report
+
+
+_THREADS = ThreadCache()
 
 
 class RemoteExecutor(PhaseExecutor):

@@ -174,6 +174,9 @@ def pipekit_item_start(item: Item) -> None:
 def pipekit_phase_start(item: Item, phase: PhaseDefinition) -> None:
     """Called after a phase is recorded ``in_progress``, before its handler runs.
 
+    It runs in the item's task, so context variables set here (a tracing span)
+    are seen by the handler.
+
     :param item: the item.
     :param phase: the phase's definition (``num``, ``name``, ...).
 

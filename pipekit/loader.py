@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 import importlib
 import importlib.util
 import os
@@ -32,9 +33,9 @@ class Pipeline:
     #: The word for items in progress and summaries (``ITEM_NOUN``).
     item_noun: str = "items"
 
-    @property
+    @functools.cached_property
     def path(self) -> str:
-        """The module's file, absolute."""
+        """The module's file, absolute (resolved once: every item records it)."""
         return str(Path(getattr(self.module, "__file__", "") or self.name).resolve())
 
     def phase_named(self, name: str) -> PhaseDefinition | None:

@@ -149,6 +149,9 @@ class PhaseRunner:
         self.stale_check = stale_check
         self._price = price
         self.writer = writer or StateWriter()
+        #: The next phase, started in the same write that completed the one before.
+        self._prestarted: PhaseDefinition | None = None
+        self._in_loop = False
 
     # -- the loop -------------------------------------------------------------
 
@@ -164,22 +167,24 @@ class PhaseRunner:
             return await self._run_phases()
         finally:
             if held:
-                self.writer.release(self.state)
+                await self.writer.release(self.state)
 
     async def _run_phases(self) -> bool:
         assert self.control is not None
+        self._in_loop = True
         for phase in self.phases:
-            if self.state.state.phases[phase.num].status in DONE_STATUSES:
-                if self.stale_check is None or not self.stale_check(phase, self.state.state):
-                    continue
-                self.state.reset_phase(phase.num)
-                await self._saved()
-            if self.control.interrupted.is_set():
-                return False
-            if self.control.stop_new_phases:
-                return True  # stopped (a budget), not failed: the item is left to a later run
+            if self._prestarted is not phase:
+                if self.state.state.phases[phase.num].status in DONE_STATUSES:
+                    if self.stale_check is None or not self.stale_check(phase, self.state.state):
+                        continue
+                    self.state.reset_phase(phase.num)  # written with the phase's start
+                if self.control.interrupted.is_set():
+                    return False
+                if self.control.stop_new_phases:
+                    return True  # stopped (a budget), not failed: the item is left to a later run
             ok = await self.run_phase(phase)
             if self.control.interrupted.is_set():
+                await self._interrupt_prestarted()
                 return False
             if not ok and phase.critical:
                 return False
@@ -208,6 +213,9 @@ class PhaseRunner:
         """Run ``phase`` to its end (with retries); True when completed or skipped."""
         assert self.control is not None
         item, manager = self.item, self.state
+        if self._prestarted is phase:
+            self._prestarted = None
+            return await self._execute(phase, _no_release)
         if phase.cache_check is not None and not self.force:
             hit = await self._check_cache(phase)
             if hit is None:
@@ -225,6 +233,12 @@ class PhaseRunner:
             return not self.control.interrupted.is_set()
         manager.start_phase(phase.num, executor=phase.executor)
         await self._saved()
+        return await self._execute(phase, release)
+
+    async def _execute(self, phase: PhaseDefinition, release: Callable[[], None]) -> bool:
+        """Run a phase whose start is on disk: its handler, with retries, to its end."""
+        assert self.control is not None
+        item, manager = self.item, self.state
         self.control.phases_started += 1
         self.notify("pipekit_phase_start", item=item, phase=phase)
         if self.progress is not None:
@@ -239,11 +253,15 @@ class PhaseRunner:
         while True:
             attempt = manager.state.phases[phase.num].attempts
             ctx = self._context(phase, attempt)
+            future: asyncio.Future[Any] | None = None
             try:
                 future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
                 value, error = await self._race(phase, future)
             finally:
-                release()
+                if future is None:
+                    release()
+                else:  # a sync handler abandoned at its timeout still holds its slot while it runs
+                    self.executor.when_stopped(future, release)
             usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
             if error is None:
                 try:
@@ -279,11 +297,37 @@ class PhaseRunner:
             self.notify("pipekit_phase_retry", item=item, phase=phase, error=error, attempt=attempt)
             if await self._interruptible_sleep(retry_after):
                 return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
-            release = await self._admit(phase)
-            if release is None:
+            admitted = await self._admit(phase)
+            if admitted is None:
                 return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
+            release = admitted
             manager.start_phase(phase.num, executor=phase.executor)
             await self._saved()
+
+    async def _interrupt_prestarted(self) -> None:
+        """A phase started with the end of the one before it, interrupted before
+        its handler ran, is recorded like any phase in flight at an interruption."""
+        phase, self._prestarted = self._prestarted, None
+        if phase is not None:
+            assert self.control is not None
+            self.control.phases_started += 1
+            self.notify("pipekit_phase_start", item=self.item, phase=phase)
+            await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), 0.0)
+
+    def _startable_after(self, done: PhaseDefinition) -> PhaseDefinition | None:
+        """The phase the loop runs after ``done``, if it can start at once: no cache
+        check to run first, no slot or rate limit to wait for, no stop asked."""
+        assert self.control is not None
+        if not self._in_loop or self.control.interrupted.is_set() or self.control.stop_new_phases:
+            return None  # (a caller of run_phase picks the next phase itself)
+        following = next((p for p in self.phases if p.num > done.num), None)
+        if following is None or self.state.state.phases[following.num].status in DONE_STATUSES:
+            return None
+        if following.cache_check is not None and not self.force:
+            return None
+        if self.control.gate is not None and (following.concurrency is not None or following.limits):
+            return None
+        return following
 
     async def _fingerprint(self, phase: PhaseDefinition) -> tuple[Any, BaseException | None]:
         """What produced this execution (``pipekit.fingerprint``); a user's ``fingerprint=``
@@ -420,9 +464,15 @@ class PhaseRunner:
             output_file=result.output_file,
             executor=executor,
         )
-        await self._saved()
         self.control.phases_completed += 1
-        self.control.add_usage(tokens_in, tokens_out, cost)
+        self.control.add_usage(tokens_in, tokens_out, cost)  # before the next start: a budget may stop it
+        following = self._startable_after(phase)
+        if following is not None:
+            # One write ends this phase and starts the next: each is on disk before
+            # anyone hears of it or acts on it, for half the writes.
+            self.state.start_phase(following.num, executor=following.executor)
+            self._prestarted = following
+        await self._saved()
         outcome = PhaseOutcome(
             output=result.output,
             tokens_in=tokens_in,

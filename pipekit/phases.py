@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
+import contextlib
 from dataclasses import dataclass
 from dataclasses import field
 import inspect
 from typing import Any
 from typing import TypeVar
+import weakref
 
 
 #: Names pipekit injects into every handler (CONTRACT §2); a phase may not use one as its name.
@@ -179,6 +181,10 @@ def injection_problems(func: Callable[..., Any], available: set[str]) -> list[st
     return problems
 
 
+#: ``Injector.for_function`` per function, for as long as the function lives.
+_injectors: weakref.WeakKeyDictionary[Any, Injector] = weakref.WeakKeyDictionary()
+
+
 @dataclass(frozen=True)
 class Injector:
     """Calls a handler with the arguments it asks for, by name (CONTRACT §2)."""
@@ -189,14 +195,20 @@ class Injector:
     @classmethod
     def for_function(cls, func: Callable[..., Any]) -> Injector:
         """Inspect ``func`` once; the result is reused for every call."""
-        signature = inspect.signature(func)
-        params = signature.parameters.values()
-        return cls(
+        try:
+            return _injectors[func]
+        except (KeyError, TypeError):
+            pass
+        params = inspect.signature(func).parameters.values()
+        injector = cls(
             wanted=frozenset(
                 p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
             ),
             takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params),
         )
+        with contextlib.suppress(TypeError):  # not weakly referenceable: inspected each time
+            _injectors[func] = injector
+        return injector
 
     def arguments(self, available: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments to pass, chosen from ``available``."""

@@ -280,7 +280,7 @@ class Run:
 
     async def _process_item(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
         try:
-            lock = self.store.try_lock(item_id)
+            lock = await self._writer.lock_item(self.store, item_id)
             if lock is None:
                 self.items_busy += 1
                 self._say(f"item {item_id!r} is being run by another pipekit process; skipped")
@@ -301,10 +301,10 @@ class Run:
         if manager is None:
             return
         try:
-            await self._writer.flush(manager)
+            # Not written yet: the write that starts the item's first phase includes it.
             await self._run_prepared(index, item_id, manager)
         finally:
-            self._writer.release(manager)
+            await self._writer.release(manager)
 
     async def _run_prepared(self, index: int, item_id: str, manager: PipelineStateManager) -> None:
         state = manager.state

@@ -186,6 +186,27 @@ def _phase_pairs(phases: Iterable[Any]) -> list[tuple[int, str]]:
     return sorted(pairs)
 
 
+@dataclass(frozen=True)
+class PendingWrite:
+    """One write of an item's state: the document, then the checkpoints the
+    written state made useless (dropped only after it landed, so a crash in
+    between leaves stale checkpoints, never lost work). Safe to ``run`` on a
+    thread other than the one changing the state: it holds its own copy. The
+    output files it no longer refers to are deleted by ``saved``, after it."""
+
+    store: StateStore
+    item_id: str
+    document: dict[str, Any]
+    checkpoints_to_drop: list[str]
+    outputs_unreferenced: list[str]
+
+    def run(self) -> None:
+        """Write the document, then drop the checkpoints."""
+        self.store.save(self.item_id, self.document)
+        for phase_name in self.checkpoints_to_drop:
+            self.store.drop_checkpoints(self.item_id, phase_name)
+
+
 class PipelineStateManager:
     """Changes and persists one item's ``PipelineState``; saves after every change.
 
@@ -207,7 +228,9 @@ class PipelineStateManager:
         #: document for the runner to write off the event loop before it tells
         #: any observer. Never set for library users: their saves are synchronous.
         self.defer_saves = False
-        self._pending: dict[str, Any] | None = None
+        self._pending = False
+        #: Phases whose checkpoints go once the state that completes them is written.
+        self._checkpoints_to_drop: list[str] = []
 
     @property
     def state(self) -> PipelineState:
@@ -268,29 +291,40 @@ class PipelineStateManager:
             if num not in self._output_refs and len(text) * 4 > INLINE_OUTPUT_LIMIT:
                 if len(text.encode("utf-8")) > INLINE_OUTPUT_LIMIT:
                     self._output_refs[num] = self.store.write_output(self.item_id, num, text)
-        document = state.to_document(self._output_refs)
-        if self.defer_saves:
-            self._pending = document  # a later save replaces an unwritten one
-        else:
-            self.store.save(self.item_id, document)
-            self.saved()
+        self._pending = True  # the document is built when written: several changes cost one
+        if not self.defer_saves:
+            self.write_pending()
 
-    def take_pending(self) -> dict[str, Any] | None:
-        """The document saved with ``defer_saves`` and not yet written (then forgotten);
-        whoever writes it calls ``saved`` afterwards."""
-        document, self._pending = self._pending, None
-        return document
+    @property
+    def has_pending_save(self) -> bool:
+        """True when a save was asked for (``defer_saves``) and is not yet written."""
+        return self._pending
 
-    def saved(self) -> None:
-        """After a write: delete the output files the written state no longer refers to."""
+    def take_pending_write(self) -> PendingWrite:
+        """The write of the latest saved state, for any thread to ``run``; whoever
+        runs it calls ``saved`` with it afterwards, on the thread that changes the state."""
+        document = self.state.to_document(self._output_refs)
+        drops, self._checkpoints_to_drop = self._checkpoints_to_drop, []
+        unreferenced, self._unreferenced = self._unreferenced, []
+        self._pending = False
+        return PendingWrite(self.store, self.item_id, document, drops, unreferenced)
+
+    def write_pending(self) -> None:
+        """Write the pending save here and now."""
+        write = self.take_pending_write()
+        write.run()
+        self.saved(write)
+
+    def saved(self, write: PendingWrite) -> None:
+        """After ``write`` landed: delete the output files it no longer refers to."""
         # Only now that the saved state no longer refers to them (a crash before
-        # this point leaves a stray file, never a state pointing at nothing).
-        if self._unreferenced:
+        # this point leaves a stray file, never a state pointing at nothing), and
+        # only if no change since refers to them again (outputs are named by content).
+        if write.outputs_unreferenced:
             kept = set(self._output_refs.values())
-            for ref in self._unreferenced:
+            for ref in write.outputs_unreferenced:
                 if ref not in kept:
                     self.store.delete_output(self.item_id, ref)
-            self._unreferenced.clear()
 
     # -- transitions ----------------------------------------------------
 
@@ -351,9 +385,8 @@ class PipelineStateManager:
         self._add_usage(phase, tokens_in, tokens_out, cost_usd)
         self._set_output(phase_num, output)
         self._refresh_item_status()
+        self._checkpoints_to_drop.append(phase.name)
         self.save_state()
-        # After the save: a crash in between leaves stale checkpoints, never lost work.
-        self.store.drop_checkpoints(self.item_id, phase.name)
 
     def fail_phase(
         self,
@@ -405,8 +438,8 @@ class PipelineStateManager:
         phase.completed_at = utc_now()
         self._set_output(phase_num, output)
         self._refresh_item_status()
+        self._checkpoints_to_drop.append(phase.name)
         self.save_state()
-        self.store.drop_checkpoints(self.item_id, phase.name)
 
     def reset_phase(self, phase_num: int) -> None:
         """Set the phase back to ``pending`` and drop its output, save.

@@ -4,62 +4,144 @@ A durable save (temporary file, fsync, rename, directory fsync) blocks for
 milliseconds; done on the event loop it stops every other item, and 100
 concurrent items that only ``await`` a network call run no faster than their
 state writes one after another. The runner marks each item's manager
-``defer_saves`` and awaits ``StateWriter.flush`` after each change and before
-telling observers: the write runs in a small thread pool, so writes of
-different items overlap, while one item's writes stay in order (its runner
-waits for each). Several changes between two flushes are written once.
+``defer_saves`` and awaits ``StateWriter.flush`` after a change and before it
+tells observers or runs a handler: the write runs in a small thread pool, so
+writes of different items overlap while one item's writes land in order (one
+write per item in flight at a time). Changes saved while an item's write is
+queued or in flight are written together, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+import functools
 
+from pipekit.state import PendingWrite
 from pipekit.state import PipelineStateManager
+from pipekit.store import ItemLock
+from pipekit.store import StateStore
 
 
 class StateWriter:
     """Writes deferred saves of ``PipelineStateManager`` objects.
 
-    :param threads: size of the thread pool; 0 writes on the calling thread
-        (still coalescing changes made between two flushes).
+    :param threads: size of the thread pool; 0 writes on the calling thread.
     """
 
     def __init__(self, threads: int = 0) -> None:
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None
+        #: Items waiting for a thread, oldest first.
+        self._queue: deque[PipelineStateManager] = deque()
+        #: Items with a write in flight (at most one each, so they land in order).
+        self._busy: set[PipelineStateManager] = set()
+        #: Flushes waiting for an item to have nothing left to write.
+        self._waiters: dict[PipelineStateManager, list[asyncio.Future[None]]] = {}
 
     def hold(self, manager: PipelineStateManager) -> bool:
-        """Defer ``manager``'s saves until ``flush``; False if they already were."""
+        """Defer ``manager``'s saves until written here; False if they already were."""
         if manager.defer_saves:
             return False
         manager.defer_saves = True
         return True
 
     async def flush(self, manager: PipelineStateManager) -> None:
-        """Write what ``manager`` saved since the last flush, if anything."""
-        document = manager.take_pending()
-        if document is None:
+        """Wait until everything ``manager`` saved so far is written."""
+        if not self._in_threads(manager):
+            if manager.has_pending_save:
+                manager.write_pending()
             return
-        if self.threads <= 0 or not manager.store.threadsafe_saves:
-            manager.store.save(manager.item_id, document)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pipekit-save")
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._pool, manager.store.save, manager.item_id, document)
-        manager.saved()
+        if not manager.has_pending_save and manager not in self._busy:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(manager, []).append(waiter)
+        if manager.has_pending_save:
+            self._enqueue(manager)
+            self._dispatch()
+        await waiter
 
-    def release(self, manager: PipelineStateManager) -> None:
-        """Stop deferring: write anything still unwritten, synchronously."""
-        manager.defer_saves = False
-        document = manager.take_pending()
-        if document is not None:
-            manager.store.save(manager.item_id, document)
-            manager.saved()
+    async def release(self, manager: PipelineStateManager) -> None:
+        """Write anything still unwritten and stop deferring ``manager``'s saves.
+
+        Waits for a write in flight even when cancelled meanwhile (then
+        re-raises the cancellation): a write that lands after a later one would
+        put an older state on disk.
+        """
+        try:
+            flushing = asyncio.ensure_future(self.flush(manager))
+            cancelled = False
+            while not flushing.done():
+                try:
+                    await asyncio.shield(flushing)
+                except asyncio.CancelledError:
+                    cancelled = cancelled or not flushing.done()
+            if cancelled:
+                raise asyncio.CancelledError
+            flushing.result()
+        finally:
+            manager.defer_saves = False
+            if manager.has_pending_save and manager not in self._busy:
+                manager.write_pending()
+
+    async def lock_item(self, store: StateStore, item_id: str) -> ItemLock | None:
+        """``store.try_lock(item_id)``, on the writer's threads when it has them:
+        taking a lock is a system call that can wait behind the disk."""
+        if self.threads <= 0 or not store.threadsafe_saves:
+            return store.try_lock(item_id)
+        return await asyncio.get_running_loop().run_in_executor(self._threads(), store.try_lock, item_id)
 
     def close(self) -> None:
         """Wait for writes in flight and stop the threads."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+    # -- scheduling -------------------------------------------------------------
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pipekit-save")
+        return self._pool
+
+    def _in_threads(self, manager: PipelineStateManager) -> bool:
+        return self.threads > 0 and manager.store.threadsafe_saves
+
+    def _enqueue(self, manager: PipelineStateManager) -> None:
+        if manager not in self._busy and manager not in self._queue:
+            self._queue.append(manager)  # (a busy one is queued again when its write lands)
+
+    def _dispatch(self) -> None:
+        """Start writes while threads are free, oldest first."""
+        while len(self._busy) < self.threads and self._queue:
+            manager = self._queue.popleft()
+            if not manager.has_pending_save:
+                self._wake(manager)
+                continue
+            write = manager.take_pending_write()
+            self._busy.add(manager)
+            landing = asyncio.get_running_loop().run_in_executor(self._threads(), write.run)
+            landing.add_done_callback(functools.partial(self._landed, manager, write))
+
+    def _landed(self, manager: PipelineStateManager, write: PendingWrite, done: asyncio.Future[None]) -> None:
+        self._busy.discard(manager)
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
+        if error is None:
+            manager.saved(write)
+            if manager.has_pending_save:
+                self._enqueue(manager)
+            else:
+                self._wake(manager)
+        else:
+            self._wake(manager, error)
+        self._dispatch()
+
+    def _wake(self, manager: PipelineStateManager, error: BaseException | None = None) -> None:
+        """Tell the item's flushes its writes have landed (or failed)."""
+        waiters = [w for w in self._waiters.pop(manager, []) if not w.done()]
+        for waiter in waiters:
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)

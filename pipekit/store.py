@@ -493,6 +493,9 @@ class JsonDirStore(StateStore):
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
 
     def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        # Called at every phase end: the common answer ("none") costs one stat of a str path.
+        if not os.path.isdir(f"{self.location}{os.sep}{encode_item_id(item_id)}.checkpoints"):
+            return
         folder = self._checkpoint_dir(item_id, phase)
         if not folder.is_dir():
             return

@@ -64,6 +64,31 @@ def test_concurrency_1_never_has_two_items_in_the_phase(pipetester: PipeTester) 
     result.fnmatch_lines([f"waited: {len(waits)} x concurrency of 'gpu'"])
 
 
+
+def test_a_sync_handler_abandoned_at_its_timeout_keeps_its_slot_until_its_thread_ends(
+    pipetester: PipeTester,
+) -> None:
+    # The first item's thread cannot be stopped at its timeout: it runs on for
+    # a while, and concurrency=1 must still mean one thread in the phase.
+    pipetester.make_pipeline("""
+        import json, time
+        from pipekit import phase
+
+        @phase(1, concurrency=1, timeout=0.2, critical=False)
+        def gpu(item_id):
+            start = time.monotonic()
+            time.sleep(1.0 if item_id == "slow" else 0.01)
+            with open("times.log", "a") as f:
+                f.write(json.dumps([item_id, start, time.monotonic()]) + "\\n")
+    """)
+    result = pipetester.run("pipeline.py", "--item", "slow", "--item", "fast", "-j", "2")
+    assert result.ret == 0, result  # not critical: the run goes on
+    assert result.state("slow").phases[1].reason == "timeout"
+    assert result.state("fast").phases[1].status == "completed"
+    times = {item: (start, end) for item, start, end in records(pipetester)}
+    assert set(times) == {"slow", "fast"}
+    assert overlaps(list(times.values())) == 0
+
 def test_a_60_per_minute_limit_spaces_starts_by_a_second(pipetester: PipeTester) -> None:
     pipetester.make_pipeline(
         """

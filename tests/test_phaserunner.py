@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
 from pipekit import PhaseDefinition
 from pipekit import PhaseRunner
 from pipekit import PipelineStateManager
+from pipekit import hookimpl
 from pipekit.testing import PipeTester
 
 
@@ -153,3 +155,79 @@ def test_phase_runner_works_without_the_command_line(tmp_path) -> None:  # type:
     assert reloaded.state.phase_outputs == {0: "notes for Emma", 1: "NOTES FOR EMMA"}
     assert reloaded.get_resume_phase() == 2
     assert seen == [["ctx", "output_dir", "research"]]
+
+
+def test_an_interruption_between_two_phases_records_the_next_one_interrupted(pipetester: PipeTester) -> None:
+    # The end of phase 1 and the start of phase 2 are one write; an interruption
+    # that comes with it leaves phase 2 recorded like any phase in flight.
+    pipetester.make_pipeline("""
+        from pipekit import phase
+
+        @phase(1)
+        def one(item_id):
+            return "1"
+
+        @phase(2)
+        def two(item_id):
+            open("two-ran", "w").close()
+            return "2"
+    """)
+
+    class InterruptAfterPhaseOne:
+        run: Any = None
+
+        @hookimpl
+        def pipekit_run_start(self, run: Any) -> None:
+            self.run = run
+
+        @hookimpl
+        def pipekit_phase_complete(self, item: Any, phase: Any, result: Any) -> None:
+            if phase.num == 1:
+                self.run.control.interrupted.set()
+
+    result = pipetester.run("pipeline.py", "--item", "a", plugins=[InterruptAfterPhaseOne()])
+    assert result.ret == 2, result
+    assert not (pipetester.path / "two-ran").exists()
+    state = result.state("a")
+    assert state.phases[1].status == "completed"
+    assert (state.phases[2].status, state.phases[2].reason, state.phases[2].attempts) == ("failed", "interrupted", 1)
+    assert [name for name, _ in result.events if name.startswith("phase_")] == [
+        "phase_start", "phase_complete", "phase_start", "phase_fail",
+    ]
+
+    resumed = pipetester.run("pipeline.py", "--item", "a")
+    assert resumed.ret == 0, resumed
+    assert (pipetester.path / "two-ran").exists()
+    assert resumed.state("a").phases[2].attempts == 2
+
+
+def test_sync_handlers_reuse_idle_threads_and_a_stuck_one_delays_nobody(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline("""
+        import threading, time
+        from pipekit import phase
+
+        def note(item_id):
+            with open("threads.log", "a") as f:
+                f.write(f"{item_id} {threading.get_native_id()}\\n")
+
+        @phase(1, timeout=0.3, critical=False)
+        def one(item_id):
+            note(item_id)
+            if item_id == "stuck":
+                time.sleep(5)
+
+        @phase(2)
+        def two(item_id):
+            note(item_id)
+    """)
+    items = ["stuck", *[f"item{n}" for n in range(20)]]
+    pipetester.make_items(*items)
+    result = pipetester.run("pipeline.py", "--items", "items.txt")
+    assert result.ret == 0, result
+    assert result.state("stuck").phases[1].reason == "timeout"
+    lines = [line.split() for line in (pipetester.path / "threads.log").read_text().splitlines()]
+    stuck_thread = next(ident for item, ident in lines if item == "stuck")
+    others = {ident for item, ident in lines if item != "stuck"}
+    assert len(lines) == 2 + 20 * 2
+    assert stuck_thread not in others  # busy in its sleep: never handed another call
+    assert len(others) <= 2  # -j 1: 41 calls, one thread reused (or two, around the stuck one)
