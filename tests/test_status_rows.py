@@ -4,6 +4,7 @@ and worker processes for a big JSON directory, each showing what the full
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import copy
 import json
 from pathlib import Path
@@ -51,7 +52,8 @@ def _rename(document: dict[str, Any]) -> None:
     document["phases"]["2"]["name"] = "drafting"  # a phase renamed since: reconciled
 
 
-VARIANTS = {
+#: Ways a saved document may differ from what this pipekit writes for this pipeline.
+VARIANTS: dict[str, Callable[[dict[str, Any]], object]] = {
     "as saved": lambda d: None,
     "optional phase fields missing": _drop_phase_fields,
     "optional top-level fields missing": lambda d: [
@@ -86,7 +88,8 @@ def test_rows_show_what_the_full_state_shows(pipetester: PipeTester) -> None:
             assert (slim.status, slim.statuses, slim.last_note()) == (row.status, row.statuses, row.last_note()), case
 
 
-BROKEN = {
+#: Documents ``PipelineState.from_document`` refuses.
+BROKEN: dict[str, Callable[[dict[str, Any]], object]] = {
     "no schema_version": lambda d: d.pop("schema_version"),
     "a newer schema_version": lambda d: d.update(schema_version=99),
     "phases a list": lambda d: d.update(phases=[]),

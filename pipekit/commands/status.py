@@ -11,8 +11,8 @@ from typing import Any
 from typing import TextIO
 
 from pipekit.commands.statusrows import RowReader
-from pipekit.commands.statusrows import gc_paused
 from pipekit.commands.statusrows import StatusRow
+from pipekit.commands.statusrows import gc_paused
 from pipekit.commands.statusrows import phases_note
 from pipekit.commands.statusrows import row_status
 from pipekit.commands.target import Target
@@ -115,11 +115,7 @@ def show_batch(option: argparse.Namespace, target: Target, out: TextIO) -> ExitC
         wanted = set(select_item_ids(target.store, option.item, known=[r.item_id for r in rows]))
         rows = [r for r in rows if r.item_id in wanted]
     if option.failed or option.pending:
-        rows = [
-            r
-            for r in rows
-            if (option.failed and r.status == FAILED) or (option.pending and r.status != COMPLETED)
-        ]
+        rows = [r for r in rows if (option.failed and r.status == FAILED) or (option.pending and r.status != COMPLETED)]
     if option.json:
         write_json(out, target, sorted_rows(rows), errors)
     elif option.all or len(rows) <= option.max_rows:
@@ -176,9 +172,7 @@ def write_matrix(out: TextIO, target: Target, rows: list[StatusRow], colour: boo
     cells = " ".join(str(n).rjust(w) for n, w in zip(nums, widths, strict=True))
     out.write(f"{'item'.ljust(id_width)}  {cells}  {'cost':>9}  last error\n")
     for item in rows:
-        line = " ".join(
-            " " * (w - 1) + glyph(status, colour) for status, w in zip(item.statuses, widths, strict=True)
-        )
+        line = " ".join(" " * (w - 1) + glyph(status, colour) for status, w in zip(item.statuses, widths, strict=True))
         note = _clip(item.last_note(), 100)
         label = _clip(item.item_id, id_width).ljust(id_width)
         out.write(f"{label}  {line}  {_cost(item.total_cost_usd):>9}  {note}".rstrip() + "\n")

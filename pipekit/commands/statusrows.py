@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from collections.abc import Iterator
-import contextlib
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+import contextlib
 from dataclasses import MISSING
 from dataclasses import fields
 import gc
@@ -42,9 +42,7 @@ from pipekit.store import JsonDirStore
 
 #: Every field of a saved phase with its default, in ``PhaseState`` order
 #: (``phase`` and ``name`` have none: a phase without them is malformed).
-PHASE_DEFAULTS: dict[str, Any] = {
-    f.name: None if f.default is MISSING else f.default for f in fields(PhaseState)
-}
+PHASE_DEFAULTS: dict[str, Any] = {f.name: None if f.default is MISSING else f.default for f in fields(PhaseState)}
 _PHASE_KEYS = frozenset(PHASE_DEFAULTS)
 #: From this many state files on, a JSON directory is read by worker processes:
 #: parsing JSON holds the GIL, and below this starting them costs more than it saves.
@@ -62,8 +60,8 @@ class StatusRow:
     (in the pipeline's order) its status and cost.
 
     ``phases`` holds the phases with ``PhaseState``'s fields (a field missing
-    from the saved document has its default); a row sent back by a worker
-    process has none, only what the views show (``last_note`` and ``json``).
+    from the saved document has its default) until ``forget_phases`` or
+    ``encode`` keeps only what a view shows.
     """
 
     __slots__ = (
@@ -96,7 +94,7 @@ class StatusRow:
         self.statuses = tuple([p.get("status", PENDING) for p in phases])
         self.costs = tuple([p.get("cost_usd", 0.0) for p in phases])
         self.status = row_status(self.statuses)
-        self._detail = (saved_status, metadata, started_at, last_updated)
+        self._detail: tuple[str, dict[str, Any], str, str] | None = (saved_status, metadata, started_at, last_updated)
         self._note: str | None = None
         self._encoded: str | None = None
 
@@ -157,15 +155,33 @@ class StatusRow:
 
     def to_wire(self) -> tuple[Any, ...]:
         """What a worker process sends back: plain values, quick to pickle."""
-        return (self.item_id, self.status, self.total_tokens_in, self.total_tokens_out, self.total_cost_usd,
-                self.statuses, self.costs, self._note, self._encoded)
+        return (
+            self.item_id,
+            self.status,
+            self.total_tokens_in,
+            self.total_tokens_out,
+            self.total_cost_usd,
+            self.statuses,
+            self.costs,
+            self._note,
+            self._encoded,
+        )
 
     @classmethod
     def from_wire(cls, wire: tuple[Any, ...]) -> StatusRow:
         """The row ``to_wire`` sent (without ``phases``)."""
         row = cls.__new__(cls)
-        (row.item_id, row.status, row.total_tokens_in, row.total_tokens_out, row.total_cost_usd,
-         row.statuses, row.costs, row._note, row._encoded) = wire
+        (
+            row.item_id,
+            row.status,
+            row.total_tokens_in,
+            row.total_tokens_out,
+            row.total_cost_usd,
+            row.statuses,
+            row.costs,
+            row._note,
+            row._encoded,
+        ) = wire
         row.phases = []
         row._detail = None
         return row
@@ -247,9 +263,7 @@ class RowReader:
                 rows.append(row)
         return rows
 
-    def _rows_in_processes(
-        self, paths: list[str], errors: list[StateFileError], workers: int
-    ) -> list[StatusRow]:
+    def _rows_in_processes(self, paths: list[str], errors: list[StateFileError], workers: int) -> list[StatusRow]:
         """``rows`` with the files shared out to forked ``workers``, in order (so
         errors come in the order one process meets them)."""
         global _forked
@@ -340,7 +354,9 @@ def _read_chunk(start: int) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]
 
 def worker_count(files: int) -> int:
     """How many processes should read ``files`` state files (1: this one alone)."""
-    if files < PARALLEL_FILES or threading.active_count() > 1:
+    if files < PARALLEL_FILES or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    if threading.active_count() > 1:
         return 1  # forking a process with threads can deadlock the child
     try:
         cpus = len(os.sched_getaffinity(0))
