@@ -203,8 +203,20 @@ class PendingWrite:
     def run(self) -> None:
         """Write the document, then drop the checkpoints."""
         self.store.save(self.item_id, self.document)
+        self.drop_checkpoints()
+
+    def drop_checkpoints(self) -> None:
+        """Drop the checkpoints the written state made useless."""
         for phase_name in self.checkpoints_to_drop:
             self.store.drop_checkpoints(self.item_id, phase_name)
+
+    @staticmethod
+    def run_together(writes: list[PendingWrite]) -> None:
+        """Write the documents of several items with one ``save_many`` of their
+        (shared) store, then drop their checkpoints."""
+        writes[0].store.save_many((write.item_id, write.document) for write in writes)
+        for write in writes:
+            write.drop_checkpoints()
 
 
 class PipelineStateManager:

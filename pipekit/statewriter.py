@@ -9,6 +9,10 @@ tells observers or runs a handler: the write runs in a small thread pool, so
 writes of different items overlap while one item's writes land in order (one
 write per item in flight at a time). Changes saved while an item's write is
 queued or in flight are written together, once.
+
+A database store that declares ``batched_saves`` gets group commit instead:
+one thread writes every item queued meanwhile with one ``save_many`` (one
+transaction, one fsync), while the next batch gathers.
 """
 
 from __future__ import annotations
@@ -106,42 +110,67 @@ class StateWriter:
         return self._pool
 
     def _in_threads(self, manager: PipelineStateManager) -> bool:
-        return self.threads > 0 and manager.store.threadsafe_saves
+        store = manager.store
+        return self.threads > 0 and (store.threadsafe_saves or store.batched_saves)
 
     def _enqueue(self, manager: PipelineStateManager) -> None:
         if manager not in self._busy and manager not in self._queue:
             self._queue.append(manager)  # (a busy one is queued again when its write lands)
 
     def _dispatch(self) -> None:
-        """Start writes while threads are free, oldest first."""
-        while len(self._busy) < self.threads and self._queue:
-            manager = self._queue.popleft()
-            if not manager.has_pending_save:
-                self._wake(manager)
+        """Start writes while threads are free, oldest first; for a store with
+        batched saves, one call at a time writes every item queued meanwhile."""
+        while self._queue and len(self._busy) < self.threads:
+            if self._queue[0].store.batched_saves:
+                if self._busy:
+                    return  # the batch in flight takes the next ones when it lands
+                managers = self._take_queue()
+                job = PendingWrite.run_together
+            else:
+                managers, job = [self._queue.popleft()], _run_one
+            for manager in managers:
+                if not manager.has_pending_save:
+                    self._wake(manager)
+            managers = [manager for manager in managers if manager.has_pending_save]
+            if not managers:
                 continue
-            write = manager.take_pending_write()
-            self._busy.add(manager)
-            landing = asyncio.get_running_loop().run_in_executor(self._threads(), write.run)
-            landing.add_done_callback(functools.partial(self._landed, manager, write))
+            writes = [manager.take_pending_write() for manager in managers]
+            self._busy.update(managers)
+            landing = asyncio.get_running_loop().run_in_executor(self._threads(), job, writes)
+            landing.add_done_callback(functools.partial(self._landed, managers, writes))
 
-    def _landed(self, manager: PipelineStateManager, write: PendingWrite, done: asyncio.Future[None]) -> None:
-        self._busy.discard(manager)
+    def _take_queue(self, limit: int = 1000) -> list[PipelineStateManager]:
+        taken: list[PipelineStateManager] = []
+        while self._queue and len(taken) < limit:
+            taken.append(self._queue.popleft())
+        return taken
+
+    def _landed(
+        self, managers: list[PipelineStateManager], writes: list[PendingWrite], done: asyncio.Future[None]
+    ) -> None:
         error = asyncio.CancelledError() if done.cancelled() else done.exception()
-        if error is None:
+        for manager, write in zip(managers, writes, strict=True):
+            self._busy.discard(manager)
+            if error is not None:
+                self._wake(manager, error)
+                continue
             manager.saved(write)
             if manager.has_pending_save:
                 self._enqueue(manager)
             else:
                 self._wake(manager)
-        else:
-            self._wake(manager, error)
         self._dispatch()
 
     def _wake(self, manager: PipelineStateManager, error: BaseException | None = None) -> None:
         """Tell the item's flushes its writes have landed (or failed)."""
-        waiters = [w for w in self._waiters.pop(manager, []) if not w.done()]
-        for waiter in waiters:
+        for waiter in self._waiters.pop(manager, []):
+            if waiter.done():
+                continue
             if error is None:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(error)
+
+
+def _run_one(writes: list[PendingWrite]) -> None:
+    writes[0].run()

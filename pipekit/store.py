@@ -175,6 +175,11 @@ class StateStore(abc.ABC):
     #: True when ``save`` may be called from several threads at once (for
     #: different items); the runner then writes states off its event loop.
     threadsafe_saves: bool = False
+    #: True when ``save_many`` commits its documents together (one durable
+    #: write for all of them) and may run on a thread while the event loop's
+    #: thread uses the store: the runner then writes the states of all the
+    #: items queued meanwhile in one call, off the event loop (group commit).
+    batched_saves: bool = False
 
     @abc.abstractmethod
     def load(self, item_id: str) -> dict[str, Any] | None:

@@ -156,3 +156,35 @@ def test_state_files_stay_readable_json_one_phase_per_line(tmp_path: Path) -> No
         "  }",
         "}",
     ]
+
+
+def test_a_database_store_commits_the_states_queued_meanwhile_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipekit.stores.sqlite import SqliteStore
+
+    (tmp_path / "pipe.py").write_text(PIPELINE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIPEKIT_STORE", f"sqlite:{tmp_path / 'state.db'}")
+    batches: list[int] = []
+    threads: set[str] = set()
+    original = SqliteStore.save_many
+
+    def save_many(store: SqliteStore, documents: Any, batch: int = 2000) -> int:
+        documents = list(documents)
+        batches.append(len(documents))
+        threads.add(threading.current_thread().name)
+        return original(store, documents, batch)
+
+    monkeypatch.setattr(SqliteStore, "save_many", save_many)
+    monkeypatch.setattr(SqliteStore, "save", lambda *args: pytest.fail("a single save at -j 8"))
+    items = [f"item{n}" for n in range(12)]
+
+    result = pipekit.run("pipe.py", items, workers=8, progress="none")
+
+    assert result.exit_status == 0
+    assert sum(batches) == 12 * 4  # every write of every item, none lost or doubled
+    assert max(batches) > 1 and len(batches) < 12 * 4  # group commit happened
+    assert threads and all(name.startswith("pipekit-save") for name in threads)  # off the event loop
+    store = SqliteStore(tmp_path / "state.db")
+    assert all(store.load(item)["status"] == "completed" for item in items)

@@ -124,6 +124,10 @@ class PostgresStore(StateStore):
     :param lease_seconds: how long an item stays taken after its driver stops renewing.
     """
 
+    # One connection behind a lock: usable from the writer's thread, and many
+    # items' states are committed in one transaction (``save_many``).
+    batched_saves = True
+
     def __init__(self, conninfo: str, pipeline: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         psycopg = _psycopg()
         self._psycopg = psycopg

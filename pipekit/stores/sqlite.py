@@ -124,6 +124,10 @@ class SqliteStore(StateStore):
     :param busy_timeout: seconds a writer waits for another process's transaction.
     """
 
+    # One connection behind a lock: usable from the writer's thread, and many
+    # items' states are committed in one transaction (``save_many``).
+    batched_saves = True
+
     def __init__(
         self, path: str | os.PathLike[str], *, synchronous: str | None = None, busy_timeout: float = 60.0
     ) -> None:
@@ -284,6 +288,14 @@ class SqliteStore(StateStore):
         )
 
     def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        # Asked at every phase end: a read answers the common "none" without a
+        # write transaction (and its fsync).
+        with self._lock:
+            found = self._db.execute(
+                "SELECT 1 FROM checkpoints WHERE item_id = ? AND phase = ? LIMIT 1", (item_id, phase)
+            ).fetchone()
+        if found is None:
+            return
         self._write(
             self.describe(item_id),
             lambda db: db.execute("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase)),
