@@ -363,14 +363,22 @@ class SqliteStore(StateStore):
                     yield item_id, exc
 
     def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        with self._lock:
-            rows = self._db.execute("SELECT item_id, state FROM items").fetchall()
-        for item_id, raw in rows:
-            try:
-                yield item_id, self._parse(item_id, raw)
-            except StateFileError as exc:
-                if errors is not None:
-                    errors.append(exc)
+        # Streamed from a read-only connection of its own (one snapshot, and the
+        # store's connection stays free for the caller): fetching every row at
+        # once held every document's text, 680 MB for 100,000 items.
+        try:
+            reader = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StateFileError(self.location, f"cannot be read ({exc})") from None
+        try:
+            for item_id, raw in reader.execute("SELECT item_id, state FROM items"):
+                try:
+                    yield item_id, self._parse(item_id, raw)
+                except StateFileError as exc:
+                    if errors is not None:
+                        errors.append(exc)
+        finally:
+            reader.close()
 
     def finished_items(self, phase_names: Collection[str]) -> dict[str, FinishedItem]:
         wanted = set(phase_names)
