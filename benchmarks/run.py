@@ -230,21 +230,75 @@ def memory(folder: Path, items: int) -> None:
     print()
 
 
+def wall_and_cpu(command: list[str], cwd: Path | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds (the process and its children) of ``command``."""
+    before = os.times()
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    took = time.perf_counter() - started
+    after = os.times()
+    return took, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def median_pair(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
 def status(folder: Path, items: int, repeat: int) -> None:
-    """`pipekit status` over a batch written as status_bench writes it (1 % failed)."""
+    """`pipekit status` over a batch written as status_bench writes it (1 % failed),
+    in a JSON directory and in a SQLite store; wall and CPU time (on a busy machine
+    the CPU time is the steadier figure)."""
     root = folder / "status"
     state = status_bench.write_batch(root, items)
+    database = root / "state.db"
+    status_bench.write_sqlite(database, items)
     status_bench.baseline(state)  # warm the page cache
-    start = statistics.median([wall([sys.executable, "-c", "pass"]) for _ in range(repeat)])
-    read = statistics.median([timed(status_bench.baseline, state) for _ in range(repeat)])
-    command = [sys.executable, "-m", "pipekit", "status", "pipeline.py", "--state-dir", str(state)]
-    summary = statistics.median([wall(command, root) for _ in range(repeat)])
-    as_json = statistics.median([wall([*command, "--json"], root) for _ in range(repeat)])
-    print(f"6. status over {items:,} items (whole CLI; baseline: python start + read and parse every file)")
-    row("pipekit status MODULE", summary * 1000, (start + read) * 1000, "ms")
-    row("pipekit status MODULE --json", as_json * 1000, (start + read) * 1000, "ms")
+    start = median_pair([wall_and_cpu([sys.executable, "-c", "pass"]) for _ in range(repeat)])
+    json_reader = [sys.executable, "-c", BASELINE_JSON_DIR, str(state)]
+    sqlite_reader = [sys.executable, "-c", BASELINE_SQLITE, str(database)]
+    command = [sys.executable, "-m", "pipekit", "status", "pipeline.py"]
+    runs: dict[str, list[tuple[float, float]]] = {}
+    cases = {
+        "baseline json": (json_reader, None),
+        "summary": ([*command, "--state-dir", str(state)], root),
+        "json": ([*command, "--state-dir", str(state), "--json"], root),
+        "baseline sqlite": (sqlite_reader, None),
+        "sqlite summary": ([*command, "--store", f"sqlite:{database}"], root),
+        "sqlite json": ([*command, "--store", f"sqlite:{database}", "--json"], root),
+    }
+    for _ in range(repeat):  # interleaved, so drift in the load hits each the same way
+        for name, (case, cwd) in cases.items():
+            runs.setdefault(name, []).append(wall_and_cpu(case, cwd))
+    figures = {name: median_pair(found) for name, found in runs.items()}
+    print(f"6. status over {items:,} items (whole CLI; baseline: python start + read and parse every state)")
+    print(f"   (python start alone: {start[0] * 1000:.0f} ms)")
+    for label, name, base in (
+        ("pipekit status MODULE", "summary", "baseline json"),
+        ("pipekit status MODULE --json", "json", "baseline json"),
+        ("status --store sqlite:", "sqlite summary", "baseline sqlite"),
+        ("status --store sqlite: --json", "sqlite json", "baseline sqlite"),
+    ):
+        row(label, figures[name][0] * 1000, figures[base][0] * 1000, "ms")
+        row("  CPU", figures[name][1] * 1000, figures[base][1] * 1000, "ms")
     print()
     shutil.rmtree(root)
+
+
+#: The least any reader of a JSON directory must do (python start included).
+BASELINE_JSON_DIR = """
+import json, os, sys
+for entry in os.scandir(sys.argv[1]):
+    if entry.name.endswith(".json"):
+        with open(entry.path, "rb") as handle:
+            json.loads(handle.read())
+"""
+
+#: The same for a SQLite store: select every state and parse it.
+BASELINE_SQLITE = """
+import json, sqlite3, sys
+for _, state in sqlite3.connect(sys.argv[1]).execute("SELECT item_id, state FROM items"):
+    json.loads(state)
+"""
 
 
 def display(folder: Path, items: int, repeat: int) -> None:

@@ -1,6 +1,6 @@
 """How long `pipekit status` takes to read a big batch, against plain Python.
 
-    python benchmarks/status_bench.py [--items 100000] [--dir DIR] [--keep]
+    python benchmarks/status_bench.py [--items 100000] [--dir DIR] [--keep] [--sqlite]
 
 Writes N state files (5 phases each, 1 % with a failure and its traceback) of a
 pipeline module beside them, then times, on a warm page cache:
@@ -8,9 +8,15 @@ pipeline module beside them, then times, on a warm page cache:
 - baseline: ``os.scandir`` + read + ``json.loads`` of every file, nothing else
   (the least any reader of N JSON files must do);
 - ``pipekit status MODULE`` (the summary a person sees for a big batch);
-- ``pipekit status MODULE --json`` (every item, every phase, on stdout).
+- ``pipekit status MODULE --json`` (every item, every phase, on stdout);
+- both again read by this process alone (no worker processes).
 
-Figures are printed as seconds and as a ratio to the baseline.
+With ``--sqlite`` the same documents also go into a SQLite store, timed against
+its own baseline (``SELECT`` every state + ``json.loads``).
+
+Figures are printed as seconds (wall, then CPU of this process and its
+children: on a busy machine the CPU time is the steadier figure) and as a
+ratio to the baseline.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -115,23 +122,68 @@ def baseline(state: Path) -> int:
     return count
 
 
-def pipekit_status(root: Path, *extra: str) -> int:
-    from pipekit.cli import main
+def write_sqlite(path: Path, count: int) -> None:
+    """The same documents as ``write_batch``, in a SQLite store."""
+    from pipekit.stores.sqlite import SqliteStore
 
+    store = SqliteStore(path, synchronous="OFF")
+    try:
+        store.save_many((f"book-{i}", document(f"book-{i}", failed=i % 100 == 7)) for i in range(count))
+    finally:
+        store.close()
+
+
+def baseline_sqlite(path: Path) -> int:
+    """The least any reader of N documents in SQLite must do: select and parse each."""
+    count = 0
+    db = sqlite3.connect(path)
+    try:
+        for _, state in db.execute("SELECT item_id, state FROM items"):
+            json.loads(state)
+            count += 1
+    finally:
+        db.close()
+    return count
+
+
+def pipekit_status(root: Path, *extra: str, store: str | None = None, one_process: bool = False) -> int:
+    from pipekit.cli import main
+    from pipekit.commands import statusrows
+
+    where = ["--store", store] if store else ["--state-dir", str(root / "state")]
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["status", str(root / "pipeline.py"), "--state-dir", str(root / "state"), *extra])
+    saved = statusrows.PARALLEL_FILES
+    if one_process:
+        statusrows.PARALLEL_FILES = sys.maxsize
+    try:
+        with contextlib.redirect_stdout(out):
+            code = main(["status", str(root / "pipeline.py"), *where, *extra])
+    finally:
+        statusrows.PARALLEL_FILES = saved
     assert code == 0, code
     return len(out.getvalue())
 
 
-def best_of(runs: int, func: object, *args: object) -> float:
-    times = []
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (status's worker processes)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def best_of(runs: int, func: object, *args: object, **kwargs: object) -> tuple[float, float]:
+    """The shortest (wall, CPU) seconds of ``runs`` calls."""
+    walls, cpus = [], []
     for _ in range(runs):
-        start = time.perf_counter()
-        func(*args)  # type: ignore[operator]
-        times.append(time.perf_counter() - start)
-    return min(times)
+        start, cpu = time.perf_counter(), cpu_seconds()
+        func(*args, **kwargs)  # type: ignore[operator]
+        walls.append(time.perf_counter() - start)
+        cpus.append(cpu_seconds() - cpu)
+    return min(walls), min(cpus)
+
+
+def report(label: str, figure: tuple[float, float], base: tuple[float, float]) -> None:
+    wall, cpu = figure
+    print(f"{label:<46}{wall:7.2f}s {wall / base[0]:5.2f}x   cpu {cpu:6.2f}s {cpu / base[1]:5.2f}x")
 
 
 def main() -> None:
@@ -140,20 +192,36 @@ def main() -> None:
     parser.add_argument("--dir", help="where to write the batch (default: a new temporary folder)")
     parser.add_argument("--runs", type=int, default=3, help="best of this many runs")
     parser.add_argument("--keep", action="store_true", help="keep the batch afterwards")
+    parser.add_argument("--sqlite", action="store_true", help="time a SQLite store of the same documents too")
     option = parser.parse_args()
     root = Path(option.dir or tempfile.mkdtemp(prefix="pipekit-status-bench-"))
     start = time.perf_counter()
-    state = write_batch(root, option.items)
-    print(f"wrote {option.items} state files to {state} in {time.perf_counter() - start:.1f}s")
+    state = root / "state"
+    if not (state.is_dir() and len(os.listdir(state)) == option.items):
+        write_batch(root, option.items)
+    print(f"{option.items} state files in {state} ({time.perf_counter() - start:.1f}s to write)")
     sys.path.insert(0, str(root))
     try:
         baseline(state)  # warm the page cache
+        pipekit_status(root)  # and the imports
         base = best_of(option.runs, baseline, state)
-        summary = best_of(option.runs, pipekit_status, root)
-        full = best_of(option.runs, pipekit_status, root, "--json")
-        print(f"{'baseline: scandir + read + json.loads':<42}{base:7.2f}s   1.00x")
-        print(f"{'pipekit status MODULE (summary)':<42}{summary:7.2f}s  {summary / base:5.2f}x")
-        print(f"{'pipekit status MODULE --json':<42}{full:7.2f}s  {full / base:5.2f}x")
+        report("baseline: scandir + read + json.loads", base, base)
+        report("pipekit status MODULE (summary)", best_of(option.runs, pipekit_status, root), base)
+        report("pipekit status MODULE --json", best_of(option.runs, pipekit_status, root, "--json"), base)
+        alone = best_of(option.runs, pipekit_status, root, one_process=True)
+        report("  the summary, one process", alone, base)
+        alone = best_of(option.runs, pipekit_status, root, "--json", one_process=True)
+        report("  --json, one process", alone, base)
+        if option.sqlite:
+            database = root / "state.db"
+            if not database.exists():
+                write_sqlite(database, option.items)
+            url = f"sqlite:{database}"
+            base = best_of(option.runs, baseline_sqlite, database)
+            report("baseline: SELECT every state + json.loads", base, base)
+            report("pipekit status MODULE --store sqlite:", best_of(option.runs, pipekit_status, root, store=url), base)
+            full = best_of(option.runs, pipekit_status, root, "--json", store=url)
+            report("pipekit status MODULE --store sqlite: --json", full, base)
     finally:
         if not option.keep and not option.dir:
             shutil.rmtree(root, ignore_errors=True)

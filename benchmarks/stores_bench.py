@@ -1,6 +1,6 @@
 """Write and resume a big run in each state store.
 
-    python benchmarks/stores_bench.py [--items 100000] [--phases 5] [--write-items 1000]
+    python benchmarks/stores_bench.py [--items 100000] [--phases 5] [--write-items 300] [--repeat 3]
                                       [--stores json,sqlite,postgresql] [--postgres-url URL]
 
 For each store it reports:
@@ -9,9 +9,11 @@ For each store it reports:
   ``PipelineStateManager`` (1 + 2 x phases saves per item, durable settings as
   shipped: fsync for JSON, ``synchronous=FULL`` for SQLite, PostgreSQL's
   default synchronous commit), on ``--write-items`` items;
-- resume: wall time of ``pipekit run`` (in a fresh process, after its imports)
-  over ``--items`` items that are all finished, i.e. the cost of finding that
-  nothing is left; and that process's peak memory;
+- resume: median wall time of ``--repeat`` runs of ``pipekit run`` (each in a
+  fresh process, timed after its imports) over ``--items`` items that are all
+  finished, with the fingerprints a real run records, i.e. the cost of finding
+  that nothing is left or stale (and its CPU time, which a busy machine
+  disturbs less); and the largest peak memory of those runs;
 - what is left: ``store.unfinished_item_ids()`` with 1% of the items unfinished;
 - disk used by the state (PostgreSQL: what the run adds to the tables, indexes and TOAST).
 
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,16 +56,21 @@ from pipekit import phase
 RESUME = textwrap.dedent('''
     import json, resource, sys, time
     from pipekit.cli import main
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     code = main(sys.argv[1:])
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"code": int(code), "seconds": elapsed, "peak_bytes": peak}), file=sys.__stdout__)
+    print(json.dumps({"code": int(code), "seconds": elapsed, "cpu": cpu, "peak_bytes": peak}), file=sys.__stdout__)
 ''')
 
 
 def write_pipeline(folder: Path, phases: int) -> Path:
-    body = "".join(f"\n@phase({n})\ndef phase_{n}(item_id):\n    return item_id\n" for n in range(1, phases + 1))
+    # Each phase after the first is given the one before's output, as in a real pipeline:
+    # its fingerprint records that output's hash, which the stale check compares.
+    body = "".join(
+        f"\n@phase({n})\ndef phase_{n}(item_id{f', phase_{n - 1}' if n > 1 else ''}):\n    return item_id\n"
+        for n in range(1, phases + 1)
+    )
     path = folder / "bench_pipeline.py"
     path.write_text(PIPELINE.format(phases=body))
     return path
@@ -76,6 +84,19 @@ def lifecycle(store: StateStore, item_id: str, phases: list[tuple[int, str]]) ->
         manager.start_phase(num)
         manager.complete_phase(num, f"output of phase {num} for {item_id} " + "x" * 200)
     return 1 + 2 * len(phases)
+
+
+def with_fingerprints(document: dict[str, Any], pipeline: Path) -> dict[str, Any]:
+    """``document`` with the fingerprints a real run records (code hashes, consumed outputs)."""
+    from pipekit.fingerprint import phase_fingerprint
+    from pipekit.loader import load
+
+    phases = load(str(pipeline)).phases
+    outputs = {int(num): text for num, text in document["phase_outputs"].items()}
+    for definition in phases:
+        recorded = phase_fingerprint(definition, phases, outputs, lambda func: {})
+        document["phases"][str(definition.num)]["fingerprint"] = recorded
+    return document
 
 
 def disk_bytes(store: StateStore) -> int:
@@ -106,7 +127,7 @@ def human(n: float) -> str:
 
 
 def bench_store(
-    kind: str, url: str, work: Path, pipeline: Path, items: int, write_items: int, phases: int
+    kind: str, url: str, work: Path, pipeline: Path, items: int, write_items: int, phases: int, repeat: int = 3
 ) -> dict[str, Any]:
     names = [(n, f"phase_{n}") for n in range(1, phases + 1)]
     store = open_store_url(url, pipeline="bench_pipeline")
@@ -116,6 +137,7 @@ def bench_store(
     writes_per_second = saves / (time.perf_counter() - started)
     template = store.load("w-0")
     assert template is not None
+    template = with_fingerprints(template, pipeline)
     # a database server holds other runs too: count what this one adds
     disk_before = 0 if kind != "postgresql" else disk_bytes(store)
     store.close()
@@ -133,13 +155,19 @@ def bench_store(
     items_file = work / f"items-{kind}.txt"
     items_file.write_text("\n".join(ids) + "\n")
     env = {**os.environ, "PIPEKIT_STORE": url, "PIPEKIT_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", RESUME, "run", str(pipeline), "--items", str(items_file), "-q", "--progress", "none"],
-        cwd=work, env=env, capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"resume run failed ({kind}):\n{proc.stderr[-2000:]}")
-    resume = json.loads(proc.stdout.strip().splitlines()[-1])
+    command = [sys.executable, "-c", RESUME, "run", str(pipeline), "--items", str(items_file), "-q"]
+    command += ["--progress", "none"]
+    resumes = []
+    for _ in range(repeat):
+        proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"resume run failed ({kind}):\n{proc.stderr[-2000:]}")
+        resumes.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    resume = {
+        "seconds": statistics.median(r["seconds"] for r in resumes),
+        "cpu": statistics.median(r["cpu"] for r in resumes),
+        "peak_bytes": max(r["peak_bytes"] for r in resumes),
+    }
 
     # what is left: 1% of the items lose their last phase
     unfinished = template["phases"][str(phases)]
@@ -157,6 +185,7 @@ def bench_store(
         "store": kind,
         "writes_per_second": writes_per_second,
         "resume_seconds": resume["seconds"],
+        "resume_cpu_seconds": resume["cpu"],
         "resume_peak_bytes": resume["peak_bytes"],
         "left_query_seconds": query_seconds,
         "disk_bytes": used,
@@ -186,6 +215,7 @@ def main() -> None:
     parser.add_argument("--phases", type=int, default=5)
     parser.add_argument("--write-items", type=int, default=300)
     parser.add_argument("--stores", default="json,sqlite,postgresql")
+    parser.add_argument("--repeat", type=int, default=3, help="resumes per store (the median is shown)")
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("PIPEKIT_BENCH_POSTGRES_URL") or os.environ.get("PIPEKIT_TEST_POSTGRES_URL"),
@@ -211,7 +241,9 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown store {kind!r}")
             print(f"{kind}: {mask_password(url)} ...", file=sys.stderr, flush=True)
-            results.append(bench_store(kind, url, work, pipeline, option.items, option.write_items, option.phases))
+            results.append(
+                bench_store(kind, url, work, pipeline, option.items, option.write_items, option.phases, option.repeat)
+            )
             if kind == "postgresql":
                 store = open_store_url(url)
                 for table in ("pipekit_items", "pipekit_outputs", "pipekit_leases"):
@@ -223,7 +255,7 @@ def main() -> None:
           f"json.loads of every document from memory {base['loads_all_seconds']:.2f} s")
     print(f"{'store':<11} {'writes/s':>9} {'x dumps':>8} {'resume':>8} {'x loads':>8} {'left query':>11} "
           f"{'disk':>9} {'peak mem':>9}")
-    json_resume = next((r["resume_seconds"] for r in results if r["store"] == "json"), None)
+    json_resume = next((r for r in results if r["store"] == "json"), None)
     for r in results:
         print(
             f"{r['store']:<11} {r['writes_per_second']:>9,.0f} "
@@ -232,9 +264,14 @@ def main() -> None:
             f"{r['left_query_seconds'] * 1000:>9.1f}ms {human(r['disk_bytes']):>9} {human(r['resume_peak_bytes']):>9}"
         )
     if json_resume:
+        wall, cpu = json_resume["resume_seconds"], json_resume["resume_cpu_seconds"]
         for r in results:
             if r["store"] != "json":
-                print(f"{r['store']} resume is {json_resume / r['resume_seconds']:.1f}x faster than the JSON directory")
+                print(
+                    f"{r['store']} resume is {wall / r['resume_seconds']:.1f}x faster than the JSON directory "
+                    f"({cpu / r['resume_cpu_seconds']:.1f}x in CPU time: {r['resume_cpu_seconds']:.2f} s "
+                    f"against {cpu:.2f} s)"
+                )
     if option.json:
         print(json.dumps({"baselines": base, "results": results}, indent=2))
 

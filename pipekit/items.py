@@ -47,7 +47,8 @@ def normalize_items(source: Iterable[Any], origin: str) -> list[ItemSpec]:
         except UnicodeEncodeError:
             raise UsageError(f"{origin}: item id {item_id!r} is not valid Unicode text") from None
         try:
-            json.dumps(metadata)
+            if metadata:
+                json.dumps(metadata)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{origin}: metadata of item {item_id!r} cannot be saved as JSON ({exc})") from None
         seen.add(item_id)

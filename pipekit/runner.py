@@ -202,7 +202,9 @@ class Run:
             slots.release()
 
         stale_check = self.stale_policy is not None and self.stale_policy.active
-        if not (self.force or self.from_phase is not None or stale_check):
+        # The start-of-run plan already found the finished items (see _already_done).
+        planned = self.stale_policy is not None and self.stale_policy.finished is not None and not self._keep_states
+        if not (self.force or self.from_phase is not None or stale_check or planned):
             # One indexed query instead of a read per item, where the store has one
             # (not when staleness is checked: that needs each item's state).
             self._finished = self.store.finished_items([p.name for p in self.pipeline.phases])

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
+import json
 from pathlib import Path
 import sys
 from typing import Any
@@ -92,6 +93,7 @@ class StaleChecker:
         self.output_root = output_root
         self._num_by_name = {p.name: p.num for p in self.phases}
         self._code = {p.num: code_identity(p.handler).hash for p in self.phases}
+        self._fresh_keys: dict[str, bool] = {}
 
     def arguments(self, definition: PhaseDefinition, state: PipelineState) -> dict[str, Any]:
         """The values injected into a callable of ``definition`` for this item, as a run would."""
@@ -159,6 +161,39 @@ class StaleChecker:
             elif name in stale:
                 found.append(Difference(UPSTREAM_STALE, "consumed", then, now, upstream=name))
         return found
+
+    def fresh_by_key(self, key: str | None) -> bool:
+        """True when no completed phase of a state with this ``pipekit.stalekey``
+        is stale, and none needs its ``fingerprint=`` callable run to tell: a
+        finished item with it need not be read. False means "read the state"."""
+        if key is None:
+            return False
+        fresh = self._fresh_keys.get(key)
+        if fresh is None:
+            fresh = self._fresh_keys[key] = self._key_is_fresh(key)
+        return fresh
+
+    def _key_is_fresh(self, key: str) -> bool:
+        # The parts of ``differences`` that the key holds, in the same order.
+        by_name = {p.name: p for p in self.phases}
+        try:
+            entries = json.loads(key)
+            for name, code, version, has_input, consumed, unchanged in entries:
+                definition = by_name.get(name)
+                if definition is None:
+                    continue  # retired: not checked
+                code_now = self._code[definition.num]
+                if code and code_now and code != code_now:
+                    return False
+                if version != definition.version:
+                    return False
+                if has_input and definition.fingerprint is not None:
+                    return False
+                if not unchanged or any(upstream not in by_name for upstream in consumed):
+                    return False
+        except (ValueError, TypeError):
+            return False
+        return True
 
 
 class StalePolicy:
@@ -498,10 +533,15 @@ def _plan_run(
     policy: StalePolicy,
     from_phase: int | None,
 ) -> tuple[Plan, dict[str, float]]:
-    """``make_plan`` for the start of a run, reading each state once and holding
-    none: the plan keeps only the stale cells its report needs. Also returns
-    the items with nothing to do, with their recorded cost, so that the run
-    need not read them again."""
+    """``make_plan`` for the start of a run, reading each state at most once and
+    holding none: the plan keeps only the stale cells its report needs. Also
+    returns the items with nothing to do, with their recorded cost, so that the
+    run need not read them again.
+
+    Finished items that the store's index shows to be fresh are not read at all
+    (``fresh_finished_items``); the estimates of the report then come from the
+    items that were read, stale ones among them.
+    """
     checker = policy.checker
     history: dict[int, PhaseHistory] = {p.num: PhaseHistory() for p in pipeline.phases}
     cells: list[Cell] = []
@@ -509,7 +549,10 @@ def _plan_run(
     finished: dict[str, float] = {}
     unknown = 0
     metadata = dict(items)
-    for item_id, state in iter_states(pipeline, store, metadata, unreadable):
+    if from_phase is None:
+        finished = fresh_finished_items(pipeline, store, metadata, checker)
+    unread = (item_id for item_id in metadata if item_id not in finished)
+    for item_id, state in iter_states(pipeline, store, unread, unreadable):
         fresh = metadata[item_id]
         same_metadata = all(state.metadata.get(k) == v for k, v in fresh.items())
         state.metadata.update(fresh)
@@ -520,3 +563,23 @@ def _plan_run(
         if same_metadata and state.is_done and all(c.action != RUN for c in item_cells):
             finished[item_id] = state.total_cost_usd
     return Plan(pipeline, [item_id for item_id, _ in items], cells, history, unreadable, unknown), finished
+
+
+def fresh_finished_items(
+    pipeline: Pipeline, store: StateStore, metadata: dict[str, dict[str, Any]], checker: StaleChecker
+) -> dict[str, float]:
+    """The items of ``metadata`` that the store's index shows finished, fresh
+    (``StaleChecker.fresh_by_key``) and with the same metadata, with their
+    recorded cost; empty when the store has no index. One query, no state read."""
+    indexed = store.finished_items([p.name for p in pipeline.phases])
+    found: dict[str, float] = {}
+    if not indexed:
+        return found
+    for item_id, fresh in metadata.items():
+        item = indexed.get(item_id)
+        if item is None or not checker.fresh_by_key(item.stale_key):
+            continue
+        if fresh and any(item.metadata.get(k) != v for k, v in fresh.items()):
+            continue
+        found[item_id] = item.cost_usd
+    return found

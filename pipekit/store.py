@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from typing import Any
+from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
@@ -295,12 +296,17 @@ class StateStore(abc.ABC):
         return memory
 
 
-@dataclass(frozen=True)
-class FinishedItem:
-    """What the runner needs to know of an item that is finished, without its state."""
+class FinishedItem(NamedTuple):
+    """What the runner needs to know of an item that is finished, without its state.
+
+    A named tuple: a store makes one per finished item (100,000 on a big resume),
+    and a frozen dataclass costs several times more to build and to hold.
+    """
 
     metadata: dict[str, Any]
     cost_usd: float
+    #: Its ``pipekit.stalekey`` (None: unknown, the stale check reads the state).
+    stale_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -555,25 +561,37 @@ class JsonDirStore(StateStore):
 
     def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         # One read and one parse per file (item_ids() followed by load() would be two).
+        yield from self.load_files(self.state_files(), errors)
+
+    def state_files(self) -> list[str]:
+        """The paths of every item's state file (unordered)."""
         if not self.state_dir.is_dir():
-            return
-        for entry in os.scandir(self.state_dir):
-            if entry.name.endswith(".json") and not entry.name.startswith("."):
-                path = entry.path
-                try:
-                    with open(path, "rb") as handle:
-                        document = self._parse(path, handle.read())
-                except OSError as exc:
-                    problem = StateFileError(path, f"cannot be read ({exc.strerror})")
-                    if errors is not None:
-                        errors.append(problem)
-                    continue
-                except StateFileError as exc:
-                    if errors is not None:
-                        errors.append(exc)
-                    continue
-                item_id = document.get("item_id")
-                if isinstance(item_id, str):
-                    yield item_id, document
-                elif errors is not None:
-                    errors.append(StateFileError(path, "has no item_id"))
+            return []
+        return [
+            entry.path
+            for entry in os.scandir(self.state_dir)
+            if entry.name.endswith(".json") and not entry.name.startswith(".")
+        ]
+
+    def load_files(
+        self, paths: Iterable[str], errors: list[StateFileError] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``load_all`` over these state files (``status`` shares a big batch out to processes)."""
+        for path in paths:
+            try:
+                with open(path, "rb") as handle:
+                    document = self._parse(path, handle.read())
+            except OSError as exc:
+                problem = StateFileError(path, f"cannot be read ({exc.strerror})")
+                if errors is not None:
+                    errors.append(problem)
+                continue
+            except StateFileError as exc:
+                if errors is not None:
+                    errors.append(exc)
+                continue
+            item_id = document.get("item_id")
+            if isinstance(item_id, str):
+                yield item_id, document
+            elif errors is not None:
+                errors.append(StateFileError(path, "has no item_id"))

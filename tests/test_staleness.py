@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pipekit.stores import open_store_url
 from pipekit.testing import PipeTester
 
 
@@ -51,6 +52,12 @@ PIPELINE = '''
 '''
 
 ITEMS = ["a", "b", "c"]
+
+
+@pytest.fixture(autouse=True)
+def every_store(any_store: str | None) -> str | None:
+    """Each scenario in each store: database stores skip finished items by an indexed stale key."""
+    return any_store
 
 
 @pytest.fixture
@@ -211,6 +218,12 @@ def test_a_changed_upstream_output_makes_consumers_stale(tester: PipeTester) -> 
     assert sorted(executions(tester)) == [(item, "summarize") for item in ITEMS]
     # report consumed the old summary: now stale, reported, not re-run by default.
     assert cells(plan(tester), "stale") == {"report": every(["upstream re-run"])}
+    (tester.path / "executions.log").unlink()
+    again = tester.run("pipeline.py", "--progress", "none")
+    again.fnmatch_lines(["*3 completed cells are stale, not re-run: report (upstream re-run 3)*"], "stderr")
+    assert executions(tester) == []
+    assert tester.run("pipeline.py", "--progress", "none", "--rerun-stale").ret == 0
+    assert sorted(executions(tester)) == [(item, "report") for item in ITEMS]
 
 
 def test_force_from_phase_failed_and_new_items(tester: PipeTester) -> None:
@@ -248,12 +261,12 @@ def test_plan_changes_nothing(tester: PipeTester) -> None:
 
 
 def test_state_without_fingerprints_is_unknown_not_stale(tester: PipeTester) -> None:
-    state_dir = tester.path / "state" / "pipeline"
-    for path in state_dir.glob("*.json"):
-        document = json.loads(path.read_text())
+    store = open_store_url(os.environ.get("PIPEKIT_STORE") or f"json:{tester.path / 'state' / 'pipeline'}")
+    for item_id, document in list(store.load_all()):
         for phase in document["phases"].values():
             del phase["fingerprint"]
-        path.write_text(json.dumps(document))
+        store.save(item_id, document)
+    store.close()
     edit(tester, 'f"summary of {research}"', 'f"other summary of {research}"')
     result = tester.run("plan", "pipeline.py", "--rerun-stale")
     assert result.ret == 0, result

@@ -102,7 +102,8 @@ def test_what_is_left_and_what_is_finished(store: StateStore) -> None:
     assert sorted(item_id for item_id, _ in store.load_all()) == ["done", "fresh", "half"]
     finished = store.finished_items(["research", "draft", "review"])
     if finished is not None:  # the JSON directory has no index: the runner reads each item
-        assert finished == {"done": FinishedItem({"n": "done"}, 0.0)}
+        # no phase has a fingerprint here: an empty stale key, nothing can be stale
+        assert finished == {"done": FinishedItem({"n": "done"}, 0.0, "[]")}
         assert store.finished_items(["research", "draft", "review", "added later"]) == {}
 
 
@@ -203,7 +204,7 @@ def test_sqlite_database_is_wal_synchronous_full_with_indexed_columns(tmp_path: 
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     query = "EXPLAIN QUERY PLAN SELECT item_id FROM items WHERE next_phase IS NOT NULL"
     plan = " ".join(str(row) for row in db.execute(query))
-    assert "items_next_phase" in plan
+    assert "items_finished" in plan
     assert db.execute("SELECT status, next_phase FROM items").fetchone() == ("pending", 1)
     store.close()
     with pytest.raises(UsageError, match="synchronous must be"):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
-from collections.abc import Iterable
 import json
 import os
 import sys
 from typing import Any
 from typing import TextIO
 
+from pipekit.commands.statusrows import RowReader
+from pipekit.commands.statusrows import StatusRow
+from pipekit.commands.statusrows import gc_paused
+from pipekit.commands.statusrows import phases_note
+from pipekit.commands.statusrows import row_status
 from pipekit.commands.target import Target
 from pipekit.commands.target import command_parser
 from pipekit.commands.target import open_target
@@ -17,9 +22,9 @@ from pipekit.commands.target import parse
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.selection import is_glob
+from pipekit.selection import natural_key
 from pipekit.selection import select_item_ids
 from pipekit.state import COMPLETED
-from pipekit.state import DONE_STATUSES
 from pipekit.state import FAILED
 from pipekit.state import IN_PROGRESS
 from pipekit.state import PENDING
@@ -42,44 +47,23 @@ DEFAULT_MAX_ROWS = 50
 SUMMARY_FAILURES = 20
 
 
+#: Items per write of ``--json`` (never one string of the whole document).
+JSON_CHUNK = 1000
+
+
 def item_status(state: PipelineState) -> str:
     """What the item looks like now: failed, in_progress, completed or pending."""
-    statuses = {p.status for p in state.phases.values()}
-    if FAILED in statuses:
-        return FAILED
-    if IN_PROGRESS in statuses:
-        return IN_PROGRESS
-    if statuses <= DONE_STATUSES:
-        return COMPLETED
-    return PENDING
+    return row_status(p.status for p in state.phases.values())
 
 
 def last_note(state: PipelineState) -> str:
     """The last failure (``2 draft: error``), else the last hand-made skip reason."""
-    phases = sorted(state.phases.values(), key=lambda p: p.phase)
-    for phase in reversed(phases):
-        if phase.status == FAILED:
-            return f"{phase.phase} {phase.name}: {phase.error or phase.reason or 'failed'}"
-    for phase in phases:
-        if phase.status == SKIPPED and phase.reason and phase.reason != "cache":
-            return f"{phase.phase} {phase.name} skipped: {phase.reason}"
-    return ""
+    return phases_note([vars(p) for p in sorted(state.phases.values(), key=lambda p: p.phase)])
 
 
 def state_record(state: PipelineState) -> dict[str, Any]:
     """The machine-readable picture of one item (outputs left out: see ``export``)."""
-    return {
-        "item_id": state.item_id,
-        "status": item_status(state),
-        "saved_status": state.status,
-        "metadata": state.metadata,
-        "started_at": state.started_at,
-        "last_updated": state.last_updated,
-        "total_tokens_in": state.total_tokens_in,
-        "total_tokens_out": state.total_tokens_out,
-        "total_cost_usd": state.total_cost_usd,
-        "phases": [dict(vars(p)) for _, p in sorted(state.phases.items())],
-    }
+    return StatusRow.from_state(state).record()
 
 
 def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
@@ -117,26 +101,36 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
         else:
             write_story(out, target, state, _colour(out))
         return ExitCode.OK
+    # Rows of 100,000 items are acyclic: a collection of the cyclic GC started by
+    # sorting or encoding would rescan them all, for nothing. Paused until they are freed.
+    with gc_paused():
+        return show_batch(option, target, out)
+
+
+def show_batch(option: argparse.Namespace, target: Target, out: TextIO) -> ExitCode:
+    """The matrix, the summary or ``--json`` of many items (filters and all)."""
     errors: list[StateFileError] = []
-    states = list(target.states(errors))
+    rows = RowReader(target, full=option.json).rows(errors)
     if option.item:
-        wanted = set(select_item_ids(target.store, option.item, known=[s.item_id for s in states]))
-        states = [s for s in states if s.item_id in wanted]
+        wanted = set(select_item_ids(target.store, option.item, known=[r.item_id for r in rows]))
+        rows = [r for r in rows if r.item_id in wanted]
     if option.failed or option.pending:
-        states = [
-            s
-            for s in states
-            if (option.failed and item_status(s) == FAILED) or (option.pending and item_status(s) != COMPLETED)
-        ]
+        rows = [r for r in rows if (option.failed and r.status == FAILED) or (option.pending and r.status != COMPLETED)]
     if option.json:
-        write_json(out, target, states, errors)
-    elif option.all or len(states) <= option.max_rows:
-        write_matrix(out, target, states, _colour(out))
+        write_json(out, target, sorted_rows(rows), errors)
+    elif option.all or len(rows) <= option.max_rows:
+        write_matrix(out, target, sorted_rows(rows), _colour(out))
     else:
-        write_summary(out, target, states, _colour(out))
+        # Only the failures listed are sorted: sorting 100,000 ids is a tenth of the work.
+        write_summary(out, target, rows, _colour(out))
     for error in errors:
         print(f"pipekit: error: {error}", file=sys.stderr)
     return ExitCode.USAGE_ERROR if errors else ExitCode.OK
+
+
+def sorted_rows(rows: list[StatusRow]) -> list[StatusRow]:
+    """``rows`` naturally sorted by item id (``book-2`` before ``book-10``)."""
+    return sorted(rows, key=lambda row: natural_key(row.item_id))
 
 
 def _colour(out: TextIO) -> bool:
@@ -169,24 +163,21 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def write_matrix(out: TextIO, target: Target, states: list[PipelineState], colour: bool) -> None:
+def write_matrix(out: TextIO, target: Target, rows: list[StatusRow], colour: bool) -> None:
     """One row per item: a glyph per phase, cost, and the last error or skip reason."""
-    _header(out, target, len(states))
+    _header(out, target, len(rows))
     nums = [p.num for p in target.pipeline.phases]
     widths = [len(str(n)) for n in nums]
-    id_width = min(40, max([4, *(len(s.item_id) for s in states)]))
+    id_width = min(40, max([4, *(len(r.item_id) for r in rows)]))
     cells = " ".join(str(n).rjust(w) for n, w in zip(nums, widths, strict=True))
     out.write(f"{'item'.ljust(id_width)}  {cells}  {'cost':>9}  last error\n")
-    for state in states:
-        row = " ".join(
-            " " * (w - 1) + glyph(state.phases[n].status if n in state.phases else PENDING, colour)
-            for n, w in zip(nums, widths, strict=True)
-        )
-        note = _clip(last_note(state), 100)
-        label = _clip(state.item_id, id_width).ljust(id_width)
-        out.write(f"{label}  {row}  {_cost(state.total_cost_usd):>9}  {note}".rstrip() + "\n")
+    for item in rows:
+        line = " ".join(" " * (w - 1) + glyph(status, colour) for status, w in zip(item.statuses, widths, strict=True))
+        note = _clip(item.last_note(), 100)
+        label = _clip(item.item_id, id_width).ljust(id_width)
+        out.write(f"{label}  {line}  {_cost(item.total_cost_usd):>9}  {note}".rstrip() + "\n")
     out.write("\n" + legend(colour) + "\n")
-    out.write(totals_line(target, states) + "\n")
+    out.write(totals_line(target, rows) + "\n")
 
 
 def legend(colour: bool) -> str:
@@ -194,33 +185,42 @@ def legend(colour: bool) -> str:
     return "  ".join(f"{glyph(s, colour)} {s.replace('_', ' ')}" for s in STATUS_ORDER)
 
 
-def totals_line(target: Target, states: Iterable[PipelineState]) -> str:
+def totals(rows: list[StatusRow]) -> dict[str, Any]:
+    """Items by status, tokens and cost, as ``--json`` gives them."""
+    by_status = Counter(r.status for r in rows)
+    return {
+        "items": len(rows),
+        **{s: by_status[s] for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)},
+        "tokens_in": sum(r.total_tokens_in for r in rows),
+        "tokens_out": sum(r.total_tokens_out for r in rows),
+        "cost_usd": sum(r.total_cost_usd for r in rows),
+    }
+
+
+def totals_line(target: Target, rows: list[StatusRow]) -> str:
     """Items by status, tokens and cost."""
-    states = list(states)
-    by_status = Counter(item_status(s) for s in states)
-    tokens_in = sum(s.total_tokens_in for s in states)
-    tokens_out = sum(s.total_tokens_out for s in states)
-    cost = sum(s.total_cost_usd for s in states)
-    parts = ", ".join(f"{by_status[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING))
+    total = totals(rows)
+    parts = ", ".join(f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING))
     return (
-        f"total: {len(states)} {target.pipeline.item_noun}: {parts}; "
-        f"tokens {tokens_in} in / {tokens_out} out; cost {_cost(cost)}"
+        f"total: {total['items']} {target.pipeline.item_noun}: {parts}; "
+        f"tokens {total['tokens_in']} in / {total['tokens_out']} out; cost {_cost(total['cost_usd'])}"
     )
 
 
-def write_summary(out: TextIO, target: Target, states: list[PipelineState], colour: bool) -> None:
-    """Counts per phase and status, then the failures: for batches too big to list."""
-    _header(out, target, len(states))
-    counts: dict[int, Counter[str]] = {p.num: Counter() for p in target.pipeline.phases}
-    cost = {p.num: 0.0 for p in target.pipeline.phases}
-    failures: list[tuple[str, str]] = []
-    for state in states:
-        for num, phase in state.phases.items():
-            if num in counts:
-                counts[num][phase.status] += 1
-                cost[num] += phase.cost_usd
-        if item_status(state) == FAILED:
-            failures.append((state.item_id, last_note(state)))
+def write_summary(out: TextIO, target: Target, rows: list[StatusRow], colour: bool) -> None:
+    """Counts per phase and status, then the failures: for batches too big to list.
+
+    ``rows`` may come in any order: only the failures listed are sorted.
+    """
+    _header(out, target, len(rows))
+    definitions = target.pipeline.phases
+    counts: dict[int, Counter[str]] = {}
+    cost: dict[int, float] = {}
+    for index, definition in enumerate(definitions):
+        counts[definition.num] = Counter([r.statuses[index] for r in rows])
+        cost[definition.num] = sum([r.costs[index] for r in rows])
+    failed = sorted_rows([r for r in rows if r.status == FAILED])
+    failures = [(r.item_id, r.last_note()) for r in failed[:SUMMARY_FAILURES]]
     name_width = max([5, *(len(f"{p.num} {p.name}") for p in target.pipeline.phases)])
     heads = "".join(f"{glyph(s, colour)} {s.replace('_', ' '):>11}  " for s in STATUS_ORDER)
     out.write(f"{'phase'.ljust(name_width)}  {heads}{'cost':>10}\n")
@@ -230,35 +230,31 @@ def write_summary(out: TextIO, target: Target, states: list[PipelineState], colo
             f"{f'{definition.num} {definition.name}'.ljust(name_width)}  {row}{_cost(cost[definition.num]):>10}\n"
         )
     if failures:
-        shown = failures[:SUMMARY_FAILURES]
-        out.write(f"\nfailures ({len(shown)} of {len(failures)}; --failed --all lists them all):\n")
-        for item_id, note in shown:
+        out.write(f"\nfailures ({len(failures)} of {len(failed)}; --failed --all lists them all):\n")
+        for item_id, note in failures:
             out.write(f"  {_clip(item_id, 40)}  {_clip(note, 100)}\n")
-    out.write(f"\n{totals_line(target, states)}\n")
-    out.write(f"(summary of {len(states)} rows; --all shows every row)\n")
+    out.write(f"\n{totals_line(target, rows)}\n")
+    out.write(f"(summary of {len(rows)} rows; --all shows every row)\n")
 
 
-def write_json(out: TextIO, target: Target, states: list[PipelineState], errors: list[StateFileError]) -> None:
-    """The whole picture as one JSON document."""
-    by_status = Counter(item_status(s) for s in states)
-    document = {
-        "pipeline": target.pipeline.name,
-        "module": target.pipeline.path,
-        "state": target.store.location,
-        "phases": [{"num": p.num, "name": p.name, "critical": p.critical} for p in target.pipeline.phases],
-        "items": [state_record(s) for s in states],
-        "totals": {
-            "items": len(states),
-            **{s: by_status[s] for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)},
-            "tokens_in": sum(s.total_tokens_in for s in states),
-            "tokens_out": sum(s.total_tokens_out for s in states),
-            "cost_usd": sum(s.total_cost_usd for s in states),
-        },
-        "errors": [str(e) for e in errors],
-    }
-    # No indent: json's C encoder is used only without one (pipe it to `jq` to read it).
-    out.write(json.dumps(document, ensure_ascii=False))
-    out.write("\n")
+def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[StateFileError]) -> None:
+    """The whole picture as one JSON document, written a chunk of items at a time."""
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    # json's C encoder is used only without an indent (pipe it to `jq` to read it).
+    head = encode(
+        {
+            "pipeline": target.pipeline.name,
+            "module": target.pipeline.path,
+            "state": target.store.location,
+            "phases": [{"num": p.num, "name": p.name, "critical": p.critical} for p in target.pipeline.phases],
+        }
+    )
+    out.write(head[:-1] + ', "items": [')
+    for start in range(0, len(rows), JSON_CHUNK):
+        if start:
+            out.write(", ")
+        out.write(", ".join([r.json() for r in rows[start : start + JSON_CHUNK]]))
+    out.write(f'], "totals": {encode(totals(rows))}, "errors": {encode([str(e) for e in errors])}}}\n')
 
 
 def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool) -> None:
