@@ -71,14 +71,15 @@ def test_a_sync_handler_abandoned_at_its_timeout_keeps_its_slot_until_its_thread
     # The first item's thread cannot be stopped at its timeout: it runs on for
     # a while, and concurrency=1 must still mean one thread in the phase.
     pipetester.make_pipeline("""
-        import json, time
+        import json, os, time
         from pipekit import phase
 
         @phase(1, concurrency=1, timeout=0.2, critical=False)
         def gpu(item_id):
             start = time.monotonic()
             time.sleep(1.0 if item_id == "slow" else 0.01)
-            with open("times.log", "a") as f:
+            # beside the module: a thread that outlives the test must not write elsewhere
+            with open(os.path.join(os.path.dirname(__file__), "times.log"), "a") as f:
                 f.write(json.dumps([item_id, start, time.monotonic()]) + "\\n")
     """)
     result = pipetester.run("pipeline.py", "--item", "slow", "--item", "fast", "-j", "2")
