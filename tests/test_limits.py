@@ -74,7 +74,11 @@ def test_a_sync_handler_abandoned_at_its_timeout_keeps_its_slot_until_its_thread
         import json, os, time
         from pipekit import phase
 
-        @phase(1, concurrency=1, timeout=0.2, critical=False)
+        @phase(1)
+        def queue(item_id):
+            time.sleep(0.1 if item_id == "fast" else 0)  # the slow one takes the slot first
+
+        @phase(2, concurrency=1, timeout=0.2, critical=False)
         def gpu(item_id):
             start = time.monotonic()
             time.sleep(1.0 if item_id == "slow" else 0.01)
@@ -84,8 +88,8 @@ def test_a_sync_handler_abandoned_at_its_timeout_keeps_its_slot_until_its_thread
     """)
     result = pipetester.run("pipeline.py", "--item", "slow", "--item", "fast", "-j", "2")
     assert result.ret == 0, result  # not critical: the run goes on
-    assert result.state("slow").phases[1].reason == "timeout"
-    assert result.state("fast").phases[1].status == "completed"
+    assert result.state("slow").phases[2].reason == "timeout"
+    assert result.state("fast").phases[2].status == "completed"
     times = {item: (start, end) for item, start, end in records(pipetester)}
     assert set(times) == {"slow", "fast"}
     assert overlaps(list(times.values())) == 0
