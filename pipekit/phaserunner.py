@@ -239,8 +239,7 @@ class PhaseRunner:
         """Run a phase whose start is on disk: its handler, with retries, to its end."""
         assert self.control is not None
         item, manager = self.item, self.state
-        self.control.phases_started += 1
-        self.notify("pipekit_phase_start", item=item, phase=phase)
+        self._announce_start(phase)
         if self.progress is not None:
             self.progress.start_phase(phase.num, phase.name)
 
@@ -309,10 +308,14 @@ class PhaseRunner:
         its handler ran, is recorded like any phase in flight at an interruption."""
         phase, self._prestarted = self._prestarted, None
         if phase is not None:
-            assert self.control is not None
-            self.control.phases_started += 1
-            self.notify("pipekit_phase_start", item=self.item, phase=phase)
+            self._announce_start(phase)
             await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), 0.0)
+
+    def _announce_start(self, phase: PhaseDefinition) -> None:
+        """Count the execution and tell observers (its start is on disk)."""
+        assert self.control is not None
+        self.control.phases_started += 1
+        self.notify("pipekit_phase_start", item=self.item, phase=phase)
 
     def _startable_after(self, done: PhaseDefinition) -> PhaseDefinition | None:
         """The phase the loop runs after ``done``, if it can start at once: no cache
@@ -396,9 +399,7 @@ class PhaseRunner:
         # The check is user code that ran: observers see it start and fail like any execution.
         self.state.start_phase(phase.num, executor=phase.executor)
         await self._saved()
-        assert self.control is not None
-        self.control.phases_started += 1
-        self.notify("pipekit_phase_start", item=self.item, phase=phase)
+        self._announce_start(phase)
         await self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="cache check: ")
         return None
 
