@@ -152,9 +152,7 @@ class _BaseProgress:
 
     def start_phase(self, phase_num: int, name: str, *, key: Hashable | None = None) -> None:
         """Phase number ``phase_num`` (1-based position) of an item starts."""
-        item = self.in_flight.get(key) if key is not None else None
-        if item is None:
-            item = self._item(key)
+        item = self._item(key)
         item.phase, item.phase_name, item.phase_started = phase_num, name, self.clock()
         item.phase_cost_usd = 0.0
         self.state.current_phase = phase_num
@@ -170,11 +168,8 @@ class _BaseProgress:
         duration: float | None = None,
     ) -> None:
         """The item's current phase completed, with its usage."""
-        item = self.in_flight.get(key) if key is not None else None
-        if item is None:
-            item = self._item(key)
-        if duration is None:
-            duration = self._phase_duration(item, duration)
+        item = self._item(key)
+        duration = self._phase_duration(item, duration)
         self.state.completed_phases += 1
         if tokens_in or tokens_out or cost_usd:
             self._add_usage(item, tokens_in, tokens_out, cost_usd)

@@ -135,7 +135,7 @@ class Summary:
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
         self._usage.mark(item, phase)
-        (self.phases.get(phase.num) or self._stats(phase)).executed += 1
+        self._stats(phase).executed += 1
 
     @hookimpl
     def pipekit_phase_wait(self, item: Item, phase: PhaseDefinition, reason: str) -> None:
@@ -149,7 +149,7 @@ class Summary:
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
-        stats = self.phases.get(phase.num) or self._stats(phase)
+        stats = self._stats(phase)
         stats.completed += 1
         stats.durations.append(result.duration_seconds)
         self._add_usage(item, phase, stats)
