@@ -128,12 +128,15 @@ class StateWriter:
                 job = PendingWrite.run_together
             else:
                 managers, job = [self._queue.popleft()], _run_one
+            pending = []
             for manager in managers:
-                if not manager.has_pending_save:
-                    self._wake(manager)
-            managers = [manager for manager in managers if manager.has_pending_save]
-            if not managers:
+                if manager.has_pending_save:
+                    pending.append(manager)
+                else:
+                    self._wake(manager)  # written meanwhile with an earlier change
+            if not pending:
                 continue
+            managers = pending
             writes = [manager.take_pending_write() for manager in managers]
             self._busy.update(managers)
             landing = asyncio.get_running_loop().run_in_executor(self._threads(), job, writes)
