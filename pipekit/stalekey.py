@@ -17,14 +17,11 @@ output the document alone cannot vouch for.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
-
-#: Hex digits of SHA-256 in a fingerprint's hashes and in database stores'
-#: output references (``pipekit.fingerprint.HASH_CHARS``, ``pipekit.store.output_ref``).
-_HASH_CHARS = 16
+from pipekit.fingerprint import HASH_CHARS
+from pipekit.fingerprint import output_hash
 
 
 def stale_key(document: Any) -> str | None:
@@ -79,10 +76,8 @@ def _output_hash(document: dict[str, Any], name: str) -> str | None | bool:
         # Database stores name a large output by the same hash of its text.
         ref = files[num]
         digest = ref.rsplit("/", 1)[-1].split(".")[1:2] if isinstance(ref, str) else []
-        return digest[0] if digest and len(digest[0]) == _HASH_CHARS else False
+        return digest[0] if digest and len(digest[0]) == HASH_CHARS else False
     text = inline.get(num)
-    if text is None:
-        return None
-    if not isinstance(text, str):
+    if text is not None and not isinstance(text, str):
         return False
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
+    return output_hash(text)

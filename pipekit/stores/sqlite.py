@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qsl
 
+from pipekit.fingerprint import text_hash
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
@@ -239,7 +239,7 @@ class SqliteStore(StateStore):
         """The item's row, and its stale key as ``(digest, key)`` (None: unknown)."""
         summary = summarize(document)
         key = stale_key(document)
-        pair = None if key is None else (hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16], key)
+        pair = None if key is None else (text_hash(key), key)
         row = (
             item_id,
             json.dumps(document, ensure_ascii=False),
