@@ -66,6 +66,7 @@ class PhaseState:
     traceback: str | None = None
     #: What produced the completed result (``pipekit.fingerprint``); None when
     #: unknown (written before fingerprints existed, or skipped by a cache).
+    #: Replaced as a whole, never changed in place (saved documents share it).
     fingerprint: dict[str, Any] | None = None
 
 
@@ -102,20 +103,19 @@ class PipelineState:
     def to_document(self, output_refs: dict[int, str]) -> dict[str, Any]:
         """The JSON document saved for this state; large outputs go by reference.
 
-        Built field by field: ``dataclasses.asdict`` deep-copies recursively and
-        was the largest CPU cost of a save (one save per phase start and end).
-        Only the mutable values a writer thread could see change are copied.
+        A snapshot a writer thread can encode while this state changes: every
+        container is copied, the immutable values are shared. Built from the
+        instances' ``__dict__`` rather than with ``dataclasses.asdict`` (which
+        deep-copies recursively): one is built per durable write.
         """
         document: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-        for name in _STATE_FIELD_NAMES:
-            if name == "phases":
-                document[name] = {str(num): _phase_document(p) for num, p in sorted(self.phases.items())}
-            elif name == "phase_outputs":
-                document[name] = {
-                    str(num): text for num, text in sorted(self.phase_outputs.items()) if num not in output_refs
-                }
-            else:
-                document[name] = _copied(getattr(self, name))
+        document.update(vars(self))
+        document["metadata"] = _copied(self.metadata)
+        document["phases"] = {str(num): _phase_document(p) for num, p in sorted(self.phases.items())}
+        document["phase_outputs"] = {
+            str(num): text for num, text in sorted(self.phase_outputs.items()) if num not in output_refs
+        }
+        document["retired_phases"] = _copied(self.retired_phases)
         document["phase_output_files"] = {str(num): ref for num, ref in sorted(output_refs.items())}
         return document
 
@@ -165,15 +165,14 @@ class PipelineState:
         return state, refs
 
 
-_STATE_FIELD_NAMES = tuple(f.name for f in fields(PipelineState))
-
 
 def _copied(value: Any) -> Any:
     return copy.deepcopy(value) if value and isinstance(value, (dict, list)) else value
 
 
 def _phase_document(phase: PhaseState) -> dict[str, Any]:
-    return {name: _copied(getattr(phase, name)) for name in _PHASE_FIELD_NAMES}
+    # ``fingerprint`` is shared, not copied: it is replaced, never changed in place.
+    return dict(vars(phase))
 
 
 def _phase_pairs(phases: Iterable[Any]) -> list[tuple[int, str]]:
