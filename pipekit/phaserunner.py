@@ -88,6 +88,23 @@ class RunControl:
     gate: Gate | None = None
     #: Called after every ``add_usage`` (the budget cap watches spending here).
     on_usage: Callable[[RunControl], None] | None = None
+    _interruption: asyncio.Future[Any] | None = field(default=None, init=False, repr=False)
+
+    def interruption(self) -> asyncio.Future[Any]:
+        """An awaitable that ends when ``interrupted`` is set, shared by every
+        phase in flight (one per run, not a task per phase); never cancel it."""
+        waiting = self._interruption
+        if waiting is None or waiting.get_loop() is not asyncio.get_running_loop() or (
+            waiting.done() and not self.interrupted.is_set()
+        ):
+            waiting = self._interruption = asyncio.ensure_future(self.interrupted.wait())
+        return waiting
+
+    def close(self) -> None:
+        """Stop waiting for an interruption (at the end of the run)."""
+        if self._interruption is not None:
+            self._interruption.cancel()
+            self._interruption = None
 
     def add_usage(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
         """Count usage spent in this run."""
@@ -152,6 +169,7 @@ class PhaseRunner:
         #: The next phase, started in the same write that completed the one before.
         self._prestarted: PhaseDefinition | None = None
         self._in_loop = False
+        self._item_output_dir: Path | None = None
 
     # -- the loop -------------------------------------------------------------
 
@@ -159,6 +177,7 @@ class PhaseRunner:
         """Run every phase not completed or skipped; False if a critical phase failed
         or the run was interrupted.
         """
+        own_control = self.control is None
         if self.control is None:
             self.control = RunControl()
         self._ensure_state()
@@ -168,6 +187,8 @@ class PhaseRunner:
         finally:
             if held:
                 await self.writer.release(self.state)
+            if own_control:
+                self.control.close()
 
     async def _run_phases(self) -> bool:
         assert self.control is not None
@@ -335,20 +356,20 @@ class PhaseRunner:
     async def _fingerprint(self, phase: PhaseDefinition) -> tuple[Any, BaseException | None]:
         """What produced this execution (``pipekit.fingerprint``); a user's ``fingerprint=``
         callable runs in a thread, under the phase's timeout, never on the event loop."""
+        outputs = self.state.state.phase_outputs
+        if phase.fingerprint is None:
+            try:
+                return phase_fingerprint(phase, self.phases, outputs, _no_arguments), None
+            except Exception as exc:
+                return None, exc
         ctx = self._context(phase, self.state.state.phases[phase.num].attempts)
-        outputs = dict(self.state.state.phase_outputs)
-        arguments = self._arguments(phase, ctx, phase.fingerprint) if phase.fingerprint is not None else {}
+        arguments = self._arguments(phase, ctx, phase.fingerprint)
         kwargs: dict[str, Any] = {
             "definition": phase,
             "phases": self.phases,
-            "outputs": outputs,
+            "outputs": dict(outputs),  # a copy: read by another thread
             "arguments_for": lambda _: arguments,
         }
-        if phase.fingerprint is None:
-            try:
-                return phase_fingerprint(**kwargs), None
-            except Exception as exc:
-                return None, exc
         future = run_in_thread(phase_fingerprint, kwargs, name=f"pipekit-{phase.name}-fingerprint")
         return await self._race(phase, future)
 
@@ -362,14 +383,15 @@ class PhaseRunner:
         if gate is None or (phase.concurrency is None and not phase.limits):
             return _no_release
         entering = asyncio.ensure_future(gate.enter(phase, self._waiter(phase)))
-        stoppers = {asyncio.ensure_future(self.control.interrupted.wait())}
-        if first:
-            stoppers.add(asyncio.ensure_future(self.control.stopping.wait()))
+        stopping = asyncio.ensure_future(self.control.stopping.wait()) if first else None
         try:
-            await asyncio.wait({entering, *stoppers}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {entering, self.control.interruption(), *([stopping] if stopping else [])},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
-            for stopper in stoppers:
-                stopper.cancel()
+            if stopping is not None:
+                stopping.cancel()
         if not entering.done():
             entering.cancel()
             await asyncio.wait({entering})
@@ -406,13 +428,11 @@ class PhaseRunner:
     async def _race(self, phase: PhaseDefinition, future: asyncio.Future[Any]) -> tuple[Any, BaseException | None]:
         """Wait for ``future``, the phase's timeout or the run's interruption."""
         assert self.control is not None
-        stopper = asyncio.ensure_future(self.control.interrupted.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {future, stopper}, timeout=phase.timeout_seconds, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stopper.cancel()
+        done, _ = await asyncio.wait(
+            {future, self.control.interruption()},
+            timeout=phase.timeout_seconds,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         if future in done:
             if future.cancelled():
                 return None, PhaseInterrupted()
@@ -520,24 +540,29 @@ class PhaseRunner:
 
     def _context(self, phase: PhaseDefinition, attempt: int) -> PhaseContext:
         state = self.state.state
-        root = self.output_root
-        if root is None:
-            state_dir = getattr(self.state.store, "state_dir", None)
-            root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
-        folder = root / (self._item_dir_name or encode_item_id(state.item_id))
         # A copy: what a handler does to its metadata must not leak into the saved state.
-        metadata = copy.deepcopy(state.metadata)
+        metadata = copy.deepcopy(state.metadata) if state.metadata else {}
         return PhaseContext(
             state.item_id,
             metadata,
             phase,
             attempt,
-            folder,
+            self._output_dir(),
             price=self._price,
             checkpoints=Checkpoints(self.state.store, state.item_id, phase.name),
             gate=self.control.gate if self.control is not None else None,
             on_wait=self._waiter(phase),
         )
+
+    def _output_dir(self) -> Path:
+        """The item's ``ctx.output_dir`` (made by the context when asked for)."""
+        if self._item_output_dir is None:
+            root = self.output_root
+            if root is None:
+                state_dir = getattr(self.state.store, "state_dir", None)
+                root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
+            self._item_output_dir = root / (self._item_dir_name or encode_item_id(self.state.state.item_id))
+        return self._item_output_dir
 
     def _arguments(
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
@@ -595,6 +620,10 @@ def _retriable(phase: PhaseDefinition, error: BaseException, executor: PhaseExec
 
 def _no_release() -> None:
     pass
+
+
+def _no_arguments(func: Callable[..., Any]) -> dict[str, Any]:
+    return {}
 
 
 def _reason(error: BaseException) -> str:

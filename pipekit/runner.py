@@ -186,6 +186,7 @@ class Run:
             await self._process_all()
         finally:
             restore()
+            self.control.close()
             self._writer.close()
             await self.executor.aclose()
             self.exit_status = self._exit_status()
