@@ -59,8 +59,9 @@ class RunResult:
     """What ``pipekit.run`` returns: the exit status, final states and totals."""
 
     exit_status: ExitCode
-    #: Final state of every selected item whose state could be read, by id.
-    states: dict[str, PipelineState] = field(default_factory=dict)
+    #: Final state of every selected item whose state could be read, by id
+    #: (left out of the repr: a run of 100,000 items would print them all).
+    states: dict[str, PipelineState] = field(default_factory=dict, repr=False)
     items_total: int = 0
     items_completed: int = 0
     items_failed: int = 0

@@ -29,6 +29,16 @@ def test_run_returns_states_and_totals(pipetester: PipeTester) -> None:
     assert (pipetester.path / "st" / "a.json").exists()
 
 
+def test_a_run_result_prints_its_totals_not_every_state(pipetester: PipeTester) -> None:
+    # (asyncio.run also formats it when it restores the SIGINT handler: a full
+    # repr of 100,000 states cost seconds at the end of every pipekit.run)
+    path = pipetester.make_pipeline(PIPELINE)
+    result = pipekit.run(str(path), ["a", "b"], state_dir=pipetester.path / "st", progress="none")
+    assert len(result.states) == 2
+    assert "items_completed=2" in repr(result)
+    assert "PipelineState" not in repr(result) and "'a'" not in repr(result)
+
+
 def test_arun_works_inside_a_running_event_loop(pipetester: PipeTester) -> None:
     path = pipetester.make_pipeline(PIPELINE)
 
