@@ -171,3 +171,17 @@ def test_large_outputs_come_back_byte_for_byte(tmp_path: Path) -> None:
     reloaded = PipelineStateManager("crlf", tmp_path)
     reloaded.load_state()
     assert reloaded.state.phase_outputs[0] == text
+
+
+def test_timestamps_are_utc_iso_8601_with_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import datetime
+    from datetime import timezone
+    import time
+
+    from pipekit.state import utc_now
+
+    for moment in (0.0, 1_780_000_000.9999, 1_780_000_001.0, 1_780_000_001.5, time.time()):
+        monkeypatch.setattr(time, "time", lambda moment=moment: moment)
+        expected = datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="milliseconds")
+        assert utc_now() == expected
+        assert datetime.fromisoformat(utc_now()).tzinfo == timezone.utc
