@@ -26,7 +26,6 @@ import asyncio
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
-import hashlib
 import inspect
 import json
 from pathlib import Path
@@ -37,18 +36,10 @@ import weakref
 
 import platformdirs
 
+from pipekit.digest import text_hash
 from pipekit.phases import Injector
 from pipekit.phases import PhaseDefinition
 from pipekit.store import write_atomically
-
-
-#: Hex digits kept of each SHA-256: plenty to tell versions of one cell apart.
-HASH_CHARS = 16
-
-
-def text_hash(text: str) -> str:
-    """A short SHA-256 of ``text``."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
 
 
 def output_hash(output: str | None) -> str | None:

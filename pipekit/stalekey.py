@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipekit.fingerprint import HASH_CHARS
+from pipekit.digest import HASH_CHARS
 from pipekit.fingerprint import output_hash
 
 

@@ -26,6 +26,7 @@ import time
 from typing import Any
 from typing import NamedTuple
 
+from pipekit.digest import text_hash
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 
@@ -352,8 +353,7 @@ def summarize(document: Any) -> Summary:
 
 def output_ref(phase_num: int, text: str) -> str:
     """The reference of a large output in a database store: named by phase and content."""
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return f"outputs/{phase_num}.{digest}.txt"
+    return f"outputs/{phase_num}.{text_hash(text)}.txt"
 
 
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
@@ -448,8 +448,7 @@ class JsonDirStore(StateStore):
         self._prepare()
         folder = self._outputs_dir(item_id)
         # Named by content, so the file the saved state refers to is never overwritten.
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        path = folder / f"{phase_num}.{digest}.txt"
+        path = folder / f"{phase_num}.{text_hash(text)}.txt"
         try:
             if folder.exists():
                 remove_stale_temp_files(folder)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipekit.digest import text_hash
 from pipekit.fingerprint import SourceArchive
 from pipekit.fingerprint import code_identity
 from pipekit.fingerprint import consumed_phases
 from pipekit.fingerprint import input_hash
 from pipekit.fingerprint import phase_fingerprint
-from pipekit.fingerprint import text_hash
 from pipekit.phases import phase
 from pipekit.phases import phase_definition_of
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipekit.fingerprint import text_hash
+from pipekit.digest import text_hash
 from pipekit.stalekey import stale_key
 from pipekit.store import StateStore
 from pipekit.store import output_ref

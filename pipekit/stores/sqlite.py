@@ -22,7 +22,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pipekit.fingerprint import text_hash
+from pipekit.digest import text_hash
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
