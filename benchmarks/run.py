@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 from pathlib import Path
@@ -68,12 +69,25 @@ def run_child(folder: Path, items: int, workers: int, state_dir: Path, env: dict
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def fresh(folder: Path, prefix: str) -> Path:
+    """A new directory under ``folder``, never reused.
+
+    Nothing is deleted between runs: ext4 scans past recently deleted inodes
+    when it creates a file, so a run right after deleting thousands of state
+    files pays for them, and the two sides of a comparison would not pay alike.
+    """
+    for n in itertools.count():
+        path = folder / f"{prefix}-{n}"
+        if not path.exists():
+            return path
+    raise AssertionError("unreachable")
+
+
 def baseline_writes(folder: Path, items: int, phases: int, durable: bool) -> float:
     """A plain loop writing each item's state atomically as pipekit does:
     once when the first phase starts, then once per phase end (which also
     records the next phase's start)."""
-    target = folder / "baseline"
-    shutil.rmtree(target, ignore_errors=True)
+    target = fresh(folder, "baseline")
     target.mkdir()
     started = time.perf_counter()
     for n in range(items):
@@ -134,15 +148,15 @@ def overhead(folder: Path, items: int, repeat: int) -> None:
     print(f"1. overhead: {items} items x {phases} no-op phases, us per phase (the run alone)")
     for durable in (True, False):
         env = {} if durable else {"PIPEKIT_FSYNC": "0"}
-        base = statistics.median([baseline_writes(folder, items, phases, durable) for _ in range(repeat)])
-        base_us = base / (items * phases) * 1e6
-        for workers in (1, 32):
-            samples = []
-            for _ in range(repeat):
-                state = folder / "state"
-                shutil.rmtree(state, ignore_errors=True)
-                samples.append(run_child(folder, items, workers, state, env)["seconds"])
-            us = statistics.median(samples) / (items * phases) * 1e6
+        bases: list[float] = []
+        samples: dict[int, list[float]] = {1: [], 32: []}
+        for _ in range(repeat):  # interleaved, so drift in the machine's load hits both alike
+            bases.append(baseline_writes(folder, items, phases, durable))
+            for workers in samples:
+                samples[workers].append(run_child(folder, items, workers, fresh(folder, "state"), env)["seconds"])
+        base_us = statistics.median(bases) / (items * phases) * 1e6
+        for workers, times in samples.items():
+            us = statistics.median(times) / (items * phases) * 1e6
             row(f"-j {workers}, {'durable (fsync)' if durable else 'no fsync (PIPEKIT_FSYNC=0)'}", us, base_us, "us")
     print()
 
@@ -152,9 +166,9 @@ def io_bound(folder: Path, items: int, repeat: int) -> None:
     (folder / "pipeline.py").write_text(pipeline_source(phases, f"await asyncio.sleep({sleep})"))
     ideal = items * phases * sleep / workers
     samples, limits = [], []
-    for n in range(repeat):  # interleaved, so drift in the machine's load hits both alike
-        limits.append(asyncio.run(physical_limit.same_writes(folder / f"limit-{n}", items, phases, workers, sleep)))
-        samples.append(run_child(folder, items, workers, folder / f"state-io-{n}")["seconds"])
+    for _ in range(repeat):  # interleaved, so drift in the machine's load hits both alike
+        limits.append(asyncio.run(physical_limit.same_writes(fresh(folder, "limit"), items, phases, workers, sleep)))
+        samples.append(run_child(folder, items, workers, fresh(folder, "state"))["seconds"])
     actual, limit = statistics.median(samples), statistics.median(limits)
     print(f"2. I/O-bound: {items} items x {phases} phases of sleep({sleep}), -j {workers}, durable")
     print(f"  ideal (work / concurrency) {ideal:.2f} s; plain asyncio with the same sleeps and the same"
