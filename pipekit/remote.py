@@ -5,12 +5,15 @@ the handler's arguments. The worker imports the module itself (so handlers are
 never pickled), runs the call with a ``WorkerContext`` standing in for ``ctx``,
 and sends back the return value, the usage the handler recorded and any error
 (as text when the exception itself cannot be pickled). Workers never touch
-state: the driver persists every result.
+item states: the driver persists every result. Only a handler's checkpoints
+(``ctx.checkpoint``) are kept by the worker itself, straight in the run's
+store, opened there by its URL.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 import os
@@ -20,8 +23,10 @@ import socket
 import traceback
 from typing import Any
 
+from pipekit.checkpoints import Checkpoints
 from pipekit.context import PhaseContext
 from pipekit.phases import PhaseDefinition
+from pipekit.store import StateStore
 
 
 #: Outputs longer than this (characters) come back through a file in the shared folder.
@@ -81,10 +86,16 @@ class RemoteOutcome:
 
 
 class WorkerContext(PhaseContext):
-    """``ctx`` inside a worker: the same attributes, usage collected for the driver."""
+    """``ctx`` inside a worker: the same attributes, usage collected for the driver,
+    checkpoints kept straight in the run's store (opened here by its URL)."""
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("ctx.checkpoint is not available in a worker process; use --executor local")
+    #: ``StateStore.reopen_url`` of the run's store; None when workers cannot reach it.
+    store_url: str | None = None
+
+    def checkpoint(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._checkpoints is None:
+            self._checkpoints = Checkpoints(_worker_store(self.store_url), self.item_id, self.phase.name)
+        return super().checkpoint(key, fn, *args)
 
     def acquire(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(
@@ -94,13 +105,38 @@ class WorkerContext(PhaseContext):
 
 def snapshot_context(ctx: PhaseContext) -> dict[str, Any]:
     """What a worker needs to rebuild ``ctx``."""
+    checkpoints = ctx._checkpoints
     return {
         "item_id": ctx.item_id,
         "metadata": ctx.metadata,
         "attempt": ctx.attempt,
         "output_dir": str(ctx._output_dir),
         "executor": ctx.executor,
+        "store_url": None if checkpoints is None else checkpoints.store.reopen_url(),
     }
+
+
+#: The run's store as opened in this worker process, by URL (once per process).
+_stores: dict[str, StateStore] = {}
+
+
+def _worker_store(url: str | None) -> StateStore:
+    if url is None:
+        raise RuntimeError(
+            "ctx.checkpoint is not available in a worker process with this state store; use --executor local"
+        )
+    store = _stores.get(url)
+    if store is None:
+        scheme, _, folder = url.partition(":")
+        if scheme == "json" and not Path(folder).is_dir():
+            raise RuntimeError(
+                f"ctx.checkpoint: the state directory {folder} cannot be reached from worker "
+                f"{socket.gethostname()}; keep it in a folder every worker shares, or use --executor local"
+            )
+        from pipekit.stores import open_store_url
+
+        store = _stores[url] = open_store_url(url)
+    return store
 
 
 def build_call(
@@ -192,6 +228,7 @@ def execute_call(call: RemoteCall) -> RemoteOutcome:
                 data["item_id"], data["metadata"], definition, data["attempt"], Path(data["output_dir"])
             )
             ctx.executor = data["executor"]
+            ctx.store_url = data["store_url"]
             kwargs["ctx"] = ctx
         value = func(**kwargs)
         if asyncio.iscoroutine(value):

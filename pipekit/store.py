@@ -216,6 +216,13 @@ class StateStore(abc.ABC):
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's lock without waiting; None when another process holds it."""
 
+    def reopen_url(self) -> str | None:
+        """A ``--store`` URL by which another process opens this same store
+        (``pipekit.stores.open_store_url``), so that worker processes can keep
+        checkpoints; None when no other process can. It may hold a password:
+        never print it."""
+        return None
+
     @abc.abstractmethod
     def item_ids(self) -> Iterator[str]:
         """Ids of every item with saved state (unordered)."""
@@ -398,6 +405,9 @@ class JsonDirStore(StateStore):
                 raise StateWriteError(self.state_dir, exc.strerror or str(exc)) from exc
             self._ready = True
             remove_stale_temp_files(self.state_dir)
+
+    def reopen_url(self) -> str:
+        return f"json:{self.state_dir}"
 
     def path_for(self, item_id: str) -> Path:
         """The state file of ``item_id``."""

@@ -61,6 +61,32 @@ def test_a_phase_killed_after_3_of_5_checkpoints_pays_only_for_the_last_2(pipete
     assert not list(resumed.state_dir.glob("*.checkpoints"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("executor", "store"), [("processes", None), ("processes", "sqlite"), ("dask", None)]
+)
+def test_a_worker_process_killed_after_3_of_5_checkpoints_kept_them(
+    pipetester: PipeTester, executor: str, store: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker keeps its checkpoints in the run's store itself: the kill takes
+    # the worker (the phase fails as worker_lost) and the next run pays for 2.
+    pipetester.make_pipeline(CHAPTERS)
+    (pipetester.path / "kill-after-3").touch()
+    options = ["--executor", executor, "--item", "war and peace"]
+    if store is not None:
+        monkeypatch.setenv("PIPEKIT_STORE", f"sqlite:{pipetester.path / 'state.db'}")
+    killed = pipetester.run_subprocess("pipeline.py", *options)
+    assert killed.ret == 1, killed
+    assert calls(pipetester) == [0, 1, 2]
+
+    resumed = pipetester.run_subprocess("pipeline.py", *options)
+    assert resumed.ret == 0, resumed
+    assert calls(pipetester) == [0, 1, 2, 3, 4]
+    assert resumed.state("war and peace").phases[1].attempts == 2
+    if store is None:
+        assert not list(resumed.state_dir.glob("*.checkpoints"))  # dropped once it completed
+
+
 def test_checkpoints_live_beside_the_state_not_inside_it(pipetester: PipeTester) -> None:
     pipetester.make_pipeline(
         """

@@ -121,6 +121,21 @@ def test_item_lock_is_exclusive_across_store_instances(store: StateStore, store_
         other.close()
 
 
+def test_another_process_reopens_the_same_store_by_its_url(store: StateStore) -> None:
+    # What a worker process does to keep ctx.checkpoint results in the run's store.
+    url = store.reopen_url()
+    assert url is not None
+    other = open_store_url(url)
+    try:
+        other.save_checkpoint("a", "summarise", "chapter 1", {"words": 3})
+        assert dict(store.load_checkpoints("a", "summarise")) == {"chapter 1": {"words": 3}}
+        manager = PipelineStateManager("a", store)
+        manager.create_state({}, [(1, "summarise")])
+        assert other.load("a") == store.load("a")
+    finally:
+        other.close()
+
+
 def test_save_many_writes_every_document(store: StateStore) -> None:
     source = PipelineStateManager("x", store)
     source.create_state({}, PHASES)

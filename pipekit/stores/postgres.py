@@ -153,6 +153,10 @@ class PostgresStore(StateStore):
         except psycopg.Error as exc:
             raise UsageError(f"postgresql store {self.location} cannot be opened: {exc}".strip()) from None
 
+    def reopen_url(self) -> str:
+        own = urlencode({"pipeline": self.pipeline, "lease": repr(self.lease_seconds)})
+        return f"{self.conninfo}{'&' if '?' in self.conninfo else '?'}{own}"
+
     @classmethod
     def from_url(cls, url: str, *, pipeline: str | None = None) -> PostgresStore:
         """Split pipekit's own ``pipeline`` and ``lease`` parameters off ``url``."""

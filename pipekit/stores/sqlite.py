@@ -172,6 +172,9 @@ class SqliteStore(StateStore):
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
 
+    def reopen_url(self) -> str:
+        return f"sqlite:{self.path}"
+
     @classmethod
     def from_url(cls, rest: str) -> SqliteStore:
         """``PATH[?synchronous=NORMAL]`` after ``sqlite:``."""
