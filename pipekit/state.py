@@ -115,10 +115,11 @@ class PipelineState:
     def to_document(self, output_refs: dict[int, str]) -> dict[str, Any]:
         """The JSON document saved for this state; large outputs go by reference.
 
-        A snapshot a writer thread can encode while this state changes: every
-        container is copied, the immutable values are shared. Built from the
-        instances' ``__dict__`` rather than with ``dataclasses.asdict`` (which
-        deep-copies recursively): one is built per durable write.
+        A snapshot a writer thread can encode while this state changes: the
+        containers that change in place are copied; immutable values and the
+        phases' fingerprints (replaced, never changed) are shared. Built from
+        the instances' ``__dict__`` rather than with ``dataclasses.asdict``
+        (which deep-copies recursively): one is built per durable write.
         """
         document: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
         document.update(vars(self))
