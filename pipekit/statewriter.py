@@ -76,6 +76,9 @@ class StateWriter:
         re-raises the cancellation): a write that lands after a later one would
         put an older state on disk.
         """
+        if not manager.has_pending_save and manager not in self._busy:
+            manager.defer_saves = False  # everything is written: no task to wait on
+            return
         try:
             flushing = asyncio.ensure_future(self.flush(manager))
             cancelled = False
