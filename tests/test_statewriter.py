@@ -188,3 +188,38 @@ def test_a_database_store_commits_the_states_queued_meanwhile_together(
     assert threads and all(name.startswith("pipekit-save") for name in threads)  # off the event loop
     store = SqliteStore(tmp_path / "state.db")
     assert all(store.load(item)["status"] == "completed" for item in items)
+
+
+def test_an_item_lock_that_arrives_after_its_waiter_gave_up_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JsonDirStore(tmp_path)
+    taking = threading.Event()
+    go_on = threading.Event()
+    original = JsonDirStore.try_lock
+
+    def slow_try_lock(self: JsonDirStore, item_id: str) -> Any:
+        taking.set()
+        go_on.wait(10)
+        return original(self, item_id)
+
+    monkeypatch.setattr(JsonDirStore, "try_lock", slow_try_lock)
+    writer = StateWriter(threads=2)
+
+    async def give_up_while_locking() -> bool:
+        locking = asyncio.ensure_future(writer.lock_item(store, "a"))
+        await asyncio.to_thread(taking.wait, 10)
+        locking.cancel()
+        go_on.set()
+        for _ in range(500):  # until the lock has landed on the loop and been let go
+            lock = original(JsonDirStore(tmp_path), "a")
+            if lock is not None:
+                lock.release()
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    try:
+        assert asyncio.run(give_up_while_locking()), "the lock nobody waited for is still held"
+    finally:
+        writer.close()
