@@ -25,6 +25,7 @@ from pipekit.store import JsonDirStore
 from pipekit.store import StateStore
 from pipekit.stores import mask_password
 from pipekit.stores import open_store_url
+from pipekit.stores.sqlite import SqliteStore
 from pipekit.stores.sqlite import check_local
 from pipekit.stores.sqlite import filesystem_type
 from pipekit.testing import PipeTester
@@ -134,6 +135,16 @@ def test_another_process_reopens_the_same_store_by_its_url(store: StateStore) ->
         assert other.load("a") == store.load("a")
     finally:
         other.close()
+
+
+def test_a_reopened_sqlite_store_keeps_its_synchronous_setting(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db", synchronous="normal")
+    other = open_store_url(store.reopen_url())
+    try:
+        assert isinstance(other, SqliteStore) and other.synchronous == "NORMAL"
+    finally:
+        other.close()
+        store.close()
 
 
 def test_save_many_writes_every_document(store: StateStore) -> None:

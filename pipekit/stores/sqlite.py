@@ -150,6 +150,7 @@ class SqliteStore(StateStore):
         self.location = f"sqlite:{self.path}"
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise UsageError(f"sqlite store: synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.synchronous = synchronous.upper()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -161,7 +162,7 @@ class SqliteStore(StateStore):
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.execute(f"PRAGMA synchronous={self.synchronous}")
             with self._transaction() as db:
                 for statement in _statements(_SCHEMA):
                     db.execute(statement)
@@ -173,7 +174,7 @@ class SqliteStore(StateStore):
             raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
 
     def reopen_url(self) -> str:
-        return f"sqlite:{self.path}"
+        return f"sqlite:{self.path}?synchronous={self.synchronous}"
 
     @classmethod
     def from_url(cls, rest: str) -> SqliteStore:
