@@ -205,7 +205,7 @@ class Run:
 
         stale_check = self.stale_policy is not None and self.stale_policy.active
         # The start-of-run plan already found the finished items (see _already_done).
-        planned = self.stale_policy is not None and self.stale_policy.finished is not None and not self._keep_states
+        planned = self._planned_finished() is not None
         if not (self.force or self.from_phase is not None or stale_check or planned):
             # One indexed query instead of a read per item, where the store has one
             # (not when staleness is checked: that needs each item's state).
@@ -236,11 +236,18 @@ class Run:
         if self.fatal_error is not None:
             raise self.fatal_error
 
+    def _planned_finished(self) -> dict[str, float] | None:
+        """The finished items the start-of-run plan read, with their cost; None
+        when there was no plan or the run keeps every state (then it reads them)."""
+        if self.stale_policy is None or self._keep_states:
+            return None
+        return self.stale_policy.finished
+
     def _already_done(self, item_id: str, metadata: dict[str, Any]) -> bool:
         """Cheap check without the lock: finished items need no lock and fire no hooks."""
         if self.force or self.from_phase is not None:
             return False
-        finished = None if self.stale_policy is None or self._keep_states else self.stale_policy.finished
+        finished = self._planned_finished()
         if finished is not None:
             # Read once already at the start of the run (the stale report): not again.
             cost = finished.pop(item_id, None)
