@@ -60,7 +60,7 @@ class StateWriter:
             if manager.has_pending_save:
                 manager.write_pending()
             return
-        if not manager.has_pending_save and manager not in self._busy:
+        if self._all_written(manager):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(manager, []).append(waiter)
@@ -76,8 +76,8 @@ class StateWriter:
         re-raises the cancellation): a write that lands after a later one would
         put an older state on disk.
         """
-        if not manager.has_pending_save and manager not in self._busy:
-            manager.defer_saves = False  # everything is written: no task to wait on
+        if self._all_written(manager):
+            manager.defer_saves = False  # no task to wait on
             return
         try:
             flushing = asyncio.ensure_future(self.flush(manager))
@@ -126,6 +126,9 @@ class StateWriter:
         if self._pool is None:
             self._pool = WorkerThreads(self.threads, "pipekit-save")
         return self._pool
+
+    def _all_written(self, manager: PipelineStateManager) -> bool:
+        return not manager.has_pending_save and manager not in self._busy
 
     def _in_threads(self, manager: PipelineStateManager) -> bool:
         store = manager.store
