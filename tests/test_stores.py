@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -235,6 +236,32 @@ def test_sqlite_database_is_wal_synchronous_full_with_indexed_columns(tmp_path: 
     store.close()
     with pytest.raises(UsageError, match="synchronous must be"):
         open_store_url(f"sqlite:{tmp_path}/s.db?synchronous=SOMETIMES")
+
+
+def test_sqlite_new_database_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    # A database still in rollback-journal mode, write-locked by another connection:
+    # switching it to WAL gets SQLITE_BUSY at once (no busy handler), as when several
+    # processes start on one new database together. Opening waits instead of failing.
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE unrelated (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO unrelated VALUES (1)")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        store = SqliteStore(tmp_path / "s.db", busy_timeout=30)
+    finally:
+        release.join()
+        other.close()
+    PipelineStateManager("a", store).create_state({}, PHASES)
+    assert store.load("a") is not None
+    store.close()
+    with pytest.raises(UsageError, match="cannot be opened: database is locked"):
+        held = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+        held.execute("CREATE TABLE unrelated (x)")
+        held.execute("BEGIN IMMEDIATE")
+        held.execute("INSERT INTO unrelated VALUES (1)")
+        SqliteStore(tmp_path / "t.db", busy_timeout=0.2)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ files in ``PATH.locks/`` (they die with the process that holds them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import os
 from pathlib import Path
 import sqlite3
 import threading
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -161,17 +163,21 @@ class SqliteStore(StateStore):
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={self.synchronous}")
-            with self._transaction() as db:
-                for statement in _statements(_SCHEMA):
-                    db.execute(statement)
-                if "stale_digest" not in {row[1] for row in db.execute("PRAGMA table_info(items)")}:
-                    db.execute("ALTER TABLE items ADD COLUMN stale_digest TEXT")
-                for statement in _statements(_INDEXES):
-                    db.execute(statement)
+            _retry_while_busy(self._prepare, busy_timeout)
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
+
+    def _prepare(self) -> None:
+        """Switch to WAL and create or migrate the schema (idempotent, so it can be retried)."""
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+        with self._transaction() as db:
+            for statement in _statements(_SCHEMA):
+                db.execute(statement)
+            if "stale_digest" not in {row[1] for row in db.execute("PRAGMA table_info(items)")}:
+                db.execute("ALTER TABLE items ADD COLUMN stale_digest TEXT")
+            for statement in _statements(_INDEXES):
+                db.execute(statement)
 
     def reopen_url(self) -> str:
         return f"sqlite:{self.path}?synchronous={self.synchronous}"
@@ -419,6 +425,28 @@ class SqliteStore(StateStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _retry_while_busy(action: Callable[[], None], timeout: float) -> None:
+    """Run ``action``, again while another process holds the database, for up to ``timeout`` s.
+
+    Needed for opening only: while a new database is still in rollback-journal
+    mode, SQLite answers ``SQLITE_BUSY`` at once instead of calling the busy
+    handler when waiting could deadlock (two processes switching it to WAL at
+    the same moment), so processes started together would fail to open it.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _statements(script: str) -> list[str]:
