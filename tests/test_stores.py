@@ -256,12 +256,14 @@ def test_sqlite_new_database_held_by_another_process_is_waited_for(tmp_path: Pat
     PipelineStateManager("a", store).create_state({}, PHASES)
     assert store.load("a") is not None
     store.close()
-    with pytest.raises(UsageError, match="cannot be opened: database is locked"):
-        held = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
-        held.execute("CREATE TABLE unrelated (x)")
-        held.execute("BEGIN IMMEDIATE")
-        held.execute("INSERT INTO unrelated VALUES (1)")
+    # Held for longer than the busy timeout: a clear error, not a wait without end.
+    held = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    held.execute("CREATE TABLE unrelated (x)")
+    held.execute("BEGIN IMMEDIATE")
+    held.execute("INSERT INTO unrelated VALUES (1)")
+    with pytest.raises(UsageError, match="t.db cannot be opened: database is locked"):
         SqliteStore(tmp_path / "t.db", busy_timeout=0.2)
+    held.close()
 
 
 @pytest.mark.slow
