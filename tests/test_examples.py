@@ -16,6 +16,12 @@ from pipekit import hookimpl
 from pipekit.testing import PipeTester
 
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pipekit depends on tomli there
+    import tomli as tomllib
+
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: Examples and what their test adds to the README's command (the books model needs no pause here).
@@ -246,7 +252,6 @@ def test_plugin_example_both_ways(pipetester: PipeTester) -> None:
 @pytest.mark.slow
 def test_plugin_example_installed_loads_from_its_entry_point(pipetester: PipeTester) -> None:
     # What `pip install examples/plugin` leaves in site-packages: a dist-info with the entry points.
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((EXAMPLES / "plugin" / "pyproject.toml").read_text())["project"]
     site = pipetester.path / "site"
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"

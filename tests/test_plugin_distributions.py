@@ -8,7 +8,12 @@ import subprocess
 import sys
 
 import pytest
-import tomllib
+
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pipekit depends on tomli there
+    import tomli as tomllib
 
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
