@@ -21,6 +21,10 @@ class ExitCode(enum.IntEnum):
     #: There were no items to process.
     NO_ITEMS = 5
 
+    def __str__(self) -> str:
+        # The number, as on Python 3.11+, also on 3.10 (where it would be "ExitCode.OK").
+        return str(self.value)
+
 
 #: When several outcomes apply, the first of these wins (CONTRACT §4).
 EXIT_PRIORITY = (
