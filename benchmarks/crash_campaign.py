@@ -1,30 +1,45 @@
 """Crash campaign: kill ``pipekit run`` with SIGKILL at random moments, resume, check.
 
 A pipeline of many tiny phases (async and sync, small outputs and outputs
-larger than the inline limit, which are stored in files beside the state) runs
-over a few items. Each run is killed after a random delay and started again
-until every item is done; then a new round starts on a fresh state dir. After
-every kill (and every run that finished by itself) the campaign checks:
+larger than the inline limit, which are stored beside the state) runs over a
+few items, in a JSON state directory (``--store json``) or one SQLite database
+(``--store sqlite``). Each step starts ``--processes`` pipekit processes
+together on the same store and items, kills one of them, chosen at random,
+after a random delay, and lets the others finish; steps repeat until every
+item is done, then a new round starts on a fresh store. At the kill the other
+processes are frozen (SIGSTOP) and the store is checked, so that "in progress
+at the kill" is exact; they are then resumed (SIGCONT), and the store is
+checked again when every process has stopped. A check finds:
 
-- every ``.json`` file in the state dir parses, and every item's state loads
-  (outputs in files included): no torn file;
-- no completed phase executed again (the handlers append one line per
-  execution to a side log opened with ``O_APPEND``);
-- a phase executed again only if it was ``in_progress`` at the kill;
-- every output of a completed phase is intact (compared to the value the
-  handler is known to produce; handlers also check their ``previous_outputs``).
+- torn state: a ``.json`` file that does not parse, an item whose state does
+  not load through the store (outputs stored apart included), a database that
+  cannot be opened or fails SQLite's integrity check;
+- a completed phase executed again (the handlers append ``[item, phase, pid]``
+  to a side log opened with ``O_APPEND``; a phase is completed only after its
+  line is written);
+- a phase executed again that was not ``in_progress`` at the kill, or executed
+  twice between two checks;
+- an item whose phases two live processes executed between two checks (only
+  one process may run an item: its lock keeps the others out);
+- a damaged output of a completed phase (compared to the value the handler is
+  known to produce; handlers also check their ``previous_outputs``);
+- a process that exited on its own with a status other than 0, or printed a
+  traceback.
 
 Usage::
 
     python benchmarks/crash_campaign.py --kills 500
+    python benchmarks/crash_campaign.py --store sqlite --processes 3 --items 12 -j 4 --kills 150
 
-The test suite runs a short campaign (``tests/test_crash_campaign.py``).
+The test suite runs short campaigns (``tests/test_crash_campaign.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections import defaultdict
+import contextlib
 from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
@@ -33,12 +48,18 @@ import os
 from pathlib import Path
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from typing import TYPE_CHECKING
 from typing import Any
+
+
+if TYPE_CHECKING:
+    from pipekit.store import StateStore
 
 
 PIPELINE = '''
@@ -94,41 +115,48 @@ class Report:
     """What a campaign found."""
 
     kills: int = 0
-    #: Runs that finished before their kill came.
+    #: Steps in which every process finished before the kill came.
     runs_finished: int = 0
-    #: Rounds (fresh state dirs) driven to completion.
+    #: Rounds (fresh stores) driven to completion.
     rounds: int = 0
-    #: Kills after which a temporary file of a state or output write was left behind.
+    #: Kills after which a temporary file of a state or output write was left behind (JSON store).
     kills_inside_writes: int = 0
     #: Phases executed again because they were in flight at a kill (allowed: at-least-once).
     in_flight_reruns: int = 0
-    #: ``.json`` files that did not parse, or states that did not load.
+    #: ``.json`` files that did not parse, states that did not load, databases that did not open or check.
     torn_files: int = 0
     #: Executions of a phase that was already completed.
     reexecuted_completed: int = 0
     #: Re-executions of a phase that was not in progress at the kill.
     unexpected_reruns: int = 0
+    #: Items whose phases two live processes executed between two checks.
+    concurrent_executions: int = 0
     #: Completed phases whose output differs from what the handler returned.
     damaged_outputs: int = 0
-    #: Runs that exited with an unexpected status (not killed, not 0).
+    #: Processes that exited on their own with a status other than 0, or printed a traceback.
     bad_exits: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when nothing was lost, torn or paid twice."""
+        """True when nothing was lost, torn, run twice or paid twice."""
         return not (
             self.torn_files
             or self.reexecuted_completed
             or self.unexpected_reruns
+            or self.concurrent_executions
             or self.damaged_outputs
             or self.bad_exits
         )
 
 
 class Campaign:
-    """Drives the runs of one campaign in ``workdir``."""
+    """Drives the runs of one campaign in ``workdir``.
+
+    :param store: ``json`` (a state directory) or ``sqlite`` (one database file).
+    :param processes: pipekit processes started together on the same store and items.
+    """
 
     def __init__(
         self,
@@ -138,13 +166,19 @@ class Campaign:
         phases: int = 12,
         workers: int = 2,
         seed: int = 0,
+        store: str = "json",
+        processes: int = 1,
         python: str = sys.executable,
     ) -> None:
+        if store not in ("json", "sqlite"):
+            raise ValueError(f"store must be json or sqlite, not {store!r}")
         self.workdir = workdir
         self.items = [f"item {n}/{'é' if n % 2 else '..'}" for n in range(items)]
         self.phases = phases
         self.workers = workers
         self.random = random.Random(seed)
+        self.store_kind = store
+        self.processes = max(1, processes)
         self.python = python
         self.report = Report()
         self.window = 1.0
@@ -171,10 +205,27 @@ class Campaign:
         folder = self.workdir / f"round-{self._round}"
         folder.mkdir()
         self.state_dir = folder / "state"
+        self.database = folder / "state.sqlite"
         self.log = folder / "executions.log"
+        #: Bytes of the log the checks have read.
+        self.log_read = 0
         self.statuses: dict[tuple[str, int], str] = {}
         self.counts: Counter[tuple[str, int]] = Counter()
         self.temp_files: set[Path] = set()
+
+    @property
+    def store_options(self) -> list[str]:
+        if self.store_kind == "sqlite":
+            return ["--store", f"sqlite:{self.database}"]
+        return ["--state-dir", str(self.state_dir)]
+
+    def open_store(self) -> StateStore:
+        """The round's store, as pipekit opens it."""
+        from pipekit.stores import open_store_url
+
+        if self.store_kind == "sqlite":
+            return open_store_url(f"sqlite:{self.database}")
+        return open_store_url(f"json:{self.state_dir}")
 
     def _start(self) -> subprocess.Popen[str]:
         env = {
@@ -186,7 +237,7 @@ class Campaign:
         return subprocess.Popen(
             [
                 self.python, "-m", "pipekit", "run", "pipeline.py",
-                "--items", "items.jsonl", "--state-dir", str(self.state_dir),
+                "--items", "items.jsonl", *self.store_options,
                 "-j", str(self.workers), "--progress", "none", "-q",
             ],
             cwd=self.workdir,
@@ -196,47 +247,76 @@ class Campaign:
             env=env,
         )
 
-    def _wait_started(self, proc: subprocess.Popen[str]) -> float:
-        """Block until the run printed its state location (it is about to run)."""
+    def _start_all(self) -> list[tuple[subprocess.Popen[str], str]]:
+        """Start the processes; returns each with the stderr it printed up to its
+        state location (then it is about to run)."""
+        procs = [self._start() for _ in range(self.processes)]
+        return [(proc, self._wait_started(proc)) for proc in procs]
+
+    def _wait_started(self, proc: subprocess.Popen[str]) -> str:
+        """Block until the run printed its state location; returns what it printed."""
         assert proc.stderr is not None
+        printed = ""
         for line in proc.stderr:
+            printed += line
             if line.startswith("pipekit: state:"):
-                return time.monotonic()
-        return time.monotonic()
+                break
+        return printed
+
+    def _check_exits(
+        self, started: list[tuple[subprocess.Popen[str], str]], victim: subprocess.Popen[str] | None = None
+    ) -> None:
+        """Wait for every process but the killed ``victim``; count those that failed."""
+        for proc, printed in started:
+            _, err = proc.communicate(timeout=300)
+            if proc is not victim and (proc.returncode != 0 or "Traceback" in printed + err):
+                self.report.bad_exits += 1
+                self._problem(f"process {proc.pid} exited {proc.returncode}: {(printed + err)[-2000:]}")
 
     def calibrate(self) -> None:
         """Time one uninterrupted round: kill delays are drawn up to that long."""
-        proc = self._start()
-        started = self._wait_started(proc)
-        proc.communicate(timeout=300)
+        started_procs = self._start_all()
+        started = time.monotonic()
+        for proc, _ in started_procs:
+            proc.wait(timeout=300)
         self.window = max(0.05, time.monotonic() - started)
-        if proc.returncode != 0:
-            self._problem(f"calibration run exited {proc.returncode}")
+        self._check_exits(started_procs)
         self.check(killed=False)
         self._new_round()
 
     def step(self) -> None:
-        """One run: killed after a random delay, or left to finish."""
-        proc = self._start()
-        self._wait_started(proc)
-        try:
-            # Aim inside the work that is left, so that most runs are killed.
-            proc.wait(timeout=self.random.uniform(0.0, self.window * self._left()))
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=300)
-        killed = proc.returncode == -signal.SIGKILL
-        # The machine's speed changes under load: keep most runs killed, some not.
-        self.window *= 1.05 if killed else 0.8
-        if killed:
-            self.report.kills += 1
-        else:
+        """Start the processes; kill one after a random delay (unless all finished first)."""
+        started = self._start_all()
+        # Aim inside the work that is left, so that most steps end with a kill.
+        deadline = time.monotonic() + self.random.uniform(0.0, self.window * self._left())
+        running = [proc for proc, _ in started if not _finished_by(proc, deadline)]
+        victim = None
+        if running:
+            victim = running[0] if len(running) == 1 else self.random.choice(running)
+            others = [proc for proc in running if proc is not victim]
+            # Opening a SQLite store takes its write lock, which a frozen process may hold: open it first.
+            store = self.open_store() if others else None
+            for proc in others:
+                _freeze(proc)
+            victim.send_signal(signal.SIGKILL)
+            if victim.wait() == -signal.SIGKILL:
+                self.report.kills += 1
+            else:
+                victim = None  # it had just finished by itself
+            if others:
+                assert store is not None
+                try:
+                    self.check(killed=True, frozen_store=store)
+                finally:
+                    store.close()
+                    for proc in others:
+                        proc.send_signal(signal.SIGCONT)
+        if victim is None:
             self.report.runs_finished += 1
-            if proc.returncode != 0:
-                self.report.bad_exits += 1
-                self._problem(f"run exited {proc.returncode}: {err[-2000:]}")
-        done = self.check(killed=killed)
-        if done:
+        self._check_exits(started, victim)
+        # The machine's speed changes under load: keep most steps killed, some not.
+        self.window *= 1.05 if victim else 0.8
+        if self.check(killed=victim is not None):
             self.report.rounds += 1
             self._new_round()
 
@@ -259,47 +339,32 @@ class Campaign:
 
     # -- checking -------------------------------------------------------------------
 
-    def check(self, *, killed: bool) -> bool:
-        """Check the state dir and the execution log; True when every item is done."""
-        from pipekit.outcomes import StateFileError
-        from pipekit.state import PipelineStateManager
-        from pipekit.store import JsonDirStore
+    def check(self, *, killed: bool, frozen_store: StateStore | None = None) -> bool:
+        """Check the store and the execution log; True when every item is done.
 
+        :param frozen_store: given at a kill while the other processes are frozen
+            mid-run: the store to read (opened before they froze); their temporary
+            files are then no sign of the kill.
+        """
         report = self.report
-        if self.state_dir.is_dir():
+        if self.store_kind == "json" and self.state_dir.is_dir():
             for path in self.state_dir.glob("*.json"):
                 try:
                     json.loads(path.read_bytes())
                 except ValueError as exc:
                     report.torn_files += 1
                     self._problem(f"torn state file {path}: {exc}")
-            temps = {p for p in self.state_dir.rglob(".*.tmp")}
-            if killed and temps - self.temp_files:
-                report.kills_inside_writes += 1
-            self.temp_files = temps
-        counts = self._executions()
-        store = JsonDirStore(self.state_dir)
-        statuses: dict[tuple[str, int], str] = {}
-        done = True
-        for item_id in self.items:
-            manager = PipelineStateManager(item_id, store)
-            try:
-                loaded = manager.load_state()
-            except StateFileError as exc:
-                report.torn_files += 1
-                self._problem(str(exc))
-                done = False
-                continue
-            if not loaded:
-                done = False
-                continue
-            state = manager.state
-            done = done and state.is_done
-            for num, phase in state.phases.items():
-                statuses[(item_id, num)] = phase.status
-                if phase.status == "completed" and state.phase_outputs.get(num) != self.expected(item_id, num):
-                    report.damaged_outputs += 1
-                    self._problem(f"output of phase {num} of {item_id!r} is damaged")
+            if frozen_store is None:
+                temps = {p for p in self.state_dir.rglob(".*.tmp")}
+                if killed and temps - self.temp_files:
+                    report.kills_inside_writes += 1
+                self.temp_files = temps
+        if self.store_kind == "sqlite" and self.database.exists():
+            self._check_database()
+        executions = self._new_executions()
+        counts = self.counts + Counter((item_id, num) for item_id, num, _ in executions)
+        statuses, done = self._load_statuses(frozen_store)
+        self._check_one_process_per_item(executions)
         for key in set(counts) | set(self.counts) | set(statuses):
             before, now = self.counts[key], counts[key]
             status_before = self.statuses.get(key, "pending")
@@ -316,7 +381,7 @@ class Campaign:
                     self._problem(f"phase {key} ran again though it was {status_before}")
             if new > 1:
                 report.unexpected_reruns += new - 1
-                self._problem(f"phase {key} executed {new} times in one run")
+                self._problem(f"phase {key} executed {new} times between two checks")
             if status_now == "completed" and now == 0:
                 self._problem(f"phase {key} completed without executing")
                 report.damaged_outputs += 1
@@ -326,17 +391,98 @@ class Campaign:
         self.counts, self.statuses = counts, statuses
         return done
 
-    def _executions(self) -> Counter[tuple[str, int]]:
-        counts: Counter[tuple[str, int]] = Counter()
-        if self.log.exists():
-            for line in self.log.read_text().splitlines():
-                item_id, num, _pid = json.loads(line)
-                counts[(item_id, num)] += 1
-        return counts
+    def _load_statuses(self, store: StateStore | None) -> tuple[dict[tuple[str, int], str], bool]:
+        """Every item's phase statuses, loaded through the store; checks the outputs.
+        Returns them and whether every item is done."""
+        from pipekit.outcomes import StateFileError
+        from pipekit.outcomes import UsageError
+        from pipekit.state import PipelineStateManager
+
+        report = self.report
+        statuses: dict[tuple[str, int], str] = {}
+        try:
+            opened = store or self.open_store()
+        except (UsageError, sqlite3.Error) as exc:
+            report.torn_files += 1
+            self._problem(f"store cannot be opened: {exc}")
+            return statuses, False
+        done = True
+        try:
+            for item_id in self.items:
+                manager = PipelineStateManager(item_id, opened)
+                try:
+                    loaded = manager.load_state()
+                except (StateFileError, sqlite3.Error) as exc:
+                    report.torn_files += 1
+                    self._problem(f"state of {item_id!r} does not load: {exc}")
+                    done = False
+                    continue
+                if not loaded:
+                    done = False
+                    continue
+                state = manager.state
+                done = done and state.is_done
+                for num, phase in state.phases.items():
+                    statuses[(item_id, num)] = phase.status
+                    if phase.status == "completed" and state.phase_outputs.get(num) != self.expected(item_id, num):
+                        report.damaged_outputs += 1
+                        self._problem(f"output of phase {num} of {item_id!r} is damaged")
+        finally:
+            if store is None:
+                opened.close()
+        return statuses, done
+
+    def _check_database(self) -> None:
+        try:
+            with contextlib.closing(sqlite3.connect(self.database, timeout=60)) as db:
+                verdict = db.execute("PRAGMA integrity_check").fetchall()
+        except sqlite3.Error as exc:
+            verdict = [(str(exc),)]
+        if verdict != [("ok",)]:
+            self.report.torn_files += 1
+            self._problem(f"database {self.database} fails its integrity check: {verdict[:5]}")
+
+    def _check_one_process_per_item(self, executions: list[tuple[str, int, int]]) -> None:
+        """Between two checks no process died, so each item's phases ran in one process."""
+        pids: defaultdict[str, set[int]] = defaultdict(set)
+        for item_id, _, pid in executions:
+            pids[item_id].add(pid)
+        for item_id, item_pids in pids.items():
+            if len(item_pids) > 1:
+                self.report.concurrent_executions += 1
+                runs = [(num, pid) for i, num, pid in executions if i == item_id]
+                self._problem(f"item {item_id!r} run by processes {sorted(item_pids)}: (phase, pid) {runs}")
+
+    def _new_executions(self) -> list[tuple[str, int, int]]:
+        """The executions ``(item_id, phase, pid)`` logged since the last check, in order."""
+        if not self.log.exists():
+            return []
+        with self.log.open("rb") as log:
+            log.seek(self.log_read)
+            data = log.read()
+        data = data[: data.rfind(b"\n") + 1]  # whole lines only
+        self.log_read += len(data)
+        return [(item_id, num, pid) for item_id, num, pid in map(json.loads, data.decode().splitlines())]
 
     def _problem(self, text: str) -> None:
         if len(self.report.problems) < 50:
             self.report.problems.append(text)
+
+
+def _finished_by(proc: subprocess.Popen[str], deadline: float) -> bool:
+    """Wait for ``proc`` until ``deadline``; True if it exited."""
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _freeze(proc: subprocess.Popen[str]) -> None:
+    """SIGSTOP ``proc`` and wait until it is stopped (or has exited; it stays unreaped)."""
+    proc.send_signal(signal.SIGSTOP)
+    with contextlib.suppress(ChildProcessError):  # it had just exited, and was reaped
+        os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
 
 
 def run_campaign(workdir: Path, kills: int, **options: Any) -> Report:
@@ -352,6 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", type=int, default=12)
     parser.add_argument("-j", "--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", choices=("json", "sqlite"), default="json", help="state store (default json)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="pipekit processes run together on the same store (default 1)"
+    )
     parser.add_argument("--workdir", help="keep the campaign's files here (default: a temp dir)")
     option = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pipekit-crash-") as tmp:
@@ -364,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
             phases=option.phases,
             workers=option.workers,
             seed=option.seed,
+            store=option.store,
+            processes=option.processes,
         )
     summary = {k: v for k, v in asdict(report).items() if k != "problems"}
     print(json.dumps(summary, indent=2))
@@ -372,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{report.kills} kills survived, {report.torn_files} torn files, "
         f"{report.reexecuted_completed} re-executed completed phases, "
-        f"{report.unexpected_reruns} unexpected re-runs, {report.damaged_outputs} damaged outputs "
+        f"{report.unexpected_reruns} unexpected re-runs, {report.concurrent_executions} items run by two "
+        f"processes at once, {report.damaged_outputs} damaged outputs, {report.bad_exits} bad exits "
         f"({report.kills_inside_writes} kills left a write's temp file behind; "
         f"{report.in_flight_reruns} in-flight phases re-run; {report.rounds} rounds finished)"
     )

@@ -56,3 +56,14 @@ def test_the_campaign_checker_notices_a_torn_file_and_a_repeated_phase(tmp_path:
     assert campaign.report.torn_files >= 2  # the raw parse and the load
     assert campaign.report.reexecuted_completed == 1
     assert not campaign.report.ok
+
+
+@pytest.mark.slow
+def test_kills_among_three_processes_sharing_one_sqlite_database_lose_nothing(tmp_path: Path) -> None:
+    report = load_campaign().run_campaign(
+        tmp_path, 12, items=4, phases=6, store="sqlite", processes=3, seed=5, max_seconds=120
+    )
+    assert report.problems == []
+    assert report.kills == 12
+    assert report.concurrent_executions == 0
+    assert report.ok
