@@ -67,6 +67,7 @@ def plan_command(args: list[str], plugins: list[Any]) -> ExitCode:
         with contextlib.redirect_stdout(sys.stderr):
             specs = _collect_items(config, pipeline, None)
         store = open_store(option, pipeline)
+        config.add_cleanup(store.close)
         plan = make_plan(
             pipeline,
             store,
@@ -223,20 +224,20 @@ def why_command(args: list[str], plugins: list[Any]) -> ExitCode:
         raise UsageError("pipekit why: give MODULE ITEM PHASE (PHASE is a num or a name)")
     pipeline = load(option.module)
     definition = _find_phase(pipeline, option.phase)
-    store = open_store(option, pipeline)
-    states, unreadable = load_states(pipeline, store, [option.item])
-    print(f"item {option.item!r}, phase {definition.num} {definition.name}")
-    if option.item in unreadable:
-        print(f"  state unreadable: {unreadable[option.item]}")
+    with contextlib.closing(open_store(option, pipeline)) as store:
+        states, unreadable = load_states(pipeline, store, [option.item])
+        print(f"item {option.item!r}, phase {definition.num} {definition.name}")
+        if option.item in unreadable:
+            print(f"  state unreadable: {unreadable[option.item]}")
+            return ExitCode.OK
+        state = states.get(option.item)
+        if state is None:
+            print(f"  no state in {store.location}: a run would execute it (pending)")
+            return ExitCode.OK
+        checker = StaleChecker(pipeline, _output_root(option, store))
+        for line in explain(checker, state, definition, SourceArchive.for_store(store)):
+            print(line)
         return ExitCode.OK
-    state = states.get(option.item)
-    if state is None:
-        print(f"  no state in {store.location}: a run would execute it (pending)")
-        return ExitCode.OK
-    checker = StaleChecker(pipeline, _output_root(option, store))
-    for line in explain(checker, state, definition, SourceArchive.for_store(store)):
-        print(line)
-    return ExitCode.OK
 
 
 def _find_phase(pipeline: Pipeline, text: str) -> PhaseDefinition:

@@ -266,6 +266,48 @@ def test_sqlite_new_database_held_by_another_process_is_waited_for(tmp_path: Pat
     held.close()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--items", "items.txt"],
+        ["status"],
+        ["plan", "--items", "items.txt"],
+        ["why", "a", "draft"],
+        ["export", "--phase", "draft", "--jsonl"],
+        ["report", "-o", "report.html"],
+        ["skip", "--item", "a", "--reason", "checked by hand"],
+        ["reset", "--item", "a"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_every_command_run_in_process_closes_the_store_it_opened(
+    pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # In a notebook or under pipekit.testing a command must not leave a database connection open.
+    pipetester.make_pipeline(PIPELINE)
+    pipetester.make_items("a", "b")
+    url = f"sqlite:{pipetester.path}/state.db"
+    assert pipetester.run("pipeline.py", "--items", "items.txt", "--store", url).ret == 0
+    opened: list[SqliteStore] = []
+    closed: list[SqliteStore] = []
+    original_init, original_close = SqliteStore.__init__, SqliteStore.close
+
+    def recording_init(self: SqliteStore, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        opened.append(self)
+
+    def recording_close(self: SqliteStore) -> None:
+        closed.append(self)
+        original_close(self)
+
+    monkeypatch.setattr(SqliteStore, "__init__", recording_init)
+    monkeypatch.setattr(SqliteStore, "close", recording_close)
+    name, *options = command
+    result = pipetester.run(name, "pipeline.py", *options, "--store", url)
+    assert result.ret == 0, result
+    assert opened and all(store in closed for store in opened)
+
+
 @pytest.mark.slow
 def test_sqlite_shared_by_processes_never_runs_an_item_twice(pipetester: PipeTester) -> None:
     pipetester.make_pipeline(PIPELINE + "\n    import time\n    time.sleep(0)\n")

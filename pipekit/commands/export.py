@@ -45,52 +45,52 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
         raise UsageError("pipekit export: say which phase with --phase N or --phase NAME")
     if bool(option.output) == bool(option.jsonl):
         raise UsageError("pipekit export: give exactly one of -o DIR and --jsonl")
-    target = open_target(option)
-    definition = resolve_phase(target.pipeline, option.phase)
-    errors: list[StateFileError] = []
-    if option.item:
-        ids = select_item_ids(target.store, option.item)
-    else:
-        # load_all, not item_ids: a file too broken to name its item must still be reported.
-        ids = sorted((item_id for item_id, _ in target.store.load_all(errors)), key=natural_key)
-    folder = Path(option.output) if option.output else None
-    index = None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        index = (folder / INDEX_NAME).open("w", encoding="utf-8")
-    exported = missing = 0
-    unreadable = len(errors)
-    for error in errors:
-        print(f"pipekit: error: {error}", file=sys.stderr)
-    try:
-        for item_id in ids:
-            try:
-                state = target.manager(item_id).state
-            except StateFileError as exc:
-                unreadable += 1
-                print(f"pipekit: error: {exc}", file=sys.stderr)
-                continue
-            phase = state.phases.get(definition.num)
-            output = state.phase_outputs.get(definition.num)
-            if phase is None or phase.status not in (COMPLETED, SKIPPED) or output is None:
-                missing += 1
-                continue
-            record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}
-            if folder is not None and index is not None:
-                name = f"{encode_item_id(item_id)}.txt"
-                write_atomically(folder / name, output.encode("utf-8"), durable=False)
-                index.write(json.dumps({**record, "file": name}, ensure_ascii=False) + "\n")
-            else:
-                record.update(phase=definition.num, phase_name=definition.name, output=output)
-                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-            exported += 1
-    finally:
-        if index is not None:
-            index.close()
-    where = f" to {folder}" if folder is not None else ""
-    print(
-        f"pipekit: exported {exported} output(s) of phase {definition.num} {definition.name}{where}"
-        + (f"; {missing} item(s) have none yet" if missing else ""),
-        file=sys.stderr,
-    )
-    return ExitCode.USAGE_ERROR if unreadable else ExitCode.OK
+    with open_target(option) as target:
+        definition = resolve_phase(target.pipeline, option.phase)
+        errors: list[StateFileError] = []
+        if option.item:
+            ids = select_item_ids(target.store, option.item)
+        else:
+            # load_all, not item_ids: a file too broken to name its item must still be reported.
+            ids = sorted((item_id for item_id, _ in target.store.load_all(errors)), key=natural_key)
+        folder = Path(option.output) if option.output else None
+        index = None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            index = (folder / INDEX_NAME).open("w", encoding="utf-8")
+        exported = missing = 0
+        unreadable = len(errors)
+        for error in errors:
+            print(f"pipekit: error: {error}", file=sys.stderr)
+        try:
+            for item_id in ids:
+                try:
+                    state = target.manager(item_id).state
+                except StateFileError as exc:
+                    unreadable += 1
+                    print(f"pipekit: error: {exc}", file=sys.stderr)
+                    continue
+                phase = state.phases.get(definition.num)
+                output = state.phase_outputs.get(definition.num)
+                if phase is None or phase.status not in (COMPLETED, SKIPPED) or output is None:
+                    missing += 1
+                    continue
+                record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}
+                if folder is not None and index is not None:
+                    name = f"{encode_item_id(item_id)}.txt"
+                    write_atomically(folder / name, output.encode("utf-8"), durable=False)
+                    index.write(json.dumps({**record, "file": name}, ensure_ascii=False) + "\n")
+                else:
+                    record.update(phase=definition.num, phase_name=definition.name, output=output)
+                    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                exported += 1
+        finally:
+            if index is not None:
+                index.close()
+        where = f" to {folder}" if folder is not None else ""
+        print(
+            f"pipekit: exported {exported} output(s) of phase {definition.num} {definition.name}{where}"
+            + (f"; {missing} item(s) have none yet" if missing else ""),
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE_ERROR if unreadable else ExitCode.OK

@@ -58,16 +58,16 @@ def report_command(args: list[str], plugins: list[Any]) -> ExitCode:
         return ExitCode.OK
     if not option.output:
         raise UsageError("pipekit report: say where with -o report.html")
-    target = open_target(option)
-    errors: list[StateFileError] = []
-    states = list(target.states(errors))
-    page = render_report(target, states, [str(e) for e in errors])
-    path = Path(option.output)
-    write_atomically(path, page.encode("utf-8"), durable=False)
-    print(f"wrote {path} ({len(states)} {target.pipeline.item_noun})")
-    for error in errors:
-        print(f"pipekit: error: {error}", file=sys.stderr)
-    return ExitCode.USAGE_ERROR if errors else ExitCode.OK
+    with open_target(option) as target:
+        errors: list[StateFileError] = []
+        states = list(target.states(errors))
+        page = render_report(target, states, [str(e) for e in errors])
+        path = Path(option.output)
+        write_atomically(path, page.encode("utf-8"), durable=False)
+        print(f"wrote {path} ({len(states)} {target.pipeline.item_noun})")
+        for error in errors:
+            print(f"pipekit: error: {error}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR if errors else ExitCode.OK
 
 
 def _epoch(stamp: str | None) -> float | None:

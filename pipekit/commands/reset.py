@@ -54,50 +54,50 @@ def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
         raise UsageError("pipekit reset: nothing selected; say --all to reset every phase of every item")
     if option.downstream and not option.phase:
         raise UsageError("pipekit reset: --downstream needs --phase N")
-    target = open_target(option)
-    nums = {resolve_phase(target.pipeline, text).num for text in option.phase}
-    if option.downstream:
-        nums = {p.num for p in target.pipeline.phases if p.num >= min(nums)}
-    edits, changed_items, changed_phases = Edits(), 0, 0
-    if option.item:
-        ids = select_item_ids(target.store, option.item)
-    else:
-        unreadable: list[StateFileError] = []
-        ids = sorted((item_id for item_id, _ in target.store.load_all(unreadable)), key=natural_key)
-        for error in unreadable:
-            edits.unreadable += 1
-            print(f"pipekit: error: {error}; reset it by naming its item with --item ID", file=sys.stderr)
-    literal = {i for i in option.item if not is_glob(i)}
-    verb = "would reset" if option.dry_run else "reset"
-    for item_id, loaded in locked_items(target, ids, edits):
-        if isinstance(loaded, StateFileError):
-            if item_id in literal:
-                _recover(target, item_id, loaded, option.dry_run)
-                changed_items += 1
-                changed_phases += len(target.pipeline.phases)
-            else:
+    with open_target(option) as target:
+        nums = {resolve_phase(target.pipeline, text).num for text in option.phase}
+        if option.downstream:
+            nums = {p.num for p in target.pipeline.phases if p.num >= min(nums)}
+        edits, changed_items, changed_phases = Edits(), 0, 0
+        if option.item:
+            ids = select_item_ids(target.store, option.item)
+        else:
+            unreadable: list[StateFileError] = []
+            ids = sorted((item_id for item_id, _ in target.store.load_all(unreadable)), key=natural_key)
+            for error in unreadable:
                 edits.unreadable += 1
-                print(f"pipekit: error: {loaded}; reset it by naming it: --item {item_id!r}", file=sys.stderr)
-            continue
-        chosen = _phases_to_reset(loaded.state, nums, option.failed)
-        if not chosen:
-            continue
-        names = ", ".join(f"{n} {loaded.state.phases[n].name} ({loaded.state.phases[n].status})" for n in chosen)
-        print(f"{verb} {item_id}: {names}")
-        for warning in _orphaned_outputs(loaded.state, chosen):
-            print(f"  warning: {warning}")
-        if not option.dry_run:
-            loaded.reset_phases(chosen)
-        changed_items += 1
-        changed_phases += len(chosen)
-    if changed_items:
-        print(
-            f"{verb} {changed_phases} phase(s) of {changed_items} item(s)"
-            + (" (dry run: nothing changed)" if option.dry_run else "")
-        )
-    else:
-        print("nothing to reset")
-    return edits.exit_status()
+                print(f"pipekit: error: {error}; reset it by naming its item with --item ID", file=sys.stderr)
+        literal = {i for i in option.item if not is_glob(i)}
+        verb = "would reset" if option.dry_run else "reset"
+        for item_id, loaded in locked_items(target, ids, edits):
+            if isinstance(loaded, StateFileError):
+                if item_id in literal:
+                    _recover(target, item_id, loaded, option.dry_run)
+                    changed_items += 1
+                    changed_phases += len(target.pipeline.phases)
+                else:
+                    edits.unreadable += 1
+                    print(f"pipekit: error: {loaded}; reset it by naming it: --item {item_id!r}", file=sys.stderr)
+                continue
+            chosen = _phases_to_reset(loaded.state, nums, option.failed)
+            if not chosen:
+                continue
+            names = ", ".join(f"{n} {loaded.state.phases[n].name} ({loaded.state.phases[n].status})" for n in chosen)
+            print(f"{verb} {item_id}: {names}")
+            for warning in _orphaned_outputs(loaded.state, chosen):
+                print(f"  warning: {warning}")
+            if not option.dry_run:
+                loaded.reset_phases(chosen)
+            changed_items += 1
+            changed_phases += len(chosen)
+        if changed_items:
+            print(
+                f"{verb} {changed_phases} phase(s) of {changed_items} item(s)"
+                + (" (dry run: nothing changed)" if option.dry_run else "")
+            )
+        else:
+            print("nothing to reset")
+        return edits.exit_status()
 
 
 def _phases_to_reset(state: PipelineState, nums: set[int], failed_only: bool) -> list[int]:

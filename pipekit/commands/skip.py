@@ -48,26 +48,26 @@ def skip_command(args: list[str], plugins: list[Any]) -> ExitCode:
         raise UsageError("pipekit skip: say which item with --item ID")
     if not (option.reason or "").strip():
         raise UsageError("pipekit skip: say why with --reason TEXT")
-    target = open_target(option)
-    nums = {resolve_phase(target.pipeline, text).num for text in option.phase}
-    edits, skipped = Edits(), 0
-    for item_id, loaded in locked_items(target, select_item_ids(target.store, option.item), edits):
-        if isinstance(loaded, StateFileError):
-            edits.unreadable += 1
-            print(f"pipekit: error: {loaded}", file=sys.stderr)
-            continue
-        phases = loaded.state.phases
-        for num in sorted(nums):
-            if phases[num].status in DONE_STATUSES:
-                print(
-                    f"{item_id}: phase {num} {phases[num].name} is already {phases[num].status}; "
-                    "reset it first to skip it"
-                )
-        chosen = [n for n, p in sorted(phases.items()) if p.status not in DONE_STATUSES and (not nums or n in nums)]
-        for num in chosen:
-            loaded.skip_phase(num, BY_HAND + option.reason.strip())
-        if chosen:
-            skipped += len(chosen)
-            print(f"skipped {item_id}: " + ", ".join(f"{n} {phases[n].name}" for n in chosen))
-    print(f"skipped {skipped} phase(s)" if skipped else "nothing to skip")
-    return edits.exit_status()
+    with open_target(option) as target:
+        nums = {resolve_phase(target.pipeline, text).num for text in option.phase}
+        edits, skipped = Edits(), 0
+        for item_id, loaded in locked_items(target, select_item_ids(target.store, option.item), edits):
+            if isinstance(loaded, StateFileError):
+                edits.unreadable += 1
+                print(f"pipekit: error: {loaded}", file=sys.stderr)
+                continue
+            phases = loaded.state.phases
+            for num in sorted(nums):
+                if phases[num].status in DONE_STATUSES:
+                    print(
+                        f"{item_id}: phase {num} {phases[num].name} is already {phases[num].status}; "
+                        "reset it first to skip it"
+                    )
+            chosen = [n for n, p in sorted(phases.items()) if p.status not in DONE_STATUSES and (not nums or n in nums)]
+            for num in chosen:
+                loaded.skip_phase(num, BY_HAND + option.reason.strip())
+            if chosen:
+                skipped += len(chosen)
+                print(f"skipped {item_id}: " + ", ".join(f"{n} {phases[n].name}" for n in chosen))
+        print(f"skipped {skipped} phase(s)" if skipped else "nothing to skip")
+        return edits.exit_status()

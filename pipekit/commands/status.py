@@ -90,21 +90,21 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
     option = parse(parser, args)
     if option is None:
         return ExitCode.OK
-    target = open_target(option)
-    out = sys.stdout
-    if len(option.item) == 1 and not is_glob(option.item[0]):
-        # Raises StateFileError (exit 4) naming a corrupt file.
-        state = target.manager(select_item_ids(target.store, option.item)[0]).state
-        if option.json:
-            json.dump(state_record(state), out, indent=2, ensure_ascii=False)
-            out.write("\n")
-        else:
-            write_story(out, target, state, _colour(out))
-        return ExitCode.OK
-    # Rows of 100,000 items are acyclic: a collection of the cyclic GC started by
-    # sorting or encoding would rescan them all, for nothing. Paused until they are freed.
-    with gc_paused():
-        return show_batch(option, target, out)
+    with open_target(option) as target:
+        out = sys.stdout
+        if len(option.item) == 1 and not is_glob(option.item[0]):
+            # Raises StateFileError (exit 4) naming a corrupt file.
+            state = target.manager(select_item_ids(target.store, option.item)[0]).state
+            if option.json:
+                json.dump(state_record(state), out, indent=2, ensure_ascii=False)
+                out.write("\n")
+            else:
+                write_story(out, target, state, _colour(out))
+            return ExitCode.OK
+        # Rows of 100,000 items are acyclic: a collection of the cyclic GC started by
+        # sorting or encoding would rescan them all, for nothing. Paused until they are freed.
+        with gc_paused():
+            return show_batch(option, target, out)
 
 
 def show_batch(option: argparse.Namespace, target: Target, out: TextIO) -> ExitCode:

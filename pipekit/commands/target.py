@@ -57,6 +57,13 @@ class Target:
     def __post_init__(self) -> None:
         self._pairs = [(p.num, p.name) for p in self.pipeline.phases]
 
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # A command may run in-process (pipekit.testing, a notebook): leave no connection open.
+        self.store.close()
+
     def states(self, errors: list[StateFileError] | None = None) -> Iterator[PipelineState]:
         """Every saved state without its outputs, reconciled with the current phases,
         naturally sorted by id (``manager`` loads one item with its outputs).
@@ -116,7 +123,8 @@ class _Where:
 
 
 def open_target(option: argparse.Namespace) -> Target:
-    """Load the pipeline named by ``option.module`` and open its store."""
+    """Load the pipeline named by ``option.module`` and open its store
+    (``with open_target(option) as target:`` closes it)."""
     from pipekit.session import open_store
 
     pipeline = load(option.module)
