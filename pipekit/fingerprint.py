@@ -73,18 +73,33 @@ def code_identity(func: Callable[..., Any]) -> CodeIdentity:
 
 
 def _compute_code_identity(func: Callable[..., Any]) -> CodeIdentity:
+    func = inspect.unwrap(func)
     try:
-        source = textwrap.dedent(inspect.getsource(inspect.unwrap(func)))
+        source = textwrap.dedent(inspect.getsource(func))
     except (OSError, TypeError):
         return CodeIdentity(None, None)
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return CodeIdentity(text_hash(source), source)
+    if not _defines(tree, getattr(func, "__name__", "")):
+        # Found by file name but not this function's: code made with exec() in a
+        # ``python -c`` program, whose text Python 3.13 keeps under "<string>" too.
+        return CodeIdentity(None, None)
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             node.decorator_list = []
     return CodeIdentity(text_hash(ast.dump(tree)), source)
+
+
+def _defines(tree: ast.AST, name: str) -> bool:
+    """Whether ``tree`` defines a function called ``name`` (any lambda for ``<lambda>``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Lambda) and name == "<lambda>":
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            return True
+    return False
 
 
 def consumed_phases(definition: PhaseDefinition, phases: Sequence[PhaseDefinition]) -> list[PhaseDefinition]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import linecache
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,19 @@ def test_every_other_edit_counts(tmp_path: Path) -> None:
 def test_no_source_is_unknown() -> None:
     handler = eval("lambda item_id: item_id")
     assert code_identity(handler).hash is None
+
+
+def test_unrelated_text_under_the_functions_file_name_is_not_its_source() -> None:
+    # Python 3.13 keeps a ``python -c`` program's text under "<string>", the file name of
+    # every function made there with exec(): that text is not the function's source.
+    namespace: dict[str, Any] = {}
+    exec(compile("def research(item_id):\n    return item_id\n", "<made-by-exec>", "exec"), namespace)
+    text = "import sys; exec(sys.stdin.read())\n"
+    linecache.cache["<made-by-exec>"] = (len(text), None, [text], "<made-by-exec>")
+    try:
+        assert code_identity(namespace["research"]).hash is None
+    finally:
+        del linecache.cache["<made-by-exec>"]
 
 
 def test_inputs_are_hashed_as_json_and_may_be_async() -> None:
