@@ -188,6 +188,7 @@ def test_a_database_store_commits_the_states_queued_meanwhile_together(
     assert threads and all(name.startswith("pipekit-save") for name in threads)  # off the event loop
     store = SqliteStore(tmp_path / "state.db")
     assert all(store.load(item)["status"] == "completed" for item in items)
+    store.close()
 
 
 def test_an_item_lock_that_arrives_after_its_waiter_gave_up_is_released(

@@ -163,8 +163,12 @@ class SqliteStore(StateStore):
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
+        try:
             _retry_while_busy(self._prepare, busy_timeout)
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
 
     def _prepare(self) -> None:
