@@ -252,6 +252,7 @@ class PipeTester:
     def __init__(self, path: Path) -> None:
         #: The folder the test works in (also the current directory).
         self.path = path
+        self._started: list[subprocess.Popen[str]] = []
 
     def make_pipeline(self, source: str, name: str = "pipeline") -> Path:
         """Write ``<name>.py`` (dedented) and return its path."""
@@ -302,7 +303,7 @@ class PipeTester:
         from pipekit.cli import COMMANDS
 
         is_run = not args or args[0] == "run" or args[0] not in COMMANDS
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "pipekit", *args, *(["--jsonl"] if is_run else [])],
             cwd=self.path,
             stdout=subprocess.PIPE,
@@ -310,6 +311,20 @@ class PipeTester:
             text=True,
             env={**os.environ, **(env or {})},
         )
+        self._started.append(proc)
+        return proc
+
+    def stop_processes(self) -> None:
+        """SIGKILL what ``popen`` started and is still running, and close its pipes.
+
+        The ``pipetester`` fixture calls this when the test ends, so a test that
+        fails before it waited for its process leaves nothing running.
+        """
+        for proc in self._started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        self._started.clear()
 
     def run_subprocess(
         self,
@@ -415,8 +430,9 @@ def _isolated_modules(root: Path) -> Iterator[None]:
 
 
 @pytest.fixture
-def pipetester(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipeTester:
-    """A fresh folder (the current directory) with pipekit's environment isolated."""
+def pipetester(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PipeTester]:
+    """A fresh folder (the current directory) with pipekit's environment isolated;
+    processes started with ``popen`` are killed when the test ends."""
     path = tmp_path / "project"
     path.mkdir()
     monkeypatch.chdir(path)
@@ -427,7 +443,9 @@ def pipetester(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipeTester:
     monkeypatch.setenv("TERM", "dumb")
     for name in ("PIPEKIT_PLUGINS", "PIPEKIT_STORE", "PIPEKIT_OUTPUT_DIR", "PIPEKIT_DEBUG_HOOKS"):
         monkeypatch.delenv(name, raising=False)
-    return PipeTester(path)
+    tester = PipeTester(path)
+    yield tester
+    tester.stop_processes()
 
 
 __all__ = ["ExitCode", "HookRecorder", "PipeResult", "PipeTester", "pipetester"]
