@@ -49,8 +49,9 @@ STUCK = '''
 
 
 def wait_for(path: Path) -> None:
+    """Until ``path`` has content (``write_text`` creates the file before it writes)."""
     for _ in range(600):
-        if path.exists():
+        if path.exists() and path.stat().st_size:
             return
         time.sleep(0.05)
     raise AssertionError(f"{path} never appeared")
