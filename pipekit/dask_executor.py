@@ -5,7 +5,9 @@ of ``-j`` single-threaded worker processes is started. Each result is gathered
 as soon as it is ready and its future dropped, so Dask never recomputes a
 finished phase behind pipekit's back; a task whose worker died is not rerun by
 Dask (``allowed-failures`` 0 on a cluster pipekit starts) but failed with
-reason ``worker_lost`` and retried by the phase's own ``retries``.
+reason ``worker_lost`` and retried by the phase's own ``retries``. That cluster
+also runs without work stealing, which can start a task a second time. On a
+cluster of your own (``--dask-scheduler``), set both in its Dask configuration.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ class DaskExecutor(RemoteExecutor):
                 if self.address:
                     self._client = await Client(self.address, asynchronous=True)  # type: ignore[no-untyped-call]
                 else:
-                    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                    # pipekit decides what runs where (-j); stealing only adds a way, through its
+                    # races, to run a task twice, which can mean paying for a phase twice.
+                    with dask.config.set(
+                        {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.work-stealing": False}
+                    ):
                         self._cluster = await LocalCluster(  # type: ignore[no-untyped-call]
                             n_workers=self.workers,
                             threads_per_worker=1,

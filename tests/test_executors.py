@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -77,7 +80,7 @@ def test_same_final_state_and_hook_order_on_every_executor(
         ]
     assert sorted(executions(pipetester)) == sorted(
         (f"doc-{n}", name) for n in range(4) for name in ("parse", "crunch", "finish")
-    )
+    ), (pipetester.path / "executions.log").read_text()  # [item, phase, pid]: which worker ran what
 
 
 @pytest.mark.slow
@@ -205,3 +208,33 @@ def test_dask_cluster_start_up_does_not_count_against_the_first_phase_timeout(pi
     result = pipetester.run_subprocess("pipeline.py", "--item", "a", "--executor", "dask")
     assert result.ret == 0, result
     assert result.state("a").phases[1].status == "completed"
+
+
+@pytest.mark.slow
+def test_the_dask_cluster_pipekit_starts_never_runs_a_task_twice(pipetester: PipeTester) -> None:
+    # No work stealing (its races can start a task twice) and no rerun of a task whose worker died.
+    pipetester.make_pipeline('''
+        from pipekit import phase
+
+        @phase(1)
+        def one(item_id):
+            return item_id
+    ''')
+    (pipetester.path / "inspect_cluster.py").write_text(textwrap.dedent('''
+        import asyncio
+        from pipekit.dask_executor import DaskExecutor
+
+        async def main():
+            executor = DaskExecutor("pipeline.py", 1)
+            await executor.astart()
+            scheduler = executor._cluster.scheduler
+            print("stealing" in scheduler.extensions, scheduler.allowed_failures)
+            await executor.aclose()
+
+        if __name__ == "__main__":
+            asyncio.run(main())
+    '''))
+    out = subprocess.run(
+        [sys.executable, "inspect_cluster.py"], cwd=pipetester.path, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split() == ["False", "0"], out.stderr
