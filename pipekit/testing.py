@@ -323,7 +323,13 @@ class PipeTester:
         for proc in self._started:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate()
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # a process the run started still holds its output open
+                for stream in (proc.stdout, proc.stderr):
+                    if stream is not None:
+                        stream.close()
+                proc.wait()
         self._started.clear()
 
     def run_subprocess(
