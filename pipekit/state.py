@@ -82,8 +82,7 @@ class PhaseState:
     fingerprint: dict[str, Any] | None = None
 
 
-_PHASE_FIELD_NAMES = tuple(f.name for f in fields(PhaseState))
-_PHASE_FIELDS = frozenset(_PHASE_FIELD_NAMES)
+_PHASE_FIELDS = frozenset(f.name for f in fields(PhaseState))
 
 
 @dataclass
@@ -176,7 +175,6 @@ class PipelineState:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateFileError(where, f"missing or malformed field ({exc!r})") from None
         return state, refs
-
 
 
 def _copied(value: Any) -> Any:
