@@ -44,16 +44,6 @@ class HookNotifier:
         if plan is None or plan[0] != impls:  # first call, or a plugin came or went
             plan = self._plans[hookname] = _plan(impls)
         _, wrappers, plain = plan
-        if not wrappers:
-            for impl, function, fetch, single in plain:
-                try:
-                    if single:
-                        function(fetch(kwargs))
-                    else:
-                        function(*fetch(kwargs))
-                except Exception as exc:
-                    self._failed(impl, hookname, exc)
-            return
         open_wrappers = []
         for call in wrappers:
             gen = self._call(call, hookname, kwargs)
