@@ -159,16 +159,15 @@ class SqliteStore(StateStore):
             raise StateWriteError(self.path, exc.strerror or str(exc)) from exc
         check_local(self.path.parent)
         self._lock = threading.RLock()
+        connection: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(
+            connection = self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
-        except sqlite3.DatabaseError as exc:
-            raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
-        try:
             _retry_while_busy(self._prepare, busy_timeout)
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            if connection is not None:
+                connection.close()
             raise UsageError(f"sqlite store {self.path} cannot be opened: {exc}") from None
 
     def _prepare(self) -> None:
