@@ -139,5 +139,6 @@ def main() -> None:
                 f"{unlimited / elapsed:6.1%} of pipekit without limits"
             )
 
+
 if __name__ == "__main__":
     main()
