@@ -238,14 +238,19 @@ def test_sqlite_database_is_wal_synchronous_full_with_indexed_columns(tmp_path: 
         open_store_url(f"sqlite:{tmp_path}/s.db?synchronous=SOMETIMES")
 
 
-def test_sqlite_new_database_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
-    # A database still in rollback-journal mode, write-locked by another connection:
-    # switching it to WAL gets SQLITE_BUSY at once (no busy handler), as when several
-    # processes start on one new database together. Opening waits instead of failing.
-    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None, check_same_thread=False)
+def write_locked_new_database(path: Path) -> sqlite3.Connection:
+    """A new database, still in rollback-journal mode, write-locked by another connection."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("CREATE TABLE unrelated (x)")
     other.execute("BEGIN IMMEDIATE")
     other.execute("INSERT INTO unrelated VALUES (1)")
+    return other
+
+
+def test_sqlite_new_database_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    # Switching such a database to WAL gets SQLITE_BUSY at once (no busy handler), as when
+    # several processes start on one new database together. Opening waits instead of failing.
+    other = write_locked_new_database(tmp_path / "s.db")
     release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
     release.start()
     try:
@@ -257,10 +262,7 @@ def test_sqlite_new_database_held_by_another_process_is_waited_for(tmp_path: Pat
     assert store.load("a") is not None
     store.close()
     # Held for longer than the busy timeout: a clear error, not a wait without end.
-    held = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
-    held.execute("CREATE TABLE unrelated (x)")
-    held.execute("BEGIN IMMEDIATE")
-    held.execute("INSERT INTO unrelated VALUES (1)")
+    held = write_locked_new_database(tmp_path / "t.db")
     with pytest.raises(UsageError, match="t.db cannot be opened: database is locked"):
         SqliteStore(tmp_path / "t.db", busy_timeout=0.2)
     held.close()
