@@ -59,7 +59,7 @@ from typing import Any
 
 
 if TYPE_CHECKING:
-    from pipekit.store import StateStore
+    from pipekit.state.store import StateStore
 
 
 PIPELINE = '''
@@ -221,7 +221,7 @@ class Campaign:
 
     def open_store(self) -> StateStore:
         """The round's store, as pipekit opens it."""
-        from pipekit.stores import open_store_url
+        from pipekit.state.open import open_store_url
 
         if self.store_kind == "sqlite":
             return open_store_url(f"sqlite:{self.database}")
@@ -396,7 +396,7 @@ class Campaign:
         Returns them and whether every item is done."""
         from pipekit.outcomes import StateFileError
         from pipekit.outcomes import UsageError
-        from pipekit.state import PipelineStateManager
+        from pipekit.state.model import PipelineStateManager
 
         report = self.report
         statuses: dict[tuple[str, int], str] = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import time
 from typing import Any
 
-from pipekit.store import write_atomically
+from pipekit.state.store import write_atomically
 
 
 def _document(item_id: str, phases: int) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def baseline(state: Path) -> int:
 
 def write_sqlite(path: Path, count: int) -> None:
     """The same documents as ``write_batch``, in a SQLite store."""
-    from pipekit.stores.sqlite import SqliteStore
+    from pipekit.state.sqlite import SqliteStore
 
     store = SqliteStore(path, synchronous="OFF")
     try:
@@ -147,8 +147,8 @@ def baseline_sqlite(path: Path) -> int:
 
 
 def pipekit_status(root: Path, *extra: str, store: str | None = None, one_process: bool = False) -> int:
-    from pipekit.cli import main
-    from pipekit.commands import statusrows
+    from pipekit.cli.main import main
+    from pipekit.cli import statusrows
 
     where = ["--store", store] if store else ["--state-dir", str(root / "state")]
     out = io.StringIO()

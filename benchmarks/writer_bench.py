@@ -7,7 +7,7 @@ awaiting each write (as the runner does: an item's next change waits for its
 last save). Two ways to take the writes off the event loop:
 
 - ``pool N``: each write (temp file, fsync, rename, directory fsync) runs in a
-  thread pool of N threads, as ``pipekit.statewriter.StateWriter`` does;
+  thread pool of N threads, as ``pipekit.state.writer.StateWriter`` does;
 - ``batch``: one writer thread takes every write queued meanwhile, writes and
   fsyncs each temp file, renames them all, then fsyncs the directory once
   for the batch (group commit).
@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 
-from pipekit.store import write_atomically
+from pipekit.state.store import write_atomically
 
 
 DATA = b'{"item_id": "x", "phases": {"1": {"status": "completed"}}}\n' * 20

@@ -9,33 +9,33 @@ from typing import Any
 if TYPE_CHECKING:
     from pipekit.api import arun
     from pipekit.api import run
-    from pipekit.context import PhaseContext
-    from pipekit.context import PhaseOutcome
+    from pipekit.pipeline.context import PhaseContext
+    from pipekit.pipeline.context import PhaseOutcome
     from pipekit.hookspecs import hookimpl
     from pipekit.hookspecs import hookspec
-    from pipekit.limits import Limit
-    from pipekit.loader import Pipeline
-    from pipekit.loader import load
+    from pipekit.pipeline.limits import Limit
+    from pipekit.pipeline.loader import Pipeline
+    from pipekit.pipeline.loader import load
     from pipekit.outcomes import ExitCode
     from pipekit.outcomes import Fail
     from pipekit.outcomes import PhaseTimeoutError
     from pipekit.outcomes import Retry
     from pipekit.outcomes import StateFileError
     from pipekit.outcomes import UsageError
-    from pipekit.phaserunner import Item
-    from pipekit.phaserunner import PhaseRunner
-    from pipekit.phases import PhaseDefinition
-    from pipekit.phases import PhaseResult
-    from pipekit.phases import phase
-    from pipekit.progress import ProgressState
-    from pipekit.progress import ProgressTracker
-    from pipekit.progress import SimpleProgress
-    from pipekit.progress import create_progress_tracker
-    from pipekit.runner import Run
-    from pipekit.runner import RunResult
-    from pipekit.state import PhaseState
-    from pipekit.state import PipelineState
-    from pipekit.state import PipelineStateManager
+    from pipekit.engine.phaserunner import Item
+    from pipekit.engine.phaserunner import PhaseRunner
+    from pipekit.pipeline.phases import PhaseDefinition
+    from pipekit.pipeline.phases import PhaseResult
+    from pipekit.pipeline.phases import phase
+    from pipekit.display.progress import ProgressState
+    from pipekit.display.progress import ProgressTracker
+    from pipekit.display.progress import SimpleProgress
+    from pipekit.display.progress import create_progress_tracker
+    from pipekit.engine.runner import Run
+    from pipekit.engine.runner import RunResult
+    from pipekit.state.model import PhaseState
+    from pipekit.state.model import PipelineState
+    from pipekit.state.model import PipelineStateManager
 
 
 #: Where each public name lives. ``import pipekit`` imports none of them, so
@@ -45,33 +45,33 @@ if TYPE_CHECKING:
 _LAZY = {
     "arun": "pipekit.api",
     "run": "pipekit.api",
-    "PhaseContext": "pipekit.context",
-    "PhaseOutcome": "pipekit.context",
+    "PhaseContext": "pipekit.pipeline.context",
+    "PhaseOutcome": "pipekit.pipeline.context",
     "hookimpl": "pipekit.hookspecs",
     "hookspec": "pipekit.hookspecs",
-    "Limit": "pipekit.limits",
-    "Pipeline": "pipekit.loader",
-    "load": "pipekit.loader",
+    "Limit": "pipekit.pipeline.limits",
+    "Pipeline": "pipekit.pipeline.loader",
+    "load": "pipekit.pipeline.loader",
     "ExitCode": "pipekit.outcomes",
     "Fail": "pipekit.outcomes",
     "PhaseTimeoutError": "pipekit.outcomes",
     "Retry": "pipekit.outcomes",
     "StateFileError": "pipekit.outcomes",
     "UsageError": "pipekit.outcomes",
-    "Item": "pipekit.phaserunner",
-    "PhaseRunner": "pipekit.phaserunner",
-    "PhaseDefinition": "pipekit.phases",
-    "PhaseResult": "pipekit.phases",
-    "phase": "pipekit.phases",
-    "ProgressState": "pipekit.progress",
-    "ProgressTracker": "pipekit.progress",
-    "SimpleProgress": "pipekit.progress",
-    "create_progress_tracker": "pipekit.progress",
-    "Run": "pipekit.runner",
-    "RunResult": "pipekit.runner",
-    "PhaseState": "pipekit.state",
-    "PipelineState": "pipekit.state",
-    "PipelineStateManager": "pipekit.state",
+    "Item": "pipekit.engine.phaserunner",
+    "PhaseRunner": "pipekit.engine.phaserunner",
+    "PhaseDefinition": "pipekit.pipeline.phases",
+    "PhaseResult": "pipekit.pipeline.phases",
+    "phase": "pipekit.pipeline.phases",
+    "ProgressState": "pipekit.display.progress",
+    "ProgressTracker": "pipekit.display.progress",
+    "SimpleProgress": "pipekit.display.progress",
+    "create_progress_tracker": "pipekit.display.progress",
+    "Run": "pipekit.engine.runner",
+    "RunResult": "pipekit.engine.runner",
+    "PhaseState": "pipekit.state.model",
+    "PipelineState": "pipekit.state.model",
+    "PipelineStateManager": "pipekit.state.model",
 }
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pipekit.cli import console_main
+from pipekit.cli.main import console_main
 
 
 raise SystemExit(console_main())

@@ -8,7 +8,7 @@ from os import PathLike
 from types import ModuleType
 from typing import Any
 
-from pipekit.runner import RunResult
+from pipekit.engine.runner import RunResult
 
 
 def _arguments(
@@ -73,7 +73,7 @@ async def arun(
     progress: str = "auto",
 ) -> RunResult:
     """The coroutine twin of ``run``, for code already inside an event loop (Jupyter)."""
-    from pipekit.session import aexecute_run
+    from pipekit.engine.session import aexecute_run
 
     return await aexecute_run(
         _arguments(module_or_path, state_dir, workers, force, progress),

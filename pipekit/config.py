@@ -13,7 +13,7 @@ from pipekit.outcomes import UsageError
 
 
 if TYPE_CHECKING:
-    from pipekit.loader import Pipeline
+    from pipekit.pipeline.loader import Pipeline
     from pipekit.manager import PipekitPluginManager
 
 

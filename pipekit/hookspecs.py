@@ -41,12 +41,12 @@ import pluggy
 if TYPE_CHECKING:
     from pipekit.config import Config
     from pipekit.config import Parser
-    from pipekit.context import PhaseOutcome
-    from pipekit.executor import PhaseExecutor
-    from pipekit.loader import Pipeline
-    from pipekit.phaserunner import Item
-    from pipekit.phases import PhaseDefinition
-    from pipekit.runner import Run
+    from pipekit.pipeline.context import PhaseOutcome
+    from pipekit.execution.base import PhaseExecutor
+    from pipekit.pipeline.loader import Pipeline
+    from pipekit.engine.phaserunner import Item
+    from pipekit.pipeline.phases import PhaseDefinition
+    from pipekit.engine.runner import Run
 
 #: The pluggy project name: entry points live in the group of the same name.
 PROJECT_NAME = "pipekit"
@@ -127,7 +127,7 @@ def pipekit_make_executor(config: Config, pipeline: Pipeline, name: str) -> Phas
     :param config: the run's configuration.
     :param pipeline: the loaded pipeline (workers import ``pipeline.path``).
     :param name: the value of ``--executor`` (``local`` by default).
-    :returns: a ``pipekit.executor.PhaseExecutor``, or ``None`` when this
+    :returns: a ``pipekit.execution.base.PhaseExecutor``, or ``None`` when this
         plugin does not provide ``name``.
 
     The built-in ``executors`` plugin answers last for ``local``,

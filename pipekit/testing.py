@@ -45,10 +45,10 @@ import pytest
 
 from pipekit.hookspecs import hookimpl
 from pipekit.outcomes import ExitCode
-from pipekit.state import PipelineState
-from pipekit.state import PipelineStateManager
-from pipekit.store import JsonDirStore
-from pipekit.store import StateStore
+from pipekit.state.model import PipelineState
+from pipekit.state.model import PipelineStateManager
+from pipekit.state.store import JsonDirStore
+from pipekit.state.store import StateStore
 
 
 _STATE_LINE = re.compile(r"^pipekit: state: (.+)$", re.M)
@@ -201,7 +201,7 @@ class PipeResult:
     def open_store(self) -> StateStore:
         """The store the run used (the caller closes it)."""
         if self.store_url:
-            from pipekit.stores import open_store_url
+            from pipekit.state.open import open_store_url
 
             return open_store_url(self.store_url, pipeline="pipeline")
         return JsonDirStore(self.state_dir)
@@ -287,7 +287,7 @@ class PipeTester:
 
     def run(self, *args: str, plugins: Iterable[Any] = ()) -> PipeResult:
         """Run ``pipekit ARGS`` in this process, recording every hook call."""
-        from pipekit.cli import main
+        from pipekit.cli.main import main
 
         recorder = HookRecorder()
         out, err = io.StringIO(), io.StringIO()
@@ -300,7 +300,7 @@ class PipeTester:
 
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """Start ``python -m pipekit ARGS`` with piped output (``--jsonl`` added for runs)."""
-        from pipekit.cli import COMMANDS
+        from pipekit.cli.main import COMMANDS
 
         is_run = not args or args[0] == "run" or args[0] not in COMMANDS
         proc = subprocess.Popen(

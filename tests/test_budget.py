@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from pipekit.budget import make_forecast
-from pipekit.phases import PhaseDefinition
-from pipekit.state import PipelineStateManager
-from pipekit.store import JsonDirStore
+from pipekit.engine.budget import make_forecast
+from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.model import PipelineStateManager
+from pipekit.state.store import JsonDirStore
 from pipekit.testing import PipeTester
 
 

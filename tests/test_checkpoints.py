@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from pipekit.checkpoints import CheckpointError
-from pipekit.checkpoints import Checkpoints
-from pipekit.state import PipelineStateManager
-from pipekit.store import JsonDirStore
-from pipekit.store import StateStore
+from pipekit.pipeline.checkpoints import CheckpointError
+from pipekit.pipeline.checkpoints import Checkpoints
+from pipekit.state.model import PipelineStateManager
+from pipekit.state.store import JsonDirStore
+from pipekit.state.store import StateStore
 from pipekit.testing import PipeTester
 
 

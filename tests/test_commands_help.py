@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipekit.cli import COMMANDS
-from pipekit.cli import TOP_HELP
+from pipekit.cli.main import COMMANDS
+from pipekit.cli.main import TOP_HELP
 from pipekit.testing import PipeTester
 
 

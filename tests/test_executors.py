@@ -222,7 +222,7 @@ def test_the_dask_cluster_pipekit_starts_never_runs_a_task_twice(pipetester: Pip
     ''')
     (pipetester.path / "inspect_cluster.py").write_text(textwrap.dedent('''
         import asyncio
-        from pipekit.dask_executor import DaskExecutor
+        from pipekit.execution.dask import DaskExecutor
 
         async def main():
             executor = DaskExecutor("pipeline.py", 1)

@@ -1,4 +1,4 @@
-"""Unit tests of pipekit.fingerprint: what counts as a code change, inputs, the source archive (#10)."""
+"""Unit tests of pipekit.stale.fingerprint: what counts as a code change, inputs, the source archive (#10)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import linecache
 from pathlib import Path
 from typing import Any
 
-from pipekit.digest import text_hash
-from pipekit.fingerprint import SourceArchive
-from pipekit.fingerprint import code_identity
-from pipekit.fingerprint import consumed_phases
-from pipekit.fingerprint import input_hash
-from pipekit.fingerprint import phase_fingerprint
-from pipekit.phases import phase
-from pipekit.phases import phase_definition_of
+from pipekit.state.digest import text_hash
+from pipekit.stale.fingerprint import SourceArchive
+from pipekit.stale.fingerprint import code_identity
+from pipekit.stale.fingerprint import consumed_phases
+from pipekit.stale.fingerprint import input_hash
+from pipekit.stale.fingerprint import phase_fingerprint
+from pipekit.pipeline.phases import phase
+from pipekit.pipeline.phases import phase_definition_of
 
 
 def define(tmp_path: Path, source: str, name: str = "handler") -> Any:

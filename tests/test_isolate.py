@@ -125,8 +125,8 @@ def test_arguments_that_cannot_be_pickled_name_the_phase() -> None:
     import asyncio
     import threading
 
-    from pipekit.isolate import IsolatedCalls
-    from pipekit.phases import PhaseDefinition
+    from pipekit.execution.isolate import IsolatedCalls
+    from pipekit.pipeline.phases import PhaseDefinition
 
     def work(lock: object) -> str:
         return "never"

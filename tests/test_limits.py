@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipekit.limits import Limit
+from pipekit.pipeline.limits import Limit
 from pipekit.testing import PipeTester
 
 

@@ -16,12 +16,12 @@ from batch_helpers import make_batch
 from batch_helpers import state_dir
 import pytest
 
-from pipekit.commands.report import render_report
-from pipekit.commands.target import Target
-from pipekit.loader import load
-from pipekit.state import PhaseState
-from pipekit.state import PipelineState
-from pipekit.store import JsonDirStore
+from pipekit.cli.report import render_report
+from pipekit.cli.target import Target
+from pipekit.pipeline.loader import load
+from pipekit.state.model import PhaseState
+from pipekit.state.model import PipelineState
+from pipekit.state.store import JsonDirStore
 from pipekit.testing import PipeTester
 
 

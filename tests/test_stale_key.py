@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from pipekit.digest import text_hash
-from pipekit.stalekey import stale_key
-from pipekit.store import StateStore
-from pipekit.store import output_ref
-from pipekit.stores import open_store_url
-from pipekit.stores.sqlite import SqliteStore
+from pipekit.state.digest import text_hash
+from pipekit.stale.key import stale_key
+from pipekit.state.store import StateStore
+from pipekit.state.store import output_ref
+from pipekit.state.open import open_store_url
+from pipekit.state.sqlite import SqliteStore
 from pipekit.testing import PipeTester
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pipekit.stores import open_store_url
+from pipekit.state.open import open_store_url
 from pipekit.testing import PipeTester
 
 

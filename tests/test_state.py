@@ -10,8 +10,8 @@ import pytest
 from pipekit import PipelineStateManager
 from pipekit import StateFileError
 from pipekit.outcomes import StateWriteError
-from pipekit.state import INLINE_OUTPUT_LIMIT
-from pipekit.store import JsonDirStore
+from pipekit.state.model import INLINE_OUTPUT_LIMIT
+from pipekit.state.store import JsonDirStore
 
 
 PHASES = [(0, "research"), (1, "curate"), (2, "draft")]
@@ -178,7 +178,7 @@ def test_timestamps_are_utc_iso_8601_with_milliseconds(monkeypatch: pytest.Monke
     from datetime import timezone
     import time
 
-    from pipekit.state import utc_now
+    from pipekit.state.model import utc_now
 
     for moment in (0.0, 1_780_000_000.9999, 1_780_000_001.0, 1_780_000_001.5, time.time()):
         monkeypatch.setattr(time, "time", lambda moment=moment: moment)

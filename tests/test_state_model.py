@@ -19,9 +19,9 @@ from hypothesis.stateful import rule
 import pytest
 
 from pipekit import PipelineStateManager
-from pipekit.state import INLINE_OUTPUT_LIMIT
-from pipekit.store import JsonDirStore
-from pipekit.store import encode_item_id
+from pipekit.state.model import INLINE_OUTPUT_LIMIT
+from pipekit.state.store import JsonDirStore
+from pipekit.state.store import encode_item_id
 
 
 PHASES = [(1, "one"), (2, "two"), (5, "five"), (7, "seven")]

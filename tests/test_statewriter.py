@@ -13,10 +13,10 @@ import pytest
 
 import pipekit
 from pipekit import hookimpl
-from pipekit.state import PipelineStateManager
-from pipekit.statewriter import StateWriter
-from pipekit.store import JsonDirStore
-from pipekit.store import encode_document
+from pipekit.state.model import PipelineStateManager
+from pipekit.state.writer import StateWriter
+from pipekit.state.store import JsonDirStore
+from pipekit.state.store import encode_document
 
 
 PIPELINE = """
@@ -161,7 +161,7 @@ def test_state_files_stay_readable_json_one_phase_per_line(tmp_path: Path) -> No
 def test_a_database_store_commits_the_states_queued_meanwhile_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipekit.stores.sqlite import SqliteStore
+    from pipekit.state.sqlite import SqliteStore
 
     (tmp_path / "pipe.py").write_text(PIPELINE)
     monkeypatch.chdir(tmp_path)

@@ -16,14 +16,14 @@ from batch_helpers import make_batch
 from batch_helpers import state_dir
 import pytest
 
-from pipekit.commands.status import item_status
-from pipekit.commands.status import last_note
-from pipekit.commands.status import state_record
-from pipekit.commands.statusrows import RowReader
-from pipekit.commands.target import Target
-from pipekit.loader import load
+from pipekit.cli.status import item_status
+from pipekit.cli.status import last_note
+from pipekit.cli.status import state_record
+from pipekit.cli.statusrows import RowReader
+from pipekit.cli.target import Target
+from pipekit.pipeline.loader import load
 from pipekit.outcomes import StateFileError
-from pipekit.store import JsonDirStore
+from pipekit.state.store import JsonDirStore
 from pipekit.testing import PipeTester
 
 
@@ -121,8 +121,8 @@ def test_a_broken_document_is_named_as_the_full_state_names_it(pipetester: PipeT
 RUNNER = """
 import sys
 from pathlib import Path
-import pipekit.commands.statusrows as rows
-from pipekit.cli import main
+import pipekit.cli.statusrows as rows
+from pipekit.cli.main import main
 
 mode = sys.argv[1]
 if mode == "workers":

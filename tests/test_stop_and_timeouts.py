@@ -163,7 +163,7 @@ def test_a_late_result_of_an_abandoned_handler_is_discarded(pipetester: PipeTest
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The waits between attempts, recorded instead of slept."""
-    from pipekit.phaserunner import PhaseRunner
+    from pipekit.engine.phaserunner import PhaseRunner
 
     recorded: list[float] = []
 

@@ -20,7 +20,7 @@ _HELP = re.compile(r"<!-- pipekit-help: (.*?) -->")
 
 def pipekit_help(args: str) -> str:
     """What ``pipekit ARGS`` prints, with installed plugins left out."""
-    from pipekit.cli import main
+    from pipekit.cli.main import main
 
     os.environ["PIPEKIT_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     out = io.StringIO()

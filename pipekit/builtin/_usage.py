@@ -7,8 +7,8 @@ mark set when the phase started. Not a plugin (its name starts with ``_``).
 
 from __future__ import annotations
 
-from pipekit.phaserunner import Item
-from pipekit.phases import PhaseDefinition
+from pipekit.engine.phaserunner import Item
+from pipekit.pipeline.phases import PhaseDefinition
 
 
 Usage = tuple[int, int, float]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pipekit.config import Config
 from pipekit.config import Parser
-from pipekit.executor import LocalExecutor
-from pipekit.executor import PhaseExecutor
+from pipekit.execution.base import LocalExecutor
+from pipekit.execution.base import PhaseExecutor
 from pipekit.hookspecs import hookimpl
-from pipekit.loader import Pipeline
+from pipekit.pipeline.loader import Pipeline
 
 
 @hookimpl
@@ -32,11 +32,11 @@ def pipekit_make_executor(config: Config, pipeline: Pipeline, name: str) -> Phas
     if name == "local":
         return LocalExecutor()
     if name == "processes":
-        from pipekit.process_executor import ProcessExecutor
+        from pipekit.execution.processes import ProcessExecutor
 
         return ProcessExecutor(pipeline.path, config.getoption("workers") or 1)
     if name == "dask":
-        from pipekit.dask_executor import DaskExecutor
+        from pipekit.execution.dask import DaskExecutor
 
         return DaskExecutor(
             pipeline.path,

@@ -9,9 +9,9 @@ from typing import Any
 
 from pipekit.config import Config
 from pipekit.hookspecs import hookimpl
-from pipekit.items import read_items_file
-from pipekit.loader import Pipeline
-from pipekit.loader import user_traceback
+from pipekit.pipeline.items import read_items_file
+from pipekit.pipeline.loader import Pipeline
+from pipekit.pipeline.loader import user_traceback
 from pipekit.outcomes import UsageError
 
 

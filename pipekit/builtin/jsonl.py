@@ -11,11 +11,11 @@ from typing import Any
 
 from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
-from pipekit.context import PhaseOutcome
+from pipekit.pipeline.context import PhaseOutcome
 from pipekit.hookspecs import hookimpl
-from pipekit.phaserunner import Item
-from pipekit.phases import PhaseDefinition
-from pipekit.runner import Run
+from pipekit.engine.phaserunner import Item
+from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.engine.runner import Run
 
 
 class JsonlReporter:

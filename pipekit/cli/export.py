@@ -1,0 +1,96 @@
+"""``pipekit export MODULE --phase N|NAME``: get one phase's finished outputs out.
+
+``-o DIR`` writes one file per item (a safe name derived from the id) and
+``index.jsonl`` mapping ids to files; ``--jsonl`` prints one JSON object per
+item on stdout. Items are read one at a time, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import sys
+from typing import Any
+
+from pipekit.cli.target import command_parser
+from pipekit.cli.target import open_target
+from pipekit.cli.target import parse
+from pipekit.outcomes import ExitCode
+from pipekit.outcomes import StateFileError
+from pipekit.outcomes import UsageError
+from pipekit.state.selection import natural_key
+from pipekit.state.selection import resolve_phase
+from pipekit.state.selection import select_item_ids
+from pipekit.state.model import COMPLETED
+from pipekit.state.model import SKIPPED
+from pipekit.state.store import encode_item_id
+from pipekit.state.store import write_atomically
+
+
+#: The file in the ``-o`` folder that maps item ids to file names.
+INDEX_NAME = "index.jsonl"
+
+
+def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """Write the outputs of one phase, per item, to a folder or to stdout."""
+    parser = command_parser("pipekit export", "Write one phase's outputs: a file per item, or JSON lines.")
+    parser.add_argument("--phase", required=False, metavar="N|NAME", help="the phase whose outputs to export")
+    parser.add_argument("-o", "--output", metavar="DIR", help="folder for one file per item plus index.jsonl")
+    parser.add_argument("--jsonl", action="store_true", help="one JSON object per item on stdout")
+    parser.add_argument("--item", action="append", default=[], metavar="ID", help="only these items (globs allowed)")
+    option = parse(parser, args)
+    if option is None:
+        return ExitCode.OK
+    if not option.phase:
+        raise UsageError("pipekit export: say which phase with --phase N or --phase NAME")
+    if bool(option.output) == bool(option.jsonl):
+        raise UsageError("pipekit export: give exactly one of -o DIR and --jsonl")
+    with open_target(option) as target:
+        definition = resolve_phase(target.pipeline, option.phase)
+        errors: list[StateFileError] = []
+        if option.item:
+            ids = select_item_ids(target.store, option.item)
+        else:
+            # load_all, not item_ids: a file too broken to name its item must still be reported.
+            ids = sorted((item_id for item_id, _ in target.store.load_all(errors)), key=natural_key)
+        folder = Path(option.output) if option.output else None
+        index = None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            index = (folder / INDEX_NAME).open("w", encoding="utf-8")
+        exported = missing = 0
+        unreadable = len(errors)
+        for error in errors:
+            print(f"pipekit: error: {error}", file=sys.stderr)
+        try:
+            for item_id in ids:
+                try:
+                    state = target.manager(item_id).state
+                except StateFileError as exc:
+                    unreadable += 1
+                    print(f"pipekit: error: {exc}", file=sys.stderr)
+                    continue
+                phase = state.phases.get(definition.num)
+                output = state.phase_outputs.get(definition.num)
+                if phase is None or phase.status not in (COMPLETED, SKIPPED) or output is None:
+                    missing += 1
+                    continue
+                record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}
+                if folder is not None and index is not None:
+                    name = f"{encode_item_id(item_id)}.txt"
+                    write_atomically(folder / name, output.encode("utf-8"), durable=False)
+                    index.write(json.dumps({**record, "file": name}, ensure_ascii=False) + "\n")
+                else:
+                    record.update(phase=definition.num, phase_name=definition.name, output=output)
+                    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                exported += 1
+        finally:
+            if index is not None:
+                index.close()
+        where = f" to {folder}" if folder is not None else ""
+        print(
+            f"pipekit: exported {exported} output(s) of phase {definition.num} {definition.name}{where}"
+            + (f"; {missing} item(s) have none yet" if missing else ""),
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE_ERROR if unreadable else ExitCode.OK

@@ -1,0 +1,284 @@
+"""``pipekit status MODULE``: items x phases, costs, errors; never changes state."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+import json
+import os
+import sys
+from typing import Any
+from typing import TextIO
+
+from pipekit.cli.statusrows import RowReader
+from pipekit.cli.statusrows import StatusRow
+from pipekit.cli.statusrows import gc_paused
+from pipekit.cli.statusrows import phases_note
+from pipekit.cli.statusrows import row_status
+from pipekit.cli.target import Target
+from pipekit.cli.target import command_parser
+from pipekit.cli.target import open_target
+from pipekit.cli.target import parse
+from pipekit.outcomes import ExitCode
+from pipekit.outcomes import StateFileError
+from pipekit.state.selection import is_glob
+from pipekit.state.selection import natural_key
+from pipekit.state.selection import select_item_ids
+from pipekit.state.model import COMPLETED
+from pipekit.state.model import FAILED
+from pipekit.state.model import IN_PROGRESS
+from pipekit.state.model import PENDING
+from pipekit.state.model import SKIPPED
+from pipekit.state.model import PipelineState
+
+
+#: One glyph per phase status, and its ANSI colour.
+GLYPHS = {
+    COMPLETED: ("✓", "32"),
+    FAILED: ("✗", "31"),
+    SKIPPED: ("↷", "33"),
+    IN_PROGRESS: ("▶", "36"),
+    PENDING: ("·", "2"),
+}
+STATUS_ORDER = (COMPLETED, FAILED, SKIPPED, IN_PROGRESS, PENDING)
+#: Above this many rows the matrix is summarised unless ``--all``.
+DEFAULT_MAX_ROWS = 50
+#: Failures listed in a summary.
+SUMMARY_FAILURES = 20
+
+
+#: Items per write of ``--json`` (never one string of the whole document).
+JSON_CHUNK = 1000
+
+
+def item_status(state: PipelineState) -> str:
+    """What the item looks like now: failed, in_progress, completed or pending."""
+    return row_status(p.status for p in state.phases.values())
+
+
+def last_note(state: PipelineState) -> str:
+    """The last failure (``2 draft: error``), else the last hand-made skip reason."""
+    return phases_note([vars(p) for p in sorted(state.phases.values(), key=lambda p: p.phase)])
+
+
+def state_record(state: PipelineState) -> dict[str, Any]:
+    """The machine-readable picture of one item (outputs left out: see ``export``)."""
+    return StatusRow.from_state(state).record()
+
+
+def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
+    """``pipekit status MODULE [--item ID]... [--failed] [--pending] [--all] [--json]``."""
+    parser = command_parser("pipekit status", "Show items x phases, costs and errors (never changes state).")
+    parser.add_argument(
+        "--item",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only these items (globs allowed); one id shows its full story",
+    )
+    parser.add_argument("--failed", action="store_true", help="only items with a failed phase")
+    parser.add_argument("--pending", action="store_true", help="only items with work left")
+    parser.add_argument("--all", action="store_true", help="every row, however many")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help=f"summarise above N rows (default {DEFAULT_MAX_ROWS})",
+    )
+    parser.add_argument("--json", action="store_true", help="the full picture as JSON on stdout")
+    option = parse(parser, args)
+    if option is None:
+        return ExitCode.OK
+    with open_target(option) as target:
+        out = sys.stdout
+        if len(option.item) == 1 and not is_glob(option.item[0]):
+            # Raises StateFileError (exit 4) naming a corrupt file.
+            state = target.manager(select_item_ids(target.store, option.item)[0]).state
+            if option.json:
+                json.dump(state_record(state), out, indent=2, ensure_ascii=False)
+                out.write("\n")
+            else:
+                write_story(out, target, state, _colour(out))
+            return ExitCode.OK
+        # Rows of 100,000 items are acyclic: a collection of the cyclic GC started by
+        # sorting or encoding would rescan them all, for nothing. Paused until they are freed.
+        with gc_paused():
+            return show_batch(option, target, out)
+
+
+def show_batch(option: argparse.Namespace, target: Target, out: TextIO) -> ExitCode:
+    """The matrix, the summary or ``--json`` of many items (filters and all)."""
+    errors: list[StateFileError] = []
+    rows = RowReader(target, full=option.json).rows(errors)
+    if option.item:
+        wanted = set(select_item_ids(target.store, option.item, known=[r.item_id for r in rows]))
+        rows = [r for r in rows if r.item_id in wanted]
+    if option.failed or option.pending:
+        rows = [r for r in rows if (option.failed and r.status == FAILED) or (option.pending and r.status != COMPLETED)]
+    if option.json:
+        write_json(out, target, sorted_rows(rows), errors)
+    elif option.all or len(rows) <= option.max_rows:
+        write_matrix(out, target, sorted_rows(rows), _colour(out))
+    else:
+        # Only the failures listed are sorted: sorting 100,000 ids is a tenth of the work.
+        write_summary(out, target, rows, _colour(out))
+    for error in errors:
+        print(f"pipekit: error: {error}", file=sys.stderr)
+    return ExitCode.USAGE_ERROR if errors else ExitCode.OK
+
+
+def sorted_rows(rows: list[StatusRow]) -> list[StatusRow]:
+    """``rows`` naturally sorted by item id (``book-2`` before ``book-10``)."""
+    return sorted(rows, key=lambda row: natural_key(row.item_id))
+
+
+def _colour(out: TextIO) -> bool:
+    return out.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _paint(text: str, code: str, colour: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
+
+
+def glyph(status: str, colour: bool) -> str:
+    """The coloured glyph of a phase status."""
+    char, code = GLYPHS.get(status, ("?", "35"))
+    return _paint(char, code, colour)
+
+
+def _header(out: TextIO, target: Target, count: int) -> None:
+    pipeline = target.pipeline
+    out.write(f"pipeline: {pipeline.name}  ({count} {pipeline.item_noun} x {len(pipeline.phases)} phases)\n")
+    out.write(f"state: {target.store.location}\n")
+    out.write("phases: " + ", ".join(f"{p.num} {p.name}" for p in pipeline.phases) + "\n\n")
+
+
+def _cost(value: float) -> str:
+    return f"${value:.4f}"
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def write_matrix(out: TextIO, target: Target, rows: list[StatusRow], colour: bool) -> None:
+    """One row per item: a glyph per phase, cost, and the last error or skip reason."""
+    _header(out, target, len(rows))
+    nums = [p.num for p in target.pipeline.phases]
+    widths = [len(str(n)) for n in nums]
+    id_width = min(40, max([4, *(len(r.item_id) for r in rows)]))
+    cells = " ".join(str(n).rjust(w) for n, w in zip(nums, widths, strict=True))
+    out.write(f"{'item'.ljust(id_width)}  {cells}  {'cost':>9}  last error\n")
+    for item in rows:
+        line = " ".join(" " * (w - 1) + glyph(status, colour) for status, w in zip(item.statuses, widths, strict=True))
+        note = _clip(item.last_note(), 100)
+        label = _clip(item.item_id, id_width).ljust(id_width)
+        out.write(f"{label}  {line}  {_cost(item.total_cost_usd):>9}  {note}".rstrip() + "\n")
+    out.write("\n" + legend(colour) + "\n")
+    out.write(totals_line(target, rows) + "\n")
+
+
+def legend(colour: bool) -> str:
+    """What the glyphs mean."""
+    return "  ".join(f"{glyph(s, colour)} {s.replace('_', ' ')}" for s in STATUS_ORDER)
+
+
+def totals(rows: list[StatusRow]) -> dict[str, Any]:
+    """Items by status, tokens and cost, as ``--json`` gives them."""
+    by_status = Counter(r.status for r in rows)
+    return {
+        "items": len(rows),
+        **{s: by_status[s] for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)},
+        "tokens_in": sum(r.total_tokens_in for r in rows),
+        "tokens_out": sum(r.total_tokens_out for r in rows),
+        "cost_usd": sum(r.total_cost_usd for r in rows),
+    }
+
+
+def totals_line(target: Target, rows: list[StatusRow]) -> str:
+    """Items by status, tokens and cost."""
+    total = totals(rows)
+    parts = ", ".join(f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING))
+    return (
+        f"total: {total['items']} {target.pipeline.item_noun}: {parts}; "
+        f"tokens {total['tokens_in']} in / {total['tokens_out']} out; cost {_cost(total['cost_usd'])}"
+    )
+
+
+def write_summary(out: TextIO, target: Target, rows: list[StatusRow], colour: bool) -> None:
+    """Counts per phase and status, then the failures: for batches too big to list.
+
+    ``rows`` may come in any order: only the failures listed are sorted.
+    """
+    _header(out, target, len(rows))
+    definitions = target.pipeline.phases
+    counts: dict[int, Counter[str]] = {}
+    cost: dict[int, float] = {}
+    for index, definition in enumerate(definitions):
+        counts[definition.num] = Counter([r.statuses[index] for r in rows])
+        cost[definition.num] = sum([r.costs[index] for r in rows])
+    failed = sorted_rows([r for r in rows if r.status == FAILED])
+    failures = [(r.item_id, r.last_note()) for r in failed[:SUMMARY_FAILURES]]
+    name_width = max([5, *(len(f"{p.num} {p.name}") for p in target.pipeline.phases)])
+    heads = "".join(f"{glyph(s, colour)} {s.replace('_', ' '):>11}  " for s in STATUS_ORDER)
+    out.write(f"{'phase'.ljust(name_width)}  {heads}{'cost':>10}\n")
+    for definition in target.pipeline.phases:
+        row = "".join(f"{counts[definition.num][s]:>13}  " for s in STATUS_ORDER)
+        out.write(
+            f"{f'{definition.num} {definition.name}'.ljust(name_width)}  {row}{_cost(cost[definition.num]):>10}\n"
+        )
+    if failures:
+        out.write(f"\nfailures ({len(failures)} of {len(failed)}; --failed --all lists them all):\n")
+        for item_id, note in failures:
+            out.write(f"  {_clip(item_id, 40)}  {_clip(note, 100)}\n")
+    out.write(f"\n{totals_line(target, rows)}\n")
+    out.write(f"(summary of {len(rows)} rows; --all shows every row)\n")
+
+
+def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[StateFileError]) -> None:
+    """The whole picture as one JSON document, written a chunk of items at a time."""
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    # json's C encoder is used only without an indent (pipe it to `jq` to read it).
+    head = encode(
+        {
+            "pipeline": target.pipeline.name,
+            "module": target.pipeline.path,
+            "state": target.store.location,
+            "phases": [{"num": p.num, "name": p.name, "critical": p.critical} for p in target.pipeline.phases],
+        }
+    )
+    out.write(head[:-1] + ', "items": [')
+    for start in range(0, len(rows), JSON_CHUNK):
+        if start:
+            out.write(", ")
+        out.write(", ".join([r.json() for r in rows[start : start + JSON_CHUNK]]))
+    out.write(f'], "totals": {encode(totals(rows))}, "errors": {encode([str(e) for e in errors])}}}\n')
+
+
+def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool) -> None:
+    """One item in full: every phase with attempts, times, cost, errors and tracebacks."""
+    out.write(f"item: {state.item_id}   status: {item_status(state)}   cost: {_cost(state.total_cost_usd)}   ")
+    out.write(f"tokens: {state.total_tokens_in} in / {state.total_tokens_out} out\n")
+    out.write(f"state: {target.store.describe(state.item_id)}\n")
+    if state.metadata:
+        out.write(f"metadata: {json.dumps(state.metadata, ensure_ascii=False)}\n")
+    out.write(f"started: {state.started_at}   last updated: {state.last_updated}\n\n")
+    for num, phase in sorted(state.phases.items()):
+        label = phase.status + (f" ({phase.reason})" if phase.reason else "")
+        out.write(f"{glyph(phase.status, colour)} phase {num} {phase.name}: {label}\n")
+        if phase.status == PENDING and not phase.attempts:
+            continue
+        took = f"{phase.duration_seconds:.2f}s" if phase.duration_seconds is not None else "-"
+        out.write(
+            f"    attempts {phase.attempts}   started {phase.started_at or '-'}   took {took}   "
+            f"tokens {phase.tokens_in}/{phase.tokens_out}   cost {_cost(phase.cost_usd)}\n"
+        )
+        if phase.output_file:
+            out.write(f"    output file: {phase.output_file}\n")
+        if phase.error:
+            out.write(f"    error: {phase.error}\n")
+        if phase.traceback and phase.status == FAILED:
+            for line in phase.traceback.rstrip().splitlines():
+                out.write(f"    | {line}\n")

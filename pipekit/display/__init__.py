@@ -1,0 +1,1 @@
+"""What a person sees: the progress display and the stream that keeps stdout for events."""

@@ -1,0 +1,247 @@
+"""Spending: the cost forecast at the start of a run and the ``--max-cost`` cap.
+
+The cap is on what the selected items have recorded, this run and earlier
+ones (what ``pipekit status`` shows), so running the same command again does
+not spend the cap a second time: it stops at once, and the same command with
+a higher cap continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+import math
+from typing import TYPE_CHECKING
+from typing import Any
+
+from pipekit.outcomes import StateFileError
+from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.model import COMPLETED
+from pipekit.state.model import DONE_STATUSES
+from pipekit.state.store import StateStore
+
+
+if TYPE_CHECKING:
+    from pipekit.engine.phaserunner import RunControl
+    from pipekit.engine.runner import Run
+
+#: Without ``--max-cost``, runs over more items than this skip the forecast
+#: (it reads every item's state once more before the run).
+FORECAST_ITEM_LIMIT = 10_000
+
+
+@dataclass
+class Forecast:
+    """What the selected items spent so far and what finishing them should cost."""
+
+    #: Dollars the selected items have recorded, across runs.
+    spent_usd: float = 0.0
+    #: Estimated dollars to run every phase left (phases with history only).
+    cost_usd: float = 0.0
+    #: Items with a phase left to run.
+    items_left: int = 0
+    #: Completed phase executions the means come from.
+    executions: int = 0
+    #: Names of phases left to run that have no completed execution to learn from.
+    unknown_phases: list[str] = field(default_factory=list)
+
+    def describe(self, noun: str = "items") -> str:
+        """``~$41.20 to finish 212 items (mean cost per phase of 88 completed executions)``."""
+        text = f"~${self.cost_usd:,.2f} to finish {self.items_left} {noun}"
+        text += f" (mean cost per phase of {self.executions} completed executions"
+        if self.unknown_phases:
+            text += "; no history yet for " + ", ".join(repr(n) for n in self.unknown_phases)
+        return text + ")"
+
+
+def make_forecast(
+    store: StateStore,
+    item_ids: Iterable[str],
+    phases: Sequence[PhaseDefinition],
+    *,
+    rerun: Callable[[PhaseDefinition], bool] = lambda phase: False,
+) -> Forecast:
+    """Read the items' saved states: spending so far, and the mean cost of each
+    phase's completed executions times the executions left.
+
+    :param rerun: phases that run again whatever their state (``--force``,
+        ``--from-phase``).
+    """
+    costs: dict[str, list[float]] = {p.name: [] for p in phases}
+    left: dict[str, int] = dict.fromkeys(costs, 0)
+    result = Forecast()
+    for item_id in item_ids:
+        try:
+            document = store.load(item_id)
+        except StateFileError:
+            continue  # reported by the run itself
+        saved = _phases_by_name(document)
+        result.spent_usd += _number(document.get("total_cost_usd")) if document else 0.0
+        unfinished = False
+        for phase in phases:
+            raw = saved.get(phase.name, {})
+            status = raw.get("status")
+            if status == COMPLETED:
+                costs[phase.name].append(_number(raw.get("cost_usd")))
+            if rerun(phase) or status not in DONE_STATUSES:
+                left[phase.name] += 1
+                unfinished = True
+        result.items_left += unfinished
+    for name, count in left.items():
+        if not count:
+            continue
+        if costs[name]:
+            result.cost_usd += count * sum(costs[name]) / len(costs[name])
+        else:
+            result.unknown_phases.append(name)
+    result.executions = sum(len(c) for c in costs.values())
+    return result
+
+
+def _phases_by_name(document: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if not document or not isinstance(document.get("phases"), dict):
+        return {}
+    return {p["name"]: p for p in document["phases"].values() if isinstance(p, dict) and "name" in p}
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+class Budget:
+    """The ``--max-cost`` cap of one run, watching its spending.
+
+    :param cap: the cap in dollars.
+    :param spent_before: what the selected items had recorded when the run started.
+    :param on_reached: called once (soon after, on the event loop) when the cap is reached.
+    """
+
+    def __init__(self, cap: float, spent_before: float, on_reached: Callable[[float], None]) -> None:
+        self.cap = cap
+        self.spent_before = spent_before
+        self.reached = False
+        self._on_reached = on_reached
+        self._run_cost = 0.0
+
+    @property
+    def spent(self) -> float:
+        """Dollars recorded by the selected items, earlier runs included."""
+        return self.spent_before + self._run_cost
+
+    @property
+    def left(self) -> float:
+        """Dollars left under the cap (never negative)."""
+        return max(0.0, self.cap - self.spent)
+
+    def watch(self, control: RunControl) -> None:
+        """``RunControl.on_usage``: stop new phases once the cap is reached."""
+        self._run_cost = control.cost_usd
+        if self.reached or self.spent < self.cap:
+            return
+        self.reached = True
+        control.stop_new_phases = True
+        control.stopping.set()
+        # Let the observers of the phase that crossed the cap hear of it first.
+        asyncio.get_running_loop().call_soon(self._on_reached, self.spent)
+
+    def stop_message(self, forecast: Forecast | None, noun: str = "items") -> str:
+        """The last words of a run the cap stopped: spent, left, how to go on."""
+        text = f"stopped by --max-cost: ${self.spent:,.2f} spent of ${self.cap:,.2f} (${self.left:,.2f} left)"
+        if forecast is not None and forecast.items_left:
+            text += f"; {forecast.describe(noun)}"
+        # From what is already spent: retries and phases in flight may have gone past the cap.
+        base = max(self.spent, self.cap)
+        suggestion = base + max(forecast.cost_usd if forecast else 0.0, self.cap * 0.5, 0.01)
+        return text + f". To continue, run the same command with a higher cap, e.g. --max-cost {_round_up(suggestion)}"
+
+
+def _all_finished(run: Run) -> bool:
+    """True when the start-of-run plan found every item with nothing to do: the
+    forecast would print nothing, and it would read every state once more."""
+    finished = getattr(run.stale_policy, "finished", None)
+    return (
+        finished is not None
+        and not run.force
+        and run.from_phase is None
+        and all(item_id in finished for item_id, _ in run.items)
+    )
+
+
+def _round_up(value: float) -> str:
+    if value >= 10:
+        return str(math.ceil(value))
+    return f"{math.ceil(value * 100) / 100:g}"
+
+
+class Spending:
+    """The forecast and the budget of one run, as the runner uses them.
+
+    :param run: the run (``store``, ``items``, ``pipeline``, ``control``, ``notify``).
+    :param max_cost: the ``--max-cost`` cap, or None.
+    :param say: writes one line on stderr.
+    """
+
+    def __init__(self, run: Run, max_cost: float | None, say: Callable[[str], None]) -> None:
+        self.run = run
+        self.max_cost = max_cost
+        self._say = say
+        self.budget: Budget | None = None
+        self.forecast: Forecast | None = None
+
+    def _forecast(self) -> Forecast:
+        run = self.run
+        return make_forecast(
+            run.store,
+            (item_id for item_id, _ in run.items),
+            run.pipeline.phases,
+            rerun=lambda p: run.force or (run.from_phase is not None and p.num >= run.from_phase),
+        )
+
+    def start(self) -> None:
+        """Before ``pipekit_run_start``: print the forecast, arm the cap."""
+        run = self.run
+        if self.max_cost is None and (run.total_items > FORECAST_ITEM_LIMIT or _all_finished(run)):
+            return
+        forecast = self.forecast = self._forecast()
+        noun = run.pipeline.item_noun
+        if forecast.executions and forecast.items_left:
+            self._say(f"forecast: {forecast.describe(noun)}")
+        if self.max_cost is None:
+            return
+        budget = self.budget = Budget(self.max_cost, forecast.spent_usd, self._reached)
+        line = f"budget: ${budget.spent:,.2f} spent of --max-cost ${budget.cap:,.2f}, ${budget.left:,.2f} left"
+        if forecast.executions and forecast.cost_usd > budget.left:
+            line += " (less than the forecast: the cap will stop this run)"
+        self._say(line)
+        run.control.on_usage = budget.watch
+
+    def check_at_start(self) -> None:
+        """After ``pipekit_run_start``: an earlier run may already have spent the cap."""
+        budget = self.budget
+        if budget is None or self.forecast is None or not self.forecast.items_left:
+            return
+        if budget.spent >= budget.cap:
+            budget.reached = True
+            self.run.control.stop_new_phases = True
+            self.run.control.stopping.set()
+            self._reached(budget.spent)
+
+    def _reached(self, spent: float) -> None:
+        assert self.budget is not None
+        self._say(
+            f"budget reached: ${spent:,.2f} spent of --max-cost ${self.budget.cap:,.2f}; "
+            "no new phase starts, phases in flight finish"
+        )
+        self.run.notify("pipekit_budget_reached", run=self.run, spent=spent, cap=self.budget.cap)
+
+    def finish(self) -> None:
+        """At the end of the run: say what the cap stopped and how to continue."""
+        if self.budget is None or not self.budget.reached or self.run.control.interrupted.is_set():
+            return
+        forecast = self._forecast()
+        if forecast.items_left:
+            self._say(self.budget.stop_message(forecast, self.run.pipeline.item_noun))

@@ -1,0 +1,645 @@
+"""Runs one item's phases in order (the seed's Pattern 3): cache, start, execute
+with timeout and retries, then complete or fail, saving state before any
+observer is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from collections.abc import Sequence
+import copy
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+import random
+import time
+import traceback
+from typing import Any
+
+from pipekit.pipeline.checkpoints import Checkpoints
+from pipekit.pipeline.context import CostCapExceeded
+from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.context import PhaseOutcome
+from pipekit.pipeline.context import check_usage
+from pipekit.execution.base import LocalExecutor
+from pipekit.execution.base import PhaseExecutor
+from pipekit.execution.base import run_in_thread
+from pipekit.stale.fingerprint import phase_fingerprint
+from pipekit.pipeline.limits import Gate
+from pipekit.outcomes import Fail
+from pipekit.outcomes import PhaseInterrupted
+from pipekit.outcomes import PhaseTimeoutError
+from pipekit.outcomes import Retry
+from pipekit.pipeline.phases import Injector
+from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.pipeline.phases import PhaseResult
+from pipekit.execution.remote import RemoteError
+from pipekit.state.model import DONE_STATUSES
+from pipekit.state.model import PipelineState
+from pipekit.state.model import PipelineStateManager
+from pipekit.state.writer import StateWriter
+from pipekit.state.store import encode_item_id
+
+
+#: How many times one execution may ask for ``Retry`` before it counts as failed.
+MAX_RETRY_REQUESTS = 100
+
+
+@dataclass
+class Item:
+    """One item as hooks see it: ``id``, ``metadata``, ``state``, ``index``."""
+
+    id: str
+    metadata: dict[str, Any]
+    manager: PipelineStateManager
+    #: Position of the item in this run's selection (1-based).
+    index: int = 0
+
+    @property
+    def state(self) -> PipelineState:
+        """The item's ``PipelineState``, as last saved."""
+        return self.manager.state
+
+
+def _no_notify(hookname: str, **kwargs: Any) -> None:
+    pass
+
+
+@dataclass
+class RunControl:
+    """What one run shares with every ``PhaseRunner``: stop flags and counters."""
+
+    #: Set on SIGINT/SIGTERM: in-flight phases are abandoned and recorded ``interrupted``.
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    #: True when no new phase may start (a budget, an interruption).
+    stop_new_phases: bool = False
+    #: Set by a budget when it sets ``stop_new_phases``: phases waiting for a
+    #: slot or a rate limit give up instead of starting.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    phases_started: int = 0
+    phases_completed: int = 0
+    phases_failed: int = 0
+    phases_skipped: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    #: Per-phase concurrency and rate limits (``pipekit.pipeline.limits``); None: no waiting.
+    gate: Gate | None = None
+    #: Called after every ``add_usage`` (the budget cap watches spending here).
+    on_usage: Callable[[RunControl], None] | None = None
+    _interruption: asyncio.Future[Any] | None = field(default=None, init=False, repr=False)
+
+    def interruption(self) -> asyncio.Future[Any]:
+        """An awaitable that ends when ``interrupted`` is set, shared by every
+        phase in flight (one per run, not a task per phase); never cancel it."""
+        waiting = self._interruption
+        if waiting is None or waiting.get_loop() is not asyncio.get_running_loop() or (
+            waiting.done() and not self.interrupted.is_set()
+        ):
+            waiting = self._interruption = asyncio.ensure_future(self.interrupted.wait())
+        return waiting
+
+    def close(self) -> None:
+        """Stop waiting for an interruption (at the end of the run)."""
+        if self._interruption is not None:
+            self._interruption.cancel()
+            self._interruption = None
+
+    def add_usage(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """Count usage spent in this run."""
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        self.cost_usd += cost_usd
+        if self.on_usage is not None:
+            self.on_usage(self)
+
+
+class PhaseRunner:
+    """Executes phases in sequence with state, progress, and error handling.
+
+    :param phases: the phase definitions, in any order (run by ``num``).
+    :param state_manager: the item's manager; its state is loaded or created if needed.
+    :param progress_tracker: an optional seed ``ProgressTracker``/``SimpleProgress``.
+    :param notify: a ``HookNotifier`` (or any callable ``(hookname, **kwargs)``).
+    :param output_root: folder under which each item gets its ``ctx.output_dir``
+        (default: ``outputs`` in the state directory).
+    :param force: ignore caches (completed phases must be reset by the caller).
+    :param executor: where handlers execute (``LocalExecutor`` by default).
+    :param control: the run's shared stop flags and counters.
+    :param stale_check: says whether a completed phase must run again (its
+        fingerprint changed and the run includes stale phases; ``pipekit.stale.checker``).
+    :param price: prices ``ctx.record_usage`` calls (the ``pipekit_price_usage`` hook).
+    :param writer: writes the state after each change, before observers are
+        told (``pipekit.state.writer``; by default on the event loop's thread).
+    """
+
+    def __init__(
+        self,
+        phases: Sequence[PhaseDefinition],
+        state_manager: PipelineStateManager,
+        progress_tracker: Any = None,
+        *,
+        notify: Callable[..., None] | None = None,
+        item: Item | None = None,
+        output_root: Path | None = None,
+        force: bool = False,
+        executor: PhaseExecutor | None = None,
+        control: RunControl | None = None,
+        injectors: dict[str, Injector] | None = None,
+        item_dir_name: str | None = None,
+        stale_check: Callable[[PhaseDefinition, PipelineState], bool] | None = None,
+        price: Callable[..., float | None] | None = None,
+        writer: StateWriter | None = None,
+    ) -> None:
+        self.phases = sorted(phases, key=lambda p: p.num)
+        self.state = state_manager
+        self.progress = progress_tracker
+        self.notify = notify or _no_notify
+        self.output_root = output_root
+        self.force = force
+        self.executor = executor or LocalExecutor()
+        self.control = control
+        self._injectors = injectors if injectors is not None else {}
+        self._item = item
+        self._item_dir_name = item_dir_name
+        self.stale_check = stale_check
+        self._price = price
+        self.writer = writer or StateWriter()
+        #: The next phase, started in the same write that completed the one before.
+        self._prestarted: PhaseDefinition | None = None
+        self._in_loop = False
+        self._item_output_dir: Path | None = None
+
+    # -- the loop -------------------------------------------------------------
+
+    async def run_async(self) -> bool:
+        """Run every phase not completed or skipped; False if a critical phase failed
+        or the run was interrupted.
+        """
+        own_control = self.control is None
+        if self.control is None:
+            self.control = RunControl()
+        self._ensure_state()
+        held = self.writer.hold(self.state)
+        try:
+            return await self._run_phases()
+        finally:
+            if held:
+                await self.writer.release(self.state)
+            if own_control:
+                self.control.close()
+
+    async def _run_phases(self) -> bool:
+        assert self.control is not None
+        self._in_loop = True
+        for phase in self.phases:
+            if self._prestarted is not phase:
+                if self.state.state.phases[phase.num].status in DONE_STATUSES:
+                    if self.stale_check is None or not self.stale_check(phase, self.state.state):
+                        continue
+                    self.state.reset_phase(phase.num)  # written with the phase's start
+                if self.control.interrupted.is_set():
+                    return False
+                if self.control.stop_new_phases:
+                    return True  # stopped (a budget), not failed: the item is left to a later run
+            ok = await self.run_phase(phase)
+            if self.control.interrupted.is_set():
+                await self._interrupt_prestarted()
+                return False
+            if not ok and phase.critical:
+                return False
+        return True
+
+    def run(self) -> bool:
+        """Synchronous ``run_async`` for scripts: ``PhaseRunner(...).run()``."""
+        return asyncio.run(self.run_async())
+
+    def _ensure_state(self) -> None:
+        manager = self.state
+        if manager._state is None and not manager.load_state():
+            manager.create_state({}, self.phases)
+
+    @property
+    def item(self) -> Item:
+        """The item being run, as hooks see it."""
+        if self._item is None:
+            state = self.state.state
+            self._item = Item(state.item_id, state.metadata, self.state, 1)
+        return self._item
+
+    # -- one phase --------------------------------------------------------------
+
+    async def run_phase(self, phase: PhaseDefinition) -> bool:
+        """Run ``phase`` to its end (with retries); True when completed or skipped."""
+        assert self.control is not None
+        item, manager = self.item, self.state
+        if self._prestarted is phase:
+            self._prestarted = None
+            return await self._execute(phase, _no_release)
+        if phase.cache_check is not None and not self.force:
+            hit = await self._check_cache(phase)
+            if hit is None:
+                return False
+            if hit:
+                manager.skip_phase(phase.num, "cache", output=hit if isinstance(hit, str) else None)
+                await self._saved()
+                self.control.phases_skipped += 1
+                self.notify("pipekit_phase_skip", item=item, phase=phase, reason="cache")
+                return True
+        release = await self._admit(phase, first=True)
+        if release is None or self.control.stop_new_phases:
+            if release is not None:
+                release()
+            return not self.control.interrupted.is_set()
+        manager.start_phase(phase.num, executor=phase.executor)
+        await self._saved()
+        return await self._execute(phase, release)
+
+    async def _execute(self, phase: PhaseDefinition, release: Callable[[], None]) -> bool:
+        """Run a phase whose start is on disk: its handler, with retries, to its end."""
+        assert self.control is not None
+        item, manager = self.item, self.state
+        self._announce_start(phase)
+        if self.progress is not None:
+            self.progress.start_phase(phase.num, phase.name)
+
+        started = time.monotonic()
+        fingerprint, error = await self._fingerprint(phase)
+        if error is not None:
+            release()
+            return await self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
+        failures = retry_requests = 0
+        while True:
+            attempt = manager.state.phases[phase.num].attempts
+            ctx = self._context(phase, attempt)
+            future: asyncio.Future[Any] | None = None
+            try:
+                future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
+                value, error = await self._race(phase, future)
+            finally:
+                if future is None:
+                    release()
+                else:  # a sync handler abandoned at its timeout still holds its slot while it runs
+                    self.executor.when_stopped(future, release)
+            usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
+            if error is None:
+                try:
+                    result = _as_result(phase, value)
+                    if phase.max_cost is not None and usage[2] + result.cost_usd > phase.max_cost:
+                        # What the PhaseResult reports counts toward max_cost like ctx.record_cost.
+                        ctx.cost_usd = usage[2] + result.cost_usd
+                        ctx._check_max_cost()
+                except (TypeError, CostCapExceeded) as exc:
+                    error = exc
+                    if isinstance(exc, CostCapExceeded):
+                        usage = (usage[0] + result.tokens_in, usage[1] + result.tokens_out, ctx.cost_usd)
+                else:
+                    manager.state.phases[phase.num].fingerprint = fingerprint  # saved by _complete
+                    return await self._complete(phase, ctx, result, usage, time.monotonic() - started)
+            retry_after: float | None = None
+            if isinstance(error, Retry) and retry_requests < MAX_RETRY_REQUESTS:
+                retry_requests += 1
+                retry_after = error.after or 0.0
+                if error.after and self.control.gate is not None:
+                    who = f"item {item.id!r} phase {phase.name!r}"
+                    self.control.gate.pause(ctx.limits_used, error.after, who)
+            elif _retriable(phase, error, self.executor) and failures < phase.retries:
+                retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
+                failures += 1
+            if retry_after is not None and self.control.stop_new_phases:
+                retry_after = None  # the run is stopping (a budget was reached): no new attempt
+            if retry_after is None:
+                return await self._fail(phase, error, usage, time.monotonic() - started)
+            manager.record_failed_attempt(phase.num, _message(error), *usage)
+            await self._saved()
+            self.control.add_usage(*usage)
+            self.notify("pipekit_phase_retry", item=item, phase=phase, error=error, attempt=attempt)
+            if await self._interruptible_sleep(retry_after):
+                return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
+            admitted = await self._admit(phase)
+            if admitted is None:
+                return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
+            release = admitted
+            manager.start_phase(phase.num, executor=phase.executor)
+            await self._saved()
+
+    async def _interrupt_prestarted(self) -> None:
+        """A phase started with the end of the one before it, interrupted before
+        its handler ran, is recorded like any phase in flight at an interruption."""
+        phase, self._prestarted = self._prestarted, None
+        if phase is not None:
+            self._announce_start(phase)
+            await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), 0.0)
+
+    def _announce_start(self, phase: PhaseDefinition) -> None:
+        """Count the execution and tell observers (its start is on disk)."""
+        assert self.control is not None
+        self.control.phases_started += 1
+        self.notify("pipekit_phase_start", item=self.item, phase=phase)
+
+    def _startable_after(self, done: PhaseDefinition) -> PhaseDefinition | None:
+        """The phase the loop runs after ``done``, if it can start at once: no cache
+        check to run first, no slot or rate limit to wait for, no stop asked."""
+        assert self.control is not None
+        if not self._in_loop or self.control.interrupted.is_set() or self.control.stop_new_phases:
+            return None  # (a caller of run_phase picks the next phase itself)
+        following = next((p for p in self.phases if p.num > done.num), None)
+        if following is None or self.state.state.phases[following.num].status in DONE_STATUSES:
+            return None
+        if following.cache_check is not None and not self.force:
+            return None
+        if self.control.gate is not None and (following.concurrency is not None or following.limits):
+            return None
+        return following
+
+    async def _fingerprint(self, phase: PhaseDefinition) -> tuple[Any, BaseException | None]:
+        """What produced this execution (``pipekit.stale.fingerprint``); a user's ``fingerprint=``
+        callable runs in a thread, under the phase's timeout, never on the event loop."""
+        outputs = self.state.state.phase_outputs
+        if phase.fingerprint is None:
+            try:
+                return phase_fingerprint(phase, self.phases, outputs, _no_arguments), None
+            except Exception as exc:
+                return None, exc
+        ctx = self._context(phase, self.state.state.phases[phase.num].attempts)
+        arguments = self._arguments(phase, ctx, phase.fingerprint)
+        kwargs: dict[str, Any] = {
+            "definition": phase,
+            "phases": self.phases,
+            "outputs": dict(outputs),  # a copy: read by another thread
+            "arguments_for": lambda _: arguments,
+        }
+        future = run_in_thread(phase_fingerprint, kwargs, name=f"pipekit-{phase.name}-fingerprint")
+        return await self._race(phase, future)
+
+    async def _admit(self, phase: PhaseDefinition, first: bool = False) -> Callable[[], None] | None:
+        """Wait for the phase's concurrency slot and rate limits; the release, or
+        None when the run was interrupted first (or, before the ``first``
+        attempt, told to start no new phase).
+        """
+        assert self.control is not None
+        gate = self.control.gate
+        if gate is None or (phase.concurrency is None and not phase.limits):
+            return _no_release
+        entering = asyncio.ensure_future(gate.enter(phase, self._waiter(phase)))
+        stopping = asyncio.ensure_future(self.control.stopping.wait()) if first else None
+        try:
+            await asyncio.wait(
+                {entering, self.control.interruption(), *([stopping] if stopping else [])},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            if stopping is not None:
+                stopping.cancel()
+        if not entering.done():
+            entering.cancel()
+            await asyncio.wait({entering})
+        if entering.cancelled():
+            return None
+        release = entering.result()
+        if self.control.interrupted.is_set() or (first and self.control.stopping.is_set()):
+            release()
+            return None
+        return release
+
+    def _waiter(self, phase: PhaseDefinition) -> Callable[[str, float | None], None]:
+        def waiting(reason: str, seconds: float | None) -> None:
+            self.notify("pipekit_phase_wait", item=self.item, phase=phase, reason=reason, seconds=seconds)
+
+        return waiting
+
+    async def _check_cache(self, phase: PhaseDefinition) -> Any:
+        """The cache's answer; None (after failing the phase) if the check itself failed."""
+        assert phase.cache_check is not None
+        ctx = self._context(phase, self.state.state.phases[phase.num].attempts + 1)
+        func = phase.cache_check
+        future = self.executor.start(phase, func, self._arguments(phase, ctx, func), ctx)
+        value, error = await self._race(phase, future)
+        if error is None:
+            return value if value else False
+        # The check is user code that ran: observers see it start and fail like any execution.
+        self.state.start_phase(phase.num, executor=phase.executor)
+        await self._saved()
+        self._announce_start(phase)
+        await self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="cache check: ")
+        return None
+
+    async def _race(self, phase: PhaseDefinition, future: asyncio.Future[Any]) -> tuple[Any, BaseException | None]:
+        """Wait for ``future``, the phase's timeout or the run's interruption."""
+        assert self.control is not None
+        done, _ = await asyncio.wait(
+            {future, self.control.interruption()},
+            timeout=phase.timeout_seconds,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if future in done:
+            if future.cancelled():
+                return None, PhaseInterrupted()
+            exc = future.exception()
+            return (future.result(), None) if exc is None else (None, exc)
+        self.executor.abandon(future)
+        if isinstance(future, asyncio.Task):
+            # Let a cancelled coroutine run its cleanup; it cannot take longer than this.
+            await asyncio.wait({future}, timeout=1.0)
+        if self.control.interrupted.is_set():
+            return None, PhaseInterrupted()
+        assert phase.timeout_seconds is not None
+        return None, PhaseTimeoutError(phase.name, phase.timeout_seconds)
+
+    async def _interruptible_sleep(self, seconds: float) -> bool:
+        """Sleep; True if the run was interrupted meanwhile."""
+        assert self.control is not None
+        try:
+            await asyncio.wait_for(self.control.interrupted.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _saved(self) -> None:
+        """Write the changes made so far (observers are told only after this)."""
+        await self.writer.flush(self.state)
+
+    # -- endings ----------------------------------------------------------------
+
+    async def _complete(
+        self,
+        phase: PhaseDefinition,
+        ctx: PhaseContext,
+        result: PhaseResult,
+        usage: tuple[int, int, float],
+        duration: float,
+    ) -> bool:
+        assert self.control is not None
+        tokens_in = usage[0] + result.tokens_in
+        tokens_out = usage[1] + result.tokens_out
+        cost = usage[2] + result.cost_usd
+        executor = result.executor or ctx.executor
+        self.state.complete_phase(
+            phase.num,
+            result.output,
+            tokens_in,
+            tokens_out,
+            cost,
+            duration_seconds=round(duration, 6),
+            output_file=result.output_file,
+            executor=executor,
+        )
+        self.control.phases_completed += 1
+        self.control.add_usage(tokens_in, tokens_out, cost)  # before the next start: a budget may stop it
+        following = self._startable_after(phase)
+        if following is not None:
+            # One write ends this phase and starts the next: each is on disk before
+            # anyone hears of it or acts on it, for half the writes.
+            self.state.start_phase(following.num, executor=following.executor)
+            self._prestarted = following
+        await self._saved()
+        outcome = PhaseOutcome(
+            output=result.output,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=cost,
+            duration_seconds=duration,
+            attempt=ctx.attempt,
+            output_file=result.output_file,
+            executor=executor,
+        )
+        if self.progress is not None:
+            self.progress.complete_phase(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost)
+        self.notify("pipekit_phase_complete", item=self.item, phase=phase, result=outcome)
+        return True
+
+    async def _fail(
+        self,
+        phase: PhaseDefinition,
+        error: BaseException,
+        usage: tuple[int, int, float],
+        duration: float,
+        reason_prefix: str = "",
+    ) -> bool:
+        assert self.control is not None
+        self.state.fail_phase(
+            phase.num,
+            reason_prefix + _message(error),
+            reason=_reason(error),
+            traceback=getattr(error, "remote_traceback", None)
+            or "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+            tokens_in=usage[0],
+            tokens_out=usage[1],
+            cost_usd=usage[2],
+            duration_seconds=round(duration, 6),
+            critical=phase.critical,
+        )
+        await self._saved()
+        self.control.phases_failed += 1
+        self.control.add_usage(*usage)
+        self.notify("pipekit_phase_fail", item=self.item, phase=phase, error=error)
+        return False
+
+    # -- arguments --------------------------------------------------------------
+
+    def _context(self, phase: PhaseDefinition, attempt: int) -> PhaseContext:
+        state = self.state.state
+        # A copy: what a handler does to its metadata must not leak into the saved state.
+        metadata = copy.deepcopy(state.metadata) if state.metadata else {}
+        return PhaseContext(
+            state.item_id,
+            metadata,
+            phase,
+            attempt,
+            self._output_dir(),
+            price=self._price,
+            checkpoints=Checkpoints(self.state.store, state.item_id, phase.name),
+            gate=self.control.gate if self.control is not None else None,
+            on_wait=self._waiter(phase),
+        )
+
+    def _output_dir(self) -> Path:
+        """The item's ``ctx.output_dir`` (made by the context when asked for)."""
+        if self._item_output_dir is None:
+            root = self.output_root
+            if root is None:
+                state_dir = getattr(self.state.store, "state_dir", None)
+                root = self.output_root = Path(state_dir or ".").resolve() / "outputs"
+            self._item_output_dir = root / (self._item_dir_name or encode_item_id(self.state.state.item_id))
+        return self._item_output_dir
+
+    def _arguments(
+        self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
+    ) -> dict[str, Any]:
+        func = func or phase.handler
+        key = f"{phase.num}:{id(func)}"
+        injector = self._injectors.get(key)
+        if injector is None:
+            injector = self._injectors[key] = Injector.for_function(func)
+        state = self.state.state
+        previous = {n: o for n, o in state.phase_outputs.items() if n < phase.num}
+        available: dict[str, Any] = {
+            "item_id": state.item_id,
+            "metadata": ctx.metadata,
+            "previous_outputs": previous,
+            "ctx": ctx,
+        }
+        for earlier in self.phases:
+            if earlier.num >= phase.num:
+                break
+            available[earlier.name] = previous.get(earlier.num)
+        arguments = injector.arguments(available)
+        if injector.takes_kwargs or "output_dir" in injector.wanted:
+            arguments["output_dir"] = ctx.output_dir
+        return arguments
+
+
+def _as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:
+    if isinstance(value, PhaseResult):
+        if not isinstance(value.output, str):
+            raise TypeError(f"phase {phase.name!r} returned a PhaseResult whose output is not a str")
+        try:
+            check_usage(value.tokens_in, value.tokens_out, value.cost_usd)
+        except ValueError as exc:
+            raise TypeError(f"phase {phase.name!r} returned a PhaseResult with bad usage: {exc}") from None
+        return value
+    if value is None:
+        return PhaseResult("")
+    if isinstance(value, str):
+        return PhaseResult(value)
+    raise TypeError(
+        f"phase {phase.name!r} returned {type(value).__name__}; "
+        f"a handler returns a str, None or a PhaseResult"
+    )
+
+
+def _retriable(phase: PhaseDefinition, error: BaseException, executor: PhaseExecutor) -> bool:
+    if isinstance(error, (Fail, PhaseInterrupted)):
+        return False
+    if isinstance(error, PhaseTimeoutError):
+        # The thread of a timed-out sync handler may still be running: do not start a second one.
+        return phase.is_async or phase.isolate == "process" or executor.hard_timeouts
+    return True
+
+
+def _no_release() -> None:
+    pass
+
+
+def _no_arguments(func: Callable[..., Any]) -> dict[str, Any]:
+    return {}
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, CostCapExceeded):
+        return "max_cost"
+    if isinstance(error, PhaseTimeoutError):
+        return "timeout"
+    if isinstance(error, PhaseInterrupted):
+        return "interrupted"
+    reason = getattr(error, "reason", None)
+    return reason if isinstance(reason, str) else "error"
+
+
+def _message(error: BaseException) -> str:
+    text = str(error)
+    name = type(error).__name__
+    if isinstance(error, (PhaseTimeoutError, PhaseInterrupted, Fail, RemoteError)):
+        return text or name
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,500 @@
+"""A run over many items: locking, resume, concurrency, interruption, exit codes.
+
+The per-item phase protocol lives in ``pipekit.engine.phaserunner``; this module
+decides which items run, with how much concurrency, and what the run returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+import os
+from pathlib import Path
+import signal
+import sys
+import time
+from typing import Any
+
+from pipekit.engine.budget import Spending
+from pipekit.config import Config
+from pipekit.execution.base import LocalExecutor
+from pipekit.execution.base import PhaseExecutor
+from pipekit.pipeline.items import ItemSpec
+from pipekit.pipeline.limits import Gate
+from pipekit.pipeline.limits import declared_limits
+from pipekit.pipeline.loader import Pipeline
+from pipekit.notify import HookNotifier
+from pipekit.outcomes import ExitCode
+from pipekit.outcomes import StateFileError
+from pipekit.outcomes import worst_exit_code
+from pipekit.engine.phaserunner import Item
+from pipekit.engine.phaserunner import PhaseRunner
+from pipekit.engine.phaserunner import RunControl
+from pipekit.pipeline.phases import Injector
+from pipekit.stale.checker import StalePolicy
+from pipekit.state.model import COMPLETED
+from pipekit.state.model import DONE_STATUSES
+from pipekit.state.model import FAILED
+from pipekit.state.model import PENDING
+from pipekit.state.model import PipelineState
+from pipekit.state.model import PipelineStateManager
+from pipekit.state.writer import StateWriter
+from pipekit.state.store import FinishedItem
+from pipekit.state.store import StateStore
+from pipekit.state.store import encode_item_id
+
+
+#: Item status when only non-critical phases failed.
+COMPLETED_WITH_ERRORS = "completed_with_errors"
+#: Item status when the run was interrupted while it was in flight.
+INTERRUPTED = "interrupted"
+#: Item status when the run stopped starting phases (a budget) before it finished.
+STOPPED = "stopped"
+
+
+@dataclass
+class RunResult:
+    """What ``pipekit.run`` returns: the exit status, final states and totals."""
+
+    exit_status: ExitCode
+    #: Final state of every selected item whose state could be read, by id
+    #: (left out of the repr: a run of 100,000 items would print them all).
+    states: dict[str, PipelineState] = field(default_factory=dict, repr=False)
+    items_total: int = 0
+    items_completed: int = 0
+    items_failed: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+class Run:
+    """One run of a pipeline over its selected items, as hooks see it.
+
+    :param config: the run's configuration.
+    :param pipeline: the loaded pipeline.
+    :param items: the selected items.
+    :param store: where state lives.
+    :param output_root: folder of the items' ``ctx.output_dir``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        items: Sequence[ItemSpec],
+        store: StateStore,
+        output_root: Path,
+        *,
+        workers: int = 1,
+        force: bool = False,
+        from_phase: int | None = None,
+        executor: PhaseExecutor | None = None,
+        notifier: HookNotifier | None = None,
+        keep_states: bool = False,
+        max_cost: float | None = None,
+        stale_policy: StalePolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.items = items
+        self.store = store
+        self.output_root = output_root
+        self.workers = max(1, workers)
+        self.force = force
+        self.from_phase = from_phase
+        #: Which completed-but-stale phases run again (``--rerun-stale``, ``on_change``).
+        self.stale_policy = stale_policy
+        self.executor = executor or LocalExecutor()
+        self.notify = notifier or HookNotifier(config.pluginmanager)
+        self.control = RunControl()
+        #: Writes states off the event loop when items run concurrently.
+        self._writer = StateWriter(threads=min(self.workers, 8) if self.workers > 1 else 0)
+        #: Rate limits declared in the module's ``LIMITS`` (checked against the phases).
+        self.limits = declared_limits(pipeline.module, pipeline.phases)
+        #: The cost forecast and the ``--max-cost`` cap.
+        self.spending = Spending(self, max_cost, self._say)
+        #: Where state lives, for humans.
+        self.state_location = store.location
+        self.total_items = len(items)
+        self.total_phases = len(pipeline.phases)
+        self.started_at = time.monotonic()
+        self.items_completed = 0
+        self.items_failed = 0
+        self.items_interrupted = 0
+        self.items_stopped = 0
+        #: Items another pipekit process was running, skipped.
+        self.items_busy = 0
+        #: Items that were already finished when the run started.
+        self.items_already_done = 0
+        #: Items whose state file could not be read.
+        self.items_unreadable = 0
+        #: Dollars these items' states had recorded before this run (earlier runs).
+        self.earlier_cost_usd = 0.0
+        #: Items in flight right now, by id.
+        self.in_flight: dict[str, Item] = {}
+        self.exit_status: ExitCode | None = None
+        self.fatal_error: BaseException | None = None
+        #: Final states by id, kept only when asked (the library API): a CLI run
+        #: over 100,000 items must not hold them all in memory.
+        self.states: dict[str, PipelineState] = {}
+        self._keep_states = keep_states
+        #: States of items that ended with a failed phase, for the summary.
+        self.failed_states: dict[str, PipelineState] = {}
+        self._injectors: dict[str, Injector] = {}
+        self._module_warning_given = False
+        #: Finished items and their metadata, from the store's index (None: no index).
+        self._finished: dict[str, FinishedItem] | None = None
+        self._interrupts = 0
+        self._signals: list[signal.Signals] = []
+
+    # -- totals, for plugins ----------------------------------------------------
+
+    @property
+    def tokens_in(self) -> int:
+        """Input tokens spent in this run."""
+        return self.control.tokens_in
+
+    @property
+    def tokens_out(self) -> int:
+        """Output tokens spent in this run."""
+        return self.control.tokens_out
+
+    @property
+    def cost_usd(self) -> float:
+        """Dollars spent in this run."""
+        return self.control.cost_usd
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Wall time since the run started."""
+        return time.monotonic() - self.started_at
+
+    # -- the run ------------------------------------------------------------------
+
+    async def execute(self) -> ExitCode:
+        """Process every item; fires run_start and run_finish; returns the exit code."""
+        if self.limits or any(p.concurrency or p.limits for p in self.pipeline.phases):
+            self.control.gate = Gate(self.limits, self.pipeline.phases, say=self._say)
+        self.spending.start()
+        self.notify("pipekit_run_start", run=self)
+        restore = self._install_signal_handlers()
+        try:
+            self.spending.check_at_start()
+            await self.executor.astart()
+            await self._process_all()
+        finally:
+            restore()
+            self.control.close()
+            self._writer.close()
+            await self.executor.aclose()
+            self.exit_status = self._exit_status()
+            self.spending.finish()
+            self.notify("pipekit_run_finish", run=self, exitstatus=int(self.exit_status))
+        return self.exit_status
+
+    async def _process_all(self) -> None:
+        slots = asyncio.Semaphore(self.workers)
+        tasks: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            slots.release()
+
+        stale_check = self.stale_policy is not None and self.stale_policy.active
+        # The start-of-run plan already found the finished items (see _already_done).
+        planned = self._planned_finished() is not None
+        if not (self.force or self.from_phase is not None or stale_check or planned):
+            # One indexed query instead of a read per item, where the store has one
+            # (not when staleness is checked: that needs each item's state).
+            self._finished = self.store.finished_items([p.name for p in self.pipeline.phases])
+        try:
+            for index, (item_id, metadata) in enumerate(self.items, 1):
+                if self._already_done(item_id, metadata):
+                    continue
+                if self.control.stop_new_phases:
+                    break
+                await slots.acquire()
+                if self.control.stop_new_phases:
+                    slots.release()
+                    break
+                task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
+                tasks.add(task)
+                task.add_done_callback(finished)
+            if tasks:
+                await asyncio.shield(asyncio.gather(*tasks))
+        except asyncio.CancelledError:
+            # The caller cancelled the run (pipekit.arun under a timeout, say):
+            # stop as an interrupt does, so in-flight phases are recorded.
+            self.control.stop_new_phases = True
+            self.control.interrupted.set()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if self.fatal_error is not None:
+            raise self.fatal_error
+
+    def _planned_finished(self) -> dict[str, float] | None:
+        """The finished items the start-of-run plan read, with their cost; None
+        when there was no plan or the run keeps every state (then it reads them)."""
+        if self.stale_policy is None or self._keep_states:
+            return None
+        return self.stale_policy.finished
+
+    def _already_done(self, item_id: str, metadata: dict[str, Any]) -> bool:
+        """Cheap check without the lock: finished items need no lock and fire no hooks."""
+        if self.force or self.from_phase is not None:
+            return False
+        finished = self._planned_finished()
+        if finished is not None:
+            # Read once already at the start of the run (the stale report): not again.
+            cost = finished.pop(item_id, None)
+            if cost is None:
+                return False  # unfinished, new or unreadable: looked at under the lock
+            self.items_already_done += 1
+            self.items_completed += 1
+            self.earlier_cost_usd += cost
+            return True
+        if self._finished is not None:
+            indexed = self._finished.get(item_id)
+            if indexed is None or any(indexed.metadata.get(k) != v for k, v in metadata.items()):
+                return False
+            if self._keep_states:
+                kept = PipelineStateManager(item_id, self.store)
+                if not kept.load_state():
+                    return False
+                kept.reconcile(self.pipeline.phases)
+                self._keep(kept.state)
+            self.items_already_done += 1
+            self.items_completed += 1
+            self.earlier_cost_usd += indexed.cost_usd
+            return True
+        manager = PipelineStateManager(item_id, self.store)
+        try:
+            if not manager.load_state():
+                return False
+        except StateFileError:
+            return False  # reported, under the lock, by _process_item
+        state = manager.state
+        manager.reconcile(self.pipeline.phases)
+        if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
+            return False
+        if self._reruns_stale(state):
+            return False
+        self.items_already_done += 1
+        self.items_completed += 1
+        self.earlier_cost_usd += state.total_cost_usd
+        self._keep(state)
+        return True
+
+    async def _process_item(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
+        try:
+            lock = await self._writer.lock_item(self.store, item_id)
+            if lock is None:
+                self.items_busy += 1
+                self._say(f"item {item_id!r} is being run by another pipekit process; skipped")
+                return
+            try:
+                await self._process_locked_item(index, item_id, metadata)
+            finally:
+                lock.release()
+        except Exception as exc:
+            # A state write that failed (every later one would fail the same way)
+            # or a bug: stop starting work and end with an internal error.
+            if self.fatal_error is None:
+                self.fatal_error = exc
+            self.control.stop_new_phases = True
+
+    async def _process_locked_item(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
+        manager = self._prepare_state(item_id, metadata)
+        if manager is None:
+            return
+        try:
+            # Not written yet: the write that starts the item's first phase includes it.
+            await self._run_prepared(index, item_id, manager)
+        finally:
+            await self._writer.release(manager)
+
+    async def _run_prepared(self, index: int, item_id: str, manager: PipelineStateManager) -> None:
+        state = manager.state
+        if state.is_done and not self._reruns_stale(state):
+            self.items_already_done += 1
+            self.items_completed += 1
+            self._keep(state)
+            return
+        item = Item(item_id, state.metadata, manager, index)
+        self.in_flight[item_id] = item
+        self.notify("pipekit_item_start", item=item)
+        try:
+            ok = await PhaseRunner(
+                self.pipeline.phases,
+                manager,
+                notify=self.notify,
+                item=item,
+                output_root=self.output_root,
+                force=self.force,
+                executor=self.executor,
+                control=self.control,
+                injectors=self._injectors,
+                item_dir_name=encode_item_id(item_id),
+                stale_check=self.stale_policy,
+                price=self.config.hook.pipekit_price_usage,
+                writer=self._writer,
+            ).run_async()
+            self._finish_item(manager, ok)
+            await self._writer.flush(manager)
+        finally:
+            del self.in_flight[item_id]
+        self._keep(state)
+        self.notify("pipekit_item_finish", item=item)
+
+    def _reruns_stale(self, state: PipelineState) -> bool:
+        return self.stale_policy is not None and self.stale_policy.item_needs_rerun(state)
+
+    def _prepare_state(self, item_id: str, metadata: dict[str, Any]) -> PipelineStateManager | None:
+        """Load (or create) the item's state under its lock and apply this run's options."""
+        manager = PipelineStateManager(item_id, self.store)
+        # The new state, its module and any reset below are written once, by the caller.
+        self._writer.hold(manager)
+        phases = self.pipeline.phases
+        try:
+            loaded = manager.load_state()
+        except StateFileError as exc:
+            self.items_unreadable += 1
+            self._say(f"error: {exc}; item {item_id!r} not run (fix the file or `pipekit reset`)")
+            return None
+        if not loaded:
+            manager.create_state(metadata, phases)
+            manager.state.pipeline_module = self.pipeline.path
+            manager.save_state()
+            return manager
+        state = manager.state
+        self.earlier_cost_usd += state.total_cost_usd
+        changed = manager.reconcile(phases)
+        if any(state.metadata.get(k) != v for k, v in metadata.items()):
+            state.metadata.update(metadata)
+            changed = True
+        if state.pipeline_module != self.pipeline.path:
+            if state.pipeline_module and not self._module_warning_given:
+                self._module_warning_given = True
+                self._say(
+                    f"warning: state in {self.state_location} was written by "
+                    f"{state.pipeline_module}; this run uses {self.pipeline.path}"
+                )
+            state.pipeline_module = self.pipeline.path
+            changed = True
+        to_reset = [
+            phase.num
+            for phase in phases
+            if state.phases[phase.num].status != PENDING
+            and (self.force or (self.from_phase is not None and phase.num >= self.from_phase))
+        ]
+        if to_reset:
+            manager.reset_phases(to_reset)
+        elif changed:
+            manager.save_state()
+        return manager
+
+    def _finish_item(self, manager: PipelineStateManager, ok: bool) -> None:
+        state = manager.state
+        if self.control.interrupted.is_set() and not state.is_done:
+            status, self.items_interrupted = INTERRUPTED, self.items_interrupted + 1
+        elif ok and state.is_done:
+            status, self.items_completed = COMPLETED, self.items_completed + 1
+        elif ok and all(
+            p.status in DONE_STATUSES or (p.status == FAILED and not d.critical)
+            for d in self.pipeline.phases
+            for p in (state.phases[d.num],)
+        ):
+            status, self.items_completed = COMPLETED_WITH_ERRORS, self.items_completed + 1
+        elif ok:
+            status, self.items_stopped = STOPPED, self.items_stopped + 1
+        else:
+            status, self.items_failed = FAILED, self.items_failed + 1
+        if state.status != status:
+            state.status = status
+            manager.save_state()
+        if any(p.status == FAILED for p in state.phases.values()):
+            self.failed_states[state.item_id] = state
+
+    def _exit_status(self) -> ExitCode:
+        codes = set()
+        if self.fatal_error is not None:
+            codes.add(ExitCode.INTERNAL_ERROR)
+        if self.control.interrupted.is_set():
+            codes.add(ExitCode.INTERRUPTED)
+        if self.items_unreadable:
+            codes.add(ExitCode.USAGE_ERROR)
+        unfinished = self.total_items - self.items_completed - self.items_busy - self.items_unreadable
+        if self.items_failed or self.items_stopped or unfinished > 0:
+            codes.add(ExitCode.ITEMS_FAILED)
+        return worst_exit_code(codes)
+
+    # -- interruption ---------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Stop as SIGINT does: abandon in-flight phases (recorded interrupted), start none."""
+        self._interrupts += 1
+        if self._interrupts > 1:
+            self._exit_now()
+        self._say("interrupted: recording in-flight phases and saving state (again to exit at once)")
+        self._exit_on_next_signal()
+        self.control.stop_new_phases = True
+        self.control.interrupted.set()
+
+    def _exit_now(self, *args: Any) -> None:
+        self._say("interrupted again: exiting now (state files are intact)")
+        os._exit(int(ExitCode.INTERRUPTED))
+
+    def _exit_on_next_signal(self) -> None:
+        """The loop may be stuck in a slow hook when the second Ctrl-C comes: a plain
+        signal handler runs between the main thread's bytecodes, the loop's does not."""
+        for signum in self._signals:
+            try:
+                signal.signal(signum, self._exit_now)
+            except (ValueError, RuntimeError):
+                pass  # not the main thread
+
+    def _install_signal_handlers(self) -> Any:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            try:
+                loop.add_signal_handler(signum, self.interrupt)
+            except (ValueError, RuntimeError, NotImplementedError):
+                continue  # not the main thread: the caller owns signals
+            installed.append((signum, previous))
+        self._signals = [signum for signum, _ in installed]
+
+        def restore() -> None:
+            # Give a host program (pipekit used as a library) its own handlers back.
+            for signum, previous in installed:
+                loop.remove_signal_handler(signum)
+                if previous is not None:
+                    signal.signal(signum, previous)
+
+        return restore
+
+    def _keep(self, state: PipelineState) -> None:
+        if self._keep_states:
+            self.states[state.item_id] = state
+
+    def _say(self, message: str) -> None:
+        print(f"pipekit: {message}", file=sys.stderr, flush=True)
+
+    def result(self) -> RunResult:
+        """The run's ``RunResult``."""
+        assert self.exit_status is not None
+        return RunResult(
+            exit_status=self.exit_status,
+            states=dict(self.states),
+            items_total=self.total_items,
+            items_completed=self.items_completed,
+            items_failed=self.items_failed,
+            tokens_in=self.tokens_in,
+            tokens_out=self.tokens_out,
+            cost_usd=self.cost_usd,
+        )

@@ -1,0 +1,1 @@
+"""Where a handler runs (in the loop's threads, in processes, on a Dask cluster), never touching state."""

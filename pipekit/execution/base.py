@@ -1,0 +1,278 @@
+"""Where a phase's handler executes: the seam between the runner and the work.
+
+The runner asks an executor to ``start`` a call and gets back an awaitable; it
+races that awaitable against the phase's timeout and the run's interruption,
+and abandons it when either comes first. Executors never touch state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from collections.abc import Callable
+import contextvars
+import queue
+import threading
+from typing import TYPE_CHECKING
+from typing import Any
+
+from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.phases import PhaseDefinition
+
+
+if TYPE_CHECKING:
+    from pipekit.execution.remote import RemoteCall
+    from pipekit.execution.remote import RemoteOutcome
+
+
+if TYPE_CHECKING:
+    from pipekit.execution.isolate import IsolatedCalls
+
+
+class PhaseExecutor:
+    """Base of executors: ``start`` returns an awaitable of the handler's return value."""
+
+    #: Name recorded in ``--executor`` and ``pipekit plugins``.
+    name = "base"
+    #: True when ``abandon`` really stops a sync handler (its process is killed),
+    #: so a timed-out sync phase may be retried in the same run.
+    hard_timeouts = False
+
+    def start(
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
+    ) -> asyncio.Future[Any]:
+        """Start ``func(**kwargs)`` for ``phase``; the future holds its return value.
+
+        :param ctx: the attempt's context (also in ``kwargs`` when the handler asks
+            for it); remote executors replay the worker's usage onto it.
+        """
+        raise NotImplementedError
+
+    def abandon(self, future: asyncio.Future[Any]) -> None:
+        """The runner no longer wants ``future``'s result (timeout or interrupt)."""
+        future.cancel()
+
+    def when_stopped(self, future: asyncio.Future[Any], callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the call behind ``future`` no longer runs (the
+        runner then frees the phase's concurrency slot). By default: when
+        ``future`` is done; an executor whose abandoned calls run on says later."""
+        if future.done():
+            callback()
+        else:
+            future.add_done_callback(lambda _: callback())
+
+    async def astart(self) -> None:
+        """Get ready before the first phase (connect, start a cluster): outside any
+        phase's timeout."""
+
+    async def aclose(self) -> None:
+        """Release what the executor holds (pools, clients)."""
+
+
+class LocalExecutor(PhaseExecutor):
+    """Runs handlers in this process: coroutines on the event loop, sync
+    functions each in a thread of their own.
+
+    A thread per sync call (not a bounded pool) means a handler abandoned at
+    its timeout keeps only its own thread busy: it never takes a worker slot
+    from the rest of the run. The threads are daemons, so the process exits
+    without waiting for one that is stuck. A phase marked
+    ``isolate="process"`` runs in a worker process instead, killed when
+    abandoned (``pipekit.execution.isolate``).
+    """
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self._isolated: IsolatedCalls | None = None
+        #: Sync calls whose thread still runs, with what to call when it ends.
+        self._threads: dict[asyncio.Future[Any], list[Callable[[], None]]] = {}
+
+    def start(
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
+    ) -> asyncio.Future[Any]:
+        if phase.isolate == "process" and func is phase.handler:
+            if self._isolated is None:
+                from pipekit.execution.isolate import IsolatedCalls
+
+                self._isolated = IsolatedCalls()
+            return self._isolated.start(phase, func, kwargs, ctx)
+        if asyncio.iscoroutinefunction(func):
+            return asyncio.ensure_future(_call_async(func, kwargs))
+        waiting: list[Callable[[], None]] = []
+        future = run_in_thread(func, kwargs, name=f"pipekit-{phase.name}", on_exit=lambda: self._ended(future))
+        self._threads[future] = waiting
+        return future
+
+    def when_stopped(self, future: asyncio.Future[Any], callback: Callable[[], None]) -> None:
+        waiting = self._threads.get(future)
+        if waiting is not None and future.cancelled():
+            waiting.append(callback)  # abandoned, but its thread cannot be stopped: wait for it
+        else:
+            super().when_stopped(future, callback)
+
+    def _ended(self, future: asyncio.Future[Any]) -> None:
+        for callback in self._threads.pop(future, []):
+            callback()
+
+    async def aclose(self) -> None:
+        if self._isolated is not None:
+            self._isolated.close()
+
+
+async def _call_async(func: Callable[..., Awaitable[Any]], kwargs: dict[str, Any]) -> Any:
+    try:
+        return await func(**kwargs)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Inside a task these would escape the event loop and end the whole run.
+        raise HandlerExit(exc) from exc
+
+
+class HandlerExit(Exception):
+    """A handler raised ``SystemExit`` or ``KeyboardInterrupt``: the phase fails, the run goes on."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(
+            f"handler raised {type(exc).__name__}{exc.args!r}; a phase fails by raising an exception"
+        )
+
+
+def run_in_thread(
+    func: Callable[..., Any],
+    kwargs: dict[str, Any],
+    name: str,
+    on_exit: Callable[[], None] | None = None,
+) -> asyncio.Future[Any]:
+    """Run ``func(**kwargs)`` in a daemon thread of its own; a future of its result.
+
+    The thread is an idle one from an earlier call when there is one (starting
+    a thread costs more than a no-op phase), else a new one, so a call stuck
+    in its thread never delays another. A result that arrives after the future
+    was cancelled is dropped. ``on_exit`` is called on the event loop when the
+    call is over, even then.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def finish(ok: bool, value: Any) -> None:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        if on_exit is not None:
+            on_exit()
+
+    def call() -> Callable[[], None]:
+        threading.current_thread().name = name
+        outcome: tuple[bool, Any]
+        try:
+            result = context.run(func, **kwargs)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            outcome = (False, HandlerExit(exc))
+        except BaseException as exc:  # handed to the runner, which decides
+            outcome = (False, exc)
+        else:
+            outcome = (True, result)
+
+        def report() -> None:
+            try:
+                loop.call_soon_threadsafe(finish, *outcome)
+            except RuntimeError:
+                pass  # the loop is closed: the run is over and nobody wants this result
+
+        return report
+
+    _THREADS.submit(call, name)
+    return future
+
+
+class ThreadCache:
+    """Daemon threads for sync calls, reused: an idle thread takes the next
+    call, and a new one starts when every thread is busy. A thread idle for
+    ``idle_seconds`` ends.
+
+    A call returns what reports its result; the thread counts itself idle
+    before running it, so the next call (which the report may trigger at
+    once) finds it free.
+    """
+
+    def __init__(self, idle_seconds: float = 30.0) -> None:
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        #: The inbox of each idle thread, the most recently idle last.
+        self._idle: list[queue.SimpleQueue[Callable[[], Callable[[], None]]]] = []
+
+    def submit(self, call: Callable[[], Callable[[], None]], name: str) -> None:
+        """Run ``call`` in an idle thread, or in a new one named ``name``."""
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name=name, daemon=True).start()
+        inbox.put(call)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], Callable[[], None]]]) -> None:
+        while True:
+            try:
+                call = inbox.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:
+                        self._idle.remove(inbox)
+                        return
+                continue  # taken by a submit just now: its call is on the way
+            report = call()
+            del call  # drop the call's arguments before waiting for the next one
+            with self._lock:
+                self._idle.append(inbox)
+            report()
+            del report
+
+
+_THREADS = ThreadCache()
+
+
+class RemoteExecutor(PhaseExecutor):
+    """Base of executors that run each call in another process.
+
+    The call travels as data (``pipekit.execution.remote.build_call``); a subclass only
+    says how to get a ``RemoteCall`` executed, in ``execute``. The worker's
+    usage is replayed onto the driver's ``ctx`` before the future resolves.
+    """
+
+    #: The pipeline module each worker imports.
+    module_path: str
+    #: A folder driver and workers both see, for large outputs (None: send them back).
+    shared_dir: str | None = None
+
+    def start(
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
+    ) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self._run(phase, func, kwargs, ctx))
+
+    async def _run(
+        self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any], ctx: PhaseContext | None
+    ) -> Any:
+        from pipekit.execution.remote import apply_outcome
+        from pipekit.execution.remote import build_call
+
+        call = build_call(self.module_path, phase, func, kwargs, shared_dir=self.shared_dir)
+        return apply_outcome(await self.execute(call), ctx)
+
+    async def execute(self, call: RemoteCall) -> RemoteOutcome:
+        """Run ``call`` somewhere else and return what came back."""
+        raise NotImplementedError

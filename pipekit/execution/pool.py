@@ -1,0 +1,138 @@
+"""A pool of worker processes that each run one call at a time.
+
+Unlike ``concurrent.futures.ProcessPoolExecutor``, a worker that dies (killed,
+segfault, out of memory) fails only the call it was running, and a call the
+runner abandons (timeout, interrupt) has its worker killed: a hard timeout,
+even for sync code stuck in C. Either way a fresh worker takes the dead one's
+place; the other calls in flight are not disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+from multiprocessing.connection import Connection
+import os
+import signal
+from typing import Any
+
+from pipekit.execution.remote import RemoteCall
+from pipekit.execution.remote import RemoteOutcome
+from pipekit.execution.remote import WorkerLost
+
+
+def _worker_main(conn: Connection) -> None:
+    # Ctrl-C reaches the whole process group: the driver decides, workers wait to be told.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_driver()
+    # stdout carries the driver's --jsonl events: a handler's print goes to stderr.
+    os.dup2(2, 1)
+    from pipekit.execution.remote import execute_call
+
+    while True:
+        try:
+            call = conn.recv()
+        except EOFError:
+            return
+        conn.send(execute_call(call))
+
+
+def _die_with_driver() -> None:
+    """Have Linux kill this worker when the driver dies, kill -9 included; else a
+    worker busy in a long call would outlive a killed run."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the driver died before the request above
+        os._exit(1)
+
+
+class _Worker:
+    def __init__(self, context: Any) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child,), daemon=True, name="pipekit-worker")
+        self.process.start()
+        child.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class ProcessPool:
+    """``size`` worker processes, started on demand, each running one ``RemoteCall`` at a time.
+
+    :param size: most calls in flight at once.
+    :param start_method: multiprocessing start method; ``spawn`` by default,
+        since forking a process with an event loop and threads is unsafe.
+    """
+
+    def __init__(self, size: int, start_method: str = "spawn") -> None:
+        self.size = max(1, size)
+        self._context = multiprocessing.get_context(start_method)
+        self._idle: list[_Worker] = []
+        self._started = 0
+        self._available: asyncio.Semaphore | None = None
+        #: Workers that died while running a call, for reports.
+        self.workers_lost = 0
+
+    async def run(self, call: RemoteCall) -> RemoteOutcome:
+        """Run ``call`` on a worker. Raises ``WorkerLost`` if the worker died;
+        cancelling the await kills the worker."""
+        if self._available is None:
+            self._available = asyncio.Semaphore(self.size)
+        async with self._available:
+            worker = self._idle.pop() if self._idle else _Worker(self._context)
+            try:
+                outcome = await self._exchange(worker, call)
+            except BaseException:
+                worker.kill()
+                raise
+            self._idle.append(worker)
+            return outcome
+
+    async def _exchange(self, worker: _Worker, call: RemoteCall) -> RemoteOutcome:
+        loop = asyncio.get_running_loop()
+        try:
+            worker.conn.send(call)
+        except OSError:
+            raise WorkerLost(f"worker process {worker.process.pid} was gone before the phase started") from None
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        fds = (worker.conn.fileno(), worker.process.sentinel)
+        for fd in fds:
+            loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+        if worker.conn.poll():
+            with contextlib.suppress(EOFError, OSError):
+                outcome: RemoteOutcome = worker.conn.recv()
+                return outcome
+        worker.process.join(timeout=5)
+        self.workers_lost += 1
+        code = worker.process.exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        raise WorkerLost(f"worker process {worker.process.pid} died while running the phase ({how})")
+
+    def close(self) -> None:
+        """Stop every idle worker (busy ones are killed by their cancelled calls)."""
+        while self._idle:
+            worker = self._idle.pop()
+            worker.conn.close()
+            worker.process.join(timeout=1)
+            if worker.process.is_alive():
+                worker.kill()
+
+

@@ -1,0 +1,294 @@
+"""Running one handler call in another process: what travels there and back.
+
+A call travels as plain data: the pipeline module's path, the phase's name and
+the handler's arguments. The worker imports the module itself (so handlers are
+never pickled), runs the call with a ``WorkerContext`` standing in for ``ctx``,
+and sends back the return value, the usage the handler recorded and any error
+(as text when the exception itself cannot be pickled). Workers never touch
+item states: the driver persists every result. Only a handler's checkpoints
+(``ctx.checkpoint``) are kept by the worker itself, straight in the run's
+store, opened there by its URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+import os
+from pathlib import Path
+import pickle
+import socket
+import traceback
+from typing import Any
+
+from pipekit.pipeline.checkpoints import Checkpoints
+from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.store import StateStore
+
+
+#: Outputs longer than this (characters) come back through a file in the shared folder.
+SHARED_OUTPUT_THRESHOLD = 64 * 1024
+
+
+class WorkerLost(Exception):
+    """The worker process running a phase died (killed, crashed, out of memory)."""
+
+    #: Recorded as the phase's ``reason``.
+    reason = "worker_lost"
+
+
+class RemoteError(Exception):
+    """An exception raised by a handler in a worker, carried back as text."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+@dataclass
+class RemoteCall:
+    """One handler (or cache check) call, as data a worker can run."""
+
+    module_path: str
+    phase_name: str
+    #: ``"handler"`` or ``"cache"``.
+    kind: str
+    kwargs: dict[str, Any]
+    #: Present when the function takes ``ctx``.
+    context: dict[str, Any] | None
+    #: Where to write a large output for the driver to read (None: send it back).
+    shared_dir: str | None = None
+
+
+@dataclass
+class RemoteOutcome:
+    """What comes back from a worker."""
+
+    value: Any = None
+    error: BaseException | None = None
+    #: ``(tokens_in, tokens_out, cost_usd)`` recorded with ``ctx.record_cost``.
+    usage: tuple[int, int, float] = (0, 0, 0.0)
+    #: ``ctx.executor`` as the handler left it.
+    executor: str = ""
+    #: ``ctx.record_usage`` calls for the driver to price (workers have no plugins).
+    unpriced: list[tuple[str, int, int]] = field(default_factory=list)
+    #: A file in the shared folder holding the output (large outputs).
+    output_ref: str | None = None
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+class WorkerContext(PhaseContext):
+    """``ctx`` inside a worker: the same attributes, usage collected for the driver,
+    checkpoints kept straight in the run's store (opened here by its URL)."""
+
+    #: ``StateStore.reopen_url`` of the run's store; None when workers cannot reach it.
+    store_url: str | None = None
+
+    def checkpoint(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._checkpoints is None:
+            self._checkpoints = Checkpoints(_worker_store(self.store_url), self.item_id, self.phase.name)
+        return super().checkpoint(key, fn, *args)
+
+    def acquire(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            "ctx.acquire is not available in a worker process; use @phase(limits=[...]) or --executor local"
+        )
+
+
+def snapshot_context(ctx: PhaseContext) -> dict[str, Any]:
+    """What a worker needs to rebuild ``ctx``."""
+    checkpoints = ctx._checkpoints
+    return {
+        "item_id": ctx.item_id,
+        "metadata": ctx.metadata,
+        "attempt": ctx.attempt,
+        "output_dir": str(ctx._output_dir),
+        "executor": ctx.executor,
+        "store_url": None if checkpoints is None else checkpoints.store.reopen_url(),
+    }
+
+
+#: The run's store as opened in this worker process, by URL (once per process).
+_stores: dict[str, StateStore] = {}
+
+
+def _worker_store(url: str | None) -> StateStore:
+    if url is None:
+        raise RuntimeError(
+            "ctx.checkpoint is not available in a worker process with this state store; use --executor local"
+        )
+    store = _stores.get(url)
+    if store is None:
+        scheme, _, folder = url.partition(":")
+        if scheme == "json" and not Path(folder).is_dir():
+            raise RuntimeError(
+                f"ctx.checkpoint: the state directory {folder} cannot be reached from worker "
+                f"{socket.gethostname()}; keep it in a folder every worker shares, or use --executor local"
+            )
+        from pipekit.state.open import open_store_url
+
+        store = _stores[url] = open_store_url(url)
+    return store
+
+
+def build_call(
+    module_path: str,
+    phase: PhaseDefinition,
+    func: Any,
+    kwargs: dict[str, Any],
+    shared_dir: str | None = None,
+) -> RemoteCall:
+    """Turn a local call (with a ``PhaseContext`` among its arguments) into a ``RemoteCall``.
+
+    Raises ``TypeError`` naming the phase when an argument cannot be pickled.
+    """
+    plain = dict(kwargs)
+    ctx = plain.pop("ctx", None)
+    call = RemoteCall(
+        module_path=module_path,
+        phase_name=phase.name,
+        kind="cache" if func is phase.cache_check and func is not phase.handler else "handler",
+        kwargs=plain,
+        context=snapshot_context(ctx) if isinstance(ctx, PhaseContext) else None,
+        shared_dir=shared_dir,
+    )
+    try:
+        pickle.dumps(call)
+    except Exception as exc:
+        raise TypeError(
+            f"phase {phase.name!r}: its arguments cannot be sent to a worker process "
+            f"({type(exc).__name__}: {exc}); metadata and outputs must be picklable"
+        ) from None
+    return call
+
+
+def apply_outcome(outcome: RemoteOutcome, ctx: PhaseContext | None) -> Any:
+    """Replay a worker's usage onto the driver's ``ctx`` and return the value (or raise)."""
+    if ctx is not None:
+        ctx.record_cost(*outcome.usage)
+        ctx.executor = outcome.executor or ctx.executor or outcome.worker
+        for usage in outcome.unpriced:
+            ctx.price_usage(*usage)
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.output_ref is not None:
+        path = Path(outcome.output_ref)
+        text = path.read_bytes().decode("utf-8")
+        path.unlink(missing_ok=True)
+        value = outcome.value
+        if value is None:
+            return text
+        from dataclasses import replace
+
+        return replace(value, output=text)
+    return outcome.value
+
+
+_modules: dict[str, Any] = {}
+
+
+def import_once(module_path: str) -> Any:
+    """Import the pipeline module in this worker, once per process."""
+    from pipekit.pipeline.loader import import_pipeline_module
+
+    module = _modules.get(module_path)
+    if module is None:
+        module = _modules[module_path] = import_pipeline_module(module_path)
+    return module
+
+
+def _phase(module_path: str, phase_name: str) -> PhaseDefinition:
+    from pipekit.pipeline.loader import collect_phases
+
+    for definition in collect_phases(import_once(module_path)):
+        if definition.name == phase_name:
+            return definition
+    raise LookupError(f"phase {phase_name!r} not found in {module_path} on this worker")
+
+
+def execute_call(call: RemoteCall) -> RemoteOutcome:
+    """Run ``call`` here (in a worker) and report what happened; never raises."""
+    ctx: WorkerContext | None = None
+    try:
+        definition = _phase(call.module_path, call.phase_name)
+        func = definition.cache_check if call.kind == "cache" else definition.handler
+        assert func is not None
+        kwargs = dict(call.kwargs)
+        if call.context is not None:
+            data = call.context
+            ctx = WorkerContext(
+                data["item_id"], data["metadata"], definition, data["attempt"], Path(data["output_dir"])
+            )
+            ctx.executor = data["executor"]
+            ctx.store_url = data["store_url"]
+            kwargs["ctx"] = ctx
+        value = func(**kwargs)
+        if asyncio.iscoroutine(value):
+            value = asyncio.run(value)
+        outcome = RemoteOutcome(value=value)
+    except BaseException as exc:  # the driver decides what a failure means
+        outcome = RemoteOutcome(error=_portable(exc))
+    if ctx is not None:
+        outcome.usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
+        outcome.executor = ctx.executor
+        outcome.unpriced = ctx.unpriced
+    return check_result_picklable(_share_large_output(outcome, call), call.phase_name)
+
+
+def _share_large_output(outcome: RemoteOutcome, call: RemoteCall) -> RemoteOutcome:
+    output = getattr(outcome.value, "output", outcome.value)
+    if call.shared_dir is None or not isinstance(output, str) or len(output) <= SHARED_OUTPUT_THRESHOLD:
+        return outcome
+    folder = Path(call.shared_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{os.getpid()}-{id(outcome):x}-{os.urandom(4).hex()}.txt"
+    path.write_text(output, "utf-8")
+    outcome.output_ref = str(path)
+    outcome.value = None if isinstance(outcome.value, str) else _without_output(outcome.value)
+    return outcome
+
+
+def _without_output(value: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(value, output="")
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` itself when it pickles, else a ``RemoteError`` with its text and traceback."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return RemoteError(type(exc).__name__, f"handler raised {type(exc).__name__}{exc.args!r}", text)
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RemoteError(type(exc).__name__, str(exc), text)
+    exc.remote_traceback = text  # type: ignore[attr-defined]
+    return exc
+
+
+def check_result_picklable(outcome: RemoteOutcome, phase_name: str) -> RemoteOutcome:
+    """Replace an unpicklable return value by a clear error naming the phase."""
+    try:
+        pickle.dumps(outcome)
+    except Exception as exc:
+        return RemoteOutcome(
+            error=RemoteError(
+                "TypeError",
+                f"phase {phase_name!r} returned a value that cannot be sent back from the worker "
+                f"({type(exc).__name__}: {exc})",
+                "",
+            ),
+            usage=outcome.usage,
+            executor=outcome.executor,
+            unpriced=outcome.unpriced,
+        )
+    return outcome

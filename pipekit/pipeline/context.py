@@ -1,0 +1,184 @@
+"""What a handler sees while it runs (``ctx``) and what a finished phase reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+import hashlib
+import math
+from pathlib import Path
+import threading
+from typing import TYPE_CHECKING
+from typing import Any
+
+from pipekit.outcomes import Fail
+from pipekit.pipeline.phases import PhaseDefinition
+
+
+if TYPE_CHECKING:
+    from pipekit.pipeline.checkpoints import Checkpoints
+    from pipekit.pipeline.limits import Gate
+    from pipekit.pipeline.limits import WaitCallback
+
+
+@dataclass(frozen=True)
+class PhaseOutcome:
+    """A completed phase, as ``pipekit_phase_complete`` receives it."""
+
+    output: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    duration_seconds: float
+    attempt: int
+    output_file: str | None = None
+    executor: str = ""
+
+
+def check_usage(tokens_in: float, tokens_out: float, cost_usd: float) -> None:
+    """Refuse usage that would corrupt totals: NaN, infinite or negative numbers."""
+    for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out), ("cost_usd", cost_usd)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+class PhaseContext:
+    """The ``ctx`` argument of a handler: who it runs for, where to write, what it spent.
+
+    :param item_id: the item's id.
+    :param metadata: the item's metadata.
+    :param phase: the phase's definition.
+    :param attempt: executions of this phase so far, this one included, across runs
+        (1 the first time; a retry or a resumed run counts up).
+    :param output_dir: a folder private to this item, created when first asked for.
+    :param price: prices usage for ``record_usage`` (the ``pipekit_price_usage`` hook,
+        called with keyword arguments); without it usage costs nothing.
+    """
+
+    def __init__(
+        self,
+        item_id: str,
+        metadata: dict[str, Any],
+        phase: PhaseDefinition,
+        attempt: int,
+        output_dir: Path,
+        price: Callable[..., float | None] | None = None,
+        *,
+        checkpoints: Checkpoints | None = None,
+        gate: Gate | None = None,
+        on_wait: WaitCallback | None = None,
+    ) -> None:
+        self.item_id = item_id
+        self.metadata = metadata
+        self.phase = phase
+        self.attempt = attempt
+        self._output_dir = output_dir
+        self._price = price
+        #: Who or what ran the phase (a model name, a worker); recorded in the state.
+        self.executor: str = phase.executor
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost_usd = 0.0
+        self._checkpoints = checkpoints
+        self._gate = gate
+        self._on_wait = on_wait
+        #: Names of the limits acquired by this attempt (a ``Retry`` pauses them).
+        self.limits_used: set[str] = set(phase.limits)
+        #: ``record_usage`` calls made without a pricer: ``(model, tokens_in, tokens_out)``.
+        self.unpriced: list[tuple[str, int, int]] = []
+
+    @property
+    def output_dir(self) -> Path:
+        """This item's own folder for files (created on first use)."""
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        return self._output_dir
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key stable for this item, phase and attempt, for external side effects.
+
+        Phases run at least once: the attempt in flight when a process or a
+        worker dies runs again. Give this key to an API that deduplicates
+        requests so a repeated delivery of the same attempt does no harm.
+        """
+        digest = hashlib.sha256(f"{self.item_id}\0{self.phase.name}\0{self.attempt}".encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()[:32]
+
+    def record_cost(self, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0) -> None:
+        """Add usage to this phase; it counts even if the attempt later fails."""
+        check_usage(tokens_in, tokens_out, cost_usd)
+        self.tokens_in += int(tokens_in)
+        self.tokens_out += int(tokens_out)
+        self.cost_usd += float(cost_usd)
+        self._check_max_cost()
+
+    def _check_max_cost(self) -> None:
+        cap = self.phase.max_cost
+        if cap is not None and self.cost_usd > cap:
+            raise CostCapExceeded(
+                f"phase {self.phase.name!r} recorded ${self.cost_usd:.4f} in this execution, "
+                f"over its max_cost ${cap:g}"
+            )
+
+    def checkpoint(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` once per (item, phase, ``key``) and keep its result.
+
+        The result must be JSON-serialisable; it is stored durably before it is
+        returned (as JSON reads it back: a tuple comes back a list), and a later
+        attempt of this phase gets the stored result without calling ``fn``.
+        Awaitable when ``fn`` is a coroutine function, a plain call otherwise.
+        The checkpoints are dropped when the phase completes or is reset.
+        """
+        if self._checkpoints is None:
+            raise RuntimeError("ctx.checkpoint works inside a pipekit run only")
+        return self._checkpoints.checkpoint(key, fn, *args)
+
+    def acquire(self, limit: str, tokens: int = 0) -> Any:
+        """Take one request and ``tokens`` tokens of the rate limit named ``limit``.
+
+        In an async handler, ``await ctx.acquire("openai", tokens=1200)``; in a
+        sync handler (it runs in a thread) the call blocks until capacity is free.
+        A ``pipekit.Retry`` raised afterwards pauses this limit for every phase.
+        """
+        if self._gate is None:
+            raise RuntimeError("ctx.acquire works inside a pipekit run only")
+        self._gate.limiter(limit)  # an unknown name fails here, in the handler's own frame
+        self.limits_used.add(limit)
+        if threading.get_ident() == self._gate.loop_thread:
+            return self._gate.acquire(limit, tokens, self._on_wait)
+        self._gate.acquire_from_thread(limit, tokens, self._on_wait)
+        return None
+
+    def record_usage(self, model: str, tokens_in: int = 0, tokens_out: int = 0) -> float:
+        """Add one model call's tokens to this phase and price them; returns the cost.
+
+        The cost comes from the ``pipekit_price_usage`` hook (``pipekit-prices``
+        answers it from a price database); with no plugin to answer it is 0.
+        The tokens count even when the call cannot be priced. ``model`` becomes
+        the phase's ``executor`` unless one was set.
+        """
+        self.record_cost(tokens_in, tokens_out)
+        if not self.executor:
+            self.executor = model
+        return self.price_usage(model, int(tokens_in), int(tokens_out))
+
+    def price_usage(self, model: str, tokens_in: int, tokens_out: int) -> float:
+        """Add the cost of usage whose tokens are already recorded; returns it.
+
+        Without a pricer (in a worker process) the call is kept in ``unpriced``
+        for the driver to price when the worker's usage comes back.
+        """
+        if self._price is None:
+            self.unpriced.append((model, tokens_in, tokens_out))
+            return 0.0
+        cost = float(self._price(model=model, tokens_in=tokens_in, tokens_out=tokens_out) or 0.0)
+        self.cost_usd += cost
+        self._check_max_cost()
+        return cost
+
+    def __repr__(self) -> str:
+        return f"<PhaseContext item={self.item_id!r} phase={self.phase.name!r} attempt={self.attempt}>"
+
+
+class CostCapExceeded(Fail):
+    """One execution of a phase recorded more than its ``max_cost``; it fails, unretried."""

@@ -1,0 +1,217 @@
+"""The ``@phase`` decorator, phase definitions, phase results and argument injection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+import contextlib
+from dataclasses import dataclass
+from dataclasses import field
+import inspect
+from typing import Any
+from typing import TypeVar
+import weakref
+
+
+#: Names pipekit injects into every handler (CONTRACT §2); a phase may not use one as its name.
+INJECTABLE_NAMES = frozenset({"item_id", "metadata", "previous_outputs", "ctx", "output_dir"})
+
+#: What a run does with a completed phase whose fingerprint changed (``@phase(on_change=...)``).
+ON_CHANGE_CHOICES = ("warn", "rerun")
+
+#: The attribute ``@phase`` sets on a function; the loader looks for it.
+PHASE_MARKER = "__pipekit_phase__"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """What a handler may return instead of a plain ``str``.
+
+    Tokens and cost given here add to what the handler reported with
+    ``ctx.record_cost``.
+    """
+
+    output: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    output_file: str | None = None
+    executor: str | None = None
+
+
+@dataclass
+class PhaseDefinition:
+    """Definition of a pipeline phase (the seed's Pattern 3)."""
+
+    num: int
+    name: str
+    handler: Callable[..., Any]
+    timeout_seconds: float | None = 600
+    critical: bool = True
+    cache_check: Callable[..., Any] | None = None
+    retries: int = 0
+    retry_backoff: float = 1.0
+    executor: str = ""
+    isolate: str | None = None
+    #: Most items inside this phase at once (``None``: only ``-j`` limits it).
+    concurrency: int | None = None
+    #: Named rate limits (``LIMITS`` in the module) acquired before every attempt,
+    #: mapped to the tokens each attempt is expected to use.
+    limits: dict[str, int] = field(default_factory=dict)
+    #: Dollars one execution may record with ``ctx.record_cost`` before it fails.
+    max_cost: float | None = None
+    #: Free-form options a plugin may read (``@phase(..., **options)`` is not offered;
+    #: plugins set these through ``pipekit_configure``).
+    options: dict[str, Any] = field(default_factory=dict)
+    #: Bumped by hand to mark completed results out of date (``pipekit.stale.fingerprint``).
+    version: str | None = None
+    #: A callable (arguments injected) whose value stands for inputs outside the code.
+    fingerprint: Callable[..., Any] | None = None
+    #: ``"warn"``: a stale phase is reported, re-run only with ``--rerun-stale``;
+    #: ``"rerun"``: a stale phase is re-run automatically.
+    on_change: str = "warn"
+
+    @property
+    def is_async(self) -> bool:
+        """True when the handler is a coroutine function."""
+        return inspect.iscoroutinefunction(self.handler)
+
+
+def phase(
+    num: int,
+    *,
+    name: str | None = None,
+    critical: bool = True,
+    timeout: float | None = 600,
+    cache: Callable[..., Any] | None = None,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
+    executor: str = "",
+    isolate: str | None = None,
+    version: str | int | None = None,
+    fingerprint: Callable[..., Any] | None = None,
+    on_change: str = "warn",
+    concurrency: int | None = None,
+    limits: Iterable[str] | Mapping[str, int] = (),
+    max_cost: float | None = None,
+) -> Callable[[F], F]:
+    """Mark a function as phase ``num`` of the pipeline defined in its module.
+
+    The function is returned unchanged, so it stays directly callable. Mistakes
+    (duplicate numbers or names, parameters that cannot be injected) are
+    reported when the module is loaded, naming the function.
+
+    :param num: position of the phase; phases run in ascending ``num``.
+    :param name: the phase's name, by default the function's ``__name__``.
+    :param critical: a failed critical phase stops its item; a non-critical one
+        is recorded and the item goes on.
+    :param timeout: seconds before the phase fails as timed out, ``None`` for no limit.
+    :param cache: a callable (arguments injected as for handlers) whose truthy
+        result means the work already exists; the phase is then skipped.
+    :param retries: extra attempts after a failure.
+    :param retry_backoff: base of the exponential wait between attempts, in seconds.
+    :param executor: free text recorded in the phase's state (who or what ran it).
+    :param isolate: ``"process"`` runs a sync handler in a child process that is
+        killed at its timeout.
+    :param version: bump it by hand to make completed results of this phase stale.
+    :param fingerprint: a callable (arguments injected as for handlers) returning
+        a JSON-able value for inputs outside the code (prompt file, model name);
+        when its value changes, completed results are stale.
+    :param on_change: ``"warn"`` (a run reports stale results and re-runs them
+        only with ``--rerun-stale``) or ``"rerun"`` (re-run them automatically).
+    :param concurrency: at most this many items inside this phase at once,
+        whatever ``-j`` is (a GPU phase at 1 while cheap phases run at 32).
+    :param limits: names of rate limits declared in the module's ``LIMITS``,
+        acquired before every attempt (one request each); a mapping gives the
+        tokens to reserve per attempt, e.g. ``{"openai": 1200}``.
+    :param max_cost: dollars one execution may record with ``ctx.record_cost``;
+        the call that goes over fails the phase (no retry).
+    """
+    if on_change not in ON_CHANGE_CHOICES:
+        raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
+
+    def mark(func: F) -> F:
+        definition = PhaseDefinition(
+            num=num,  # validated by the loader, so that the error names the function
+            name=name if name is not None else getattr(func, "__name__", repr(func)),
+            handler=func,
+            timeout_seconds=timeout,
+            critical=critical,
+            cache_check=cache,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            executor=executor,
+            isolate=isolate,
+            version=None if version is None else str(version),
+            fingerprint=fingerprint,
+            on_change=on_change,
+            concurrency=concurrency,
+            limits=dict(limits) if isinstance(limits, Mapping) else dict.fromkeys(limits, 0),
+            max_cost=max_cost,
+        )
+        setattr(func, PHASE_MARKER, definition)
+        return func
+
+    return mark
+
+
+def phase_definition_of(obj: object) -> PhaseDefinition | None:
+    """Return the definition ``@phase`` attached to ``obj``, if any."""
+    definition = getattr(obj, PHASE_MARKER, None)
+    return definition if isinstance(definition, PhaseDefinition) else None
+
+
+def injection_problems(func: Callable[..., Any], available: set[str]) -> list[str]:
+    """Parameters of ``func`` that pipekit cannot fill, described for an error message."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return []
+    problems = []
+    for parameter in signature.parameters.values():
+        if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        if parameter.kind is parameter.POSITIONAL_ONLY:
+            problems.append(f"parameter {parameter.name!r} is positional-only")
+        elif parameter.name not in available and parameter.default is parameter.empty:
+            problems.append(f"parameter {parameter.name!r} cannot be injected and has no default")
+    return problems
+
+
+#: ``Injector.for_function`` per function, for as long as the function lives.
+_injectors: weakref.WeakKeyDictionary[Any, Injector] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class Injector:
+    """Calls a handler with the arguments it asks for, by name (CONTRACT §2)."""
+
+    wanted: frozenset[str]
+    takes_kwargs: bool
+
+    @classmethod
+    def for_function(cls, func: Callable[..., Any]) -> Injector:
+        """Inspect ``func`` once; the result is reused for every call."""
+        try:
+            return _injectors[func]
+        except (KeyError, TypeError):
+            pass
+        params = inspect.signature(func).parameters.values()
+        injector = cls(
+            wanted=frozenset(
+                p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            ),
+            takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params),
+        )
+        with contextlib.suppress(TypeError):  # not weakly referenceable: inspected each time
+            _injectors[func] = injector
+        return injector
+
+    def arguments(self, available: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments to pass, chosen from ``available``."""
+        if self.takes_kwargs:
+            return dict(available)
+        return {name: value for name, value in available.items() if name in self.wanted}

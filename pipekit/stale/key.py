@@ -1,0 +1,83 @@
+"""The stale key: what the stale check needs of a saved state, small enough to index.
+
+A run checks at start whether any completed phase is stale (``pipekit.stale.checker``).
+Done item by item, that reads every state document, which at 100,000 items costs
+more than everything else a no-op re-run does. Database stores therefore keep,
+beside each document, its *stale key*: for each completed phase with a
+fingerprint, the parts of the check that do not depend on the current pipeline's
+per-item values, worked out from the document alone when it is saved::
+
+    [[name, code, version, has input, [consumed names], consumed outputs unchanged], ...]
+
+Items of one run mostly share one key, so a run decides once per distinct key
+(``StaleChecker.fresh_by_key``) which finished items it need not read at all.
+A key of None means "read the document": a malformed fingerprint, or a consumed
+output the document alone cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipekit.state.digest import HASH_CHARS
+from pipekit.stale.fingerprint import output_hash
+
+
+def stale_key(document: Any) -> str | None:
+    """The stale key of a saved state document, as compact JSON text (None: read it)."""
+    if not isinstance(document, dict):
+        return None
+    phases = document.get("phases")
+    if not isinstance(phases, dict):
+        return None
+    try:
+        ordered = sorted(phases.items(), key=lambda pair: int(pair[0]))
+    except (TypeError, ValueError):
+        return None
+    entries: list[list[Any]] = []
+    for _, phase in ordered:
+        if not isinstance(phase, dict) or phase.get("status") != "completed":
+            continue
+        recorded = phase.get("fingerprint")
+        if not recorded:
+            continue  # no fingerprint: never stale (unknown)
+        if not isinstance(recorded, dict):
+            return None
+        consumed = recorded.get("consumed") or {}
+        if not isinstance(consumed, dict):
+            return None
+        unchanged = all(_output_hash(document, name) == then for name, then in consumed.items())
+        entries.append([
+            phase.get("name"),
+            recorded.get("code"),
+            recorded.get("version"),
+            recorded.get("input") is not None,
+            sorted(consumed),
+            unchanged,
+        ])
+    return json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
+
+
+def _output_hash(document: dict[str, Any], name: str) -> str | None | bool:
+    """The hash of the output of the phase named ``name`` in ``document``, as
+    ``pipekit.stale.fingerprint.output_hash`` would give it after loading; False when
+    the document cannot tell (so that it compares unequal)."""
+    phases = document["phases"]
+    nums = [num for num, phase in phases.items() if isinstance(phase, dict) and phase.get("name") == name]
+    if len(nums) != 1:
+        return False  # retired, renamed or ambiguous: the full check decides
+    num = nums[0]
+    inline = document.get("phase_outputs") or {}
+    files = document.get("phase_output_files") or {}
+    if not isinstance(inline, dict) or not isinstance(files, dict):
+        return False
+    if num in files:
+        # Database stores name a large output by the same hash of its text.
+        ref = files[num]
+        digest = ref.rsplit("/", 1)[-1].split(".")[1:2] if isinstance(ref, str) else []
+        return digest[0] if digest and len(digest[0]) == HASH_CHARS else False
+    text = inline.get(num)
+    if text is not None and not isinstance(text, str):
+        return False
+    return output_hash(text)

@@ -1,0 +1,62 @@
+"""State stores chosen by URL: ``json:DIR``, ``sqlite:PATH``, ``postgresql://...``.
+
+``pipekit.state.store`` holds the interface and the JSON directory store; each
+database store lives in its own module here and is imported only when used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
+
+from pipekit.outcomes import UsageError
+from pipekit.state.store import JsonDirStore
+from pipekit.state.store import StateStore
+
+
+SCHEMES = ("json:DIR", "sqlite:PATH", "postgresql://USER:PASSWORD@HOST/DB")
+
+
+def open_store_url(url: str, *, pipeline: str | None = None) -> StateStore:
+    """The store a ``--store`` URL names.
+
+    :param pipeline: the pipeline name; a PostgreSQL database holds the state of
+        many pipelines, kept apart by it (``?pipeline=NAME`` in the URL wins).
+    :raises UsageError: for an unknown scheme or a store that cannot be used.
+    """
+    scheme, _, rest = url.partition(":")
+    if scheme == "json" and rest:
+        return JsonDirStore(Path(rest).expanduser())
+    if scheme == "sqlite" and rest:
+        from pipekit.state.sqlite import SqliteStore
+
+        return SqliteStore.from_url(rest)
+    if scheme in ("postgresql", "postgres"):
+        from pipekit.state.postgres import PostgresStore
+
+        return PostgresStore.from_url(url, pipeline=pipeline)
+    raise UsageError(f"unsupported store {mask_password(url)!r}: use {', '.join(SCHEMES)}")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password=`` parameter) replaced by ``***``."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+        query = urlencode(pairs, safe="*/")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+__all__ = ["mask_password", "open_store_url"]

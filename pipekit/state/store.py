@@ -1,0 +1,606 @@
+"""Where state lives: the store interface and the JSON directory store.
+
+The JSON directory store keeps one human-readable ``.json`` file per item. Every
+write goes to a temporary file (never named ``*.json``), is fsynced, then renamed
+over the old file, so a reader or a crash sees the old or the new file whole.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection
+from collections.abc import Iterable
+from collections.abc import Iterator
+import contextlib
+from dataclasses import dataclass
+import errno
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+from pathlib import Path
+import shutil
+import sys
+import time
+from typing import Any
+from typing import NamedTuple
+
+from pipekit.state.digest import text_hash
+from pipekit.outcomes import StateFileError
+from pipekit.outcomes import StateWriteError
+
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+#: Longest encoded id kept readable; longer ones are cut and end with a full hash.
+_MAX_READABLE = 120
+_tmp_counter = itertools.count()
+#: flock errors meaning "this file system has no locks" rather than "someone holds it".
+_NO_LOCKING = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+def encode_item_id(item_id: str) -> str:
+    """A file name (without extension) for ``item_id``: injective, at most 200
+    bytes, no ``/``, never ``.`` or ``..`` and never hidden.
+
+    Bytes outside ``[A-Za-z0-9._-]`` become ``%XX``; a leading ``.`` too. Ids
+    with capital letters end with ``~`` and a short hash, so that ids differing
+    only in case get different files on case-insensitive file systems. Ids too
+    long to stay readable are cut and end with ``~`` and their full SHA-256.
+    """
+    if not item_id:
+        raise ValueError("item id must be a non-empty string")
+    if _SAFE.issuperset(item_id) and item_id[0] != "." and len(item_id) <= _MAX_READABLE + 9 and item_id.islower():
+        return item_id  # already a safe, readable file name
+    parts = []
+    for index, char in enumerate(item_id):
+        if char in _SAFE and not (index == 0 and char == "."):
+            parts.append(char)
+        else:
+            parts.append("".join(f"%{b:02X}" for b in char.encode("utf-8", "surrogatepass")))
+    encoded = "".join(parts)
+    long, upper = len(encoded) > _MAX_READABLE + 9, encoded.lower() != encoded
+    if not (long or upper):
+        return encoded  # the common case needs no hash
+    digest = hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()
+    if long:
+        return f"{encoded[:_MAX_READABLE]}~{digest}"
+    return f"{encoded}~{digest[:8]}"
+
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+
+
+def encode_document(document: dict[str, Any]) -> bytes:
+    """``document`` as UTF-8 JSON, one top-level key per line and one line per
+    entry of a top-level object (each phase on its own line).
+
+    Readable like ``indent=2`` but built with json's C encoder, which is used
+    only without ``indent``; the indenting encoder is pure Python and was a
+    third of the CPU cost of a save.
+    """
+    lines = []
+    for key, value in document.items():
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            inner = ",\n".join(f"    {_encode(k)}: {_encode(v)}" for k, v in value.items())
+            lines.append(f"  {_encode(key)}: {{\n{inner}\n  }}")
+        else:
+            lines.append(f"  {_encode(key)}: {_encode(value)}")
+    text = "{\n" + ",\n".join(lines) + "\n}\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (an id from a file name, say) has no UTF-8 form: escape it as \\udXXX.
+        return json.dumps(document, ensure_ascii=True, indent=2).encode("ascii")
+
+
+def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that no reader ever sees a partial file.
+
+    :param durable: fsync the file and its directory, so the write survives a
+        power cut, not only a process crash.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+#: A temporary file this old belongs to a write that died (a kill during it).
+STALE_TEMP_SECONDS = 3600
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Delete the temporary files of writes that died in ``folder`` (not below it).
+
+    A kill during ``write_atomically`` leaves its hidden ``.*.tmp`` file; nothing
+    reads it. A live write lasts milliseconds, so only files older than
+    ``STALE_TEMP_SECONDS`` go. Returns how many were deleted.
+    """
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
+class ItemLock:
+    """An exclusive, non-blocking lock on one item; released on ``release`` or process death.
+
+    :param locked: False for a stand-in on a file system without locks.
+    """
+
+    def __init__(self, fd: int, *, locked: bool = True) -> None:
+        self._fd: int | None = fd
+        self.locked = locked
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            if self.locked:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+class StateStore(abc.ABC):
+    """Where item states are kept. The runner, ``status`` and ``reset`` go through it."""
+
+    #: Where the state lives, for humans (a path or a URL with no password).
+    location: str
+    #: True when ``save`` may be called from several threads at once (for
+    #: different items); the runner then writes states off its event loop.
+    threadsafe_saves: bool = False
+    #: True when ``save_many`` commits its documents together (one durable
+    #: write for all of them) and may run on a thread while the event loop's
+    #: thread uses the store: the runner then writes the states of all the
+    #: items queued meanwhile in one call, off the event loop (group commit).
+    batched_saves: bool = False
+
+    @abc.abstractmethod
+    def load(self, item_id: str) -> dict[str, Any] | None:
+        """The saved document of ``item_id``, or None. Raises ``StateFileError``."""
+
+    @abc.abstractmethod
+    def save(self, item_id: str, document: dict[str, Any]) -> None:
+        """Replace the document of ``item_id`` atomically."""
+
+    @abc.abstractmethod
+    def describe(self, item_id: str) -> str:
+        """Where the state of ``item_id`` is, for error messages."""
+
+    @abc.abstractmethod
+    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+        """Store a large output; returns the reference saved in the state.
+
+        Must never overwrite an output the saved state still refers to: the
+        state that refers to the new output is saved only afterwards.
+        """
+
+    @abc.abstractmethod
+    def read_output(self, item_id: str, ref: str) -> str:
+        """Read back an output stored by ``write_output``."""
+
+    @abc.abstractmethod
+    def delete_output(self, item_id: str, ref: str) -> None:
+        """Forget an output stored by ``write_output`` once no saved state refers to it
+        (missing is fine)."""
+
+    @abc.abstractmethod
+    def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's lock without waiting; None when another process holds it."""
+
+    def reopen_url(self) -> str | None:
+        """A ``--store`` URL by which another process opens this same store
+        (``pipekit.state.open.open_store_url``), so that worker processes can keep
+        checkpoints; None when no other process can. It may hold a password:
+        never print it."""
+        return None
+
+    @abc.abstractmethod
+    def item_ids(self) -> Iterator[str]:
+        """Ids of every item with saved state (unordered)."""
+
+    def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every saved ``(item_id, document)``, unordered, for readers of many items.
+
+        Stores may override this with one pass over their data (``status`` reads
+        100,000 items). Unreadable documents are appended to ``errors`` when it
+        is given, else skipped.
+        """
+        for item_id in self.item_ids():
+            try:
+                document = self.load(item_id)
+            except StateFileError as exc:
+                if errors is not None:
+                    errors.append(exc)
+                continue
+            if document is not None:
+                yield item_id, document
+
+    def load_many(
+        self, item_ids: Iterable[str]
+    ) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
+        """``(item_id, document or None or the error)`` for each id, in order; database
+        stores read them in a few queries instead of one per item."""
+        for item_id in item_ids:
+            try:
+                yield item_id, self.load(item_id)
+            except StateFileError as exc:
+                yield item_id, exc
+
+    def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]]) -> int:
+        """Save many ``(item_id, document)`` pairs (``migrate``); returns how many.
+
+        Database stores write them in batches of one transaction each.
+        """
+        count = 0
+        for item_id, document in documents:
+            self.save(item_id, document)
+            count += 1
+        return count
+
+    def finished_items(self, phase_names: Collection[str]) -> dict[str, FinishedItem] | None:
+        """The items whose phases named ``phase_names`` are all completed or
+        skipped, by id, answered by an index; None when this store has no such
+        index (the runner then reads each item).
+        """
+        return None
+
+    def unfinished_item_ids(self) -> Iterator[str]:
+        """Ids of the items with work left ("what is left"); an indexed query where the store has one."""
+        for item_id, document in self.load_all():
+            if summarize(document).next_phase is not None:
+                yield item_id
+
+    def close(self) -> None:  # noqa: B027  (most stores hold nothing to release)
+        """Release connections and leases (idempotent). A store is usable until closed."""
+
+    # Checkpoints inside a phase (``ctx.checkpoint``). They live beside the
+    # item's state, never in it, so saving one costs the same however many
+    # exist. The defaults keep them in memory (they survive retries within a
+    # run, not a crash): a durable store overrides all three.
+
+    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
+        """The stored checkpoints of (``item_id``, phase named ``phase``), by key."""
+        return dict(self._memory_checkpoints().get((item_id, phase), {}))
+
+    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
+        """Store one checkpoint's JSON-serialisable ``value`` durably, replacing any old one."""
+        self._memory_checkpoints().setdefault((item_id, phase), {})[key] = value
+
+    def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        """Forget every checkpoint of (``item_id``, ``phase``) (none is fine)."""
+        self._memory_checkpoints().pop((item_id, phase), None)
+
+    def _memory_checkpoints(self) -> dict[tuple[str, str], dict[str, Any]]:
+        memory: dict[tuple[str, str], dict[str, Any]] = self.__dict__.setdefault("_checkpoints_in_memory", {})
+        return memory
+
+
+class FinishedItem(NamedTuple):
+    """What the runner needs to know of an item that is finished, without its state.
+
+    A named tuple: a store makes one per finished item (100,000 on a big resume),
+    and a frozen dataclass costs several times more to build and to hold.
+    """
+
+    metadata: dict[str, Any]
+    cost_usd: float
+    #: Its ``pipekit.stale.key`` (None: unknown, the stale check reads the state).
+    stale_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The indexed columns database stores keep beside each document."""
+
+    status: str | None
+    #: First phase (by num) neither completed nor skipped; None when all are.
+    next_phase: int | None
+    #: Names of the phases completed or skipped, sorted.
+    done_names: tuple[str, ...]
+    metadata: dict[str, Any]
+    cost_usd: float
+
+
+def summarize(document: Any) -> Summary:
+    """The ``Summary`` of a saved document; tolerant, as a malformed one is stored as is."""
+    if not isinstance(document, dict):
+        return Summary(None, None, (), {}, 0.0)
+    phases = document.get("phases")
+    pending: list[int] = []
+    done: list[str] = []
+    if isinstance(phases, dict):
+        for num, phase in phases.items():
+            if not isinstance(phase, dict):
+                continue
+            if phase.get("status") in ("completed", "skipped"):
+                done.append(str(phase.get("name")))
+            else:
+                with contextlib.suppress(TypeError, ValueError):
+                    pending.append(int(num))
+    status = document.get("status")
+    metadata = document.get("metadata")
+    cost = document.get("total_cost_usd")
+    return Summary(
+        status if isinstance(status, str) else None,
+        min(pending) if pending else None,
+        tuple(sorted(done)),
+        metadata if isinstance(metadata, dict) else {},
+        float(cost) if isinstance(cost, (int, float)) else 0.0,
+    )
+
+
+def output_ref(phase_num: int, text: str) -> str:
+    """The reference of a large output in a database store: named by phase and content."""
+    return f"outputs/{phase_num}.{text_hash(text)}.txt"
+
+
+def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
+    """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks_dir / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return ItemLock(fd)
+
+
+class JsonDirStore(StateStore):
+    """One JSON file per item in a directory (the default store).
+
+    :param state_dir: the directory, created on first write.
+    :param durable: fsync every write, so it survives a power cut, not only a
+        crash of the process. By default true unless ``PIPEKIT_FSYNC=0``.
+    """
+
+    threadsafe_saves = True
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
+        # Absolute, so a handler that changes the current folder cannot lose state.
+        self.state_dir = Path(state_dir).expanduser().resolve()
+        self.location = str(self.state_dir)
+        self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
+        self._ready = False
+        self._locks_ready = False
+        self._last_path: tuple[str, Path] | None = None
+        self._warned_no_locking = False
+
+    def _prepare(self) -> None:
+        if not self._ready:
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateWriteError(self.state_dir, exc.strerror or str(exc)) from exc
+            self._ready = True
+            remove_stale_temp_files(self.state_dir)
+
+    def reopen_url(self) -> str:
+        return f"json:{self.state_dir}"
+
+    def path_for(self, item_id: str) -> Path:
+        """The state file of ``item_id``."""
+        last = self._last_path
+        if last is not None and last[0] == item_id:
+            return last[1]  # loading an item asks for its path twice (load, describe)
+        path = self.state_dir / f"{encode_item_id(item_id)}.json"
+        self._last_path = (item_id, path)
+        return path
+
+    def describe(self, item_id: str) -> str:
+        return str(self.path_for(item_id))
+
+    def load(self, item_id: str) -> dict[str, Any] | None:
+        path = self.path_for(item_id)
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateFileError(path, f"cannot be read ({exc.strerror})") from None
+        return self._parse(path, raw)
+
+    @staticmethod
+    def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
+        try:
+            document = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StateFileError(path, f"not valid JSON ({exc})") from None
+        if not isinstance(document, dict):
+            raise StateFileError(path, "not a JSON object")
+        return document
+
+    def save(self, item_id: str, document: dict[str, Any]) -> None:
+        self._prepare()
+        data = encode_document(document)
+        path = self.path_for(item_id)
+        try:
+            write_atomically(path, data, durable=self.durable)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+
+    def _outputs_dir(self, item_id: str) -> Path:
+        return self.state_dir / f"{encode_item_id(item_id)}.outputs"
+
+    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+        self._prepare()
+        folder = self._outputs_dir(item_id)
+        # Named by content, so the file the saved state refers to is never overwritten.
+        path = folder / f"{phase_num}.{text_hash(text)}.txt"
+        try:
+            if folder.exists():
+                remove_stale_temp_files(folder)
+            folder.mkdir(exist_ok=True)
+            write_atomically(path, text.encode("utf-8"), durable=self.durable)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+        return str(path.relative_to(self.state_dir))
+
+    def read_output(self, item_id: str, ref: str) -> str:
+        path = (self.state_dir / ref).resolve()
+        if self.state_dir.resolve() not in path.parents:
+            raise StateFileError(self.path_for(item_id), f"output reference {ref!r} leaves the state dir")
+        try:
+            return path.read_bytes().decode("utf-8")  # not read_text: it would turn \r into \n
+        except OSError as exc:
+            raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
+
+    def delete_output(self, item_id: str, ref: str) -> None:
+        path = (self.state_dir / ref).resolve()
+        if self.state_dir in path.parents:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _checkpoint_dir(self, item_id: str, phase: str) -> Path:
+        return self.state_dir / f"{encode_item_id(item_id)}.checkpoints" / encode_item_id(phase)
+
+    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
+        folder = self._checkpoint_dir(item_id, phase)
+        found: dict[str, Any] = {}
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                path = Path(entry.path)
+                record = self._parse(path, path.read_bytes())
+                if isinstance(record.get("key"), str) and "value" in record:
+                    found[record["key"]] = record["value"]
+        return found
+
+    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
+        self._prepare()
+        folder = self._checkpoint_dir(item_id, phase)
+        path = folder / f"{encode_item_id(key)}.json"
+        data = json.dumps({"key": key, "value": value}, ensure_ascii=False).encode("utf-8")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, data + b"\n", durable=self.durable)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+
+    def drop_checkpoints(self, item_id: str, phase: str) -> None:
+        # Called at every phase end: the common answer ("none") costs one stat of a str path.
+        if not os.path.isdir(f"{self.location}{os.sep}{encode_item_id(item_id)}.checkpoints"):
+            return
+        folder = self._checkpoint_dir(item_id, phase)
+        if not folder.is_dir():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # only when no other phase has checkpoints
+
+    def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's ``flock`` in ``.locks/``.
+
+        The kernel drops an flock when its process dies, however it dies, so a
+        lock file left behind never blocks a later run (lock files are never
+        deleted: deleting one while another process waits on it would let two
+        processes hold "the" lock). On a file system without locking (some NFS
+        mounts answer ENOLCK) items are run unlocked, with one warning.
+        """
+        self._prepare()
+        path = self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock"
+        try:
+            if not self._locks_ready:  # one mkdir per run, not per item
+                path.parent.mkdir(exist_ok=True)
+                self._locks_ready = True
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                return None
+            if exc.errno in _NO_LOCKING:
+                self._warn_no_locking(exc)
+                return ItemLock(fd, locked=False)
+            os.close(fd)
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+        return ItemLock(fd)
+
+    def _warn_no_locking(self, exc: OSError) -> None:
+        if not self._warned_no_locking:
+            self._warned_no_locking = True
+            print(
+                f"pipekit: warning: {self.state_dir} does not support file locks "
+                f"({exc.strerror}); items are run unlocked: do not start two runs on it at once",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def item_ids(self) -> Iterator[str]:
+        for item_id, _ in self.load_all():
+            yield item_id
+
+    def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        # One read and one parse per file (item_ids() followed by load() would be two).
+        yield from self.load_files(self.state_files(), errors)
+
+    def state_files(self) -> list[str]:
+        """The paths of every item's state file (unordered)."""
+        if not self.state_dir.is_dir():
+            return []
+        return [
+            entry.path
+            for entry in os.scandir(self.state_dir)
+            if entry.name.endswith(".json") and not entry.name.startswith(".")
+        ]
+
+    def load_files(
+        self, paths: Iterable[str], errors: list[StateFileError] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``load_all`` over these state files (``status`` shares a big batch out to processes)."""
+        for path in paths:
+            try:
+                with open(path, "rb") as handle:
+                    document = self._parse(path, handle.read())
+            except OSError as exc:
+                problem = StateFileError(path, f"cannot be read ({exc.strerror})")
+                if errors is not None:
+                    errors.append(problem)
+                continue
+            except StateFileError as exc:
+                if errors is not None:
+                    errors.append(exc)
+                continue
+            item_id = document.get("item_id")
+            if isinstance(item_id, str):
+                yield item_id, document
+            elif errors is not None:
+                errors.append(StateFileError(path, "has no item_id"))
