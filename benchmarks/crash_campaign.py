@@ -396,7 +396,7 @@ class Campaign:
         Returns them and whether every item is done."""
         from pipekit.outcomes import StateFileError
         from pipekit.outcomes import UsageError
-        from pipekit.state.model import PipelineStateManager
+        from pipekit.state.manager import PipelineStateManager
 
         report = self.report
         statuses: dict[tuple[str, int], str] = {}

@@ -66,10 +66,10 @@ def write_state(folder: Path, items: int) -> Path:
     """Write the pipeline and the state of ``items`` finished items; returns the state dir."""
     sys.path.insert(0, str(folder))
     (folder / "pipeline.py").write_text(PIPELINE.format(items=items))
-    from pipekit.stale.fingerprint import phase_fingerprint
     from pipekit.pipeline.loader import load
-    from pipekit.state.model import PipelineStateManager
-    from pipekit.state.store import JsonDirStore
+    from pipekit.stale.fingerprint import phase_fingerprint
+    from pipekit.state.jsondir import JsonDirStore
+    from pipekit.state.manager import PipelineStateManager
 
     pipeline = load(str(folder / "pipeline.py"))
     state_dir = folder / "state"

@@ -147,8 +147,8 @@ def baseline_sqlite(path: Path) -> int:
 
 
 def pipekit_status(root: Path, *extra: str, store: str | None = None, one_process: bool = False) -> int:
-    from pipekit.cli.main import main
     from pipekit.cli import statusrows
+    from pipekit.cli.main import main
 
     where = ["--store", store] if store else ["--state-dir", str(root / "state")]
     out = io.StringIO()

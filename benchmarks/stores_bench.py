@@ -41,11 +41,11 @@ import uuid
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipekit.state.model import PipelineStateManager  # noqa: E402
-from pipekit.state.store import JsonDirStore  # noqa: E402
-from pipekit.state.store import StateStore  # noqa: E402
+from pipekit.state.jsondir import JsonDirStore  # noqa: E402
+from pipekit.state.manager import PipelineStateManager  # noqa: E402
 from pipekit.state.open import mask_password  # noqa: E402
 from pipekit.state.open import open_store_url  # noqa: E402
+from pipekit.state.store import StateStore  # noqa: E402
 
 
 PIPELINE = '''
@@ -88,8 +88,8 @@ def lifecycle(store: StateStore, item_id: str, phases: list[tuple[int, str]]) ->
 
 def with_fingerprints(document: dict[str, Any], pipeline: Path) -> dict[str, Any]:
     """``document`` with the fingerprints a real run records (code hashes, consumed outputs)."""
-    from pipekit.stale.fingerprint import phase_fingerprint
     from pipekit.pipeline.loader import load
+    from pipekit.stale.fingerprint import phase_fingerprint
 
     phases = load(str(pipeline)).phases
     outputs = {int(num): text for num, text in document["phase_outputs"].items()}

@@ -9,33 +9,33 @@ from typing import Any
 if TYPE_CHECKING:
     from pipekit.api import arun
     from pipekit.api import run
-    from pipekit.pipeline.context import PhaseContext
-    from pipekit.pipeline.context import PhaseOutcome
+    from pipekit.display.progress import ProgressState
+    from pipekit.display.progress import ProgressTracker
+    from pipekit.display.progress import SimpleProgress
+    from pipekit.display.progress import create_progress_tracker
+    from pipekit.engine.phaserunner import Item
+    from pipekit.engine.phaserunner import PhaseRunner
+    from pipekit.engine.runner import Run
+    from pipekit.engine.runner import RunResult
     from pipekit.hookspecs import hookimpl
     from pipekit.hookspecs import hookspec
-    from pipekit.pipeline.limits import Limit
-    from pipekit.pipeline.loader import Pipeline
-    from pipekit.pipeline.loader import load
     from pipekit.outcomes import ExitCode
     from pipekit.outcomes import Fail
     from pipekit.outcomes import PhaseTimeoutError
     from pipekit.outcomes import Retry
     from pipekit.outcomes import StateFileError
     from pipekit.outcomes import UsageError
-    from pipekit.engine.phaserunner import Item
-    from pipekit.engine.phaserunner import PhaseRunner
+    from pipekit.pipeline.context import PhaseContext
+    from pipekit.pipeline.context import PhaseOutcome
+    from pipekit.pipeline.limits import Limit
+    from pipekit.pipeline.loader import Pipeline
+    from pipekit.pipeline.loader import load
     from pipekit.pipeline.phases import PhaseDefinition
     from pipekit.pipeline.phases import PhaseResult
     from pipekit.pipeline.phases import phase
-    from pipekit.display.progress import ProgressState
-    from pipekit.display.progress import ProgressTracker
-    from pipekit.display.progress import SimpleProgress
-    from pipekit.display.progress import create_progress_tracker
-    from pipekit.engine.runner import Run
-    from pipekit.engine.runner import RunResult
+    from pipekit.state.manager import PipelineStateManager
     from pipekit.state.model import PhaseState
     from pipekit.state.model import PipelineState
-    from pipekit.state.model import PipelineStateManager
 
 
 #: Where each public name lives. ``import pipekit`` imports none of them, so
@@ -71,7 +71,7 @@ _LAZY = {
     "RunResult": "pipekit.engine.runner",
     "PhaseState": "pipekit.state.model",
     "PipelineState": "pipekit.state.model",
-    "PipelineStateManager": "pipekit.state.model",
+    "PipelineStateManager": "pipekit.state.manager",
 }
 
 

@@ -13,8 +13,8 @@ from pipekit.outcomes import UsageError
 
 
 if TYPE_CHECKING:
-    from pipekit.pipeline.loader import Pipeline
     from pipekit.manager import PipekitPluginManager
+    from pipekit.pipeline.loader import Pipeline
 
 
 class OptionGroup:

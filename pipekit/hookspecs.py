@@ -41,12 +41,12 @@ import pluggy
 if TYPE_CHECKING:
     from pipekit.config import Config
     from pipekit.config import Parser
-    from pipekit.pipeline.context import PhaseOutcome
-    from pipekit.execution.base import PhaseExecutor
-    from pipekit.pipeline.loader import Pipeline
     from pipekit.engine.phaserunner import Item
-    from pipekit.pipeline.phases import PhaseDefinition
     from pipekit.engine.runner import Run
+    from pipekit.execution.base import PhaseExecutor
+    from pipekit.pipeline.context import PhaseOutcome
+    from pipekit.pipeline.loader import Pipeline
+    from pipekit.pipeline.phases import PhaseDefinition
 
 #: The pluggy project name: entry points live in the group of the same name.
 PROJECT_NAME = "pipekit"

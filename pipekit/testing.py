@@ -45,9 +45,9 @@ import pytest
 
 from pipekit.hookspecs import hookimpl
 from pipekit.outcomes import ExitCode
+from pipekit.state.jsondir import JsonDirStore
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import PipelineState
-from pipekit.state.model import PipelineStateManager
-from pipekit.state.store import JsonDirStore
 from pipekit.state.store import StateStore
 
 

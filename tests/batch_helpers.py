@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipekit.state.store import JsonDirStore
-from pipekit.state.store import StateStore
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.open import open_store_url
+from pipekit.state.store import StateStore
 from pipekit.testing import PipeResult
 from pipekit.testing import PipeTester
 

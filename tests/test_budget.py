@@ -9,8 +9,8 @@ import pytest
 
 from pipekit.engine.budget import make_forecast
 from pipekit.pipeline.phases import PhaseDefinition
-from pipekit.state.model import PipelineStateManager
-from pipekit.state.store import JsonDirStore
+from pipekit.state.jsondir import JsonDirStore
+from pipekit.state.manager import PipelineStateManager
 from pipekit.testing import PipeTester
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from pipekit.pipeline.checkpoints import CheckpointError
 from pipekit.pipeline.checkpoints import Checkpoints
-from pipekit.state.model import PipelineStateManager
-from pipekit.state.store import JsonDirStore
+from pipekit.state.jsondir import JsonDirStore
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.store import StateStore
 from pipekit.testing import PipeTester
 

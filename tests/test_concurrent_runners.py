@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from pipekit.outcomes import StateWriteError
-from pipekit.state.store import JsonDirStore
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.testing import PipeTester
 
 

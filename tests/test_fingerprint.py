@@ -6,14 +6,14 @@ import linecache
 from pathlib import Path
 from typing import Any
 
-from pipekit.state.digest import text_hash
+from pipekit.pipeline.phases import phase
+from pipekit.pipeline.phases import phase_definition_of
 from pipekit.stale.fingerprint import SourceArchive
 from pipekit.stale.fingerprint import code_identity
 from pipekit.stale.fingerprint import consumed_phases
 from pipekit.stale.fingerprint import input_hash
 from pipekit.stale.fingerprint import phase_fingerprint
-from pipekit.pipeline.phases import phase
-from pipekit.pipeline.phases import phase_definition_of
+from pipekit.state.digest import text_hash
 
 
 def define(tmp_path: Path, source: str, name: str = "handler") -> Any:

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 import pipekit
-from pipekit.state.store import JsonDirStore
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.testing import PipeTester
 
 

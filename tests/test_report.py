@@ -19,9 +19,9 @@ import pytest
 from pipekit.cli.report import render_report
 from pipekit.cli.target import Target
 from pipekit.pipeline.loader import load
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
-from pipekit.state.store import JsonDirStore
 from pipekit.testing import PipeTester
 
 

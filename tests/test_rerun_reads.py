@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pipekit.state.store import JsonDirStore
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.testing import PipeTester
 
 

@@ -10,8 +10,8 @@ import pytest
 from pipekit import PipelineStateManager
 from pipekit import StateFileError
 from pipekit.outcomes import StateWriteError
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import INLINE_OUTPUT_LIMIT
-from pipekit.state.store import JsonDirStore
 
 
 PHASES = [(0, "research"), (1, "curate"), (2, "draft")]

@@ -19,8 +19,8 @@ from hypothesis.stateful import rule
 import pytest
 
 from pipekit import PipelineStateManager
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import INLINE_OUTPUT_LIMIT
-from pipekit.state.store import JsonDirStore
 from pipekit.state.store import encode_item_id
 
 

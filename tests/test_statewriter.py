@@ -13,10 +13,10 @@ import pytest
 
 import pipekit
 from pipekit import hookimpl
-from pipekit.state.model import PipelineStateManager
-from pipekit.state.writer import StateWriter
-from pipekit.state.store import JsonDirStore
+from pipekit.state.jsondir import JsonDirStore
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.store import encode_document
+from pipekit.state.writer import StateWriter
 
 
 PIPELINE = """

@@ -21,9 +21,9 @@ from pipekit.cli.status import last_note
 from pipekit.cli.status import state_record
 from pipekit.cli.statusrows import RowReader
 from pipekit.cli.target import Target
-from pipekit.pipeline.loader import load
 from pipekit.outcomes import StateFileError
-from pipekit.state.store import JsonDirStore
+from pipekit.pipeline.loader import load
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.testing import PipeTester
 
 

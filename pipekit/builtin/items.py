@@ -9,10 +9,10 @@ from typing import Any
 
 from pipekit.config import Config
 from pipekit.hookspecs import hookimpl
+from pipekit.outcomes import UsageError
 from pipekit.pipeline.items import read_items_file
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.loader import user_traceback
-from pipekit.outcomes import UsageError
 
 
 @hookimpl(tryfirst=True)

@@ -11,11 +11,11 @@ from typing import Any
 
 from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
-from pipekit.pipeline.context import PhaseOutcome
-from pipekit.hookspecs import hookimpl
 from pipekit.engine.phaserunner import Item
-from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.engine.runner import Run
+from pipekit.hookspecs import hookimpl
+from pipekit.pipeline.context import PhaseOutcome
+from pipekit.pipeline.phases import PhaseDefinition
 
 
 class JsonlReporter:

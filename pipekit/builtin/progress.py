@@ -14,15 +14,15 @@ from typing import IO
 from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.config import Parser
-from pipekit.pipeline.context import PhaseOutcome
-from pipekit.hookspecs import hookimpl
-from pipekit.engine.phaserunner import Item
-from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.display.progress import HEARTBEAT_SECONDS
 from pipekit.display.progress import ProgressTracker
 from pipekit.display.progress import SimpleProgress
 from pipekit.display.progress import is_rich_supported
+from pipekit.engine.phaserunner import Item
 from pipekit.engine.runner import Run
+from pipekit.hookspecs import hookimpl
+from pipekit.pipeline.context import PhaseOutcome
+from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import PENDING
 

@@ -15,13 +15,13 @@ from typing import IO
 
 from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
-from pipekit.pipeline.context import PhaseOutcome
-from pipekit.hookspecs import hookimpl
-from pipekit.engine.phaserunner import Item
-from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.display.progress import format_cost
 from pipekit.display.progress import is_rich_supported
+from pipekit.engine.phaserunner import Item
 from pipekit.engine.runner import Run
+from pipekit.hookspecs import hookimpl
+from pipekit.pipeline.context import PhaseOutcome
+from pipekit.pipeline.phases import PhaseDefinition
 
 
 #: Failures listed without ``-v``.

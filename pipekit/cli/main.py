@@ -119,9 +119,9 @@ def why_command(args: list[str], plugins: list[Any]) -> ExitCode:
 
 def plugins_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit plugins [MODULE] [--all] [--hook NAME]``: what is registered, from where."""
-    from pipekit.pipeline.loader import load
     from pipekit.manager import make_plugin_manager
     from pipekit.manager import register_pipeline_module
+    from pipekit.pipeline.loader import load
 
     parser = _command_parser("pipekit plugins", "List registered plugins and where they came from.")
     parser.add_argument("module", nargs="?", help="also show the hooks of this pipeline module")

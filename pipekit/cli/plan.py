@@ -15,20 +15,17 @@ from typing import Any
 
 from pipekit.cli.main import ArgumentParser
 from pipekit.config import Config
-from pipekit.stale.fingerprint import SourceArchive
-from pipekit.stale.fingerprint import code_identity
-from pipekit.stale.fingerprint import output_hash
-from pipekit.pipeline.loader import Pipeline
-from pipekit.pipeline.loader import load
-from pipekit.outcomes import ExitCode
-from pipekit.outcomes import UsageError
-from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.engine.session import _collect_items
 from pipekit.engine.session import _output_root
 from pipekit.engine.session import build_run_parser
 from pipekit.engine.session import check_from_phase
 from pipekit.engine.session import open_store
 from pipekit.engine.session import parse_with_plugins
+from pipekit.outcomes import ExitCode
+from pipekit.outcomes import UsageError
+from pipekit.pipeline.loader import Pipeline
+from pipekit.pipeline.loader import load
+from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.stale.checker import RUN
 from pipekit.stale.checker import SKIP
 from pipekit.stale.checker import STALE
@@ -43,6 +40,9 @@ from pipekit.stale.checker import load_states
 from pipekit.stale.checker import make_plan
 from pipekit.stale.checker import plan_item
 from pipekit.stale.checker import reason_counts
+from pipekit.stale.fingerprint import SourceArchive
+from pipekit.stale.fingerprint import code_identity
+from pipekit.stale.fingerprint import output_hash
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import PipelineState
 

@@ -22,16 +22,16 @@ from pipekit.cli.target import parse
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
-from pipekit.state.selection import is_glob
-from pipekit.state.selection import natural_key
-from pipekit.state.selection import resolve_phase
-from pipekit.state.selection import select_item_ids
+from pipekit.state.jsondir import JsonDirStore
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
 from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
-from pipekit.state.model import PipelineStateManager
-from pipekit.state.store import JsonDirStore
+from pipekit.state.selection import is_glob
+from pipekit.state.selection import natural_key
+from pipekit.state.selection import resolve_phase
+from pipekit.state.selection import select_item_ids
 
 
 def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:

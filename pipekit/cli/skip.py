@@ -18,9 +18,9 @@ from pipekit.cli.target import parse
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
+from pipekit.state.model import DONE_STATUSES
 from pipekit.state.selection import resolve_phase
 from pipekit.state.selection import select_item_ids
-from pipekit.state.model import DONE_STATUSES
 
 
 #: Prefix of the reason of a phase skipped by hand.

@@ -21,15 +21,15 @@ from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
-from pipekit.state.selection import is_glob
-from pipekit.state.selection import natural_key
-from pipekit.state.selection import select_item_ids
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PipelineState
+from pipekit.state.selection import is_glob
+from pipekit.state.selection import natural_key
+from pipekit.state.selection import select_item_ids
 
 
 #: One glyph per phase status, and its ANSI colour.

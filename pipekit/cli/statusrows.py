@@ -28,6 +28,7 @@ from typing import Any
 
 from pipekit.cli.target import Target
 from pipekit.outcomes import StateFileError
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import FAILED
@@ -37,7 +38,6 @@ from pipekit.state.model import SCHEMA_VERSION
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
-from pipekit.state.store import JsonDirStore
 
 
 #: Every field of a saved phase with its default, in ``PhaseState`` order

@@ -13,15 +13,15 @@ import gc
 import sys
 
 from pipekit.cli.main import ArgumentParser
-from pipekit.pipeline.loader import Pipeline
-from pipekit.pipeline.loader import load
+from pipekit.cli.projectconfig import load_project_config
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
-from pipekit.cli.projectconfig import load_project_config
-from pipekit.state.selection import natural_key
+from pipekit.pipeline.loader import Pipeline
+from pipekit.pipeline.loader import load
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import PipelineState
-from pipekit.state.model import PipelineStateManager
+from pipekit.state.selection import natural_key
 from pipekit.state.store import StateStore
 
 

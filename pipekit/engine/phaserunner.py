@@ -17,29 +17,29 @@ import time
 import traceback
 from typing import Any
 
+from pipekit.execution.base import LocalExecutor
+from pipekit.execution.base import PhaseExecutor
+from pipekit.execution.base import run_in_thread
+from pipekit.execution.remote import RemoteError
+from pipekit.outcomes import Fail
+from pipekit.outcomes import PhaseInterrupted
+from pipekit.outcomes import PhaseTimeoutError
+from pipekit.outcomes import Retry
 from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.context import CostCapExceeded
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.context import PhaseOutcome
 from pipekit.pipeline.context import check_usage
-from pipekit.execution.base import LocalExecutor
-from pipekit.execution.base import PhaseExecutor
-from pipekit.execution.base import run_in_thread
-from pipekit.stale.fingerprint import phase_fingerprint
 from pipekit.pipeline.limits import Gate
-from pipekit.outcomes import Fail
-from pipekit.outcomes import PhaseInterrupted
-from pipekit.outcomes import PhaseTimeoutError
-from pipekit.outcomes import Retry
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.phases import PhaseResult
-from pipekit.execution.remote import RemoteError
+from pipekit.stale.fingerprint import phase_fingerprint
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import PipelineState
-from pipekit.state.model import PipelineStateManager
-from pipekit.state.writer import StateWriter
 from pipekit.state.store import encode_item_id
+from pipekit.state.writer import StateWriter
 
 
 #: How many times one execution may ask for ``Retry`` before it counts as failed.

@@ -17,33 +17,33 @@ import sys
 import time
 from typing import Any
 
-from pipekit.engine.budget import Spending
 from pipekit.config import Config
+from pipekit.engine.budget import Spending
+from pipekit.engine.phaserunner import Item
+from pipekit.engine.phaserunner import PhaseRunner
+from pipekit.engine.phaserunner import RunControl
 from pipekit.execution.base import LocalExecutor
 from pipekit.execution.base import PhaseExecutor
-from pipekit.pipeline.items import ItemSpec
-from pipekit.pipeline.limits import Gate
-from pipekit.pipeline.limits import declared_limits
-from pipekit.pipeline.loader import Pipeline
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import worst_exit_code
-from pipekit.engine.phaserunner import Item
-from pipekit.engine.phaserunner import PhaseRunner
-from pipekit.engine.phaserunner import RunControl
+from pipekit.pipeline.items import ItemSpec
+from pipekit.pipeline.limits import Gate
+from pipekit.pipeline.limits import declared_limits
+from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.phases import Injector
 from pipekit.stale.checker import StalePolicy
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import FAILED
 from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
-from pipekit.state.model import PipelineStateManager
-from pipekit.state.writer import StateWriter
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_item_id
+from pipekit.state.writer import StateWriter
 
 
 #: Item status when only non-critical phases failed.

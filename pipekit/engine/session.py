@@ -15,25 +15,25 @@ from typing import Any
 import platformdirs
 
 from pipekit.cli.main import ArgumentParser
+from pipekit.cli.projectconfig import load_project_config
 from pipekit.config import Config
 from pipekit.config import Parser
-from pipekit.pipeline.items import ItemSpec
-from pipekit.pipeline.items import normalize_items
-from pipekit.pipeline.loader import Pipeline
-from pipekit.pipeline.loader import load
+from pipekit.display.streams import stdout_reserved_for_events
+from pipekit.engine.runner import Run
+from pipekit.engine.runner import RunResult
 from pipekit.manager import make_plugin_manager
 from pipekit.manager import register_pipeline_module
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
-from pipekit.cli.projectconfig import load_project_config
-from pipekit.engine.runner import Run
-from pipekit.engine.runner import RunResult
-from pipekit.state.selection import has_failed_phase
+from pipekit.pipeline.items import ItemSpec
+from pipekit.pipeline.items import normalize_items
+from pipekit.pipeline.loader import Pipeline
+from pipekit.pipeline.loader import load
 from pipekit.stale.checker import prepare_stale_policy
-from pipekit.state.store import JsonDirStore
+from pipekit.state.jsondir import JsonDirStore
+from pipekit.state.selection import has_failed_phase
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_item_id
-from pipekit.display.streams import stdout_reserved_for_events
 
 
 PROGRESS_MODES = ("auto", "rich", "simple", "none")

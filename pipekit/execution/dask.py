@@ -17,11 +17,11 @@ import itertools
 from typing import Any
 
 from pipekit.execution.base import RemoteExecutor
-from pipekit.outcomes import UsageError
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
 from pipekit.execution.remote import WorkerLost
 from pipekit.execution.remote import execute_call
+from pipekit.outcomes import UsageError
 
 
 _keys = itertools.count()

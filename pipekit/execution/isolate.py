@@ -20,11 +20,11 @@ from collections.abc import Callable
 import sys
 from typing import Any
 
-from pipekit.pipeline.context import PhaseContext
-from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.execution.pool import ProcessPool
 from pipekit.execution.remote import apply_outcome
 from pipekit.execution.remote import build_call
-from pipekit.execution.pool import ProcessPool
+from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.phases import PhaseDefinition
 
 
 #: Isolated calls in flight at once are bounded by ``-j`` already; this only caps the pool.

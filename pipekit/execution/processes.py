@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pipekit.execution.base import RemoteExecutor
+from pipekit.execution.pool import ProcessPool
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
-from pipekit.execution.pool import ProcessPool
 
 
 class ProcessExecutor(RemoteExecutor):

@@ -24,20 +24,20 @@ from pathlib import Path
 import sys
 from typing import Any
 
+from pipekit.outcomes import StateFileError
 from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.loader import Pipeline
+from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.stale.fingerprint import SourceArchive
 from pipekit.stale.fingerprint import code_identity
 from pipekit.stale.fingerprint import input_hash
 from pipekit.stale.fingerprint import output_hash
-from pipekit.pipeline.loader import Pipeline
-from pipekit.outcomes import StateFileError
-from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
-from pipekit.state.model import PipelineStateManager
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_item_id
 

@@ -36,9 +36,9 @@ import weakref
 
 import platformdirs
 
-from pipekit.state.digest import text_hash
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.digest import text_hash
 from pipekit.state.store import write_atomically
 
 

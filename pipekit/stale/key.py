@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipekit.state.digest import HASH_CHARS
 from pipekit.stale.fingerprint import output_hash
+from pipekit.state.digest import HASH_CHARS
 
 
 def stale_key(document: Any) -> str | None:

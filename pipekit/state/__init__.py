@@ -4,9 +4,11 @@
 as they were before the state modules became a package.
 """
 
+from __future__ import annotations
+
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
-from pipekit.state.model import PipelineStateManager
 
 
 __all__ = ["PhaseState", "PipelineState", "PipelineStateManager"]

@@ -1,26 +1,20 @@
 """Per-item pipeline state (the seed's Pattern 1): data and transitions.
 
-``PipelineStateManager`` changes one item's ``PipelineState`` and saves it
-after every change through a store (``pipekit.state.store``); it does no locking.
+The data of one item's state and the rules of its transitions; changing and
+saving it is ``pipekit.state.manager``'s job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 import copy
-from dataclasses import asdict
 from dataclasses import dataclass
 from dataclasses import field
 from dataclasses import fields
-from datetime import datetime
-from datetime import timezone
-from os import PathLike
 import time
 from typing import Any
 
 from pipekit.outcomes import StateFileError
-from pipekit.state.store import JsonDirStore
-from pipekit.state.store import StateStore
 
 
 #: Version of the state document; a newer one is refused rather than misread.
@@ -82,7 +76,7 @@ class PhaseState:
     fingerprint: dict[str, Any] | None = None
 
 
-_PHASE_FIELDS = frozenset(f.name for f in fields(PhaseState))
+PHASE_FIELDS = frozenset(f.name for f in fields(PhaseState))
 
 
 @dataclass
@@ -144,11 +138,10 @@ class PipelineState:
         if version > SCHEMA_VERSION:
             raise StateFileError(
                 where,
-                f"schema_version {version} is newer than this pipekit understands "
-                f"({SCHEMA_VERSION}); upgrade pipekit",
+                f"schema_version {version} is newer than this pipekit understands ({SCHEMA_VERSION}); upgrade pipekit",
             )
         try:
-            known = _PHASE_FIELDS
+            known = PHASE_FIELDS
             phases = {
                 # the common case (no unknown keys) skips the filtering: status reads 100,000 files
                 int(num): PhaseState(**raw)
@@ -186,7 +179,7 @@ def _phase_document(phase: PhaseState) -> dict[str, Any]:
     return dict(vars(phase))
 
 
-def _phase_pairs(phases: Iterable[Any]) -> list[tuple[int, str]]:
+def phase_pairs(phases: Iterable[Any]) -> list[tuple[int, str]]:
     pairs = []
     for p in phases:
         if isinstance(p, tuple):
@@ -194,408 +187,3 @@ def _phase_pairs(phases: Iterable[Any]) -> list[tuple[int, str]]:
         else:
             pairs.append((int(p.num), str(p.name)))
     return sorted(pairs)
-
-
-@dataclass(frozen=True)
-class PendingWrite:
-    """One write of an item's state: the document, then the checkpoints the
-    written state made useless (dropped only after it landed, so a crash in
-    between leaves stale checkpoints, never lost work). Safe to ``run`` on a
-    thread other than the one changing the state: it holds its own copy. The
-    output files it no longer refers to are deleted by ``saved``, after it."""
-
-    store: StateStore
-    item_id: str
-    document: dict[str, Any]
-    checkpoints_to_drop: list[str]
-    outputs_unreferenced: list[str]
-
-    def run(self) -> None:
-        """Write the document, then drop the checkpoints."""
-        self.store.save(self.item_id, self.document)
-        self.drop_checkpoints()
-
-    def drop_checkpoints(self) -> None:
-        """Drop the checkpoints the written state made useless."""
-        for phase_name in self.checkpoints_to_drop:
-            self.store.drop_checkpoints(self.item_id, phase_name)
-
-    @staticmethod
-    def run_together(writes: list[PendingWrite]) -> None:
-        """Write the documents of several items with one ``save_many`` of their
-        (shared) store, then drop their checkpoints."""
-        writes[0].store.save_many((write.item_id, write.document) for write in writes)
-        for write in writes:
-            write.drop_checkpoints()
-
-
-class PipelineStateManager:
-    """Changes and persists one item's ``PipelineState``; saves after every change.
-
-    :param item_id: the item's id (any non-empty string).
-    :param state_dir: the state directory, or a ``StateStore``.
-    """
-
-    def __init__(self, item_id: str, state_dir: str | PathLike[str] | StateStore) -> None:
-        self.item_id = item_id
-        self.store: StateStore = (
-            state_dir if isinstance(state_dir, StateStore) else JsonDirStore(state_dir)
-        )
-        self._state: PipelineState | None = None
-        #: Phase outputs already written to their own file, by num.
-        self._output_refs: dict[int, str] = {}
-        #: Output files to delete once a saved state no longer refers to them.
-        self._unreferenced: list[str] = []
-        #: Set by a runner (``pipekit.state.writer``): ``save_state`` then keeps the
-        #: document for the runner to write off the event loop before it tells
-        #: any observer. Never set for library users: their saves are synchronous.
-        self.defer_saves = False
-        self._pending = False
-        #: Phases whose checkpoints go once the state that completes them is written.
-        self._checkpoints_to_drop: list[str] = []
-
-    @property
-    def state(self) -> PipelineState:
-        """The item's state; ``create_state`` or ``load_state`` must come first."""
-        if self._state is None:
-            raise RuntimeError(f"no state for item {self.item_id!r}: call load_state or create_state")
-        return self._state
-
-    @state.setter
-    def state(self, value: PipelineState) -> None:
-        self._state = value
-
-    # -- creating, loading, saving --------------------------------------
-
-    def create_state(self, metadata: dict[str, Any], phases: Iterable[Any]) -> PipelineState:
-        """Initialise the state with every phase ``pending`` and save it.
-
-        :param phases: ``PhaseDefinition`` objects or ``(num, name)`` pairs.
-        """
-        now = utc_now()
-        pairs = _phase_pairs(phases)
-        self._state = PipelineState(
-            item_id=self.item_id,
-            metadata=dict(metadata),
-            status=PENDING,
-            current_phase=pairs[0][0] if pairs else 0,
-            started_at=now,
-            last_updated=now,
-            phases={num: PhaseState(phase=num, name=name) for num, name in pairs},
-        )
-        self._output_refs = {}
-        self.save_state()
-        return self._state
-
-    def load_state(self) -> bool:
-        """Load the saved state; False when there is none. Raises ``StateFileError``."""
-        return self.load_document(self.store.load(self.item_id))
-
-    def load_document(self, document: dict[str, Any] | None) -> bool:
-        """``load_state`` from a document already read (``StateStore.load_many``)."""
-        if document is None:
-            return False
-        where = self.store.describe(self.item_id)
-        state, refs = PipelineState.from_document(document, where)
-        if state.item_id != self.item_id:
-            raise StateFileError(where, f"holds item {state.item_id!r}, not {self.item_id!r}")
-        for num, ref in refs.items():
-            state.phase_outputs[num] = self.store.read_output(self.item_id, ref)
-        self._state = state
-        self._output_refs = refs
-        return True
-
-    def save_state(self) -> None:
-        """Write the state atomically; large outputs are written once, beside it."""
-        state = self.state
-        state.last_updated = utc_now()
-        for num, text in state.phase_outputs.items():
-            if num not in self._output_refs and len(text) * 4 > INLINE_OUTPUT_LIMIT:
-                if len(text.encode("utf-8")) > INLINE_OUTPUT_LIMIT:
-                    self._output_refs[num] = self.store.write_output(self.item_id, num, text)
-        self._pending = True  # the document is built when written: several changes cost one
-        if not self.defer_saves:
-            self.write_pending()
-
-    @property
-    def has_pending_save(self) -> bool:
-        """True when a save was asked for (``defer_saves``) and is not yet written."""
-        return self._pending
-
-    def take_pending_write(self) -> PendingWrite:
-        """The write of the latest saved state, for any thread to ``run``; whoever
-        runs it calls ``saved`` with it afterwards, on the thread that changes the state."""
-        document = self.state.to_document(self._output_refs)
-        drops, self._checkpoints_to_drop = self._checkpoints_to_drop, []
-        unreferenced, self._unreferenced = self._unreferenced, []
-        self._pending = False
-        return PendingWrite(self.store, self.item_id, document, drops, unreferenced)
-
-    def write_pending(self) -> None:
-        """Write the pending save here and now."""
-        write = self.take_pending_write()
-        write.run()
-        self.saved(write)
-
-    def saved(self, write: PendingWrite) -> None:
-        """After ``write`` landed: delete the output files it no longer refers to."""
-        # Only now that the saved state no longer refers to them (a crash before
-        # this point leaves a stray file, never a state pointing at nothing), and
-        # only if no change since refers to them again (outputs are named by content).
-        if write.outputs_unreferenced:
-            kept = set(self._output_refs.values())
-            for ref in write.outputs_unreferenced:
-                if ref not in kept:
-                    self.store.delete_output(self.item_id, ref)
-
-    # -- transitions ----------------------------------------------------
-
-    def _phase(self, phase_num: int) -> PhaseState:
-        try:
-            return self.state.phases[phase_num]
-        except KeyError:
-            raise KeyError(f"item {self.item_id!r} has no phase {phase_num}") from None
-
-    def _add_usage(self, phase: PhaseState, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
-        state = self.state
-        phase.tokens_in += tokens_in
-        phase.tokens_out += tokens_out
-        phase.cost_usd += cost_usd
-        state.total_tokens_in += tokens_in
-        state.total_tokens_out += tokens_out
-        state.total_cost_usd += cost_usd
-
-    def start_phase(self, phase_num: int, executor: str = "") -> None:
-        """Mark the phase ``in_progress``, count the attempt, record the time, save."""
-        phase = self._phase(phase_num)
-        phase.status = IN_PROGRESS
-        phase.started_at = utc_now()
-        phase.completed_at = None
-        phase.attempts += 1
-        phase.reason = None
-        if executor:
-            phase.executor = executor
-        self.state.status = IN_PROGRESS
-        self.state.current_phase = phase_num
-        self.save_state()
-
-    def complete_phase(
-        self,
-        phase_num: int,
-        output: str,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-        cost_usd: float = 0.0,
-        *,
-        duration_seconds: float | None = None,
-        output_file: str | None = None,
-        executor: str | None = None,
-    ) -> None:
-        """Mark the phase ``completed``, store its output, add its usage, save."""
-        phase = self._phase(phase_num)
-        phase.status = COMPLETED
-        phase.completed_at = utc_now()
-        phase.duration_seconds = (
-            duration_seconds if duration_seconds is not None else _elapsed(phase.started_at)
-        )
-        phase.error = None
-        phase.reason = None
-        phase.traceback = None
-        phase.output_file = output_file
-        if executor:
-            phase.executor = executor
-        self._add_usage(phase, tokens_in, tokens_out, cost_usd)
-        self._set_output(phase_num, output)
-        self._refresh_item_status()
-        self._checkpoints_to_drop.append(phase.name)
-        self.save_state()
-
-    def fail_phase(
-        self,
-        phase_num: int,
-        error: str,
-        *,
-        reason: str = "error",
-        traceback: str | None = None,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-        cost_usd: float = 0.0,
-        duration_seconds: float | None = None,
-        critical: bool = True,
-    ) -> None:
-        """Mark the phase ``failed`` with its error (usage of the failed attempt counts), save."""
-        phase = self._phase(phase_num)
-        phase.status = FAILED
-        phase.completed_at = utc_now()
-        phase.duration_seconds = (
-            duration_seconds if duration_seconds is not None else _elapsed(phase.started_at)
-        )
-        phase.error = error
-        phase.reason = reason
-        phase.traceback = traceback
-        self._add_usage(phase, tokens_in, tokens_out, cost_usd)
-        self._refresh_item_status(failed_critical=critical)
-        self.save_state()
-
-    def record_failed_attempt(
-        self,
-        phase_num: int,
-        error: str,
-        tokens_in: int = 0,
-        tokens_out: int = 0,
-        cost_usd: float = 0.0,
-    ) -> None:
-        """Record an attempt that failed and will be retried: its error and usage, save."""
-        phase = self._phase(phase_num)
-        phase.error = error
-        self._add_usage(phase, tokens_in, tokens_out, cost_usd)
-        self.save_state()
-
-    def skip_phase(self, phase_num: int, reason: str, output: str | None = None) -> None:
-        """Mark the phase ``skipped`` with its reason (and an output, if one exists), save."""
-        phase = self._phase(phase_num)
-        phase.status = SKIPPED
-        phase.reason = reason
-        phase.error = None
-        phase.completed_at = utc_now()
-        self._set_output(phase_num, output)
-        self._refresh_item_status()
-        self._checkpoints_to_drop.append(phase.name)
-        self.save_state()
-
-    def reset_phase(self, phase_num: int) -> None:
-        """Set the phase back to ``pending`` and drop its output, save.
-
-        Tokens, cost and attempts stay: they were spent.
-        """
-        self.reset_phases([phase_num])
-
-    def reset_phases(self, phase_nums: Iterable[int]) -> None:
-        """``reset_phase`` for several phases, saved once."""
-        for phase_num in phase_nums:
-            phase = self._phase(phase_num)
-            phase.status = PENDING
-            phase.started_at = None
-            phase.completed_at = None
-            phase.duration_seconds = None
-            phase.error = None
-            phase.reason = None
-            phase.traceback = None
-            phase.output_file = None
-            self._set_output(phase_num, None)
-            # Before the save: a reset phase must never find its old checkpoints.
-            self.store.drop_checkpoints(self.item_id, phase.name)
-        self._refresh_item_status()
-        self.save_state()
-
-    def reconcile(self, phases: Iterable[Any]) -> bool:
-        """Match the saved phases to the pipeline's current ones by name.
-
-        Phases are re-keyed to their current num and a new name is ``pending``.
-        A phase gone from the pipeline is not run and not counted, but kept, with
-        its output, under ``retired_phases``: if its name comes back, so does its
-        state. Returns True when anything changed (not saved).
-        """
-        state = self.state
-        pairs = _phase_pairs(phases)
-        if [(n, p.name) for n, p in sorted(state.phases.items())] == pairs:
-            return False
-        by_name = {p.name: p for p in state.phases.values()}
-        current_names = {name for _, name in pairs}
-        outputs: dict[int, str] = {}
-        refs: dict[int, str] = {}
-        new_phases: dict[int, PhaseState] = {}
-        for gone in by_name.values():
-            if gone.name not in current_names:
-                state.retired_phases[gone.name] = {
-                    "state": asdict(gone),
-                    "output": state.phase_outputs.get(gone.phase),
-                }
-                ref = self._output_refs.get(gone.phase)
-                if ref is not None:
-                    self._unreferenced.append(ref)  # its text is kept inline now
-        for num, name in pairs:
-            old = by_name.get(name)
-            if old is None and name in state.retired_phases:
-                retired = state.retired_phases.pop(name)
-                old = PhaseState(**{k: v for k, v in retired["state"].items() if k in _PHASE_FIELDS})
-                if retired.get("output") is not None:
-                    outputs[num] = retired["output"]
-            elif old is not None:
-                if old.phase in state.phase_outputs:
-                    outputs[num] = state.phase_outputs[old.phase]
-                if old.phase in self._output_refs:
-                    refs[num] = self._output_refs[old.phase]
-            if old is None:
-                new_phases[num] = PhaseState(phase=num, name=name)
-                continue
-            old.phase = num
-            new_phases[num] = old
-        state.phases = new_phases
-        state.phase_outputs = outputs
-        self._output_refs = refs
-        state.current_phase = _first_not_done(state)
-        return True
-
-    # -- questions --------------------------------------------------------
-
-    def get_next_pending_phase(self) -> int | None:
-        """The first phase (by num) whose status is ``pending``, or None."""
-        for num in sorted(self.state.phases):
-            if self.state.phases[num].status == PENDING:
-                return num
-        return None
-
-    def get_resume_phase(self) -> int:
-        """Where to resume: "last completed + 1" when phases finished in order.
-
-        It is the first phase (by num) that is neither completed nor skipped, so
-        it never points past unfinished work; with every phase done it is the
-        last num + 1 (and 0 with no phases).
-        """
-        nums = sorted(self.state.phases)
-        for num in nums:
-            if self.state.phases[num].status not in DONE_STATUSES:
-                return num
-        return nums[-1] + 1 if nums else 0
-
-    # -- helpers ------------------------------------------------------------
-
-    def _set_output(self, phase_num: int, output: str | None) -> None:
-        outputs = self.state.phase_outputs
-        ref = self._output_refs.pop(phase_num, None)
-        if ref is not None:
-            self._unreferenced.append(ref)
-        if output is None:
-            outputs.pop(phase_num, None)
-        else:
-            outputs[phase_num] = output
-
-    def _refresh_item_status(self, failed_critical: bool = False) -> None:
-        """Derive the item's status from its phases; the runner sets the final word."""
-        state = self.state
-        statuses = [p.status for p in state.phases.values()]
-        if failed_critical:
-            state.status = FAILED
-        elif all(s in DONE_STATUSES for s in statuses):
-            state.status = COMPLETED
-        elif IN_PROGRESS in statuses:
-            state.status = IN_PROGRESS
-        elif not (state.status == FAILED and FAILED in statuses):
-            # work is left; a critical failure stays visible until its phase runs again
-            state.status = PENDING
-        state.current_phase = _first_not_done(state)
-
-
-def _first_not_done(state: PipelineState) -> int:
-    for num in sorted(state.phases):
-        if state.phases[num].status not in DONE_STATUSES:
-            return num
-    return max(state.phases, default=0)
-
-
-def _elapsed(started_at: str | None) -> float | None:
-    if started_at is None:
-        return None
-    started = datetime.fromisoformat(started_at)
-    return round((datetime.now(timezone.utc) - started).total_seconds(), 6)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from urllib.parse import urlunsplit
 
 from pipekit.outcomes import UsageError
-from pipekit.state.store import JsonDirStore
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.store import StateStore
 
 

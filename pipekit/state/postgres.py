@@ -30,12 +30,12 @@ from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
 from pipekit.stale.key import stale_key
+from pipekit.state.open import mask_password
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
-from pipekit.state.open import mask_password
 
 
 #: Seconds a lease lasts without renewal (the holder renews it every third of that).

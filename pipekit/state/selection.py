@@ -10,9 +10,9 @@ from collections.abc import Iterable
 import fnmatch
 import re
 
-from pipekit.pipeline.loader import Pipeline
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
+from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import FAILED
 from pipekit.state.store import StateStore

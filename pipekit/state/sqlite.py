@@ -24,11 +24,11 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-from pipekit.state.digest import text_hash
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
 from pipekit.stale.key import stale_key
+from pipekit.state.digest import text_hash
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore

@@ -1,9 +1,4 @@
-"""Where state lives: the store interface and the JSON directory store.
-
-The JSON directory store keeps one human-readable ``.json`` file per item. Every
-write goes to a temporary file (never named ``*.json``), is fsynced, then renamed
-over the old file, so a reader or a crash sees the old or the new file whole.
-"""
+"""Where state lives: the store interface, and what every store shares (ids, encoding, atomic files, locks)."""
 
 from __future__ import annotations
 
@@ -20,15 +15,12 @@ import itertools
 import json
 import os
 from pathlib import Path
-import shutil
-import sys
 import time
 from typing import Any
 from typing import NamedTuple
 
-from pipekit.state.digest import text_hash
 from pipekit.outcomes import StateFileError
-from pipekit.outcomes import StateWriteError
+from pipekit.state.digest import text_hash
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -36,7 +28,7 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 _MAX_READABLE = 120
 _tmp_counter = itertools.count()
 #: flock errors meaning "this file system has no locks" rather than "someone holds it".
-_NO_LOCKING = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+NO_LOCKING_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 def encode_item_id(item_id: str) -> str:
@@ -244,9 +236,7 @@ class StateStore(abc.ABC):
             if document is not None:
                 yield item_id, document
 
-    def load_many(
-        self, item_ids: Iterable[str]
-    ) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
+    def load_many(self, item_ids: Iterable[str]) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
         """``(item_id, document or None or the error)`` for each id, in order; database
         stores read them in a few queries instead of one per item."""
         for item_id in item_ids:
@@ -375,232 +365,3 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
             return None
         raise
     return ItemLock(fd)
-
-
-class JsonDirStore(StateStore):
-    """One JSON file per item in a directory (the default store).
-
-    :param state_dir: the directory, created on first write.
-    :param durable: fsync every write, so it survives a power cut, not only a
-        crash of the process. By default true unless ``PIPEKIT_FSYNC=0``.
-    """
-
-    threadsafe_saves = True
-
-    def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
-        # Absolute, so a handler that changes the current folder cannot lose state.
-        self.state_dir = Path(state_dir).expanduser().resolve()
-        self.location = str(self.state_dir)
-        self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
-        self._ready = False
-        self._locks_ready = False
-        self._last_path: tuple[str, Path] | None = None
-        self._warned_no_locking = False
-
-    def _prepare(self) -> None:
-        if not self._ready:
-            try:
-                self.state_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StateWriteError(self.state_dir, exc.strerror or str(exc)) from exc
-            self._ready = True
-            remove_stale_temp_files(self.state_dir)
-
-    def reopen_url(self) -> str:
-        return f"json:{self.state_dir}"
-
-    def path_for(self, item_id: str) -> Path:
-        """The state file of ``item_id``."""
-        last = self._last_path
-        if last is not None and last[0] == item_id:
-            return last[1]  # loading an item asks for its path twice (load, describe)
-        path = self.state_dir / f"{encode_item_id(item_id)}.json"
-        self._last_path = (item_id, path)
-        return path
-
-    def describe(self, item_id: str) -> str:
-        return str(self.path_for(item_id))
-
-    def load(self, item_id: str) -> dict[str, Any] | None:
-        path = self.path_for(item_id)
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StateFileError(path, f"cannot be read ({exc.strerror})") from None
-        return self._parse(path, raw)
-
-    @staticmethod
-    def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
-        try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StateFileError(path, f"not valid JSON ({exc})") from None
-        if not isinstance(document, dict):
-            raise StateFileError(path, "not a JSON object")
-        return document
-
-    def save(self, item_id: str, document: dict[str, Any]) -> None:
-        self._prepare()
-        data = encode_document(document)
-        path = self.path_for(item_id)
-        try:
-            write_atomically(path, data, durable=self.durable)
-        except OSError as exc:
-            raise StateWriteError(path, exc.strerror or str(exc)) from exc
-
-    def _outputs_dir(self, item_id: str) -> Path:
-        return self.state_dir / f"{encode_item_id(item_id)}.outputs"
-
-    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
-        self._prepare()
-        folder = self._outputs_dir(item_id)
-        # Named by content, so the file the saved state refers to is never overwritten.
-        path = folder / f"{phase_num}.{text_hash(text)}.txt"
-        try:
-            if folder.exists():
-                remove_stale_temp_files(folder)
-            folder.mkdir(exist_ok=True)
-            write_atomically(path, text.encode("utf-8"), durable=self.durable)
-        except OSError as exc:
-            raise StateWriteError(path, exc.strerror or str(exc)) from exc
-        return str(path.relative_to(self.state_dir))
-
-    def read_output(self, item_id: str, ref: str) -> str:
-        path = (self.state_dir / ref).resolve()
-        if self.state_dir.resolve() not in path.parents:
-            raise StateFileError(self.path_for(item_id), f"output reference {ref!r} leaves the state dir")
-        try:
-            return path.read_bytes().decode("utf-8")  # not read_text: it would turn \r into \n
-        except OSError as exc:
-            raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
-
-    def delete_output(self, item_id: str, ref: str) -> None:
-        path = (self.state_dir / ref).resolve()
-        if self.state_dir in path.parents:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-    def _checkpoint_dir(self, item_id: str, phase: str) -> Path:
-        return self.state_dir / f"{encode_item_id(item_id)}.checkpoints" / encode_item_id(phase)
-
-    def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
-        folder = self._checkpoint_dir(item_id, phase)
-        found: dict[str, Any] = {}
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            return found
-        for entry in entries:
-            if entry.name.endswith(".json") and not entry.name.startswith("."):
-                path = Path(entry.path)
-                record = self._parse(path, path.read_bytes())
-                if isinstance(record.get("key"), str) and "value" in record:
-                    found[record["key"]] = record["value"]
-        return found
-
-    def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
-        self._prepare()
-        folder = self._checkpoint_dir(item_id, phase)
-        path = folder / f"{encode_item_id(key)}.json"
-        data = json.dumps({"key": key, "value": value}, ensure_ascii=False).encode("utf-8")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, data + b"\n", durable=self.durable)
-        except OSError as exc:
-            raise StateWriteError(path, exc.strerror or str(exc)) from exc
-
-    def drop_checkpoints(self, item_id: str, phase: str) -> None:
-        # Called at every phase end: the common answer ("none") costs one stat of a str path.
-        if not os.path.isdir(f"{self.location}{os.sep}{encode_item_id(item_id)}.checkpoints"):
-            return
-        folder = self._checkpoint_dir(item_id, phase)
-        if not folder.is_dir():
-            return
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            folder.parent.rmdir()  # only when no other phase has checkpoints
-
-    def try_lock(self, item_id: str) -> ItemLock | None:
-        """Take the item's ``flock`` in ``.locks/``.
-
-        The kernel drops an flock when its process dies, however it dies, so a
-        lock file left behind never blocks a later run (lock files are never
-        deleted: deleting one while another process waits on it would let two
-        processes hold "the" lock). On a file system without locking (some NFS
-        mounts answer ENOLCK) items are run unlocked, with one warning.
-        """
-        self._prepare()
-        path = self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock"
-        try:
-            if not self._locks_ready:  # one mkdir per run, not per item
-                path.parent.mkdir(exist_ok=True)
-                self._locks_ready = True
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StateWriteError(path, exc.strerror or str(exc)) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                return None
-            if exc.errno in _NO_LOCKING:
-                self._warn_no_locking(exc)
-                return ItemLock(fd, locked=False)
-            os.close(fd)
-            raise StateWriteError(path, exc.strerror or str(exc)) from exc
-        return ItemLock(fd)
-
-    def _warn_no_locking(self, exc: OSError) -> None:
-        if not self._warned_no_locking:
-            self._warned_no_locking = True
-            print(
-                f"pipekit: warning: {self.state_dir} does not support file locks "
-                f"({exc.strerror}); items are run unlocked: do not start two runs on it at once",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def item_ids(self) -> Iterator[str]:
-        for item_id, _ in self.load_all():
-            yield item_id
-
-    def load_all(self, errors: list[StateFileError] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        # One read and one parse per file (item_ids() followed by load() would be two).
-        yield from self.load_files(self.state_files(), errors)
-
-    def state_files(self) -> list[str]:
-        """The paths of every item's state file (unordered)."""
-        if not self.state_dir.is_dir():
-            return []
-        return [
-            entry.path
-            for entry in os.scandir(self.state_dir)
-            if entry.name.endswith(".json") and not entry.name.startswith(".")
-        ]
-
-    def load_files(
-        self, paths: Iterable[str], errors: list[StateFileError] | None = None
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """``load_all`` over these state files (``status`` shares a big batch out to processes)."""
-        for path in paths:
-            try:
-                with open(path, "rb") as handle:
-                    document = self._parse(path, handle.read())
-            except OSError as exc:
-                problem = StateFileError(path, f"cannot be read ({exc.strerror})")
-                if errors is not None:
-                    errors.append(problem)
-                continue
-            except StateFileError as exc:
-                if errors is not None:
-                    errors.append(exc)
-                continue
-            item_id = document.get("item_id")
-            if isinstance(item_id, str):
-                yield item_id, document
-            elif errors is not None:
-                errors.append(StateFileError(path, "has no item_id"))

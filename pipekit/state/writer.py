@@ -25,8 +25,8 @@ import queue
 import threading
 from typing import Any
 
-from pipekit.state.model import PendingWrite
-from pipekit.state.model import PipelineStateManager
+from pipekit.state.manager import PendingWrite
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 
