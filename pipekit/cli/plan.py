@@ -30,19 +30,19 @@ from pipekit.stale.checker import RUN
 from pipekit.stale.checker import SKIP
 from pipekit.stale.checker import STALE
 from pipekit.stale.checker import STALE_REASONS
-from pipekit.stale.checker import Cell
-from pipekit.stale.checker import Plan
 from pipekit.stale.checker import StaleChecker
 from pipekit.stale.checker import StalePolicy
-from pipekit.stale.checker import format_cost
-from pipekit.stale.checker import format_seconds
-from pipekit.stale.checker import load_states
-from pipekit.stale.checker import make_plan
-from pipekit.stale.checker import plan_item
-from pipekit.stale.checker import reason_counts
 from pipekit.stale.fingerprint import SourceArchive
 from pipekit.stale.fingerprint import code_identity
 from pipekit.stale.fingerprint import output_hash
+from pipekit.stale.plan import Cell
+from pipekit.stale.plan import Plan
+from pipekit.stale.plan import format_cost
+from pipekit.stale.plan import format_seconds
+from pipekit.stale.plan import load_states
+from pipekit.stale.plan import make_plan
+from pipekit.stale.plan import plan_item
+from pipekit.stale.plan import reason_counts
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import PipelineState
 

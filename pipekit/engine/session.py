@@ -19,6 +19,7 @@ from pipekit.cli.projectconfig import load_project_config
 from pipekit.config import Config
 from pipekit.config import Parser
 from pipekit.display.streams import stdout_reserved_for_events
+from pipekit.engine.preflight import prepare_stale_policy
 from pipekit.engine.runner import Run
 from pipekit.engine.runner import RunResult
 from pipekit.manager import make_plugin_manager
@@ -29,7 +30,6 @@ from pipekit.pipeline.items import ItemSpec
 from pipekit.pipeline.items import normalize_items
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.loader import load
-from pipekit.stale.checker import prepare_stale_policy
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.selection import has_failed_phase
 from pipekit.state.store import StateStore
