@@ -74,7 +74,7 @@ def test_a_lock_held_by_a_killed_process_is_free_again(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", (
             "import sys, time\n"
-            "from pipekit.state.store import JsonDirStore\n"
+            "from pipekit.state.jsondir import JsonDirStore\n"
             f"lock = JsonDirStore({str(tmp_path)!r}).try_lock('a')\n"
             "print('locked' if lock else 'busy', flush=True)\n"
             "time.sleep(60)\n"

@@ -14,10 +14,10 @@ from typing import IO
 from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.config import Parser
-from pipekit.display.progress import HEARTBEAT_SECONDS
 from pipekit.display.progress import ProgressTracker
 from pipekit.display.progress import SimpleProgress
 from pipekit.display.progress import is_rich_supported
+from pipekit.display.simple import HEARTBEAT_SECONDS
 from pipekit.engine.phaserunner import Item
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl

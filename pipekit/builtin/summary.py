@@ -15,7 +15,7 @@ from typing import IO
 
 from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
-from pipekit.display.progress import format_cost
+from pipekit.display.format import format_cost
 from pipekit.display.progress import is_rich_supported
 from pipekit.engine.phaserunner import Item
 from pipekit.engine.runner import Run
