@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from pipekit.display.progress import ProgressTracker
     from pipekit.display.progress import SimpleProgress
     from pipekit.display.progress import create_progress_tracker
-    from pipekit.engine.phaserunner import Item
+    from pipekit.engine.control import Item
     from pipekit.engine.phaserunner import PhaseRunner
     from pipekit.engine.runner import Run
     from pipekit.engine.runner import RunResult
@@ -58,7 +58,7 @@ _LAZY = {
     "Retry": "pipekit.outcomes",
     "StateFileError": "pipekit.outcomes",
     "UsageError": "pipekit.outcomes",
-    "Item": "pipekit.engine.phaserunner",
+    "Item": "pipekit.engine.control",
     "PhaseRunner": "pipekit.engine.phaserunner",
     "PhaseDefinition": "pipekit.pipeline.phases",
     "PhaseResult": "pipekit.pipeline.phases",

@@ -41,7 +41,7 @@ import pluggy
 if TYPE_CHECKING:
     from pipekit.config import Config
     from pipekit.config import Parser
-    from pipekit.engine.phaserunner import Item
+    from pipekit.engine.control import Item
     from pipekit.engine.runner import Run
     from pipekit.execution.base import PhaseExecutor
     from pipekit.pipeline.context import PhaseOutcome

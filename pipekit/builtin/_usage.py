@@ -7,7 +7,7 @@ mark set when the phase started. Not a plugin (its name starts with ``_``).
 
 from __future__ import annotations
 
-from pipekit.engine.phaserunner import Item
+from pipekit.engine.control import Item
 from pipekit.pipeline.phases import PhaseDefinition
 
 

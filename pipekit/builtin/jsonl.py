@@ -11,7 +11,7 @@ from typing import Any
 
 from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
-from pipekit.engine.phaserunner import Item
+from pipekit.engine.control import Item
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
 from pipekit.pipeline.context import PhaseOutcome

@@ -18,7 +18,7 @@ from pipekit.display.progress import ProgressTracker
 from pipekit.display.progress import SimpleProgress
 from pipekit.display.progress import is_rich_supported
 from pipekit.display.simple import HEARTBEAT_SECONDS
-from pipekit.engine.phaserunner import Item
+from pipekit.engine.control import Item
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
 from pipekit.pipeline.context import PhaseOutcome

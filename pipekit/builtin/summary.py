@@ -17,7 +17,7 @@ from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.display.format import format_cost
 from pipekit.display.progress import is_rich_supported
-from pipekit.engine.phaserunner import Item
+from pipekit.engine.control import Item
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
 from pipekit.pipeline.context import PhaseOutcome

@@ -26,7 +26,7 @@ from pipekit.state.store import StateStore
 
 
 if TYPE_CHECKING:
-    from pipekit.engine.phaserunner import RunControl
+    from pipekit.engine.control import RunControl
     from pipekit.engine.runner import Run
 
 #: Without ``--max-cost``, runs over more items than this skip the forecast

@@ -9,19 +9,23 @@ import asyncio
 from collections.abc import Callable
 from collections.abc import Sequence
 import copy
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 import random
 import time
 import traceback
 from typing import Any
 
+from pipekit.engine.arguments import handler_arguments
+from pipekit.engine.attempts import as_result
+from pipekit.engine.attempts import failure_message
+from pipekit.engine.attempts import failure_reason
+from pipekit.engine.attempts import is_retriable
+from pipekit.engine.control import Item
+from pipekit.engine.control import RunControl
+from pipekit.engine.control import no_notify
 from pipekit.execution.base import LocalExecutor
 from pipekit.execution.base import PhaseExecutor
 from pipekit.execution.base import run_in_thread
-from pipekit.execution.remote import RemoteError
-from pipekit.outcomes import Fail
 from pipekit.outcomes import PhaseInterrupted
 from pipekit.outcomes import PhaseTimeoutError
 from pipekit.outcomes import Retry
@@ -29,8 +33,6 @@ from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.context import CostCapExceeded
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.context import PhaseOutcome
-from pipekit.pipeline.context import check_usage
-from pipekit.pipeline.limits import Gate
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.phases import PhaseResult
@@ -45,74 +47,6 @@ from pipekit.state.writer import StateWriter
 #: How many times one execution may ask for ``Retry`` before it counts as failed.
 MAX_RETRY_REQUESTS = 100
 
-
-@dataclass
-class Item:
-    """One item as hooks see it: ``id``, ``metadata``, ``state``, ``index``."""
-
-    id: str
-    metadata: dict[str, Any]
-    manager: PipelineStateManager
-    #: Position of the item in this run's selection (1-based).
-    index: int = 0
-
-    @property
-    def state(self) -> PipelineState:
-        """The item's ``PipelineState``, as last saved."""
-        return self.manager.state
-
-
-def _no_notify(hookname: str, **kwargs: Any) -> None:
-    pass
-
-
-@dataclass
-class RunControl:
-    """What one run shares with every ``PhaseRunner``: stop flags and counters."""
-
-    #: Set on SIGINT/SIGTERM: in-flight phases are abandoned and recorded ``interrupted``.
-    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
-    #: True when no new phase may start (a budget, an interruption).
-    stop_new_phases: bool = False
-    #: Set by a budget when it sets ``stop_new_phases``: phases waiting for a
-    #: slot or a rate limit give up instead of starting.
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    phases_started: int = 0
-    phases_completed: int = 0
-    phases_failed: int = 0
-    phases_skipped: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    #: Per-phase concurrency and rate limits (``pipekit.pipeline.limits``); None: no waiting.
-    gate: Gate | None = None
-    #: Called after every ``add_usage`` (the budget cap watches spending here).
-    on_usage: Callable[[RunControl], None] | None = None
-    _interruption: asyncio.Future[Any] | None = field(default=None, init=False, repr=False)
-
-    def interruption(self) -> asyncio.Future[Any]:
-        """An awaitable that ends when ``interrupted`` is set, shared by every
-        phase in flight (one per run, not a task per phase); never cancel it."""
-        waiting = self._interruption
-        if waiting is None or waiting.get_loop() is not asyncio.get_running_loop() or (
-            waiting.done() and not self.interrupted.is_set()
-        ):
-            waiting = self._interruption = asyncio.ensure_future(self.interrupted.wait())
-        return waiting
-
-    def close(self) -> None:
-        """Stop waiting for an interruption (at the end of the run)."""
-        if self._interruption is not None:
-            self._interruption.cancel()
-            self._interruption = None
-
-    def add_usage(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
-        """Count usage spent in this run."""
-        self.tokens_in += tokens_in
-        self.tokens_out += tokens_out
-        self.cost_usd += cost_usd
-        if self.on_usage is not None:
-            self.on_usage(self)
 
 
 class PhaseRunner:
@@ -155,7 +89,7 @@ class PhaseRunner:
         self.phases = sorted(phases, key=lambda p: p.num)
         self.state = state_manager
         self.progress = progress_tracker
-        self.notify = notify or _no_notify
+        self.notify = notify or no_notify
         self.output_root = output_root
         self.force = force
         self.executor = executor or LocalExecutor()
@@ -285,7 +219,7 @@ class PhaseRunner:
             usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
             if error is None:
                 try:
-                    result = _as_result(phase, value)
+                    result = as_result(phase, value)
                     if phase.max_cost is not None and usage[2] + result.cost_usd > phase.max_cost:
                         # What the PhaseResult reports counts toward max_cost like ctx.record_cost.
                         ctx.cost_usd = usage[2] + result.cost_usd
@@ -304,14 +238,14 @@ class PhaseRunner:
                 if error.after and self.control.gate is not None:
                     who = f"item {item.id!r} phase {phase.name!r}"
                     self.control.gate.pause(ctx.limits_used, error.after, who)
-            elif _retriable(phase, error, self.executor) and failures < phase.retries:
+            elif is_retriable(phase, error, self.executor) and failures < phase.retries:
                 retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
                 failures += 1
             if retry_after is not None and self.control.stop_new_phases:
                 retry_after = None  # the run is stopping (a budget was reached): no new attempt
             if retry_after is None:
                 return await self._fail(phase, error, usage, time.monotonic() - started)
-            manager.record_failed_attempt(phase.num, _message(error), *usage)
+            manager.record_failed_attempt(phase.num, failure_message(error), *usage)
             await self._saved()
             self.control.add_usage(*usage)
             self.notify("pipekit_phase_retry", item=item, phase=phase, error=error, attempt=attempt)
@@ -520,8 +454,8 @@ class PhaseRunner:
         assert self.control is not None
         self.state.fail_phase(
             phase.num,
-            reason_prefix + _message(error),
-            reason=_reason(error),
+            reason_prefix + failure_message(error),
+            reason=failure_reason(error),
             traceback=getattr(error, "remote_traceback", None)
             or "".join(traceback.format_exception(type(error), error, error.__traceback__)),
             tokens_in=usage[0],
@@ -567,55 +501,7 @@ class PhaseRunner:
     def _arguments(
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
     ) -> dict[str, Any]:
-        func = func or phase.handler
-        key = f"{phase.num}:{id(func)}"
-        injector = self._injectors.get(key)
-        if injector is None:
-            injector = self._injectors[key] = Injector.for_function(func)
-        state = self.state.state
-        previous = {n: o for n, o in state.phase_outputs.items() if n < phase.num}
-        available: dict[str, Any] = {
-            "item_id": state.item_id,
-            "metadata": ctx.metadata,
-            "previous_outputs": previous,
-            "ctx": ctx,
-        }
-        for earlier in self.phases:
-            if earlier.num >= phase.num:
-                break
-            available[earlier.name] = previous.get(earlier.num)
-        arguments = injector.arguments(available)
-        if injector.takes_kwargs or "output_dir" in injector.wanted:
-            arguments["output_dir"] = ctx.output_dir
-        return arguments
-
-
-def _as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:
-    if isinstance(value, PhaseResult):
-        if not isinstance(value.output, str):
-            raise TypeError(f"phase {phase.name!r} returned a PhaseResult whose output is not a str")
-        try:
-            check_usage(value.tokens_in, value.tokens_out, value.cost_usd)
-        except ValueError as exc:
-            raise TypeError(f"phase {phase.name!r} returned a PhaseResult with bad usage: {exc}") from None
-        return value
-    if value is None:
-        return PhaseResult("")
-    if isinstance(value, str):
-        return PhaseResult(value)
-    raise TypeError(
-        f"phase {phase.name!r} returned {type(value).__name__}; "
-        f"a handler returns a str, None or a PhaseResult"
-    )
-
-
-def _retriable(phase: PhaseDefinition, error: BaseException, executor: PhaseExecutor) -> bool:
-    if isinstance(error, (Fail, PhaseInterrupted)):
-        return False
-    if isinstance(error, PhaseTimeoutError):
-        # The thread of a timed-out sync handler may still be running: do not start a second one.
-        return phase.is_async or phase.isolate == "process" or executor.hard_timeouts
-    return True
+        return handler_arguments(self.phases, self.state.state, phase, ctx, func or phase.handler, self._injectors)
 
 
 def _no_release() -> None:
@@ -624,22 +510,3 @@ def _no_release() -> None:
 
 def _no_arguments(func: Callable[..., Any]) -> dict[str, Any]:
     return {}
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, CostCapExceeded):
-        return "max_cost"
-    if isinstance(error, PhaseTimeoutError):
-        return "timeout"
-    if isinstance(error, PhaseInterrupted):
-        return "interrupted"
-    reason = getattr(error, "reason", None)
-    return reason if isinstance(reason, str) else "error"
-
-
-def _message(error: BaseException) -> str:
-    text = str(error)
-    name = type(error).__name__
-    if isinstance(error, (PhaseTimeoutError, PhaseInterrupted, Fail, RemoteError)):
-        return text or name
-    return f"{name}: {text}" if text else name

@@ -19,9 +19,9 @@ from typing import Any
 
 from pipekit.config import Config
 from pipekit.engine.budget import Spending
-from pipekit.engine.phaserunner import Item
+from pipekit.engine.control import Item
+from pipekit.engine.control import RunControl
 from pipekit.engine.phaserunner import PhaseRunner
-from pipekit.engine.phaserunner import RunControl
 from pipekit.execution.base import LocalExecutor
 from pipekit.execution.base import PhaseExecutor
 from pipekit.notify import HookNotifier
