@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from pipekit.stale.key import stale_key
 from pipekit.state.digest import text_hash
 from pipekit.state.open import open_store_url
 from pipekit.state.sqlite import SqliteStore
+from pipekit.state.stalekey import stale_key
 from pipekit.state.store import StateStore
 from pipekit.state.store import output_ref
 from pipekit.testing import PipeTester

@@ -15,14 +15,14 @@ from typing import Any
 from pipekit.cli.target import command_parser
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
+from pipekit.engine.selection import natural_key
+from pipekit.engine.selection import resolve_phase
+from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import SKIPPED
-from pipekit.state.selection import natural_key
-from pipekit.state.selection import resolve_phase
-from pipekit.state.selection import select_item_ids
 from pipekit.state.store import encode_item_id
 from pipekit.state.store import write_atomically
 

@@ -34,7 +34,6 @@ from pipekit.stale.checker import StaleChecker
 from pipekit.stale.checker import StalePolicy
 from pipekit.stale.fingerprint import SourceArchive
 from pipekit.stale.fingerprint import code_identity
-from pipekit.stale.fingerprint import output_hash
 from pipekit.stale.plan import Cell
 from pipekit.stale.plan import Plan
 from pipekit.stale.plan import format_cost
@@ -43,6 +42,7 @@ from pipekit.stale.plan import load_states
 from pipekit.stale.plan import make_plan
 from pipekit.stale.plan import plan_item
 from pipekit.stale.plan import reason_counts
+from pipekit.state.digest import output_hash
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import PipelineState
 

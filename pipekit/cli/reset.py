@@ -19,6 +19,10 @@ from pipekit.cli.target import command_parser
 from pipekit.cli.target import locked_items
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
+from pipekit.engine.selection import is_glob
+from pipekit.engine.selection import natural_key
+from pipekit.engine.selection import resolve_phase
+from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
@@ -28,10 +32,6 @@ from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
 from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
-from pipekit.state.selection import is_glob
-from pipekit.state.selection import natural_key
-from pipekit.state.selection import resolve_phase
-from pipekit.state.selection import select_item_ids
 
 
 def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:

@@ -15,12 +15,12 @@ from pipekit.cli.target import command_parser
 from pipekit.cli.target import locked_items
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
+from pipekit.engine.selection import resolve_phase
+from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
 from pipekit.state.model import DONE_STATUSES
-from pipekit.state.selection import resolve_phase
-from pipekit.state.selection import select_item_ids
 
 
 #: Prefix of the reason of a phase skipped by hand.

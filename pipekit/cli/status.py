@@ -19,6 +19,9 @@ from pipekit.cli.target import Target
 from pipekit.cli.target import command_parser
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
+from pipekit.engine.selection import is_glob
+from pipekit.engine.selection import natural_key
+from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.state.model import COMPLETED
@@ -27,9 +30,6 @@ from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PipelineState
-from pipekit.state.selection import is_glob
-from pipekit.state.selection import natural_key
-from pipekit.state.selection import select_item_ids
 
 
 #: One glyph per phase status, and its ANSI colour.

@@ -14,6 +14,7 @@ import sys
 
 from pipekit.cli.main import ArgumentParser
 from pipekit.cli.projectconfig import load_project_config
+from pipekit.engine.selection import natural_key
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
@@ -21,7 +22,6 @@ from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.loader import load
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import PipelineState
-from pipekit.state.selection import natural_key
 from pipekit.state.store import StateStore
 
 

@@ -22,6 +22,7 @@ from pipekit.display.streams import stdout_reserved_for_events
 from pipekit.engine.preflight import prepare_stale_policy
 from pipekit.engine.runner import Run
 from pipekit.engine.runner import RunResult
+from pipekit.engine.selection import has_failed_phase
 from pipekit.manager import make_plugin_manager
 from pipekit.manager import register_pipeline_module
 from pipekit.outcomes import ExitCode
@@ -31,7 +32,6 @@ from pipekit.pipeline.items import normalize_items
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.loader import load
 from pipekit.state.jsondir import JsonDirStore
-from pipekit.state.selection import has_failed_phase
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_item_id
 

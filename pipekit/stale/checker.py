@@ -25,7 +25,7 @@ from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.stale.fingerprint import code_identity
 from pipekit.stale.fingerprint import input_hash
-from pipekit.stale.fingerprint import output_hash
+from pipekit.state.digest import output_hash
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import PipelineState
 from pipekit.state.store import encode_item_id
@@ -152,7 +152,7 @@ class StaleChecker:
         return found
 
     def fresh_by_key(self, key: str | None) -> bool:
-        """True when no completed phase of a state with this ``pipekit.stale.key``
+        """True when no completed phase of a state with this ``pipekit.state.stalekey``
         is stale, and none needs its ``fingerprint=`` callable run to tell: a
         finished item with it need not be read. False means "read the state"."""
         if key is None:

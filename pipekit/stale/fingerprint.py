@@ -38,13 +38,9 @@ import platformdirs
 
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.digest import output_hash
 from pipekit.state.digest import text_hash
 from pipekit.state.store import write_atomically
-
-
-def output_hash(output: str | None) -> str | None:
-    """The hash recorded for a consumed output (``None`` stays ``None``)."""
-    return None if output is None else text_hash(output)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,8 @@ import uuid
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
-from pipekit.stale.key import stale_key
 from pipekit.state.open import mask_password
+from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore

@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
-from pipekit.stale.key import stale_key
 from pipekit.state.digest import text_hash
+from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS items (
     state TEXT NOT NULL,
     stale_digest TEXT
 );
--- The distinct stale keys (pipekit.stale.key); an item's row names its key by
+-- The distinct stale keys (pipekit.state.stalekey); an item's row names its key by
 -- digest, so the covering index stays narrow (a run's items share few keys).
 CREATE TABLE IF NOT EXISTS stale_keys (digest TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (

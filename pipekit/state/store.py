@@ -303,7 +303,7 @@ class FinishedItem(NamedTuple):
 
     metadata: dict[str, Any]
     cost_usd: float
-    #: Its ``pipekit.stale.key`` (None: unknown, the stale check reads the state).
+    #: Its ``pipekit.state.stalekey`` (None: unknown, the stale check reads the state).
     stale_key: str | None = None
 
 

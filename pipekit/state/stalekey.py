@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipekit.stale.fingerprint import output_hash
 from pipekit.state.digest import HASH_CHARS
+from pipekit.state.digest import output_hash
 
 
 def stale_key(document: Any) -> str | None:
@@ -61,7 +61,7 @@ def stale_key(document: Any) -> str | None:
 
 def _output_hash(document: dict[str, Any], name: str) -> str | None | bool:
     """The hash of the output of the phase named ``name`` in ``document``, as
-    ``pipekit.stale.fingerprint.output_hash`` would give it after loading; False when
+    ``pipekit.state.digest.output_hash`` would give it after loading; False when
     the document cannot tell (so that it compares unequal)."""
     phases = document["phases"]
     nums = [num for num, phase in phases.items() if isinstance(phase, dict) and phase.get("name") == name]
