@@ -123,3 +123,55 @@ def test_the_circle_finder_sees_function_level_and_type_checking_imports() -> No
 def test_no_module_is_over_500_lines(name: str) -> None:
     lines = len(_modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines (at most {MAX_LINES}): split it by what its parts do"
+
+
+#: The packages from the bottom up: each imports only from its own layer and
+#: the layers below. ``docs/architecture.md`` draws the same picture (tested below).
+LAYERS = [
+    {"outcomes"},
+    {"state", "display"},
+    {"pipeline"},
+    {"stale"},
+    {"execution"},
+    {"config", "hookspecs", "manager", "notify"},
+    {"engine"},
+    {"builtin"},
+    {"cli"},
+    {"api", "testing", "executor", "__main__", "__init__"},
+]
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _rank(package: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if package in layer)
+
+
+def test_every_package_has_a_layer() -> None:
+    packages = {_package(name) for name in _modules()}
+    assert packages <= set().union(*LAYERS), f"add {sorted(packages - set().union(*LAYERS))} to LAYERS"
+
+
+def test_packages_import_only_from_their_layer_and_below() -> None:
+    upward = sorted(
+        f"{a} imports {b}"
+        for a, targets in _graph().items()
+        for b in targets
+        if _rank(_package(b)) > _rank(_package(a))
+    )
+    assert not upward, "imports that go up a layer (see docs/architecture.md):\n" + "\n".join(upward)
+
+
+def test_the_architecture_page_draws_these_layers() -> None:
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    picture = page.split("```text\n", 1)[1].split("```", 1)[0]
+    drawn = []
+    for line in picture.splitlines():
+        words = [word for word in line.split() if word.startswith("pipekit/")]
+        names = {word[len("pipekit/") :].strip("/").removesuffix(".py") for word in words}
+        if names:
+            drawn.append(names)
+    assert drawn == list(reversed(LAYERS)), "docs/architecture.md draws other layers than tests/test_structure.py"
