@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import enum
+import functools
 import importlib
 import inspect
 from pathlib import Path
@@ -117,9 +118,22 @@ def _definition(obj: Any) -> tuple[ast.AST, str]:
     raise LookupError(f"{obj!r}: no definition in {module.__name__}")
 
 
+@functools.cache
+def _lines(source: str) -> list[bytes]:
+    return [line.encode() for line in source.splitlines()]
+
+
 def _text(node: ast.AST, source: str) -> str:
-    """``node`` as written in ``source``, on one line."""
-    return " ".join((ast.get_source_segment(source, node) or ast.unparse(node)).split())
+    """``node`` as written in ``source``, on one line. (``ast.get_source_segment``
+    splits the whole module on every call: seconds for this page.)"""
+    lines = _lines(source)
+    first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1  # type: ignore[attr-defined]
+    start, end = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]  # UTF-8 offsets
+    if first == last:
+        segment = lines[first][start:end]
+    else:
+        segment = b"\n".join([lines[first][start:], *lines[first + 1 : last], lines[last][:end]])
+    return " ".join(segment.decode().split())
 
 
 def _arguments(args: ast.arguments, source: str) -> list[str]:
@@ -193,7 +207,7 @@ def attribute_source(name: str, module_name: str) -> tuple[str, str]:
             doc = ""
             if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
                 doc = inspect.cleandoc(str(following.value.value))
-            return ast.get_source_segment(source, statement) or name, doc
+            return _text(statement, source), doc
     raise LookupError(f"{module_name}: no assignment to {name}")
 
 
