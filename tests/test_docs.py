@@ -12,6 +12,7 @@ import re
 import runpy
 import subprocess
 import sys
+from types import ModuleType
 
 import pytest
 
@@ -25,7 +26,6 @@ DOCS = ROOT / "docs"
 SNIPPETS = DOCS / "snippets"
 
 _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
-_INCLUDE = re.compile(r'^--8<-- "([^":]+)(?::[\w-]+)?"$')
 
 
 def pages() -> list[Path]:
@@ -83,39 +83,138 @@ def test_every_public_name_has_a_docstring(name: str) -> None:
 
 
 def test_api_page_has_an_entry_for_every_public_name() -> None:
-    entries = re.findall(r"^::: pipekit\.(\w+)$", (DOCS / "api.md").read_text(), re.M)
+    entries = re.findall(r"^### \w+ `pipekit\.(\w+)`$", (DOCS / "api.md").read_text(), re.M)
     assert sorted(entries) == sorted(pipekit.__all__)
 
 
-# -- code in the docs comes from files the tests run ----------------------------------
+# -- code in the docs is inline, and the same as in files the tests run ------------------
 
 #: Folders whose files the test suite runs: examples/ (tests/test_examples.py) and
 #: docs/snippets/ (this module).
 TESTED_SOURCES = ("examples/", "docs/snippets/")
 
 
-#: Pages with tests of their own: the hook reference is generated from the spec
-#: docstrings, and the plugin guide's examples are checked beside its generator.
-SELF_TESTED_PAGES = ("hooks.md", "plugins.md")
+#: Generated pages with tests of their own: the hook reference (tests/test_hook_docs.py),
+#: the API reference (tests/test_api_docs.py) and the plugin guide, checked beside its
+#: generator.
+SELF_TESTED_PAGES = ("api.md", "hooks.md", "plugins.md")
 
 
-def test_python_in_the_docs_is_included_from_tested_files() -> None:
-    included = set()
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
+snippets = load_script("sync_doc_snippets")
+
+
+def test_no_page_includes_code_from_elsewhere() -> None:
+    # A page read as a file shows what it says: nothing is pulled in at build time.
+    for page in pages():
+        assert "--8<--" not in page.read_text(), f"{page.relative_to(ROOT)}: an include marker"
+
+
+def test_python_in_the_docs_names_a_tested_source_and_equals_it() -> None:
+    used = set()
     for page in pages():
         if page.relative_to(DOCS).as_posix() in SELF_TESTED_PAGES:
             continue
-        for language, body in code_blocks(page):
-            if language != "python":
+        text = page.read_text()
+        titled = {block.start for block in snippets.blocks(text)}
+        for match in _FENCE.finditer(text):
+            if match.group(1) == "python":
+                assert match.start(2) in titled, (
+                    f"{page.relative_to(ROOT)}: a python block without title=\"PATH:REGION\" "
+                    f"naming a tested source: {match.group(2)[:60]!r}"
+                )
+        for block in snippets.blocks(text):
+            where = f"{page.relative_to(ROOT)}: the block from {block.path}:{block.name}"
+            assert block.path.startswith(TESTED_SOURCES), f"{where}: not a file the tests run"
+            assert block.body == snippets.region(block.path, block.name), (
+                f"{where} differs from the source: run python scripts/sync_doc_snippets.py"
+            )
+            used.add(block.path)
+    in_folder = {f"docs/snippets/{p.name}" for p in SNIPPETS.glob("*.py")}
+    assert in_folder <= used | {"docs/snippets/concepts.py"}, "a snippet no page uses"
+
+
+def test_the_snippet_check_fails_on_an_edited_source_and_sync_repairs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "docs" / "snippets" / "s.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("import os\n\n\n# --8<-- [start:one]\ndef one():\n    return 1\n\n\n# --8<-- [end:one]\n")
+    page = tmp_path / "docs" / "p.md"
+    block = '```python title="docs/snippets/s.py:one"\ndef one():\n    return {}\n```'
+    page.write_text(f"Text.\n\n{block.format(1)}\n\nMore.\n")
+    monkeypatch.setattr(snippets, "ROOT", tmp_path)
+    monkeypatch.setattr(snippets, "DOCS", tmp_path / "docs")
+    assert snippets.main(["--check"]) == 0
+    source.write_text(source.read_text().replace("return 1", "return 2"))
+    assert snippets.main(["--check"]) == 1
+    assert "return 1" in page.read_text()  # --check writes nothing
+    assert snippets.main([]) == 0
+    assert page.read_text() == f"Text.\n\n{block.format(2)}\n\nMore.\n"
+    page.write_text(page.read_text().replace("s.py:one", "s.py:two"))
+    with pytest.raises(snippets.SnippetError, match=r"docs/snippets/s.py: no region 'two'"):
+        snippets.synced(page.read_text())
+
+
+def test_the_snippet_script_runs_from_the_command_line() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sync_doc_snippets.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+# -- links work in the repository's file view and on the site ----------------------------
+
+_LINK = re.compile(r"\]\((?P<target>[^)\s#]*)(?:#(?P<anchor>[^)\s]*))?\)")
+
+
+def github_slug(heading: str) -> str:
+    """The anchor a repository's file view gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def linked_pages() -> list[Path]:
+    return [*pages(), *sorted((ROOT / "examples").glob("*/README.md"))]
+
+
+def test_links_are_relative_paths_to_files_and_headings_that_exist() -> None:
+    for page in linked_pages():
+        text = _FENCE.sub("", page.read_text())
+        for match in _LINK.finditer(text):
+            target, anchor = match["target"], match["anchor"]
+            where = f"{page.relative_to(ROOT)}: ({match[0][2:-1]})"
+            if "://" in target:
+                assert "github.com/search" not in target, f"{where}: link the file, not a search"
                 continue
-            lines = [line for line in body.splitlines() if line.strip()]
-            for line in lines:
-                match = _INCLUDE.match(line.strip())
-                assert match, f"{page.relative_to(ROOT)}: python written inline, not included: {line!r}"
-                assert match.group(1).startswith(TESTED_SOURCES), match.group(1)
-                assert (ROOT / match.group(1)).is_file(), match.group(1)
-                included.add(match.group(1))
-    snippets = {f"docs/snippets/{p.name}" for p in SNIPPETS.glob("*.py")}
-    assert snippets <= included | {"docs/snippets/concepts.py"}, "a snippet no page uses"
+            linked = (page.parent / target).resolve() if target else page
+            assert linked.is_file(), f"{where}: no such file in the repository"
+            assert linked.is_relative_to(ROOT), where
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", _FENCE.sub("", linked.read_text()), re.M)
+                assert anchor in {github_slug(h) for h in headings}, f"{where}: no such heading"
+
+
+def test_site_links_follow_the_published_folders() -> None:
+    hooks = runpy.run_path(str(ROOT / "tools" / "docs_hooks.py")) if importlib.util.find_spec("mkdocs") else None
+    if hooks is None:
+        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    site_link = hooks["site_link"]
+    assert site_link("getting-started.md", "../examples/books/README.md") == "examples/books/README.md"
+    assert site_link("recipes/llm.md", "../../examples/books/pipeline.py") == "../examples/books/pipeline.py"
+    assert site_link("recipes/llm.md", "../hooks.md") == "../hooks.md"
+    assert site_link("examples/plugin/README.md", "../../docs/hooks.md") == "../../hooks.md"
+    assert site_link("examples/plugin/README.md", "pipeline.py") == "pipeline.py"
+    assert site_link("index.md", "https://example.org/a.md") == "https://example.org/a.md"
+    assert site_link("index.md", "../README.md") == "../README.md"  # not on the site: MkDocs says so
 
 
 def test_getting_started_shows_the_readme_commands_verbatim() -> None:
@@ -258,5 +357,9 @@ def test_mkdocs_build_is_strict_and_clean(tmp_path: Path) -> None:
     cli = (tmp_path / "site" / "cli" / "index.html").read_text()
     assert "usage: pipekit run" in cli  # the help text was generated from the program
     api = (tmp_path / "site" / "api" / "index.html").read_text()
+    generator = load_script("gen_api_docs")
     for name in pipekit.__all__:
-        assert f'id="pipekit.{name}"' in api, name
+        assert f'id="{generator.anchor(name, pipekit)}"' in api, name
+    books = (tmp_path / "site" / "getting-started" / "index.html").read_text()
+    assert 'href="../examples/books/"' in books  # ../examples/books/README.md, published
+    assert (tmp_path / "site" / "examples" / "books" / "pipeline.py").is_file()
