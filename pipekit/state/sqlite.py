@@ -6,7 +6,10 @@ query, not a scan. Large outputs live in their own table. WAL journal with
 ``synchronous=FULL``: a committed change survives kill -9 and power loss.
 Several pipekit processes on one machine may share the file: writers take
 ``BEGIN IMMEDIATE`` and wait on the busy timeout. Per-item locks are flock'ed
-files in ``PATH.locks/`` (they die with the process that holds them).
+files in ``PATH.locks/`` (they die with the process that holds them, and
+never expire while it lives, so a paused process resumes still holding its
+items and writes need no fencing token; the database refuses network file
+systems, where a server might drop a lock).
 """
 
 from __future__ import annotations
