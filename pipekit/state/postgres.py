@@ -148,13 +148,16 @@ class PostgresStore(StateStore):
     :param conninfo: a libpq connection string or URL (without pipekit's parameters).
     :param pipeline: the pipeline whose items these are.
     :param lease_seconds: how long an item stays taken after its driver stops renewing.
+    :param create: create pipekit's tables when missing (else a ``UsageError``).
     """
 
     # One connection behind a lock: usable from the writer's thread, and many
     # items' states are committed in one transaction (``save_many``).
     batched_saves = True
 
-    def __init__(self, conninfo: str, pipeline: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self, conninfo: str, pipeline: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, create: bool = True
+    ) -> None:
         psycopg = _psycopg()
         self._psycopg = psycopg
         self.conninfo = conninfo
@@ -175,6 +178,9 @@ class PostgresStore(StateStore):
                 # Only when needed: an ALTER TABLE, even one that changes nothing, locks the
                 # table whole, and deadlocks with the drivers already writing to it.
                 if not self._db.execute(_SCHEMA_IS_CURRENT).fetchone():
+                    if not create:
+                        self._db.close()
+                        raise UsageError(f"postgresql store {self.location} holds no pipekit state (no tables)")
                     for statement in _SCHEMA:
                         self._db.execute(statement)
         except psycopg.Error as exc:
@@ -185,7 +191,7 @@ class PostgresStore(StateStore):
         return f"{self.conninfo}{'&' if '?' in self.conninfo else '?'}{own}"
 
     @classmethod
-    def from_url(cls, url: str, *, pipeline: str | None = None) -> PostgresStore:
+    def from_url(cls, url: str, *, pipeline: str | None = None, create: bool = True) -> PostgresStore:
         """Split pipekit's own ``pipeline`` and ``lease`` parameters off ``url``."""
         parts = urlsplit(url)
         pairs = parse_qsl(parts.query, keep_blank_values=True)
@@ -199,7 +205,7 @@ class PostgresStore(StateStore):
             lease = float(own.get("lease", DEFAULT_LEASE_SECONDS))
         except ValueError:
             raise UsageError(f"postgresql store: lease must be a number of seconds, not {own['lease']!r}") from None
-        return cls(conninfo, name, lease_seconds=lease)
+        return cls(conninfo, name, lease_seconds=lease, create=create)
 
     # -- helpers ------------------------------------------------------------------
 

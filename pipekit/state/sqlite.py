@@ -140,6 +140,8 @@ class SqliteStore(StateStore):
     :param synchronous: SQLite ``synchronous`` pragma; ``FULL`` survives power loss. By
         default ``FULL``, or ``NORMAL`` (survives a crash of the process) with ``PIPEKIT_FSYNC=0``.
     :param busy_timeout: seconds a writer waits for another process's transaction.
+    :param create: create the database (and its folder) when missing; when false
+        a missing one is a ``UsageError`` naming it, and nothing is created.
     """
 
     # One connection behind a lock: usable from the writer's thread, and many
@@ -147,7 +149,12 @@ class SqliteStore(StateStore):
     batched_saves = True
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: str | None = None, busy_timeout: float = 60.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str | None = None,
+        busy_timeout: float = 60.0,
+        create: bool = True,
     ) -> None:
         if synchronous is None:
             synchronous = "NORMAL" if os.environ.get("PIPEKIT_FSYNC", "1") == "0" else "FULL"
@@ -156,6 +163,8 @@ class SqliteStore(StateStore):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise UsageError(f"sqlite store: synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.synchronous = synchronous.upper()
+        if not create and not self.path.is_file():
+            raise UsageError(f"sqlite store {self.path} does not exist (no state was ever saved there)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -189,14 +198,14 @@ class SqliteStore(StateStore):
         return f"sqlite:{self.path}?synchronous={self.synchronous}"
 
     @classmethod
-    def from_url(cls, rest: str) -> SqliteStore:
+    def from_url(cls, rest: str, *, create: bool = True) -> SqliteStore:
         """``PATH[?synchronous=NORMAL]`` after ``sqlite:``."""
         path, _, query = rest.partition("?")
         options = dict(parse_qsl(query))
         unknown = set(options) - {"synchronous"}
         if unknown:
             raise UsageError(f"sqlite store: unknown option(s) {', '.join(sorted(unknown))}")
-        return cls(path, synchronous=options.get("synchronous"))
+        return cls(path, synchronous=options.get("synchronous"), create=create)
 
     # -- transactions -------------------------------------------------------
 
