@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
-
+from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.open import open_store_url
 from pipekit.testing import PipeTester
 
@@ -59,3 +57,40 @@ def test_status_of_a_postgres_database_without_pipekit_tables_creates_none(
     finally:
         with psycopg.connect(base, autocommit=True) as db:
             db.execute("DROP SCHEMA empty_for_status CASCADE")
+
+
+# -- migrate ------------------------------------------------------------------------------------
+
+
+def test_a_migrate_killed_half_way_finishes_when_run_again(pipetester: PipeTester, tmp_path: Path) -> None:
+    pipetester.make_pipeline(PIPELINE)
+    source, target = tmp_path / "source", tmp_path / "target"
+    assert pipetester.run("pipeline.py", "--item", "seed", "--store", f"json:{source}").ret == 0
+    store = JsonDirStore(source, durable=False)
+    seed = store.load("seed")
+    assert seed is not None
+    ids = [f"item-{n:04d}" for n in range(600)]
+    store.save_many((item_id, {**seed, "item_id": item_id}) for item_id in ids)
+    command = [sys.executable, "-m", "pipekit", "migrate", "--from", f"json:{source}", "--to", f"json:{target}"]
+    killed = subprocess.Popen(command, cwd=pipetester.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (target.is_dir() and sum(1 for p in target.iterdir() if p.suffix == ".json") >= 20):
+        assert killed.poll() is None and time.monotonic() < deadline, "migrate ended before it was killed"
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    left = sum(1 for p in target.iterdir() if p.suffix == ".json")
+    assert 20 <= left < 601, left  # half way
+    again = subprocess.run(command, cwd=pipetester.path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"migrated {601 - left} items from " in again.stdout
+    assert f"kept {left} items an earlier migrate had copied" in again.stdout
+    assert "verified: 601 items, sha256 " in again.stdout
+    copy = open_store_url(f"json:{target}")
+    assert sorted(copy.item_ids()) == sorted([*ids, "seed"])
+    # an item changed in the target since is never overwritten
+    copy.save("item-0000", {**seed, "item_id": "item-0000", "total_cost_usd": 99.0})
+    refused = subprocess.run(command, cwd=pipetester.path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 4
+    assert "already holds 1 of the items with other contents (e.g. 'item-0000')" in refused.stderr
+    assert copy.load("item-0000") == {**seed, "item_id": "item-0000", "total_cost_usd": 99.0}
