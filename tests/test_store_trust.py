@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
 
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+import pytest
+
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.open import open_store_url
+from pipekit.state.store import StateStore
 from pipekit.testing import PipeTester
 
 
@@ -94,3 +102,32 @@ def test_a_migrate_killed_half_way_finishes_when_run_again(pipetester: PipeTeste
     assert refused.returncode == 4
     assert "already holds 1 of the items with other contents (e.g. 'item-0000')" in refused.stderr
     assert copy.load("item-0000") == {**seed, "item_id": "item-0000", "total_cost_usd": 99.0}
+
+
+# -- text every store keeps ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[StateStore]]:
+    from conftest import store_url_fixture
+
+    urls = [f"json:{tmp_path_factory.mktemp('json')}"]
+    made = [store_url_fixture("sqlite", tmp_path_factory), store_url_fixture("postgresql")]
+    urls += [str(next(generator)) for generator in made]
+    stores = [open_store_url(url, pipeline="outputs") for url in urls]
+    yield stores
+    for store in stores:
+        store.close()
+    for generator in made:
+        next(generator, None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(codec=None, min_codepoint=0), min_size=0, max_size=40), pad=st.booleans())
+def test_every_store_keeps_any_large_output_text(every_store: list[StateStore], text: str, pad: bool) -> None:
+    # NUL and lone surrogates included: an LLM's output is whatever str the handler returns
+    output = ("x" * 9000 if pad else "") + text + "\x00\udcff"
+    for store in every_store:
+        ref = store.write_output("item", 1, output)
+        assert store.read_output("item", ref) == output, store.location
+        store.delete_output("item", ref)

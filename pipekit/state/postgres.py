@@ -47,6 +47,8 @@ from pipekit.state.open import mask_password
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
+from pipekit.state.store import decode_output
+from pipekit.state.store import encode_output
 from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
 
@@ -253,8 +255,7 @@ class PostgresStore(StateStore):
         self._fenced(item_id, _UPSERT, self._row(item_id, document))
 
     def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]], batch: int = 2000) -> int:
-        """Save in batches of one transaction each. The items whose lease was lost
-        are not written; the others are, and then ``LeaseLostError`` names the lost."""
+        """Save in batches of one transaction each; ``LeaseLostError`` names items whose lease was lost (unwritten)."""
         count = 0
         rows: list[tuple[Any, ...]] = []
         lost: list[str] = []
@@ -286,8 +287,7 @@ class PostgresStore(StateStore):
         return count + len(rows)
 
     def _fenced(self, item_id: str, sql: str, params: tuple[Any, ...]) -> None:
-        """Run a write for ``item_id``: in one transaction with the check that this
-        driver still holds its lease, when it leased it (else as is: ``migrate``)."""
+        """Write for ``item_id``, if leased in one transaction with the check that the lease is still ours."""
         if item_id not in self._held:
             self._query(sql, params)
             return
@@ -306,7 +306,7 @@ class PostgresStore(StateStore):
         self._query(
             """INSERT INTO pipekit_outputs (pipeline, item_id, ref, text) VALUES (%s, %s, %s, %s)
                ON CONFLICT (pipeline, item_id, ref) DO UPDATE SET text = excluded.text""",
-            (self.pipeline, item_id, ref, text),
+            (self.pipeline, item_id, ref, encode_output(text)),
         )
         return ref
 
@@ -317,7 +317,7 @@ class PostgresStore(StateStore):
         )
         if not rows:
             raise StateFileError(self.describe(item_id), f"stored output {ref!r} is missing")
-        return str(rows[0][0])
+        return decode_output(ref, str(rows[0][0]))
 
     def delete_output(self, item_id: str, ref: str) -> None:
         # Fenced: a new holder may have written the same output (same ref) and refer to it.

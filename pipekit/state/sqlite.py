@@ -35,6 +35,8 @@ from pipekit.state.digest import text_hash
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
+from pipekit.state.store import decode_output
+from pipekit.state.store import encode_output
 from pipekit.state.store import flock_item
 from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
@@ -315,7 +317,8 @@ class SqliteStore(StateStore):
         self._write(
             self.describe(item_id),
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO outputs (item_id, ref, text) VALUES (?, ?, ?)", (item_id, ref, text)
+                "INSERT OR REPLACE INTO outputs (item_id, ref, text) VALUES (?, ?, ?)",
+                (item_id, ref, encode_output(text)),
             ),
         )
         return ref
@@ -325,7 +328,7 @@ class SqliteStore(StateStore):
             row = self._db.execute("SELECT text FROM outputs WHERE item_id = ? AND ref = ?", (item_id, ref)).fetchone()
         if row is None:
             raise StateFileError(self.describe(item_id), f"stored output {ref!r} is missing")
-        return str(row[0])
+        return decode_output(ref, str(row[0]))
 
     def delete_output(self, item_id: str, ref: str) -> None:
         self._write(
