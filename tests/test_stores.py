@@ -405,8 +405,15 @@ def test_migrate_copies_and_verifies_between_every_store(
     assert resumed.ret == 0, resumed
     assert executions(pipetester) == []  # nothing left to do in the copy
     assert saved_state(target, "b/ü").phase_outputs[1] == "n" * 20000 + "b/ü"
-    again = pipetester.run("migrate", "--from", source, "--to", target)
-    assert again.ret == 4 and "migrate into an empty store" in again.stderr, again
+    again = pipetester.run("migrate", "--from", source, "--to", target)  # a verified no-op
+    assert again.ret == 0, again
+    again.fnmatch_lines(["migrated 0 items from *", "kept 2 items *", "verified: 2 items, sha256 *"], "stdout")
+    done = PipelineStateManager("a", open_store_url(target, pipeline="pipeline"))
+    assert done.load_state()
+    done.state.total_cost_usd += 1
+    done.save_state()
+    changed = pipetester.run("migrate", "--from", source, "--to", target)
+    assert changed.ret == 4 and "migrate into an empty store" in changed.stderr, changed
 
 
 def saved_state(url: str, item_id: str) -> PipelineState:

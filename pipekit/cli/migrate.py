@@ -4,6 +4,12 @@ Every item's document is copied with its large outputs; afterwards both stores
 are read back and compared: the number of items, and a SHA-256 of every item's
 document with its outputs inlined (references differ between stores, contents
 must not).
+
+Resumable: a migrate killed half way left some items in the target, each whole
+(every save is atomic, and an item's outputs are written before the state
+that refers to them). Run again, it skips the items the target already holds
+unchanged and copies the rest; an item the target holds with other contents
+is refused, so nothing there is overwritten.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ def item_checksum(store: StateStore, item_id: str, document: dict[str, Any]) -> 
 
 
 def _copies(
-    source: StateStore, target: StateStore, errors: list[StateFileError], copied: set[str]
+    source: StateStore, target: StateStore, errors: list[StateFileError], copied: set[str], skip: set[str]
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     for item_id, document in source.load_all(errors):
+        if item_id in skip:
+            continue
         refs = document.get("phase_output_files") or {}
         try:
             texts = {int(num): source.read_output(item_id, str(ref)) for num, ref in refs.items()}
@@ -61,31 +69,50 @@ def checksums(store: StateStore, errors: list[StateFileError]) -> dict[str, str]
     return found
 
 
-def migrate(source: StateStore, target: StateStore) -> tuple[int, str, list[StateFileError]]:
-    """Copy every item of ``source`` into ``target`` (which must hold none of them) and verify.
+def already_copied(source: StateStore, target: StateStore) -> set[str]:
+    """The items ``target`` already holds exactly as ``source`` does (a killed
+    migrate's); raises ``UsageError`` when it holds any with other contents."""
+    shared = set(source.item_ids()) & set(target.item_ids())
+    same, different = set(), []
+    for item_id, found in target.load_many(sorted(shared)):
+        ours = source.load(item_id)
+        if isinstance(found, dict) and ours is not None and (
+            item_checksum(target, item_id, found) == item_checksum(source, item_id, ours)
+        ):
+            same.add(item_id)
+        else:
+            different.append(item_id)
+    if different:
+        raise UsageError(
+            f"{target.location} already holds {len(different)} of the items with other contents "
+            f"(e.g. {different[0]!r}); migrate into an empty store"
+        )
+    return same
 
-    Returns the number of items copied, the checksum of the whole run and the
-    unreadable source items (not copied). Raises ``UsageError`` when the
-    verification fails or the target already holds some of the items.
+
+def migrate(source: StateStore, target: StateStore) -> tuple[int, int, str, list[StateFileError]]:
+    """Copy every item of ``source`` into ``target`` and verify; items the target
+    already holds unchanged (a killed migrate's) are kept, not copied again.
+
+    Returns the number of items copied, the number verified (those and the ones
+    kept), the checksum of the whole run and the unreadable source items (not copied). Raises ``UsageError`` when the
+    verification fails or the target holds some of the items with other contents.
     """
     errors: list[StateFileError] = []
-    clash = set(source.item_ids()) & set(target.item_ids())
-    if clash:
-        raise UsageError(
-            f"{target.location} already holds {len(clash)} of the items (e.g. {sorted(clash)[0]!r}); "
-            "migrate into an empty store"
-        )
+    already = already_copied(source, target)
     ids: set[str] = set()
-    copied = target.save_many(_copies(source, target, errors, ids))
+    copied = target.save_many(_copies(source, target, errors, ids, already))
+    ids |= already
     expected = {k: v for k, v in checksums(source, []).items() if k in ids}
     got = checksums(target, [])
-    if len(got) != copied or set(got) != set(expected):
+    if len(got) != copied + len(already) or set(got) != set(expected):
         raise UsageError(f"verification failed: {len(expected)} items in the source, {len(got)} in the target")
     different = sorted(k for k in expected if expected[k] != got[k])
     if different:
         raise UsageError(f"verification failed: {len(different)} items differ (e.g. {different[0]!r})")
+    # Over every item, so a resumed migrate prints the checksum a whole one does.
     total = hashlib.sha256("".join(f"{k}\0{got[k]}\n" for k in sorted(got)).encode("utf-8", "surrogatepass"))
-    return copied, total.hexdigest(), errors
+    return copied, len(got), total.hexdigest(), errors
 
 
 def migrate_command(args: list[str], plugins: list[Any]) -> ExitCode:
@@ -111,7 +138,7 @@ def migrate_command(args: list[str], plugins: list[Any]) -> ExitCode:
     try:
         target = open_store_url(option.target, pipeline=option.pipeline)
         try:
-            copied, checksum, errors = migrate(source, target)
+            copied, verified, checksum, errors = migrate(source, target)
         finally:
             target.close()
     finally:
@@ -119,5 +146,7 @@ def migrate_command(args: list[str], plugins: list[Any]) -> ExitCode:
     for error in errors:
         print(f"pipekit: error: {error}; not copied", file=sys.stderr)
     print(f"migrated {copied} items from {source.location} to {target.location}")
-    print(f"verified: {copied} items, sha256 {checksum}")
+    if verified > copied:
+        print(f"kept {verified - copied} items an earlier migrate had copied")
+    print(f"verified: {verified} items, sha256 {checksum}")
     return ExitCode.USAGE_ERROR if errors else ExitCode.OK

@@ -30,6 +30,7 @@ from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PipelineState
+from pipekit.state.open import existing_stores_only
 
 
 #: One glyph per phase status, and its ANSI colour.
@@ -90,7 +91,9 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
     option = parse(parser, args)
     if option is None:
         return ExitCode.OK
-    with open_target(option) as target:
+    with existing_stores_only():  # a mistyped --store path must not become an empty store
+        target = open_target(option)
+    with target:
         out = sys.stdout
         if len(option.item) == 1 and not is_glob(option.item[0]):
             # Raises StateFileError (exit 4) naming a corrupt file.

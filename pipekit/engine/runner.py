@@ -34,6 +34,7 @@ from pipekit.pipeline.limits import declared_limits
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.phases import Injector
 from pipekit.stale.checker import StalePolicy
+from pipekit.state.holder import LeaseLostError
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import DONE_STATUSES
@@ -125,7 +126,7 @@ class Run:
         self.items_failed = 0
         self.items_interrupted = 0
         self.items_stopped = 0
-        #: Items another pipekit process was running, skipped.
+        #: Items another pipekit process was running (or took over from this one), skipped.
         self.items_busy = 0
         #: Items that were already finished when the run started.
         self.items_already_done = 0
@@ -300,9 +301,10 @@ class Run:
                 await self._process_locked_item(index, item_id, metadata)
             finally:
                 lock.release()
-        except Exception as exc:
-            # A state write that failed (every later one would fail the same way)
-            # or a bug: stop starting work and end with an internal error.
+        except LeaseLostError as exc:  # paused past its lease, the item was taken over: the new holder's now
+            self.items_busy += 1
+            self._say(f"{exc}; item {item_id!r} left to it")
+        except Exception as exc:  # a failed state write (every later one would fail too) or a bug: stop, exit 3
             if self.fatal_error is None:
                 self.fatal_error = exc
             self.control.stop_new_phases = True
@@ -329,10 +331,8 @@ class Run:
         self.notify("pipekit_item_start", item=item)
         try:
             ok = await PhaseRunner(
-                self.pipeline.phases,
-                manager,
-                notify=self.notify,
-                item=item,
+                self.pipeline.phases, manager,
+                notify=self.notify, item=item,
                 output_root=self.output_root,
                 force=self.force,
                 executor=self.executor,

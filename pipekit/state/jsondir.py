@@ -19,12 +19,14 @@ from typing import Any
 
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
-from pipekit.state.digest import text_hash
 from pipekit.state.store import NO_LOCKING_ERRNOS
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
+from pipekit.state.store import decode_output
 from pipekit.state.store import encode_document
 from pipekit.state.store import encode_item_id
+from pipekit.state.store import encode_output
+from pipekit.state.store import output_name
 from pipekit.state.store import remove_stale_temp_files
 from pipekit.state.store import write_atomically
 
@@ -110,12 +112,12 @@ class JsonDirStore(StateStore):
         self._prepare()
         folder = self._outputs_dir(item_id)
         # Named by content, so the file the saved state refers to is never overwritten.
-        path = folder / f"{phase_num}.{text_hash(text)}.txt"
+        path = folder / output_name(phase_num, text)
         try:
             if folder.exists():
                 remove_stale_temp_files(folder)
             folder.mkdir(exist_ok=True)
-            write_atomically(path, text.encode("utf-8"), durable=self.durable)
+            write_atomically(path, encode_output(text).encode("utf-8"), durable=self.durable)
         except OSError as exc:
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
         return str(path.relative_to(self.state_dir))
@@ -125,7 +127,8 @@ class JsonDirStore(StateStore):
         if self.state_dir.resolve() not in path.parents:
             raise StateFileError(self.path_for(item_id), f"output reference {ref!r} leaves the state dir")
         try:
-            return path.read_bytes().decode("utf-8")  # not read_text: it would turn \r into \n
+            # not read_text: it would turn \r into \n
+            return decode_output(ref, path.read_bytes().decode("utf-8"))
         except OSError as exc:
             raise StateFileError(path, f"output file cannot be read ({exc.strerror})") from None
 
@@ -183,6 +186,14 @@ class JsonDirStore(StateStore):
         deleted: deleting one while another process waits on it would let two
         processes hold "the" lock). On a file system without locking (some NFS
         mounts answer ENOLCK) items are run unlocked, with one warning.
+
+        Writes need no fencing token here, unlike the PostgreSQL store's
+        leases: an flock does not expire. A process paused for an hour (SIGSTOP,
+        a closed laptop lid, a paused VM) still holds it when it resumes, so no
+        other driver can have taken the item meanwhile, and the only way to
+        lose the lock is to die, after which nothing writes. (A lock on NFS is
+        kept by the server, which may drop it when a client is cut off past its
+        lease, about 90 s; state shared between hosts belongs in PostgreSQL.)
         """
         self._prepare()
         path = self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock"

@@ -6,6 +6,9 @@ database store lives in its own module here and is imported only when used.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
+import contextvars
 from pathlib import Path
 from urllib.parse import parse_qsl
 from urllib.parse import urlencode
@@ -18,6 +21,24 @@ from pipekit.state.store import StateStore
 
 
 SCHEMES = ("json:DIR", "sqlite:PATH", "postgresql://USER:PASSWORD@HOST/DB")
+
+#: False inside ``existing_stores_only``: stores are opened, never created.
+_CREATE: contextvars.ContextVar[bool] = contextvars.ContextVar("pipekit_create_stores", default=True)
+
+
+@contextlib.contextmanager
+def existing_stores_only() -> Iterator[None]:
+    """Within it, ``open_store_url`` opens a database store only if it exists and
+    raises ``UsageError`` naming it otherwise, creating no file, folder or table:
+    for commands that only read (``status``), where a mistyped path must not
+    become an empty store that reads as "0 items". (A JSON directory is created
+    by its first write only, so a missing one reads as empty and stays missing.)
+    """
+    token = _CREATE.set(False)
+    try:
+        yield
+    finally:
+        _CREATE.reset(token)
 
 
 def open_store_url(url: str, *, pipeline: str | None = None) -> StateStore:
@@ -33,11 +54,11 @@ def open_store_url(url: str, *, pipeline: str | None = None) -> StateStore:
     if scheme == "sqlite" and rest:
         from pipekit.state.sqlite import SqliteStore
 
-        return SqliteStore.from_url(rest)
+        return SqliteStore.from_url(rest, create=_CREATE.get())
     if scheme in ("postgresql", "postgres"):
         from pipekit.state.postgres import PostgresStore
 
-        return PostgresStore.from_url(url, pipeline=pipeline)
+        return PostgresStore.from_url(url, pipeline=pipeline, create=_CREATE.get())
     raise UsageError(f"unsupported store {mask_password(url)!r}: use {', '.join(SCHEMES)}")
 
 
@@ -59,4 +80,4 @@ def mask_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-__all__ = ["mask_password", "open_store_url"]
+__all__ = ["existing_stores_only", "mask_password", "open_store_url"]

@@ -3,11 +3,21 @@ database (``postgresql://USER:PASSWORD@HOST/DB[?pipeline=NAME&lease=SECONDS]``).
 
 Needs psycopg 3 (``pip install 'pipekit[postgres]'``). The same schema idea as
 the SQLite store, in ``jsonb``; rows are kept apart by pipeline name. Per-item
-locks are leases: a row naming the holder (host, pid) and an expiry that a
-background thread keeps pushing forward. A driver that dies stops renewing, and
-once its lease expires another driver takes the item. Taking a lease locks the
-lease row with ``SELECT ... FOR UPDATE SKIP LOCKED``, so two drivers racing for
-one item never wait on each other and never both win.
+locks are leases: a row naming the holder (``pipekit.state.holder``) and an
+expiry that a background thread keeps pushing forward. A driver that dies stops
+renewing, and once its lease expires another driver takes the item. Taking a
+lease locks the lease row with ``SELECT ... FOR UPDATE SKIP LOCKED``, so two
+drivers racing for one item never wait on each other and never both win.
+
+Leases fence writes. A driver paused past its lease (a closed laptop lid, a
+paused VM) is alive but no longer holds the item when it resumes, and by then
+another driver may have run and saved the item's phases. So every write this
+driver makes for an item it leased is conditional, in the same transaction, on
+the lease row still naming this driver's ``owner`` token (unique per store
+object, so it doubles as the fencing token), and it takes a ``FOR KEY SHARE``
+lock on that row meanwhile, so a takeover (``FOR UPDATE``) cannot slip in
+between the check and the commit. A write that finds the lease gone raises
+``LeaseLostError`` and writes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +27,6 @@ from collections.abc import Iterable
 from collections.abc import Iterator
 import contextlib
 import os
-import socket
 import threading
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,11 +38,17 @@ import uuid
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
+from pipekit.state.holder import Holder
+from pipekit.state.holder import LeaseLostError
+from pipekit.state.holder import holder_is_gone
+from pipekit.state.holder import this_holder
 from pipekit.state.open import mask_password
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
+from pipekit.state.store import decode_output
+from pipekit.state.store import encode_output
 from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
 
@@ -83,6 +98,8 @@ _SCHEMA = [
         pid INTEGER NOT NULL,
         expires_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (pipeline, item_id))""",
+    # the holder's identity (pipekit.state.holder.Holder as JSON); NULL from older drivers
+    "ALTER TABLE pipekit_leases ADD COLUMN IF NOT EXISTS holder TEXT",
 ]
 
 _UPSERT = """
@@ -93,6 +110,14 @@ ON CONFLICT (pipeline, item_id) DO UPDATE SET state = excluded.state, status = e
     next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata,
     cost_usd = excluded.cost_usd, stale_key = excluded.stale_key, updated_at = now()
 """
+
+#: True once the last of ``_SCHEMA`` was applied (they are applied together, in order).
+_SCHEMA_IS_CURRENT = """SELECT 1 FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = 'pipekit_leases' AND column_name = 'holder'"""
+
+#: Locks this driver's lease row of an item, if it still holds it (see the module docstring).
+_HELD = """SELECT item_id FROM pipekit_leases WHERE pipeline = %s AND owner = %s AND item_id = ANY(%s)
+           FOR KEY SHARE"""
 
 
 def _psycopg() -> Any:
@@ -125,13 +150,16 @@ class PostgresStore(StateStore):
     :param conninfo: a libpq connection string or URL (without pipekit's parameters).
     :param pipeline: the pipeline whose items these are.
     :param lease_seconds: how long an item stays taken after its driver stops renewing.
+    :param create: create pipekit's tables when missing (else a ``UsageError``).
     """
 
     # One connection behind a lock: usable from the writer's thread, and many
     # items' states are committed in one transaction (``save_many``).
     batched_saves = True
 
-    def __init__(self, conninfo: str, pipeline: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self, conninfo: str, pipeline: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, create: bool = True
+    ) -> None:
         psycopg = _psycopg()
         self._psycopg = psycopg
         self.conninfo = conninfo
@@ -139,7 +167,8 @@ class PostgresStore(StateStore):
         self.lease_seconds = float(lease_seconds)
         query = urlencode({"pipeline": pipeline})
         self.location = f"{mask_password(conninfo)}{'&' if '?' in conninfo else '?'}{query}"
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.holder = this_holder()
+        self.owner = f"{self.holder.host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.RLock()
         self._held: set[str] = set()
         self._stop = threading.Event()
@@ -148,8 +177,14 @@ class PostgresStore(StateStore):
             self._db = psycopg.connect(conninfo, autocommit=True)
             with self._db.transaction():
                 self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-                for statement in _SCHEMA:
-                    self._db.execute(statement)
+                # Only when needed: an ALTER TABLE, even one that changes nothing, locks the
+                # table whole, and deadlocks with the drivers already writing to it.
+                if not self._db.execute(_SCHEMA_IS_CURRENT).fetchone():
+                    if not create:
+                        self._db.close()
+                        raise UsageError(f"postgresql store {self.location} holds no pipekit state (no tables)")
+                    for statement in _SCHEMA:
+                        self._db.execute(statement)
         except psycopg.Error as exc:
             raise UsageError(f"postgresql store {self.location} cannot be opened: {exc}".strip()) from None
 
@@ -158,7 +193,7 @@ class PostgresStore(StateStore):
         return f"{self.conninfo}{'&' if '?' in self.conninfo else '?'}{own}"
 
     @classmethod
-    def from_url(cls, url: str, *, pipeline: str | None = None) -> PostgresStore:
+    def from_url(cls, url: str, *, pipeline: str | None = None, create: bool = True) -> PostgresStore:
         """Split pipekit's own ``pipeline`` and ``lease`` parameters off ``url``."""
         parts = urlsplit(url)
         pairs = parse_qsl(parts.query, keep_blank_values=True)
@@ -172,7 +207,7 @@ class PostgresStore(StateStore):
             lease = float(own.get("lease", DEFAULT_LEASE_SECONDS))
         except ValueError:
             raise UsageError(f"postgresql store: lease must be a number of seconds, not {own['lease']!r}") from None
-        return cls(conninfo, name, lease_seconds=lease)
+        return cls(conninfo, name, lease_seconds=lease, create=create)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -217,17 +252,25 @@ class PostgresStore(StateStore):
         return document
 
     def save(self, item_id: str, document: dict[str, Any]) -> None:
-        # One statement in autocommit: atomic, and durable when it returns.
-        self._query(_UPSERT, self._row(item_id, document))
+        self._fenced(item_id, _UPSERT, self._row(item_id, document))
 
     def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]], batch: int = 2000) -> int:
+        """Save in batches of one transaction each; ``LeaseLostError`` names items whose lease was lost (unwritten)."""
         count = 0
         rows: list[tuple[Any, ...]] = []
+        lost: list[str] = []
 
         def flush() -> None:
             with self._lock:
                 try:
                     with self._db.transaction(), self._db.cursor() as cursor:
+                        leased = [row[1] for row in rows if row[1] in self._held]
+                        if leased:
+                            held = {found for (found,) in cursor.execute(_HELD, (self.pipeline, self.owner, leased))}
+                            gone = set(leased) - held
+                            if gone:
+                                lost.extend(sorted(gone))
+                                rows[:] = [row for row in rows if row[1] not in gone]
                         cursor.executemany(_UPSERT, rows)
                 except self._psycopg.Error as exc:
                     raise StateWriteError(self.location, str(exc).strip()) from exc
@@ -239,7 +282,23 @@ class PostgresStore(StateStore):
                 count, rows = count + len(rows), []
         if rows:
             flush()
+        if lost:
+            raise LeaseLostError(self.location, lost)
         return count + len(rows)
+
+    def _fenced(self, item_id: str, sql: str, params: tuple[Any, ...]) -> None:
+        """Write for ``item_id``, if leased in one transaction with the check that the lease is still ours."""
+        if item_id not in self._held:
+            self._query(sql, params)
+            return
+        with self._lock:
+            try:
+                with self._db.transaction():
+                    if not self._db.execute(_HELD, (self.pipeline, self.owner, [item_id])).fetchone():
+                        raise LeaseLostError(self.location, [item_id])
+                    self._db.execute(sql, params)
+            except self._psycopg.Error as exc:
+                raise StateWriteError(self.describe(item_id), str(exc).strip()) from exc
 
     def write_output(self, item_id: str, phase_num: int, text: str) -> str:
         # Named by content: the output the saved state refers to is never overwritten.
@@ -247,7 +306,7 @@ class PostgresStore(StateStore):
         self._query(
             """INSERT INTO pipekit_outputs (pipeline, item_id, ref, text) VALUES (%s, %s, %s, %s)
                ON CONFLICT (pipeline, item_id, ref) DO UPDATE SET text = excluded.text""",
-            (self.pipeline, item_id, ref, text),
+            (self.pipeline, item_id, ref, encode_output(text)),
         )
         return ref
 
@@ -258,10 +317,12 @@ class PostgresStore(StateStore):
         )
         if not rows:
             raise StateFileError(self.describe(item_id), f"stored output {ref!r} is missing")
-        return str(rows[0][0])
+        return decode_output(ref, str(rows[0][0]))
 
     def delete_output(self, item_id: str, ref: str) -> None:
-        self._query(
+        # Fenced: a new holder may have written the same output (same ref) and refer to it.
+        self._fenced(
+            item_id,
             "DELETE FROM pipekit_outputs WHERE pipeline = %s AND item_id = %s AND ref = %s",
             (self.pipeline, item_id, ref),
         )
@@ -276,14 +337,16 @@ class PostgresStore(StateStore):
     def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
         from psycopg.types.json import Jsonb
 
-        self._query(
+        self._fenced(
+            item_id,
             """INSERT INTO pipekit_checkpoints (pipeline, item_id, phase, key, value) VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (pipeline, item_id, phase, key) DO UPDATE SET value = excluded.value""",
             (self.pipeline, item_id, phase, key, Jsonb(value)),
         )
 
     def drop_checkpoints(self, item_id: str, phase: str) -> None:
-        self._query(
+        self._fenced(
+            item_id,
             "DELETE FROM pipekit_checkpoints WHERE pipeline = %s AND item_id = %s AND phase = %s",
             (self.pipeline, item_id, phase),
         )
@@ -359,26 +422,28 @@ class PostgresStore(StateStore):
         with self._lock:
             try:
                 with self._db.transaction():
+                    me = (self.owner, self.holder.host, self.holder.pid, self.holder.to_json(), lease)
                     taken = self._db.execute(
-                        """INSERT INTO pipekit_leases (pipeline, item_id, owner, host, pid, expires_at)
-                           VALUES (%s, %s, %s, %s, %s, now() + %s::interval)
+                        """INSERT INTO pipekit_leases (owner, host, pid, holder, expires_at, pipeline, item_id)
+                           VALUES (%s, %s, %s, %s, now() + %s::interval, %s, %s)
                            ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING 1""",
-                        (self.pipeline, item_id, self.owner, socket.gethostname(), os.getpid(), lease),
+                        (*me, self.pipeline, item_id),
                     ).fetchone()
                     if taken is None:
                         # Someone holds or held it: take it only if the lease expired. A row
                         # another driver is taking right now is skipped, not waited for.
                         row = self._db.execute(
-                            """SELECT expires_at < now(), host, pid FROM pipekit_leases
+                            """SELECT expires_at < now(), holder FROM pipekit_leases
                                WHERE pipeline = %s AND item_id = %s FOR UPDATE SKIP LOCKED""",
                             (self.pipeline, item_id),
                         ).fetchone()
-                        if row is None or not (row[0] or _died_here(row[1], row[2])):
+                        # Before expiry, only a holder certainly dead on this machine is overtaken.
+                        if row is None or not (row[0] or holder_is_gone(Holder.from_json(row[1]), self.holder)):
                             return None
                         self._db.execute(
-                            """UPDATE pipekit_leases SET owner = %s, host = %s, pid = %s,
+                            """UPDATE pipekit_leases SET owner = %s, host = %s, pid = %s, holder = %s,
                                expires_at = now() + %s::interval WHERE pipeline = %s AND item_id = %s""",
-                            (self.owner, socket.gethostname(), os.getpid(), lease, self.pipeline, item_id),
+                            (*me, self.pipeline, item_id),
                         )
             except self._psycopg.Error as exc:
                 raise StateWriteError(self.describe(item_id), str(exc).strip()) from exc
@@ -433,15 +498,3 @@ class PostgresStore(StateStore):
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
 
-
-def _died_here(host: str, pid: int) -> bool:
-    """True when the lease holder ran on this host and its process is gone (no need to wait for expiry)."""
-    if host != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False

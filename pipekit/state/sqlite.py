@@ -6,7 +6,10 @@ query, not a scan. Large outputs live in their own table. WAL journal with
 ``synchronous=FULL``: a committed change survives kill -9 and power loss.
 Several pipekit processes on one machine may share the file: writers take
 ``BEGIN IMMEDIATE`` and wait on the busy timeout. Per-item locks are flock'ed
-files in ``PATH.locks/`` (they die with the process that holds them).
+files in ``PATH.locks/`` (they die with the process that holds them, and
+never expire while it lives, so a paused process resumes still holding its
+items and writes need no fencing token; the database refuses network file
+systems, where a server might drop a lock).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
+from pipekit.state.store import decode_output
+from pipekit.state.store import encode_output
 from pipekit.state.store import flock_item
 from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
@@ -137,6 +142,8 @@ class SqliteStore(StateStore):
     :param synchronous: SQLite ``synchronous`` pragma; ``FULL`` survives power loss. By
         default ``FULL``, or ``NORMAL`` (survives a crash of the process) with ``PIPEKIT_FSYNC=0``.
     :param busy_timeout: seconds a writer waits for another process's transaction.
+    :param create: create the database (and its folder) when missing; when false
+        a missing one is a ``UsageError`` naming it, and nothing is created.
     """
 
     # One connection behind a lock: usable from the writer's thread, and many
@@ -144,7 +151,12 @@ class SqliteStore(StateStore):
     batched_saves = True
 
     def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: str | None = None, busy_timeout: float = 60.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str | None = None,
+        busy_timeout: float = 60.0,
+        create: bool = True,
     ) -> None:
         if synchronous is None:
             synchronous = "NORMAL" if os.environ.get("PIPEKIT_FSYNC", "1") == "0" else "FULL"
@@ -153,6 +165,8 @@ class SqliteStore(StateStore):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise UsageError(f"sqlite store: synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.synchronous = synchronous.upper()
+        if not create and not self.path.is_file():
+            raise UsageError(f"sqlite store {self.path} does not exist (no state was ever saved there)")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -186,14 +200,14 @@ class SqliteStore(StateStore):
         return f"sqlite:{self.path}?synchronous={self.synchronous}"
 
     @classmethod
-    def from_url(cls, rest: str) -> SqliteStore:
+    def from_url(cls, rest: str, *, create: bool = True) -> SqliteStore:
         """``PATH[?synchronous=NORMAL]`` after ``sqlite:``."""
         path, _, query = rest.partition("?")
         options = dict(parse_qsl(query))
         unknown = set(options) - {"synchronous"}
         if unknown:
             raise UsageError(f"sqlite store: unknown option(s) {', '.join(sorted(unknown))}")
-        return cls(path, synchronous=options.get("synchronous"))
+        return cls(path, synchronous=options.get("synchronous"), create=create)
 
     # -- transactions -------------------------------------------------------
 
@@ -303,7 +317,8 @@ class SqliteStore(StateStore):
         self._write(
             self.describe(item_id),
             lambda db: db.execute(
-                "INSERT OR REPLACE INTO outputs (item_id, ref, text) VALUES (?, ?, ?)", (item_id, ref, text)
+                "INSERT OR REPLACE INTO outputs (item_id, ref, text) VALUES (?, ?, ?)",
+                (item_id, ref, encode_output(text)),
             ),
         )
         return ref
@@ -313,7 +328,7 @@ class SqliteStore(StateStore):
             row = self._db.execute("SELECT text FROM outputs WHERE item_id = ? AND ref = ?", (item_id, ref)).fetchone()
         if row is None:
             raise StateFileError(self.describe(item_id), f"stored output {ref!r} is missing")
-        return str(row[0])
+        return decode_output(ref, str(row[0]))
 
     def delete_output(self, item_id: str, ref: str) -> None:
         self._write(

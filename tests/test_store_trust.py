@@ -1,0 +1,133 @@
+"""Stores that read without creating, migrations that finish, and text every store keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+import pytest
+
+from pipekit.state.jsondir import JsonDirStore
+from pipekit.state.open import open_store_url
+from pipekit.state.store import StateStore
+from pipekit.testing import PipeTester
+
+
+PIPELINE = '''
+    from pipekit import phase
+
+    @phase(1)
+    def research(item_id):
+        return f"notes on {item_id}"
+'''
+
+
+def test_status_of_a_missing_sqlite_store_names_it_and_creates_nothing(pipetester: PipeTester, tmp_path: Path) -> None:
+    pipetester.make_pipeline(PIPELINE)
+    missing = tmp_path / "typo" / "state.db"
+    result = pipetester.run("status", "pipeline.py", "--store", f"sqlite:{missing}")
+    assert result.ret == 4, result
+    assert f"sqlite store {missing} does not exist" in result.stderr
+    assert not missing.parent.exists()
+    # a run still creates it, and then status reads it
+    assert pipetester.run("pipeline.py", "--item", "a", "--store", f"sqlite:{missing}").ret == 0
+    shown = pipetester.run("status", "pipeline.py", "--store", f"sqlite:{missing}")
+    assert shown.ret == 0, shown
+
+
+def test_status_of_a_postgres_database_without_pipekit_tables_creates_none(
+    pipetester: PipeTester, postgres_store_url: str
+) -> None:
+    import psycopg
+
+    pipetester.make_pipeline(PIPELINE)
+    base = postgres_store_url.split("?")[0]
+    with psycopg.connect(base, autocommit=True) as db:
+        db.execute("CREATE SCHEMA IF NOT EXISTS empty_for_status")
+    url = f"{base}?options=-csearch_path%3Dempty_for_status&pipeline=p"
+    try:
+        result = pipetester.run("status", "pipeline.py", "--store", url)
+        assert result.ret == 4, result
+        assert "holds no pipekit state" in result.stderr
+        with psycopg.connect(base, autocommit=True) as db:
+            tables = db.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'empty_for_status'"
+            ).fetchone()
+        assert tables == (0,)
+    finally:
+        with psycopg.connect(base, autocommit=True) as db:
+            db.execute("DROP SCHEMA empty_for_status CASCADE")
+
+
+# -- migrate ------------------------------------------------------------------------------------
+
+
+def test_a_migrate_killed_half_way_finishes_when_run_again(pipetester: PipeTester, tmp_path: Path) -> None:
+    pipetester.make_pipeline(PIPELINE)
+    source, target = tmp_path / "source", tmp_path / "target"
+    assert pipetester.run("pipeline.py", "--item", "seed", "--store", f"json:{source}").ret == 0
+    store = JsonDirStore(source, durable=False)
+    seed = store.load("seed")
+    assert seed is not None
+    ids = [f"item-{n:04d}" for n in range(600)]
+    store.save_many((item_id, {**seed, "item_id": item_id}) for item_id in ids)
+    command = [sys.executable, "-m", "pipekit", "migrate", "--from", f"json:{source}", "--to", f"json:{target}"]
+    killed = subprocess.Popen(command, cwd=pipetester.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (target.is_dir() and sum(1 for p in target.iterdir() if p.suffix == ".json") >= 20):
+        assert killed.poll() is None and time.monotonic() < deadline, "migrate ended before it was killed"
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    left = sum(1 for p in target.iterdir() if p.suffix == ".json")
+    assert 20 <= left < 601, left  # half way
+    again = subprocess.run(command, cwd=pipetester.path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"migrated {601 - left} items from " in again.stdout
+    assert f"kept {left} items an earlier migrate had copied" in again.stdout
+    assert "verified: 601 items, sha256 " in again.stdout
+    copy = open_store_url(f"json:{target}")
+    assert sorted(copy.item_ids()) == sorted([*ids, "seed"])
+    # an item changed in the target since is never overwritten
+    copy.save("item-0000", {**seed, "item_id": "item-0000", "total_cost_usd": 99.0})
+    refused = subprocess.run(command, cwd=pipetester.path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 4
+    assert "already holds 1 of the items with other contents (e.g. 'item-0000')" in refused.stderr
+    assert copy.load("item-0000") == {**seed, "item_id": "item-0000", "total_cost_usd": 99.0}
+
+
+# -- text every store keeps ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[StateStore]]:
+    from conftest import store_url_fixture
+
+    urls = [f"json:{tmp_path_factory.mktemp('json')}"]
+    made = [store_url_fixture("sqlite", tmp_path_factory), store_url_fixture("postgresql")]
+    urls += [str(next(generator)) for generator in made]
+    stores = [open_store_url(url, pipeline="outputs") for url in urls]
+    yield stores
+    for store in stores:
+        store.close()
+    for generator in made:
+        next(generator, None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(codec=None, min_codepoint=0), min_size=0, max_size=40), pad=st.booleans())
+def test_every_store_keeps_any_large_output_text(every_store: list[StateStore], text: str, pad: bool) -> None:
+    # NUL and lone surrogates included: an LLM's output is whatever str the handler returns
+    output = ("x" * 9000 if pad else "") + text + "\x00\udcff"
+    for store in every_store:
+        ref = store.write_output("item", 1, output)
+        assert store.read_output("item", ref) == output, store.location
+        store.delete_output("item", ref)
