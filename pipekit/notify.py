@@ -169,14 +169,14 @@ class HookNotifier:
             def guarded_call(*args: Any) -> Any:
                 if name in self._abandoned:
                     return None
-                self.running = (name, hookname)
+                outer, self.running = self.running, (name, hookname)  # a hook may report a message
                 try:
                     return function(*args)
                 except BaseException as exc:  # SystemExit too: one plugin must not end the run
                     self._failed(impl, hookname, exc)
                     return None
                 finally:
-                    self.running = None
+                    self.running = outer
 
             guarded = guarded_call
         copy = pluggy.HookImpl(impl.plugin, name, guarded, impl.opts)
@@ -188,7 +188,7 @@ class HookNotifier:
     def _start_wrapper(
         self, impl: pluggy.HookImpl, hookname: str, function: Callable[..., Any], args: Sequence[Any]
     ) -> Generator[None, Any, Any] | None:
-        self.running = (impl.plugin_name, hookname)
+        outer, self.running = self.running, (impl.plugin_name, hookname)
         try:
             gen = function(*args)
             next(gen)
@@ -198,11 +198,11 @@ class HookNotifier:
         except BaseException as exc:
             self._failed(impl, hookname, exc)
         finally:
-            self.running = None
+            self.running = outer
         return None
 
     def _end_wrapper(self, impl: pluggy.HookImpl, hookname: str, gen: Generator[None, Any, Any], result: Any) -> Any:
-        self.running = (impl.plugin_name, hookname)
+        outer, self.running = self.running, (impl.plugin_name, hookname)
         try:
             gen.send(result)
         except StopIteration as stop:
@@ -211,7 +211,7 @@ class HookNotifier:
             self._failed(impl, hookname, exc)
             return result
         finally:
-            self.running = None
+            self.running = outer
         gen.close()
         self._failed(impl, hookname, RuntimeError("wrapper yielded twice"))
         return result
@@ -244,15 +244,19 @@ class HookNotifier:
         """
 
         def delivered() -> None:
-            self._signal_seen = True
-            interrupt()
+            if not self._signal_seen:
+                self._signal_seen = True
+                interrupt()
 
         def handler(signum: int, frame: FrameType | None) -> None:
             self._signals += 1
             if self._signals == 1:
                 loop.call_soon_threadsafe(delivered)
             elif not self._signal_seen and self.running is not None:
-                raise ObserverInterrupted(f"{signal.Signals(signum).name} while {self.running[0]} ran")
+                blocked = self.running[0]
+                # Stop first, so nothing new starts once the hook is left.
+                delivered()
+                raise ObserverInterrupted(f"{signal.Signals(signum).name} while {blocked} ran")
             elif not self._signal_seen:
                 loop.call_soon_threadsafe(delivered)  # stuck elsewhere: interrupt() exits on the next one
 
