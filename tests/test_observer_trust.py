@@ -162,3 +162,15 @@ def test_without_the_reporter_messages_still_reach_stderr(pipetester: PipeTester
     result = pipetester.run("run", "pipeline.py", "--item", "a", "-p", "no:progress")
     assert result.ret == 0, result
     result.fnmatch_lines(["pipekit: state: *"])
+
+
+def test_quiet_hides_info_messages_and_the_recorder_sees_them(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(TWO_PHASES)
+    loud = pipetester.run("run", "pipeline.py", "--item", "a", "--max-cost", "1", "--progress", "none")
+    assert "pipekit: budget: $0.00 spent of --max-cost $1.00" in loud.stderr, loud
+    assert {"message": "budget: $0.00 spent of --max-cost $1.00, $1.00 left", "level": "info"} in loud.calls(
+        "pipekit_report_message"
+    )
+    quiet = pipetester.run("run", "pipeline.py", "--item", "b", "--max-cost", "1", "-q")
+    assert quiet.ret == 0, quiet
+    assert quiet.stderr.splitlines() == [f"pipekit: state: {quiet.state_dir}"]
