@@ -331,3 +331,31 @@ def pipekit_unconfigure(config: Config) -> None:
 
     .. versionadded:: 1.0
     """
+
+
+# -------------------------------------------------------------------------
+# Reporting
+# -------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def pipekit_report_message(message: str, level: str) -> bool | None:
+    """Called for each message of the engine during a run (the state location,
+    the forecast, a busy item, a corrupt state file, an interruption), to show it;
+    stops at the first non-None result.
+
+    :param message: the text, one line or more, without the ``pipekit:`` prefix.
+    :param level: ``"error"``, ``"warning"``, ``"notice"`` (shown even with
+        ``-q``) or ``"info"`` (hidden by ``-q``).
+    :returns: ``True`` when the message was shown (or deliberately hidden),
+        ``None`` to let the next plugin answer.
+
+    The built-in ``progress`` plugin answers last: it prints
+    ``pipekit: [error: |warning: ]message`` on stderr, above the live display,
+    and hides ``info`` messages under ``-q``. When no plugin answers (the
+    built-in blocked with ``-p no:progress``) the message goes to stderr as is.
+    Define it to send the messages elsewhere (a log file, a chat) and return
+    ``None`` to let them reach the terminal too.
+
+    .. versionadded:: 1.0
+    """

@@ -1,116 +1,272 @@
 """The one place observer hooks are called, with pipekit's plugin-error policy.
 
-Each implementation is called on its own, so a plugin that raises cannot
-silence another one, lose state or change the exit status: its error is
-reported once per plugin and hook, on stderr, with the plugin's name.
+Hooks are called through pluggy's own machinery (its call loop, its
+``add_hookcall_monitoring`` and tracing), each implementation guarded on its
+own, so a plugin that raises cannot silence another one, lose state or change
+the exit status: its error is reported once per plugin and hook, on stderr,
+with the plugin's name. Wrappers see the results as pluggy gives them.
+
+Engine messages go through ``pipekit_report_message`` (``HookNotifier.report``),
+so the reporting plugins decide what reaches stderr.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-import operator
+from collections.abc import Generator
+from collections.abc import Sequence
+import functools
 import os
+import signal
 import sys
 import traceback
+from types import FrameType
 from typing import Any
+from typing import ClassVar
+from typing import Final
+import weakref
 
 import pluggy
 
 
-class HookNotifier:
-    """Calls observer hooks of ``pm``; ``notifier("pipekit_item_start", item=item)``.
+#: Levels of ``pipekit_report_message``, most severe first. ``-q`` hides ``info``.
+LEVELS: Final = ("error", "warning", "notice", "info")
 
+
+class ObserverInterrupted(BaseException):
+    """Raised inside an observer hook that blocks the run when a second
+    SIGINT/SIGTERM arrives: the hook is abandoned and the run stops as an
+    interrupt does (a ``BaseException``, so a plugin's ``except Exception``
+    does not swallow it)."""
+
+
+class HookNotifier:
+    """Calls the observer hooks of ``pm``: ``notify.item_start(item)``, ...
+
+    :param pm: the plugin manager (None: a notifier that calls nothing).
     :param report: where plugin errors are written (stderr by default).
     """
 
-    def __init__(self, pm: pluggy.PluginManager, report: Callable[[str], None] | None = None) -> None:
+    #: One notifier per plugin manager: a command's session and its run share it
+    #: (and with it the once-per-plugin error reports).
+    _by_manager: ClassVar[weakref.WeakKeyDictionary[pluggy.PluginManager, HookNotifier]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, pm: pluggy.PluginManager | None, report: Callable[[str], None] | None = None) -> None:
         self.pm = pm
         self._report = report or _to_stderr
         self._reported: set[tuple[str, str]] = set()
         self._trace = bool(os.environ.get("PIPEKIT_DEBUG_HOOKS"))
-        #: Per hook: the implementations it was planned for, then wrappers and
-        #: plain ones in calling order (hooks fire thousands of times a run).
-        self._plans: dict[str, _Plan] = {}
+        #: Per hook: the implementations the guarded copies were made for, and the copies.
+        self._guarded: dict[str, tuple[list[pluggy.HookImpl], list[pluggy.HookImpl]]] = {}
+        #: Plugins no longer called: they blocked the run until a second signal.
+        self._abandoned: set[str] = set()
+        #: ``(plugin name, hook name)`` of the implementation running now, if any.
+        self.running: tuple[str, str] | None = None
         #: Number of errors raised by observers, reported or not.
         self.errors = 0
+        self._signals = 0
+        self._signal_seen = False
 
-    def __call__(self, hookname: str, **kwargs: Any) -> None:
+    @classmethod
+    def of(cls, pm: pluggy.PluginManager) -> HookNotifier:
+        """The notifier of ``pm``, made on first use."""
+        notifier = cls._by_manager.get(pm)
+        if notifier is None:
+            notifier = cls._by_manager[pm] = cls(pm)
+        return notifier
+
+    # -- the observer hooks, typed ---------------------------------------------------
+
+    def run_start(self, run: Any) -> None:
+        """``pipekit_run_start(run)``."""
+        self._call("pipekit_run_start", {"run": run})
+
+    def item_start(self, item: Any) -> None:
+        """``pipekit_item_start(item)``."""
+        self._call("pipekit_item_start", {"item": item})
+
+    def phase_wait(self, item: Any, phase: Any, reason: str, seconds: float | None) -> None:
+        """``pipekit_phase_wait(item, phase, reason, seconds)``."""
+        self._call("pipekit_phase_wait", {"item": item, "phase": phase, "reason": reason, "seconds": seconds})
+
+    def phase_start(self, item: Any, phase: Any) -> None:
+        """``pipekit_phase_start(item, phase)``."""
+        self._call("pipekit_phase_start", {"item": item, "phase": phase})
+
+    def phase_complete(self, item: Any, phase: Any, result: Any) -> None:
+        """``pipekit_phase_complete(item, phase, result)``."""
+        self._call("pipekit_phase_complete", {"item": item, "phase": phase, "result": result})
+
+    def phase_retry(self, item: Any, phase: Any, error: BaseException, attempt: int) -> None:
+        """``pipekit_phase_retry(item, phase, error, attempt)``."""
+        self._call("pipekit_phase_retry", {"item": item, "phase": phase, "error": error, "attempt": attempt})
+
+    def phase_fail(self, item: Any, phase: Any, error: BaseException) -> None:
+        """``pipekit_phase_fail(item, phase, error)``."""
+        self._call("pipekit_phase_fail", {"item": item, "phase": phase, "error": error})
+
+    def phase_skip(self, item: Any, phase: Any, reason: str) -> None:
+        """``pipekit_phase_skip(item, phase, reason)``."""
+        self._call("pipekit_phase_skip", {"item": item, "phase": phase, "reason": reason})
+
+    def item_finish(self, item: Any) -> None:
+        """``pipekit_item_finish(item)``."""
+        self._call("pipekit_item_finish", {"item": item})
+
+    def budget_reached(self, run: Any, spent: float, cap: float) -> None:
+        """``pipekit_budget_reached(run, spent, cap)``."""
+        self._call("pipekit_budget_reached", {"run": run, "spent": spent, "cap": cap})
+
+    def run_finish(self, run: Any, exitstatus: int) -> None:
+        """``pipekit_run_finish(run, exitstatus)``."""
+        self._call("pipekit_run_finish", {"run": run, "exitstatus": exitstatus})
+
+    def report(self, message: str, level: str = "info") -> None:
+        """Say ``message`` through ``pipekit_report_message``; when no plugin takes
+        it (the reporters blocked), it goes to stderr as ``pipekit: [level: ]message``."""
+        if level not in LEVELS:
+            raise ValueError(f"unknown message level {level!r} (one of {', '.join(LEVELS)})")
+        if not self._call("pipekit_report_message", {"message": message, "level": level}):
+            _to_stderr(format_message(message, level))
+
+    # -- calling -----------------------------------------------------------------
+
+    def _call(self, hookname: str, kwargs: dict[str, Any]) -> Any:
+        """What pluggy returns: the list of results, or the first one for a firstresult hook."""
+        if self.pm is None:
+            return None
         if self._trace:
             self._report(f"[hook] {hookname}({', '.join(sorted(kwargs))})")
-        impls = getattr(self.pm.hook, hookname).get_hookimpls()
+        caller = getattr(self.pm.hook, hookname)
+        impls = caller.get_hookimpls()
         if not impls:
-            return
-        plan = self._plans.get(hookname)
-        if plan is None or plan[0] != impls:  # first call, or a plugin came or went
-            plan = self._plans[hookname] = _plan(impls)
-        _, wrappers, plain = plan
-        open_wrappers = []
-        for call in wrappers:
-            gen = self._call(call, hookname, kwargs)
-            if gen is not None:
-                try:
-                    next(gen)
-                    open_wrappers.append((call[0], gen))
-                except StopIteration:
-                    self._failed(call[0], hookname, RuntimeError("wrapper did not yield"))
-                except Exception as exc:
-                    self._failed(call[0], hookname, exc)
-        for call in plain:
-            self._call(call, hookname, kwargs)
-        for impl, gen in reversed(open_wrappers):
-            try:
-                gen.send(None)
-            except StopIteration:
-                pass
-            except Exception as exc:
-                self._failed(impl, hookname, exc)
-
-    def _call(self, call: _Call, hookname: str, kwargs: dict[str, Any]) -> Any:
-        impl, function, fetch, single = call
-        try:
-            return function(fetch(kwargs)) if single else function(*fetch(kwargs))
-        except Exception as exc:
-            self._failed(impl, hookname, exc)
             return None
+        known = self._guarded.get(hookname)
+        if known is None or known[0] != impls:  # first call, or a plugin came or went
+            known = self._guarded[hookname] = (impls, [self._guard(impl, hookname) for impl in impls])
+        # pluggy's own executor: its call loop, monitoring and tracing see the call.
+        firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+        return self.pm._hookexec(hookname, known[1], kwargs, firstresult)
 
-    def _failed(self, impl: Any, hookname: str, exc: BaseException) -> None:
+    def _guard(self, impl: pluggy.HookImpl, hookname: str) -> pluggy.HookImpl:
+        """A copy of ``impl`` whose errors are reported instead of raised."""
+        function = impl.function
+        name = impl.plugin_name
+        if impl.wrapper:
+
+            @functools.wraps(function)
+            def guarded_wrapper(*args: Any) -> Generator[None, Any, Any]:
+                gen = None if name in self._abandoned else self._start_wrapper(impl, hookname, function, args)
+                result = yield
+                return result if gen is None else self._end_wrapper(impl, hookname, gen, result)
+
+            guarded: Callable[..., Any] = guarded_wrapper
+        else:
+
+            @functools.wraps(function)
+            def guarded_call(*args: Any) -> Any:
+                if name in self._abandoned:
+                    return None
+                outer, self.running = self.running, (name, hookname)  # a hook may report a message
+                try:
+                    return function(*args)
+                except BaseException as exc:  # SystemExit too: one plugin must not end the run
+                    self._failed(impl, hookname, exc)
+                    return None
+                finally:
+                    self.running = outer
+
+            guarded = guarded_call
+        copy = pluggy.HookImpl(impl.plugin, name, guarded, impl.opts)
+        # Older pluggy reads argument names from the function itself, not what it wraps.
+        for attr in ("argnames", "kwargnames"):
+            setattr(copy, attr, getattr(impl, attr))
+        return copy
+
+    def _start_wrapper(
+        self, impl: pluggy.HookImpl, hookname: str, function: Callable[..., Any], args: Sequence[Any]
+    ) -> Generator[None, Any, Any] | None:
+        outer, self.running = self.running, (impl.plugin_name, hookname)
+        try:
+            gen = function(*args)
+            next(gen)
+            return gen  # type: ignore[no-any-return]
+        except StopIteration:
+            self._failed(impl, hookname, RuntimeError("wrapper did not yield"))
+        except BaseException as exc:
+            self._failed(impl, hookname, exc)
+        finally:
+            self.running = outer
+        return None
+
+    def _end_wrapper(self, impl: pluggy.HookImpl, hookname: str, gen: Generator[None, Any, Any], result: Any) -> Any:
+        outer, self.running = self.running, (impl.plugin_name, hookname)
+        try:
+            gen.send(result)
+        except StopIteration as stop:
+            return stop.value
+        except BaseException as exc:
+            self._failed(impl, hookname, exc)
+            return result
+        finally:
+            self.running = outer
+        gen.close()
+        self._failed(impl, hookname, RuntimeError("wrapper yielded twice"))
+        return result
+
+    def _failed(self, impl: pluggy.HookImpl, hookname: str, exc: BaseException) -> None:
         self.errors += 1
-        key = (impl.plugin_name, hookname)
+        name = impl.plugin_name
+        if isinstance(exc, ObserverInterrupted):
+            self._abandoned.add(name)
+            self._report(f"pipekit: plugin {name!r} blocked the run in {hookname}: stopped, and not called again")
+            return
+        key = (name, hookname)
         if key in self._reported:
             return
         self._reported.add(key)
         where = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))
         self._report(
-            f"pipekit: plugin {impl.plugin_name!r} raised in {hookname} "
-            f"(reported once; the run goes on):\n{where.rstrip()}"
+            f"pipekit: plugin {name!r} raised in {hookname} (reported once; the run goes on):\n{where.rstrip()}"
         )
 
+    # -- signals ---------------------------------------------------------------------
 
-#: One implementation ready to call: ``(impl, function, fetch, single)``, where
-#: ``fetch(kwargs)`` gives its arguments (one value when ``single``, else a tuple).
-_Call = tuple[Any, Callable[..., Any], Callable[[dict[str, Any]], Any], bool]
-_Plan = tuple[list[Any], list[_Call], list[_Call]]
+    def signal_handler(self, loop: Any, interrupt: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
+        """A ``signal.signal`` handler for SIGINT/SIGTERM that calls ``interrupt`` on
+        ``loop``; a second signal while the loop is still stuck in an observer hook
+        stops that hook (``ObserverInterrupted``), so the run can save and stop.
+
+        A plain handler runs between the main thread's bytecodes even while the
+        loop is blocked; the loop's own handlers would wait for the loop.
+        """
+
+        def delivered() -> None:
+            if not self._signal_seen:
+                self._signal_seen = True
+                interrupt()
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals == 1:
+                loop.call_soon_threadsafe(delivered)
+            elif not self._signal_seen and self.running is not None:
+                blocked = self.running[0]
+                # Stop first, so nothing new starts once the hook is left.
+                delivered()
+                raise ObserverInterrupted(f"{signal.Signals(signum).name} while {blocked} ran")
+            elif not self._signal_seen:
+                loop.call_soon_threadsafe(delivered)  # stuck elsewhere: interrupt() exits on the next one
+
+        return handler
 
 
-def _no_arguments(kwargs: dict[str, Any]) -> tuple[()]:
-    return ()
-
-
-def _prepare(impl: Any) -> _Call:
-    names = tuple(impl.argnames)
-    fetch = operator.itemgetter(*names) if names else _no_arguments
-    return impl, impl.function, fetch, len(names) == 1
-
-
-def _plan(impls: list[Any]) -> _Plan:
-    """Wrappers and plain implementations of one hook, in calling order, ready to call.
-
-    pluggy calls the last registered first, wrappers around the rest.
-    """
-    ordered = list(reversed(impls))
-    wrappers = [_prepare(i) for i in ordered if i.wrapper]
-    plain = [_prepare(i) for i in ordered if not i.wrapper and not i.hookwrapper]
-    return impls, wrappers, plain
+def format_message(message: str, level: str) -> str:
+    """A message as pipekit prints it: ``pipekit: error: ...``, ``pipekit: ...``."""
+    prefix = f"{level}: " if level in ("error", "warning") else ""
+    return f"pipekit: {prefix}{message}"
 
 
 def _to_stderr(message: str) -> None:

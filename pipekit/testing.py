@@ -21,8 +21,11 @@ starts ``python -m pipekit`` with ``--jsonl`` and can kill it at a chosen event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 import contextlib
 import csv
 from dataclasses import dataclass
@@ -74,64 +77,44 @@ _EVENT_FIELDS = {"exitstatus": "exit_status", "spent": "spent_usd", "cap": "cap_
 
 
 class HookRecorder:
-    """A plugin that records every observer hook call, in order, with its arguments."""
+    """A plugin that records every hook call from ``pipekit_configure`` on, in the
+    order the calls start, with their arguments (through pluggy's hook-call
+    monitoring, so hooks added by plugins are recorded too).
+
+    ``pipekit_addoption`` comes before any plugin can see the plugin manager and
+    is not recorded.
+    """
 
     name = "pipetester-recorder"
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self._undo: Callable[[], None] | None = None
 
-    def _record(self, hookname: str, **kwargs: Any) -> None:
-        self.calls.append((hookname, kwargs))
+    def _before(self, hookname: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        self.calls.append((hookname, dict(kwargs)))
 
-    @hookimpl
-    def pipekit_run_start(self, run: Any) -> None:
-        self._record("pipekit_run_start", run=run)
+    def _after(self, outcome: Any, hookname: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        pass
 
-    @hookimpl
-    def pipekit_item_start(self, item: Any) -> None:
-        self._record("pipekit_item_start", item=item)
+    @hookimpl(tryfirst=True)
+    def pipekit_configure(self, config: Any) -> None:
+        # The call that hands over the plugin manager is already under way.
+        self.calls.append(("pipekit_configure", {"config": config}))
+        self._undo = config.pluginmanager.add_hookcall_monitoring(self._before, self._after)
 
-    @hookimpl
-    def pipekit_phase_wait(self, item: Any, phase: Any, reason: str, seconds: float | None) -> None:
-        self._record("pipekit_phase_wait", item=item, phase=phase, reason=reason, seconds=seconds)
-
-    @hookimpl
-    def pipekit_phase_start(self, item: Any, phase: Any) -> None:
-        self._record("pipekit_phase_start", item=item, phase=phase)
-
-    @hookimpl
-    def pipekit_phase_complete(self, item: Any, phase: Any, result: Any) -> None:
-        self._record("pipekit_phase_complete", item=item, phase=phase, result=result)
-
-    @hookimpl
-    def pipekit_phase_retry(self, item: Any, phase: Any, error: BaseException, attempt: int) -> None:
-        self._record("pipekit_phase_retry", item=item, phase=phase, error=error, attempt=attempt)
-
-    @hookimpl
-    def pipekit_phase_fail(self, item: Any, phase: Any, error: BaseException) -> None:
-        self._record("pipekit_phase_fail", item=item, phase=phase, error=error)
-
-    @hookimpl
-    def pipekit_phase_skip(self, item: Any, phase: Any, reason: str) -> None:
-        self._record("pipekit_phase_skip", item=item, phase=phase, reason=reason)
-
-    @hookimpl
-    def pipekit_item_finish(self, item: Any) -> None:
-        self._record("pipekit_item_finish", item=item)
-
-    @hookimpl
-    def pipekit_budget_reached(self, run: Any, spent: float, cap: float) -> None:
-        self._record("pipekit_budget_reached", run=run, spent=spent, cap=cap)
-
-    @hookimpl
-    def pipekit_run_finish(self, run: Any, exitstatus: int) -> None:
-        self._record("pipekit_run_finish", run=run, exitstatus=exitstatus)
+    @hookimpl(trylast=True)
+    def pipekit_unconfigure(self, config: Any) -> None:
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
 
     def events(self) -> list[tuple[str, dict[str, Any]]]:
         """The calls as ``(event name, payload)`` pairs shaped like ``--jsonl`` events."""
         events = []
         for hookname, kwargs in self.calls:
+            if hookname not in HOOK_EVENTS:
+                continue
             payload: dict[str, Any] = {}
             if "item" in kwargs:
                 payload["item_id"] = kwargs["item"].id

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from datetime import timezone
 import json
+import os
 import time
 from typing import IO
 from typing import Any
@@ -28,13 +30,35 @@ class JsonlReporter:
         self._usage = AttemptUsage()
         #: When each running phase started, by ``(item id, phase num)``.
         self._started: dict[tuple[str, int], float] = {}
+        #: True once the reader of ``stream`` went away.
+        self.closed = False
+        self._run: Run | None = None
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event line and flush it."""
+        if self.closed:
+            return
         record = {"event": event, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
         record.update(fields)
-        self.stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        """Stdout was closed (``| head -1``): stop the run as an interrupt does,
+        quietly, as a Unix tool stops; what ran is saved and the same command resumes."""
+        self.closed = True
+        # The unwritten events stay buffered: later flushes (at exit too) go nowhere.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        run = self._run
+        if run is not None and run.exit_status is None and not run.control.interrupted.is_set():
+            run.notify.report("stdout closed: no one reads the events", "notice")
+            run.interrupt()
 
     @staticmethod
     def _phase(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
@@ -55,6 +79,7 @@ class JsonlReporter:
 
     @hookimpl
     def pipekit_run_start(self, run: Run) -> None:
+        self._run = run
         self.emit(
             "run_start",
             pipeline=run.pipeline.name,

@@ -21,6 +21,7 @@ from pipekit.display.simple import HEARTBEAT_SECONDS
 from pipekit.engine.control import Item
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
+from pipekit.notify import format_message
 from pipekit.pipeline.context import PhaseOutcome
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import DONE_STATUSES
@@ -142,11 +143,44 @@ class ProgressPlugin:
             self._sync()
             self.close()
 
+    def print_above(self, line: str) -> bool:
+        """Print ``line`` above the live rich display; False when none is drawn."""
+        tracker = self.tracker
+        if not isinstance(tracker, ProgressTracker):
+            return False
+        from rich.text import Text
+
+        tracker.console.print(Text(line))
+        return True
+
     def close(self) -> None:
         """Stop the display (idempotent)."""
         tracker, self.tracker = self.tracker, None
         if tracker is not None:
             tracker.stop()
+
+
+class MessagePrinter:
+    """The terminal side of ``pipekit_report_message``: engine messages on stderr,
+    above the live display when one is drawn, ``info`` ones hidden by ``-q``.
+    """
+
+    name = "progress-messages"
+
+    def __init__(self, stream: IO[str], quiet: bool, display: ProgressPlugin | None = None) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.display = display
+
+    @hookimpl(trylast=True)
+    def pipekit_report_message(self, message: str, level: str) -> bool:
+        if self.quiet and level == "info":
+            return True
+        line = format_message(message, level)
+        if self.display is None or not self.display.print_above(line):
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        return True
 
 
 @hookimpl
@@ -190,15 +224,19 @@ def _isatty(stream: IO[str]) -> bool:
 
 @hookimpl
 def pipekit_configure(config: Config) -> None:
-    """Register the display chosen by ``--progress``."""
-    if config.getoption("quiet"):
+    """Register the display chosen by ``--progress`` and the message printer."""
+    quiet = bool(config.getoption("quiet"))
+    messages = MessagePrinter(sys.stderr, quiet)
+    config.pluginmanager.register(messages, MessagePrinter.name)
+    config.add_cleanup(lambda: config.pluginmanager.unregister(messages))
+    if quiet:
         return
     display = choose_display(
         config.getoption("progress") or "auto", sys.stderr, config.stdout, bool(config.getoption("jsonl"))
     )
     if display == "none":
         return
-    plugin = ProgressPlugin(
+    plugin = messages.display = ProgressPlugin(
         display == "rich",
         sys.stderr,
         verbose=config.getoption("verbose") or 0,

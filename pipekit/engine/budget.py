@@ -185,7 +185,7 @@ class Spending:
     :param say: writes one line on stderr.
     """
 
-    def __init__(self, run: Run, max_cost: float | None, say: Callable[[str], None]) -> None:
+    def __init__(self, run: Run, max_cost: float | None, say: Callable[..., None]) -> None:
         self.run = run
         self.max_cost = max_cost
         self._say = say
@@ -234,9 +234,9 @@ class Spending:
         assert self.budget is not None
         self._say(
             f"budget reached: ${spent:,.2f} spent of --max-cost ${self.budget.cap:,.2f}; "
-            "no new phase starts, phases in flight finish"
+            "no new phase starts, phases in flight finish", "notice"
         )
-        self.run.notify("pipekit_budget_reached", run=self.run, spent=spent, cap=self.budget.cap)
+        self.run.notify.budget_reached(self.run, spent, self.budget.cap)
 
     def finish(self) -> None:
         """At the end of the run: say what the cap stopped and how to continue."""
@@ -244,4 +244,4 @@ class Spending:
             return
         forecast = self._forecast()
         if forecast.items_left:
-            self._say(self.budget.stop_message(forecast, self.run.pipeline.item_noun))
+            self._say(self.budget.stop_message(forecast, self.run.pipeline.item_noun), "notice")

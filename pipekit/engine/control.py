@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+from pipekit.notify import HookNotifier
 from pipekit.pipeline.limits import Gate
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import PipelineState
@@ -29,8 +30,8 @@ class Item:
         return self.manager.state
 
 
-def no_notify(hookname: str, **kwargs: Any) -> None:
-    pass
+#: The notifier of a ``PhaseRunner`` made without one: it calls nothing.
+no_notify = HookNotifier(None)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pipekit.engine.control import no_notify
 from pipekit.execution.base import LocalExecutor
 from pipekit.execution.base import PhaseExecutor
 from pipekit.execution.base import run_in_thread
+from pipekit.notify import HookNotifier
 from pipekit.outcomes import PhaseInterrupted
 from pipekit.outcomes import PhaseTimeoutError
 from pipekit.outcomes import Retry
@@ -55,7 +56,7 @@ class PhaseRunner:
     :param phases: the phase definitions, in any order (run by ``num``).
     :param state_manager: the item's manager; its state is loaded or created if needed.
     :param progress_tracker: an optional seed ``ProgressTracker``/``SimpleProgress``.
-    :param notify: a ``HookNotifier`` (or any callable ``(hookname, **kwargs)``).
+    :param notify: a ``HookNotifier``.
     :param output_root: folder under which each item gets its ``ctx.output_dir``
         (default: ``outputs`` in the state directory).
     :param force: ignore caches (completed phases must be reset by the caller).
@@ -74,7 +75,7 @@ class PhaseRunner:
         state_manager: PipelineStateManager,
         progress_tracker: Any = None,
         *,
-        notify: Callable[..., None] | None = None,
+        notify: HookNotifier | None = None,
         item: Item | None = None,
         output_root: Path | None = None,
         force: bool = False,
@@ -179,7 +180,7 @@ class PhaseRunner:
                 manager.skip_phase(phase.num, "cache", output=hit if isinstance(hit, str) else None)
                 await self._saved()
                 self.control.phases_skipped += 1
-                self.notify("pipekit_phase_skip", item=item, phase=phase, reason="cache")
+                self.notify.phase_skip(item, phase, "cache")
                 return True
         release = await self._admit(phase, first=True)
         if release is None or self.control.stop_new_phases:
@@ -248,7 +249,7 @@ class PhaseRunner:
             manager.record_failed_attempt(phase.num, failure_message(error), *usage)
             await self._saved()
             self.control.add_usage(*usage)
-            self.notify("pipekit_phase_retry", item=item, phase=phase, error=error, attempt=attempt)
+            self.notify.phase_retry(item, phase, error, attempt)
             if await self._interruptible_sleep(retry_after):
                 return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
             admitted = await self._admit(phase)
@@ -270,7 +271,7 @@ class PhaseRunner:
         """Count the execution and tell observers (its start is on disk)."""
         assert self.control is not None
         self.control.phases_started += 1
-        self.notify("pipekit_phase_start", item=self.item, phase=phase)
+        self.notify.phase_start(self.item, phase)
 
     def _startable_after(self, done: PhaseDefinition) -> PhaseDefinition | None:
         """The phase the loop runs after ``done``, if it can start at once: no cache
@@ -339,7 +340,7 @@ class PhaseRunner:
 
     def _waiter(self, phase: PhaseDefinition) -> Callable[[str, float | None], None]:
         def waiting(reason: str, seconds: float | None) -> None:
-            self.notify("pipekit_phase_wait", item=self.item, phase=phase, reason=reason, seconds=seconds)
+            self.notify.phase_wait(self.item, phase, reason, seconds)
 
         return waiting
 
@@ -440,7 +441,7 @@ class PhaseRunner:
         )
         if self.progress is not None:
             self.progress.complete_phase(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost)
-        self.notify("pipekit_phase_complete", item=self.item, phase=phase, result=outcome)
+        self.notify.phase_complete(self.item, phase, outcome)
         return True
 
     async def _fail(
@@ -467,7 +468,7 @@ class PhaseRunner:
         await self._saved()
         self.control.phases_failed += 1
         self.control.add_usage(*usage)
-        self.notify("pipekit_phase_fail", item=self.item, phase=phase, error=error)
+        self.notify.phase_fail(self.item, phase, error)
         return False
 
     # -- arguments --------------------------------------------------------------

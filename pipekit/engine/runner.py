@@ -13,7 +13,6 @@ from dataclasses import field
 import os
 from pathlib import Path
 import signal
-import sys
 import time
 from typing import Any
 
@@ -109,7 +108,7 @@ class Run:
         #: Which completed-but-stale phases run again (``--rerun-stale``, ``on_change``).
         self.stale_policy = stale_policy
         self.executor = executor or LocalExecutor()
-        self.notify = notifier or HookNotifier(config.pluginmanager)
+        self.notify = notifier or HookNotifier.of(config.pluginmanager)
         self.control = RunControl()
         #: Writes states off the event loop when items run concurrently.
         self._writer = StateWriter(threads=min(self.workers, 8) if self.workers > 1 else 0)
@@ -180,7 +179,7 @@ class Run:
         if self.limits or any(p.concurrency or p.limits for p in self.pipeline.phases):
             self.control.gate = Gate(self.limits, self.pipeline.phases, say=self._say)
         self.spending.start()
-        self.notify("pipekit_run_start", run=self)
+        self.notify.run_start(self)
         restore = self._install_signal_handlers()
         try:
             self.spending.check_at_start()
@@ -193,7 +192,7 @@ class Run:
             await self.executor.aclose()
             self.exit_status = self._exit_status()
             self.spending.finish()
-            self.notify("pipekit_run_finish", run=self, exitstatus=int(self.exit_status))
+            self.notify.run_finish(self, int(self.exit_status))
         return self.exit_status
 
     async def _process_all(self) -> None:
@@ -295,7 +294,7 @@ class Run:
             lock = await self._writer.lock_item(self.store, item_id)
             if lock is None:
                 self.items_busy += 1
-                self._say(f"item {item_id!r} is being run by another pipekit process; skipped")
+                self._say(f"item {item_id!r} is being run by another pipekit process; skipped", "notice")
                 return
             try:
                 await self._process_locked_item(index, item_id, metadata)
@@ -328,7 +327,7 @@ class Run:
             return
         item = Item(item_id, state.metadata, manager, index)
         self.in_flight[item_id] = item
-        self.notify("pipekit_item_start", item=item)
+        self.notify.item_start(item)
         try:
             ok = await PhaseRunner(
                 self.pipeline.phases, manager,
@@ -348,7 +347,7 @@ class Run:
         finally:
             del self.in_flight[item_id]
         self._keep(state)
-        self.notify("pipekit_item_finish", item=item)
+        self.notify.item_finish(item)
 
     def _reruns_stale(self, state: PipelineState) -> bool:
         return self.stale_policy is not None and self.stale_policy.item_needs_rerun(state)
@@ -363,7 +362,7 @@ class Run:
             loaded = manager.load_state()
         except StateFileError as exc:
             self.items_unreadable += 1
-            self._say(f"error: {exc}; item {item_id!r} not run (fix the file or `pipekit reset`)")
+            self._say(f"{exc}; item {item_id!r} not run (fix the file or `pipekit reset`)", "error")
             return None
         if not loaded:
             manager.create_state(metadata, phases)
@@ -380,8 +379,8 @@ class Run:
             if state.pipeline_module and not self._module_warning_given:
                 self._module_warning_given = True
                 self._say(
-                    f"warning: state in {self.state_location} was written by "
-                    f"{state.pipeline_module}; this run uses {self.pipeline.path}"
+                    f"state in {self.state_location} was written by "
+                    f"{state.pipeline_module}; this run uses {self.pipeline.path}", "warning"
                 )
             state.pipeline_module = self.pipeline.path
             changed = True
@@ -439,13 +438,13 @@ class Run:
         self._interrupts += 1
         if self._interrupts > 1:
             self._exit_now()
-        self._say("interrupted: recording in-flight phases and saving state (again to exit at once)")
+        self._say("interrupted: recording in-flight phases and saving state (again to exit at once)", "notice")
         self._exit_on_next_signal()
         self.control.stop_new_phases = True
         self.control.interrupted.set()
 
     def _exit_now(self, *args: Any) -> None:
-        self._say("interrupted again: exiting now (state files are intact)")
+        self._say("interrupted again: exiting now (state files are intact)", "notice")
         os._exit(int(ExitCode.INTERRUPTED))
 
     def _exit_on_next_signal(self) -> None:
@@ -463,7 +462,7 @@ class Run:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous = signal.getsignal(signum)
             try:
-                loop.add_signal_handler(signum, self.interrupt)
+                signal.signal(signum, self.notify.signal_handler(loop, self.interrupt))
             except (ValueError, RuntimeError, NotImplementedError):
                 continue  # not the main thread: the caller owns signals
             installed.append((signum, previous))
@@ -482,8 +481,8 @@ class Run:
         if self._keep_states:
             self.states[state.item_id] = state
 
-    def _say(self, message: str) -> None:
-        print(f"pipekit: {message}", file=sys.stderr, flush=True)
+    def _say(self, message: str, level: str = "info") -> None:
+        self.notify.report(message, level)
 
     def result(self) -> RunResult:
         """The run's ``RunResult``."""

@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import os
 from pathlib import Path
-import sys
 from typing import IO
 from typing import Any
 
@@ -25,6 +24,7 @@ from pipekit.engine.runner import RunResult
 from pipekit.engine.selection import has_failed_phase
 from pipekit.manager import make_plugin_manager
 from pipekit.manager import register_pipeline_module
+from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.items import ItemSpec
@@ -159,15 +159,15 @@ async def _execute_run(
         config.do_configure()
         specs = _collect_items(config, pipeline, items)
         if not specs:
-            print(f"pipekit: no {pipeline.item_noun} to process", file=sys.stderr)
+            HookNotifier.of(pm).report(f"no {pipeline.item_noun} to process", "notice")
             return RunResult(ExitCode.NO_ITEMS)
         store = open_store(option, pipeline)
         config.add_cleanup(store.close)
-        print(f"pipekit: state: {store.location}", file=sys.stderr, flush=True)
+        HookNotifier.of(pm).report(f"state: {store.location}", "notice")
         if option.failed_only:
             specs = [spec for spec in specs if has_failed_phase(store, spec[0])]
             if not specs:
-                print(f"pipekit: no {pipeline.item_noun} with a failed phase", file=sys.stderr)
+                HookNotifier.of(pm).report(f"no {pipeline.item_noun} with a failed phase", "notice")
                 return RunResult(ExitCode.NO_ITEMS)
         executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
         if executor is None:
