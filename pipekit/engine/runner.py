@@ -18,7 +18,10 @@ import time
 from typing import Any
 
 from pipekit.config import Config
+from pipekit.engine.budget import FORECAST_ITEM_LIMIT
+from pipekit.engine.budget import Forecast
 from pipekit.engine.budget import Spending
+from pipekit.engine.budget import make_forecast
 from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.phaserunner import PhaseRunner
@@ -115,7 +118,14 @@ class Run:
         #: Rate limits declared in the module's ``LIMITS`` (checked against the phases).
         self.limits = declared_limits(pipeline.module, pipeline.phases)
         #: The cost forecast and the ``--max-cost`` cap.
-        self.spending = Spending(self, max_cost, self._say)
+        self.spending = Spending(
+            self.control,
+            max_cost,
+            self._say,
+            noun=pipeline.item_noun,
+            forecast_now=self._forecast,
+            on_reached=self._budget_reached,
+        )
         #: Where state lives, for humans.
         self.state_location = store.location
         self.total_items = len(items)
@@ -178,7 +188,7 @@ class Run:
         """Process every item; fires run_start and run_finish; returns the exit code."""
         if self.limits or any(p.concurrency or p.limits for p in self.pipeline.phases):
             self.control.gate = Gate(self.limits, self.pipeline.phases, say=self._say)
-        self.spending.start()
+        self.spending.start(self._start_forecast())
         self.notify("pipekit_run_start", run=self)
         restore = self._install_signal_handlers()
         try:
@@ -235,6 +245,32 @@ class Run:
             raise
         if self.fatal_error is not None:
             raise self.fatal_error
+
+    def _forecast(self) -> Forecast:
+        return make_forecast(
+            self.store,
+            (item_id for item_id, _ in self.items),
+            self.pipeline.phases,
+            rerun=lambda p: self.force or (self.from_phase is not None and p.num >= self.from_phase),
+        )
+
+    def _start_forecast(self) -> Forecast | None:
+        """The forecast, unless the run is too big for one without ``--max-cost`` or the
+        start-of-run plan found every item with nothing to do (it would print nothing,
+        and it would read every state once more)."""
+        finished = self.stale_policy.finished if self.stale_policy is not None else None
+        all_finished = (
+            finished is not None
+            and not self.force
+            and self.from_phase is None
+            and all(item_id in finished for item_id, _ in self.items)
+        )
+        if self.spending.max_cost is None and (self.total_items > FORECAST_ITEM_LIMIT or all_finished):
+            return None
+        return self._forecast()
+
+    def _budget_reached(self, spent: float, cap: float) -> None:
+        self.notify("pipekit_budget_reached", run=self, spent=spent, cap=cap)
 
     def _planned_finished(self) -> dict[str, float] | None:
         """The finished items the start-of-run plan read, with their cost; None
