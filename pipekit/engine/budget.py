@@ -21,7 +21,8 @@ from typing import Any
 from pipekit.outcomes import StateFileError
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import COMPLETED
-from pipekit.state.model import DONE_STATUSES
+from pipekit.state.model import PipelineState
+from pipekit.state.model import is_finished
 from pipekit.state.store import StateStore
 
 
@@ -57,6 +58,61 @@ class Forecast:
         return text + ")"
 
 
+class ForecastTally:
+    """Adds up a forecast one item at a time, from its phases' statuses and costs.
+
+    :param phases: the pipeline's phases.
+    :param rerun: phases that run again whatever their state (``--force``,
+        ``--from-phase``).
+    """
+
+    def __init__(
+        self, phases: Sequence[PhaseDefinition], rerun: Callable[[PhaseDefinition], bool] = lambda phase: False
+    ) -> None:
+        self.phases = phases
+        self._rerun = {phase.num for phase in phases if rerun(phase)}
+        self._costs: dict[str, list[float]] = {p.name: [] for p in phases}
+        self._left: dict[str, int] = dict.fromkeys(self._costs, 0)
+        self._result = Forecast()
+
+    def add(self, spent: float, phases: dict[str, tuple[Any, float]]) -> None:
+        """One item: what it recorded, and ``{phase name: (status, cost)}`` of its saved phases."""
+        self._result.spent_usd += spent
+        unfinished = False
+        for phase in self.phases:
+            status, cost = phases.get(phase.name, (None, 0.0))
+            if status == COMPLETED:
+                self._costs[phase.name].append(cost)
+            if phase.num in self._rerun or not is_finished((status,)):
+                self._left[phase.name] += 1
+                unfinished = True
+        self._result.items_left += unfinished
+
+    def add_unsaved(self, count: int) -> None:
+        """``count`` items with no saved state: every phase is left."""
+        self._result.items_left += count
+        for name in self._left:
+            self._left[name] += count
+
+    def add_state(self, state: PipelineState) -> None:
+        """One item's (reconciled) state."""
+        self.add(state.total_cost_usd, {p.name: (p.status, p.cost_usd) for p in state.phases.values()})
+
+    def forecast(self) -> Forecast:
+        """The forecast of the items added so far."""
+        result = Forecast(self._result.spent_usd, 0.0, self._result.items_left)
+        for name, count in self._left.items():
+            if not count:
+                continue
+            costs = self._costs[name]
+            if costs:
+                result.cost_usd += count * sum(costs) / len(costs)
+            else:
+                result.unknown_phases.append(name)
+        result.executions = sum(len(c) for c in self._costs.values())
+        return result
+
+
 def make_forecast(
     store: StateStore,
     item_ids: Iterable[str],
@@ -70,35 +126,17 @@ def make_forecast(
     :param rerun: phases that run again whatever their state (``--force``,
         ``--from-phase``).
     """
-    costs: dict[str, list[float]] = {p.name: [] for p in phases}
-    left: dict[str, int] = dict.fromkeys(costs, 0)
-    result = Forecast()
+    tally = ForecastTally(phases, rerun)
     for item_id in item_ids:
         try:
             document = store.load(item_id)
         except StateFileError:
             continue  # reported by the run itself
-        saved = _phases_by_name(document)
-        result.spent_usd += _number(document.get("total_cost_usd")) if document else 0.0
-        unfinished = False
-        for phase in phases:
-            raw = saved.get(phase.name, {})
-            status = raw.get("status")
-            if status == COMPLETED:
-                costs[phase.name].append(_number(raw.get("cost_usd")))
-            if rerun(phase) or status not in DONE_STATUSES:
-                left[phase.name] += 1
-                unfinished = True
-        result.items_left += unfinished
-    for name, count in left.items():
-        if not count:
-            continue
-        if costs[name]:
-            result.cost_usd += count * sum(costs[name]) / len(costs[name])
-        else:
-            result.unknown_phases.append(name)
-    result.executions = sum(len(c) for c in costs.values())
-    return result
+        saved = {
+            name: (raw.get("status"), _number(raw.get("cost_usd"))) for name, raw in _phases_by_name(document).items()
+        }
+        tally.add(_number(document.get("total_cost_usd")) if document else 0.0, saved)
+    return tally.forecast()
 
 
 def _phases_by_name(document: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
