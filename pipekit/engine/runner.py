@@ -101,6 +101,7 @@ class Run:
         max_cost: float | None = None,
         stale_policy: StalePolicy | None = None,
     ) -> None:
+        # Over 60 lines: one assignment per attribute that hooks read, each documented here.
         self.config = config
         self.pipeline = pipeline
         self.items = items
