@@ -9,11 +9,12 @@ from typing import IO
 from typing import TYPE_CHECKING
 from typing import Any
 
+import pluggy
+
 from pipekit.outcomes import UsageError
 
 
 if TYPE_CHECKING:
-    from pipekit.manager import PipekitPluginManager
     from pipekit.pipeline.loader import Pipeline
 
 
@@ -55,14 +56,16 @@ class Config:
     """Per-command configuration handed to ``pipekit_configure`` and friends.
 
     :param option: the parsed options.
-    :param pluginmanager: the command's plugin manager.
+    :param pluginmanager: the command's plugin manager (a ``PipekitPluginManager``;
+        typed as pluggy's, which is all a configuration uses of it, so that this
+        module, which hooks receive, does not import the hook specs).
     :param pipeline: the loaded pipeline, when the command has one.
     """
 
     def __init__(
         self,
         option: argparse.Namespace,
-        pluginmanager: PipekitPluginManager,
+        pluginmanager: pluggy.PluginManager,
         pipeline: Pipeline | None = None,
     ) -> None:
         self.option = option

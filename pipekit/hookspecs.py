@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from pipekit.config import Config
     from pipekit.config import Parser
     from pipekit.engine.control import Item
+    from pipekit.engine.outcome import AttemptOutcome
     from pipekit.engine.runner import Run
     from pipekit.execution.base import PhaseExecutor
     from pipekit.pipeline.context import PhaseOutcome
@@ -237,33 +238,43 @@ def pipekit_phase_complete(item: Item, phase: PhaseDefinition, result: PhaseOutc
     :param item: the item.
     :param phase: the phase's definition.
     :param result: ``output``, ``tokens_in``, ``tokens_out``, ``cost_usd``,
-        ``duration_seconds``, ``attempt``.
+        ``duration_seconds``, ``attempt`` (the usage is that of the attempt that
+        completed; failed attempts before it were reported by ``pipekit_phase_retry``).
 
     .. versionadded:: 1.0
     """
 
 
 @hookspec
-def pipekit_phase_retry(item: Item, phase: PhaseDefinition, error: BaseException, attempt: int) -> None:
+def pipekit_phase_retry(
+    item: Item, phase: PhaseDefinition, error: BaseException, attempt: int, result: AttemptOutcome
+) -> None:
     """Called when a failed attempt will be retried, before the wait.
 
     :param item: the item.
     :param phase: the phase's definition.
     :param error: the exception of the failed attempt.
     :param attempt: the number of the attempt that failed (1 for the first).
+    :param result: the failed attempt, as ``pipekit_phase_complete`` receives a
+        completed one: its ``tokens_in``, ``tokens_out``, ``cost_usd``,
+        ``duration_seconds`` (since the execution started) and ``attempt``,
+        with ``error``, ``reason`` and ``message`` (the error as the state records it).
 
     .. versionadded:: 1.0
     """
 
 
 @hookspec
-def pipekit_phase_fail(item: Item, phase: PhaseDefinition, error: BaseException) -> None:
+def pipekit_phase_fail(item: Item, phase: PhaseDefinition, error: BaseException, result: AttemptOutcome) -> None:
     """Called after a phase failed for good (its last attempt) and state was saved.
 
     :param item: the item.
     :param phase: the phase's definition (``critical`` says whether the item stops).
     :param error: the exception; a timeout is a ``PhaseTimeoutError``, an
         interruption a ``PhaseInterrupted``.
+    :param result: the last attempt, as ``pipekit_phase_retry`` receives one
+        (its own usage, ``duration_seconds``, ``attempt``, ``error``,
+        ``reason`` and ``message``).
 
     .. versionadded:: 1.0
     """

@@ -99,13 +99,14 @@ class HookNotifier:
         """``pipekit_phase_complete(item, phase, result)``."""
         self._call("pipekit_phase_complete", {"item": item, "phase": phase, "result": result})
 
-    def phase_retry(self, item: Any, phase: Any, error: BaseException, attempt: int) -> None:
-        """``pipekit_phase_retry(item, phase, error, attempt)``."""
-        self._call("pipekit_phase_retry", {"item": item, "phase": phase, "error": error, "attempt": attempt})
+    def phase_retry(self, item: Any, phase: Any, error: BaseException, attempt: int, result: Any) -> None:
+        """``pipekit_phase_retry(item, phase, error, attempt, result)``."""
+        arguments = {"item": item, "phase": phase, "error": error, "attempt": attempt, "result": result}
+        self._call("pipekit_phase_retry", arguments)
 
-    def phase_fail(self, item: Any, phase: Any, error: BaseException) -> None:
-        """``pipekit_phase_fail(item, phase, error)``."""
-        self._call("pipekit_phase_fail", {"item": item, "phase": phase, "error": error})
+    def phase_fail(self, item: Any, phase: Any, error: BaseException, result: Any) -> None:
+        """``pipekit_phase_fail(item, phase, error, result)``."""
+        self._call("pipekit_phase_fail", {"item": item, "phase": phase, "error": error, "result": result})
 
     def phase_skip(self, item: Any, phase: Any, reason: str) -> None:
         """``pipekit_phase_skip(item, phase, reason)``."""

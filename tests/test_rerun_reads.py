@@ -66,3 +66,19 @@ def test_a_reset_item_or_new_metadata_is_not_taken_for_finished(pipetester: Pipe
     assert again.state("b").metadata["n"] == 7  # saved: not skipped as finished
     assert [c["phase"].num for c in again.calls("pipekit_phase_start")] == [2]
     assert again.calls("pipekit_run_finish")[0]["run"].items_completed == 3
+
+
+def test_the_forecast_shares_the_start_of_run_read(pipetester: PipeTester, reads: Counter[str]) -> None:
+    pipetester.make_pipeline(PIPELINE)
+    pipetester.make_items("a", "b")
+    assert pipetester.run("pipeline.py", "--items", "items.txt").ret == 0
+    assert pipetester.run("reset", "pipeline.py", "--item", "b", "--phase", "2").ret == 0
+    reads.clear()
+
+    again = pipetester.run("pipeline.py", "--items", "items.txt")
+
+    assert again.ret == 0
+    again.fnmatch_lines(["pipekit: forecast: ~$0.00 to finish 1 items (mean cost per phase of 3 completed executions)"])
+    # a: the start-of-run read only; b: that read, then under its lock to run it.
+    assert reads == {"a": 1, "b": 2}
+    assert [c["phase"].num for c in again.calls("pipekit_phase_start")] == [2]

@@ -7,13 +7,12 @@ from datetime import datetime
 from datetime import timezone
 import json
 import os
-import time
 from typing import IO
 from typing import Any
 
-from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.engine.control import Item
+from pipekit.engine.outcome import AttemptOutcome
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
 from pipekit.pipeline.context import PhaseOutcome
@@ -27,9 +26,6 @@ class JsonlReporter:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
-        self._usage = AttemptUsage()
-        #: When each running phase started, by ``(item id, phase num)``.
-        self._started: dict[tuple[str, int], float] = {}
         #: True once the reader of ``stream`` went away.
         self.closed = False
         self._run: Run | None = None
@@ -64,17 +60,14 @@ class JsonlReporter:
     def _phase(item: Item, phase: PhaseDefinition) -> dict[str, Any]:
         return {"item_id": item.id, "phase": phase.num, "phase_name": phase.name}
 
-    def _attempt_usage(self, item: Item, phase: PhaseDefinition, *, last: bool) -> dict[str, Any]:
-        """Tokens and cost of the attempt that just ended, and the seconds since the
-        phase started (as ``phase_complete`` reports them)."""
-        tokens_in, tokens_out, cost = self._usage.take(item, phase, last=last)
-        key = (item.id, phase.num)
-        started = self._started.pop(key, None) if last else self._started.get(key)
+    @staticmethod
+    def _attempt(result: PhaseOutcome) -> dict[str, Any]:
+        """Seconds since the phase's execution started, and the tokens and cost of the attempt."""
         return {
-            "duration_seconds": round(time.monotonic() - started, 6) if started is not None else 0.0,
-            "tokens_in": tokens_in,
-            "tokens_out": tokens_out,
-            "cost_usd": cost,
+            "duration_seconds": round(result.duration_seconds, 6),
+            "tokens_in": result.tokens_in,
+            "tokens_out": result.tokens_out,
+            "cost_usd": result.cost_usd,
         }
 
     @hookimpl
@@ -98,47 +91,35 @@ class JsonlReporter:
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
-        self._usage.mark(item, phase)
-        self._started[item.id, phase.num] = time.monotonic()
         self.emit("phase_start", **self._phase(item, phase), attempt=item.state.phases[phase.num].attempts)
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
-        self._usage.take(item, phase)
-        self._started.pop((item.id, phase.num), None)
-        self.emit(
-            "phase_complete",
-            **self._phase(item, phase),
-            duration_seconds=round(result.duration_seconds, 6),
-            tokens_in=result.tokens_in,
-            tokens_out=result.tokens_out,
-            cost_usd=result.cost_usd,
-            attempt=result.attempt,
-        )
+        self.emit("phase_complete", **self._phase(item, phase), **self._attempt(result), attempt=result.attempt)
 
     @hookimpl
-    def pipekit_phase_retry(self, item: Item, phase: PhaseDefinition, error: BaseException, attempt: int) -> None:
+    def pipekit_phase_retry(
+        self, item: Item, phase: PhaseDefinition, error: BaseException, attempt: int, result: AttemptOutcome
+    ) -> None:
         self.emit(
             "phase_retry",
             **self._phase(item, phase),
-            **self._attempt_usage(item, phase, last=False),
+            **self._attempt(result),
             attempt=attempt,
             error=_describe(error),
         )
 
     @hookimpl
-    def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
-        state = item.state.phases[phase.num]
-        usage = self._attempt_usage(item, phase, last=True)
-        if state.duration_seconds is not None:
-            usage["duration_seconds"] = state.duration_seconds
+    def pipekit_phase_fail(
+        self, item: Item, phase: PhaseDefinition, error: BaseException, result: AttemptOutcome
+    ) -> None:
         self.emit(
             "phase_fail",
             **self._phase(item, phase),
-            **usage,
-            attempt=state.attempts,
-            error=state.error or _describe(error),
-            reason=state.reason,
+            **self._attempt(result),
+            attempt=result.attempt,
+            error=result.message or _describe(error),
+            reason=result.reason,
             critical=phase.critical,
         )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from typing import IO
 
-from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.config import Parser
 from pipekit.display.progress import ProgressTracker
@@ -19,6 +18,7 @@ from pipekit.display.progress import SimpleProgress
 from pipekit.display.progress import is_rich_supported
 from pipekit.display.simple import HEARTBEAT_SECONDS
 from pipekit.engine.control import Item
+from pipekit.engine.outcome import AttemptOutcome
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
 from pipekit.notify import format_message
@@ -47,7 +47,6 @@ class ProgressPlugin:
         self._positions: dict[int, int] = {}
         self._already_done = 0
         self._not_run = 0
-        self._usage = AttemptUsage()
 
     def _sync(self) -> None:
         """Copy what only the run knows: earlier runs' cost, items found finished or not run."""
@@ -97,29 +96,31 @@ class ProgressPlugin:
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
         assert self.tracker is not None
-        self._usage.mark(item, phase)
         self.tracker.start_phase(self._positions.get(phase.num, phase.num), phase.name, key=item.id)
 
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
         assert self.tracker is not None
-        self.tracker.complete_phase(*self._usage.take(item, phase), key=item.id, duration=result.duration_seconds)
+        self.tracker.complete_phase(
+            result.tokens_in, result.tokens_out, result.cost_usd, key=item.id, duration=result.duration_seconds
+        )
 
     @hookimpl
-    def pipekit_phase_retry(self, item: Item, phase: PhaseDefinition, error: BaseException, attempt: int) -> None:
+    def pipekit_phase_retry(self, item: Item, error: BaseException, attempt: int, result: AttemptOutcome) -> None:
         assert self.tracker is not None
-        message = _first_line(item.state.phases[phase.num].error or str(error))
-        self.tracker.retry_phase(message, attempt, *self._usage.take(item, phase, last=False), key=item.id)
+        message = _first_line(result.message or str(error))
+        self.tracker.retry_phase(message, attempt, *result.usage, key=item.id)
 
     @hookimpl
-    def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
+    def pipekit_phase_fail(
+        self, item: Item, phase: PhaseDefinition, error: BaseException, result: AttemptOutcome
+    ) -> None:
         assert self.tracker is not None
-        state = item.state.phases[phase.num]
         self.tracker.fail_phase(
-            _first_line(state.error or str(error)),
-            *self._usage.take(item, phase),
+            _first_line(result.message or str(error)),
+            *result.usage,
             key=item.id,
-            duration=state.duration_seconds,
+            duration=round(result.duration_seconds, 6),
             critical=phase.critical,
         )
 

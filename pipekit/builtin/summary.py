@@ -13,11 +13,11 @@ import math
 import sys
 from typing import IO
 
-from pipekit.builtin._usage import AttemptUsage
 from pipekit.config import Config
 from pipekit.display.format import format_cost
 from pipekit.display.progress import is_rich_supported
 from pipekit.engine.control import Item
+from pipekit.engine.outcome import AttemptOutcome
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
 from pipekit.pipeline.context import PhaseOutcome
@@ -101,7 +101,8 @@ class Summary:
         self.failures: list[tuple[str, int, str, str]] = []
         self.in_flight = 0
         self.max_in_flight = 0
-        self._usage = AttemptUsage()
+        #: The executions in flight, by ``(item id, phase num)``.
+        self._running: set[tuple[str, int]] = set()
         #: Times phases had to wait, by what they waited for.
         self.waits: dict[str, int] = {}
         #: ``(spent, cap)`` when ``--max-cost`` was reached.
@@ -113,14 +114,14 @@ class Summary:
             stats = self.phases[phase.num] = PhaseStats(phase.num, phase.name)
         return stats
 
-    def _add_usage(self, item: Item, phase: PhaseDefinition, stats: PhaseStats) -> None:
-        """Add what this execution spent, failed attempts included."""
-        tokens_in, tokens_out, cost = self._usage.take(item, phase)
-        if not (tokens_in or tokens_out or cost):
+    def _add_usage(self, phase: PhaseDefinition, result: PhaseOutcome) -> None:
+        """Add what one attempt spent (every attempt of an execution is reported once)."""
+        if not (result.tokens_in or result.tokens_out or result.cost_usd):
             return
-        stats.tokens_in += tokens_in
-        stats.tokens_out += tokens_out
-        stats.cost_usd += cost
+        stats = self._stats(phase)
+        stats.tokens_in += result.tokens_in
+        stats.tokens_out += result.tokens_out
+        stats.cost_usd += result.cost_usd
 
     @hookimpl
     def pipekit_run_start(self, run: Run) -> None:
@@ -134,7 +135,7 @@ class Summary:
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
-        self._usage.mark(item, phase)
+        self._running.add((item.id, phase.num))
         self._stats(phase).executed += 1
 
     @hookimpl
@@ -152,22 +153,28 @@ class Summary:
         stats = self._stats(phase)
         stats.completed += 1
         stats.durations.append(result.duration_seconds)
-        self._add_usage(item, phase, stats)
+        self._running.discard((item.id, phase.num))
+        self._add_usage(phase, result)
 
     @hookimpl
-    def pipekit_phase_fail(self, item: Item, phase: PhaseDefinition, error: BaseException) -> None:
+    def pipekit_phase_retry(self, phase: PhaseDefinition, result: AttemptOutcome) -> None:
+        self._add_usage(phase, result)
+
+    @hookimpl
+    def pipekit_phase_fail(
+        self, item: Item, phase: PhaseDefinition, error: BaseException, result: AttemptOutcome
+    ) -> None:
         stats = self._stats(phase)
-        state = item.state.phases[phase.num]
         stats.failed += 1
-        if self._usage.is_marked(item, phase):
-            self._add_usage(item, phase, stats)
+        if (item.id, phase.num) in self._running:
+            self._running.discard((item.id, phase.num))
         else:
-            stats.executed += 1  # a cache check that raised fails the phase without starting it
-        if state.duration_seconds is not None:
-            stats.durations.append(state.duration_seconds)
-        if state.reason == "interrupted":
+            stats.executed += 1  # a failure without a start (an observer registered mid-run)
+        self._add_usage(phase, result)
+        stats.durations.append(round(result.duration_seconds, 6))
+        if result.reason == "interrupted":
             return  # counted once as interrupted items, not listed as eight failures
-        message = (state.error or str(error) or type(error).__name__).strip()
+        message = (result.message or str(error) or type(error).__name__).strip()
         self.failures.append((item.id, phase.num, phase.name, message.splitlines()[0] if message else ""))
 
     @hookimpl

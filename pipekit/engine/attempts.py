@@ -2,17 +2,100 @@
 
 from __future__ import annotations
 
+import random
+import traceback
 from typing import Any
 
+from pipekit.engine.outcome import AttemptOutcome
 from pipekit.execution.base import PhaseExecutor
 from pipekit.execution.remote import RemoteError
 from pipekit.outcomes import Fail
 from pipekit.outcomes import PhaseInterrupted
 from pipekit.outcomes import PhaseTimeoutError
+from pipekit.outcomes import Retry
 from pipekit.pipeline.context import CostCapExceeded
 from pipekit.pipeline.context import check_usage
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.phases import PhaseResult
+
+
+#: How many times one execution may ask for ``Retry`` before it counts as failed.
+MAX_RETRY_REQUESTS = 100
+#: What an attempt that recorded nothing spent (most phases record no usage).
+NOTHING = (0, 0, 0.0)
+
+
+def completed(
+    phase: PhaseDefinition,
+    attempt: int,
+    result: PhaseResult,
+    usage: tuple[int, int, float],
+    duration: float,
+    executor: str,
+) -> AttemptOutcome:
+    """The outcome of an attempt that completed: what ``ctx`` recorded plus what the result reports."""
+    return AttemptOutcome(
+        output=result.output,
+        tokens_in=usage[0] + result.tokens_in,
+        tokens_out=usage[1] + result.tokens_out,
+        cost_usd=usage[2] + result.cost_usd,
+        duration_seconds=duration,
+        attempt=attempt,
+        output_file=result.output_file,
+        executor=executor,
+        phase=phase,
+    )
+
+
+def failed(
+    phase: PhaseDefinition,
+    attempt: int,
+    error: BaseException,
+    usage: tuple[int, int, float] = NOTHING,
+    duration: float = 0.0,
+    prefix: str = "",
+) -> AttemptOutcome:
+    """The outcome of an attempt that ended with ``error`` (``prefix`` names what
+    failed when it was not the handler: ``"cache check: "``)."""
+    return AttemptOutcome(
+        output="",
+        tokens_in=usage[0],
+        tokens_out=usage[1],
+        cost_usd=usage[2],
+        duration_seconds=duration,
+        attempt=attempt,
+        phase=phase,
+        error=error,
+        reason=failure_reason(error),
+        message=prefix + failure_message(error),
+        traceback=getattr(error, "remote_traceback", None)
+        or "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    )
+
+
+class Retries:
+    """Whether, and after how long, a failed attempt of one execution is tried again.
+
+    :param phase: the phase (``retries``, ``retry_backoff``).
+    :param executor: where it runs (some time-outs may not be retried).
+    """
+
+    def __init__(self, phase: PhaseDefinition, executor: PhaseExecutor) -> None:
+        self.phase = phase
+        self.executor = executor
+        self.failures = 0
+        self.requests = 0
+
+    def delay(self, error: BaseException) -> float | None:
+        """Seconds to wait before the next attempt; None when there is none."""
+        if isinstance(error, Retry) and self.requests < MAX_RETRY_REQUESTS:
+            self.requests += 1
+            return error.after or 0.0
+        if is_retriable(self.phase, error, self.executor) and self.failures < self.phase.retries:
+            delay: float = self.phase.retry_backoff * 2**self.failures * random.uniform(0.8, 1.2)
+            self.failures += 1
+            return delay
+        return None
 
 
 def as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:

@@ -21,13 +21,13 @@ from typing import Any
 from pipekit.outcomes import StateFileError
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import COMPLETED
-from pipekit.state.model import DONE_STATUSES
+from pipekit.state.model import PipelineState
+from pipekit.state.model import is_finished
 from pipekit.state.store import StateStore
 
 
 if TYPE_CHECKING:
     from pipekit.engine.control import RunControl
-    from pipekit.engine.runner import Run
 
 #: Without ``--max-cost``, runs over more items than this skip the forecast
 #: (it reads every item's state once more before the run).
@@ -58,6 +58,61 @@ class Forecast:
         return text + ")"
 
 
+class ForecastTally:
+    """Adds up a forecast one item at a time, from its phases' statuses and costs.
+
+    :param phases: the pipeline's phases.
+    :param rerun: phases that run again whatever their state (``--force``,
+        ``--from-phase``).
+    """
+
+    def __init__(
+        self, phases: Sequence[PhaseDefinition], rerun: Callable[[PhaseDefinition], bool] = lambda phase: False
+    ) -> None:
+        self.phases = phases
+        self._rerun = {phase.num for phase in phases if rerun(phase)}
+        self._costs: dict[str, list[float]] = {p.name: [] for p in phases}
+        self._left: dict[str, int] = dict.fromkeys(self._costs, 0)
+        self._result = Forecast()
+
+    def add(self, spent: float, phases: dict[str, tuple[Any, float]]) -> None:
+        """One item: what it recorded, and ``{phase name: (status, cost)}`` of its saved phases."""
+        self._result.spent_usd += spent
+        unfinished = False
+        for phase in self.phases:
+            status, cost = phases.get(phase.name, (None, 0.0))
+            if status == COMPLETED:
+                self._costs[phase.name].append(cost)
+            if phase.num in self._rerun or not is_finished((status,)):
+                self._left[phase.name] += 1
+                unfinished = True
+        self._result.items_left += unfinished
+
+    def add_unsaved(self, count: int) -> None:
+        """``count`` items with no saved state: every phase is left."""
+        self._result.items_left += count
+        for name in self._left:
+            self._left[name] += count
+
+    def add_state(self, state: PipelineState) -> None:
+        """One item's (reconciled) state."""
+        self.add(state.total_cost_usd, {p.name: (p.status, p.cost_usd) for p in state.phases.values()})
+
+    def forecast(self) -> Forecast:
+        """The forecast of the items added so far."""
+        result = Forecast(self._result.spent_usd, 0.0, self._result.items_left)
+        for name, count in self._left.items():
+            if not count:
+                continue
+            costs = self._costs[name]
+            if costs:
+                result.cost_usd += count * sum(costs) / len(costs)
+            else:
+                result.unknown_phases.append(name)
+        result.executions = sum(len(c) for c in self._costs.values())
+        return result
+
+
 def make_forecast(
     store: StateStore,
     item_ids: Iterable[str],
@@ -71,35 +126,17 @@ def make_forecast(
     :param rerun: phases that run again whatever their state (``--force``,
         ``--from-phase``).
     """
-    costs: dict[str, list[float]] = {p.name: [] for p in phases}
-    left: dict[str, int] = dict.fromkeys(costs, 0)
-    result = Forecast()
+    tally = ForecastTally(phases, rerun)
     for item_id in item_ids:
         try:
             document = store.load(item_id)
         except StateFileError:
             continue  # reported by the run itself
-        saved = _phases_by_name(document)
-        result.spent_usd += _number(document.get("total_cost_usd")) if document else 0.0
-        unfinished = False
-        for phase in phases:
-            raw = saved.get(phase.name, {})
-            status = raw.get("status")
-            if status == COMPLETED:
-                costs[phase.name].append(_number(raw.get("cost_usd")))
-            if rerun(phase) or status not in DONE_STATUSES:
-                left[phase.name] += 1
-                unfinished = True
-        result.items_left += unfinished
-    for name, count in left.items():
-        if not count:
-            continue
-        if costs[name]:
-            result.cost_usd += count * sum(costs[name]) / len(costs[name])
-        else:
-            result.unknown_phases.append(name)
-    result.executions = sum(len(c) for c in costs.values())
-    return result
+        saved = {
+            name: (raw.get("status"), _number(raw.get("cost_usd"))) for name, raw in _phases_by_name(document).items()
+        }
+        tally.add(_number(document.get("total_cost_usd")) if document else 0.0, saved)
+    return tally.forecast()
 
 
 def _phases_by_name(document: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -159,18 +196,6 @@ class Budget:
         return text + f". To continue, run the same command with a higher cap, e.g. --max-cost {_round_up(suggestion)}"
 
 
-def _all_finished(run: Run) -> bool:
-    """True when the start-of-run plan found every item with nothing to do: the
-    forecast would print nothing, and it would read every state once more."""
-    finished = getattr(run.stale_policy, "finished", None)
-    return (
-        finished is not None
-        and not run.force
-        and run.from_phase is None
-        and all(item_id in finished for item_id, _ in run.items)
-    )
-
-
 def _round_up(value: float) -> str:
     if value >= 10:
         return str(math.ceil(value))
@@ -180,36 +205,45 @@ def _round_up(value: float) -> str:
 class Spending:
     """The forecast and the budget of one run, as the runner uses them.
 
-    :param run: the run (``store``, ``items``, ``pipeline``, ``control``, ``notify``).
+    :param control: the run's stop flags and counters (the cap watches them).
     :param max_cost: the ``--max-cost`` cap, or None.
     :param say: writes one line on stderr.
+    :param noun: what the pipeline calls its items (``"items"``, ``"papers"``).
+    :param forecast_now: reads the items' states again and forecasts what is left
+        (for the last words of a run the cap stopped).
+    :param on_reached: tells observers that the cap was reached: ``(spent, cap)``.
     """
 
-    def __init__(self, run: Run, max_cost: float | None, say: Callable[..., None]) -> None:
-        self.run = run
+    def __init__(
+        self,
+        control: RunControl,
+        max_cost: float | None,
+        say: Callable[..., None],
+        *,
+        noun: str,
+        forecast_now: Callable[[], Forecast],
+        on_reached: Callable[[float, float], None],
+    ) -> None:
+        self.control = control
         self.max_cost = max_cost
         self._say = say
+        self._noun = noun
+        self._forecast_now = forecast_now
+        self._on_reached = on_reached
         self.budget: Budget | None = None
         self.forecast: Forecast | None = None
 
-    def _forecast(self) -> Forecast:
-        run = self.run
-        return make_forecast(
-            run.store,
-            (item_id for item_id, _ in run.items),
-            run.pipeline.phases,
-            rerun=lambda p: run.force or (run.from_phase is not None and p.num >= run.from_phase),
-        )
+    def start(self, forecast: Forecast | None) -> None:
+        """Before ``pipekit_run_start``: print the forecast, arm the cap.
 
-    def start(self) -> None:
-        """Before ``pipekit_run_start``: print the forecast, arm the cap."""
-        run = self.run
-        if self.max_cost is None and (run.total_items > FORECAST_ITEM_LIMIT or _all_finished(run)):
+        :param forecast: what the start-of-run read found (None: not made, so
+            there is no cap either).
+        """
+        if forecast is None:
             return
-        forecast = self.forecast = self._forecast()
-        noun = run.pipeline.item_noun
+        self.forecast = forecast
         if forecast.executions and forecast.items_left:
-            self._say(f"forecast: {forecast.describe(noun)}")
+            self._say(f"forecast: {forecast.describe(self._noun)}")
         if self.max_cost is None:
             return
         budget = self.budget = Budget(self.max_cost, forecast.spent_usd, self._reached)
@@ -217,7 +251,7 @@ class Spending:
         if forecast.executions and forecast.cost_usd > budget.left:
             line += " (less than the forecast: the cap will stop this run)"
         self._say(line)
-        run.control.on_usage = budget.watch
+        self.control.on_usage = budget.watch
 
     def check_at_start(self) -> None:
         """After ``pipekit_run_start``: an earlier run may already have spent the cap."""
@@ -226,8 +260,8 @@ class Spending:
             return
         if budget.spent >= budget.cap:
             budget.reached = True
-            self.run.control.stop_new_phases = True
-            self.run.control.stopping.set()
+            self.control.stop_new_phases = True
+            self.control.stopping.set()
             self._reached(budget.spent)
 
     def _reached(self, spent: float) -> None:
@@ -236,12 +270,12 @@ class Spending:
             f"budget reached: ${spent:,.2f} spent of --max-cost ${self.budget.cap:,.2f}; "
             "no new phase starts, phases in flight finish", "notice"
         )
-        self.run.notify.budget_reached(self.run, spent, self.budget.cap)
+        self._on_reached(spent, self.budget.cap)
 
     def finish(self) -> None:
         """At the end of the run: say what the cap stopped and how to continue."""
-        if self.budget is None or not self.budget.reached or self.run.control.interrupted.is_set():
+        if self.budget is None or not self.budget.reached or self.control.interrupted.is_set():
             return
-        forecast = self._forecast()
+        forecast = self._forecast_now()
         if forecast.items_left:
-            self._say(self.budget.stop_message(forecast, self.run.pipeline.item_noun), "notice")
+            self._say(self.budget.stop_message(forecast, self._noun), "notice")

@@ -10,44 +10,38 @@ from collections.abc import Callable
 from collections.abc import Sequence
 import copy
 from pathlib import Path
-import random
 import time
-import traceback
 from typing import Any
 
+from pipekit.engine import attempts
 from pipekit.engine.arguments import handler_arguments
+from pipekit.engine.attempts import Retries
 from pipekit.engine.attempts import as_result
-from pipekit.engine.attempts import failure_message
-from pipekit.engine.attempts import failure_reason
-from pipekit.engine.attempts import is_retriable
 from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.control import no_notify
+from pipekit.engine.outcome import AttemptOutcome
+from pipekit.engine.waiting import admit
+from pipekit.engine.waiting import interruptible_sleep
+from pipekit.engine.waiting import no_release
+from pipekit.engine.waiting import race
 from pipekit.execution.base import LocalExecutor
 from pipekit.execution.base import PhaseExecutor
 from pipekit.execution.base import run_in_thread
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import PhaseInterrupted
-from pipekit.outcomes import PhaseTimeoutError
 from pipekit.outcomes import Retry
 from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.context import CostCapExceeded
 from pipekit.pipeline.context import PhaseContext
-from pipekit.pipeline.context import PhaseOutcome
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
-from pipekit.pipeline.phases import PhaseResult
 from pipekit.stale.fingerprint import phase_fingerprint
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import PipelineState
 from pipekit.state.store import encode_item_id
 from pipekit.state.writer import StateWriter
-
-
-#: How many times one execution may ask for ``Retry`` before it counts as failed.
-MAX_RETRY_REQUESTS = 100
-
 
 
 class PhaseRunner:
@@ -171,7 +165,7 @@ class PhaseRunner:
         item, manager = self.item, self.state
         if self._prestarted is phase:
             self._prestarted = None
-            return await self._execute(phase, _no_release)
+            return await self._execute(phase, no_release)
         if phase.cache_check is not None and not self.force:
             hit = await self._check_cache(phase)
             if hit is None:
@@ -194,70 +188,76 @@ class PhaseRunner:
     async def _execute(self, phase: PhaseDefinition, release: Callable[[], None]) -> bool:
         """Run a phase whose start is on disk: its handler, with retries, to its end."""
         assert self.control is not None
-        item, manager = self.item, self.state
+        manager = self.state
         self._announce_start(phase)
         if self.progress is not None:
             self.progress.start_phase(phase.num, phase.name)
-
         started = time.monotonic()
         fingerprint, error = await self._fingerprint(phase)
         if error is not None:
             release()
-            return await self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="fingerprint: ")
-        failures = retry_requests = 0
+            return await self._fail(attempts.failed(phase, self._attempts(phase), error, prefix="fingerprint: "))
+        retries = Retries(phase, self.executor)
         while True:
-            attempt = manager.state.phases[phase.num].attempts
-            ctx = self._context(phase, attempt)
-            future: asyncio.Future[Any] | None = None
-            try:
-                future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
-                value, error = await self._race(phase, future)
-            finally:
-                if future is None:
-                    release()
-                else:  # a sync handler abandoned at its timeout still holds its slot while it runs
-                    self.executor.when_stopped(future, release)
-            usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
-            if error is None:
-                try:
-                    result = as_result(phase, value)
-                    if phase.max_cost is not None and usage[2] + result.cost_usd > phase.max_cost:
-                        # What the PhaseResult reports counts toward max_cost like ctx.record_cost.
-                        ctx.cost_usd = usage[2] + result.cost_usd
-                        ctx._check_max_cost()
-                except (TypeError, CostCapExceeded) as exc:
-                    error = exc
-                    if isinstance(exc, CostCapExceeded):
-                        usage = (usage[0] + result.tokens_in, usage[1] + result.tokens_out, ctx.cost_usd)
-                else:
-                    manager.state.phases[phase.num].fingerprint = fingerprint  # saved by _complete
-                    return await self._complete(phase, ctx, result, usage, time.monotonic() - started)
-            retry_after: float | None = None
-            if isinstance(error, Retry) and retry_requests < MAX_RETRY_REQUESTS:
-                retry_requests += 1
-                retry_after = error.after or 0.0
-                if error.after and self.control.gate is not None:
-                    who = f"item {item.id!r} phase {phase.name!r}"
-                    self.control.gate.pause(ctx.limits_used, error.after, who)
-            elif is_retriable(phase, error, self.executor) and failures < phase.retries:
-                retry_after = phase.retry_backoff * 2**failures * random.uniform(0.8, 1.2)
-                failures += 1
-            if retry_after is not None and self.control.stop_new_phases:
-                retry_after = None  # the run is stopping (a budget was reached): no new attempt
-            if retry_after is None:
-                return await self._fail(phase, error, usage, time.monotonic() - started)
-            manager.record_failed_attempt(phase.num, failure_message(error), *usage)
-            await self._saved()
-            self.control.add_usage(*usage)
-            self.notify.phase_retry(item, phase, error, attempt)
-            if await self._interruptible_sleep(retry_after):
-                return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
-            admitted = await self._admit(phase)
+            outcome, ctx = await self._attempt(phase, release, started)
+            if outcome.error is None:
+                manager.state.phases[phase.num].fingerprint = fingerprint  # saved by _complete
+                return await self._complete(outcome)
+            delay = retries.delay(outcome.error)
+            if delay is not None and isinstance(outcome.error, Retry) and outcome.error.after:
+                if self.control.gate is not None:
+                    who = f"item {self.item.id!r} phase {phase.name!r}"
+                    self.control.gate.pause(ctx.limits_used, outcome.error.after, who)
+            if delay is None or self.control.stop_new_phases:
+                # (a run that is stopping, a budget reached, starts no new attempt)
+                return await self._fail(outcome)
+            await self._retry(outcome)
+            admitted = None if await self._interruptible_sleep(delay) else await self._admit(phase)
             if admitted is None:
-                return await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), time.monotonic() - started)
+                interrupted = PhaseInterrupted()
+                return await self._fail(
+                    attempts.failed(phase, self._attempts(phase), interrupted, duration=time.monotonic() - started)
+                )
             release = admitted
             manager.start_phase(phase.num, executor=phase.executor)
             await self._saved()
+
+    async def _attempt(
+        self, phase: PhaseDefinition, release: Callable[[], None], started: float
+    ) -> tuple[AttemptOutcome, PhaseContext]:
+        """Run the handler once (its slot is held): how the attempt ended, and its ``ctx``."""
+        attempt = self._attempts(phase)
+        ctx = self._context(phase, attempt)
+        future: asyncio.Future[Any] | None = None
+        try:
+            future = self.executor.start(phase, phase.handler, self._arguments(phase, ctx), ctx)
+            value, error = await self._race(phase, future)
+        finally:
+            if future is None:
+                release()
+            else:  # a sync handler abandoned at its timeout still holds its slot while it runs
+                self.executor.when_stopped(future, release)
+        usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
+        if error is None:
+            try:
+                result = as_result(phase, value)
+                if phase.max_cost is not None and usage[2] + result.cost_usd > phase.max_cost:
+                    # What the PhaseResult reports counts toward max_cost like ctx.record_cost.
+                    ctx.cost_usd = usage[2] + result.cost_usd
+                    ctx._check_max_cost()
+            except (TypeError, CostCapExceeded) as exc:
+                error = exc
+                if isinstance(exc, CostCapExceeded):
+                    usage = (usage[0] + result.tokens_in, usage[1] + result.tokens_out, ctx.cost_usd)
+            else:
+                executor = result.executor or ctx.executor
+                duration = time.monotonic() - started
+                return attempts.completed(phase, attempt, result, usage, duration, executor), ctx
+        return attempts.failed(phase, attempt, error, usage, time.monotonic() - started), ctx
+
+    def _attempts(self, phase: PhaseDefinition) -> int:
+        """The phase's attempts so far, across runs (the one in flight included)."""
+        return self.state.state.phases[phase.num].attempts
 
     async def _interrupt_prestarted(self) -> None:
         """A phase started with the end of the one before it, interrupted before
@@ -265,7 +265,7 @@ class PhaseRunner:
         phase, self._prestarted = self._prestarted, None
         if phase is not None:
             self._announce_start(phase)
-            await self._fail(phase, PhaseInterrupted(), (0, 0, 0.0), 0.0)
+            await self._fail(attempts.failed(phase, self._attempts(phase), PhaseInterrupted()))
 
     def _announce_start(self, phase: PhaseDefinition) -> None:
         """Count the execution and tell observers (its start is on disk)."""
@@ -309,34 +309,8 @@ class PhaseRunner:
         return await self._race(phase, future)
 
     async def _admit(self, phase: PhaseDefinition, first: bool = False) -> Callable[[], None] | None:
-        """Wait for the phase's concurrency slot and rate limits; the release, or
-        None when the run was interrupted first (or, before the ``first``
-        attempt, told to start no new phase).
-        """
         assert self.control is not None
-        gate = self.control.gate
-        if gate is None or (phase.concurrency is None and not phase.limits):
-            return _no_release
-        entering = asyncio.ensure_future(gate.enter(phase, self._waiter(phase)))
-        stopping = asyncio.ensure_future(self.control.stopping.wait()) if first else None
-        try:
-            await asyncio.wait(
-                {entering, self.control.interruption(), *([stopping] if stopping else [])},
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            if stopping is not None:
-                stopping.cancel()
-        if not entering.done():
-            entering.cancel()
-            await asyncio.wait({entering})
-        if entering.cancelled():
-            return None
-        release = entering.result()
-        if self.control.interrupted.is_set() or (first and self.control.stopping.is_set()):
-            release()
-            return None
-        return release
+        return await admit(self.control, phase, self._waiter(phase), first)
 
     def _waiter(self, phase: PhaseDefinition) -> Callable[[str, float | None], None]:
         def waiting(reason: str, seconds: float | None) -> None:
@@ -357,39 +331,17 @@ class PhaseRunner:
         self.state.start_phase(phase.num, executor=phase.executor)
         await self._saved()
         self._announce_start(phase)
-        await self._fail(phase, error, (0, 0, 0.0), 0.0, reason_prefix="cache check: ")
+        await self._fail(attempts.failed(phase, self._attempts(phase), error, prefix="cache check: "))
         return None
 
     async def _race(self, phase: PhaseDefinition, future: asyncio.Future[Any]) -> tuple[Any, BaseException | None]:
-        """Wait for ``future``, the phase's timeout or the run's interruption."""
         assert self.control is not None
-        done, _ = await asyncio.wait(
-            {future, self.control.interruption()},
-            timeout=phase.timeout_seconds,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if future in done:
-            if future.cancelled():
-                return None, PhaseInterrupted()
-            exc = future.exception()
-            return (future.result(), None) if exc is None else (None, exc)
-        self.executor.abandon(future)
-        if isinstance(future, asyncio.Task):
-            # Let a cancelled coroutine run its cleanup; it cannot take longer than this.
-            await asyncio.wait({future}, timeout=1.0)
-        if self.control.interrupted.is_set():
-            return None, PhaseInterrupted()
-        assert phase.timeout_seconds is not None
-        return None, PhaseTimeoutError(phase.name, phase.timeout_seconds)
+        return await race(self.control, self.executor, phase, future)
 
     async def _interruptible_sleep(self, seconds: float) -> bool:
         """Sleep; True if the run was interrupted meanwhile."""
         assert self.control is not None
-        try:
-            await asyncio.wait_for(self.control.interrupted.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await interruptible_sleep(self.control, seconds)
 
     async def _saved(self) -> None:
         """Write the changes made so far (observers are told only after this)."""
@@ -397,31 +349,19 @@ class PhaseRunner:
 
     # -- endings ----------------------------------------------------------------
 
-    async def _complete(
-        self,
-        phase: PhaseDefinition,
-        ctx: PhaseContext,
-        result: PhaseResult,
-        usage: tuple[int, int, float],
-        duration: float,
-    ) -> bool:
-        assert self.control is not None
-        tokens_in = usage[0] + result.tokens_in
-        tokens_out = usage[1] + result.tokens_out
-        cost = usage[2] + result.cost_usd
-        executor = result.executor or ctx.executor
+    async def _complete(self, outcome: AttemptOutcome) -> bool:
+        assert self.control is not None and outcome.phase is not None
+        phase = outcome.phase
         self.state.complete_phase(
             phase.num,
-            result.output,
-            tokens_in,
-            tokens_out,
-            cost,
-            duration_seconds=round(duration, 6),
-            output_file=result.output_file,
-            executor=executor,
+            outcome.output,
+            *outcome.usage,
+            duration_seconds=round(outcome.duration_seconds, 6),
+            output_file=outcome.output_file,
+            executor=outcome.executor,
         )
         self.control.phases_completed += 1
-        self.control.add_usage(tokens_in, tokens_out, cost)  # before the next start: a budget may stop it
+        self.control.add_usage(*outcome.usage)  # before the next start: a budget may stop it
         following = self._startable_after(phase)
         if following is not None:
             # One write ends this phase and starts the next: each is on disk before
@@ -429,46 +369,39 @@ class PhaseRunner:
             self.state.start_phase(following.num, executor=following.executor)
             self._prestarted = following
         await self._saved()
-        outcome = PhaseOutcome(
-            output=result.output,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            cost_usd=cost,
-            duration_seconds=duration,
-            attempt=ctx.attempt,
-            output_file=result.output_file,
-            executor=executor,
-        )
         if self.progress is not None:
-            self.progress.complete_phase(tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost)
+            self.progress.complete_phase(
+                tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out, cost_usd=outcome.cost_usd
+            )
         self.notify.phase_complete(self.item, phase, outcome)
         return True
 
-    async def _fail(
-        self,
-        phase: PhaseDefinition,
-        error: BaseException,
-        usage: tuple[int, int, float],
-        duration: float,
-        reason_prefix: str = "",
-    ) -> bool:
-        assert self.control is not None
+    async def _retry(self, outcome: AttemptOutcome) -> None:
+        """Record a failed attempt that will be tried again, then tell observers."""
+        assert self.control is not None and outcome.phase is not None and outcome.error is not None
+        self.state.record_failed_attempt(outcome.phase.num, outcome.message, *outcome.usage)
+        await self._saved()
+        self.control.add_usage(*outcome.usage)
+        self.notify.phase_retry(self.item, outcome.phase, outcome.error, outcome.attempt, outcome)
+
+    async def _fail(self, outcome: AttemptOutcome) -> bool:
+        assert self.control is not None and outcome.phase is not None and outcome.error is not None
+        phase = outcome.phase
         self.state.fail_phase(
             phase.num,
-            reason_prefix + failure_message(error),
-            reason=failure_reason(error),
-            traceback=getattr(error, "remote_traceback", None)
-            or "".join(traceback.format_exception(type(error), error, error.__traceback__)),
-            tokens_in=usage[0],
-            tokens_out=usage[1],
-            cost_usd=usage[2],
-            duration_seconds=round(duration, 6),
+            outcome.message,
+            reason=outcome.reason,
+            traceback=outcome.traceback,
+            tokens_in=outcome.tokens_in,
+            tokens_out=outcome.tokens_out,
+            cost_usd=outcome.cost_usd,
+            duration_seconds=round(outcome.duration_seconds, 6),
             critical=phase.critical,
         )
         await self._saved()
         self.control.phases_failed += 1
-        self.control.add_usage(*usage)
-        self.notify.phase_fail(self.item, phase, error)
+        self.control.add_usage(*outcome.usage)
+        self.notify.phase_fail(self.item, phase, outcome.error, outcome)
         return False
 
     # -- arguments --------------------------------------------------------------
@@ -503,10 +436,6 @@ class PhaseRunner:
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
     ) -> dict[str, Any]:
         return handler_arguments(self.phases, self.state.state, phase, ctx, func or phase.handler, self._injectors)
-
-
-def _no_release() -> None:
-    pass
 
 
 def _no_arguments(func: Callable[..., Any]) -> dict[str, Any]:

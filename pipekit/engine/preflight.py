@@ -1,11 +1,16 @@
-"""The start of a run: one read of each unfinished item's state, shared by the stale check and the runner."""
+"""The start of a run: one read of each unfinished item's state, shared by the
+stale report, the cost forecast and the runner (``Preflight``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipekit.engine.budget import FORECAST_ITEM_LIMIT
+from pipekit.engine.budget import Forecast
+from pipekit.engine.budget import ForecastTally
 from pipekit.pipeline.loader import Pipeline
 from pipekit.stale.checker import RUN
 from pipekit.stale.checker import STALE_REASONS
@@ -18,7 +23,6 @@ from pipekit.stale.plan import Plan
 from pipekit.stale.plan import add_history
 from pipekit.stale.plan import iter_states
 from pipekit.stale.plan import plan_item
-from pipekit.stale.plan import print_stale_report
 from pipekit.state.model import COMPLETED
 from pipekit.state.store import StateStore
 
@@ -30,58 +34,118 @@ def prepare_stale_policy(
     output_root: Path,
     option: Any,
 ) -> StalePolicy | None:
-    """At the start of a run: keep the phases' sources for ``pipekit why``, say
-    on stderr which completed cells are stale, and return the run's policy
-    (None with ``--force``, which re-runs everything anyway)."""
+    """Before a run: keep the phases' sources for ``pipekit why`` and return the
+    run's stale policy (None with ``--force``, which re-runs everything anyway).
+    Nothing is read here: the run reads the states once, in ``preflight``."""
     SourceArchive.for_store(store).save_pipeline(pipeline.phases)
     if getattr(option, "force", False):
         return None
-    rerun_stale = bool(getattr(option, "rerun_stale", False))
-    policy = StalePolicy(StaleChecker(pipeline, output_root), rerun_stale)
-    plan, finished = _plan_run(pipeline, store, items, policy, getattr(option, "from_phase", None))
-    print_stale_report(plan)
-    if getattr(option, "from_phase", None) is None:
-        policy.finished = finished
-    return policy
+    return StalePolicy(StaleChecker(pipeline, output_root), bool(getattr(option, "rerun_stale", False)))
+
+
+@dataclass
+class Preflight:
+    """What the start of a run found in the selected items' states, read once."""
+
+    #: Items with nothing to do (finished, fresh, same metadata), with their
+    #: recorded cost: the run skips them unread. None: the run looks at every
+    #: item itself (``--force``, ``--from-phase``, or nothing was read).
+    finished: dict[str, float] | None
+    #: The stale report's plan (None without a stale policy).
+    plan: Plan | None
+    #: The cost forecast (None when not made: too many items without
+    #: ``--max-cost``, or nothing left to do).
+    forecast: Forecast | None
+    #: States read, to plan and to forecast.
+    read: int = 0
+
+
+def preflight(
+    pipeline: Pipeline,
+    store: StateStore,
+    items: Sequence[tuple[str, Any]],
+    policy: StalePolicy | None,
+    *,
+    force: bool = False,
+    from_phase: int | None = None,
+    max_cost: float | None = None,
+) -> Preflight:
+    """Read each selected item's state at most once, holding none: the plan
+    keeps only the stale cells its report needs, the forecast only sums.
+
+    Finished items that the store's index shows to be fresh are not read for
+    the plan (``fresh_finished_items``); they are read for the forecast only
+    when one is made and some item has work left (its means come from every
+    item's completed phases), as the forecast read them before.
+    """
+    forecasting = max_cost is not None or len(items) <= FORECAST_ITEM_LIMIT
+    tally = ForecastTally(pipeline.phases, lambda p: force or (from_phase is not None and p.num >= from_phase))
+    metadata = dict(items)
+    finished: dict[str, float] | None = None
+    plan: Plan | None = None
+    indexed: dict[str, float] = {}
+    if policy is not None:
+        if from_phase is None:
+            indexed = fresh_finished_items(pipeline, store, metadata, policy.checker)
+        plan, nothing_to_do, read = _plan_run(pipeline, store, metadata, policy, from_phase, indexed, tally)
+        if from_phase is None:
+            finished = {**indexed, **nothing_to_do}
+    elif forecasting:
+        read = _tally_states(pipeline, store, list(metadata), tally)
+    else:
+        read = 0
+    if not forecasting or (finished is not None and len(finished) == len(metadata) and max_cost is None):
+        return Preflight(finished, plan, None, read)
+    if indexed:
+        read += _tally_states(pipeline, store, list(indexed), tally)
+    return Preflight(finished, plan, tally.forecast(), read)
 
 
 def _plan_run(
     pipeline: Pipeline,
     store: StateStore,
-    items: Sequence[tuple[str, Any]],
+    metadata: dict[str, dict[str, Any]],
     policy: StalePolicy,
     from_phase: int | None,
-) -> tuple[Plan, dict[str, float]]:
-    """``make_plan`` for the start of a run, reading each state at most once and
-    holding none: the plan keeps only the stale cells its report needs. Also
-    returns the items with nothing to do, with their recorded cost, so that the
-    run need not read them again.
-
-    Finished items that the store's index shows to be fresh are not read at all
-    (``fresh_finished_items``); the estimates of the report then come from the
-    items that were read, stale ones among them.
-    """
+    indexed: dict[str, float],
+    tally: ForecastTally,
+) -> tuple[Plan, dict[str, float], int]:
+    """``make_plan`` for the start of a run over the items not in ``indexed``,
+    adding each state read to ``tally``: the plan, the items with nothing to
+    do with their recorded cost, and the number of states read."""
     checker = policy.checker
     history: dict[int, PhaseHistory] = {p.num: PhaseHistory() for p in pipeline.phases}
     cells: list[Cell] = []
     unreadable: dict[str, str] = {}
-    finished: dict[str, float] = {}
-    unknown = 0
-    metadata = dict(items)
-    if from_phase is None:
-        finished = fresh_finished_items(pipeline, store, metadata, checker)
-    unread = (item_id for item_id in metadata if item_id not in finished)
+    nothing_to_do: dict[str, float] = {}
+    unknown = read = 0
+    unread = [item_id for item_id in metadata if item_id not in indexed]
     for item_id, state in iter_states(pipeline, store, unread, unreadable):
+        read += 1
         fresh = metadata[item_id]
         same_metadata = all(state.metadata.get(k) == v for k, v in fresh.items())
         state.metadata.update(fresh)
         add_history(history, (state,))
+        tally.add_state(state)
         unknown += sum(1 for p in state.phases.values() if p.status == COMPLETED and not p.fingerprint)
         item_cells = plan_item(checker, policy, item_id, state, from_phase=from_phase)
         cells += (c for c in item_cells if c.reasons and set(c.reasons) <= set(STALE_REASONS))
         if same_metadata and state.is_done and all(c.action != RUN for c in item_cells):
-            finished[item_id] = state.total_cost_usd
-    return Plan(pipeline, [item_id for item_id, _ in items], cells, history, unreadable, unknown), finished
+            nothing_to_do[item_id] = state.total_cost_usd
+    tally.add_unsaved(len(unread) - read - len(unreadable))
+    plan = Plan(pipeline, list(metadata), cells, history, unreadable, unknown)
+    return plan, nothing_to_do, read + len(unreadable)
+
+
+def _tally_states(pipeline: Pipeline, store: StateStore, item_ids: list[str], tally: ForecastTally) -> int:
+    """Add the items' states to ``tally``; the number read."""
+    unreadable: dict[str, str] = {}  # reported by the run itself
+    read = 0
+    for _, state in iter_states(pipeline, store, item_ids, unreadable):
+        read += 1
+        tally.add_state(state)
+    tally.add_unsaved(len(item_ids) - read - len(unreadable))
+    return read + len(unreadable)
 
 
 def fresh_finished_items(

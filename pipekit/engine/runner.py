@@ -10,17 +10,20 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
-import os
 from pathlib import Path
-import signal
 import time
 from typing import Any
 
 from pipekit.config import Config
+from pipekit.engine.budget import Forecast
 from pipekit.engine.budget import Spending
+from pipekit.engine.budget import make_forecast
 from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.phaserunner import PhaseRunner
+from pipekit.engine.preflight import Preflight
+from pipekit.engine.preflight import preflight
+from pipekit.engine.signals import Interrupter
 from pipekit.execution.base import LocalExecutor
 from pipekit.execution.base import PhaseExecutor
 from pipekit.notify import HookNotifier
@@ -33,13 +36,14 @@ from pipekit.pipeline.limits import declared_limits
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.phases import Injector
 from pipekit.stale.checker import StalePolicy
+from pipekit.stale.plan import stale_report
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import COMPLETED
-from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import FAILED
 from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
+from pipekit.state.model import is_finished
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_item_id
@@ -97,6 +101,7 @@ class Run:
         max_cost: float | None = None,
         stale_policy: StalePolicy | None = None,
     ) -> None:
+        # Over 60 lines: one assignment per attribute that hooks read, each documented here.
         self.config = config
         self.pipeline = pipeline
         self.items = items
@@ -115,7 +120,14 @@ class Run:
         #: Rate limits declared in the module's ``LIMITS`` (checked against the phases).
         self.limits = declared_limits(pipeline.module, pipeline.phases)
         #: The cost forecast and the ``--max-cost`` cap.
-        self.spending = Spending(self, max_cost, self._say)
+        self.spending = Spending(
+            self.control,
+            max_cost,
+            self._say,
+            noun=pipeline.item_noun,
+            forecast_now=self._forecast,
+            on_reached=self._budget_reached,
+        )
         #: Where state lives, for humans.
         self.state_location = store.location
         self.total_items = len(items)
@@ -147,8 +159,9 @@ class Run:
         self._module_warning_given = False
         #: Finished items and their metadata, from the store's index (None: no index).
         self._finished: dict[str, FinishedItem] | None = None
-        self._interrupts = 0
-        self._signals: list[signal.Signals] = []
+        #: What the start of the run read of the items' states (set by ``execute``).
+        self.preflight: Preflight | None = None
+        self._interrupter = Interrupter(self.control, self._say, self.notify.signal_handler)
 
     # -- totals, for plugins ----------------------------------------------------
 
@@ -176,11 +189,23 @@ class Run:
 
     async def execute(self) -> ExitCode:
         """Process every item; fires run_start and run_finish; returns the exit code."""
+        self.preflight = preflight(
+            self.pipeline,
+            self.store,
+            self.items,
+            self.stale_policy,
+            force=self.force,
+            from_phase=self.from_phase,
+            max_cost=self.spending.max_cost,
+        )
+        if self.preflight.plan is not None:
+            for line in stale_report(self.preflight.plan):
+                self._say(line, "notice")
         if self.limits or any(p.concurrency or p.limits for p in self.pipeline.phases):
             self.control.gate = Gate(self.limits, self.pipeline.phases, say=self._say)
-        self.spending.start()
+        self.spending.start(self.preflight.forecast)
         self.notify.run_start(self)
-        restore = self._install_signal_handlers()
+        restore = self._interrupter.install()
         try:
             self.spending.check_at_start()
             await self.executor.astart()
@@ -236,12 +261,23 @@ class Run:
         if self.fatal_error is not None:
             raise self.fatal_error
 
+    def _forecast(self) -> Forecast:
+        return make_forecast(
+            self.store,
+            (item_id for item_id, _ in self.items),
+            self.pipeline.phases,
+            rerun=lambda p: self.force or (self.from_phase is not None and p.num >= self.from_phase),
+        )
+
+    def _budget_reached(self, spent: float, cap: float) -> None:
+        self.notify.budget_reached(self, spent, cap)
+
     def _planned_finished(self) -> dict[str, float] | None:
-        """The finished items the start-of-run plan read, with their cost; None
-        when there was no plan or the run keeps every state (then it reads them)."""
-        if self.stale_policy is None or self._keep_states:
+        """The items the start-of-run read found with nothing to do, with their cost;
+        None when it did not say, or the run keeps every state (then it reads them)."""
+        if self.preflight is None or self._keep_states:
             return None
-        return self.stale_policy.finished
+        return self.preflight.finished
 
     def _already_done(self, item_id: str, metadata: dict[str, Any]) -> bool:
         """Cheap check without the lock: finished items need no lock and fire no hooks."""
@@ -302,7 +338,7 @@ class Run:
                 lock.release()
         except LeaseLostError as exc:  # paused past its lease, the item was taken over: the new holder's now
             self.items_busy += 1
-            self._say(f"{exc}; item {item_id!r} left to it")
+            self._say(f"{exc}; item {item_id!r} left to it", "warning")
         except Exception as exc:  # a failed state write (every later one would fail too) or a bug: stop, exit 3
             if self.fatal_error is None:
                 self.fatal_error = exc
@@ -402,10 +438,11 @@ class Run:
             status, self.items_interrupted = INTERRUPTED, self.items_interrupted + 1
         elif ok and state.is_done:
             status, self.items_completed = COMPLETED, self.items_completed + 1
-        elif ok and all(
-            p.status in DONE_STATUSES or (p.status == FAILED and not d.critical)
+        elif ok and is_finished(
+            status
             for d in self.pipeline.phases
-            for p in (state.phases[d.num],)
+            for status in (state.phases[d.num].status,)
+            if not (status == FAILED and not d.critical)
         ):
             status, self.items_completed = COMPLETED_WITH_ERRORS, self.items_completed + 1
         elif ok:
@@ -431,51 +468,9 @@ class Run:
             codes.add(ExitCode.ITEMS_FAILED)
         return worst_exit_code(codes)
 
-    # -- interruption ---------------------------------------------------------------
-
     def interrupt(self) -> None:
         """Stop as SIGINT does: abandon in-flight phases (recorded interrupted), start none."""
-        self._interrupts += 1
-        if self._interrupts > 1:
-            self._exit_now()
-        self._say("interrupted: recording in-flight phases and saving state (again to exit at once)", "notice")
-        self._exit_on_next_signal()
-        self.control.stop_new_phases = True
-        self.control.interrupted.set()
-
-    def _exit_now(self, *args: Any) -> None:
-        self._say("interrupted again: exiting now (state files are intact)", "notice")
-        os._exit(int(ExitCode.INTERRUPTED))
-
-    def _exit_on_next_signal(self) -> None:
-        """The loop may be stuck in a slow hook when the second Ctrl-C comes: a plain
-        signal handler runs between the main thread's bytecodes, the loop's does not."""
-        for signum in self._signals:
-            try:
-                signal.signal(signum, self._exit_now)
-            except (ValueError, RuntimeError):
-                pass  # not the main thread
-
-    def _install_signal_handlers(self) -> Any:
-        loop = asyncio.get_running_loop()
-        installed = []
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(signum)
-            try:
-                signal.signal(signum, self.notify.signal_handler(loop, self.interrupt))
-            except (ValueError, RuntimeError, NotImplementedError):
-                continue  # not the main thread: the caller owns signals
-            installed.append((signum, previous))
-        self._signals = [signum for signum, _ in installed]
-
-        def restore() -> None:
-            # Give a host program (pipekit used as a library) its own handlers back.
-            for signum, previous in installed:
-                loop.remove_signal_handler(signum)
-                if previous is not None:
-                    signal.signal(signum, previous)
-
-        return restore
+        self._interrupter.interrupt()
 
     def _keep(self, state: PipelineState) -> None:
         if self._keep_states:

@@ -197,9 +197,6 @@ class StalePolicy:
         self.rerun_stale = rerun_stale
         #: False when no phase can be re-run: the run then skips every check.
         self.active = rerun_stale or any(p.on_change == "rerun" for p in checker.phases)
-        #: Items found at the start of the run with nothing to do, with their
-        #: recorded cost (None: not known); the run skips them without reading them again.
-        self.finished: dict[str, float] | None = None
 
     def includes(self, definition: PhaseDefinition) -> bool:
         """True when a stale ``definition`` is re-executed by this run."""

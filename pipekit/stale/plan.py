@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
-import sys
 from typing import Any
 
 from pipekit.outcomes import StateFileError
@@ -306,11 +305,3 @@ def stale_report(plan: Plan) -> list[str]:
             line += "; add --rerun-stale to include them (see `pipekit plan`, `pipekit why`)"
         lines.append(line)
     return lines
-
-
-def print_stale_report(plan: Plan) -> None:
-    """Print ``stale_report`` on stderr."""
-    for line in stale_report(plan):
-        print(f"pipekit: {line}", file=sys.stderr, flush=True)
-
-

@@ -32,6 +32,13 @@ SKIPPED = "skipped"
 DONE_STATUSES = frozenset({COMPLETED, SKIPPED})
 
 
+def is_finished(statuses: Iterable[Any]) -> bool:
+    """True when every one of an item's phase ``statuses`` is completed or skipped:
+    the one definition of a finished item (or, given one status, of a phase that
+    is done), for states, raw documents and index rows alike."""
+    return all(status in DONE_STATUSES for status in statuses)
+
+
 def utc_now() -> str:
     """The current time as ISO 8601 UTC with milliseconds (``2026-11-29T11:45:26.964+00:00``)."""
     # Formatted by hand from one cached prefix per second: a write stamps a few
@@ -103,7 +110,7 @@ class PipelineState:
     @property
     def is_done(self) -> bool:
         """True when every phase is completed or skipped."""
-        return all(p.status in DONE_STATUSES for p in self.phases.values())
+        return is_finished(p.status for p in self.phases.values())
 
     def to_document(self, output_refs: dict[int, str]) -> dict[str, Any]:
         """The JSON document saved for this state; large outputs go by reference.

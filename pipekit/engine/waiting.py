@@ -1,0 +1,84 @@
+"""What a phase waits for: its concurrency slot and rate limits, its handler
+under a timeout, a retry's backoff; each gives way to the run's interruption."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from pipekit.engine.control import RunControl
+from pipekit.execution.base import PhaseExecutor
+from pipekit.outcomes import PhaseInterrupted
+from pipekit.outcomes import PhaseTimeoutError
+from pipekit.pipeline.limits import WaitCallback
+from pipekit.pipeline.phases import PhaseDefinition
+
+
+def no_release() -> None:
+    """The release of a phase that took no slot."""
+
+
+async def admit(
+    control: RunControl, phase: PhaseDefinition, waiting: WaitCallback, first: bool = False
+) -> Callable[[], None] | None:
+    """Wait for the phase's concurrency slot and rate limits; the release, or
+    None when the run was interrupted first (or, before the ``first``
+    attempt, told to start no new phase).
+    """
+    gate = control.gate
+    if gate is None or (phase.concurrency is None and not phase.limits):
+        return no_release
+    entering = asyncio.ensure_future(gate.enter(phase, waiting))
+    stopping = asyncio.ensure_future(control.stopping.wait()) if first else None
+    try:
+        await asyncio.wait(
+            {entering, control.interruption(), *([stopping] if stopping else [])},
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        if stopping is not None:
+            stopping.cancel()
+    if not entering.done():
+        entering.cancel()
+        await asyncio.wait({entering})
+    if entering.cancelled():
+        return None
+    release = entering.result()
+    if control.interrupted.is_set() or (first and control.stopping.is_set()):
+        release()
+        return None
+    return release
+
+
+async def race(
+    control: RunControl, executor: PhaseExecutor, phase: PhaseDefinition, future: asyncio.Future[Any]
+) -> tuple[Any, BaseException | None]:
+    """Wait for ``future``, the phase's timeout or the run's interruption: ``(value, error)``."""
+    done, _ = await asyncio.wait(
+        {future, control.interruption()},
+        timeout=phase.timeout_seconds,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if future in done:
+        if future.cancelled():
+            return None, PhaseInterrupted()
+        exc = future.exception()
+        return (future.result(), None) if exc is None else (None, exc)
+    executor.abandon(future)
+    if isinstance(future, asyncio.Task):
+        # Let a cancelled coroutine run its cleanup; it cannot take longer than this.
+        await asyncio.wait({future}, timeout=1.0)
+    if control.interrupted.is_set():
+        return None, PhaseInterrupted()
+    assert phase.timeout_seconds is not None
+    return None, PhaseTimeoutError(phase.name, phase.timeout_seconds)
+
+
+async def interruptible_sleep(control: RunControl, seconds: float) -> bool:
+    """Sleep; True if the run was interrupted meanwhile."""
+    try:
+        await asyncio.wait_for(control.interrupted.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
