@@ -21,6 +21,7 @@ from pipekit.pipeline.phases import PhaseDefinition
 
 
 if TYPE_CHECKING:
+    from pipekit.execution.code import PipelineCode
     from pipekit.execution.remote import RemoteCall
     from pipekit.execution.remote import RemoteOutcome
 
@@ -254,6 +255,21 @@ class RemoteExecutor(PhaseExecutor):
     module_path: str
     #: A folder driver and workers both see, for large outputs (None: send them back).
     shared_dir: str | None = None
+    _code: PipelineCode | None = None
+
+    def pipeline_code(self) -> PipelineCode:
+        """The pipeline's source, read once and sent with every call, so workers
+        run the code this process fingerprints even if they loaded another
+        version before (``pipekit.execution.code``)."""
+        if self._code is None:
+            from pipekit.execution.code import capture
+            from pipekit.outcomes import UsageError
+
+            try:
+                self._code = capture(self.module_path)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"cannot read the pipeline's source to send it to workers: {exc}") from None
+        return self._code
 
     def start(
         self,
@@ -270,7 +286,9 @@ class RemoteExecutor(PhaseExecutor):
         from pipekit.execution.remote import apply_outcome
         from pipekit.execution.remote import build_call
 
-        call = build_call(self.module_path, phase, func, kwargs, shared_dir=self.shared_dir)
+        call = build_call(
+            self.module_path, phase, func, kwargs, shared_dir=self.shared_dir, code=self.pipeline_code()
+        )
         return apply_outcome(await self.execute(call), ctx)
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:

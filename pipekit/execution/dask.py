@@ -17,11 +17,12 @@ import itertools
 from typing import Any
 
 from pipekit.execution.base import RemoteExecutor
-from pipekit.outcomes import UsageError
+from pipekit.execution.code import PipelineCode
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
 from pipekit.execution.remote import WorkerLost
 from pipekit.execution.remote import execute_call
+from pipekit.outcomes import UsageError
 
 
 _keys = itertools.count()
@@ -30,8 +31,8 @@ _keys = itertools.count()
 class DaskExecutor(RemoteExecutor):
     """Submits every handler call to Dask distributed.
 
-    :param module_path: the pipeline module; workers import it by this path,
-        so it must be visible to them (a shared filesystem or the same machine).
+    :param module_path: the pipeline module; its source travels with every task
+        (``pipekit.execution.code``), so workers need no copy of it.
     :param workers: size of the ``LocalCluster`` when no address is given.
     :param address: a running scheduler, e.g. ``tcp://host:8786``.
     :param shared_dir: a folder driver and workers both see; outputs over
@@ -82,7 +83,7 @@ class DaskExecutor(RemoteExecutor):
                             dashboard_address=":0",  # never collide with another cluster's 8787
                         )
                     self._client = await Client(self._cluster, asynchronous=True)  # type: ignore[no-untyped-call]
-                await self._client.run(_import_on_worker, self.module_path)
+                await self._client.run(_load_on_worker, self.pipeline_code())
         return self._client
 
     async def astart(self) -> None:
@@ -113,7 +114,7 @@ class DaskExecutor(RemoteExecutor):
             await self._client.close()
 
 
-def _import_on_worker(module_path: str) -> None:
-    from pipekit.execution.remote import import_once
+def _load_on_worker(code: PipelineCode) -> None:
+    from pipekit.execution.code import load
 
-    import_once(module_path)
+    load(code)
