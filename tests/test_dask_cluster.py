@@ -44,3 +44,52 @@ def test_workers_run_the_code_the_driver_fingerprinted(pipetester: PipeTester, d
     third = run_on(pipetester, dask_cluster, "--item", "a", "--force")
     assert third.ret == 0, third
     assert third.state("a").phase_outputs[1] == "v2 two"
+
+
+KILLS_ITS_WORKER = '''
+    import os, signal
+    from pathlib import Path
+    from pipekit import phase
+
+    HERE = Path(__file__).parent
+
+    @phase(1, retries=RETRIES, retry_backoff=0.01)
+    def fragile(item_id):
+        with open(HERE / "executions.log", "a") as log:
+            log.write(f"{os.getpid()}\\n")
+        marker = HERE / "killed"
+        if not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-phase
+        return "survived"
+'''
+
+
+def executions(tester: PipeTester) -> int:
+    log = tester.path / "executions.log"
+    return len(log.read_text().split()) if log.exists() else 0
+
+
+def test_a_lost_worker_is_a_failed_attempt_not_a_silent_rerun(
+    pipetester: PipeTester, dask_cluster: DaskCluster
+) -> None:
+    pipetester.make_pipeline(KILLS_ITS_WORKER.replace("RETRIES", "0"))
+    result = run_on(pipetester, dask_cluster, "--item", "a")
+    dask_cluster.wait_for_workers()
+    assert result.ret == 1, result
+    phase = result.state("a").phases[1]
+    assert (phase.status, phase.reason, phase.attempts) == ("failed", "worker_lost", 1), phase
+    assert executions(pipetester) == 1  # paid once, and the state says so
+
+
+def test_a_lost_worker_is_retried_by_the_phase_retries(pipetester: PipeTester, dask_cluster: DaskCluster) -> None:
+    pipetester.make_pipeline(KILLS_ITS_WORKER.replace("RETRIES", "1"))
+    result = run_on(pipetester, dask_cluster, "--item", "a")
+    dask_cluster.wait_for_workers()
+    assert result.ret == 0, result
+    state = result.state("a")
+    assert (state.phases[1].status, state.phases[1].attempts) == ("completed", 2)
+    assert state.phase_outputs[1] == "survived"
+    assert executions(pipetester) == 2
+    retries = [payload for name, payload in result.events if name == "phase_retry"]
+    assert len(retries) == 1 and "died" in retries[0]["error"]

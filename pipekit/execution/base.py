@@ -284,12 +284,14 @@ class RemoteExecutor(PhaseExecutor):
         self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any], ctx: PhaseContext | None
     ) -> Any:
         from pipekit.execution.remote import apply_outcome
+
+        return apply_outcome(await self.execute(self.remote_call(phase, func, kwargs)), ctx)
+
+    def remote_call(self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]) -> RemoteCall:
+        """``func(**kwargs)`` as a ``RemoteCall`` carrying the pipeline's code."""
         from pipekit.execution.remote import build_call
 
-        call = build_call(
-            self.module_path, phase, func, kwargs, shared_dir=self.shared_dir, code=self.pipeline_code()
-        )
-        return apply_outcome(await self.execute(call), ctx)
+        return build_call(self.module_path, phase, func, kwargs, shared_dir=self.shared_dir, code=self.pipeline_code())
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
         """Run ``call`` somewhere else and return what came back."""

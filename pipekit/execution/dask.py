@@ -3,11 +3,17 @@
 Needs the ``pipekit[dask]`` extra. With no scheduler address a ``LocalCluster``
 of ``-j`` single-threaded worker processes is started. Each result is gathered
 as soon as it is ready and its future dropped, so Dask never recomputes a
-finished phase behind pipekit's back; a task whose worker died is not rerun by
-Dask (``allowed-failures`` 0 on a cluster pipekit starts) but failed with
-reason ``worker_lost`` and retried by the phase's own ``retries``. That cluster
-also runs without work stealing, which can start a task a second time. On a
-cluster of your own (``--dask-scheduler``), set both in its Dask configuration.
+finished phase behind pipekit's back.
+
+Every execution of a handler is an attempt pipekit knows of, whatever the
+cluster's configuration. Dask runs a task again when the worker running it
+dies (up to ``distributed.scheduler.allowed-failures`` times), so each task
+first claims a token the driver put in a Dask queue, an atomic take on the
+scheduler: a task that finds the token gone ran before, and reports its
+worker lost instead of running the handler a second time. The phase then
+fails with reason ``worker_lost`` and its own ``retries`` decide whether to
+submit it again. The cluster pipekit starts also runs without work stealing,
+and with ``allowed-failures`` 0, so a lost worker is reported at once.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from typing import Any
+import uuid
 
 from pipekit.execution.base import RemoteExecutor
 from pipekit.execution.code import PipelineCode
@@ -53,6 +60,7 @@ class DaskExecutor(RemoteExecutor):
         self.address = address
         self.shared_dir = shared_dir
         self._client: Any = None
+        self._run_id = uuid.uuid4().hex[:12]
         self._cluster: Any = None
         self._connecting: asyncio.Lock | None = None
 
@@ -91,17 +99,37 @@ class DaskExecutor(RemoteExecutor):
         await self._get_client()
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
+        return await self._submit(self._new_key(call.phase_name), call)
+
+    def _new_key(self, phase_name: str) -> str:
+        # Unique across drivers: two runs sharing a cluster must never share a task.
+        return f"pipekit-{phase_name}-{self._run_id}-{next(_keys)}"
+
+    async def _submit(self, key: str, call: RemoteCall) -> RemoteOutcome:
+        """Run ``call`` as the task ``key``, which runs the handler only if it
+        takes the one token put in its claim queue."""
         from distributed import KilledWorker
+        from distributed import Queue
 
         client = await self._get_client()
-        future = client.submit(execute_call, call, pure=False, key=f"pipekit-{call.phase_name}-{next(_keys)}")
+        claim = await Queue(f"{key}-claim", client=client)  # type: ignore[no-untyped-call]
         try:
-            outcome: RemoteOutcome = await future
-        except KilledWorker as exc:
-            raise WorkerLost(f"the Dask worker running the phase died ({exc})") from None
+            await claim.put("run")
+            future = client.submit(run_claimed, call, claim.name, pure=False, key=key)
+            try:
+                outcome: RemoteOutcome = await future
+            except KilledWorker:
+                raise WorkerLost(self._lost_message(key)) from None
+            finally:
+                future.release()  # a held future would make Dask recompute it if its worker died
         finally:
-            future.release()  # a held future would make Dask recompute it if its worker died
+            claim.close()
+        if isinstance(outcome.error, _RunBefore):
+            raise WorkerLost(self._lost_message(key))
         return outcome
+
+    def _lost_message(self, key: str) -> str:
+        return "the Dask worker running the phase died"
 
     def abandon(self, future: asyncio.Future[Any]) -> None:
         # Dask cannot interrupt a running task: its late result is dropped with the future.
@@ -118,3 +146,22 @@ def _load_on_worker(code: PipelineCode) -> None:
     from pipekit.execution.code import load
 
     load(code)
+
+
+class _RunBefore(Exception):
+    """The task found its claim taken: it ran before, on a worker that died."""
+
+
+def run_claimed(call: RemoteCall, claim: str) -> RemoteOutcome:
+    """On a worker: run ``call`` if this task takes its claim's token; else
+    report that it ran before, and leave the decision to run it again to the driver."""
+    from distributed import Queue
+
+    queue = Queue(claim)  # type: ignore[no-untyped-call]
+    try:
+        tokens = queue.get(batch=True)  # type: ignore[no-untyped-call]
+    finally:
+        queue.close()  # type: ignore[no-untyped-call]
+    if not tokens:
+        return RemoteOutcome(error=_RunBefore(claim))
+    return execute_call(call)
