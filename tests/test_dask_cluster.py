@@ -93,3 +93,26 @@ def test_a_lost_worker_is_retried_by_the_phase_retries(pipetester: PipeTester, d
     assert executions(pipetester) == 2
     retries = [payload for name, payload in result.events if name == "phase_retry"]
     assert len(retries) == 1 and "died" in retries[0]["error"]
+
+
+def test_a_phase_timeout_counts_from_the_handler_start_not_from_the_queue(
+    pipetester: PipeTester, dask_cluster: DaskCluster
+) -> None:
+    pipetester.make_pipeline('''
+        import time
+        from pipekit import phase
+
+        @phase(1, timeout=1.5)
+        def wait(item_id, metadata):
+            time.sleep(metadata["seconds"])
+            return "done"
+    ''')
+    # Eight 0.5 s phases on two worker threads: the last ones wait 1.5 s in the queue.
+    items = [{"id": f"quick-{n}", "seconds": 0.5} for n in range(8)]
+    pipetester.make_items(*items, {"id": "slow", "seconds": 2.5}, name="items.jsonl")
+    result = run_on(pipetester, dask_cluster, "--items", "items.jsonl", "-j", "9")
+    assert result.ret == 1, result
+    for item in items:
+        assert result.state(item["id"]).phases[1].status == "completed", result.state(item["id"]).phases[1]
+    slow = result.state("slow").phases[1]
+    assert (slow.status, slow.reason) == ("failed", "timeout")

@@ -428,6 +428,10 @@ class PhaseRunner:
     async def _race(self, phase: PhaseDefinition, future: asyncio.Future[Any]) -> tuple[Any, BaseException | None]:
         """Wait for ``future``, the phase's timeout or the run's interruption."""
         assert self.control is not None
+        running = self.executor.running(future) if phase.timeout_seconds is not None else None
+        if running is not None:
+            # The timeout counts from the handler's start, not from a wait in a cluster's queue.
+            await asyncio.wait({future, running, self.control.interruption()}, return_when=asyncio.FIRST_COMPLETED)
         done, _ = await asyncio.wait(
             {future, self.control.interruption()},
             timeout=phase.timeout_seconds,

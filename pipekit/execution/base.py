@@ -57,6 +57,12 @@ class PhaseExecutor:
         """The runner no longer wants ``future``'s result (timeout or interrupt)."""
         future.cancel()
 
+    def running(self, future: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
+        """A future done once the call behind ``future`` has started to run, for
+        an executor whose calls may first wait (in a cluster's queue): the
+        phase's timeout counts from then. None (the default): calls start at once."""
+        return None
+
     def when_stopped(self, future: asyncio.Future[Any], callback: Callable[[], None]) -> None:
         """Call ``callback`` once the call behind ``future`` no longer runs (the
         runner then frees the phase's concurrency slot). By default: when

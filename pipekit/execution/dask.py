@@ -12,13 +12,16 @@ first claims a token the driver put in a Dask queue, an atomic take on the
 scheduler: a task that finds the token gone ran before, and reports its
 worker lost instead of running the handler a second time. The phase then
 fails with reason ``worker_lost`` and its own ``retries`` decide whether to
-submit it again. The cluster pipekit starts also runs without work stealing,
-and with ``allowed-failures`` 0, so a lost worker is reported at once.
+submit it again. A task that claimed its token tells the driver it started
+(a Dask event), and the phase's timeout counts from then, not from a wait in
+the cluster's queue. The cluster pipekit starts also runs without work
+stealing, and with ``allowed-failures`` 0, so a lost worker is reported at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import itertools
 from typing import Any
 import uuid
@@ -28,8 +31,11 @@ from pipekit.execution.code import PipelineCode
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
 from pipekit.execution.remote import WorkerLost
+from pipekit.execution.remote import apply_outcome
 from pipekit.execution.remote import execute_call
 from pipekit.outcomes import UsageError
+from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.phases import PhaseDefinition
 
 
 _keys = itertools.count()
@@ -61,6 +67,12 @@ class DaskExecutor(RemoteExecutor):
         self.shared_dir = shared_dir
         self._client: Any = None
         self._run_id = uuid.uuid4().hex[:12]
+        #: The Dask event topic on which this driver's tasks say they started.
+        self._topic = f"pipekit-started-{self._run_id}"
+        #: Per task key, done with the worker's address once the handler started.
+        self._starts: dict[str, asyncio.Future[str]] = {}
+        #: The future ``start`` returned -> its task's entry in ``_starts``.
+        self._running: dict[asyncio.Future[Any], asyncio.Future[str]] = {}
         self._cluster: Any = None
         self._connecting: asyncio.Lock | None = None
 
@@ -91,12 +103,47 @@ class DaskExecutor(RemoteExecutor):
                             dashboard_address=":0",  # never collide with another cluster's 8787
                         )
                     self._client = await Client(self._cluster, asynchronous=True)  # type: ignore[no-untyped-call]
+                self._client.subscribe_topic(self._topic, self._on_started)
                 await self._client.run(_load_on_worker, self.pipeline_code())
         return self._client
 
     async def astart(self) -> None:
         # Starting a cluster takes seconds: not inside the first phase's timeout.
         await self._get_client()
+
+    def start(
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
+    ) -> asyncio.Future[Any]:
+        key = self._new_key(phase.name)
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._starts[key] = started
+        future = asyncio.ensure_future(self._run_task(key, phase, func, kwargs, ctx))
+        self._running[future] = started
+
+        def forget(_: object) -> None:
+            self._running.pop(future, None)
+            self._starts.pop(key, None)
+
+        future.add_done_callback(forget)
+        return future
+
+    def running(self, future: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
+        return self._running.get(future)
+
+    async def _run_task(
+        self,
+        key: str,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None,
+    ) -> Any:
+        call = self.remote_call(phase, func, kwargs)
+        return apply_outcome(await self._submit(key, call), ctx)
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
         return await self._submit(self._new_key(call.phase_name), call)
@@ -115,7 +162,7 @@ class DaskExecutor(RemoteExecutor):
         claim = await Queue(f"{key}-claim", client=client)  # type: ignore[no-untyped-call]
         try:
             await claim.put("run")
-            future = client.submit(run_claimed, call, claim.name, pure=False, key=key)
+            future = client.submit(run_claimed, call, claim.name, self._topic, pure=False, key=key)
             try:
                 outcome: RemoteOutcome = await future
             except KilledWorker:
@@ -129,7 +176,15 @@ class DaskExecutor(RemoteExecutor):
         return outcome
 
     def _lost_message(self, key: str) -> str:
-        return "the Dask worker running the phase died"
+        started = self._starts.get(key)
+        worker = started.result() if started is not None and started.done() else "?"
+        return f"the Dask worker {worker} running the phase died"
+
+    def _on_started(self, event: tuple[float, dict[str, str]]) -> None:
+        message = event[1]
+        started = self._starts.get(message.get("key", ""))
+        if started is not None and not started.done():
+            started.set_result(message.get("worker", "?"))
 
     def abandon(self, future: asyncio.Future[Any]) -> None:
         # Dask cannot interrupt a running task: its late result is dropped with the future.
@@ -152,10 +207,12 @@ class _RunBefore(Exception):
     """The task found its claim taken: it ran before, on a worker that died."""
 
 
-def run_claimed(call: RemoteCall, claim: str) -> RemoteOutcome:
-    """On a worker: run ``call`` if this task takes its claim's token; else
-    report that it ran before, and leave the decision to run it again to the driver."""
+def run_claimed(call: RemoteCall, claim: str, topic: str) -> RemoteOutcome:
+    """On a worker: run ``call`` if this task takes its claim's token, first
+    telling the driver (on ``topic``) that the handler starts; else report
+    that it ran before, and leave the decision to run it again to the driver."""
     from distributed import Queue
+    from distributed import get_worker
 
     queue = Queue(claim)  # type: ignore[no-untyped-call]
     try:
@@ -164,4 +221,6 @@ def run_claimed(call: RemoteCall, claim: str) -> RemoteOutcome:
         queue.close()  # type: ignore[no-untyped-call]
     if not tokens:
         return RemoteOutcome(error=_RunBefore(claim))
+    worker = get_worker()
+    worker.log_event(topic, {"key": claim.removesuffix("-claim"), "worker": worker.address})
     return execute_call(call)
