@@ -9,6 +9,8 @@ import pytest
 
 
 if TYPE_CHECKING:
+    from dask_cluster import DaskCluster
+
     from pipekit.testing import PipeTester
 
 pytest_plugins = ["pipekit.testing"]
@@ -68,3 +70,17 @@ def any_store(pipetester: PipeTester, store_url: str | None, monkeypatch: pytest
     if store_url is not None:
         monkeypatch.setenv("PIPEKIT_STORE", store_url)
     return store_url
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A Dask scheduler and two single-threaded workers started as separate
+    processes, shared by the tests of a module and stopped at its end."""
+    from dask_cluster import DaskCluster
+
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask-cluster"), workers=2, threads=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -238,3 +240,39 @@ def test_the_dask_cluster_pipekit_starts_never_runs_a_task_twice(pipetester: Pip
         [sys.executable, "inspect_cluster.py"], cwd=pipetester.path, capture_output=True, text=True, timeout=120
     )
     assert out.stdout.split() == ["False", "0"], out.stderr
+
+
+def test_a_worker_without_the_module_file_runs_the_source_the_driver_sent(tmp_path: Path) -> None:
+    # As on a worker host where the pipeline's folder does not exist: the driver reads
+    # the code, the folder is gone, and a fresh process runs a phase from that code alone.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "helpers.py").write_text("GREETING = 'hello'\n")
+    (project / "pipeline.py").write_text(textwrap.dedent('''
+        from pipekit import phase
+        from helpers import GREETING
+
+        @phase(1)
+        def greet(item_id):
+            return f"{GREETING} {item_id}"
+    '''))
+    driver = f'''
+import pickle, sys
+from pipekit.execution.code import capture
+from pipekit.pipeline.loader import import_pipeline_module
+import_pipeline_module({str(project / "pipeline.py")!r})
+sys.stdout.buffer.write(pickle.dumps(capture({str(project / "pipeline.py")!r})))
+'''
+    code = subprocess.run([sys.executable, "-c", driver], capture_output=True, check=True, cwd=tmp_path).stdout
+    shutil.rmtree(project)
+    worker = '''
+import pickle, sys
+from pipekit.execution.remote import RemoteCall, execute_call
+code = pickle.loads(sys.stdin.buffer.read())
+outcome = execute_call(RemoteCall(code.module_path, "greet", "handler", {"item_id": "a"}, None, code=code))
+print(outcome.error or outcome.value)
+'''
+    out = subprocess.run(
+        [sys.executable, "-c", worker], input=code, capture_output=True, cwd=tmp_path, timeout=60
+    )
+    assert out.stdout.decode().strip() == "hello a", out.stderr.decode()

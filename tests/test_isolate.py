@@ -165,3 +165,45 @@ def test_the_child_dies_with_a_killed_run(pipetester: PipeTester) -> None:
     proc.kill()
     proc.communicate(timeout=30)
     assert gone(int(marker.read_text())), "the isolated phase's process outlived a kill -9 of the run"
+
+
+def ended(pid: int) -> bool:
+    """True once ``pid`` has ended, within a second (a zombie nobody reaped yet counts)."""
+    for _ in range(20):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("isolate", "args"), [('isolate="process", ', ()), ("", ("--executor", "processes"))], ids=["isolate", "processes"]
+)
+def test_a_hard_timeout_also_stops_the_subprocesses_the_handler_started(
+    pipetester: PipeTester, isolate: str, args: tuple[str, ...]
+) -> None:
+    pipetester.make_pipeline(f'''
+        import subprocess, time
+        from pathlib import Path
+        from pipekit import phase
+
+        HERE = Path(__file__).parent
+
+        @phase(1, {isolate}timeout=1)
+        def spawns(item_id):
+            child = subprocess.Popen(["sh", "-c", "sleep 2.5; echo late > late.txt"], cwd=HERE)
+            (HERE / "child.pid").write_text(str(child.pid))
+            time.sleep(60)
+    ''')
+    result = pipetester.run_subprocess("pipeline.py", "--item", "a", *args)
+    returned = time.monotonic()
+    assert result.ret == 1, result
+    assert result.state("a").phases[1].reason == "timeout"
+    assert ended(int((pipetester.path / "child.pid").read_text())), "the handler's child outlived the run"
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - returned)))
+    assert not (pipetester.path / "late.txt").exists()

@@ -55,6 +55,10 @@ async def race(
     control: RunControl, executor: PhaseExecutor, phase: PhaseDefinition, future: asyncio.Future[Any]
 ) -> tuple[Any, BaseException | None]:
     """Wait for ``future``, the phase's timeout or the run's interruption: ``(value, error)``."""
+    running = executor.running(future) if phase.timeout_seconds is not None else None
+    if running is not None:
+        # The timeout counts from the handler's start, not from a wait in a cluster's queue.
+        await asyncio.wait({future, running, control.interruption()}, return_when=asyncio.FIRST_COMPLETED)
     done, _ = await asyncio.wait(
         {future, control.interruption()},
         timeout=phase.timeout_seconds,

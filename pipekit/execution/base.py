@@ -21,6 +21,7 @@ from pipekit.pipeline.phases import PhaseDefinition
 
 
 if TYPE_CHECKING:
+    from pipekit.execution.code import PipelineCode
     from pipekit.execution.remote import RemoteCall
     from pipekit.execution.remote import RemoteOutcome
 
@@ -55,6 +56,12 @@ class PhaseExecutor:
     def abandon(self, future: asyncio.Future[Any]) -> None:
         """The runner no longer wants ``future``'s result (timeout or interrupt)."""
         future.cancel()
+
+    def running(self, future: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
+        """A future done once the call behind ``future`` has started to run, for
+        an executor whose calls may first wait (in a cluster's queue): the
+        phase's timeout counts from then. None (the default): calls start at once."""
+        return None
 
     def when_stopped(self, future: asyncio.Future[Any], callback: Callable[[], None]) -> None:
         """Call ``callback`` once the call behind ``future`` no longer runs (the
@@ -254,6 +261,21 @@ class RemoteExecutor(PhaseExecutor):
     module_path: str
     #: A folder driver and workers both see, for large outputs (None: send them back).
     shared_dir: str | None = None
+    _code: PipelineCode | None = None
+
+    def pipeline_code(self) -> PipelineCode:
+        """The pipeline's source, read once and sent with every call, so workers
+        run the code this process fingerprints even if they loaded another
+        version before (``pipekit.execution.code``)."""
+        if self._code is None:
+            from pipekit.execution.code import capture
+            from pipekit.outcomes import UsageError
+
+            try:
+                self._code = capture(self.module_path)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"cannot read the pipeline's source to send it to workers: {exc}") from None
+        return self._code
 
     def start(
         self,
@@ -268,10 +290,14 @@ class RemoteExecutor(PhaseExecutor):
         self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any], ctx: PhaseContext | None
     ) -> Any:
         from pipekit.execution.remote import apply_outcome
+
+        return apply_outcome(await self.execute(self.remote_call(phase, func, kwargs)), ctx)
+
+    def remote_call(self, phase: PhaseDefinition, func: Callable[..., Any], kwargs: dict[str, Any]) -> RemoteCall:
+        """``func(**kwargs)`` as a ``RemoteCall`` carrying the pipeline's code."""
         from pipekit.execution.remote import build_call
 
-        call = build_call(self.module_path, phase, func, kwargs, shared_dir=self.shared_dir)
-        return apply_outcome(await self.execute(call), ctx)
+        return build_call(self.module_path, phase, func, kwargs, shared_dir=self.shared_dir, code=self.pipeline_code())
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
         """Run ``call`` somewhere else and return what came back."""

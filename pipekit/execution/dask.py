@@ -3,25 +3,39 @@
 Needs the ``pipekit[dask]`` extra. With no scheduler address a ``LocalCluster``
 of ``-j`` single-threaded worker processes is started. Each result is gathered
 as soon as it is ready and its future dropped, so Dask never recomputes a
-finished phase behind pipekit's back; a task whose worker died is not rerun by
-Dask (``allowed-failures`` 0 on a cluster pipekit starts) but failed with
-reason ``worker_lost`` and retried by the phase's own ``retries``. That cluster
-also runs without work stealing, which can start a task a second time. On a
-cluster of your own (``--dask-scheduler``), set both in its Dask configuration.
+finished phase behind pipekit's back.
+
+Every execution of a handler is an attempt pipekit knows of, whatever the
+cluster's configuration. Dask runs a task again when the worker running it
+dies (up to ``distributed.scheduler.allowed-failures`` times), so each task
+first claims a token the driver put in a Dask queue, an atomic take on the
+scheduler: a task that finds the token gone ran before, and reports its
+worker lost instead of running the handler a second time. The phase then
+fails with reason ``worker_lost`` and its own ``retries`` decide whether to
+submit it again. A task that claimed its token tells the driver it started
+(a Dask event), and the phase's timeout counts from then, not from a wait in
+the cluster's queue. The cluster pipekit starts also runs without work
+stealing, and with ``allowed-failures`` 0, so a lost worker is reported at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import itertools
 from typing import Any
+import uuid
 
 from pipekit.execution.base import RemoteExecutor
+from pipekit.execution.code import PipelineCode
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
 from pipekit.execution.remote import WorkerLost
+from pipekit.execution.remote import apply_outcome
 from pipekit.execution.remote import execute_call
 from pipekit.outcomes import UsageError
+from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.phases import PhaseDefinition
 
 
 _keys = itertools.count()
@@ -30,8 +44,8 @@ _keys = itertools.count()
 class DaskExecutor(RemoteExecutor):
     """Submits every handler call to Dask distributed.
 
-    :param module_path: the pipeline module; workers import it by this path,
-        so it must be visible to them (a shared filesystem or the same machine).
+    :param module_path: the pipeline module; its source travels with every task
+        (``pipekit.execution.code``), so workers need no copy of it.
     :param workers: size of the ``LocalCluster`` when no address is given.
     :param address: a running scheduler, e.g. ``tcp://host:8786``.
     :param shared_dir: a folder driver and workers both see; outputs over
@@ -52,6 +66,13 @@ class DaskExecutor(RemoteExecutor):
         self.address = address
         self.shared_dir = shared_dir
         self._client: Any = None
+        self._run_id = uuid.uuid4().hex[:12]
+        #: The Dask event topic on which this driver's tasks say they started.
+        self._topic = f"pipekit-started-{self._run_id}"
+        #: Per task key, done with the worker's address once the handler started.
+        self._starts: dict[str, asyncio.Future[str]] = {}
+        #: The future ``start`` returned -> its task's entry in ``_starts``.
+        self._running: dict[asyncio.Future[Any], asyncio.Future[str]] = {}
         self._cluster: Any = None
         self._connecting: asyncio.Lock | None = None
 
@@ -82,25 +103,88 @@ class DaskExecutor(RemoteExecutor):
                             dashboard_address=":0",  # never collide with another cluster's 8787
                         )
                     self._client = await Client(self._cluster, asynchronous=True)  # type: ignore[no-untyped-call]
-                await self._client.run(_import_on_worker, self.module_path)
+                self._client.subscribe_topic(self._topic, self._on_started)
+                await self._client.run(_load_on_worker, self.pipeline_code())
         return self._client
 
     async def astart(self) -> None:
         # Starting a cluster takes seconds: not inside the first phase's timeout.
         await self._get_client()
 
+    def start(
+        self,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None = None,
+    ) -> asyncio.Future[Any]:
+        key = self._new_key(phase.name)
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._starts[key] = started
+        future = asyncio.ensure_future(self._run_task(key, phase, func, kwargs, ctx))
+        self._running[future] = started
+
+        def forget(_: object) -> None:
+            self._running.pop(future, None)
+            self._starts.pop(key, None)
+
+        future.add_done_callback(forget)
+        return future
+
+    def running(self, future: asyncio.Future[Any]) -> asyncio.Future[Any] | None:
+        return self._running.get(future)
+
+    async def _run_task(
+        self,
+        key: str,
+        phase: PhaseDefinition,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        ctx: PhaseContext | None,
+    ) -> Any:
+        call = self.remote_call(phase, func, kwargs)
+        return apply_outcome(await self._submit(key, call), ctx)
+
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
+        return await self._submit(self._new_key(call.phase_name), call)
+
+    def _new_key(self, phase_name: str) -> str:
+        # Unique across drivers: two runs sharing a cluster must never share a task.
+        return f"pipekit-{phase_name}-{self._run_id}-{next(_keys)}"
+
+    async def _submit(self, key: str, call: RemoteCall) -> RemoteOutcome:
+        """Run ``call`` as the task ``key``, which runs the handler only if it
+        takes the one token put in its claim queue."""
         from distributed import KilledWorker
+        from distributed import Queue
 
         client = await self._get_client()
-        future = client.submit(execute_call, call, pure=False, key=f"pipekit-{call.phase_name}-{next(_keys)}")
+        claim = await Queue(f"{key}-claim", client=client)  # type: ignore[no-untyped-call]
         try:
-            outcome: RemoteOutcome = await future
-        except KilledWorker as exc:
-            raise WorkerLost(f"the Dask worker running the phase died ({exc})") from None
+            await claim.put("run")
+            future = client.submit(run_claimed, call, claim.name, self._topic, pure=False, key=key)
+            try:
+                outcome: RemoteOutcome = await future
+            except KilledWorker:
+                raise WorkerLost(self._lost_message(key)) from None
+            finally:
+                future.release()  # a held future would make Dask recompute it if its worker died
         finally:
-            future.release()  # a held future would make Dask recompute it if its worker died
+            claim.close()
+        if isinstance(outcome.error, _RunBefore):
+            raise WorkerLost(self._lost_message(key))
         return outcome
+
+    def _lost_message(self, key: str) -> str:
+        started = self._starts.get(key)
+        worker = started.result() if started is not None and started.done() else "?"
+        return f"the Dask worker {worker} running the phase died"
+
+    def _on_started(self, event: tuple[float, dict[str, str]]) -> None:
+        message = event[1]
+        started = self._starts.get(message.get("key", ""))
+        if started is not None and not started.done():
+            started.set_result(message.get("worker", "?"))
 
     def abandon(self, future: asyncio.Future[Any]) -> None:
         # Dask cannot interrupt a running task: its late result is dropped with the future.
@@ -113,7 +197,30 @@ class DaskExecutor(RemoteExecutor):
             await self._client.close()
 
 
-def _import_on_worker(module_path: str) -> None:
-    from pipekit.execution.remote import import_once
+def _load_on_worker(code: PipelineCode) -> None:
+    from pipekit.execution.code import load
 
-    import_once(module_path)
+    load(code)
+
+
+class _RunBefore(Exception):
+    """The task found its claim taken: it ran before, on a worker that died."""
+
+
+def run_claimed(call: RemoteCall, claim: str, topic: str) -> RemoteOutcome:
+    """On a worker: run ``call`` if this task takes its claim's token, first
+    telling the driver (on ``topic``) that the handler starts; else report
+    that it ran before, and leave the decision to run it again to the driver."""
+    from distributed import Queue
+    from distributed import get_worker
+
+    queue = Queue(claim)  # type: ignore[no-untyped-call]
+    try:
+        tokens = queue.get(batch=True)  # type: ignore[no-untyped-call]
+    finally:
+        queue.close()  # type: ignore[no-untyped-call]
+    if not tokens:
+        return RemoteOutcome(error=_RunBefore(claim))
+    worker = get_worker()
+    worker.log_event(topic, {"key": claim.removesuffix("-claim"), "worker": worker.address})
+    return execute_call(call)

@@ -3,8 +3,10 @@
 Unlike ``concurrent.futures.ProcessPoolExecutor``, a worker that dies (killed,
 segfault, out of memory) fails only the call it was running, and a call the
 runner abandons (timeout, interrupt) has its worker killed: a hard timeout,
-even for sync code stuck in C. Either way a fresh worker takes the dead one's
-place; the other calls in flight are not disturbed.
+even for sync code stuck in C. Each worker leads a process group of its own,
+and killing it kills the group: the subprocesses a handler started stop with
+it, instead of running on beside a retry and after the run. Either way a fresh
+worker takes the dead one's place; the other calls in flight are not disturbed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from pipekit.execution.remote import WorkerLost
 
 
 def _worker_main(conn: Connection) -> None:
-    # Ctrl-C reaches the whole process group: the driver decides, workers wait to be told.
+    # A session of its own: what the handler starts can be killed with the worker, and
+    # Ctrl-C in the terminal reaches only the driver, which decides what stops.
+    os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_driver()
     # stdout carries the driver's --jsonl events: a handler's print goes to stderr.
@@ -56,8 +60,23 @@ class _Worker:
         self.process = context.Process(target=_worker_main, args=(child,), daemon=True, name="pipekit-worker")
         self.process.start()
         child.close()
+        #: Joined after it died: its pid may belong to another process now.
+        self.reaped = False
+
+    def kill_group(self) -> None:
+        """Kill every process in the worker's group, the worker too if it still runs.
+
+        Only before the worker is reaped (``join``, ``is_alive``): until then its
+        pid, the group's id, cannot name another process group.
+        """
+        if self.reaped:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            # No such group before the worker's setsid: then only the worker is there to kill.
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def kill(self) -> None:
+        self.kill_group()
         with contextlib.suppress(ProcessLookupError, ValueError):
             self.process.kill()
         self.process.join(timeout=5)
@@ -120,7 +139,9 @@ class ProcessPool:
             with contextlib.suppress(EOFError, OSError):
                 outcome: RemoteOutcome = worker.conn.recv()
                 return outcome
+        worker.kill_group()  # the dead worker's subprocesses, before joining it frees its pid
         worker.process.join(timeout=5)
+        worker.reaped = worker.process.exitcode is not None
         self.workers_lost += 1
         code = worker.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"

@@ -1,10 +1,12 @@
 """Running one handler call in another process: what travels there and back.
 
 A call travels as plain data: the pipeline module's path, the phase's name and
-the handler's arguments. The worker imports the module itself (so handlers are
-never pickled), runs the call with a ``WorkerContext`` standing in for ``ctx``,
-and sends back the return value, the usage the handler recorded and any error
-(as text when the exception itself cannot be pickled). Workers never touch
+the handler's arguments, with the module's source when the executor ships it
+(``pipekit.execution.code``). The worker loads the module itself, from that
+source or else by its path (so handlers are never pickled), runs the call
+with a ``WorkerContext`` standing in for ``ctx``, and sends back the return
+value, the usage the handler recorded and any error (as text when the
+exception itself cannot be pickled). Workers never touch
 item states: the driver persists every result. Only a handler's checkpoints
 (``ctx.checkpoint``) are kept by the worker itself, straight in the run's
 store, opened there by its URL.
@@ -23,6 +25,8 @@ import socket
 import traceback
 from typing import Any
 
+from pipekit.execution.code import PipelineCode
+from pipekit.execution.code import load as load_code
 from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.phases import PhaseDefinition
@@ -66,6 +70,8 @@ class RemoteCall:
     context: dict[str, Any] | None
     #: Where to write a large output for the driver to read (None: send it back).
     shared_dir: str | None = None
+    #: The pipeline's source as the driver loaded it (None: import the module by its path).
+    code: PipelineCode | None = None
 
 
 @dataclass
@@ -145,6 +151,7 @@ def build_call(
     func: Any,
     kwargs: dict[str, Any],
     shared_dir: str | None = None,
+    code: PipelineCode | None = None,
 ) -> RemoteCall:
     """Turn a local call (with a ``PhaseContext`` among its arguments) into a ``RemoteCall``.
 
@@ -159,6 +166,7 @@ def build_call(
         kwargs=plain,
         context=snapshot_context(ctx) if isinstance(ctx, PhaseContext) else None,
         shared_dir=shared_dir,
+        code=code,
     )
     try:
         pickle.dumps(call)
@@ -205,20 +213,21 @@ def import_once(module_path: str) -> Any:
     return module
 
 
-def _phase(module_path: str, phase_name: str) -> PhaseDefinition:
+def _phase(call: RemoteCall) -> PhaseDefinition:
     from pipekit.pipeline.loader import collect_phases
 
-    for definition in collect_phases(import_once(module_path)):
-        if definition.name == phase_name:
+    module = import_once(call.module_path) if call.code is None else load_code(call.code)
+    for definition in collect_phases(module):
+        if definition.name == call.phase_name:
             return definition
-    raise LookupError(f"phase {phase_name!r} not found in {module_path} on this worker")
+    raise LookupError(f"phase {call.phase_name!r} not found in {call.module_path} on this worker")
 
 
 def execute_call(call: RemoteCall) -> RemoteOutcome:
     """Run ``call`` here (in a worker) and report what happened; never raises."""
     ctx: WorkerContext | None = None
     try:
-        definition = _phase(call.module_path, call.phase_name)
+        definition = _phase(call)
         func = definition.cache_check if call.kind == "cache" else definition.handler
         assert func is not None
         kwargs = dict(call.kwargs)
