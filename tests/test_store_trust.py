@@ -109,7 +109,7 @@ def test_a_migrate_killed_half_way_finishes_when_run_again(pipetester: PipeTeste
 
 @pytest.fixture(scope="module")
 def every_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[StateStore]]:
-    from conftest import store_url_fixture
+    from store_urls import store_url_fixture
 
     urls = [f"json:{tmp_path_factory.mktemp('json')}"]
     made = [store_url_fixture("sqlite", tmp_path_factory), store_url_fixture("postgresql")]
