@@ -8,6 +8,10 @@ import textwrap
 import pytest
 
 import pipekit
+from pipekit.engine.exitcode import decide_exit_code
+from pipekit.outcomes import ExitCode
+from pipekit.outcomes import StateWriteError
+from pipekit.outcomes import UsageError
 from pipekit.testing import PipeTester
 
 
@@ -73,6 +77,14 @@ def test_the_library_raises_a_usage_error_naming_a_plugin_that_fails_configure(p
         pipekit.run(pipetester.path / "pipeline.py", ["a"], state_dir=pipetester.path / "state", progress="none")
 
 
+def test_plan_names_a_plugin_that_fails_configure_as_run_does(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(SIMPLE + RAISES_IN.format(hook="pipekit_configure"))
+    result = pipetester.run("plan", "pipeline.py", "--item", "a")
+    assert result.ret == 4, result
+    assert "plugin 'pipeline:pipeline' raised in pipekit_configure: ValueError" in result.stderr
+    assert result.stdout == ""
+
+
 # -- pipekit_unconfigure -------------------------------------------------------------
 
 
@@ -103,3 +115,33 @@ def test_a_plugin_raising_in_unconfigure_does_not_hide_the_others(pipetester: Pi
     result = pipetester.run("pipeline.py", "--item", "a", plugins=[Tidy()])
     assert result.ret == 0, result
     assert seen == ["tidy"]
+
+
+# -- the exit code ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("run_status", "error", "no_items", "expected"),
+    [
+        (ExitCode.ITEMS_FAILED, StateWriteError("s.json", "disk full"), False, ExitCode.INTERNAL_ERROR),
+        (ExitCode.INTERRUPTED, UsageError("bad"), False, ExitCode.INTERRUPTED),
+        (ExitCode.ITEMS_FAILED, KeyboardInterrupt(), False, ExitCode.INTERRUPTED),
+        (ExitCode.ITEMS_FAILED, UsageError("bad"), False, ExitCode.USAGE_ERROR),
+        (None, UsageError("bad"), False, ExitCode.USAGE_ERROR),
+        (None, RuntimeError("bug"), False, ExitCode.INTERNAL_ERROR),
+        (None, None, True, ExitCode.NO_ITEMS),
+        (ExitCode.OK, BrokenPipeError(), False, ExitCode.OK),
+        (ExitCode.OK, None, False, ExitCode.OK),
+    ],
+)
+def test_the_first_of_3_2_4_1_wins(
+    run_status: ExitCode | None, error: BaseException | None, no_items: bool, expected: ExitCode
+) -> None:
+    assert decide_exit_code(run_status, error, no_items=no_items) == expected
+
+
+def test_no_items_is_exit_5_for_the_command_line_and_the_library(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(SIMPLE + "\ndef items():\n    return []\n")
+    assert pipetester.run("pipeline.py").ret == 5
+    result = pipekit.run(pipetester.path / "pipeline.py", state_dir=pipetester.path / "state", progress="none")
+    assert result.exit_status == 5
