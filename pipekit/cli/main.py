@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from collections.abc import Sequence
 import contextlib
 import importlib
-import importlib.metadata
 import sys
 from typing import Any
 
@@ -48,7 +47,9 @@ def main(args: Sequence[str] | None = None, plugins: Iterable[Any] = ()) -> Exit
             print(TOP_HELP)
             return ExitCode.OK if argv else ExitCode.USAGE_ERROR
         if argv[0] == "--version":
-            print(f"pipekit {importlib.metadata.version('pipekit')}")
+            from importlib.metadata import version  # 40 ms: only when asked
+
+            print(f"pipekit {version('pipekit')}")
             return ExitCode.OK
         name, rest = (argv[0], argv[1:]) if argv[0] in COMMANDS else ("run", argv)
         command = getattr(importlib.import_module(COMMANDS[name]), f"{name}_command")
