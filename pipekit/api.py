@@ -1,4 +1,9 @@
-"""The library API: drive a pipeline from Python (scripts, notebooks, tests)."""
+"""The library API: drive a pipeline from Python (scripts, notebooks, tests).
+
+A library run starts as ``pipekit run`` does (the same options, plugins and
+``[tool.pipekit]`` defaults) and goes through the same ``wrap_run``; where the
+command line prints an error and exits, the library raises it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ from os import PathLike
 from types import ModuleType
 from typing import Any
 
+from pipekit.cli.run import build_run_parser
+from pipekit.cli.run import prepare
 from pipekit.engine.runner import RunResult
+from pipekit.engine.session import wrap_run
 
 
 def _arguments(
@@ -73,11 +81,12 @@ async def arun(
     progress: str = "auto",
 ) -> RunResult:
     """The coroutine twin of ``run``, for code already inside an event loop (Jupyter)."""
-    from pipekit.engine.session import aexecute_run
-
-    return await aexecute_run(
-        _arguments(module_or_path, state_dir, workers, force, progress),
-        list(plugins),
+    args = _arguments(module_or_path, state_dir, workers, force, progress)
+    outcome = await wrap_run(
+        prepare(build_run_parser(), args, list(plugins)),
         items=None if items is None else list(items),
         keep_states=True,
     )
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.result

@@ -112,6 +112,12 @@ class PipekitPluginManager(pluggy.PluginManager):
             module = importlib.import_module(modname)
         except ImportError as exc:
             raise UsageError(f"error importing plugin {modname!r}: {exc}") from exc
+        except SystemExit as exc:
+            # Not a way to end the command (it would end with that status and no word).
+            code = "" if exc.code is None else repr(exc.code)
+            raise UsageError(f"plugin {modname!r} called sys.exit({code}) while being imported") from None
+        except Exception as exc:
+            raise UsageError(f"error importing plugin {modname!r}: {type(exc).__name__}: {exc}") from exc
         self.register_from(module, modname, source)
 
     def load_builtins(self) -> None:

@@ -114,3 +114,29 @@ def test_unknown_option_is_a_usage_error(pipetester: PipeTester) -> None:
     result = pipetester.run("pipeline.py", "--item", "x", "--frobnicate")
     assert result.ret == 4
     assert "--frobnicate" in result.stderr
+
+
+_SIMPLE = """
+from pipekit import phase
+
+@phase(1)
+def one(item_id):
+    return "1"
+"""
+
+
+@pytest.mark.parametrize("call", ["sys.exit()", "sys.exit(0)", "sys.exit(3)", "sys.exit('bye')"])
+def test_a_module_calling_sys_exit_on_import_is_a_usage_error_naming_it(pipetester: PipeTester, call: str) -> None:
+    pipetester.make_pipeline("import sys\n" + call + "\n" + _SIMPLE)
+    result = pipetester.run("pipeline.py", "--item", "a")
+    assert result.ret == 4, result
+    assert f"pipeline 'pipeline.py' called {call} while being imported" in result.stderr
+    assert not (pipetester.path / "state").exists()
+
+
+@pytest.mark.slow
+def test_a_module_calling_sys_exit_on_import_fails_the_command_line(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline("import sys\nsys.exit(0)\n" + _SIMPLE)
+    result = pipetester.run_subprocess("pipeline.py", "--item", "a")
+    assert result.ret == 4, result
+    assert "pipeline 'pipeline.py' called sys.exit(0) while being imported" in result.stderr

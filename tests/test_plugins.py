@@ -204,3 +204,27 @@ def test_new_style_wrappers_wrap_the_other_observers(pipetester: PipeTester) -> 
     result = pipetester.run("pipeline.py", "--item", "a", "--progress", "simple")
     assert result.ret == 0, result
     result.fnmatch_lines(["before one", "*a phase 1/2 one done*", "after one"])
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            "raise ValueError('NOTIFY_URL is not set')\n",
+            "error importing plugin 'brokenplugin': ValueError: NOTIFY_URL is not set",
+        ),
+        ("import sys\nsys.exit(0)\n", "plugin 'brokenplugin' called sys.exit(0) while being imported"),
+    ],
+    ids=["raises", "exits"],
+)
+def test_a_plugin_module_failing_at_import_is_a_usage_error_naming_it(
+    pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch, source: str, message: str
+) -> None:
+    pipetester.make_pipeline(SIMPLE)
+    pipetester.make_files({"brokenplugin.py": source})
+    monkeypatch.syspath_prepend(str(pipetester.path))
+    result = pipetester.run("pipeline.py", "--item", "a", "-p", "brokenplugin")
+    assert result.ret == 4, result
+    assert message in result.stderr
+    assert "internal error" not in result.stderr
+    assert not (pipetester.path / "state").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import sys
 from typing import Any
 
-from pipekit.cli.target import command_parser
+from pipekit.cli.parsing import command_parser
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
 from pipekit.engine.selection import natural_key
@@ -33,7 +33,7 @@ INDEX_NAME = "index.jsonl"
 
 def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """Write the outputs of one phase, per item, to a folder or to stdout."""
-    parser = command_parser("pipekit export", "Write one phase's outputs: a file per item, or JSON lines.")
+    parser = command_parser("pipekit export", "Write one phase's outputs: a file per item, or JSON lines.", state=True)
     parser.add_argument("--phase", required=False, metavar="N|NAME", help="the phase whose outputs to export")
     parser.add_argument("-o", "--output", metavar="DIR", help="folder for one file per item plus index.jsonl")
     parser.add_argument("--jsonl", action="store_true", help="one JSON object per item on stdout")

@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any
 
-from pipekit.cli.main import ArgumentParser
+from pipekit.cli.parsing import command_parser
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
@@ -119,17 +119,14 @@ def migrate_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit migrate --from URL --to URL [--pipeline NAME]``."""
     from pipekit.state.open import open_store_url
 
-    parser = ArgumentParser(
-        prog="pipekit migrate",
-        description="Copy a run's state from one store to another and verify every item.",
-        add_help=False,
+    parser = command_parser(
+        "pipekit migrate", "Copy a run's state from one store to another and verify every item.", module=False
     )
     parser.add_argument("--from", dest="source", required=True, metavar="URL", help="store to copy from")
     parser.add_argument("--to", dest="target", required=True, metavar="URL", help="store to copy into (empty)")
     parser.add_argument(
         "--pipeline", metavar="NAME", help="pipeline name, for postgresql:// URLs without ?pipeline=NAME"
     )
-    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     if "-h" in args or "--help" in args:
         parser.print_help(sys.stdout)
         return ExitCode.OK

@@ -11,7 +11,7 @@ import keyword
 from pathlib import Path
 from typing import Any
 
-from pipekit.cli.main import ArgumentParser
+from pipekit.cli.parsing import command_parser
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
 
@@ -112,11 +112,8 @@ def test_a_second_run_does_nothing(pipetester):
 
 def new_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit new NAME``: write NAME.py, NAME_items.txt and test_NAME.py here."""
-    parser = ArgumentParser(
-        prog="pipekit new", description="Write a runnable pipeline, an items file and a test.", add_help=False
-    )
+    parser = command_parser("pipekit new", "Write a runnable pipeline, an items file and a test.", module=False)
     parser.add_argument("name", nargs="?", metavar="NAME", help="the pipeline's name (a Python identifier)")
-    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     option = parser.parse_args(args)
     if option.help:
         parser.print_help()

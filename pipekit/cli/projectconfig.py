@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from pipekit.cli.parsing import PROGRESS_MODES
 from pipekit.outcomes import UsageError
 
 
@@ -96,8 +97,6 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _validate(path: Path, key: str, value: Any) -> Any:
-    from pipekit.engine.session import PROGRESS_MODES
-
     where = f"{path}: [tool.pipekit] {key}"
     if key == "workers":
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

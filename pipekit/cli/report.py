@@ -18,11 +18,11 @@ import string
 import sys
 from typing import Any
 
+from pipekit.cli.parsing import command_parser
 from pipekit.cli.status import STATUS_ORDER
 from pipekit.cli.status import item_status
 from pipekit.cli.status import last_note
 from pipekit.cli.target import Target
-from pipekit.cli.target import command_parser
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
 from pipekit.outcomes import ExitCode
@@ -51,7 +51,7 @@ BUCKETS = 120
 
 def report_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """Write the HTML report of a pipeline's saved state."""
-    parser = command_parser("pipekit report", "Write a self-contained HTML report of the batch.")
+    parser = command_parser("pipekit report", "Write a self-contained HTML report of the batch.", state=True)
     parser.add_argument("-o", "--output", metavar="FILE", help="the HTML file to write (e.g. report.html)")
     option = parse(parser, args)
     if option is None:

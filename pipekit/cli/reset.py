@@ -13,9 +13,9 @@ from pathlib import Path
 import sys
 from typing import Any
 
+from pipekit.cli.parsing import command_parser
 from pipekit.cli.target import Edits
 from pipekit.cli.target import Target
-from pipekit.cli.target import command_parser
 from pipekit.cli.target import locked_items
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
@@ -36,7 +36,7 @@ from pipekit.state.model import PipelineState
 
 def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit reset MODULE [--item ID]... [--phase N]... [--downstream] [--failed] [--all] [--dry-run]``."""
-    parser = command_parser("pipekit reset", "Set phases back to pending so the next run does them again.")
+    parser = command_parser("pipekit reset", "Set phases back to pending so the next run does them again.", state=True)
     parser.add_argument(
         "--item", action="append", default=[], metavar="ID", help="this item (repeatable; globs like 'book-*')"
     )

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from pipekit.cli.parsing import command_parser
 from pipekit.cli.target import Edits
-from pipekit.cli.target import command_parser
 from pipekit.cli.target import locked_items
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
@@ -29,7 +29,7 @@ BY_HAND = "by hand: "
 
 def skip_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """Mark phases of the given items skipped with a reason."""
-    parser = command_parser("pipekit skip", "Mark phases skipped by hand so runs stop retrying them.")
+    parser = command_parser("pipekit skip", "Mark phases skipped by hand so runs stop retrying them.", state=True)
     parser.add_argument(
         "--item", action="append", default=[], metavar="ID", help="the item (repeatable; globs allowed)"
     )

@@ -10,13 +10,13 @@ import sys
 from typing import Any
 from typing import TextIO
 
+from pipekit.cli.parsing import command_parser
 from pipekit.cli.statusrows import RowReader
 from pipekit.cli.statusrows import StatusRow
 from pipekit.cli.statusrows import gc_paused
 from pipekit.cli.statusrows import phases_note
 from pipekit.cli.statusrows import row_status
 from pipekit.cli.target import Target
-from pipekit.cli.target import command_parser
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
 from pipekit.engine.selection import is_glob
@@ -69,7 +69,9 @@ def state_record(state: PipelineState) -> dict[str, Any]:
 
 def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit status MODULE [--item ID]... [--failed] [--pending] [--all] [--json]``."""
-    parser = command_parser("pipekit status", "Show items x phases, costs and errors (never changes state).")
+    parser = command_parser(
+        "pipekit status", "Show items x phases, costs and errors (never changes state).", state=True
+    )
     parser.add_argument(
         "--item",
         action="append",

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import gc
 import sys
 
-from pipekit.cli.main import ArgumentParser
+from pipekit.cli.parsing import ArgumentParser
 from pipekit.cli.projectconfig import load_project_config
+from pipekit.engine.location import open_store
 from pipekit.engine.selection import natural_key
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
@@ -23,16 +24,6 @@ from pipekit.pipeline.loader import load
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import PipelineState
 from pipekit.state.store import StateStore
-
-
-def command_parser(prog: str, description: str) -> ArgumentParser:
-    """A parser with MODULE, ``--state-dir``, ``--store`` and ``-h`` (defaults from pyproject)."""
-    parser = ArgumentParser(prog=prog, description=description, add_help=False)
-    parser.add_argument("module", nargs="?", metavar="MODULE", help="dotted module name or path to a .py file")
-    parser.add_argument("--state-dir", metavar="DIR", help="the pipeline's state directory")
-    parser.add_argument("--store", metavar="URL", help="where state lives (json:DIR); wins over --state-dir")
-    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
-    return parser
 
 
 def parse(parser: ArgumentParser, args: list[str]) -> argparse.Namespace | None:
@@ -125,8 +116,6 @@ class _Where:
 def open_target(option: argparse.Namespace) -> Target:
     """Load the pipeline named by ``option.module`` and open its store
     (``with open_target(option) as target:`` closes it)."""
-    from pipekit.engine.session import open_store
-
     pipeline = load(option.module)
     return Target(pipeline, open_store(option, pipeline))
 

@@ -59,6 +59,10 @@ def import_pipeline_module(target: str) -> ModuleType:
         return importlib.import_module(target)
     except UsageError:
         raise
+    except SystemExit as exc:
+        # Not a way to end the command (it would end with status 0 and no word).
+        code = "" if exc.code is None else repr(exc.code)
+        raise UsageError(f"pipeline {target!r} called sys.exit({code}) while being imported") from None
     except ModuleNotFoundError as exc:
         if exc.name and target.startswith(exc.name):
             raise UsageError(

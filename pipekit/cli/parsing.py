@@ -1,0 +1,50 @@
+"""The one way a pipekit command builds its argument parser.
+
+Every verb starts from ``command_parser``: argparse that raises ``UsageError``
+instead of exiting, a ``-h/--help`` flag the verb answers itself (so help goes
+to the stream the verb chooses), and the arguments most verbs share, each with
+one wording: MODULE, ``--state-dir`` and ``--store``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from pipekit.outcomes import UsageError
+
+
+#: Choices of ``--progress`` (and of ``progress`` in ``[tool.pipekit]``).
+PROGRESS_MODES = ("auto", "rich", "simple", "none")
+
+MODULE_HELP = "dotted module name or path to a .py file"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises ``UsageError`` instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def command_parser(
+    prog: str,
+    description: str,
+    *,
+    module: bool = True,
+    state: bool = False,
+) -> ArgumentParser:
+    """A parser for the verb ``prog``: MODULE (unless ``module=False``), then
+    ``--state-dir`` and ``--store`` when ``state``, then ``-h/--help``; the verb
+    adds its own arguments after these.
+
+    ``-h`` is a plain flag (``option.help``), not argparse's action that exits.
+    """
+    parser = ArgumentParser(prog=prog, description=description, add_help=False)
+    if module:
+        parser.add_argument("module", nargs="?", metavar="MODULE", help=MODULE_HELP)
+    if state:
+        parser.add_argument("--state-dir", metavar="DIR", help="the pipeline's state directory")
+        parser.add_argument("--store", metavar="URL", help="where state lives (json:DIR); wins over --state-dir")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    return parser
