@@ -79,6 +79,10 @@ class HookNotifier:
 
     # -- the observer hooks, typed ---------------------------------------------------
 
+    def unconfigure(self, config: Any) -> None:
+        """``pipekit_unconfigure(config)``: every implementation runs, one raising is reported."""
+        self._call("pipekit_unconfigure", {"config": config})
+
     def run_start(self, run: Any) -> None:
         """``pipekit_run_start(run)``."""
         self._call("pipekit_run_start", {"run": run})

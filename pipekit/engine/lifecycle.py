@@ -62,7 +62,7 @@ def configure(config: Config) -> None:
 def unconfigure(config: Config) -> None:
     """Call every ``pipekit_unconfigure`` implementation, each on its own: one
     that raises is reported on stderr with its plugin's name, the others still run."""
-    HookNotifier(config.pluginmanager)("pipekit_unconfigure", config=config)
+    HookNotifier.of(config.pluginmanager).unconfigure(config)
 
 
 def _raising_plugin(impls: list[object], tb: TracebackType | None) -> str:
