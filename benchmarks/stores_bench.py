@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipekit.state.jsondir import JsonDirStore  # noqa: E402
 from pipekit.state.manager import PipelineStateManager  # noqa: E402
-from pipekit.state.open import mask_password  # noqa: E402
 from pipekit.state.open import open_store_url  # noqa: E402
 from pipekit.state.store import StateStore  # noqa: E402
+from pipekit.state.urls import mask_password  # noqa: E402
 
 
 PIPELINE = '''

@@ -10,14 +10,11 @@ from collections.abc import Iterator
 import contextlib
 import contextvars
 from pathlib import Path
-from urllib.parse import parse_qsl
-from urllib.parse import urlencode
-from urllib.parse import urlsplit
-from urllib.parse import urlunsplit
 
 from pipekit.outcomes import UsageError
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.store import StateStore
+from pipekit.state.urls import mask_password
 
 
 SCHEMES = ("json:DIR", "sqlite:PATH", "postgresql://USER:PASSWORD@HOST/DB")
@@ -62,22 +59,6 @@ def open_store_url(url: str, *, pipeline: str | None = None) -> StateStore:
     raise UsageError(f"unsupported store {mask_password(url)!r}: use {', '.join(SCHEMES)}")
 
 
-def mask_password(url: str) -> str:
-    """``url`` with its password (in the authority or a ``password=`` parameter) replaced by ``***``."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = f"{userinfo}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-        query = urlencode(pairs, safe="*/")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-__all__ = ["existing_stores_only", "mask_password", "open_store_url"]
+__all__ = ["existing_stores_only", "open_store_url"]

@@ -42,7 +42,6 @@ from pipekit.state.holder import Holder
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.holder import holder_is_gone
 from pipekit.state.holder import this_holder
-from pipekit.state.open import mask_password
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
@@ -51,6 +50,7 @@ from pipekit.state.store import decode_output
 from pipekit.state.store import encode_output
 from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
+from pipekit.state.urls import mask_password
 
 
 #: Seconds a lease lasts without renewal (the holder renews it every third of that).
