@@ -125,12 +125,18 @@ def test_the_key_holds_what_the_stale_check_needs() -> None:
         # a large output by reference: its name carries the hash of its text
         "phase_output_files": {"1": output_ref(1, large)},
     }
+    for num, saved in document["phases"].items():
+        saved["phase"] = int(num)
+    stamp = "2026-01-01T00:00:00.000+00:00"
+    document.update(schema_version=1, item_id="a", status="completed", current_phase=5)
+    document.update(started_at=stamp, last_updated=stamp)
     assert json.loads(stale_key(document) or "") == [
         ["one", "c1", None, False, [], True],
         ["two", "c2", "3", True, ["one"], True],
         ["three", None, None, False, ["two"], False],
     ]
-    assert stale_key({"phases": {"1": {"status": "completed", "fingerprint": "broken"}}}) is None
+    document["phases"]["1"]["fingerprint"] = "broken"
+    assert stale_key(document) is None
     assert stale_key(["not", "a", "state"]) is None
 
 

@@ -66,7 +66,6 @@ VARIANTS: dict[str, Callable[[dict[str, Any]], object]] = {
     "a phase number that disagrees with its key": lambda d: d["phases"]["1"].update(phase=7),
     "a phase without a status": lambda d: d["phases"]["2"].pop("status"),
     "metadata null": lambda d: d.update(metadata=None),
-    "totals as text": lambda d: d.update(total_tokens_in="400", total_cost_usd="0.5"),
     "skipped by hand": _hand_skip,
 }
 
@@ -99,6 +98,12 @@ BROKEN: dict[str, Callable[[dict[str, Any]], object]] = {
     "phase_output_files null": lambda d: d.update(phase_output_files=None),
     "metadata a string": lambda d: d.update(metadata="abc"),
     "no status": lambda d: d.pop("status"),
+    "totals as text": lambda d: d.update(total_tokens_in="400", total_cost_usd="0.5"),
+    "a phase cost as text": lambda d: d["phases"]["2"].update(cost_usd="x"),
+    "attempts null": lambda d: d["phases"]["1"].update(attempts=None),
+    "a status that is a list": lambda d: d["phases"]["1"].update(status=["completed"]),
+    "a fingerprint that is a string": lambda d: d["phases"]["1"].update(fingerprint="abc"),
+    "an output that is null": lambda d: d.update(phase_outputs={"1": None}),
 }
 
 

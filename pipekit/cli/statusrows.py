@@ -2,12 +2,12 @@
 
 Building a full ``PipelineState`` (a dataclass per phase) for each of 100,000
 items cost more than parsing their JSON. A ``StatusRow`` keeps the saved phase
-objects as they are instead. Only a document in the shape ``PipelineState``
-writes and matching the pipeline's phases takes that short way; any other
-(older phases, renamed ones, odd or broken fields) goes through
-``PipelineState.from_document`` and ``reconcile`` exactly as before, so both
-ways show the same thing and a corrupt document raises the same
-``StateFileError``.
+objects as they are instead. Every document is checked by the parser every
+reader uses (``pipekit.state.document.read_document``), so a corrupt one raises
+the same ``StateFileError`` as anywhere else; only one whose phases are the
+pipeline's takes the short way, any other (older phases, renamed ones, unknown
+fields) goes through ``PipelineState.from_document`` and ``reconcile``, so both
+ways show the same thing.
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import threading
 from typing import Any
 
 from pipekit.cli.target import Target
+from pipekit.cli.target import _Where
 from pipekit.outcomes import StateFileError
+from pipekit.state.document import read_document
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
-from pipekit.state.model import SCHEMA_VERSION
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
@@ -248,7 +249,6 @@ class RowReader:
         # heap over and over.
         with gc_paused():
             for item_id, document in documents:
-                document.pop("phase_outputs", None)  # never shown; memory holds rows only
                 try:
                     row = self.row(item_id, document)
                 except StateFileError as exc:
@@ -285,41 +285,28 @@ class RowReader:
 
     def row(self, item_id: str, document: dict[str, Any]) -> StatusRow:
         """The row of one saved document. Raises ``StateFileError`` as ``PipelineState`` does."""
-        try:
-            row = self._plain_row(document)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            row = None
+        read_document(document, _Where(self.target.store, item_id))
+        row = self._plain_row(document)
         if row is None:
             row = StatusRow.from_state(self.target.from_document(item_id, document))
         return row
 
     def _plain_row(self, document: dict[str, Any]) -> StatusRow | None:
-        """The row of a document in the usual shape, or None for the full way.
-
-        Every check and conversion of ``PipelineState.from_document`` that could
-        fail or change a value is made here too, so a document accepted here is
-        one it accepts, read the same.
-        """
-        version = document.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            return None
+        """The row of a document ``read_document`` accepted and whose phases are
+        the pipeline's, or None for the full way (``reconcile``)."""
         saved = document["phases"]
         expected = self._expected
-        if type(saved) is not dict or len(saved) != len(expected):
+        if len(saved) != len(expected):
             return None
         for key, phase in saved.items():
             want = expected.get(key)
             if (
                 want is None
-                or type(phase) is not dict
-                or phase.get("name") != want[0]
-                or phase.get("phase") != want[1]
+                or phase["name"] != want[0]
+                or phase["phase"] != want[1]
                 or not phase.keys() <= _PHASE_KEYS
             ):
-                return None  # reconcile, or let from_document name what is wrong
-        int(document["current_phase"])
-        {int(k): str(v) for k, v in document.get("phase_output_files", {}).items()}
-        dict(document.get("retired_phases") or {})
+                return None  # reconcile
         return StatusRow(
             document["item_id"],
             document["status"],
@@ -327,8 +314,8 @@ class RowReader:
             document["started_at"],
             document["last_updated"],
             (
-                int(document.get("total_tokens_in", 0)),
-                int(document.get("total_tokens_out", 0)),
+                document.get("total_tokens_in", 0),
+                document.get("total_tokens_out", 0),
                 float(document.get("total_cost_usd", 0.0)),
             ),
             [saved[key] for key in self._order],

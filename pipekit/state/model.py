@@ -14,22 +14,35 @@ from dataclasses import fields
 import time
 from typing import Any
 
-from pipekit.outcomes import StateFileError
+from pipekit.state.document import COMPLETED
+from pipekit.state.document import DONE_STATUSES
+from pipekit.state.document import FAILED
+from pipekit.state.document import IN_PROGRESS
+from pipekit.state.document import PENDING
+from pipekit.state.document import SCHEMA_VERSION
+from pipekit.state.document import SKIPPED
+from pipekit.state.document import read_document
 
 
-#: Version of the state document; a newer one is refused rather than misread.
-SCHEMA_VERSION = 1
+__all__ = [
+    "COMPLETED",
+    "DONE_STATUSES",
+    "FAILED",
+    "INLINE_OUTPUT_LIMIT",
+    "IN_PROGRESS",
+    "PENDING",
+    "PHASE_FIELDS",
+    "SCHEMA_VERSION",
+    "SKIPPED",
+    "PhaseState",
+    "PipelineState",
+    "phase_pairs",
+    "utc_now",
+]
+
 
 #: Outputs longer than this many UTF-8 bytes live in a file beside the state.
 INLINE_OUTPUT_LIMIT = 8 * 1024
-
-PENDING = "pending"
-IN_PROGRESS = "in_progress"
-COMPLETED = "completed"
-FAILED = "failed"
-SKIPPED = "skipped"
-#: Phase statuses after which a run does not execute the phase again.
-DONE_STATUSES = frozenset({COMPLETED, SKIPPED})
 
 
 def is_finished(statuses: Iterable[Any]) -> bool:
@@ -135,45 +148,34 @@ class PipelineState:
     @classmethod
     def from_document(cls, document: Any, where: object) -> tuple[PipelineState, dict[int, str]]:
         """Parse a saved document; returns the state (outputs by reference not
-        yet read) and the references. Raises ``StateFileError`` naming ``where``.
+        yet read) and the references. Raises ``StateFileError`` naming ``where``
+        and the field (``pipekit.state.document.read_document``).
         """
-        if not isinstance(document, dict):
-            raise StateFileError(where, "not a JSON object")
-        version = document.get("schema_version")
-        if not isinstance(version, int):
-            raise StateFileError(where, "no schema_version")
-        if version > SCHEMA_VERSION:
-            raise StateFileError(
-                where,
-                f"schema_version {version} is newer than this pipekit understands ({SCHEMA_VERSION}); upgrade pipekit",
-            )
-        try:
-            known = PHASE_FIELDS
-            phases = {
-                # the common case (no unknown keys) skips the filtering: status reads 100,000 files
-                int(num): PhaseState(**raw)
-                if raw.keys() <= known
-                else PhaseState(**{k: v for k, v in raw.items() if k in known})
-                for num, raw in document["phases"].items()
-            }
-            state = cls(
-                item_id=document["item_id"],
-                metadata=dict(document.get("metadata") or {}),
-                status=document["status"],
-                current_phase=int(document["current_phase"]),
-                started_at=document["started_at"],
-                last_updated=document["last_updated"],
-                phases=phases,
-                phase_outputs={int(k): v for k, v in document.get("phase_outputs", {}).items()},
-                total_tokens_in=int(document.get("total_tokens_in", 0)),
-                total_tokens_out=int(document.get("total_tokens_out", 0)),
-                total_cost_usd=float(document.get("total_cost_usd", 0.0)),
-                pipeline_module=document.get("pipeline_module"),
-                retired_phases=dict(document.get("retired_phases") or {}),
-            )
-            refs = {int(k): str(v) for k, v in document.get("phase_output_files", {}).items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise StateFileError(where, f"missing or malformed field ({exc!r})") from None
+        document = read_document(document, where)
+        known = PHASE_FIELDS
+        phases = {
+            # the common case (no unknown keys) skips the filtering: status reads 100,000 files
+            int(num): PhaseState(**raw)
+            if raw.keys() <= known
+            else PhaseState(**{k: v for k, v in raw.items() if k in known})
+            for num, raw in document["phases"].items()
+        }
+        state = cls(
+            item_id=document["item_id"],
+            metadata=dict(document.get("metadata") or {}),
+            status=document["status"],
+            current_phase=document["current_phase"],
+            started_at=document["started_at"],
+            last_updated=document["last_updated"],
+            phases=phases,
+            phase_outputs={int(k): v for k, v in document.get("phase_outputs", {}).items()},
+            total_tokens_in=document.get("total_tokens_in", 0),
+            total_tokens_out=document.get("total_tokens_out", 0),
+            total_cost_usd=float(document.get("total_cost_usd", 0.0)),
+            pipeline_module=document.get("pipeline_module"),
+            retired_phases=dict(document.get("retired_phases") or {}),
+        )
+        refs = {int(k): v for k, v in document.get("phase_output_files", {}).items()}
         return state, refs
 
 

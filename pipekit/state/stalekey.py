@@ -11,8 +11,8 @@ per-item values, worked out from the document alone when it is saved::
 
 Items of one run mostly share one key, so a run decides once per distinct key
 (``StaleChecker.fresh_by_key``) which finished items it need not read at all.
-A key of None means "read the document": a malformed fingerprint, or a consumed
-output the document alone cannot vouch for.
+A key of None means "read the document": one ``read_document`` refuses.
+A consumed output the document alone cannot vouch for makes its entry "changed".
 """
 
 from __future__ import annotations
@@ -20,36 +20,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipekit.outcomes import StateFileError
 from pipekit.state.digest import HASH_CHARS
 from pipekit.state.digest import output_hash
+from pipekit.state.document import COMPLETED
+from pipekit.state.document import read_document
 
 
 def stale_key(document: Any) -> str | None:
     """The stale key of a saved state document, as compact JSON text (None: read it)."""
-    if not isinstance(document, dict):
-        return None
-    phases = document.get("phases")
-    if not isinstance(phases, dict):
-        return None
     try:
-        ordered = sorted(phases.items(), key=lambda pair: int(pair[0]))
-    except (TypeError, ValueError):
-        return None
+        read_document(document, "the document")
+    except StateFileError:
+        return None  # the run reads it, and names what is wrong
     entries: list[list[Any]] = []
-    for _, phase in ordered:
-        if not isinstance(phase, dict) or phase.get("status") != "completed":
-            continue
+    for _, phase in sorted(document["phases"].items(), key=lambda pair: int(pair[0])):
         recorded = phase.get("fingerprint")
-        if not recorded:
+        if phase.get("status") != COMPLETED or not recorded:
             continue  # no fingerprint: never stale (unknown)
-        if not isinstance(recorded, dict):
-            return None
         consumed = recorded.get("consumed") or {}
-        if not isinstance(consumed, dict):
-            return None
         unchanged = all(_output_hash(document, name) == then for name, then in consumed.items())
         entries.append([
-            phase.get("name"),
+            phase["name"],
             recorded.get("code"),
             recorded.get("version"),
             recorded.get("input") is not None,
@@ -64,20 +56,13 @@ def _output_hash(document: dict[str, Any], name: str) -> str | None | bool:
     ``pipekit.state.digest.output_hash`` would give it after loading; False when
     the document cannot tell (so that it compares unequal)."""
     phases = document["phases"]
-    nums = [num for num, phase in phases.items() if isinstance(phase, dict) and phase.get("name") == name]
+    nums = [num for num, phase in phases.items() if phase["name"] == name]
     if len(nums) != 1:
         return False  # retired, renamed or ambiguous: the full check decides
     num = nums[0]
-    inline = document.get("phase_outputs") or {}
-    files = document.get("phase_output_files") or {}
-    if not isinstance(inline, dict) or not isinstance(files, dict):
-        return False
+    files = document.get("phase_output_files", {})
     if num in files:
         # Database stores name a large output by the same hash of its text.
-        ref = files[num]
-        digest = ref.rsplit("/", 1)[-1].split(".")[1:2] if isinstance(ref, str) else []
+        digest = files[num].rsplit("/", 1)[-1].split(".")[1:2]
         return digest[0] if digest and len(digest[0]) == HASH_CHARS else False
-    text = inline.get(num)
-    if text is not None and not isinstance(text, str):
-        return False
-    return output_hash(text)
+    return output_hash(document.get("phase_outputs", {}).get(num))

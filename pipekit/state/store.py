@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
 from pipekit.state.digest import text_hash
+from pipekit.state.document import DONE_STATUSES
+from pipekit.state.document import read_document
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -321,31 +323,29 @@ class Summary:
     cost_usd: float
 
 
+#: The summary of a document ``read_document`` refuses: never finished, so a run reads it and reports it.
+UNREADABLE = Summary(None, None, (), {}, 0.0)
+
+
 def summarize(document: Any) -> Summary:
-    """The ``Summary`` of a saved document; tolerant, as a malformed one is stored as is."""
-    if not isinstance(document, dict):
-        return Summary(None, None, (), {}, 0.0)
-    phases = document.get("phases")
+    """The ``Summary`` of a saved document (``UNREADABLE`` for a malformed one, which is stored as is)."""
+    try:
+        read_document(document, "the document")
+    except StateFileError:
+        return UNREADABLE
     pending: list[int] = []
     done: list[str] = []
-    if isinstance(phases, dict):
-        for num, phase in phases.items():
-            if not isinstance(phase, dict):
-                continue
-            if phase.get("status") in ("completed", "skipped"):
-                done.append(str(phase.get("name")))
-            else:
-                with contextlib.suppress(TypeError, ValueError):
-                    pending.append(int(num))
-    status = document.get("status")
-    metadata = document.get("metadata")
-    cost = document.get("total_cost_usd")
+    for num, phase in document["phases"].items():
+        if phase.get("status") in DONE_STATUSES:
+            done.append(phase["name"])
+        else:
+            pending.append(int(num))
     return Summary(
-        status if isinstance(status, str) else None,
+        document["status"],
         min(pending) if pending else None,
         tuple(sorted(done)),
-        metadata if isinstance(metadata, dict) else {},
-        float(cost) if isinstance(cost, (int, float)) else 0.0,
+        document.get("metadata") or {},
+        float(document.get("total_cost_usd", 0.0)),
     )
 
 
