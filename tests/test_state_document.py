@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 import pytest
 
 from pipekit.outcomes import StateFileError
-from pipekit.stale.key import stale_key
 from pipekit.state.document import STATUSES
 from pipekit.state.document import read_document
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
+from pipekit.state.stalekey import stale_key
 from pipekit.state.store import encode_document
 from pipekit.state.store import summarize
 from pipekit.testing import PipeTester
@@ -194,13 +194,6 @@ EDITS = [
     (["phases", "2", "status"], ["failed"], "phases.2.status"),
     (["phases", "1", "fingerprint"], "abc", "phases.1.fingerprint"),
 ]
-#: ``run`` meets the documents in one more reader, the cost forecast of engine/budget.py.
-RUN_EDITS = [
-    pytest.param(*edit, marks=pytest.mark.xfail(strict=True, reason="engine/budget.py reads the raw document"))
-    if edit[0] == ["phases", "2", "status"]
-    else edit
-    for edit in EDITS
-]
 
 
 def _damaged(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch, path: list[str], value: Any) -> Path:
@@ -217,7 +210,7 @@ def _damaged(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch, path: list
     return broken
 
 
-@pytest.mark.parametrize(("path", "value", "named"), RUN_EDITS)
+@pytest.mark.parametrize(("path", "value", "named"), EDITS)
 def test_run_names_the_file_and_field_and_runs_the_others(
     pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch, path: list[str], value: Any, named: str
 ) -> None:
