@@ -2,8 +2,11 @@
 
 A pipeline of many tiny phases (async and sync, small outputs and outputs
 larger than the inline limit, which are stored beside the state) runs over a
-few items, in a JSON state directory (``--store json``) or one SQLite database
-(``--store sqlite``). Each step starts ``--processes`` pipekit processes
+few items, in a JSON state directory (``--store json``), one SQLite database
+(``--store sqlite``) or a PostgreSQL database (``--store postgres``, at
+``PIPEKIT_TEST_POSTGRES_URL``; each round is a new pipeline name). Every third
+phase pays for its work in parts kept with ``ctx.checkpoint``, each part
+recording its cost with ``ctx.record_cost`` inside the checkpoint. Each step starts ``--processes`` pipekit processes
 together on the same store and items, kills one of them, chosen at random,
 after a random delay, and lets the others finish; steps repeat until every
 item is done, then a new round starts on a fresh store. At the kill the other
@@ -24,7 +27,11 @@ checked again when every process has stopped. A check finds:
 - a damaged output of a completed phase (compared to the value the handler is
   known to produce; handlers also check their ``previous_outputs``);
 - a process that exited on its own with a status other than 0, or printed a
-  traceback.
+  traceback;
+- lost cost: an item whose recorded cost is less than what its checkpointed
+  parts recorded (each part once: every part's result was kept before the
+  round ended, so its cost must be counted, whatever kill came after), or more
+  than the parts' functions were paid for (each call appends to a side log).
 
 Usage::
 
@@ -71,7 +78,29 @@ import os
 from pipekit import phase
 
 LOG = os.environ["CAMPAIGN_LOG"]
+PAID = os.environ["CAMPAIGN_PAID"]
 PHASES = int(os.environ["CAMPAIGN_PHASES"])
+PIPELINE_NAME = os.environ["CAMPAIGN_PIPELINE"]
+PARTS = 3
+
+
+def part_cost(num, part):
+    """What part ``part`` of phase ``num`` costs (a binary fraction: sums are exact)."""
+    return (num * 10 + part + 1) / 1024
+
+
+def append(path, record):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
+def pay(ctx, num, part):
+    append(PAID, [ctx.item_id, num, part, part_cost(num, part)])
+    ctx.record_cost(tokens_in=1, cost_usd=part_cost(num, part))
+    return part
 
 
 def expected(item_id, num):
@@ -85,21 +114,26 @@ def execute(item_id, num, previous_outputs):
     for earlier, text in previous_outputs.items():
         if text != expected(item_id, earlier):
             raise AssertionError(f"output of phase {earlier} of {item_id!r} is damaged")
-    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps([item_id, num, os.getpid()]) + "\\n").encode())
-    finally:
-        os.close(fd)
+    append(LOG, [item_id, num, os.getpid()])
     return expected(item_id, num)
 
 
 def make(num):
+    parts = PARTS if num % 3 == 1 else 0
     if num % 2:
-        async def handler(item_id, previous_outputs):
+        async def pay_async(ctx, part):
             await asyncio.sleep(0)
+            return pay(ctx, num, part)
+
+        async def handler(item_id, previous_outputs, ctx):
+            await asyncio.sleep(0)
+            for part in range(parts):
+                await ctx.checkpoint(f"part {part}", pay_async, ctx, part)
             return execute(item_id, num, previous_outputs)
     else:
-        def handler(item_id, previous_outputs):
+        def handler(item_id, previous_outputs, ctx):
+            for part in range(parts):
+                ctx.checkpoint(f"part {part}", pay, ctx, num, part)
             return execute(item_id, num, previous_outputs)
     handler.__name__ = handler.__qualname__ = f"p{num:02d}"
     return phase(num)(handler)
@@ -135,6 +169,14 @@ class Report:
     damaged_outputs: int = 0
     #: Processes that exited on their own with a status other than 0, or printed a traceback.
     bad_exits: int = 0
+    #: Kills while a phase that had paid for checkpointed parts was in progress.
+    kills_after_checkpoint_cost: int = 0
+    #: Dollars the checkpointed parts recorded (each part once) over finished rounds.
+    checkpoint_cost_usd: float = 0.0
+    #: Dollars the finished rounds' states recorded.
+    recorded_cost_usd: float = 0.0
+    #: Items whose recorded cost was below what their parts recorded, or above what was paid.
+    cost_mismatches: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -148,6 +190,7 @@ class Report:
             or self.concurrent_executions
             or self.damaged_outputs
             or self.bad_exits
+            or self.cost_mismatches
         )
 
 
@@ -170,8 +213,12 @@ class Campaign:
         processes: int = 1,
         python: str = sys.executable,
     ) -> None:
-        if store not in ("json", "sqlite"):
-            raise ValueError(f"store must be json or sqlite, not {store!r}")
+        if store not in ("json", "sqlite", "postgres"):
+            raise ValueError(f"store must be json, sqlite or postgres, not {store!r}")
+        self.postgres_url = os.environ.get("PIPEKIT_TEST_POSTGRES_URL", "")
+        if store == "postgres" and not self.postgres_url:
+            raise ValueError("--store postgres needs PIPEKIT_TEST_POSTGRES_URL")
+        self.seed = seed
         self.workdir = workdir
         self.items = [f"item {n}/{'é' if n % 2 else '..'}" for n in range(items)]
         self.phases = phases
@@ -207,6 +254,8 @@ class Campaign:
         self.state_dir = folder / "state"
         self.database = folder / "state.sqlite"
         self.log = folder / "executions.log"
+        self.paid = folder / "paid.log"
+        self.pipeline_name = f"campaign_{os.getpid()}_{self.seed}_{self._round}"
         #: Bytes of the log the checks have read.
         self.log_read = 0
         self.statuses: dict[tuple[str, int], str] = {}
@@ -217,6 +266,8 @@ class Campaign:
     def store_options(self) -> list[str]:
         if self.store_kind == "sqlite":
             return ["--store", f"sqlite:{self.database}"]
+        if self.store_kind == "postgres":
+            return ["--store", self.postgres_url]
         return ["--state-dir", str(self.state_dir)]
 
     def open_store(self) -> StateStore:
@@ -225,6 +276,8 @@ class Campaign:
 
         if self.store_kind == "sqlite":
             return open_store_url(f"sqlite:{self.database}")
+        if self.store_kind == "postgres":
+            return open_store_url(self.postgres_url, pipeline=self.pipeline_name)
         return open_store_url(f"json:{self.state_dir}")
 
     def _start(self) -> subprocess.Popen[str]:
@@ -232,6 +285,8 @@ class Campaign:
             **os.environ,
             "CAMPAIGN_LOG": str(self.log),
             "CAMPAIGN_PHASES": str(self.phases),
+            "CAMPAIGN_PAID": str(self.paid),
+            "CAMPAIGN_PIPELINE": self.pipeline_name,
             "PIPEKIT_DISABLE_PLUGIN_AUTOLOAD": "1",
         }
         return subprocess.Popen(
@@ -363,8 +418,9 @@ class Campaign:
             self._check_database()
         executions = self._new_executions()
         counts = self.counts + Counter((item_id, num) for item_id, num, _ in executions)
-        statuses, done = self._load_statuses(frozen_store)
+        statuses, done, costs = self._load_statuses(frozen_store)
         self._check_one_process_per_item(executions)
+        self._check_costs(statuses, costs, killed=killed, done=done)
         for key in set(counts) | set(self.counts) | set(statuses):
             before, now = self.counts[key], counts[key]
             status_before = self.statuses.get(key, "pending")
@@ -391,21 +447,24 @@ class Campaign:
         self.counts, self.statuses = counts, statuses
         return done
 
-    def _load_statuses(self, store: StateStore | None) -> tuple[dict[tuple[str, int], str], bool]:
+    def _load_statuses(
+        self, store: StateStore | None
+    ) -> tuple[dict[tuple[str, int], str], bool, dict[str, float]]:
         """Every item's phase statuses, loaded through the store; checks the outputs.
-        Returns them and whether every item is done."""
+        Returns them, whether every item is done and each item's recorded cost."""
         from pipekit.outcomes import StateFileError
         from pipekit.outcomes import UsageError
         from pipekit.state.manager import PipelineStateManager
 
         report = self.report
         statuses: dict[tuple[str, int], str] = {}
+        costs: dict[str, float] = {}
         try:
             opened = store or self.open_store()
         except (UsageError, sqlite3.Error) as exc:
             report.torn_files += 1
             self._problem(f"store cannot be opened: {exc}")
-            return statuses, False
+            return statuses, False, costs
         done = True
         try:
             for item_id in self.items:
@@ -421,6 +480,7 @@ class Campaign:
                     done = False
                     continue
                 state = manager.state
+                costs[item_id] = state.total_cost_usd
                 done = done and state.is_done
                 for num, phase in state.phases.items():
                     statuses[(item_id, num)] = phase.status
@@ -430,7 +490,35 @@ class Campaign:
         finally:
             if store is None:
                 opened.close()
-        return statuses, done
+        return statuses, done, costs
+
+    def _check_costs(
+        self, statuses: dict[tuple[str, int], str], costs: dict[str, float], *, killed: bool, done: bool
+    ) -> None:
+        """Recorded cost never above what was paid; at a round's end, never below
+        what the kept parts recorded (each once)."""
+        paid: defaultdict[str, float] = defaultdict(float)
+        parts: dict[tuple[str, int, int], float] = {}
+        if self.paid.exists():
+            lines = self.paid.read_bytes()
+            for item_id, num, part, cost in map(json.loads, lines[: lines.rfind(b"\n") + 1].decode().splitlines()):
+                paid[item_id] += cost
+                parts[(item_id, num, part)] = cost
+        if killed and any(status == "in_progress" and (i, n, 0) in parts for (i, n), status in statuses.items()):
+            self.report.kills_after_checkpoint_cost += 1
+        for item_id, recorded in costs.items():
+            if recorded > paid[item_id] + 1e-9:
+                self.report.cost_mismatches += 1
+                self._problem(f"{item_id!r} recorded ${recorded} but paid ${paid[item_id]}")
+        if not done:
+            return
+        for item_id, recorded in costs.items():
+            owed = sum(cost for (i, _, _), cost in parts.items() if i == item_id)
+            self.report.checkpoint_cost_usd += owed
+            self.report.recorded_cost_usd += recorded
+            if recorded < owed - 1e-9:
+                self.report.cost_mismatches += 1
+                self._problem(f"{item_id!r} recorded ${recorded} but its kept parts recorded ${owed}")
 
     def _check_database(self) -> None:
         try:
@@ -498,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", type=int, default=12)
     parser.add_argument("-j", "--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--store", choices=("json", "sqlite"), default="json", help="state store (default json)")
+    parser.add_argument(
+        "--store", choices=("json", "sqlite", "postgres"), default="json", help="state store (default json)"
+    )
     parser.add_argument(
         "--processes", type=int, default=1, help="pipekit processes run together on the same store (default 1)"
     )
@@ -527,7 +617,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{report.unexpected_reruns} unexpected re-runs, {report.concurrent_executions} items run by two "
         f"processes at once, {report.damaged_outputs} damaged outputs, {report.bad_exits} bad exits "
         f"({report.kills_inside_writes} kills left a write's temp file behind; "
-        f"{report.in_flight_reruns} in-flight phases re-run; {report.rounds} rounds finished)"
+        f"{report.in_flight_reruns} in-flight phases re-run; {report.rounds} rounds finished); "
+        f"{report.kills_after_checkpoint_cost} kills after checkpoints recorded cost, "
+        f"{report.cost_mismatches} cost mismatches (recorded ${report.recorded_cost_usd:.4f} "
+        f"of ${report.checkpoint_cost_usd:.4f} kept in checkpoints)"
     )
     return 0 if report.ok else 1
 

@@ -28,14 +28,20 @@ from pipekit.engine.waiting import race
 from pipekit.execution.base import LocalExecutor
 from pipekit.execution.base import PhaseExecutor
 from pipekit.execution.base import run_in_thread
+from pipekit.execution.remote import WorkerLost
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import PhaseInterrupted
+from pipekit.outcomes import PhaseTimeoutError
 from pipekit.outcomes import Retry
 from pipekit.pipeline.checkpoints import Checkpoints
+from pipekit.pipeline.checkpoints import release_attempt
+from pipekit.pipeline.checkpoints import release_dead_attempts
 from pipekit.pipeline.context import CostCapExceeded
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.stale.fingerprint import consumed_phases
+from pipekit.stale.fingerprint import output_hash
 from pipekit.stale.fingerprint import phase_fingerprint
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import DONE_STATUSES
@@ -110,6 +116,7 @@ class PhaseRunner:
         if self.control is None:
             self.control = RunControl()
         self._ensure_state()
+        release_dead_attempts(self.state.store, self.state.state)
         held = self.writer.hold(self.state)
         try:
             return await self._run_phases()
@@ -238,6 +245,10 @@ class PhaseRunner:
             else:  # a sync handler abandoned at its timeout still holds its slot while it runs
                 self.executor.when_stopped(future, release)
         usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
+        killed = phase.isolate == "process" or self.executor.hard_timeouts  # at a timeout
+        if isinstance(error, WorkerLost) or (isinstance(error, PhaseTimeoutError) and killed):
+            # The attempt's usage died with its process: its checkpoints' usage is counted by no one yet.
+            release_attempt(self.state.store, self.state.state.item_id, phase.name, attempt)
         if error is None:
             try:
                 result = as_result(phase, value)
@@ -410,6 +421,7 @@ class PhaseRunner:
         state = self.state.state
         # A copy: what a handler does to its metadata must not leak into the saved state.
         metadata = copy.deepcopy(state.metadata) if state.metadata else {}
+        outputs = state.phase_outputs
         return PhaseContext(
             state.item_id,
             metadata,
@@ -420,6 +432,7 @@ class PhaseRunner:
             checkpoints=Checkpoints(self.state.store, state.item_id, phase.name),
             gate=self.control.gate if self.control is not None else None,
             on_wait=self._waiter(phase),
+            consumed=lambda: {p.name: output_hash(outputs.get(p.num)) for p in consumed_phases(phase, self.phases)},
         )
 
     def _output_dir(self) -> Path:

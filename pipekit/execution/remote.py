@@ -119,6 +119,7 @@ def snapshot_context(ctx: PhaseContext) -> dict[str, Any]:
         "output_dir": str(ctx._output_dir),
         "executor": ctx.executor,
         "store_url": None if checkpoints is None else checkpoints.store.reopen_url(),
+        "idempotency_key": ctx.idempotency_key,
     }
 
 
@@ -238,6 +239,7 @@ def execute_call(call: RemoteCall) -> RemoteOutcome:
             )
             ctx.executor = data["executor"]
             ctx.store_url = data["store_url"]
+            ctx._idempotency_key = data["idempotency_key"]
             kwargs["ctx"] = ctx
         value = func(**kwargs)
         if asyncio.iscoroutine(value):

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 import hashlib
+import json
 import math
 from pathlib import Path
+import sys
 import threading
 from typing import TYPE_CHECKING
 from typing import Any
 
 from pipekit.outcomes import Fail
+from pipekit.pipeline.checkpoints import Checkpoints
+from pipekit.pipeline.checkpoints import Tab
+from pipekit.pipeline.checkpoints import charge
 from pipekit.pipeline.phases import PhaseDefinition
 
 
 if TYPE_CHECKING:
-    from pipekit.pipeline.checkpoints import Checkpoints
     from pipekit.pipeline.limits import Gate
     from pipekit.pipeline.limits import WaitCallback
 
@@ -53,6 +58,9 @@ class PhaseContext:
     :param output_dir: a folder private to this item, created when first asked for.
     :param price: prices usage for ``record_usage`` (the ``pipekit_price_usage`` hook,
         called with keyword arguments); without it usage costs nothing.
+    :param consumed: gives the hashes of the earlier outputs the handler is given,
+        by phase name (what ``idempotency_key`` depends on besides the item);
+        asked for only when the key is.
     """
 
     def __init__(
@@ -67,6 +75,7 @@ class PhaseContext:
         checkpoints: Checkpoints | None = None,
         gate: Gate | None = None,
         on_wait: WaitCallback | None = None,
+        consumed: Callable[[], Mapping[str, str | None]] | None = None,
     ) -> None:
         self.item_id = item_id
         self.metadata = metadata
@@ -86,6 +95,8 @@ class PhaseContext:
         self.limits_used: set[str] = set(phase.limits)
         #: ``record_usage`` calls made without a pricer: ``(model, tokens_in, tokens_out)``.
         self.unpriced: list[tuple[str, int, int]] = []
+        self._consumed = consumed
+        self._idempotency_key: str | None = None
 
     @property
     def output_dir(self) -> Path:
@@ -95,14 +106,30 @@ class PhaseContext:
 
     @property
     def idempotency_key(self) -> str:
-        """A key stable for this item, phase and attempt, for external side effects.
+        """A key for external side effects, the same for every attempt of this phase
+        of this item, in this run and later ones.
 
         Phases run at least once: the attempt in flight when a process or a
-        worker dies runs again. Give this key to an API that deduplicates
-        requests so a repeated delivery of the same attempt does no harm.
+        worker dies runs again, and a failed attempt is retried. Give this key
+        to an API that deduplicates requests (a payment, an e-mail, a posted
+        message) so the repeated attempt does not do it twice. It is made from
+        the pipeline's name, the item's id and metadata, the phase's name and
+        the outputs of the earlier phases the handler is given: it changes when
+        one of those does (an upstream phase produced another output, the
+        item's metadata was edited), since the side effect is then a new one.
+        The attempt number, the run and the phase's code do not change it.
         """
-        digest = hashlib.sha256(f"{self.item_id}\0{self.phase.name}\0{self.attempt}".encode("utf-8", "surrogatepass"))
-        return digest.hexdigest()[:32]
+        if self._idempotency_key is None:
+            intent = {
+                "pipeline": pipeline_name(self.phase),
+                "item": self.item_id,
+                "phase": self.phase.name,
+                "metadata": self.metadata,
+                "consumed": dict(self._consumed()) if self._consumed is not None else {},
+            }
+            text = json.dumps(intent, sort_keys=True, ensure_ascii=False, default=repr)
+            self._idempotency_key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return self._idempotency_key
 
     def record_cost(self, tokens_in: int = 0, tokens_out: int = 0, cost_usd: float = 0.0) -> None:
         """Add usage to this phase; it counts even if the attempt later fails."""
@@ -110,6 +137,7 @@ class PhaseContext:
         self.tokens_in += int(tokens_in)
         self.tokens_out += int(tokens_out)
         self.cost_usd += float(cost_usd)
+        charge(int(tokens_in), int(tokens_out), float(cost_usd))
         self._check_max_cost()
 
     def _check_max_cost(self) -> None:
@@ -128,10 +156,27 @@ class PhaseContext:
         attempt of this phase gets the stored result without calling ``fn``.
         Awaitable when ``fn`` is a coroutine function, a plain call otherwise.
         The checkpoints are dropped when the phase completes or is reset.
+
+        Usage that ``fn`` records with ``ctx.record_cost`` or ``ctx.record_usage``
+        (in its own thread or task) is stored with the result, in the same
+        write: it counts once in the phase's totals even when the process is
+        killed before the phase ends; the attempt that then reuses the result
+        counts it.
         """
         if self._checkpoints is None:
             raise RuntimeError("ctx.checkpoint works inside a pipekit run only")
-        return self._checkpoints.checkpoint(key, fn, *args)
+        return self._checkpoints.checkpoint(key, fn, *args, attempt=self.attempt, adopt=self._adopt)
+
+    def _adopt(self, usage: Tab) -> None:
+        """Count a reused checkpoint's usage that no saved state counts yet (its
+        attempt died): it is this attempt's now. Not held against ``max_cost``
+        by itself: the attempt that spent it stayed under the cap."""
+        self.tokens_in += usage.tokens_in
+        self.tokens_out += usage.tokens_out
+        self.cost_usd += usage.cost_usd
+        charge(usage.tokens_in, usage.tokens_out, usage.cost_usd)
+        for model, tokens_in, tokens_out in usage.unpriced:
+            self._price_call(model, tokens_in, tokens_out)
 
     def acquire(self, limit: str, tokens: int = 0) -> Any:
         """Take one request and ``tokens`` tokens of the rate limit named ``limit``.
@@ -168,16 +213,30 @@ class PhaseContext:
         Without a pricer (in a worker process) the call is kept in ``unpriced``
         for the driver to price when the worker's usage comes back.
         """
+        cost = self._price_call(model, tokens_in, tokens_out)
+        self._check_max_cost()
+        return cost
+
+    def _price_call(self, model: str, tokens_in: int, tokens_out: int) -> float:
         if self._price is None:
             self.unpriced.append((model, tokens_in, tokens_out))
+            charge(unpriced=[(model, tokens_in, tokens_out)])
             return 0.0
         cost = float(self._price(model=model, tokens_in=tokens_in, tokens_out=tokens_out) or 0.0)
         self.cost_usd += cost
-        self._check_max_cost()
+        charge(cost_usd=cost)
         return cost
 
     def __repr__(self) -> str:
         return f"<PhaseContext item={self.item_id!r} phase={self.phase.name!r} attempt={self.attempt}>"
+
+
+def pipeline_name(phase: PhaseDefinition) -> str:
+    """The name of the pipeline ``phase`` belongs to, as ``pipekit.pipeline.loader``
+    names it: the module's ``PIPELINE_NAME``, else the module's own name."""
+    module_name = getattr(phase.handler, "__module__", None) or ""
+    name = getattr(sys.modules.get(module_name), "PIPELINE_NAME", None)
+    return name if isinstance(name, str) and name else module_name.rpartition(".")[2]
 
 
 class CostCapExceeded(Fail):
