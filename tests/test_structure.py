@@ -176,3 +176,31 @@ def test_the_architecture_page_draws_these_layers() -> None:
         if names:
             drawn.append(names)
     assert drawn == list(reversed(LAYERS)), "docs/architecture.md draws other layers than tests/test_structure.py"
+
+
+MAX_FUNCTION_LINES = 60
+#: What a function over ``MAX_FUNCTION_LINES`` says, in a comment, to explain why.
+LONG_REASON = "# Over 60 lines:"
+
+
+def _long_functions() -> list[str]:
+    """Functions over 60 lines (their docstring not counted) that give no reason."""
+    found = []
+    for name, path in _modules().items():
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            length = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                length -= body[0].end_lineno - body[0].lineno + 1  # type: ignore[operator]
+            text = "\n".join(source.splitlines()[node.lineno - 1 : node.end_lineno])
+            if length > MAX_FUNCTION_LINES and LONG_REASON not in text:
+                found.append(f"{name}.{node.name} ({length} lines)")
+    return sorted(found)
+
+
+def test_a_function_over_60_lines_says_why() -> None:
+    long = _long_functions()
+    assert not long, f"split these, or say why beside them ({LONG_REASON} ...):\n" + "\n".join(long)
