@@ -46,9 +46,10 @@ class Parser:
     def getgroup(self, name: str, description: str = "") -> OptionGroup:
         """The option group called ``name``, created on first use."""
         if name not in self._groups:
-            self._groups[name] = OptionGroup(
-                self._argparser.add_argument_group(name, description or None)
-            )
+            # A group the command itself made (run's "output") is extended, not repeated.
+            existing = [g for g in self._argparser._action_groups if g.title == name]
+            group = existing[0] if existing else self._argparser.add_argument_group(name, description or None)
+            self._groups[name] = OptionGroup(group)
         return self._groups[name]
 
 

@@ -207,7 +207,7 @@ def test_asking_for_more_tokens_than_a_minute_allows_fails_clearly(pipetester: P
     result = pipetester.run("pipeline.py", "--item", "a")
     assert result.ret == 1, result
     state = result.state("a")
-    assert state.phases[1].error == "ValueError: limit 'openai': 5000 tokens is more than its tpm (1000)"
+    assert state.phases[1].error == "ValueError: limit 'openai': 5000 tokens is more than its tpm (1,000)"
     assert state.phases[2].status == "pending"
 
 
@@ -234,7 +234,7 @@ def test_an_unknown_limit_name_is_reported_in_the_handler(pipetester: PipeTester
     [
         ('@phase(1, limits=["anthropic"])', "phase 'work': no limit named 'anthropic' in LIMITS (openai)"),
         ("@phase(1, concurrency=0)", "phase 'work': concurrency must be a positive int, not 0"),
-        ('@phase(1, limits={"openai": 10**9})', "phase 'work': 1000000000 tokens is more than 'openai' allows"),
+        ('@phase(1, limits={"openai": 10**9})', "phase 'work': 1,000,000,000 tokens is more than 'openai' allows"),
         ('@phase(1, max_cost="a lot")', "phase 'work': max_cost must be a number of dollars, not 'a lot'"),
     ],
 )

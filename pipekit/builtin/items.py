@@ -11,6 +11,7 @@ from pipekit.config import Config
 from pipekit.hookspecs import hookimpl
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.items import read_items_file
+from pipekit.pipeline.items import select_from_files
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.loader import user_traceback
 
@@ -25,10 +26,16 @@ def pipekit_collect_items(config: Config) -> Iterable[Any] | None:
     return _command_line_items(files, ids)
 
 
-def _command_line_items(files: list[str], ids: list[str]) -> Iterator[Any]:
+def _command_line_items(files: list[str], ids: list[str]) -> Iterable[Any]:
+    if files:
+        # --item with --items picks those items of the files, metadata and all.
+        return select_from_files(_read_files(files), ids, ", ".join(files))
+    return ids
+
+
+def _read_files(files: list[str]) -> Iterator[Any]:
     for path in files:
         yield from read_items_file(path)
-    yield from ids
 
 
 @hookimpl(trylast=True, specname="pipekit_collect_items")

@@ -98,6 +98,8 @@ commands:
   why       the story of one (item, phase): attempts, errors, what changed since it ran
   migrate   copy a run's state between stores (json:DIR, sqlite:PATH, postgresql://...), verified
 
+options: -h/--help this help; --version the installed version.
+
 Run options can default from [tool.pipekit] in the nearest pyproject.toml
 (workers, state_dir, output_dir, store, plugins, progress, executor).
 

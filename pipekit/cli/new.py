@@ -77,7 +77,10 @@ third
 """
 
 TEST_TEMPLATE = '''\
-"""Tests for the {name} pipeline: run them with `python -m pytest test_{name}.py`."""
+"""Tests for the {name} pipeline.
+
+They need pytest: `pip install 'pipekit[testing]'`, then `python -m pytest test_{name}.py`.
+"""
 
 from pathlib import Path
 
@@ -139,5 +142,8 @@ def new_command(args: list[str], plugins: list[Any]) -> ExitCode:
     for path, text in files.items():
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
-    print(f"next: pipekit run {folder / (name + '.py')}   and   python -m pytest {folder / ('test_' + name + '.py')}")
+    print("next:")
+    print(f"  pipekit run {folder / (name + '.py')}")
+    # The test needs pytest, which pipekit itself does not depend on.
+    print(f"  pip install 'pipekit[testing]' && python -m pytest {folder / ('test_' + name + '.py')}")
     return ExitCode.OK

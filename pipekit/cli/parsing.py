@@ -48,3 +48,32 @@ def command_parser(
         parser.add_argument("--store", metavar="URL", help="where state lives (json:DIR); wins over --state-dir")
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     return parser
+
+
+def add_item_options(parser: argparse.ArgumentParser, *, item_help: str = "an item id (repeatable)") -> None:
+    """The item sources of ``run``, in the group ``items``: ``--item``, ``--items``,
+    ``--limit``, ``--sample`` and ``--seed`` (one wording for every verb)."""
+    items = parser.add_argument_group("items")
+    items.add_argument("--item", action="append", default=[], metavar="ID", help=item_help)
+    items.add_argument(
+        "--items",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="items file: .txt, .jsonl or .csv (repeatable); with --item, just those items of it",
+    )
+    items.add_argument("--limit", type=_count, metavar="N", help="only the first N selected items")
+    items.add_argument(
+        "--sample",
+        type=_count,
+        metavar="N",
+        help="N of the selected items at random; the summary projects the cost of them all",
+    )
+    items.add_argument("--seed", type=int, metavar="S", help="the seed of --sample (default: random, printed)")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a whole number, 1 or more")
+    return value

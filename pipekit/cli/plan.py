@@ -13,6 +13,7 @@ from typing import Any
 
 from pipekit.cli.run import build_run_parser
 from pipekit.cli.run import prepare
+from pipekit.display.format import count_of
 from pipekit.engine.lifecycle import configured
 from pipekit.engine.location import open_store
 from pipekit.engine.location import output_root
@@ -130,7 +131,7 @@ def _why(cells: list[Cell]) -> str:
 def print_plan(plan: Plan, location: str, *, verbose: int = 0) -> None:
     """The plan for humans, on stdout."""
     noun = plan.pipeline.item_noun
-    print(f"plan for {plan.pipeline.name}: {len(plan.items)} {noun}, {len(plan.pipeline.phases)} phases")
+    print(f"plan for {plan.pipeline.name}: {count_of(len(plan.items), noun)}, {len(plan.pipeline.phases)} phases")
     print(f"state: {location}")
     grouped = plan.by_phase()
     for definition in plan.pipeline.phases:

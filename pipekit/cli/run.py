@@ -15,6 +15,7 @@ from typing import Any
 from pipekit.cli.failure import print_error
 from pipekit.cli.parsing import PROGRESS_MODES
 from pipekit.cli.parsing import ArgumentParser
+from pipekit.cli.parsing import add_item_options
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.projectconfig import load_project_config
 from pipekit.config import Config
@@ -76,11 +77,7 @@ def parse_with_plugins(
 def build_run_parser() -> ArgumentParser:
     """The core options of ``pipekit run`` (CONTRACT §4); plugins add theirs."""
     parser = command_parser("pipekit run", "Run a pipeline over its items, resuming where the last run stopped.")
-    items = parser.add_argument_group("items")
-    items.add_argument("--item", action="append", default=[], metavar="ID", help="an item id (repeatable)")
-    items.add_argument(
-        "--items", action="append", default=[], metavar="FILE", help="items file: .txt, .jsonl or .csv (repeatable)"
-    )
+    add_item_options(parser)
     run = parser.add_argument_group("run")
     run.add_argument(
         "-j", "--workers", type=_positive_int, default=1, metavar="N", help="items processed concurrently (default 1)"

@@ -19,6 +19,7 @@ from pipekit.cli.statusrows import row_status
 from pipekit.cli.target import Target
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
+from pipekit.display.format import count_of
 from pipekit.engine.selection import is_glob
 from pipekit.engine.selection import natural_key
 from pipekit.engine.selection import select_item_ids
@@ -154,7 +155,7 @@ def glyph(status: str, colour: bool) -> str:
 
 def _header(out: TextIO, target: Target, count: int) -> None:
     pipeline = target.pipeline
-    out.write(f"pipeline: {pipeline.name}  ({count} {pipeline.item_noun} x {len(pipeline.phases)} phases)\n")
+    out.write(f"pipeline: {pipeline.name}  ({count_of(count, pipeline.item_noun)} x {len(pipeline.phases)} phases)\n")
     out.write(f"state: {target.store.location}\n")
     out.write("phases: " + ", ".join(f"{p.num} {p.name}" for p in pipeline.phases) + "\n\n")
 
@@ -207,7 +208,7 @@ def totals_line(target: Target, rows: list[StatusRow]) -> str:
     total = totals(rows)
     parts = ", ".join(f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING))
     return (
-        f"total: {total['items']} {target.pipeline.item_noun}: {parts}; "
+        f"total: {count_of(total['items'], target.pipeline.item_noun)}: {parts}; "
         f"tokens {total['tokens_in']} in / {total['tokens_out']} out; cost {_cost(total['cost_usd'])}"
     )
 

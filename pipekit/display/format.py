@@ -25,3 +25,18 @@ def format_cost(cost: float) -> str:
     """Dollars with cents, and tenths of a cent below a dollar."""
     return f"${cost:,.2f}" if cost >= 1 else f"${cost:.4f}"
 
+
+
+def singular(noun: str) -> str:
+    """The singular of an item noun: ``books`` -> ``book`` (a noun without ``s`` is kept)."""
+    return noun[:-1] if noun.endswith("s") and len(noun) > 1 else noun
+
+
+def count_of(count: int, noun: str) -> str:
+    """``1 book``, ``3 books``: a count with its item noun in the right number."""
+    return f"{count:,} {singular(noun) if count == 1 else noun}"
+
+
+def format_number(value: float) -> str:
+    """A rate or a limit as a person writes it: ``2,000,000``, ``0.5``."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,}"

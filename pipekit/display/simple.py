@@ -8,9 +8,11 @@ import threading
 import time
 from typing import IO
 
+from pipekit.display.format import count_of
 from pipekit.display.format import format_cost
 from pipekit.display.format import format_running
 from pipekit.display.format import format_seconds
+from pipekit.display.format import singular
 from pipekit.display.tracking import BaseProgress
 from pipekit.display.tracking import Clock
 from pipekit.display.tracking import ItemProgress
@@ -58,7 +60,7 @@ class SimpleProgress(BaseProgress):
         """Print the heading and start the heartbeat."""
         super().start()
         state = self.state
-        heading = f"{state.total_items} {state.item_noun} x {state.total_phases} phases"
+        heading = f"{count_of(state.total_items, state.item_noun)} x {state.total_phases} phases"
         self._line(f"pipekit: {self.title}: {heading}" if self.title else f"pipekit: {heading}")
         if self.heartbeat_seconds > 0 and self._thread is None:
             self._stopped.clear()
@@ -135,7 +137,7 @@ class SimpleProgress(BaseProgress):
         text = f"[{item.index}/{s.total_items}] {item.label} {status}"
         text += f" ({s.completed_items + s.failed_items}/{s.total_items} {s.item_noun} done"
         if self.show_cost:
-            text += f", {format_cost(item.cost_usd)} this {_singular(s.item_noun)}"
+            text += f", {format_cost(item.cost_usd)} this {singular(s.item_noun)}"
         self._line(text + ")")
 
     def _line(self, text: str) -> None:
@@ -146,6 +148,4 @@ class SimpleProgress(BaseProgress):
             self._last_line = self.clock()
 
 
-def _singular(noun: str) -> str:
-    return noun[:-1] if noun.endswith("s") and len(noun) > 1 else noun
 

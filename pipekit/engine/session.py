@@ -18,9 +18,12 @@ from typing import IO
 from typing import Any
 
 from pipekit.config import Config
+from pipekit.display.format import format_cost
+from pipekit.display.format import format_seconds
 from pipekit.display.streams import stdout_reserved_for_events
 from pipekit.engine.exitcode import decide_exit_code
 from pipekit.engine.lifecycle import configured
+from pipekit.engine.location import module_mismatch
 from pipekit.engine.location import open_store
 from pipekit.engine.location import output_root
 from pipekit.engine.preflight import prepare_stale_policy
@@ -31,8 +34,11 @@ from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.items import ItemSpec
+from pipekit.pipeline.items import Sampled
+from pipekit.pipeline.items import narrow
 from pipekit.pipeline.items import normalize_items
 from pipekit.pipeline.loader import Pipeline
+from pipekit.state.store import StateStore
 
 
 #: Builds a run's ``Config`` (options parsed with every plugin's options, the
@@ -95,19 +101,27 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
         say(f"no {pipeline.item_noun} to process", "notice")
         progress.no_items = True
         return
-    store = open_store(option, pipeline)
+    store = open_store(option, pipeline, say)
     config.add_cleanup(store.close)
     say(f"state: {store.location}", "notice")
+    mismatch = module_mismatch(store, pipeline)
+    if mismatch:
+        say(mismatch, "warning")
     if option.failed_only:
         specs = [spec for spec in specs if has_failed_phase(store, spec[0])]
         if not specs:
-            say(f"no {pipeline.item_noun} with a failed phase", "notice")
+            say(
+                f"no {pipeline.item_noun} with a failed phase "
+                f"(reset ones are pending: run without --failed-only)",
+                "notice",
+            )
             progress.no_items = True
             return
     executor = config.hook.pipekit_make_executor(config=config, pipeline=pipeline, name=option.executor)
     if executor is None:
         raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
     outputs = output_root(option, store)
+    say(f"outputs: {outputs}", "info")
     stale_policy = prepare_stale_policy(pipeline, store, specs, outputs, option)
     check_from_phase(pipeline, option.from_phase)
     progress.run = Run(
@@ -124,7 +138,11 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
         stale_policy=stale_policy,
         max_cost=option.max_cost,
     )
+    # Said once above, for every item: the runner need not say it again.
+    progress.run._module_warning_given = bool(mismatch)
     await progress.run.execute()
+    if isinstance(specs, Sampled):
+        say(projection(store, specs, pipeline.item_noun), "notice")
 
 
 def collect_items(config: Config, pipeline: Pipeline, items: list[Any] | None) -> list[ItemSpec]:
@@ -137,7 +155,42 @@ def collect_items(config: Config, pipeline: Pipeline, items: list[Any] | None) -
             f"no items for {pipeline.name}: give --item/--items, or define items() in {pipeline.path}"
         )
     origin = "--item/--items" if config.getoption("item") or config.getoption("items") else "items()"
-    return normalize_items(found, origin)
+    specs = narrow(
+        normalize_items(found, origin),
+        limit=config.getoption("limit"),
+        sample=config.getoption("sample"),
+        seed=config.getoption("seed"),
+    )
+    if isinstance(specs, Sampled):
+        HookNotifier.of(config.pluginmanager).report(
+            f"sample: {len(specs)} of {specs.population} {pipeline.item_noun} (--seed {specs.seed} draws it again)",
+            "notice",
+        )
+    return specs
+
+
+def projection(store: StateStore, sample: Sampled, noun: str) -> str:
+    """The cost and phase time of all the items a sample was drawn from:
+    the sample's mean per item times their number, with the range from its cheapest
+    to its dearest item."""
+    costs, seconds = [], []
+    for _, document in store.load_many([item_id for item_id, _ in sample]):
+        if isinstance(document, dict):
+            costs.append(float(document.get("total_cost_usd") or 0.0))
+            phases = document.get("phases") or {}
+            seconds.append(sum(float(p.get("duration_seconds") or 0.0) for p in phases.values()))
+    if not costs:
+        return f"projection: none of the {len(sample)} sampled {noun} has state yet"
+    n, total = len(costs), sample.population
+
+    def spread(values: list[float], show: Callable[[float], str]) -> str:
+        mean = sum(values) / len(values)
+        return f"{show(mean * total)} ({show(min(values) * total)}-{show(max(values) * total)})"
+
+    return (
+        f"projection for all {total} {noun} from {n} sampled: cost {spread(costs, format_cost)}, "
+        f"phase time {spread(seconds, format_seconds)} (mean per item x {total}; range: cheapest-dearest item)"
+    )
 
 
 def check_from_phase(pipeline: Pipeline, from_phase: int | None) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import csv
 import json
 from pathlib import Path
+import random
 from typing import Any
 
 from pipekit.outcomes import UsageError
@@ -105,3 +106,47 @@ def _csv(handle: Iterable[str], path: Path) -> Iterator[dict[str, Any]]:
         if not row.get("id"):
             raise UsageError(f"{path}, line {reader.line_num}: empty id")
         yield dict(row)
+
+
+def select_from_files(files: Iterable[Any], ids: list[str], origin: str) -> list[ItemSpec]:
+    """The items of ``--items`` files narrowed to the ``--item`` ids, with their metadata.
+
+    Without ids every item of the files is selected. An id that is in no file is
+    a ``UsageError`` naming it (a typo must not quietly select nothing).
+    """
+    specs = normalize_items(files, origin)
+    if not ids:
+        return specs
+    wanted = set(ids)
+    known = {item_id for item_id, _ in specs}
+    missing = [item_id for item_id in dict.fromkeys(ids) if item_id not in known]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing)
+        raise UsageError(f"--item {shown}: not in the --items file(s) ({origin})")
+    return [spec for spec in specs if spec[0] in wanted]
+
+
+class Sampled(list[ItemSpec]):
+    """Items drawn at random by ``--sample``: what they were drawn from, and the seed."""
+
+    def __init__(self, items: Iterable[ItemSpec], *, population: int, seed: int) -> None:
+        super().__init__(items)
+        #: How many items the sample was drawn from.
+        self.population = population
+        #: The seed that draws the same sample again (``--seed``).
+        self.seed = seed
+
+
+def narrow(specs: list[ItemSpec], *, limit: int | None, sample: int | None, seed: int | None) -> list[ItemSpec]:
+    """``--sample N`` items at random (in their original order), then the first ``--limit N``.
+
+    A sample is a ``Sampled`` list; without ``seed`` a random one is chosen (and kept on it).
+    """
+    if sample is not None:
+        chosen_seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
+        picked = set(random.Random(chosen_seed).sample(range(len(specs)), min(sample, len(specs))))
+        specs = Sampled([s for i, s in enumerate(specs) if i in picked], population=len(specs), seed=chosen_seed)
+    if limit is not None and limit < len(specs):
+        kept = specs[:limit]
+        specs = Sampled(kept, population=specs.population, seed=specs.seed) if isinstance(specs, Sampled) else kept
+    return specs

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
+from pipekit.display.format import format_number
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.phases import PhaseDefinition
 
@@ -92,7 +93,7 @@ class RateLimiter:
         """Wait for one request and ``tokens`` tokens of capacity."""
         if self._tokens is not None and tokens > self._tokens.max_rate:
             raise ValueError(
-                f"limit {self.name!r}: {tokens} tokens is more than its tpm ({self._tokens.max_rate:g})"
+                f"limit {self.name!r}: {tokens} tokens is more than its tpm ({format_number(self._tokens.max_rate)})"
             )
         told = False
         while True:
@@ -197,7 +198,7 @@ def _nothing() -> None:
 
 
 def _describe(limit: Limit) -> str:
-    parts = [f"{k}={getattr(limit, k):g}" for k in ("rpm", "tpm") if getattr(limit, k) is not None]
+    parts = [f"{k}={format_number(getattr(limit, k))}" for k in ("rpm", "tpm") if getattr(limit, k) is not None]
     return ", ".join(parts)
 
 
@@ -232,7 +233,10 @@ def declared_limits(module: ModuleType | None, phases: Iterable[PhaseDefinition]
             elif not isinstance(tokens, int) or tokens < 0:
                 problems.append(f"phase {phase.name!r}: tokens for limit {name!r} must be an int >= 0")
             elif raw[name].tpm is not None and tokens > raw[name].tpm:
-                problems.append(f"phase {phase.name!r}: {tokens} tokens is more than {name!r} allows per minute")
+                problems.append(
+                    f"phase {phase.name!r}: {format_number(tokens)} tokens is more than {name!r} "
+                    f"allows per minute ({_describe(raw[name])})"
+                )
     if problems:
         raise UsageError("invalid phase declarations in " + str(where) + ":\n  " + "\n  ".join(problems))
     return dict(raw)
