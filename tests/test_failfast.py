@@ -51,7 +51,7 @@ def test_x_is_maxfail_1(pipetester: PipeTester) -> None:
     assert result.ret == ExitCode.ITEMS_FAILED
     assert _started(result) == ["good1", "bad1"]
     assert "stopped after 1 failed item (--maxfail 1)" in result.stderr
-    assert "1 stopped by --maxfail" in result.stderr or "remaining" in result.stderr
+    result.fnmatch_lines(["items: 3 selected: 1 completed, 1 failed, 1 remaining", "stopped after 1 failed item*"])
 
 
 def test_maxfail_lets_in_flight_phases_finish_and_saves_them(pipetester: PipeTester) -> None:
@@ -65,12 +65,18 @@ def test_maxfail_lets_in_flight_phases_finish_and_saves_them(pipetester: PipeTes
                 raise ValueError("broken")
             time.sleep(0.3)
             return "ok"
+
+        @phase(2)
+        def more(item_id):
+            return "more"
     """)
     items = pipetester.make_items("slow", "bad", "never")
     result = pipetester.run("pipeline.py", "--items", str(items), "-j", "2", "-x")
     assert result.ret == ExitCode.ITEMS_FAILED
-    assert result.state("slow").phases[1].status == "completed"
+    assert result.state("slow").phases[1].status == "completed"  # in flight: finished and saved
+    assert result.state("slow").phases[2].status == "pending"  # not started after the stop
     assert "never" not in _started(result)
+    result.fnmatch_lines(["*1 stopped by --maxfail*"])
 
 
 def test_maxfail_same_stops_on_the_same_error_in_a_row(pipetester: PipeTester) -> None:
@@ -172,3 +178,37 @@ def test_invalid_max_attempts_is_a_usage_error_naming_the_phase(pipetester: Pipe
     result = pipetester.run("pipeline.py", "--item", "book")
     assert result.ret == ExitCode.USAGE_ERROR
     assert "call: max_attempts must be a positive int" in result.stderr
+
+
+RATE_LIMITED = """
+    import pipekit
+    from pipekit import phase, Retry
+
+    LIMITS = {"api": pipekit.Limit(rpm=60000)}
+
+    @phase(1, limits=["api"], retries=1, retry_backoff=0)
+    def call(item_id, ctx):
+        if ctx.attempt <= 3:
+            raise Retry(after=0.01)
+        if ctx.attempt == 4:
+            raise ValueError("flaky")
+        return "ok"
+"""
+
+
+def test_requested_retries_are_not_failures_and_print_nothing_per_retry(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(RATE_LIMITED)
+    items = pipetester.make_items("a", "b")
+    result = pipetester.run("pipeline.py", "--items", str(items), "--progress", "simple")
+    assert result.ret == 0, result
+    assert "retry requested" not in result.stderr
+    assert result.stderr.count("paused for") <= 1  # one line per limit, not one per Retry
+    assert result.stderr.count("attempt 4 failed, retrying: ValueError: flaky") == 2  # a real failure still says so
+    result.fnmatch_lines(["retries: 6 requested by handlers (Retry), 2 after errors"])
+    verbose = pipetester.run("pipeline.py", "--item", "c", "--progress", "simple", "-v")
+    assert verbose.ret == 0
+    assert "failed, retrying: Retry" not in verbose.stderr
+    verbose.fnmatch_lines(["*c phase 1/1 call attempt 1: retry requested (after 0.01s)"])
+    quiet = pipetester.run("pipeline.py", "--item", "d", "-q", "--progress", "none")
+    assert quiet.ret == 0
+    assert quiet.stderr.strip().splitlines() == [line for line in quiet.stderr.strip().splitlines() if "state:" in line]

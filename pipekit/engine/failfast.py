@@ -44,6 +44,8 @@ class Breaker:
         self._streak: tuple[str, int] = ("", 0)
         #: Why the run stopped; None while it has not.
         self.reason: str | None = None
+        #: The option that stopped it (``--maxfail`` or ``--maxfail-same``).
+        self.tripped_by: str | None = None
 
     @classmethod
     def of(cls, config: Any, control: RunControl, say: Callable[[str, str], None]) -> Breaker | None:
@@ -71,14 +73,15 @@ class Breaker:
         self._streak = (key, count)
         if self.maxfail is not None and self.failed >= self.maxfail:
             noun = "item" if self.failed == 1 else "items"
-            self._trip(f"stopped after {self.failed} failed {noun} (--maxfail {self.maxfail})")
+            self._trip("--maxfail", f"stopped after {self.failed} failed {noun} (--maxfail {self.maxfail})")
         elif self.maxfail_same is not None and count >= self.maxfail_same:
             self._trip(
+                "--maxfail-same",
                 f"stopped: the same error on {count} items in a row (--maxfail-same {self.maxfail_same}): {key}"
             )
 
-    def _trip(self, reason: str) -> None:
-        self.reason = reason
+    def _trip(self, option: str, reason: str) -> None:
+        self.reason, self.tripped_by = reason, option
         self.control.stop_new_phases = True
         self.control.stopping.set()
         self.say(reason + "; no new item starts, phases in flight finish", "notice")
