@@ -22,6 +22,7 @@ from pipekit.engine.outcome import AttemptOutcome
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
 from pipekit.notify import format_message
+from pipekit.outcomes import Retry
 from pipekit.pipeline.context import PhaseOutcome
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import DONE_STATUSES
@@ -108,6 +109,9 @@ class ProgressPlugin:
     @hookimpl
     def pipekit_phase_retry(self, item: Item, error: BaseException, attempt: int, result: AttemptOutcome) -> None:
         assert self.tracker is not None
+        if isinstance(error, Retry):  # asked for (a rate limit), not a failure
+            self.tracker.request_retry(attempt, error.after, *result.usage, key=item.id)
+            return
         message = _first_line(result.message or str(error))
         self.tracker.retry_phase(message, attempt, *result.usage, key=item.id)
 

@@ -20,6 +20,7 @@ from pipekit.engine.control import Item
 from pipekit.engine.outcome import AttemptOutcome
 from pipekit.engine.runner import Run
 from pipekit.hookspecs import hookimpl
+from pipekit.outcomes import Retry
 from pipekit.pipeline.context import PhaseOutcome
 from pipekit.pipeline.phases import PhaseDefinition
 
@@ -107,6 +108,9 @@ class Summary:
         self.waits: dict[str, int] = {}
         #: ``(spent, cap)`` when ``--max-cost`` was reached.
         self.budget: tuple[float, float] | None = None
+        #: Attempts tried again: those a handler asked for (``Retry``), those after an error.
+        self.retries_requested = 0
+        self.retries_after_errors = 0
 
     def _stats(self, phase: PhaseDefinition) -> PhaseStats:
         stats = self.phases.get(phase.num)
@@ -157,7 +161,11 @@ class Summary:
         self._add_usage(phase, result)
 
     @hookimpl
-    def pipekit_phase_retry(self, phase: PhaseDefinition, result: AttemptOutcome) -> None:
+    def pipekit_phase_retry(self, phase: PhaseDefinition, error: BaseException, result: AttemptOutcome) -> None:
+        if isinstance(error, Retry):
+            self.retries_requested += 1
+        else:
+            self.retries_after_errors += 1
         self._add_usage(phase, result)
 
     @hookimpl
@@ -220,7 +228,7 @@ class Summary:
         for count, label in (
             (run.items_already_done, "already done before this run"),
             (run.items_interrupted, "interrupted"),
-            (run.items_stopped, "stopped by --max-cost"),
+            (run.items_stopped, f"stopped by {_stopped_by(run)}"),
             (run.items_busy, "busy in another process"),
             (run.items_unreadable, "with unreadable state"),
         ):
@@ -239,6 +247,14 @@ class Summary:
         ]
         if self.waits:
             lines.append("waited: " + ", ".join(f"{n:,} x {what}" for what, n in sorted(self.waits.items())))
+        if self.retries_requested or self.retries_after_errors:
+            lines.append(
+                f"retries: {self.retries_requested:,} requested by handlers (Retry), "
+                f"{self.retries_after_errors:,} after errors"
+            )
+        breaker = getattr(run, "breaker", None)
+        if breaker is not None and breaker.reason is not None:
+            lines.append(breaker.reason)
         if self.budget is not None:
             spent, cap = self.budget
             lines.append(f"budget: --max-cost {format_cost(cap)} reached ({format_cost(spent)} spent)")
@@ -279,6 +295,12 @@ class Summary:
             console.print(Text(line))
         for number, line in enumerate(failures):
             console.print(Text(line, style="red" if number == 0 else ""))
+
+
+def _stopped_by(run: Run) -> str:
+    """The option that stopped the run's unfinished items."""
+    breaker = getattr(run, "breaker", None)
+    return breaker.tripped_by if breaker is not None and breaker.tripped_by else "--max-cost"
 
 
 def _plain_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

@@ -94,6 +94,19 @@ def build_run_parser() -> ArgumentParser:
         "(across runs); the same command with a higher cap continues",
     )
     run.add_argument(
+        "--maxfail",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N failed items: no new item starts, phases in flight finish, the rest stay pending",
+    )
+    run.add_argument("-x", "--exitfirst", dest="maxfail", action="store_const", const=1, help="same as --maxfail 1")
+    run.add_argument(
+        "--maxfail-same",
+        type=_positive_int,
+        metavar="K",
+        help="stop when the same error (type and first line) has failed K items in a row",
+    )
+    run.add_argument(
         "--rerun-stale",
         action="store_true",
         help="also re-run completed phases whose code, version or inputs changed (see `pipekit plan`)",

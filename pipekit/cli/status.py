@@ -20,6 +20,8 @@ from pipekit.cli.target import Target
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
 from pipekit.display.format import count_of
+from pipekit.engine.attempts import attempts_used
+from pipekit.engine.attempts import gave_up
 from pipekit.engine.selection import is_glob
 from pipekit.engine.selection import natural_key
 from pipekit.engine.selection import select_item_ids
@@ -271,8 +273,11 @@ def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool)
     if state.metadata:
         out.write(f"metadata: {json.dumps(state.metadata, ensure_ascii=False)}\n")
     out.write(f"started: {state.started_at}   last updated: {state.last_updated}\n\n")
+    definitions = {p.num: p for p in target.pipeline.phases}
     for num, phase in sorted(state.phases.items()):
         label = phase.status + (f" ({phase.reason})" if phase.reason else "")
+        if num in definitions and gave_up(definitions[num], phase):
+            label += f", gave up after {attempts_used(phase)} attempts (max_attempts; `pipekit reset` runs it again)"
         out.write(f"{glyph(phase.status, colour)} phase {num} {phase.name}: {label}\n")
         if phase.status == PENDING and not phase.attempts:
             continue

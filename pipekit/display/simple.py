@@ -129,6 +129,11 @@ class SimpleProgress(BaseProgress):
     def _show_retry(self, item: ItemProgress, error: str, attempt: int) -> None:
         self._line(f"{self._where(item)} attempt {attempt} failed, retrying: {error}")
 
+    def _show_requested_retry(self, item: ItemProgress, attempt: int, after: float | None) -> None:
+        if self.verbose:  # dozens a run when an API rate-limits: not worth a line by default
+            wait = f" (after {after:g}s)" if after else ""
+            self._line(f"{self._where(item)} attempt {attempt}: retry requested{wait}")
+
     def _show_skip(self, item: ItemProgress, reason: str) -> None:
         self._line(f"{self._where(item)} skipped ({reason})")
 

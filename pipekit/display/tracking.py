@@ -41,6 +41,8 @@ class ProgressState:
     retried_attempts: int = 0
     #: Dollars spent on these items by earlier runs (from their state).
     earlier_cost_usd: float = 0.0
+    #: Attempts a handler ended with ``Retry`` (a 429, say): tried again, not failed.
+    requested_retries: int = 0
 
     @property
     def total_work(self) -> int:
@@ -266,5 +268,24 @@ class BaseProgress:
         pass
 
     def _show_item_end(self, item: ItemProgress, status: str) -> None:
+        pass
+
+    def request_retry(
+        self,
+        attempt: int,
+        after: float | None,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        cost_usd: float = 0.0,
+        *,
+        key: Hashable | None = None,
+    ) -> None:
+        """Attempt ``attempt`` of the item's current phase asked for another (``Retry``), spending this."""
+        item = self._item(key)
+        self.state.requested_retries += 1
+        self._add_usage(item, tokens_in, tokens_out, cost_usd)
+        self._show_requested_retry(item, attempt, after)
+
+    def _show_requested_retry(self, item: ItemProgress, attempt: int, after: float | None) -> None:
         pass
 

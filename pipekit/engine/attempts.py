@@ -17,6 +17,8 @@ from pipekit.pipeline.context import CostCapExceeded
 from pipekit.pipeline.context import check_usage
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.phases import PhaseResult
+from pipekit.state.model import FAILED
+from pipekit.state.model import PhaseState
 
 
 #: How many times one execution may ask for ``Retry`` before it counts as failed.
@@ -86,16 +88,30 @@ class Retries:
         self.failures = 0
         self.requests = 0
 
-    def delay(self, error: BaseException) -> float | None:
-        """Seconds to wait before the next attempt; None when there is none."""
+    def delay(self, error: BaseException, used: int = 0) -> float | None:
+        """Seconds to wait before the next attempt (``used`` so far toward
+        ``max_attempts``); None when there is none."""
         if isinstance(error, Retry) and self.requests < MAX_RETRY_REQUESTS:
             self.requests += 1
             return error.after or 0.0
+        if self.phase.max_attempts is not None and used >= self.phase.max_attempts:
+            return None
         if is_retriable(self.phase, error, self.executor) and self.failures < self.phase.retries:
             delay: float = self.phase.retry_backoff * 2**self.failures * random.uniform(0.8, 1.2)
             self.failures += 1
             return delay
         return None
+
+
+def attempts_used(state: PhaseState) -> int:
+    """Executions of a phase that count toward its ``max_attempts``: those since its last reset."""
+    return max(0, state.attempts - state.attempts_at_reset)
+
+
+def gave_up(phase: PhaseDefinition, state: PhaseState) -> bool:
+    """True when a failed phase used up its ``max_attempts``: runs no longer execute it."""
+    cap = phase.max_attempts
+    return cap is not None and state.status == FAILED and attempts_used(state) >= cap
 
 
 def as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:

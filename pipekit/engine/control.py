@@ -56,6 +56,9 @@ class RunControl:
     gate: Gate | None = None
     #: Called after every ``add_usage`` (the budget cap watches spending here).
     on_usage: Callable[[RunControl], None] | None = None
+    #: Called when an item's phases end, with the error that failed it in this
+    #: run (or None) and whether it went to its end (``pipekit.engine.failfast``).
+    on_item_end: Callable[[BaseException | None, bool], None] | None = None
     _interruption: asyncio.Future[Any] | None = field(default=None, init=False, repr=False)
 
     def interruption(self) -> asyncio.Future[Any]:

@@ -105,6 +105,8 @@ class PhaseRunner:
         self._prestarted: PhaseDefinition | None = None
         self._in_loop = False
         self._item_output_dir: Path | None = None
+        #: The error that failed a critical phase in this run (what fails the item).
+        self.failure: BaseException | None = None
 
     # -- the loop -------------------------------------------------------------
 
@@ -119,7 +121,10 @@ class PhaseRunner:
         release_dead_attempts(self.state.store, self.state.state)
         held = self.writer.hold(self.state)
         try:
-            return await self._run_phases()
+            ok = await self._run_phases()
+            if self.control.on_item_end is not None:
+                self.control.on_item_end(self.failure, ok and not self.control.stop_new_phases)
+            return ok
         finally:
             if held:
                 await self.writer.release(self.state)
@@ -170,6 +175,8 @@ class PhaseRunner:
         """Run ``phase`` to its end (with retries); True when completed or skipped."""
         assert self.control is not None
         item, manager = self.item, self.state
+        if attempts.gave_up(phase, manager.state.phases[phase.num]):
+            return False  # it failed its max_attempts times: not run again until a reset
         if self._prestarted is phase:
             self._prestarted = None
             return await self._execute(phase, no_release)
@@ -210,7 +217,7 @@ class PhaseRunner:
             if outcome.error is None:
                 manager.state.phases[phase.num].fingerprint = fingerprint  # saved by _complete
                 return await self._complete(outcome)
-            delay = retries.delay(outcome.error)
+            delay = retries.delay(outcome.error, attempts.attempts_used(manager.state.phases[phase.num]))
             if delay is not None and isinstance(outcome.error, Retry) and outcome.error.after:
                 if self.control.gate is not None:
                     who = f"item {self.item.id!r} phase {phase.name!r}"
@@ -294,6 +301,8 @@ class PhaseRunner:
         if following is None or self.state.state.phases[following.num].status in DONE_STATUSES:
             return None
         if following.cache_check is not None and not self.force:
+            return None
+        if attempts.gave_up(following, self.state.state.phases[following.num]):
             return None
         if self.control.gate is not None and (following.concurrency is not None or following.limits):
             return None
@@ -410,6 +419,8 @@ class PhaseRunner:
             critical=phase.critical,
         )
         await self._saved()
+        if phase.critical:
+            self.failure = outcome.error
         self.control.phases_failed += 1
         self.control.add_usage(*outcome.usage)
         self.notify.phase_fail(self.item, phase, outcome.error, outcome)

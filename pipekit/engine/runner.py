@@ -20,6 +20,7 @@ from pipekit.engine.budget import Spending
 from pipekit.engine.budget import make_forecast
 from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
+from pipekit.engine.failfast import Breaker
 from pipekit.engine.phaserunner import PhaseRunner
 from pipekit.engine.preflight import Preflight
 from pipekit.engine.preflight import preflight
@@ -115,6 +116,8 @@ class Run:
         self.executor = executor or LocalExecutor()
         self.notify = notifier or HookNotifier.of(config.pluginmanager)
         self.control = RunControl()
+        #: ``--maxfail`` / ``--maxfail-same``: stops the run after too many failed items (or None).
+        self.breaker = Breaker.of(config, self.control, self._say)
         #: Writes states off the event loop when items run concurrently.
         self._writer = StateWriter(threads=min(self.workers, 8) if self.workers > 1 else 0)
         #: Rate limits declared in the module's ``LIMITS`` (checked against the phases).

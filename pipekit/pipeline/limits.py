@@ -139,6 +139,7 @@ class Gate:
         self._limiters: dict[str, RateLimiter] = {}
         self._say = say or _to_stderr
         self._throttling_told: set[str] = set()
+        self._paused_told: set[str] = set()
         #: The run's event loop and its thread, for handlers in threads.
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
@@ -185,7 +186,9 @@ class Gate:
     def pause(self, names: Iterable[str], seconds: float, who: str) -> None:
         """A Retry-After: pause the limits ``names`` for every phase using them."""
         for name in names:
-            if name in self.declared and self.limiter(name).pause(seconds):
+            if name in self.declared and self.limiter(name).pause(seconds) and name not in self._paused_told:
+                # Once per limit: a rate-limited API sends dozens (the summary counts the waits).
+                self._paused_told.add(name)
                 self._say(f"limit {name!r} paused for {seconds:g}s (Retry-After from {who})")
 
     def acquire_from_thread(self, name: str, tokens: int, on_wait: WaitCallback | None) -> None:

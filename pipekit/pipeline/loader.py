@@ -132,6 +132,8 @@ def collect_phases(module: ModuleType) -> list[PhaseDefinition]:
             problems.append(f"{attr}: timeout must be a positive number or None")
         if not isinstance(d.retries, int) or d.retries < 0:
             problems.append(f"{attr}: retries must be a non-negative int")
+        if d.max_attempts is not None and (type(d.max_attempts) is not int or d.max_attempts < 1):
+            problems.append(f"{attr}: max_attempts must be a positive int or None, got {d.max_attempts!r}")
         if not isinstance(d.retry_backoff, (int, float)) or isinstance(d.retry_backoff, bool) or d.retry_backoff < 0:
             problems.append(f"{attr}: retry_backoff must be a non-negative number of seconds")
         if d.cache_check is not None and not callable(d.cache_check):

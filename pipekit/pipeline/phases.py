@@ -73,6 +73,9 @@ class PhaseDefinition:
     #: ``"warn"``: a stale phase is reported, re-run only with ``--rerun-stale``;
     #: ``"rerun"``: a stale phase is re-run automatically.
     on_change: str = "warn"
+    #: Executions of this phase an item may have, across runs, since its last
+    #: reset (``None``: no cap); once reached, runs no longer execute it.
+    max_attempts: int | None = None
 
     @property
     def is_async(self) -> bool:
@@ -97,6 +100,7 @@ def phase(
     concurrency: int | None = None,
     limits: Iterable[str] | Mapping[str, int] = (),
     max_cost: float | None = None,
+    max_attempts: int | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as phase ``num`` of the pipeline defined in its module.
 
@@ -129,6 +133,10 @@ def phase(
         tokens to reserve per attempt, e.g. ``{"openai": 1200}``.
     :param max_cost: dollars one execution may record with ``ctx.record_cost``;
         the call that goes over fails the phase (no retry).
+    :param max_attempts: executions an item may have of this phase across runs
+        (retries included) until ``pipekit reset``; once reached, later runs do
+        not execute it and the item counts as failed. A ``Retry`` the handler
+        asks for is not stopped by it (``MAX_RETRY_REQUESTS`` caps those).
     """
     if on_change not in ON_CHANGE_CHOICES:
         raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
@@ -151,6 +159,7 @@ def phase(
             concurrency=concurrency,
             limits=dict(limits) if isinstance(limits, Mapping) else dict.fromkeys(limits, 0),
             max_cost=max_cost,
+            max_attempts=max_attempts,  # validated by the loader, naming the function
         )
         setattr(func, PHASE_MARKER, definition)
         return func

@@ -149,6 +149,7 @@ PHASE_CHECKS: dict[str, Check] = {
     "reason": _optional_text,
     "traceback": _optional_text,
     "fingerprint": _fingerprint,
+    "attempts_at_reset": _count,
 }
 #: Phase fields a saved phase must have (the others have defaults).
 PHASE_REQUIRED = ("phase", "name")
@@ -265,6 +266,8 @@ def _check_phase(phase: Any, path: str) -> None:
         and type(count := get("tokens_out", 0)) is int
         and 0 <= count <= MAX_COUNT
         and type(count := get("attempts", 0)) is int
+        and 0 <= count <= MAX_COUNT
+        and type(count := get("attempts_at_reset", 0)) is int
         and 0 <= count <= MAX_COUNT
         and (amount := get("cost_usd", 0)) is not None
         and _plain_amount(amount)

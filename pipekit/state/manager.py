@@ -309,6 +309,7 @@ class PipelineStateManager:
             phase.reason = None
             phase.traceback = None
             phase.output_file = None
+            phase.attempts_at_reset = phase.attempts  # a cap on attempts counts afresh
             self._set_output(phase_num, None)
             # Before the save: a reset phase must never find its old checkpoints.
             self.store.drop_checkpoints(self.item_id, phase.name)

@@ -94,6 +94,9 @@ class PhaseState:
     #: unknown (written before fingerprints existed, or skipped by a cache).
     #: Replaced as a whole, never changed in place (saved documents share it).
     fingerprint: dict[str, Any] | None = None
+    #: ``attempts`` when the phase was last reset: ``@phase(max_attempts=N)``
+    #: counts from here (0 in states written before it existed).
+    attempts_at_reset: int = 0
 
 
 PHASE_FIELDS = frozenset(f.name for f in fields(PhaseState))
