@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+import json
 from pathlib import Path
 import signal
 import subprocess
@@ -131,3 +132,47 @@ def test_every_store_keeps_any_large_output_text(every_store: list[StateStore], 
         ref = store.write_output("item", 1, output)
         assert store.read_output("item", ref) == output, store.location
         store.delete_output("item", ref)
+
+
+# -- text a store cannot hold as it is: NUL (PostgreSQL) and lone surrogates (UTF-8) ------------
+
+ODD_TEXT = '''
+    import json
+    from pathlib import Path
+    from pipekit import phase
+
+    def items():
+        return [("nul", {"note": "a\\x00b", "k\\x00": "\\ud800"}), ("surrogate", {"note": "\\udcff"})]
+
+    @phase(1)
+    def research(item_id):
+        with Path("calls.txt").open("a") as log:
+            log.write(f"{item_id}\\n")
+        return "a\\x00b" if item_id == "nul" else "x\\ud800y"
+
+    @phase(2)
+    def fail_oddly(item_id, previous_outputs):
+        assert previous_outputs[1] == ("a\\x00b" if item_id == "nul" else "x\\ud800y")
+        raise RuntimeError("bad \\x00 and \\udfff")
+'''
+
+
+@pytest.mark.usefixtures("any_store")
+def test_outputs_metadata_and_errors_with_nul_or_a_lone_surrogate_are_kept(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(ODD_TEXT)
+    first = pipetester.run_subprocess("run", "pipeline.py")
+    assert first.ret == 1, first  # phase 2 fails, on purpose; nothing crashed
+    assert "Traceback" not in first.stderr
+    assert (pipetester.path / "calls.txt").read_text().split() == ["nul", "surrogate"]
+    for item_id, output in (("nul", "a\x00b"), ("surrogate", "x\ud800y")):
+        state = first.state(item_id)
+        assert state.phase_outputs[1] == output
+        assert state.phases[1].status == "completed"
+        assert state.phases[2].status == "failed"
+        assert state.phases[2].error is not None and "bad \x00 and \udfff" in state.phases[2].error
+    assert first.state("nul").metadata == {"note": "a\x00b", "k\x00": "\ud800"}
+    assert first.state("surrogate").metadata == {"note": "\udcff"}
+    again = pipetester.run_subprocess("run", "pipeline.py")
+    assert again.ret == 1, again
+    assert (pipetester.path / "calls.txt").read_text().split() == ["nul", "surrogate"]  # never paid twice
+

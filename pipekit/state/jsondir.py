@@ -19,6 +19,7 @@ from typing import Any
 
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
+from pipekit.state.escaping import json_text
 from pipekit.state.store import NO_LOCKING_ERRNOS
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
@@ -160,7 +161,7 @@ class JsonDirStore(StateStore):
         self._prepare()
         folder = self._checkpoint_dir(item_id, phase)
         path = folder / f"{encode_item_id(key)}.json"
-        data = json.dumps({"key": key, "value": value}, ensure_ascii=False).encode("utf-8")
+        data = json_text({"key": key, "value": value}).encode("utf-8")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             write_atomically(path, data + b"\n", durable=self.durable)

@@ -35,6 +35,8 @@ import uuid
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
+from pipekit.state.escaping import jsonb_text
+from pipekit.state.escaping import jsonb_value
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.holder import this_holder
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
@@ -150,7 +152,7 @@ class PostgresStore(LeaseHolding, StateStore):
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         try:
-            self._db = psycopg.connect(conninfo, autocommit=True)
+            self._db = self._connect(autocommit=True)
             with self._db.transaction():
                 self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
                 # Only when needed: an ALTER TABLE, even one that changes nothing, locks the
@@ -186,6 +188,17 @@ class PostgresStore(LeaseHolding, StateStore):
         return cls(conninfo, name, lease_seconds=lease, create=create)
 
     # -- helpers ------------------------------------------------------------------
+
+    def _connect(self, autocommit: bool = False) -> Any:
+        """A connection whose ``jsonb`` values hold any text: NUL and lone surrogates
+        are escaped on the way in and decoded on the way out (``pipekit.state.escaping``)."""
+        from psycopg.types.json import set_json_dumps
+        from psycopg.types.json import set_json_loads
+
+        connection = self._psycopg.connect(self.conninfo, autocommit=autocommit)
+        set_json_dumps(jsonb_text, context=connection)
+        set_json_loads(jsonb_value, context=connection)
+        return connection
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -355,7 +368,7 @@ class PostgresStore(LeaseHolding, StateStore):
         # store's connection stays free for the caller), fetched in batches:
         # fetching every row at once held every document, 1.7 GB for 100,000 items.
         try:
-            reader = self._psycopg.connect(self.conninfo)
+            reader = self._connect()
         except self._psycopg.Error as exc:
             raise StateWriteError(self.location, str(exc).strip()) from exc
         try:
