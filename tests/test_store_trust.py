@@ -176,3 +176,19 @@ def test_outputs_metadata_and_errors_with_nul_or_a_lone_surrogate_are_kept(pipet
     assert again.ret == 1, again
     assert (pipetester.path / "calls.txt").read_text().split() == ["nul", "surrogate"]  # never paid twice
 
+
+@pytest.mark.usefixtures("any_store")
+@pytest.mark.parametrize("source", ["items.jsonl", "items()"])
+def test_an_item_id_holding_nul_is_a_usage_error_naming_it(pipetester: PipeTester, source: str) -> None:
+    if source == "items()":
+        pipetester.make_pipeline(PIPELINE + '\n    def items():\n        return ["fine", "a\\x00b"]\n')
+        args: tuple[str, ...] = ()
+    else:
+        pipetester.make_pipeline(PIPELINE)
+        pipetester.make_items({"id": "fine"}, {"id": "a\x00b"}, name="items.jsonl")
+        args = ("--items", "items.jsonl")
+    result = pipetester.run_subprocess("run", "pipeline.py", *args)
+    assert result.ret == 4, result
+    assert "item id 'a\\x00b'" in result.stderr and "NUL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not result.events or result.event_names().count("phase_start") == 0

@@ -388,3 +388,21 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
             return None
         raise
     return ItemLock(fd)
+
+
+def item_id_problem(item_id: str) -> str | None:
+    """Why no store may hold ``item_id``, or None; every item source is checked by it,
+    so an id is refused before any phase runs, and the same on every store.
+
+    Refused everywhere, though the JSON store could hold them: NUL (PostgreSQL
+    keeps no NUL in text, and no command line can carry one, so ``--item`` could
+    never name the item) and lone surrogates (no UTF-8 form: SQLite and
+    PostgreSQL cannot take them). An id is a key, so it is never escaped: the
+    same id must name the same item in every store, and after ``migrate``.
+    """
+    found = _UNSTORABLE.search(item_id)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "holds NUL (U+0000), which no store keeps in an id"
+    return f"holds a lone surrogate (U+{ord(found.group()):04X}), which is not Unicode text and no store keeps in an id"
