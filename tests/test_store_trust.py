@@ -178,6 +178,29 @@ def test_outputs_metadata_and_errors_with_nul_or_a_lone_surrogate_are_kept(pipet
 
 
 @pytest.mark.usefixtures("any_store")
+def test_export_writes_outputs_with_nul_or_a_lone_surrogate(pipetester: PipeTester, tmp_path: Path) -> None:
+    pipetester.make_pipeline(ODD_TEXT)
+    assert pipetester.run_subprocess("run", "pipeline.py").ret == 1
+    out = tmp_path / "out"
+    export = [sys.executable, "-m", "pipekit", "export", "pipeline.py", "--phase", "1"]
+    exported = subprocess.run([*export, "-o", str(out)], cwd=pipetester.path, capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr
+    assert "Traceback" not in exported.stderr
+    # the file holds the text's UTF-8, a lone surrogate as "surrogatepass" writes it
+    assert (out / "nul.txt").read_bytes() == b"a\x00b"
+    assert (out / "surrogate.txt").read_bytes() == b"x\xed\xa0\x80y"
+    assert (out / "surrogate.txt").read_text("utf-8", "surrogatepass") == "x\ud800y"
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text("utf-8").splitlines()]
+    assert index == [
+        {"item_id": "nul", "metadata": {"note": "a\x00b", "k\x00": "\ud800"}, "file": "nul.txt"},
+        {"item_id": "surrogate", "metadata": {"note": "\udcff"}, "file": "surrogate.txt"},
+    ]
+    printed = subprocess.run([*export, "--jsonl"], cwd=pipetester.path, capture_output=True, text=True)
+    assert printed.returncode == 0, printed.stderr
+    assert [json.loads(line)["output"] for line in printed.stdout.splitlines()] == ["a\x00b", "x\ud800y"]
+
+
+@pytest.mark.usefixtures("any_store")
 @pytest.mark.parametrize("source", ["items.jsonl", "items()"])
 def test_an_item_id_holding_nul_is_a_usage_error_naming_it(pipetester: PipeTester, source: str) -> None:
     if source == "items()":
