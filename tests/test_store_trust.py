@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from hypothesis import HealthCheck
 from hypothesis import given
@@ -16,6 +17,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 import pytest
 
+from pipekit import PipelineStateManager
+from pipekit.state.escaping import MARKER
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.open import open_store_url
 from pipekit.state.store import StateStore
@@ -215,3 +218,45 @@ def test_an_item_id_holding_nul_is_a_usage_error_naming_it(pipetester: PipeTeste
     assert "item id 'a\\x00b'" in result.stderr and "NUL" in result.stderr
     assert "Traceback" not in result.stderr
     assert not result.events or result.event_names().count("phase_start") == 0
+
+
+_ODD = st.sampled_from(["\x00", "\ud800", "\udfff", "\udcff", MARKER, f'{MARKER}"x"', "\\u0000", "é", "📚"])
+_TEXT = st.lists(st.one_of(_ODD, st.text(st.characters(codec=None, min_codepoint=0), max_size=8)), max_size=6).map(
+    "".join
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(output=_TEXT, pad=st.sampled_from([0, 3000, 9000]), metadata=st.dictionaries(_TEXT, _JSON), error=_TEXT)
+def test_every_store_keeps_whole_documents_of_any_text(
+    every_store: list[StateStore], output: str, pad: int, metadata: dict[str, Any], error: str
+) -> None:
+    # outputs inline and large, metadata keys and values, error texts: any str, the marker too
+    output = "y" * pad + output
+    for store in every_store:
+        for item_id, finish in (("done", True), ("failed", False)):
+            manager = PipelineStateManager(item_id, store)
+            manager.create_state(metadata, [(1, "write"), (2, "check")])
+            manager.start_phase(1)
+            manager.complete_phase(1, output, cost_usd=0.5)
+            if finish:
+                manager.skip_phase(2, error, output=error)
+            else:
+                manager.start_phase(2)
+                manager.fail_phase(2, error, traceback=f"Traceback\n{error}")
+            again = PipelineStateManager(item_id, store)
+            assert again.load_state(), store.location
+            state = again.state
+            assert state.metadata == metadata, store.location
+            assert state.phase_outputs[1] == output, store.location
+            if finish:
+                assert (state.phases[2].reason, state.phase_outputs[2]) == (error, error), store.location
+            else:
+                assert (state.phases[2].error, state.phases[2].traceback) == (error, f"Traceback\n{error}")
+        finished = store.finished_items(["write", "check"])
+        assert finished is None or finished["done"].metadata == metadata, store.location

@@ -20,7 +20,7 @@ from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
-from pipekit.state.escaping import json_text
+from pipekit.state.escaping import plain_json_text
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import SKIPPED
 from pipekit.state.store import encode_item_id
@@ -80,10 +80,10 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
                     name = f"{encode_item_id(item_id)}.txt"
                     # A lone surrogate is written as "surrogatepass" writes it (read it back so too).
                     write_atomically(folder / name, output.encode("utf-8", "surrogatepass"), durable=False)
-                    index.write(json_text({**record, "file": name}) + "\n")
+                    index.write(plain_json_text({**record, "file": name}) + "\n")
                 else:
                     record.update(phase=definition.num, phase_name=definition.name, output=output)
-                    sys.stdout.write(json_text(record) + "\n")
+                    sys.stdout.write(plain_json_text(record) + "\n")
                 exported += 1
         finally:
             if index is not None:

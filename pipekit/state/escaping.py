@@ -2,72 +2,82 @@
 
 Two kinds of characters have no place in some backend, though Python strings
 hold them and a handler may return them (an LLM's output is whatever ``str`` it
-is): NUL (PostgreSQL's ``jsonb`` and ``text`` refuse U+0000) and lone
-surrogates (U+D800..U+DFFF, which have no UTF-8 form, so SQLite and psycopg
-cannot send them). ``json_text`` writes a value as JSON that any UTF-8 store
-holds (JSON escapes a NUL itself). For ``jsonb``, ``escape`` replaces each
-string (value or key) holding NUL or a lone surrogate by ``MARKER`` and its
-ASCII JSON form, and ``unescape`` reverses it on load; a string that happens
-to start with ``MARKER`` is escaped too, so every string round-trips.
+is): NUL (PostgreSQL's ``jsonb`` and ``text`` refuse U+0000) and surrogate
+code points (U+D800..U+DFFF: they have no UTF-8 form, so SQLite, psycopg and
+UTF-8 files cannot take them, and JSON's ``\\ud83d\\ude00`` escape would join
+two of them into one character on reading). ``escape`` replaces each string
+(value or key) holding one by ``MARKER`` and its ``unicode_escape`` form (ASCII),
+and ``unescape`` reverses it on load; a string that happens to start with
+``MARKER`` is escaped too, so every string round-trips. Documents without such
+strings, nearly all of them, are written exactly as before.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from typing import Any
 
 
-#: Starts a string ``escape`` wrote: printable ASCII, so ``jsonb`` shows it as it is.
+#: Starts a string ``escape`` wrote: printable ASCII, so every store shows it as it is.
 MARKER = "~pipekit-escaped:"
-#: A code point UTF-8 cannot encode (Python joins a valid pair into one code point).
+_MARKER_BYTES = MARKER.encode("ascii")
+#: A surrogate code point (Python holds an astral character as one code point, never a pair).
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ESCAPED = re.compile("[\x00\ud800-\udfff]")
+_ESCAPED = {False: _SURROGATE, True: re.compile("[\x00\ud800-\udfff]")}
 
-_ascii = json.JSONEncoder(ensure_ascii=True).encode
 _unicode = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def json_text(value: Any) -> str:
-    """``value`` as JSON text with its non-ASCII characters as they are, or, when
-    it holds a lone surrogate, all as ASCII escapes (valid UTF-8 either way)."""
+    """``value`` as JSON text that is valid UTF-8 and reads back equal with ``json_value``."""
+    text = _unicode(value)
+    if MARKER in text or (not text.isascii() and _SURROGATE.search(text)):
+        return _unicode(escape(value))
+    return text
+
+
+def plain_json_text(value: Any) -> str:
+    """``value`` as standard JSON for people and other programs (``export``): its
+    non-ASCII characters as they are, or all as ASCII escapes when it holds a
+    surrogate (valid UTF-8 either way; no ``MARKER``)."""
     text = _unicode(value)
     if not text.isascii() and _SURROGATE.search(text):
-        return _ascii(value)
+        return json.dumps(value)
     return text
 
 
 def jsonb_text(value: Any) -> str:
-    """``value`` as JSON text PostgreSQL's ``jsonb`` accepts: ``escape``'d when it
-    must be. The common case costs one encode and a few substring searches."""
+    """``json_text`` that PostgreSQL's ``jsonb`` also accepts (NUL escaped too)."""
     text = _unicode(value)
     if "\\u0000" in text or MARKER in text or (not text.isascii() and _SURROGATE.search(text)):
-        return _unicode(escape(value))  # a false alarm (a literal "\\u0000") only costs the walk
+        return _unicode(escape(value, nul=True))  # a false alarm (a literal "\\u0000") only costs the walk
     return text
 
 
-def jsonb_value(text: str | bytes) -> Any:
-    """The value ``jsonb_text`` wrote, from the text PostgreSQL returns."""
+def json_value(text: str | bytes) -> Any:
+    """The value ``json_text``, ``jsonb_text`` or an ``escape``'d document wrote."""
     value = json.loads(text)
-    escaped = MARKER in text if isinstance(text, str) else MARKER.encode() in text
+    escaped = MARKER in text if isinstance(text, str) else _MARKER_BYTES in text
     return unescape(value) if escaped else value
 
 
-def escape(value: Any) -> Any:
-    """``value`` with every string holding NUL or a lone surrogate, or starting
-    with ``MARKER``, replaced by ``MARKER`` plus its ASCII JSON form."""
+def escape(value: Any, *, nul: bool = False) -> Any:
+    """``value`` with every string holding a surrogate (and NUL, with ``nul``), or
+    starting with ``MARKER``, replaced by ``MARKER`` plus its ``unicode_escape`` form."""
     if isinstance(value, str):
-        return _escape_str(value)
+        return _escape_str(value, nul)
     if isinstance(value, dict):
-        return {_escape_str(k) if isinstance(k, str) else k: escape(v) for k, v in value.items()}
+        return {_escape_str(k, nul) if isinstance(k, str) else k: escape(v, nul=nul) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [escape(v) for v in value]
+        return [escape(v, nul=nul) for v in value]
     return value
 
 
-def _escape_str(text: str) -> str:
-    if text.startswith(MARKER) or _ESCAPED.search(text):
-        return MARKER + _ascii(text)
+def _escape_str(text: str, nul: bool) -> str:
+    if text.startswith(MARKER) or _ESCAPED[nul].search(text):
+        return MARKER + text.encode("unicode_escape").decode("ascii")
     return text
 
 
@@ -83,11 +93,16 @@ def unescape(value: Any) -> Any:
 
 
 def _unescape_str(text: str) -> str:
-    if text.startswith(MARKER):
-        try:
-            decoded = json.loads(text[len(MARKER) :])
-        except ValueError:
-            return text  # not one ``escape`` wrote (edited by hand): kept as it is
-        if isinstance(decoded, str):
-            return decoded
-    return text
+    if not text.startswith(MARKER):
+        return text
+    try:
+        return codecs.decode(text[len(MARKER) :].encode("ascii"), "unicode_escape")
+    except (UnicodeError, ValueError):
+        return text  # not one ``escape`` wrote (edited by hand): kept as it is
+
+
+def needs_escape(encoded: bytes) -> bool:
+    """Whether a document ``pipekit.state.store.encode_document`` wrote as ``encoded``
+    must be written ``escape``'d instead: it holds ``MARKER``, or a surrogate it
+    could only write as a JSON escape (which reads back joined to its neighbour)."""
+    return _MARKER_BYTES in encoded or b"\\ud" in encoded

@@ -35,8 +35,8 @@ import uuid
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
+from pipekit.state.escaping import json_value
 from pipekit.state.escaping import jsonb_text
-from pipekit.state.escaping import jsonb_value
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.holder import this_holder
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
@@ -197,7 +197,7 @@ class PostgresStore(LeaseHolding, StateStore):
 
         connection = self._psycopg.connect(self.conninfo, autocommit=autocommit)
         set_json_dumps(jsonb_text, context=connection)
-        set_json_loads(jsonb_value, context=connection)
+        set_json_loads(json_value, context=connection)
         return connection
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

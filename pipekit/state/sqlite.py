@@ -32,6 +32,7 @@ from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
 from pipekit.state.digest import text_hash
 from pipekit.state.escaping import json_text
+from pipekit.state.escaping import json_value
 from pipekit.state.localdisk import check_local
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
@@ -218,7 +219,7 @@ class SqliteStore(StateStore):
 
     def _parse(self, item_id: str, raw: Any) -> dict[str, Any]:
         try:
-            document = json.loads(raw)
+            document = json_value(raw)
         except (ValueError, TypeError) as exc:
             raise StateFileError(self.describe(item_id), f"not valid JSON ({exc})") from None
         if not isinstance(document, dict):
@@ -305,7 +306,7 @@ class SqliteStore(StateStore):
             rows = self._db.execute(
                 "SELECT key, value FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase)
             ).fetchall()
-        return {key: json.loads(value) for key, value in rows}
+        return {key: json_value(value) for key, value in rows}
 
     def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
         text = json_text(value)
@@ -392,7 +393,7 @@ class SqliteStore(StateStore):
                 if ok:
                     value = parsed.get(metadata)
                     if value is None:
-                        value = json.loads(metadata)
+                        value = json_value(metadata)
                         if len(parsed) < 1000:
                             parsed[metadata] = value
                     found[item_id] = FinishedItem(value, cost, keys.get(digest))

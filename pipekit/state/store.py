@@ -24,6 +24,8 @@ from pipekit.outcomes import StateFileError
 from pipekit.state.digest import text_hash
 from pipekit.state.document import DONE_STATUSES
 from pipekit.state.document import read_document
+from pipekit.state.escaping import json_text
+from pipekit.state.escaping import json_value
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -368,12 +370,12 @@ def encode_output(text: str) -> str:
     """``text`` as every store can hold it: itself, or (NUL or a lone surrogate in
     it, as any ``str`` a handler returns may hold) a JSON string of ASCII escapes,
     which ``output_name`` marks by ``.json``. Reversed by ``decode_output``."""
-    return json.dumps(text) if _UNSTORABLE.search(text) else text
+    return json_text(text) if _UNSTORABLE.search(text) else text
 
 
 def decode_output(ref: str, stored: str) -> str:
     """The output ``encode_output`` stored under ``ref``."""
-    return json.loads(stored) if ref.endswith(".json") else stored  # type: ignore[no-any-return]
+    return json_value(stored) if ref.endswith(".json") else stored  # type: ignore[no-any-return]
 
 
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
