@@ -226,8 +226,8 @@ def test_empty_and_missing_ids_are_refused_before_anything_runs(
     assert not (pipetester.path / "state").exists()
 
 
-def test_ids_with_nul_newlines_slashes_and_dots_each_get_their_own_state(pipetester: PipeTester) -> None:
-    ids = ["a\x00b", "a\nb", "a/b", "a%2Fb", "../a", "..", ".", "📚" * 100, "é", "e\u0301"]
+def test_ids_with_newlines_slashes_and_dots_each_get_their_own_state(pipetester: PipeTester) -> None:
+    ids = ["a\nb", "a/b", "a%2Fb", "../a", "..", ".", "📚" * 100, "é", "e\u0301"]
     pipetester.make_pipeline(TWO_PHASES)
     pipetester.make_items(*({"id": i} for i in ids), name="items.jsonl")
     result = pipetester.run("pipeline.py", "--items", "items.jsonl")

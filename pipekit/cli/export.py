@@ -7,7 +7,6 @@ item on stdout. Items are read one at a time, so memory stays flat.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 import sys
 from typing import Any
@@ -21,6 +20,7 @@ from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
+from pipekit.state.escaping import plain_json_text
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import SKIPPED
 from pipekit.state.store import encode_item_id
@@ -78,11 +78,12 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
                 record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}
                 if folder is not None and index is not None:
                     name = f"{encode_item_id(item_id)}.txt"
-                    write_atomically(folder / name, output.encode("utf-8"), durable=False)
-                    index.write(json.dumps({**record, "file": name}, ensure_ascii=False) + "\n")
+                    # A lone surrogate is written as "surrogatepass" writes it (read it back so too).
+                    write_atomically(folder / name, output.encode("utf-8", "surrogatepass"), durable=False)
+                    index.write(plain_json_text({**record, "file": name}) + "\n")
                 else:
                     record.update(phase=definition.num, phase_name=definition.name, output=output)
-                    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    sys.stdout.write(plain_json_text(record) + "\n")
                 exported += 1
         finally:
             if index is not None:

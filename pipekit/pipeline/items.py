@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from pipekit.outcomes import UsageError
+from pipekit.state.store import item_id_problem
 
 
 #: One item to process: its id and metadata.
@@ -43,10 +44,9 @@ def normalize_items(source: Iterable[Any], origin: str) -> list[ItemSpec]:
             raise UsageError(f"{origin}: item {position} has an invalid id {item_id!r} (ids are non-empty strings)")
         if item_id in seen:
             raise UsageError(f"{origin}: duplicate item id {item_id!r}")
-        try:
-            item_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError(f"{origin}: item id {item_id!r} is not valid Unicode text") from None
+        problem = item_id_problem(item_id)
+        if problem is not None:
+            raise UsageError(f"{origin}: item id {item_id!r} {problem}")
         try:
             if metadata:
                 json.dumps(metadata)

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import contextlib
 import errno
 import fcntl
-import json
 import os
 from pathlib import Path
 import shutil
@@ -19,6 +18,10 @@ from typing import Any
 
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
+from pipekit.state.escaping import escape
+from pipekit.state.escaping import json_text
+from pipekit.state.escaping import json_value
+from pipekit.state.escaping import needs_escape
 from pipekit.state.store import NO_LOCKING_ERRNOS
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
@@ -89,7 +92,7 @@ class JsonDirStore(StateStore):
     @staticmethod
     def _parse(path: Path | str, raw: bytes) -> dict[str, Any]:
         try:
-            document = json.loads(raw)
+            document = json_value(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise StateFileError(path, f"not valid JSON ({exc})") from None
         if not isinstance(document, dict):
@@ -99,6 +102,8 @@ class JsonDirStore(StateStore):
     def save(self, item_id: str, document: dict[str, Any]) -> None:
         self._prepare()
         data = encode_document(document)
+        if needs_escape(data):  # a surrogate, or a string that looks escaped: see pipekit.state.escaping
+            data = encode_document(escape(document))
         path = self.path_for(item_id)
         try:
             write_atomically(path, data, durable=self.durable)
@@ -160,7 +165,7 @@ class JsonDirStore(StateStore):
         self._prepare()
         folder = self._checkpoint_dir(item_id, phase)
         path = folder / f"{encode_item_id(key)}.json"
-        data = json.dumps({"key": key, "value": value}, ensure_ascii=False).encode("utf-8")
+        data = json_text({"key": key, "value": value}).encode("utf-8")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             write_atomically(path, data + b"\n", durable=self.durable)

@@ -142,7 +142,7 @@ class PipelineStateManager:
         state.last_updated = utc_now()
         for num, text in state.phase_outputs.items():
             if num not in self._output_refs and len(text) * 4 > INLINE_OUTPUT_LIMIT:
-                if len(text.encode("utf-8")) > INLINE_OUTPUT_LIMIT:
+                if len(text.encode("utf-8", "surrogatepass")) > INLINE_OUTPUT_LIMIT:  # a lone surrogate is 3 bytes too
                     self._output_refs[num] = self.store.write_output(self.item_id, num, text)
         self._pending = True  # the document is built when written: several changes cost one
         if not self.defer_saves:

@@ -3,11 +3,8 @@ database (``postgresql://USER:PASSWORD@HOST/DB[?pipeline=NAME&lease=SECONDS]``).
 
 Needs psycopg 3 (``pip install 'pipekit[postgres]'``). The same schema idea as
 the SQLite store, in ``jsonb``; rows are kept apart by pipeline name. Per-item
-locks are leases: a row naming the holder (``pipekit.state.holder``) and an
-expiry that a background thread keeps pushing forward. A driver that dies stops
-renewing, and once its lease expires another driver takes the item. Taking a
-lease locks the lease row with ``SELECT ... FOR UPDATE SKIP LOCKED``, so two
-drivers racing for one item never wait on each other and never both win.
+locks are leases (``pipekit.state.leases``): a row naming the holder and an
+expiry that a background thread keeps pushing forward.
 
 Leases fence writes. A driver paused past its lease (a closed laptop lid, a
 paused VM) is alive but no longer holds the item when it resumes, and by then
@@ -38,13 +35,15 @@ import uuid
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
-from pipekit.state.holder import Holder
+from pipekit.state.escaping import json_value
+from pipekit.state.escaping import jsonb_text
 from pipekit.state.holder import LeaseLostError
-from pipekit.state.holder import holder_is_gone
 from pipekit.state.holder import this_holder
+from pipekit.state.leases import DEFAULT_LEASE_SECONDS
+from pipekit.state.leases import HELD
+from pipekit.state.leases import LeaseHolding
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
-from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 from pipekit.state.store import decode_output
 from pipekit.state.store import encode_output
@@ -53,8 +52,6 @@ from pipekit.state.store import summarize
 from pipekit.state.urls import mask_password
 
 
-#: Seconds a lease lasts without renewal (the holder renews it every third of that).
-DEFAULT_LEASE_SECONDS = 30.0
 #: URL parameters that are pipekit's, not libpq's.
 _OWN_PARAMETERS = ("pipeline", "lease")
 #: Any constant: serialises schema creation between drivers starting at once.
@@ -115,11 +112,6 @@ ON CONFLICT (pipeline, item_id) DO UPDATE SET state = excluded.state, status = e
 _SCHEMA_IS_CURRENT = """SELECT 1 FROM information_schema.columns
     WHERE table_schema = current_schema() AND table_name = 'pipekit_leases' AND column_name = 'holder'"""
 
-#: Locks this driver's lease row of an item, if it still holds it (see the module docstring).
-_HELD = """SELECT item_id FROM pipekit_leases WHERE pipeline = %s AND owner = %s AND item_id = ANY(%s)
-           FOR KEY SHARE"""
-
-
 def _psycopg() -> Any:
     try:
         import psycopg
@@ -130,21 +122,7 @@ def _psycopg() -> Any:
     return psycopg
 
 
-class _Lease(ItemLock):
-    """A held lease; ``release`` deletes it."""
-
-    def __init__(self, store: PostgresStore, item_id: str) -> None:
-        super().__init__(-1)
-        self._store: PostgresStore | None = store
-        self._item_id = item_id
-
-    def release(self) -> None:
-        if self._store is not None:
-            store, self._store = self._store, None
-            store._release(self._item_id)
-
-
-class PostgresStore(StateStore):
+class PostgresStore(LeaseHolding, StateStore):
     """The items of one pipeline in a PostgreSQL database.
 
     :param conninfo: a libpq connection string or URL (without pipekit's parameters).
@@ -174,7 +152,7 @@ class PostgresStore(StateStore):
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         try:
-            self._db = psycopg.connect(conninfo, autocommit=True)
+            self._db = self._connect(autocommit=True)
             with self._db.transaction():
                 self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
                 # Only when needed: an ALTER TABLE, even one that changes nothing, locks the
@@ -210,6 +188,17 @@ class PostgresStore(StateStore):
         return cls(conninfo, name, lease_seconds=lease, create=create)
 
     # -- helpers ------------------------------------------------------------------
+
+    def _connect(self, autocommit: bool = False) -> Any:
+        """A connection whose ``jsonb`` values hold any text: NUL and lone surrogates
+        are escaped on the way in and decoded on the way out (``pipekit.state.escaping``)."""
+        from psycopg.types.json import set_json_dumps
+        from psycopg.types.json import set_json_loads
+
+        connection = self._psycopg.connect(self.conninfo, autocommit=autocommit)
+        set_json_dumps(jsonb_text, context=connection)
+        set_json_loads(json_value, context=connection)
+        return connection
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -266,7 +255,7 @@ class PostgresStore(StateStore):
                     with self._db.transaction(), self._db.cursor() as cursor:
                         leased = [row[1] for row in rows if row[1] in self._held]
                         if leased:
-                            held = {found for (found,) in cursor.execute(_HELD, (self.pipeline, self.owner, leased))}
+                            held = {found for (found,) in cursor.execute(HELD, (self.pipeline, self.owner, leased))}
                             gone = set(leased) - held
                             if gone:
                                 lost.extend(sorted(gone))
@@ -294,7 +283,7 @@ class PostgresStore(StateStore):
         with self._lock:
             try:
                 with self._db.transaction():
-                    if not self._db.execute(_HELD, (self.pipeline, self.owner, [item_id])).fetchone():
+                    if not self._db.execute(HELD, (self.pipeline, self.owner, [item_id])).fetchone():
                         raise LeaseLostError(self.location, [item_id])
                     self._db.execute(sql, params)
             except self._psycopg.Error as exc:
@@ -379,7 +368,7 @@ class PostgresStore(StateStore):
         # store's connection stays free for the caller), fetched in batches:
         # fetching every row at once held every document, 1.7 GB for 100,000 items.
         try:
-            reader = self._psycopg.connect(self.conninfo)
+            reader = self._connect()
         except self._psycopg.Error as exc:
             raise StateWriteError(self.location, str(exc).strip()) from exc
         try:
@@ -414,72 +403,6 @@ class PostgresStore(StateStore):
         )
         for (item_id,) in rows:
             yield item_id
-
-    # -- leases ---------------------------------------------------------------------
-
-    def try_lock(self, item_id: str) -> ItemLock | None:
-        lease = f"{self.lease_seconds} seconds"
-        with self._lock:
-            try:
-                with self._db.transaction():
-                    me = (self.owner, self.holder.host, self.holder.pid, self.holder.to_json(), lease)
-                    taken = self._db.execute(
-                        """INSERT INTO pipekit_leases (owner, host, pid, holder, expires_at, pipeline, item_id)
-                           VALUES (%s, %s, %s, %s, now() + %s::interval, %s, %s)
-                           ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING 1""",
-                        (*me, self.pipeline, item_id),
-                    ).fetchone()
-                    if taken is None:
-                        # Someone holds or held it: take it only if the lease expired. A row
-                        # another driver is taking right now is skipped, not waited for.
-                        row = self._db.execute(
-                            """SELECT expires_at < now(), holder FROM pipekit_leases
-                               WHERE pipeline = %s AND item_id = %s FOR UPDATE SKIP LOCKED""",
-                            (self.pipeline, item_id),
-                        ).fetchone()
-                        # Before expiry, only a holder certainly dead on this machine is overtaken.
-                        if row is None or not (row[0] or holder_is_gone(Holder.from_json(row[1]), self.holder)):
-                            return None
-                        self._db.execute(
-                            """UPDATE pipekit_leases SET owner = %s, host = %s, pid = %s, holder = %s,
-                               expires_at = now() + %s::interval WHERE pipeline = %s AND item_id = %s""",
-                            (*me, self.pipeline, item_id),
-                        )
-            except self._psycopg.Error as exc:
-                raise StateWriteError(self.describe(item_id), str(exc).strip()) from exc
-            self._held.add(item_id)
-            self._start_heartbeat()
-        return _Lease(self, item_id)
-
-    def _release(self, item_id: str) -> None:
-        with self._lock:
-            self._held.discard(item_id)
-            if not self._db.closed:
-                self._query(
-                    "DELETE FROM pipekit_leases WHERE pipeline = %s AND item_id = %s AND owner = %s",
-                    (self.pipeline, item_id, self.owner),
-                )
-
-    def _start_heartbeat(self) -> None:
-        if self._heartbeat is None:
-            self._heartbeat = threading.Thread(target=self._renew_leases, name="pipekit-leases", daemon=True)
-            self._heartbeat.start()
-
-    def _renew_leases(self) -> None:
-        """Push this driver's leases forward until the store is closed (own connection)."""
-        try:
-            db = self._psycopg.connect(self.conninfo, autocommit=True)
-        except self._psycopg.Error:
-            return
-        with db:
-            while not self._stop.wait(self.lease_seconds / 3):
-                try:
-                    db.execute(
-                        "UPDATE pipekit_leases SET expires_at = now() + %s::interval WHERE owner = %s",
-                        (f"{self.lease_seconds} seconds", self.owner),
-                    )
-                except self._psycopg.Error:
-                    continue  # a network blip: try again; the lease outlives a few misses
 
     def __del__(self) -> None:
         # A command that forgot close() must not leave an open connection behind.

@@ -31,6 +31,9 @@ from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
 from pipekit.state.digest import text_hash
+from pipekit.state.escaping import json_text
+from pipekit.state.escaping import json_value
+from pipekit.state.localdisk import check_local
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
@@ -41,15 +44,6 @@ from pipekit.state.store import flock_item
 from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
 
-
-#: File system types on which SQLite's WAL (shared memory, POSIX locks) is unsafe.
-NETWORK_FILESYSTEMS = frozenset(
-    {
-        "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "fuse.sshfs", "sshfs", "9p", "ceph",
-        "fuse.ceph", "glusterfs", "fuse.glusterfs", "gpfs", "beegfs", "afs", "ncpfs", "fuse.s3fs",
-        "fuse.gcsfuse", "fuse.rclone", "davfs", "fuse.davfs2", "virtiofs",
-    }
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -104,35 +98,6 @@ ON CONFLICT (item_id) DO UPDATE SET state = excluded.state, status = excluded.st
 """
 
 _ADD_KEY = "INSERT OR IGNORE INTO stale_keys (digest, key) VALUES (?, ?)"
-
-
-def filesystem_type(path: Path, mounts: str = "/proc/mounts") -> str | None:
-    """The type of the file system holding ``path`` (None when ``mounts`` cannot be read)."""
-    try:
-        lines = Path(mounts).read_text().splitlines()
-    except OSError:
-        return None
-    target = os.path.realpath(path)
-    best, best_type = "", None
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, best_type = point, fields[2]
-    return best_type
-
-
-def check_local(path: Path, mounts: str = "/proc/mounts") -> None:
-    """Refuse a database on a network file system, where SQLite's WAL corrupts data."""
-    fstype = filesystem_type(path, mounts)
-    if fstype is not None and (fstype in NETWORK_FILESYSTEMS or fstype.split(".")[0] in NETWORK_FILESYSTEMS):
-        raise UsageError(
-            f"sqlite store {path} is on a network file system ({fstype}); SQLite's WAL needs a local disk. "
-            "Put the database on a local disk, or use --store postgresql://... for state shared between hosts"
-        )
 
 
 class SqliteStore(StateStore):
@@ -254,7 +219,7 @@ class SqliteStore(StateStore):
 
     def _parse(self, item_id: str, raw: Any) -> dict[str, Any]:
         try:
-            document = json.loads(raw)
+            document = json_value(raw)
         except (ValueError, TypeError) as exc:
             raise StateFileError(self.describe(item_id), f"not valid JSON ({exc})") from None
         if not isinstance(document, dict):
@@ -269,11 +234,11 @@ class SqliteStore(StateStore):
         pair = None if key is None else (text_hash(key), key)
         row = (
             item_id,
-            json.dumps(document, ensure_ascii=False),
+            json_text(document),
             summary.status,
             summary.next_phase,
-            json.dumps(summary.done_names, ensure_ascii=False),
-            json.dumps(summary.metadata, ensure_ascii=False),
+            json_text(summary.done_names),
+            json_text(summary.metadata),
             summary.cost_usd,
             None if pair is None else pair[0],
         )
@@ -341,10 +306,10 @@ class SqliteStore(StateStore):
             rows = self._db.execute(
                 "SELECT key, value FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase)
             ).fetchall()
-        return {key: json.loads(value) for key, value in rows}
+        return {key: json_value(value) for key, value in rows}
 
     def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
-        text = json.dumps(value, ensure_ascii=False)
+        text = json_text(value)
         self._write(
             self.describe(item_id),
             lambda db: db.execute(
@@ -428,7 +393,7 @@ class SqliteStore(StateStore):
                 if ok:
                     value = parsed.get(metadata)
                     if value is None:
-                        value = json.loads(metadata)
+                        value = json_value(metadata)
                         if len(parsed) < 1000:
                             parsed[metadata] = value
                     found[item_id] = FinishedItem(value, cost, keys.get(digest))

@@ -24,6 +24,8 @@ from pipekit.outcomes import StateFileError
 from pipekit.state.digest import text_hash
 from pipekit.state.document import DONE_STATUSES
 from pipekit.state.document import read_document
+from pipekit.state.escaping import json_text
+from pipekit.state.escaping import json_value
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -368,12 +370,12 @@ def encode_output(text: str) -> str:
     """``text`` as every store can hold it: itself, or (NUL or a lone surrogate in
     it, as any ``str`` a handler returns may hold) a JSON string of ASCII escapes,
     which ``output_name`` marks by ``.json``. Reversed by ``decode_output``."""
-    return json.dumps(text) if _UNSTORABLE.search(text) else text
+    return json_text(text) if _UNSTORABLE.search(text) else text
 
 
 def decode_output(ref: str, stored: str) -> str:
     """The output ``encode_output`` stored under ``ref``."""
-    return json.loads(stored) if ref.endswith(".json") else stored  # type: ignore[no-any-return]
+    return json_value(stored) if ref.endswith(".json") else stored  # type: ignore[no-any-return]
 
 
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
@@ -388,3 +390,21 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
             return None
         raise
     return ItemLock(fd)
+
+
+def item_id_problem(item_id: str) -> str | None:
+    """Why no store may hold ``item_id``, or None; every item source is checked by it,
+    so an id is refused before any phase runs, and the same on every store.
+
+    Refused everywhere, though the JSON store could hold them: NUL (PostgreSQL
+    keeps no NUL in text, and no command line can carry one, so ``--item`` could
+    never name the item) and lone surrogates (no UTF-8 form: SQLite and
+    PostgreSQL cannot take them). An id is a key, so it is never escaped: the
+    same id must name the same item in every store, and after ``migrate``.
+    """
+    found = _UNSTORABLE.search(item_id)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "holds NUL (U+0000), which no store keeps in an id"
+    return f"holds a lone surrogate (U+{ord(found.group()):04X}), which is not Unicode text and no store keeps in an id"
