@@ -38,6 +38,8 @@ import uuid
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
+from pipekit.state.heldby import LeaseRowHolder
+from pipekit.state.heldby import holder_record
 from pipekit.state.holder import Holder
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.holder import holder_is_gone
@@ -124,9 +126,7 @@ def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise UsageError(
-            "the postgresql store needs psycopg 3: pip install 'pipekit[postgres]'"
-        ) from None
+        raise UsageError("the postgresql store needs psycopg 3: pip install 'pipekit[postgres]'") from None
     return psycopg
 
 
@@ -144,7 +144,7 @@ class _Lease(ItemLock):
             store._release(self._item_id)
 
 
-class PostgresStore(StateStore):
+class PostgresStore(LeaseRowHolder, StateStore):
     """The items of one pipeline in a PostgreSQL database.
 
     :param conninfo: a libpq connection string or URL (without pipekit's parameters).
@@ -422,7 +422,7 @@ class PostgresStore(StateStore):
         with self._lock:
             try:
                 with self._db.transaction():
-                    me = (self.owner, self.holder.host, self.holder.pid, self.holder.to_json(), lease)
+                    me = (self.owner, self.holder.host, self.holder.pid, holder_record(self.holder), lease)
                     taken = self._db.execute(
                         """INSERT INTO pipekit_leases (owner, host, pid, holder, expires_at, pipeline, item_id)
                            VALUES (%s, %s, %s, %s, now() + %s::interval, %s, %s)

@@ -24,6 +24,10 @@ from pipekit.outcomes import StateFileError
 from pipekit.state.digest import text_hash
 from pipekit.state.document import DONE_STATUSES
 from pipekit.state.document import read_document
+from pipekit.state.heldby import HeldBy
+from pipekit.state.heldby import read_lock_record
+from pipekit.state.heldby import write_lock_record
+from pipekit.state.holder import this_holder
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -211,6 +215,12 @@ class StateStore(abc.ABC):
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's lock without waiting; None when another process holds it."""
 
+    def lock_holder(self, item_id: str) -> HeldBy | None:
+        """Who holds (or last held) the item's lock and until when, as far as this store
+        knows; None when it cannot tell. Read-only and lock-free: for messages, never
+        for deciding whether the item may be taken (``try_lock`` decides)."""
+        return None
+
     def reopen_url(self) -> str | None:
         """A ``--store`` URL by which another process opens this same store
         (``pipekit.state.open.open_store_url``), so that worker processes can keep
@@ -387,4 +397,19 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return None
         raise
+    write_lock_record(fd, this_holder())
     return ItemLock(fd)
+
+
+class FlockedItems:
+    """``try_lock`` and ``lock_holder`` by ``flock_item`` lock files in ``locks_dir``."""
+
+    locks_dir: Path
+
+    def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's lock file without waiting; None when another process holds it."""
+        return flock_item(self.locks_dir, item_id)
+
+    def lock_holder(self, item_id: str) -> HeldBy | None:
+        """Who wrote the item's lock file last: its holder, while it is held."""
+        return read_lock_record(self.locks_dir / f"{encode_item_id(item_id)}.lock")
