@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 import json
 import os
+from pathlib import Path
 import signal
 import socket
 import subprocess
@@ -13,6 +15,8 @@ import time
 
 import pytest
 
+from pipekit.state.open import open_store_url
+from pipekit.state.store import StateStore
 from pipekit.testing import PipeTester
 
 
@@ -40,6 +44,39 @@ HELD = '''
         log(item_id, 2)
         return one + "2"
 '''
+
+
+@pytest.fixture
+def store(store_url: str | None, tmp_path: Path) -> Iterator[StateStore]:
+    """One store of each kind, opened directly."""
+    opened = open_store_url(store_url or f"json:{tmp_path / 'state'}", pipeline="pipeline")
+    yield opened
+    opened.close()
+
+
+def test_every_store_names_who_holds_an_item_and_until_when(store: StateStore, store_url: str | None) -> None:
+    assert store.lock_holder("a") is None  # never taken
+    other = open_store_url(store_url or f"json:{store.location}", pipeline="pipeline")
+    try:
+        before = time.time()
+        lock = other.try_lock("a")
+        assert lock is not None
+        held = store.lock_holder("a")
+        assert held is not None
+        assert (held.host, held.pid) == (socket.gethostname(), os.getpid())
+        assert held.since is not None and before - 1 <= held.since <= time.time() + 1
+        described = held.describe()
+        assert described.startswith(f"host {socket.gethostname()}, pid {os.getpid()}, since ")
+        if store_url is not None and store_url.startswith("postgresql"):
+            assert held.expires_at is not None and time.time() < held.expires_at <= time.time() + 31
+            assert ", lease until " in described
+        else:
+            assert held.expires_at is None and described.endswith("until it ends (its lock has no expiry)")
+        lock.release()
+        if store_url is not None and store_url.startswith("postgresql"):
+            assert store.lock_holder("a") is None  # a released lease is gone
+    finally:
+        other.close()
 
 
 def executions(tester: PipeTester) -> Counter[tuple[str, int]]:
@@ -135,3 +172,26 @@ def test_an_expired_lease_on_postgresql_is_taken_over_after_expiry(
     assert sorted(finished_events(out)) == ["free", "held"]
     # The holder started phase 1 of 'held' and never finished it: the taker ran it again.
     assert executions(pipetester) == Counter({("held", 1): 2, ("held", 2): 1, ("free", 1): 1, ("free", 2): 1})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_waiting_for_a_held_item_stops_at_once_on_ctrl_c_or_sigterm(
+    pipetester: PipeTester, how: signal.Signals
+) -> None:
+    first = start_holder(pipetester)
+    second = pipetester.popen("pipeline.py", "--items", "items.txt")
+    deadline = time.monotonic() + 60
+    while not executions(pipetester)[("free", 2)]:  # the free item done: now it waits for the held one
+        assert time.monotonic() < deadline and second.poll() is None, second.communicate()
+        time.sleep(0.02)
+    time.sleep(1.0)  # in a pause between its tries
+    sent = time.monotonic()
+    second.send_signal(how)
+    out, err = second.communicate(timeout=30)
+    assert time.monotonic() - sent < 3
+    assert second.returncode == 2, err
+    (pipetester.path / "go").touch()
+    first.communicate(timeout=60)
+    assert first.returncode == 0
+    assert executions(pipetester) == Counter({(i, n): 1 for i in ("held", "free") for n in (1, 2)})
