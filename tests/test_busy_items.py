@@ -195,3 +195,23 @@ def test_a_run_waiting_for_a_held_item_stops_at_once_on_ctrl_c_or_sigterm(
     first.communicate(timeout=60)
     assert first.returncode == 0
     assert executions(pipetester) == Counter({(i, n): 1 for i in ("held", "free") for n in (1, 2)})
+
+
+def test_a_lock_file_names_its_latest_holder_whatever_was_written_before(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from pipekit.state.heldby import read_lock_record
+    from pipekit.state.heldby import write_lock_record
+    from pipekit.state.holder import this_holder
+
+    path = tmp_path / "a.lock"
+    path.write_bytes(b"")  # written by an older pipekit: no holder named
+    assert read_lock_record(path) is None
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for host in ("h" * 1000, "short", "x" * 700, "y"):  # records longer and shorter than the padding
+            write_lock_record(fd, replace(this_holder(), host=host))
+            held = read_lock_record(path)
+            assert held is not None and (held.host, held.pid) == (host, os.getpid())
+    finally:
+        os.close(fd)
