@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from pipekit.display.progress import create_progress_tracker
     from pipekit.engine.control import Item
     from pipekit.engine.phaserunner import PhaseRunner
+    from pipekit.engine.result import RunResult
     from pipekit.engine.runner import Run
-    from pipekit.engine.runner import RunResult
     from pipekit.hookspecs import hookimpl
     from pipekit.hookspecs import hookspec
     from pipekit.outcomes import ExitCode
@@ -68,7 +68,7 @@ _LAZY = {
     "SimpleProgress": "pipekit.display.progress",
     "create_progress_tracker": "pipekit.display.progress",
     "Run": "pipekit.engine.runner",
-    "RunResult": "pipekit.engine.runner",
+    "RunResult": "pipekit.engine.result",
     "PhaseState": "pipekit.state.model",
     "PipelineState": "pipekit.state.model",
     "PipelineStateManager": "pipekit.state.manager",

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipekit.cli.run import build_run_parser
 from pipekit.cli.run import prepare
-from pipekit.engine.runner import RunResult
+from pipekit.engine.result import RunResult
 from pipekit.engine.session import wrap_run
 
 

@@ -152,3 +152,49 @@ def test_the_forecast_uses_the_mean_cost_of_completed_executions(tmp_path: Any) 
     )
     forced = make_forecast(store, ["a", "b"], phases, rerun=lambda p: True)
     assert forced.cost_usd == 2 * 2.0 + 2 * 5.0
+
+
+RETRY_UNDER_CAP = '''
+    import os, time
+    from pathlib import Path
+    from pipekit import Retry, phase
+
+    @phase(1)
+    def call(item_id, ctx):
+        if item_id == "paid":
+            time.sleep(float(os.environ.get("PAID_AFTER", "0")))
+            ctx.record_cost(cost_usd=1.0)
+            return "paid"
+        time.sleep(float(os.environ.get("RETRY_AFTER", "0")))
+        tries = Path("limited.tries")
+        tries.write_text(str(int(tries.read_text() if tries.exists() else "0") + 1))
+        if tries.read_text() == "1":
+            raise Retry(after=2.0, message="rate limited")
+        return "limited"
+'''
+
+
+@pytest.mark.parametrize(
+    "timing",
+    [{"PAID_AFTER": "0.3"}, {"RETRY_AFTER": "0.3"}],
+    ids=["cap-reached-during-the-wait", "cap-reached-before-the-retry"],
+)
+def test_a_retry_waiting_when_the_cap_stops_the_run_is_left_pending(
+    pipetester: PipeTester, timing: dict[str, str]
+) -> None:
+    pipetester.make_pipeline(RETRY_UNDER_CAP)
+    pipetester.make_items("paid", "limited")
+    stopped = pipetester.run_subprocess(
+        "pipeline.py", "--items", "items.txt", "-j", "2", "--max-cost", "1", env=timing
+    )
+    assert stopped.ret == 1, stopped
+    # Work not started is not a failure: the phase is pending, the summary counts no failure.
+    assert "items: 2 selected: 1 completed, 0 failed, 1 remaining" in stopped.stderr, stopped.stderr
+    assert stopped.state("limited").phases[1].status == "pending"
+    status = pipetester.run("status", "pipeline.py")
+    assert "total: 2 items: 1 completed, 0 failed, 0 in progress, 1 pending" in status.stdout, status.stdout
+    resumed = pipetester.run_subprocess("pipeline.py", "--items", "items.txt", "--max-cost", "5")
+    assert resumed.ret == 0, resumed
+    assert resumed.state("limited").phases[1].status == "completed"
+    assert resumed.state("limited").phase_outputs[1] == "limited"
+    assert (pipetester.path / "limited.tries").read_text() == "2"  # the Retry's attempt, then one more

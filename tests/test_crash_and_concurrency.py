@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,7 +123,10 @@ def test_two_processes_never_run_the_same_item(pipetester: PipeTester) -> None:
     runs = executions(pipetester)
     assert sorted(runs) == sorted(set(runs)), "a phase ran twice"
     assert len(runs) == 16
-    assert any("is being run by another pipekit process; skipped" in err for _, err in outs)
+    # The second waited for the items the first held, naming it, and ended when all were finished.
+    holder = f"(host {socket.gethostname()}, pid {first.pid}, since "
+    assert f"is being run by another pipekit process {holder}" in outs[1][1]
+    assert "; waiting for it" in outs[1][1], outs
     check = subprocess.run(
         [sys.executable, "-m", "pipekit", "pipeline.py", "--items", "items.txt", "--jsonl"],
         cwd=pipetester.path, capture_output=True, text=True, timeout=60,

@@ -107,6 +107,11 @@ def build_run_parser() -> ArgumentParser:
         help="stop when the same error (type and first line) has failed K items in a row",
     )
     run.add_argument(
+        "--skip-busy",
+        action="store_true",
+        help="skip items another pipekit process is running instead of waiting for them (the run then exits 1)",
+    )
+    run.add_argument(
         "--rerun-stale",
         action="store_true",
         help="also re-run completed phases whose code, version or inputs changed (see `pipekit plan`)",

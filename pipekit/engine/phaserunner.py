@@ -45,6 +45,7 @@ from pipekit.stale.fingerprint import output_hash
 from pipekit.stale.fingerprint import phase_fingerprint
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import DONE_STATUSES
+from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
 from pipekit.state.store import encode_item_id
 from pipekit.state.writer import StateWriter
@@ -224,9 +225,16 @@ class PhaseRunner:
                     self.control.gate.pause(ctx.limits_used, outcome.error.after, who)
             if delay is None or self.control.stop_new_phases:
                 # (a run that is stopping, a budget reached, starts no new attempt)
+                if delay is not None and not self.control.interrupted.is_set():
+                    await self._retry(outcome)
+                    return await self._leave_pending(phase)
                 return await self._fail(outcome)
             await self._retry(outcome)
             admitted = None if await self._interruptible_sleep(delay) else await self._admit(phase)
+            if self.control.stop_new_phases and not self.control.interrupted.is_set():
+                if admitted is not None:
+                    admitted()
+                return await self._leave_pending(phase)  # a budget stopped the run during the wait
             if admitted is None:
                 interrupted = PhaseInterrupted()
                 return await self._fail(
@@ -403,6 +411,16 @@ class PhaseRunner:
         await self._saved()
         self.control.add_usage(*outcome.usage)
         self.notify.phase_retry(self.item, outcome.phase, outcome.error, outcome.attempt, outcome)
+
+    async def _leave_pending(self, phase: PhaseDefinition) -> bool:
+        """A retry the run stopped before it began (a budget): work not started, so not a
+        failure. The phase goes back to pending (its attempts and usage so far are kept)
+        and the next run starts it."""
+        recorded = self.state.state.phases[phase.num]
+        recorded.status, recorded.started_at, recorded.reason, recorded.error = PENDING, None, None, None
+        self.state.save_state()
+        await self._saved()
+        return True
 
     async def _fail(self, outcome: AttemptOutcome) -> bool:
         assert self.control is not None and outcome.phase is not None and outcome.error is not None

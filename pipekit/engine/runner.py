@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 import time
 from typing import Any
@@ -18,12 +16,14 @@ from pipekit.config import Config
 from pipekit.engine.budget import Forecast
 from pipekit.engine.budget import Spending
 from pipekit.engine.budget import make_forecast
+from pipekit.engine.busy import BusyItems
 from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.failfast import Breaker
 from pipekit.engine.phaserunner import PhaseRunner
 from pipekit.engine.preflight import Preflight
 from pipekit.engine.preflight import preflight
+from pipekit.engine.result import RunResult
 from pipekit.engine.signals import Interrupter
 from pipekit.execution.base import LocalExecutor
 from pipekit.execution.base import PhaseExecutor
@@ -46,6 +46,7 @@ from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
 from pipekit.state.model import is_finished
 from pipekit.state.store import FinishedItem
+from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_item_id
 from pipekit.state.writer import StateWriter
@@ -57,22 +58,6 @@ COMPLETED_WITH_ERRORS = "completed_with_errors"
 INTERRUPTED = "interrupted"
 #: Item status when the run stopped starting phases (a budget) before it finished.
 STOPPED = "stopped"
-
-
-@dataclass
-class RunResult:
-    """What ``pipekit.run`` returns: the exit status, final states and totals."""
-
-    exit_status: ExitCode
-    #: Final state of every selected item whose state could be read, by id
-    #: (left out of the repr: a run of 100,000 items would print them all).
-    states: dict[str, PipelineState] = field(default_factory=dict, repr=False)
-    items_total: int = 0
-    items_completed: int = 0
-    items_failed: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
 
 
 class Run:
@@ -101,6 +86,7 @@ class Run:
         keep_states: bool = False,
         max_cost: float | None = None,
         stale_policy: StalePolicy | None = None,
+        skip_busy: bool = False,
     ) -> None:
         # Over 60 lines: one assignment per attribute that hooks read, each documented here.
         self.config = config
@@ -140,8 +126,8 @@ class Run:
         self.items_failed = 0
         self.items_interrupted = 0
         self.items_stopped = 0
-        #: Items another pipekit process was running (or took over from this one), skipped.
-        self.items_busy = 0
+        #: Items another process holds: waited for once the others are started (or skipped).
+        self.busy = BusyItems(store, self._writer, self.control, self._say, skip=skip_busy)
         #: Items that were already finished when the run started.
         self.items_already_done = 0
         #: Items whose state file could not be read.
@@ -184,6 +170,11 @@ class Run:
         return self.control.cost_usd
 
     @property
+    def items_busy(self) -> int:
+        """Items another pipekit process was running (or took over from this one), skipped (``--skip-busy``)."""
+        return self.busy.skipped
+
+    @property
     def elapsed_seconds(self) -> float:
         """Wall time since the run started."""
         return time.monotonic() - self.started_at
@@ -219,6 +210,7 @@ class Run:
             self._writer.close()
             await self.executor.aclose()
             self.exit_status = self._exit_status()
+            self.busy.finish(self.pipeline.item_noun)
             self.spending.finish()
             self.notify.run_finish(self, int(self.exit_status))
         return self.exit_status
@@ -230,6 +222,17 @@ class Run:
         def finished(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
             slots.release()
+
+        async def start(index: int, item_id: str, metadata: dict[str, Any], lock: ItemLock | None = None) -> None:
+            await slots.acquire()
+            if self.control.stop_new_phases:
+                slots.release()
+                if lock is not None:
+                    lock.release()
+                return
+            task = asyncio.ensure_future(self._process_item(index, item_id, metadata, lock))
+            tasks.add(task)
+            task.add_done_callback(finished)
 
         stale_check = self.stale_policy is not None and self.stale_policy.active
         # The start-of-run plan already found the finished items (see _already_done).
@@ -244,15 +247,13 @@ class Run:
                     continue
                 if self.control.stop_new_phases:
                     break
-                await slots.acquire()
-                if self.control.stop_new_phases:
-                    slots.release()
+                await start(index, item_id, metadata)
+            while True:  # the items other processes hold, once every other item is started
+                if tasks:
+                    await asyncio.shield(asyncio.gather(*tasks))
+                if not self.busy.waiting or self.control.stop_new_phases:
                     break
-                task = asyncio.ensure_future(self._process_item(index, item_id, metadata))
-                tasks.add(task)
-                task.add_done_callback(finished)
-            if tasks:
-                await asyncio.shield(asyncio.gather(*tasks))
+                await self.busy.drain(start)
         except asyncio.CancelledError:
             # The caller cancelled the run (pipekit.arun under a timeout, say):
             # stop as an interrupt does, so in-flight phases are recorded.
@@ -328,20 +329,21 @@ class Run:
         self._keep(state)
         return True
 
-    async def _process_item(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
+    async def _process_item(
+        self, index: int, item_id: str, metadata: dict[str, Any], lock: ItemLock | None = None
+    ) -> None:
         try:
-            lock = await self._writer.lock_item(self.store, item_id)
+            lock = lock or await self._writer.lock_item(self.store, item_id)
             if lock is None:
-                self.items_busy += 1
-                self._say(f"item {item_id!r} is being run by another pipekit process; skipped", "notice")
+                self.busy.add(index, item_id, metadata)
                 return
             try:
                 await self._process_locked_item(index, item_id, metadata)
             finally:
                 lock.release()
         except LeaseLostError as exc:  # paused past its lease, the item was taken over: the new holder's now
-            self.items_busy += 1
             self._say(f"{exc}; item {item_id!r} left to it", "warning")
+            self.busy.add(index, item_id, metadata)
         except Exception as exc:  # a failed state write (every later one would fail too) or a bug: stop, exit 3
             if self.fatal_error is None:
                 self.fatal_error = exc
@@ -466,8 +468,8 @@ class Run:
             codes.add(ExitCode.INTERRUPTED)
         if self.items_unreadable:
             codes.add(ExitCode.USAGE_ERROR)
-        unfinished = self.total_items - self.items_completed - self.items_busy - self.items_unreadable
-        if self.items_failed or self.items_stopped or unfinished > 0:
+        unfinished = self.total_items - self.items_completed - self.items_unreadable
+        if self.items_failed or self.items_stopped or unfinished > 0:  # busy items (--skip-busy) too
             codes.add(ExitCode.ITEMS_FAILED)
         return worst_exit_code(codes)
 

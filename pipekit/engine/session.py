@@ -27,8 +27,8 @@ from pipekit.engine.location import module_mismatch
 from pipekit.engine.location import open_store
 from pipekit.engine.location import output_root
 from pipekit.engine.preflight import prepare_stale_policy
+from pipekit.engine.result import RunResult
 from pipekit.engine.runner import Run
-from pipekit.engine.runner import RunResult
 from pipekit.engine.selection import has_failed_phase
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
@@ -137,6 +137,7 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
         keep_states=keep,
         stale_policy=stale_policy,
         max_cost=option.max_cost,
+        skip_busy=option.skip_busy,
     )
     # Said once above, for every item: the runner need not say it again.
     progress.run._module_warning_given = bool(mismatch)

@@ -22,6 +22,10 @@ from pipekit.state.escaping import escape
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
 from pipekit.state.escaping import needs_escape
+from pipekit.state.heldby import HeldBy
+from pipekit.state.heldby import read_lock_record
+from pipekit.state.heldby import write_lock_record
+from pipekit.state.holder import this_holder
 from pipekit.state.store import NO_LOCKING_ERRNOS
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
@@ -220,7 +224,12 @@ class JsonDirStore(StateStore):
                 return ItemLock(fd, locked=False)
             os.close(fd)
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
+        write_lock_record(fd, this_holder())  # so that a run waiting for the item can name its holder
         return ItemLock(fd)
+
+    def lock_holder(self, item_id: str) -> HeldBy | None:
+        """Who wrote the item's lock file last: its holder, while it is held (an flock has no expiry)."""
+        return read_lock_record(self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock")
 
     def _warn_no_locking(self, exc: OSError) -> None:
         if not self._warned_no_locking:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 
 from pipekit.outcomes import StateWriteError
+from pipekit.state.heldby import holder_record
 from pipekit.state.holder import Holder
 from pipekit.state.holder import holder_is_gone
 from pipekit.state.store import ItemLock
@@ -72,7 +73,7 @@ class LeaseHolding:
         with self._lock:
             try:
                 with self._db.transaction():
-                    me = (self.owner, self.holder.host, self.holder.pid, self.holder.to_json(), lease)
+                    me = (self.owner, self.holder.host, self.holder.pid, holder_record(self.holder), lease)
                     taken = self._db.execute(
                         """INSERT INTO pipekit_leases (owner, host, pid, holder, expires_at, pipeline, item_id)
                            VALUES (%s, %s, %s, %s, now() + %s::interval, %s, %s)

@@ -37,6 +37,7 @@ from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
 from pipekit.state.escaping import json_value
 from pipekit.state.escaping import jsonb_text
+from pipekit.state.heldby import LeaseRowHolder
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.holder import this_holder
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
@@ -116,13 +117,11 @@ def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise UsageError(
-            "the postgresql store needs psycopg 3: pip install 'pipekit[postgres]'"
-        ) from None
+        raise UsageError("the postgresql store needs psycopg 3: pip install 'pipekit[postgres]'") from None
     return psycopg
 
 
-class PostgresStore(LeaseHolding, StateStore):
+class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
     """The items of one pipeline in a PostgreSQL database.
 
     :param conninfo: a libpq connection string or URL (without pipekit's parameters).

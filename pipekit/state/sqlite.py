@@ -36,11 +36,10 @@ from pipekit.state.escaping import json_value
 from pipekit.state.localdisk import check_local
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
-from pipekit.state.store import ItemLock
+from pipekit.state.store import FlockedItems
 from pipekit.state.store import StateStore
 from pipekit.state.store import decode_output
 from pipekit.state.store import encode_output
-from pipekit.state.store import flock_item
 from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
 
@@ -100,7 +99,7 @@ ON CONFLICT (item_id) DO UPDATE SET state = excluded.state, status = excluded.st
 _ADD_KEY = "INSERT OR IGNORE INTO stale_keys (digest, key) VALUES (?, ?)"
 
 
-class SqliteStore(StateStore):
+class SqliteStore(FlockedItems, StateStore):
     """Every item of a run in one SQLite database.
 
     :param path: the database file (created with its folder).
@@ -126,6 +125,7 @@ class SqliteStore(StateStore):
         if synchronous is None:
             synchronous = "NORMAL" if os.environ.get("PIPEKIT_FSYNC", "1") == "0" else "FULL"
         self.path = Path(path).expanduser().absolute()
+        self.locks_dir = self.path.with_name(self.path.name + ".locks")
         self.location = f"sqlite:{self.path}"
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise UsageError(f"sqlite store: synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -331,9 +331,6 @@ class SqliteStore(StateStore):
             self.describe(item_id),
             lambda db: db.execute("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase)),
         )
-
-    def try_lock(self, item_id: str) -> ItemLock | None:
-        return flock_item(self.path.with_name(self.path.name + ".locks"), item_id)
 
     def item_ids(self) -> Iterator[str]:
         with self._lock:

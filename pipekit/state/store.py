@@ -26,6 +26,10 @@ from pipekit.state.document import DONE_STATUSES
 from pipekit.state.document import read_document
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
+from pipekit.state.heldby import HeldBy
+from pipekit.state.heldby import read_lock_record
+from pipekit.state.heldby import write_lock_record
+from pipekit.state.holder import this_holder
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -213,6 +217,12 @@ class StateStore(abc.ABC):
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's lock without waiting; None when another process holds it."""
 
+    def lock_holder(self, item_id: str) -> HeldBy | None:
+        """Who holds (or last held) the item's lock and until when, as far as this store
+        knows; None when it cannot tell. Read-only and lock-free: for messages, never
+        for deciding whether the item may be taken (``try_lock`` decides)."""
+        return None
+
     def reopen_url(self) -> str | None:
         """A ``--store`` URL by which another process opens this same store
         (``pipekit.state.open.open_store_url``), so that worker processes can keep
@@ -389,6 +399,7 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return None
         raise
+    write_lock_record(fd, this_holder())
     return ItemLock(fd)
 
 
@@ -408,3 +419,17 @@ def item_id_problem(item_id: str) -> str | None:
     if found.group() == "\x00":
         return "holds NUL (U+0000), which no store keeps in an id"
     return f"holds a lone surrogate (U+{ord(found.group()):04X}), which is not Unicode text and no store keeps in an id"
+
+
+class FlockedItems:
+    """``try_lock`` and ``lock_holder`` by ``flock_item`` lock files in ``locks_dir``."""
+
+    locks_dir: Path
+
+    def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's lock file without waiting; None when another process holds it."""
+        return flock_item(self.locks_dir, item_id)
+
+    def lock_holder(self, item_id: str) -> HeldBy | None:
+        """Who wrote the item's lock file last: its holder, while it is held."""
+        return read_lock_record(self.locks_dir / f"{encode_item_id(item_id)}.lock")
