@@ -13,6 +13,7 @@ from pathlib import Path
 import sys
 from typing import Any
 
+from pipekit.cli.parsing import ArgumentParser
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.target import Edits
 from pipekit.cli.target import Target
@@ -36,18 +37,7 @@ from pipekit.state.model import PipelineState
 
 def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """``pipekit reset MODULE [--item ID]... [--phase N]... [--downstream] [--failed] [--all] [--dry-run]``."""
-    parser = command_parser("pipekit reset", "Set phases back to pending so the next run does them again.", state=True)
-    parser.add_argument(
-        "--item", action="append", default=[], metavar="ID", help="this item (repeatable; globs like 'book-*')"
-    )
-    parser.add_argument(
-        "--phase", action="append", default=[], metavar="N", help="exactly this phase, by num or name (repeatable)"
-    )
-    parser.add_argument("--downstream", action="store_true", help="with --phase: that phase and every later one")
-    parser.add_argument("--failed", action="store_true", help="only phases that failed")
-    parser.add_argument("--all", action="store_true", help="every item (needed when nothing else selects)")
-    parser.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
-    option = parse(parser, args)
+    option = parse(_parser(), args)
     if option is None:
         return ExitCode.OK
     if not (option.item or option.phase or option.failed or option.all):
@@ -59,14 +49,7 @@ def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
         if option.downstream:
             nums = {p.num for p in target.pipeline.phases if p.num >= min(nums)}
         edits, changed_items, changed_phases = Edits(), 0, 0
-        if option.item:
-            ids = select_item_ids(target.store, option.item)
-        else:
-            unreadable: list[StateFileError] = []
-            ids = sorted((item_id for item_id, _ in target.store.load_all(unreadable)), key=natural_key)
-            for error in unreadable:
-                edits.unreadable += 1
-                print(f"pipekit: error: {error}; reset it by naming its item with --item ID", file=sys.stderr)
+        ids = _selected_ids(target, option.item, edits)
         literal = {i for i in option.item if not is_glob(i)}
         verb = "would reset" if option.dry_run else "reset"
         for item_id, loaded in locked_items(target, ids, edits):
@@ -98,6 +81,34 @@ def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
         else:
             print("nothing to reset")
         return edits.exit_status()
+
+
+def _parser() -> ArgumentParser:
+    parser = command_parser("pipekit reset", "Set phases back to pending so the next run does them again.", state=True)
+    parser.add_argument(
+        "--item", action="append", default=[], metavar="ID", help="this item (repeatable; globs like 'book-*')"
+    )
+    parser.add_argument(
+        "--phase", action="append", default=[], metavar="N", help="exactly this phase, by num or name (repeatable)"
+    )
+    parser.add_argument("--downstream", action="store_true", help="with --phase: that phase and every later one")
+    parser.add_argument("--failed", action="store_true", help="only phases that failed")
+    parser.add_argument("--all", action="store_true", help="every item (needed when nothing else selects)")
+    parser.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    return parser
+
+
+def _selected_ids(target: Target, patterns: list[str], edits: Edits) -> list[str]:
+    """The items ``--item`` names, or every item of the store (a file too broken
+    to name its item is reported and counted)."""
+    if patterns:
+        return select_item_ids(target.store, patterns)
+    unreadable: list[StateFileError] = []
+    ids = sorted((item_id for item_id, _ in target.store.load_all(unreadable)), key=natural_key)
+    for error in unreadable:
+        edits.unreadable += 1
+        print(f"pipekit: error: {error}; reset it by naming its item with --item ID", file=sys.stderr)
+    return ids
 
 
 def _phases_to_reset(state: PipelineState, nums: set[int], failed_only: bool) -> list[int]:

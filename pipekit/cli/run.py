@@ -86,6 +86,25 @@ def build_run_parser() -> ArgumentParser:
         "--executor", default="local", metavar="NAME", help="where phases execute: local (default), processes, dask"
     )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
+    _add_stop_options(run)
+    run.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="also re-run completed phases whose code, version or inputs changed (see `pipekit plan`)",
+    )
+    run.add_argument(
+        "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
+    )
+    run.add_argument(
+        "--failed-only", action="store_true", help="only the selected items that have a failed phase (retry failures)"
+    )
+    _add_place_options(parser)
+    _add_output_options(parser)
+    return parser
+
+
+def _add_stop_options(run: Any) -> None:
+    """What stops a run early: a budget, failed items, items other processes hold."""
     run.add_argument(
         "--max-cost",
         type=_dollars,
@@ -111,17 +130,10 @@ def build_run_parser() -> ArgumentParser:
         action="store_true",
         help="skip items another pipekit process is running instead of waiting for them (the run then exits 1)",
     )
-    run.add_argument(
-        "--rerun-stale",
-        action="store_true",
-        help="also re-run completed phases whose code, version or inputs changed (see `pipekit plan`)",
-    )
-    run.add_argument(
-        "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
-    )
-    run.add_argument(
-        "--failed-only", action="store_true", help="only the selected items that have a failed phase (retry failures)"
-    )
+
+
+def _add_place_options(parser: ArgumentParser) -> None:
+    """Where state and outputs go."""
     where = parser.add_argument_group("state and outputs")
     where.add_argument("--state-dir", metavar="DIR", help="this pipeline's state directory, used as is")
     where.add_argument(
@@ -132,6 +144,10 @@ def build_run_parser() -> ArgumentParser:
         metavar="URL",
         help="where state lives: json:DIR, sqlite:PATH or postgresql://...; wins over --state-dir",
     )
+
+
+def _add_output_options(parser: ArgumentParser) -> None:
+    """What the run shows, and its plugins."""
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=PROGRESS_MODES, default="auto", help="progress display on stderr")
     out.add_argument("--jsonl", action="store_true", help="one JSON event per line on stdout")
@@ -141,7 +157,6 @@ def build_run_parser() -> ArgumentParser:
     plugins.add_argument(
         "-p", dest="plugins", action="append", default=[], metavar="NAME", help="load plugin NAME; -p no:NAME blocks it"
     )
-    return parser
 
 
 def _dollars(text: str) -> float:
