@@ -15,7 +15,6 @@ from typing import Any
 from pipekit.outcomes import StateFileError
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
-from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import INLINE_OUTPUT_LIMIT
@@ -24,6 +23,7 @@ from pipekit.state.model import PHASE_FIELDS
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
+from pipekit.state.model import is_finished
 from pipekit.state.model import phase_pairs
 from pipekit.state.model import utc_now
 from pipekit.state.store import StateStore
@@ -382,7 +382,7 @@ class PipelineStateManager:
         """
         nums = sorted(self.state.phases)
         for num in nums:
-            if self.state.phases[num].status not in DONE_STATUSES:
+            if not is_finished((self.state.phases[num].status,)):
                 return num
         return nums[-1] + 1 if nums else 0
 
@@ -404,7 +404,7 @@ class PipelineStateManager:
         statuses = [p.status for p in state.phases.values()]
         if failed_critical:
             state.status = FAILED
-        elif all(s in DONE_STATUSES for s in statuses):
+        elif is_finished(statuses):
             state.status = COMPLETED
         elif IN_PROGRESS in statuses:
             state.status = IN_PROGRESS
@@ -416,7 +416,7 @@ class PipelineStateManager:
 
 def _first_not_done(state: PipelineState) -> int:
     for num in sorted(state.phases):
-        if state.phases[num].status not in DONE_STATUSES:
+        if not is_finished((state.phases[num].status,)):
             return num
     return max(state.phases, default=0)
 

@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
 from pipekit.state.digest import text_hash
-from pipekit.state.document import DONE_STATUSES
 from pipekit.state.document import read_document
+from pipekit.state.model import is_finished
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -336,7 +336,7 @@ def summarize(document: Any) -> Summary:
     pending: list[int] = []
     done: list[str] = []
     for num, phase in document["phases"].items():
-        if phase.get("status") in DONE_STATUSES:
+        if is_finished((phase.get("status"),)):
             done.append(phase["name"])
         else:
             pending.append(int(num))
