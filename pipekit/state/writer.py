@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import field
 import functools
 import queue
 import threading
@@ -40,24 +38,41 @@ from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 
 
-@dataclass(frozen=True)
 class PendingWrite:
     """One write of an item's state: its large outputs not yet stored, the
     document, then the checkpoints the written state made useless (dropped
     only after it landed, so a crash in between leaves stale checkpoints,
     never lost work). Safe to ``run`` on a thread other than the one changing
     the state: it holds its own copy. The output files it no longer refers to
-    are deleted by the manager's ``saved``, after it."""
+    are deleted by the manager's ``saved``, after it.
 
-    store: StateStore
-    item_id: str
-    document: dict[str, Any]
-    checkpoints_to_drop: list[str]
-    outputs_unreferenced: list[str]
-    #: ``(phase num, text)`` of the outputs to store beside the document, before it.
-    outputs_to_write: list[tuple[int, str]] = field(default_factory=list)
-    #: ``(phase num, text, reference)`` of those stored, filled in by ``run``.
-    outputs_written: list[tuple[int, str, str]] = field(default_factory=list)
+    A plain class with slots, not a dataclass: one is built per save, and a
+    frozen dataclass's ``__init__`` cost a few percent of a save's CPU.
+    """
+
+    __slots__ = (
+        "store", "item_id", "document", "checkpoints_to_drop", "outputs_unreferenced",
+        "outputs_to_write", "outputs_written",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        store: StateStore,
+        item_id: str,
+        document: dict[str, Any],
+        checkpoints_to_drop: list[str],
+        outputs_unreferenced: list[str],
+        outputs_to_write: list[tuple[int, str]] | None = None,
+    ) -> None:
+        self.store = store
+        self.item_id = item_id
+        self.document = document
+        self.checkpoints_to_drop = checkpoints_to_drop
+        self.outputs_unreferenced = outputs_unreferenced
+        #: ``(phase num, text)`` of the outputs to store beside the document, before it.
+        self.outputs_to_write = outputs_to_write or []
+        #: ``(phase num, text, reference)`` of those stored, filled in by ``run``.
+        self.outputs_written: list[tuple[int, str, str]] = []
 
     def run(self) -> None:
         """Store the large outputs, write the document, then drop the checkpoints."""
