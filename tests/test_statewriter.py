@@ -7,6 +7,7 @@ from collections import Counter
 import json
 from pathlib import Path
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -224,3 +225,86 @@ def test_an_item_lock_that_arrives_after_its_waiter_gave_up_is_released(
         assert asyncio.run(give_up_while_locking()), "the lock nobody waited for is still held"
     finally:
         writer.close()
+
+
+LARGE = """
+from pipekit import phase
+
+@phase(1)
+def write(item_id):
+    return item_id * 5000
+
+@phase(2)
+def shorten(write):
+    return write[:10]
+"""
+
+
+def test_a_large_output_is_stored_by_the_writer_before_the_document_that_refers_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pipe.py").write_text(LARGE)
+    monkeypatch.chdir(tmp_path)
+    output_threads: set[str] = set()
+    dangling: list[str] = []
+    original_output, original_save = JsonDirStore.write_output, JsonDirStore.save
+
+    def write_output(store: JsonDirStore, item_id: str, phase_num: int, text: str) -> str:
+        output_threads.add(threading.current_thread().name)
+        return original_output(store, item_id, phase_num, text)
+
+    def save(store: JsonDirStore, item_id: str, document: dict[str, Any]) -> None:
+        dangling.extend(ref for ref in document["phase_output_files"].values() if not (store.state_dir / ref).exists())
+        original_save(store, item_id, document)
+
+    monkeypatch.setattr(JsonDirStore, "write_output", write_output)
+    monkeypatch.setattr(JsonDirStore, "save", save)
+    items = [f"item{n}" for n in range(8)]
+
+    result = pipekit.run("pipe.py", items, state_dir="state", workers=8, progress="none")
+
+    assert result.exit_status == 0
+    assert output_threads and all(name.startswith("pipekit-save") for name in output_threads)  # off the loop
+    assert dangling == []
+    store = JsonDirStore(tmp_path / "state")
+    manager = PipelineStateManager("item3", store)
+    assert manager.load_state()
+    assert manager.state.phase_outputs == {1: "item3" * 5000, 2: "item3item3"}
+    assert list(store.load("item3")["phase_output_files"]) == ["1"]
+    assert len(list((tmp_path / "state").rglob("*.txt"))) == len(items)  # stored once each
+
+
+def test_a_batch_that_lost_some_leases_saved_the_others(postgres_store_url: str) -> None:
+    from pipekit.state.holder import LeaseLostError
+    from pipekit.state.open import open_store_url
+
+    base = f"{postgres_store_url}&lease=0.5"
+    mine, rival = open_store_url(base), open_store_url(base)
+    writer = StateWriter(threads=2)
+    try:
+        managers = {}
+        for item_id in ("first", "lost", "kept"):
+            assert mine.try_lock(item_id) is not None
+            managers[item_id] = PipelineStateManager(item_id, mine)
+            managers[item_id].create_state({}, [(1, "one")])
+        mine._stop.set()  # type: ignore[attr-defined]  # stop renewing, as a paused process does
+        time.sleep(1)
+        assert rival.try_lock("lost") is not None
+        for manager in managers.values():
+            writer.hold(manager)
+            manager.start_phase(1)
+
+        async def flush_all() -> list[Any]:
+            # "first" goes alone; "lost" and "kept", queued meanwhile, go in one batch after it
+            flushes = [writer.flush(managers[name]) for name in ("first", "lost", "kept")]
+            return await asyncio.gather(*flushes, return_exceptions=True)
+
+        first, lost, kept = asyncio.run(flush_all())
+        assert isinstance(lost, LeaseLostError) and lost.item_ids == ["lost"]
+        assert first is None and kept is None  # written: the runner goes on with them
+        assert rival.load("kept")["phases"]["1"]["status"] == "in_progress"
+        assert rival.load("lost")["phases"]["1"]["status"] == "pending"
+    finally:
+        writer.close()
+        mine.close()
+        rival.close()

@@ -14,7 +14,9 @@ import sys
 from typing import IO
 
 from pipekit.config import Config
-from pipekit.display.format import format_cost
+from pipekit.display.format import duration
+from pipekit.display.format import money
+from pipekit.display.format import tokens
 from pipekit.display.progress import is_rich_supported
 from pipekit.engine.control import Item
 from pipekit.engine.outcome import AttemptOutcome
@@ -54,11 +56,11 @@ class PhaseStats:
             f"{self.completed:,}",
             f"{self.failed:,}",
             f"{self.skipped:,}",
-            _duration(mean(self.durations)),
-            _duration(percentile(self.durations, 95)),
-            f"{self.tokens_in:,}",
-            f"{self.tokens_out:,}",
-            format_cost(self.cost_usd),
+            duration(mean(self.durations)),
+            duration(percentile(self.durations, 95)),
+            tokens(self.tokens_in),
+            tokens(self.tokens_out),
+            money(self.cost_usd),
         )
 
 
@@ -75,13 +77,6 @@ def percentile(values: list[float], pct: float) -> float | None:
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
 
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.2f}s"
-    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
 class Summary:
@@ -234,16 +229,16 @@ class Summary:
         ):
             if count:
                 parts.append(f"{count:,} {label}")
-        cost = f"cost {format_cost(run.cost_usd)} this run"
+        cost = f"cost {money(run.cost_usd)} this run"
         if run.earlier_cost_usd:
             cost += (
-                f" + {format_cost(run.earlier_cost_usd)} in earlier runs"
-                f" = {format_cost(run.cost_usd + run.earlier_cost_usd)}"
+                f" + {money(run.earlier_cost_usd)} in earlier runs"
+                f" = {money(run.cost_usd + run.earlier_cost_usd)}"
             )
         wall = run.elapsed_seconds
         lines = [
             f"{noun}: {run.total_items:,} selected: {', '.join(parts)}",
-            f"wall time {_duration(wall)}; tokens {run.tokens_in:,} in / {run.tokens_out:,} out; {cost}",
+            f"wall time {duration(wall)}; tokens {tokens(run.tokens_in)} in / {tokens(run.tokens_out)} out; {cost}",
         ]
         if self.waits:
             lines.append("waited: " + ", ".join(f"{n:,} x {what}" for what, n in sorted(self.waits.items())))
@@ -257,7 +252,7 @@ class Summary:
             lines.append(breaker.reason)
         if self.budget is not None:
             spent, cap = self.budget
-            lines.append(f"budget: --max-cost {format_cost(cap)} reached ({format_cost(spent)} spent)")
+            lines.append(f"budget: --max-cost {money(cap)} reached ({money(spent)} spent)")
         if self.verbose:
             executed = sum(s.completed + s.failed for s in self.phases.values())
             rate = executed / wall * 60 if wall > 0 else 0.0

@@ -21,8 +21,7 @@ from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
 from pipekit.state.escaping import plain_json_text
-from pipekit.state.model import COMPLETED
-from pipekit.state.model import SKIPPED
+from pipekit.state.model import is_finished
 from pipekit.state.store import encode_item_id
 from pipekit.state.store import write_atomically
 
@@ -72,7 +71,7 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
                     continue
                 phase = state.phases.get(definition.num)
                 output = state.phase_outputs.get(definition.num)
-                if phase is None or phase.status not in (COMPLETED, SKIPPED) or output is None:
+                if phase is None or not is_finished((phase.status,)) or output is None:
                     missing += 1
                     continue
                 record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}

@@ -14,6 +14,8 @@ from typing import Any
 from pipekit.cli.run import build_run_parser
 from pipekit.cli.run import prepare
 from pipekit.display.format import count_of
+from pipekit.display.format import estimate
+from pipekit.display.format import money_exact
 from pipekit.engine.lifecycle import configured
 from pipekit.engine.location import open_store
 from pipekit.engine.location import output_root
@@ -25,8 +27,6 @@ from pipekit.stale.checker import SKIP
 from pipekit.stale.checker import STALE
 from pipekit.stale.plan import Cell
 from pipekit.stale.plan import Plan
-from pipekit.stale.plan import format_cost
-from pipekit.stale.plan import format_seconds
 from pipekit.stale.plan import make_plan
 from pipekit.stale.plan import reason_counts
 
@@ -142,7 +142,7 @@ def print_plan(plan: Plan, location: str, *, verbose: int = 0) -> None:
         parts = []
         if run:
             seconds, dollars = plan.estimate(definition.num, len(run))
-            parts.append(f"run {len(run)} ({_why(run)}; est. {format_seconds(seconds)}, {format_cost(dollars)})")
+            parts.append(f"run {len(run)} ({_why(run)}; est. {estimate(seconds)}, {money_exact(dollars)})")
         if stale:
             parts.append(f"stale {len(stale)}, not included ({_why(stale)})")
         if skipped:
@@ -153,12 +153,12 @@ def print_plan(plan: Plan, location: str, *, verbose: int = 0) -> None:
         if stale:
             print(f"    stale: {_ids(stale, verbose)}")
     count, seconds, dollars = plan.totals(RUN)
-    print(f"total: {count} cells to run; estimated {format_seconds(seconds)}, {format_cost(dollars)}")
+    print(f"total: {count} cells to run; estimated {estimate(seconds)}, {money_exact(dollars)}")
     stale_count, stale_seconds, stale_dollars = plan.totals(STALE)
     if stale_count:
         print(
-            f"{stale_count} stale cells not included (estimated {format_seconds(stale_seconds)}, "
-            f"{format_cost(stale_dollars)}): add --rerun-stale to include them; `pipekit why` explains one"
+            f"{stale_count} stale cells not included (estimated {estimate(stale_seconds)}, "
+            f"{money_exact(stale_dollars)}): add --rerun-stale to include them; `pipekit why` explains one"
         )
     if plan.unknown:
         print(f"{plan.unknown} completed cells have no fingerprint (state from an older pipekit): not checked")

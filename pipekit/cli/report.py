@@ -25,6 +25,9 @@ from pipekit.cli.status import last_note
 from pipekit.cli.target import Target
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
+from pipekit.display.format import duration
+from pipekit.display.format import money_exact
+from pipekit.display.format import tokens
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
@@ -131,10 +134,6 @@ def _svg_bars(values: list[int], height: int = 80) -> str:
     )
 
 
-def _money(value: float) -> str:
-    return f"${value:,.4f}"
-
-
 def render_report(target: Target, states: list[PipelineState], errors: list[str]) -> str:
     """The whole page as one string."""
     esc = html.escape
@@ -162,15 +161,15 @@ def render_report(target: Target, states: list[PipelineState], errors: list[str]
         cells = "".join(f'<td class="n">{counts[status]}</td>' for status in STATUS_ORDER)
         phase_rows.append(
             f"<tr><td>{definition.num}</td><td>{esc(definition.name)}</td>{cells}"
-            f'<td class="n">{mean:.2f}s</td><td class="n">{_money(cost)}</td>'
+            f'<td class="n">{duration(mean)}</td><td class="n">{money_exact(cost)}</td>'
             f'<td class="barcell">{_bar(cost, top_phase_cost)}</td></tr>'
         )
 
     expensive = sorted(states, key=lambda s: s.total_cost_usd, reverse=True)[:TOP_ITEMS]
     top_item_cost = expensive[0].total_cost_usd if expensive and expensive[0].total_cost_usd else 1.0
     item_rows = "".join(
-        f'<tr><td class="id">{esc(s.item_id)}</td><td class="n">{s.total_tokens_in}</td>'
-        f'<td class="n">{s.total_tokens_out}</td><td class="n">{_money(s.total_cost_usd)}</td>'
+        f'<tr><td class="id">{esc(s.item_id)}</td><td class="n">{tokens(s.total_tokens_in)}</td>'
+        f'<td class="n">{tokens(s.total_tokens_out)}</td><td class="n">{money_exact(s.total_cost_usd)}</td>'
         f'<td class="barcell">{_bar(s.total_cost_usd, top_item_cost)}</td></tr>'
         for s in expensive
     )
@@ -218,8 +217,8 @@ def render_report(target: Target, states: list[PipelineState], errors: list[str]
         noun=esc(pipeline.item_noun),
         phases=len(pipeline.phases),
         cards=cards,
-        total_cost=_money(total_cost),
-        tokens=f"{tokens_in:,} in / {tokens_out:,} out",
+        total_cost=money_exact(total_cost),
+        tokens=f"{tokens(tokens_in)} in / {tokens(tokens_out)} out",
         errors=error_html,
         legend=legend,
         status_heads="".join(f'<th class="n">{s.replace("_", " ")}</th>' for s in STATUS_ORDER),

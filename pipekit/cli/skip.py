@@ -20,7 +20,7 @@ from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
-from pipekit.state.model import DONE_STATUSES
+from pipekit.state.model import is_finished
 
 
 #: Prefix of the reason of a phase skipped by hand.
@@ -58,12 +58,12 @@ def skip_command(args: list[str], plugins: list[Any]) -> ExitCode:
                 continue
             phases = loaded.state.phases
             for num in sorted(nums):
-                if phases[num].status in DONE_STATUSES:
+                if is_finished((phases[num].status,)):
                     print(
                         f"{item_id}: phase {num} {phases[num].name} is already {phases[num].status}; "
                         "reset it first to skip it"
                     )
-            chosen = [n for n, p in sorted(phases.items()) if p.status not in DONE_STATUSES and (not nums or n in nums)]
+            chosen = [n for n, p in sorted(phases.items()) if not is_finished((p.status,)) and (not nums or n in nums)]
             for num in chosen:
                 loaded.skip_phase(num, BY_HAND + option.reason.strip())
             if chosen:

@@ -20,6 +20,9 @@ from pipekit.cli.target import Target
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
 from pipekit.display.format import count_of
+from pipekit.display.format import duration
+from pipekit.display.format import money_exact
+from pipekit.display.format import tokens
 from pipekit.engine.attempts import attempts_used
 from pipekit.engine.attempts import gave_up
 from pipekit.engine.selection import is_glob
@@ -162,10 +165,6 @@ def _header(out: TextIO, target: Target, count: int) -> None:
     out.write("phases: " + ", ".join(f"{p.num} {p.name}" for p in pipeline.phases) + "\n\n")
 
 
-def _cost(value: float) -> str:
-    return f"${value:.4f}"
-
-
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -183,7 +182,7 @@ def write_matrix(out: TextIO, target: Target, rows: list[StatusRow], colour: boo
         line = " ".join(" " * (w - 1) + glyph(status, colour) for status, w in zip(item.statuses, widths, strict=True))
         note = _clip(item.last_note(), 100)
         label = _clip(item.item_id, id_width).ljust(id_width)
-        out.write(f"{label}  {line}  {_cost(item.total_cost_usd):>9}  {note}".rstrip() + "\n")
+        out.write(f"{label}  {line}  {money_exact(item.total_cost_usd):>9}  {note}".rstrip() + "\n")
     out.write("\n" + legend(colour) + "\n")
     out.write(totals_line(target, rows) + "\n")
 
@@ -211,7 +210,8 @@ def totals_line(target: Target, rows: list[StatusRow]) -> str:
     parts = ", ".join(f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING))
     return (
         f"total: {count_of(total['items'], target.pipeline.item_noun)}: {parts}; "
-        f"tokens {total['tokens_in']} in / {total['tokens_out']} out; cost {_cost(total['cost_usd'])}"
+        f"tokens {tokens(total['tokens_in'])} in / {tokens(total['tokens_out'])} out; "
+        f"cost {money_exact(total['cost_usd'])}"
     )
 
 
@@ -235,7 +235,7 @@ def write_summary(out: TextIO, target: Target, rows: list[StatusRow], colour: bo
     for definition in target.pipeline.phases:
         row = "".join(f"{counts[definition.num][s]:>13}  " for s in STATUS_ORDER)
         out.write(
-            f"{f'{definition.num} {definition.name}'.ljust(name_width)}  {row}{_cost(cost[definition.num]):>10}\n"
+            f"{f'{definition.num} {definition.name}'.ljust(name_width)}  {row}{money_exact(cost[definition.num]):>10}\n"
         )
     if failures:
         out.write(f"\nfailures ({len(failures)} of {len(failed)}; --failed --all lists them all):\n")
@@ -267,8 +267,8 @@ def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[
 
 def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool) -> None:
     """One item in full: every phase with attempts, times, cost, errors and tracebacks."""
-    out.write(f"item: {state.item_id}   status: {item_status(state)}   cost: {_cost(state.total_cost_usd)}   ")
-    out.write(f"tokens: {state.total_tokens_in} in / {state.total_tokens_out} out\n")
+    out.write(f"item: {state.item_id}   status: {item_status(state)}   cost: {money_exact(state.total_cost_usd)}   ")
+    out.write(f"tokens: {tokens(state.total_tokens_in)} in / {tokens(state.total_tokens_out)} out\n")
     out.write(f"state: {target.store.describe(state.item_id)}\n")
     if state.metadata:
         out.write(f"metadata: {json.dumps(state.metadata, ensure_ascii=False)}\n")
@@ -281,10 +281,10 @@ def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool)
         out.write(f"{glyph(phase.status, colour)} phase {num} {phase.name}: {label}\n")
         if phase.status == PENDING and not phase.attempts:
             continue
-        took = f"{phase.duration_seconds:.2f}s" if phase.duration_seconds is not None else "-"
+        took = duration(phase.duration_seconds)
         out.write(
             f"    attempts {phase.attempts}   started {phase.started_at or '-'}   took {took}   "
-            f"tokens {phase.tokens_in}/{phase.tokens_out}   cost {_cost(phase.cost_usd)}\n"
+            f"tokens {tokens(phase.tokens_in)}/{tokens(phase.tokens_out)}   cost {money_exact(phase.cost_usd)}\n"
         )
         if phase.output_file:
             out.write(f"    output file: {phase.output_file}\n")

@@ -32,13 +32,13 @@ from pipekit.outcomes import StateFileError
 from pipekit.state.document import read_document
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
-from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
+from pipekit.state.model import is_finished
 
 
 #: Every field of a saved phase with its default, in ``PhaseState`` order
@@ -196,7 +196,7 @@ def row_status(statuses: Iterable[Any]) -> str:
         return FAILED
     if IN_PROGRESS in statuses:
         return IN_PROGRESS
-    if statuses <= DONE_STATUSES:
+    if is_finished(statuses):
         return COMPLETED
     return PENDING
 

@@ -11,6 +11,9 @@ import difflib
 from typing import Any
 
 from pipekit.cli.parsing import command_parser
+from pipekit.display.format import duration
+from pipekit.display.format import money_exact
+from pipekit.display.format import tokens
 from pipekit.engine.location import open_store
 from pipekit.engine.location import output_root
 from pipekit.outcomes import ExitCode
@@ -26,8 +29,6 @@ from pipekit.stale.checker import StalePolicy
 from pipekit.stale.fingerprint import SourceArchive
 from pipekit.stale.fingerprint import code_identity
 from pipekit.stale.fingerprint import output_hash
-from pipekit.stale.plan import format_cost
-from pipekit.stale.plan import format_seconds
 from pipekit.stale.plan import load_states
 from pipekit.stale.plan import plan_item
 from pipekit.state.model import COMPLETED
@@ -92,10 +93,10 @@ def explain(
     if phase.completed_at:
         lines.append(f"  ended: {phase.completed_at}")
     if phase.duration_seconds is not None:
-        lines.append(f"  duration: {format_seconds(phase.duration_seconds)}")
+        lines.append(f"  duration: {duration(phase.duration_seconds)}")
     lines.append(
-        f"  spent (all attempts): {format_cost(phase.cost_usd)}, "
-        f"{phase.tokens_in} tokens in, {phase.tokens_out} tokens out"
+        f"  spent (all attempts): {money_exact(phase.cost_usd)}, "
+        f"{tokens(phase.tokens_in)} tokens in, {tokens(phase.tokens_out)} tokens out"
     )
     if phase.error:
         lines.append(f"  last error: {phase.error}")

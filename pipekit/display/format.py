@@ -1,29 +1,59 @@
-"""How pipekit writes durations and money, everywhere it shows them."""
+"""How pipekit writes money, durations and token counts, everywhere it shows them.
+
+One function per format, named by what it writes; a command that shows one
+of these calls the function here rather than spelling its own f-string.
+"""
 
 from __future__ import annotations
 
 
-def format_seconds(seconds: float | None) -> str:
-    """``H:MM:SS`` (``--:--:--`` when unknown)."""
+def money(dollars: float) -> str:
+    """What a run shows while and after it runs: ``$1,234.56`` from a dollar up,
+    ``$0.0123`` below (a cheap call's cost is in the third and fourth places)."""
+    return f"${dollars:,.2f}" if dollars >= 1 else f"${dollars:.4f}"
+
+
+def money_cents(dollars: float) -> str:
+    """``$1,234.56``: budgets and forecasts, which a person sets and reads in cents."""
+    return f"${dollars:,.2f}"
+
+
+def money_exact(dollars: float | None) -> str:
+    """``$1,234.5678`` (``unknown`` for None): records of what was spent, in
+    columns (``status``, the report) and in estimates (``plan``, ``why``)."""
+    return "unknown" if dollars is None else f"${dollars:,.4f}"
+
+
+def money_as_given(dollars: float) -> str:
+    """``$0.5``: a limit echoed as its user wrote it (a phase's ``max_cost``)."""
+    return f"${dollars:g}"
+
+
+def clock(seconds: float | None) -> str:
+    """``H:MM:SS`` (``--:--:--`` when unknown): elapsed time and ETA."""
     if seconds is None:
         return "--:--:--"
     whole = int(seconds + 0.5)
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
-def format_running(seconds: float) -> str:
+def running(seconds: float) -> str:
     """A short running time: ``4.2s``, ``12:05``, ``1:02:03``."""
     if seconds < 60:
         return f"{seconds:.1f}s"
     if seconds < 3600:
         whole = int(seconds)
         return f"{whole // 60}:{whole % 60:02d}"
-    return format_seconds(seconds)
+    return clock(seconds)
 
 
-def format_cost(cost: float) -> str:
-    """Dollars with cents, and tenths of a cent below a dollar."""
-    return f"${cost:,.2f}" if cost >= 1 else f"${cost:.4f}"
+def duration(seconds: float | None) -> str:
+    """How long something took: ``1.23s``, ``2m03.4s`` (``-`` when unknown)."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
 
 
@@ -37,6 +67,22 @@ def count_of(count: int, noun: str) -> str:
     return f"{count:,} {singular(noun) if count == 1 else noun}"
 
 
-def format_number(value: float) -> str:
+def number(value: float) -> str:
     """A rate or a limit as a person writes it: ``2,000,000``, ``0.5``."""
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,}"
+
+
+def estimate(seconds: float | None) -> str:
+    """A rough time to come: ``1.5 s``, ``12 min``, ``3.2 h`` (``unknown`` for None)."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def tokens(count: int) -> str:
+    """A token count with thousands separators: ``12,345``."""
+    return f"{count:,}"

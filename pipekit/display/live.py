@@ -6,9 +6,10 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from pipekit.display.format import format_cost
-from pipekit.display.format import format_running
-from pipekit.display.format import format_seconds
+from pipekit.display.format import clock
+from pipekit.display.format import money
+from pipekit.display.format import running
+from pipekit.display.format import tokens
 from pipekit.display.tracking import BaseProgress
 from pipekit.display.tracking import Clock
 
@@ -97,18 +98,18 @@ class ProgressTracker(BaseProgress):
         )
         facts = Text(
             f"phases {s.executed_phases + s.skipped_phases:,}/{s.total_work:,}"
-            f"  elapsed {format_seconds(self.elapsed)}"
-            f"  ETA {format_seconds(None if self._stopped and s.phases_left else self.eta)}"
+            f"  elapsed {clock(self.elapsed)}"
+            f"  ETA {clock(None if self._stopped and s.phases_left else self.eta)}"
         )
         if s.failed_phases:
             facts.append(f"  failed phases {s.failed_phases}", style="red")
         lines: list[RenderableType] = [head, facts]
         if self.show_cost:
-            money = f"tokens {s.total_tokens_in:,} in / {s.total_tokens_out:,} out"
-            money += f"  cost {format_cost(s.total_cost_usd)}"
+            usage = f"tokens {tokens(s.total_tokens_in)} in / {tokens(s.total_tokens_out)} out"
+            usage += f"  cost {money(s.total_cost_usd)}"
             if s.earlier_cost_usd:
-                money += f"  (+{format_cost(s.earlier_cost_usd)} in earlier runs)"
-            lines.append(Text(money))
+                usage += f"  (+{money(s.earlier_cost_usd)} in earlier runs)"
+            lines.append(Text(usage))
         lines.extend(self._in_flight_lines())
         return Group(*lines)
 
@@ -128,8 +129,8 @@ class ProgressTracker(BaseProgress):
         table.add_column(no_wrap=True, justify="right")
         for item in shown:
             phase = f"phase {item.phase}/{self.state.total_phases} {item.phase_name}" if item.phase else "starting"
-            running = format_running(now - item.phase_started) if item.phase_started is not None else ""
-            table.add_row(Text(f"  {item.label}", style="cyan"), phase, running)
+            took = running(now - item.phase_started) if item.phase_started is not None else ""
+            table.add_row(Text(f"  {item.label}", style="cyan"), phase, took)
         lines: list[RenderableType] = [table]
         if len(shown) < len(items):
             lines.append(Text(f"  ... and {len(items) - len(shown)} more in flight", style="dim"))

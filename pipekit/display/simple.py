@@ -8,10 +8,11 @@ import threading
 import time
 from typing import IO
 
+from pipekit.display.format import clock
 from pipekit.display.format import count_of
-from pipekit.display.format import format_cost
-from pipekit.display.format import format_running
-from pipekit.display.format import format_seconds
+from pipekit.display.format import duration as format_duration
+from pipekit.display.format import money
+from pipekit.display.format import running
 from pipekit.display.format import singular
 from pipekit.display.tracking import BaseProgress
 from pipekit.display.tracking import Clock
@@ -85,14 +86,14 @@ class SimpleProgress(BaseProgress):
             return
         now = self.clock()
         items = list(self.in_flight.values())
-        running = [
+        busy = [
             f"{item.label} phase {item.phase}/{self.state.total_phases} {item.phase_name} "
-            f"{format_running(now - item.phase_started)}"
+            f"{running(now - item.phase_started)}"
             for item in items[:HEARTBEAT_ITEMS]
             if item.phase_started is not None
         ]
         more = f" (+{len(items) - HEARTBEAT_ITEMS} more)" if len(items) > HEARTBEAT_ITEMS else ""
-        self._line(f"pipekit: {self.overview()}; running: {', '.join(running) or '-'}{more}")
+        self._line(f"pipekit: {self.overview()}; running: {', '.join(busy) or '-'}{more}")
 
     def overview(self) -> str:
         """Items and phases done, elapsed, ETA and cost, on one line."""
@@ -100,14 +101,14 @@ class SimpleProgress(BaseProgress):
         done = s.completed_items + s.failed_items
         text = (
             f"{done}/{s.total_items} {s.item_noun}, phases {s.executed_phases + s.skipped_phases}/{s.total_work}, "
-            f"elapsed {format_seconds(self.elapsed)}, ETA {format_seconds(self.eta)}"
+            f"elapsed {clock(self.elapsed)}, ETA {clock(self.eta)}"
         )
         if s.failed_items:
             text += f", {s.failed_items} failed"
         if self.show_cost:
-            text += f", {format_cost(s.total_cost_usd)}"
+            text += f", {money(s.total_cost_usd)}"
             if s.earlier_cost_usd:
-                text += f" (+{format_cost(s.earlier_cost_usd)} in earlier runs)"
+                text += f" (+{money(s.earlier_cost_usd)} in earlier runs)"
         return text
 
     def _beat(self) -> None:
@@ -121,9 +122,9 @@ class SimpleProgress(BaseProgress):
         return text
 
     def _show_phase_end(self, item: ItemProgress, outcome: str, duration: float, cost: float, error: str) -> None:
-        text = f"{self._where(item)} {outcome} in {duration:.2f}s"
+        text = f"{self._where(item)} {outcome} in {format_duration(duration)}"
         if self.show_cost and cost:
-            text += f" {format_cost(cost)} (run {format_cost(self.state.total_cost_usd)})"
+            text += f" {money(cost)} (run {money(self.state.total_cost_usd)})"
         self._line(f"{text}: {error}" if error else text)
 
     def _show_retry(self, item: ItemProgress, error: str, attempt: int) -> None:
@@ -142,7 +143,7 @@ class SimpleProgress(BaseProgress):
         text = f"[{item.index}/{s.total_items}] {item.label} {status}"
         text += f" ({s.completed_items + s.failed_items}/{s.total_items} {s.item_noun} done"
         if self.show_cost:
-            text += f", {format_cost(item.cost_usd)} this {singular(s.item_noun)}"
+            text += f", {money(item.cost_usd)} this {singular(s.item_noun)}"
         self._line(text + ")")
 
     def _line(self, text: str) -> None:

@@ -18,6 +18,7 @@ import math
 from typing import TYPE_CHECKING
 from typing import Any
 
+from pipekit.display.format import money_cents
 from pipekit.outcomes import StateFileError
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import COMPLETED
@@ -51,7 +52,7 @@ class Forecast:
 
     def describe(self, noun: str = "items") -> str:
         """``~$41.20 to finish 212 items (mean cost per phase of 88 completed executions)``."""
-        text = f"~${self.cost_usd:,.2f} to finish {self.items_left} {noun}"
+        text = f"~{money_cents(self.cost_usd)} to finish {self.items_left} {noun}"
         text += f" (mean cost per phase of {self.executions} completed executions"
         if self.unknown_phases:
             text += "; no history yet for " + ", ".join(repr(n) for n in self.unknown_phases)
@@ -187,7 +188,10 @@ class Budget:
 
     def stop_message(self, forecast: Forecast | None, noun: str = "items") -> str:
         """The last words of a run the cap stopped: spent, left, how to go on."""
-        text = f"stopped by --max-cost: ${self.spent:,.2f} spent of ${self.cap:,.2f} (${self.left:,.2f} left)"
+        text = (
+            f"stopped by --max-cost: {money_cents(self.spent)} spent of {money_cents(self.cap)} "
+            f"({money_cents(self.left)} left)"
+        )
         if forecast is not None and forecast.items_left:
             text += f"; {forecast.describe(noun)}"
         # From what is already spent: retries and phases in flight may have gone past the cap.
@@ -247,7 +251,10 @@ class Spending:
         if self.max_cost is None:
             return
         budget = self.budget = Budget(self.max_cost, forecast.spent_usd, self._reached)
-        line = f"budget: ${budget.spent:,.2f} spent of --max-cost ${budget.cap:,.2f}, ${budget.left:,.2f} left"
+        line = (
+            f"budget: {money_cents(budget.spent)} spent of --max-cost {money_cents(budget.cap)}, "
+            f"{money_cents(budget.left)} left"
+        )
         if forecast.executions and forecast.cost_usd > budget.left:
             line += " (less than the forecast: the cap will stop this run)"
         self._say(line)
@@ -267,7 +274,7 @@ class Spending:
     def _reached(self, spent: float) -> None:
         assert self.budget is not None
         self._say(
-            f"budget reached: ${spent:,.2f} spent of --max-cost ${self.budget.cap:,.2f}; "
+            f"budget reached: {money_cents(spent)} spent of --max-cost {money_cents(self.budget.cap)}; "
             "no new phase starts, phases in flight finish", "notice"
         )
         self._on_reached(spent, self.budget.cap)

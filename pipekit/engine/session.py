@@ -18,8 +18,8 @@ from typing import IO
 from typing import Any
 
 from pipekit.config import Config
-from pipekit.display.format import format_cost
-from pipekit.display.format import format_seconds
+from pipekit.display.format import duration
+from pipekit.display.format import money
 from pipekit.display.streams import stdout_reserved_for_events
 from pipekit.engine.exitcode import decide_exit_code
 from pipekit.engine.lifecycle import configured
@@ -189,8 +189,8 @@ def projection(store: StateStore, sample: Sampled, noun: str) -> str:
         return f"{show(mean * total)} ({show(min(values) * total)}-{show(max(values) * total)})"
 
     return (
-        f"projection for all {total} {noun} from {n} sampled: cost {spread(costs, format_cost)}, "
-        f"phase time {spread(seconds, format_seconds)} (mean per item x {total}; range: cheapest-dearest item)"
+        f"projection for all {total} {noun} from {n} sampled: cost {spread(costs, money)}, "
+        f"phase time {spread(seconds, duration)} (mean per item x {total}; range: cheapest-dearest item)"
     )
 
 

@@ -14,6 +14,8 @@ import threading
 from typing import TYPE_CHECKING
 from typing import Any
 
+from pipekit.display.format import money_as_given
+from pipekit.display.format import money_exact
 from pipekit.outcomes import Fail
 from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.checkpoints import Tab
@@ -144,8 +146,8 @@ class PhaseContext:
         cap = self.phase.max_cost
         if cap is not None and self.cost_usd > cap:
             raise CostCapExceeded(
-                f"phase {self.phase.name!r} recorded ${self.cost_usd:.4f} in this execution, "
-                f"over its max_cost ${cap:g}"
+                f"phase {self.phase.name!r} recorded {money_exact(self.cost_usd)} in this execution, "
+                f"over its max_cost {money_as_given(cap)}"
             )
 
     def checkpoint(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:

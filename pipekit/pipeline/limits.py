@@ -26,7 +26,7 @@ from typing import Any
 
 from aiolimiter import AsyncLimiter
 
-from pipekit.display.format import format_number
+from pipekit.display.format import number
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.phases import PhaseDefinition
 
@@ -93,7 +93,7 @@ class RateLimiter:
         """Wait for one request and ``tokens`` tokens of capacity."""
         if self._tokens is not None and tokens > self._tokens.max_rate:
             raise ValueError(
-                f"limit {self.name!r}: {tokens} tokens is more than its tpm ({format_number(self._tokens.max_rate)})"
+                f"limit {self.name!r}: {tokens} tokens is more than its tpm ({number(self._tokens.max_rate)})"
             )
         told = False
         while True:
@@ -201,7 +201,7 @@ def _nothing() -> None:
 
 
 def _describe(limit: Limit) -> str:
-    parts = [f"{k}={format_number(getattr(limit, k))}" for k in ("rpm", "tpm") if getattr(limit, k) is not None]
+    parts = [f"{k}={number(getattr(limit, k))}" for k in ("rpm", "tpm") if getattr(limit, k) is not None]
     return ", ".join(parts)
 
 
@@ -237,7 +237,7 @@ def declared_limits(module: ModuleType | None, phases: Iterable[PhaseDefinition]
                 problems.append(f"phase {phase.name!r}: tokens for limit {name!r} must be an int >= 0")
             elif raw[name].tpm is not None and tokens > raw[name].tpm:
                 problems.append(
-                    f"phase {phase.name!r}: {format_number(tokens)} tokens is more than {name!r} "
+                    f"phase {phase.name!r}: {number(tokens)} tokens is more than {name!r} "
                     f"allows per minute ({_describe(raw[name])})"
                 )
     if problems:

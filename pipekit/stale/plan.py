@@ -13,6 +13,8 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from pipekit.display.format import estimate
+from pipekit.display.format import money_exact
 from pipekit.outcomes import StateFileError
 from pipekit.pipeline.loader import Pipeline
 from pipekit.stale.checker import FAILED_REASON
@@ -253,22 +255,6 @@ def add_history(history: dict[int, PhaseHistory], states: Iterable[PipelineState
 # -- words -----------------------------------------------------------------------
 
 
-def format_seconds(seconds: float | None) -> str:
-    """``1.5 s``, ``12 min``, ``3.2 h`` or ``unknown``."""
-    if seconds is None:
-        return "unknown"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def format_cost(dollars: float | None) -> str:
-    """``$0.0123`` or ``unknown``."""
-    return "unknown" if dollars is None else f"${dollars:.4f}"
-
-
 def reason_counts(cells: Iterable[Cell]) -> dict[str, int]:
     """How many cells have each reason, in first-seen order."""
     counts: dict[str, int] = {}
@@ -299,7 +285,7 @@ def stale_report(plan: Plan) -> list[str]:
         noun = "cell is" if count == 1 else "cells are"
         line = (
             f"{count} completed {noun} stale, {intro}: {'; '.join(p for _, _, p in parts)}; "
-            f"estimated {format_cost(dollars)}, {format_seconds(seconds)}"
+            f"estimated {money_exact(dollars)}, {estimate(seconds)}"
         )
         if action == STALE:
             line += "; add --rerun-stale to include them (see `pipekit plan`, `pipekit why`)"

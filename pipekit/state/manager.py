@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict
-from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone
 from os import PathLike
@@ -15,7 +14,6 @@ from typing import Any
 from pipekit.outcomes import StateFileError
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
-from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import INLINE_OUTPUT_LIMIT
@@ -24,42 +22,14 @@ from pipekit.state.model import PHASE_FIELDS
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
+from pipekit.state.model import is_finished
 from pipekit.state.model import phase_pairs
 from pipekit.state.model import utc_now
 from pipekit.state.store import StateStore
-
-
-@dataclass(frozen=True)
-class PendingWrite:
-    """One write of an item's state: the document, then the checkpoints the
-    written state made useless (dropped only after it landed, so a crash in
-    between leaves stale checkpoints, never lost work). Safe to ``run`` on a
-    thread other than the one changing the state: it holds its own copy. The
-    output files it no longer refers to are deleted by ``saved``, after it."""
-
-    store: StateStore
-    item_id: str
-    document: dict[str, Any]
-    checkpoints_to_drop: list[str]
-    outputs_unreferenced: list[str]
-
-    def run(self) -> None:
-        """Write the document, then drop the checkpoints."""
-        self.store.save(self.item_id, self.document)
-        self.drop_checkpoints()
-
-    def drop_checkpoints(self) -> None:
-        """Drop the checkpoints the written state made useless."""
-        for phase_name in self.checkpoints_to_drop:
-            self.store.drop_checkpoints(self.item_id, phase_name)
-
-    @staticmethod
-    def run_together(writes: list[PendingWrite]) -> None:
-        """Write the documents of several items with one ``save_many`` of their
-        (shared) store, then drop their checkpoints."""
-        writes[0].store.save_many((write.item_id, write.document) for write in writes)
-        for write in writes:
-            write.drop_checkpoints()
+from pipekit.state.writer import IMMEDIATE
+from pipekit.state.writer import PendingWrite
+from pipekit.state.writer import Writer
+from pipekit.state.writer import write_now
 
 
 class PipelineStateManager:
@@ -77,10 +47,10 @@ class PipelineStateManager:
         self._output_refs: dict[int, str] = {}
         #: Output files to delete once a saved state no longer refers to them.
         self._unreferenced: list[str] = []
-        #: Set by a runner (``pipekit.state.writer``): ``save_state`` then keeps the
-        #: document for the runner to write off the event loop before it tells
-        #: any observer. Never set for library users: their saves are synchronous.
-        self.defer_saves = False
+        #: Who writes this manager's saves, and when (``pipekit.state.writer``): at
+        #: once by default; a runner's ``StateWriter`` holds it to write them off the
+        #: event loop before it tells any observer.
+        self._writer: Writer = IMMEDIATE
         self._pending = False
         #: Phases whose checkpoints go once the state that completes them is written.
         self._checkpoints_to_drop: list[str] = []
@@ -137,39 +107,55 @@ class PipelineStateManager:
         return True
 
     def save_state(self) -> None:
-        """Write the state atomically; large outputs are written once, beside it."""
-        state = self.state
-        state.last_updated = utc_now()
-        for num, text in state.phase_outputs.items():
-            if num not in self._output_refs and len(text) * 4 > INLINE_OUTPUT_LIMIT:
-                if len(text.encode("utf-8", "surrogatepass")) > INLINE_OUTPUT_LIMIT:  # a lone surrogate is 3 bytes too
-                    self._output_refs[num] = self.store.write_output(self.item_id, num, text)
+        """Save the state atomically (at once, unless a ``StateWriter`` holds this
+        manager); large outputs are stored once, beside it, before it."""
+        self.state.last_updated = utc_now()
         self._pending = True  # the document is built when written: several changes cost one
-        if not self.defer_saves:
-            self.write_pending()
+        self._writer.changed(self)
+
+    @property
+    def defer_saves(self) -> bool:
+        """True while a ``StateWriter`` holds this manager (its saves wait for a flush)."""
+        return self._writer is not IMMEDIATE
+
+    def save_through(self, writer: Writer | None) -> Writer:
+        """Let ``writer`` write this manager's saves from now on (None: at once);
+        returns the writer before. Called by ``StateWriter.hold`` and ``release``."""
+        previous, self._writer = self._writer, writer or IMMEDIATE
+        return previous
 
     @property
     def has_pending_save(self) -> bool:
-        """True when a save was asked for (``defer_saves``) and is not yet written."""
+        """True when a save was asked for and is not yet written (``defer_saves``)."""
         return self._pending
 
     def take_pending_write(self) -> PendingWrite:
         """The write of the latest saved state, for any thread to ``run``; whoever
         runs it calls ``saved`` with it afterwards, on the thread that changes the state."""
-        document = self.state.to_document(self._output_refs)
+        state = self.state
+        refs = self._output_refs
+        large = [(num, text) for num, text in state.phase_outputs.items() if num not in refs and _too_large(text)]
+        # The large ones leave the document now; the write stores them and names their files in it.
+        document = state.to_document({**refs, **{num: "" for num, _ in large}} if large else refs)
+        if large:
+            document["phase_output_files"] = {key: ref for key, ref in document["phase_output_files"].items() if ref}
         drops, self._checkpoints_to_drop = self._checkpoints_to_drop, []
         unreferenced, self._unreferenced = self._unreferenced, []
         self._pending = False
-        return PendingWrite(self.store, self.item_id, document, drops, unreferenced)
+        return PendingWrite(self.store, self.item_id, document, drops, unreferenced, large)
 
     def write_pending(self) -> None:
         """Write the pending save here and now."""
-        write = self.take_pending_write()
-        write.run()
-        self.saved(write)
+        write_now(self)
 
     def saved(self, write: PendingWrite) -> None:
-        """After ``write`` landed: delete the output files it no longer refers to."""
+        """After ``write`` landed: remember the outputs it stored, delete the
+        output files it no longer refers to."""
+        for num, text, ref in write.outputs_written:
+            if num not in self._output_refs and self.state.phase_outputs.get(num) == text:
+                self._output_refs[num] = ref
+            else:  # changed while it was written: the next write stops referring to it
+                self._unreferenced.append(ref)
         # Only now that the saved state no longer refers to them (a crash before
         # this point leaves a stray file, never a state pointing at nothing), and
         # only if no change since refers to them again (outputs are named by content).
@@ -383,7 +369,7 @@ class PipelineStateManager:
         """
         nums = sorted(self.state.phases)
         for num in nums:
-            if self.state.phases[num].status not in DONE_STATUSES:
+            if not is_finished((self.state.phases[num].status,)):
                 return num
         return nums[-1] + 1 if nums else 0
 
@@ -405,7 +391,7 @@ class PipelineStateManager:
         statuses = [p.status for p in state.phases.values()]
         if failed_critical:
             state.status = FAILED
-        elif all(s in DONE_STATUSES for s in statuses):
+        elif is_finished(statuses):
             state.status = COMPLETED
         elif IN_PROGRESS in statuses:
             state.status = IN_PROGRESS
@@ -417,9 +403,15 @@ class PipelineStateManager:
 
 def _first_not_done(state: PipelineState) -> int:
     for num in sorted(state.phases):
-        if state.phases[num].status not in DONE_STATUSES:
+        if not is_finished((state.phases[num].status,)):
             return num
     return max(state.phases, default=0)
+
+
+def _too_large(text: str) -> bool:
+    """True for an output stored beside the document rather than in it."""
+    # surrogatepass: a lone surrogate is 3 bytes too
+    return len(text) * 4 > INLINE_OUTPUT_LIMIT and len(text.encode("utf-8", "surrogatepass")) > INLINE_OUTPUT_LIMIT
 
 
 def _elapsed(started_at: str | None) -> float | None:

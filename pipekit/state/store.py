@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
 from pipekit.state.digest import text_hash
-from pipekit.state.document import DONE_STATUSES
 from pipekit.state.document import read_document
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
@@ -30,6 +29,7 @@ from pipekit.state.heldby import HeldBy
 from pipekit.state.heldby import read_lock_record
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
+from pipekit.state.model import is_finished
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -348,7 +348,7 @@ def summarize(document: Any) -> Summary:
     pending: list[int] = []
     done: list[str] = []
     for num, phase in document["phases"].items():
-        if phase.get("status") in DONE_STATUSES:
+        if is_finished((phase.get("status"),)):
             done.append(phase["name"])
         else:
             pending.append(int(num))

@@ -1,14 +1,21 @@
-"""Writing item states off the event loop.
+"""Writing item states: the one protocol, from a change to the bytes on disk.
+
+Every save of a ``PipelineStateManager`` goes through a writer. By default
+(``IMMEDIATE``) it is written at once, on the calling thread: library users'
+saves are synchronous. A runner's ``StateWriter`` holds an item's manager
+instead: its saves wait for ``StateWriter.flush``, which the runner awaits
+after a change and before it tells observers or runs a handler.
 
 A durable save (temporary file, fsync, rename, directory fsync) blocks for
 milliseconds; done on the event loop it stops every other item, and 100
 concurrent items that only ``await`` a network call run no faster than their
-state writes one after another. The runner marks each item's manager
-``defer_saves`` and awaits ``StateWriter.flush`` after a change and before it
-tells observers or runs a handler: the write runs in a small thread pool, so
+state writes one after another. So the write runs in a small thread pool:
 writes of different items overlap while one item's writes land in order (one
 write per item in flight at a time). Changes saved while an item's write is
-queued or in flight are written together, once.
+queued or in flight are written together, once. An output too large to keep
+inline is written by the same ``PendingWrite``, on the same thread, before
+the document that refers to it: a document never refers to a file that is
+not yet durable.
 
 A database store that declares ``batched_saves`` gets group commit instead:
 one thread writes every item queued meanwhile with one ``save_many`` (one
@@ -24,15 +31,135 @@ import functools
 import queue
 import threading
 from typing import Any
+from typing import Protocol
 
-from pipekit.state.manager import PendingWrite
-from pipekit.state.manager import PipelineStateManager
+from pipekit.state.holder import LeaseLostError
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 
 
+class PendingWrite:
+    """One write of an item's state: its large outputs not yet stored, the
+    document, then the checkpoints the written state made useless (dropped
+    only after it landed, so a crash in between leaves stale checkpoints,
+    never lost work). Safe to ``run`` on a thread other than the one changing
+    the state: it holds its own copy. The output files it no longer refers to
+    are deleted by the manager's ``saved``, after it.
+
+    A plain class with slots, not a dataclass: one is built per save, and a
+    frozen dataclass's ``__init__`` cost a few percent of a save's CPU.
+    """
+
+    __slots__ = (
+        "store", "item_id", "document", "checkpoints_to_drop", "outputs_unreferenced",
+        "outputs_to_write", "outputs_written",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        store: StateStore,
+        item_id: str,
+        document: dict[str, Any],
+        checkpoints_to_drop: list[str],
+        outputs_unreferenced: list[str],
+        outputs_to_write: list[tuple[int, str]] | None = None,
+    ) -> None:
+        self.store = store
+        self.item_id = item_id
+        self.document = document
+        self.checkpoints_to_drop = checkpoints_to_drop
+        self.outputs_unreferenced = outputs_unreferenced
+        #: ``(phase num, text)`` of the outputs to store beside the document, before it.
+        self.outputs_to_write = outputs_to_write or []
+        #: ``(phase num, text, reference)`` of those stored, filled in by ``run``.
+        self.outputs_written: list[tuple[int, str, str]] = []
+
+    def run(self) -> None:
+        """Store the large outputs, write the document, then drop the checkpoints."""
+        self.write_outputs()
+        self.store.save(self.item_id, self.document)
+        self.drop_checkpoints()
+
+    def write_outputs(self) -> None:
+        """Store each large output and refer to it in the document (not yet written)."""
+        if not self.outputs_to_write:
+            return
+        files = dict(self.document["phase_output_files"])
+        for num, text in self.outputs_to_write:
+            ref = self.store.write_output(self.item_id, num, text)
+            self.outputs_written.append((num, text, ref))
+            files[str(num)] = ref
+        self.document["phase_output_files"] = {key: files[key] for key in sorted(files, key=int)}
+
+    def drop_checkpoints(self) -> None:
+        """Drop the checkpoints the written state made useless."""
+        for phase_name in self.checkpoints_to_drop:
+            self.store.drop_checkpoints(self.item_id, phase_name)
+
+    @staticmethod
+    def run_together(writes: list[PendingWrite]) -> None:
+        """Write the documents of several items with one ``save_many`` of their
+        (shared) store, then drop their checkpoints. A ``LeaseLostError`` for
+        some items is raised after the others' checkpoints are dropped: those
+        were written."""
+        for write in writes:
+            write.write_outputs()
+        try:
+            writes[0].store.save_many((write.item_id, write.document) for write in writes)
+        except LeaseLostError as exc:
+            lost = set(exc.item_ids)
+            for write in writes:
+                if write.item_id not in lost:
+                    write.drop_checkpoints()
+            raise
+        for write in writes:
+            write.drop_checkpoints()
+
+
+class Saving(Protocol):
+    """What a writer needs of a ``PipelineStateManager``."""
+
+    @property
+    def store(self) -> StateStore: ...
+
+    @property
+    def has_pending_save(self) -> bool: ...
+
+    def take_pending_write(self) -> PendingWrite: ...
+
+    def saved(self, write: PendingWrite) -> None: ...
+
+    def save_through(self, writer: Writer | None) -> Writer: ...
+
+
+class Writer(Protocol):
+    """Decides when a manager's saves are written."""
+
+    def changed(self, manager: Saving) -> None:
+        """``manager`` saved a change (``has_pending_save`` is now True)."""
+
+
+class ImmediateWrites:
+    """Writes every save at once, on the calling thread (the default)."""
+
+    def changed(self, manager: Saving) -> None:
+        """Write it now."""
+        write_now(manager)
+
+
+#: The writer of a manager no ``StateWriter`` holds.
+IMMEDIATE = ImmediateWrites()
+
+
+def write_now(manager: Saving) -> None:
+    """Write ``manager``'s pending save here and now."""
+    write = manager.take_pending_write()
+    write.run()
+    manager.saved(write)
+
+
 class StateWriter:
-    """Writes deferred saves of ``PipelineStateManager`` objects.
+    """Writes the saves of the ``PipelineStateManager`` objects it holds, when flushed.
 
     :param threads: size of the thread pool; 0 writes on the calling thread.
     """
@@ -41,24 +168,26 @@ class StateWriter:
         self.threads = threads
         self._pool: WorkerThreads | None = None
         #: Items waiting for a thread, oldest first.
-        self._queue: deque[PipelineStateManager] = deque()
+        self._queue: deque[Saving] = deque()
         #: Items with a write in flight (at most one each, so they land in order).
-        self._busy: set[PipelineStateManager] = set()
+        self._busy: set[Saving] = set()
         #: Flushes waiting for an item to have nothing left to write.
-        self._waiters: dict[PipelineStateManager, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[Saving, list[asyncio.Future[None]]] = {}
 
-    def hold(self, manager: PipelineStateManager) -> bool:
-        """Defer ``manager``'s saves until written here; False if they already were."""
-        if manager.defer_saves:
-            return False
-        manager.defer_saves = True
-        return True
+    def hold(self, manager: Saving) -> bool:
+        """Write ``manager``'s saves here, when flushed; False if this writer already held it."""
+        previous = manager.save_through(self)
+        return previous is not self
 
-    async def flush(self, manager: PipelineStateManager) -> None:
+    def changed(self, manager: Saving) -> None:
+        """A held manager saved a change: it is written by the next ``flush``
+        (a change made while one is queued or in flight costs no extra write)."""
+
+    async def flush(self, manager: Saving) -> None:
         """Wait until everything ``manager`` saved so far is written."""
         if not self._in_threads(manager):
             if manager.has_pending_save:
-                manager.write_pending()
+                write_now(manager)
             return
         if self._all_written(manager):
             return
@@ -69,7 +198,7 @@ class StateWriter:
             self._dispatch()
         await waiter
 
-    async def release(self, manager: PipelineStateManager) -> None:
+    async def release(self, manager: Saving) -> None:
         """Write anything still unwritten and stop deferring ``manager``'s saves.
 
         Waits for a write in flight even when cancelled meanwhile (then
@@ -77,7 +206,7 @@ class StateWriter:
         put an older state on disk.
         """
         if self._all_written(manager):
-            manager.defer_saves = False  # no task to wait on
+            manager.save_through(None)  # no task to wait on
             return
         try:
             flushing = asyncio.ensure_future(self.flush(manager))
@@ -91,9 +220,9 @@ class StateWriter:
                 raise asyncio.CancelledError
             flushing.result()
         finally:
-            manager.defer_saves = False
+            manager.save_through(None)
             if manager.has_pending_save and manager not in self._busy:
-                manager.write_pending()
+                write_now(manager)
 
     async def lock_item(self, store: StateStore, item_id: str) -> ItemLock | None:
         """``store.try_lock(item_id)``, on the writer's threads when it has them:
@@ -127,14 +256,14 @@ class StateWriter:
             self._pool = WorkerThreads(self.threads, "pipekit-save")
         return self._pool
 
-    def _all_written(self, manager: PipelineStateManager) -> bool:
+    def _all_written(self, manager: Saving) -> bool:
         return not manager.has_pending_save and manager not in self._busy
 
-    def _in_threads(self, manager: PipelineStateManager) -> bool:
+    def _in_threads(self, manager: Saving) -> bool:
         store = manager.store
         return self.threads > 0 and (store.threadsafe_saves or store.batched_saves)
 
-    def _enqueue(self, manager: PipelineStateManager) -> None:
+    def _enqueue(self, manager: Saving) -> None:
         if manager not in self._busy and manager not in self._queue:
             self._queue.append(manager)  # (a busy one is queued again when its write lands)
 
@@ -162,22 +291,24 @@ class StateWriter:
             self._busy.update(managers)
             self._threads().submit(functools.partial(job, writes), functools.partial(self._landed, managers, writes))
 
-    def _take_queue(self, limit: int = 1000) -> list[PipelineStateManager]:
-        taken: list[PipelineStateManager] = []
+    def _take_queue(self, limit: int = 1000) -> list[Saving]:
+        taken: list[Saving] = []
         while self._queue and len(taken) < limit:
             taken.append(self._queue.popleft())
         return taken
 
     def _landed(
         self,
-        managers: list[PipelineStateManager],
+        managers: list[Saving],
         writes: list[PendingWrite],
         _: None,
         error: BaseException | None,
     ) -> None:
+        # A batch that lost some items' leases wrote the others: only those named failed.
+        lost = set(error.item_ids) if isinstance(error, LeaseLostError) else None
         for manager, write in zip(managers, writes, strict=True):
             self._busy.discard(manager)
-            if error is not None:
+            if error is not None and (lost is None or write.item_id in lost):
                 self._wake(manager, error)
                 continue
             manager.saved(write)
@@ -187,7 +318,7 @@ class StateWriter:
                 self._wake(manager)
         self._dispatch()
 
-    def _wake(self, manager: PipelineStateManager, error: BaseException | None = None) -> None:
+    def _wake(self, manager: Saving, error: BaseException | None = None) -> None:
         """Tell the item's flushes its writes have landed (or failed)."""
         for waiter in self._waiters.pop(manager, []):
             if waiter.done():
