@@ -1,8 +1,10 @@
 """``pipekit export MODULE --phase N|NAME``: get one phase's finished outputs out.
 
-``-o DIR`` writes one file per item (a safe name derived from the id) and
+``-o DIR`` writes one file per item (a safe name derived from the id; ``.txt``
+for a ``str`` output, ``.json`` holding the value for any other) and
 ``index.jsonl`` mapping ids to files; ``--jsonl`` prints one JSON object per
-item on stdout. Items are read one at a time, so memory stays flat.
+item on stdout, its ``output`` the value itself (an object stays an object).
+Items are read one at a time, so memory stays flat.
 """
 
 from __future__ import annotations
@@ -71,14 +73,15 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
                     print(f"pipekit: error: {exc}", file=sys.stderr)
                     continue
                 phase = state.phases.get(definition.num)
-                output = state.phase_outputs.get(definition.num)
-                if phase is None or phase.status not in (COMPLETED, SKIPPED) or output is None:
+                done = phase is not None and phase.status in (COMPLETED, SKIPPED)
+                if not done or definition.num not in state.phase_outputs:
                     missing += 1
                     continue
+                output = state.phase_outputs[definition.num]
                 record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}
                 if folder is not None and index is not None:
-                    name = f"{encode_item_id(item_id)}.txt"
-                    write_atomically(folder / name, output.encode("utf-8"), durable=False)
+                    name, content = _file(item_id, output)
+                    write_atomically(folder / name, content, durable=False)
                     index.write(json.dumps({**record, "file": name}, ensure_ascii=False) + "\n")
                 else:
                     record.update(phase=definition.num, phase_name=definition.name, output=output)
@@ -94,3 +97,10 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
             file=sys.stderr,
         )
         return ExitCode.USAGE_ERROR if unreadable else ExitCode.OK
+
+
+def _file(item_id: str, output: Any) -> tuple[str, bytes]:
+    """The ``-o`` file of one item's output: its name and content."""
+    if type(output) is str:
+        return f"{encode_item_id(item_id)}.txt", output.encode("utf-8")
+    return f"{encode_item_id(item_id)}.json", (json.dumps(output, ensure_ascii=False, indent=2) + "\n").encode("utf-8")

@@ -18,7 +18,6 @@ from pipekit.state.model import COMPLETED
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
-from pipekit.state.model import INLINE_OUTPUT_LIMIT
 from pipekit.state.model import PENDING
 from pipekit.state.model import PHASE_FIELDS
 from pipekit.state.model import SKIPPED
@@ -27,6 +26,7 @@ from pipekit.state.model import PipelineState
 from pipekit.state.model import phase_pairs
 from pipekit.state.model import utc_now
 from pipekit.state.store import StateStore
+from pipekit.state.values import kept_apart
 
 
 @dataclass(frozen=True)
@@ -140,10 +140,9 @@ class PipelineStateManager:
         """Write the state atomically; large outputs are written once, beside it."""
         state = self.state
         state.last_updated = utc_now()
-        for num, text in state.phase_outputs.items():
-            if num not in self._output_refs and len(text) * 4 > INLINE_OUTPUT_LIMIT:
-                if len(text.encode("utf-8")) > INLINE_OUTPUT_LIMIT:
-                    self._output_refs[num] = self.store.write_output(self.item_id, num, text)
+        for num, value in state.phase_outputs.items():
+            if num not in self._output_refs and kept_apart(value):
+                self._output_refs[num] = self.store.write_output(self.item_id, num, value)
         self._pending = True  # the document is built when written: several changes cost one
         if not self.defer_saves:
             self.write_pending()
@@ -213,7 +212,7 @@ class PipelineStateManager:
     def complete_phase(
         self,
         phase_num: int,
-        output: str,
+        output: Any,
         tokens_in: int = 0,
         tokens_out: int = 0,
         cost_usd: float = 0.0,
@@ -222,7 +221,8 @@ class PipelineStateManager:
         output_file: str | None = None,
         executor: str | None = None,
     ) -> None:
-        """Mark the phase ``completed``, store its output, add its usage, save."""
+        """Mark the phase ``completed``, store its output (a ``str`` or JSON value,
+        ``None`` included: ``pipekit.state.values``), add its usage, save."""
         phase = self._phase(phase_num)
         phase.status = COMPLETED
         phase.completed_at = utc_now()
@@ -234,7 +234,7 @@ class PipelineStateManager:
         if executor:
             phase.executor = executor
         self._add_usage(phase, tokens_in, tokens_out, cost_usd)
-        self._set_output(phase_num, output)
+        self._set_output(phase_num, output, is_output=True)
         self._refresh_item_status()
         self._checkpoints_to_drop.append(phase.name)
         self.save_state()
@@ -388,12 +388,13 @@ class PipelineStateManager:
 
     # -- helpers ------------------------------------------------------------
 
-    def _set_output(self, phase_num: int, output: str | None) -> None:
+    def _set_output(self, phase_num: int, output: Any, is_output: bool = False) -> None:
+        """Replace the phase's output; ``None`` drops it unless ``is_output`` (a handler returned None)."""
         outputs = self.state.phase_outputs
         ref = self._output_refs.pop(phase_num, None)
         if ref is not None:
             self._unreferenced.append(ref)
-        if output is None:
+        if output is None and not is_output:
             outputs.pop(phase_num, None)
         else:
             outputs[phase_num] = output
