@@ -136,7 +136,8 @@ class StateMachine(RuleBasedStateMachine):
             num for num, m in self.model.items()
             if m[1] is not None and kept_apart(m[1])
         )
-        # one file per large output (or one no store keeps inline: NUL, a lone surrogate) (named "<num>." + whatever the store chooses), no strays
+        # one file per output kept apart (large, or NUL or a lone surrogate in it),
+        # named "<num>." + whatever the store chooses; no strays
         assert sorted(int(name.split(".")[0]) for name in files) == large
 
 

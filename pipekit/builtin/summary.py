@@ -105,6 +105,8 @@ class Summary:
         self._running: set[tuple[str, int]] = set()
         #: Times phases had to wait, by what they waited for.
         self.waits: dict[str, int] = {}
+        #: Attempts whose value did not fit the phase's ``output=`` model, by phase name.
+        self.invalid_outputs: dict[str, int] = {}
         #: ``(spent, cap)`` when ``--max-cost`` was reached.
         self.budget: tuple[float, float] | None = None
 
@@ -159,6 +161,7 @@ class Summary:
     @hookimpl
     def pipekit_phase_retry(self, phase: PhaseDefinition, result: AttemptOutcome) -> None:
         self._add_usage(phase, result)
+        self._count_invalid(phase, result)
 
     @hookimpl
     def pipekit_phase_fail(
@@ -171,6 +174,7 @@ class Summary:
         else:
             stats.executed += 1  # a failure without a start (an observer registered mid-run)
         self._add_usage(phase, result)
+        self._count_invalid(phase, result)
         stats.durations.append(round(result.duration_seconds, 6))
         if result.reason == "interrupted":
             return  # counted once as interrupted items, not listed as eight failures
@@ -239,6 +243,9 @@ class Summary:
         ]
         if self.waits:
             lines.append("waited: " + ", ".join(f"{n:,} x {what}" for what, n in sorted(self.waits.items())))
+        if self.invalid_outputs:
+            counts = ", ".join(f"{n:,} x {name}" for name, n in sorted(self.invalid_outputs.items()))
+            lines.append(f"invalid outputs (attempts): {counts}")
         if self.budget is not None:
             spent, cap = self.budget
             lines.append(f"budget: --max-cost {format_cost(cap)} reached ({format_cost(spent)} spent)")
@@ -249,6 +256,10 @@ class Summary:
                 f"throughput {rate:,.1f} phases/min; concurrency reached {self.max_in_flight} of -j {run.workers}"
             )
         return lines
+
+    def _count_invalid(self, phase: PhaseDefinition, result: AttemptOutcome) -> None:
+        if result.reason == "invalid_output":
+            self.invalid_outputs[phase.name] = self.invalid_outputs.get(phase.name, 0) + 1
 
     def _failure_lines(self) -> list[str]:
         if not self.failures:
