@@ -398,3 +398,13 @@ def test_a_small_str_no_store_holds_as_text_is_still_saved(any_store: str | None
         assert again.load_state() and again.state.phase_outputs[1] == text
     finally:
         store.close()
+
+
+def test_status_of_one_item_previews_each_output(pipetester: PipeTester) -> None:
+    _typed_pipeline(pipetester)
+    assert pipetester.run("run", "pipeline.py", "--items", "items.txt", "--progress", "none").ret == 0
+    result = pipetester.run("status", "pipeline.py", "--item", "v16")
+    assert result.ret == 0, result
+    assert '    output: {"nested":[1,2.5,{"deep":null,"flag":false}],"text":"é 📚"}' in result.stdout
+    result = pipetester.run("status", "pipeline.py", "--item", "v20")
+    assert f"    output: {'z' * 59}…" in result.stdout
