@@ -92,7 +92,7 @@ def test_isolated_phase_returns_its_output_and_its_recorded_cost(pipetester: Pip
         ("sys.exit(3)", "handler raised SystemExit"),
         ("raise KeyboardInterrupt", "handler raised KeyboardInterrupt"),
         ("os._exit(7)", "died while running the phase (exit code 7)"),
-        ("return 42", "phase 'work' returned int; a handler returns a str, None or a PhaseResult"),
+        ("return {1, 2}", "phase 'work' returned builtins.set, which cannot be stored"),
     ],
 )
 def test_isolated_phase_failures_are_clear_and_the_run_goes_on(

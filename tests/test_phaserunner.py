@@ -106,7 +106,8 @@ def test_last_failure_fires_fail_once_after_retries(pipetester: PipeTester) -> N
 
 @pytest.mark.parametrize(
     ("returned", "message"),
-    [("42", "phase 'bad' returned int; a handler returns a str, None or a PhaseResult"),
+    [("object()", "phase 'bad' returned builtins.object, which cannot be stored: a handler returns a str, "
+      "a JSON value (dict, list, int, float, bool, None), a pydantic model or a PhaseResult"),
      ("sys.exit(3)", "handler raised SystemExit"),
      ("raise_keyboard_interrupt()", "handler raised KeyboardInterrupt")],
 )

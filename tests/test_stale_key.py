@@ -16,7 +16,7 @@ from pipekit.state.open import open_store_url
 from pipekit.state.sqlite import SqliteStore
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import StateStore
-from pipekit.state.store import output_ref
+from pipekit.state.values import output_ref
 from pipekit.testing import PipeTester
 
 

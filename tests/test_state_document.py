@@ -20,6 +20,7 @@ import pytest
 
 from pipekit.outcomes import StateFileError
 from pipekit.state.document import STATUSES
+from pipekit.state.document import is_json_value
 from pipekit.state.document import read_document
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
@@ -111,7 +112,7 @@ def _assert_well_typed(state: PipelineState) -> None:
                 assert value >= 0, (f.name, value)
     for phase in state.phases.values():
         assert phase.status in STATUSES
-    assert all(type(text) is str for text in state.phase_outputs.values())
+    assert all(is_json_value(value) for value in state.phase_outputs.values())
 
 
 @settings(max_examples=400, deadline=None)
@@ -146,7 +147,7 @@ def test_a_mutated_field_is_refused_by_name_or_read_as_well_typed(path: list[str
         (["phases", "2", "cost_usd"], "x", "'phases.2.cost_usd': 'x' is not a finite number >= 0"),
         (["phases", "1", "status"], ["completed"], "'phases.1.status': ['completed'] is not one of"),
         (["phases", "1", "fingerprint"], "abc", "'phases.1.fingerprint': 'abc' is not an object or null"),
-        (["phase_outputs", "1"], None, "'phase_outputs.1': None is not a string"),
+        (["phase_outputs", "1"], math.nan, "'phase_outputs.1': nan is not a JSON value"),
         (["total_cost_usd"], math.nan, "'total_cost_usd': nan is not a finite number >= 0"),
         (["status"], MISSING, "'status': missing"),
     ],
@@ -190,7 +191,7 @@ EDITS = [
     (["phases", "2", "attempts"], "many", "phases.2.attempts"),
     # phase 2 is pending: before, it was executed, paid, and the run crashed losing its result
     (["phases", "2", "cost_usd"], "x", "phases.2.cost_usd"),
-    (["phase_outputs", "1"], None, "phase_outputs.1"),
+    (["phase_outputs", "1"], math.nan, "phase_outputs.1"),
     (["phases", "2", "status"], ["failed"], "phases.2.status"),
     (["phases", "1", "fingerprint"], "abc", "phases.1.fingerprint"),
 ]

@@ -22,6 +22,7 @@ from pipekit import PipelineStateManager
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import INLINE_OUTPUT_LIMIT
 from pipekit.state.store import encode_item_id
+from pipekit.state.values import kept_apart
 
 
 PHASES = [(1, "one"), (2, "two"), (5, "five"), (7, "seven")]
@@ -133,9 +134,10 @@ class StateMachine(RuleBasedStateMachine):
         files = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
         large = sorted(
             num for num, m in self.model.items()
-            if m[1] is not None and len(m[1].encode()) > INLINE_OUTPUT_LIMIT
+            if m[1] is not None and kept_apart(m[1])
         )
-        # one file per large output (named "<num>." + whatever the store chooses), no strays
+        # one file per output kept apart (large, or NUL or a lone surrogate in it),
+        # named "<num>." + whatever the store chooses; no strays
         assert sorted(int(name.split(".")[0]) for name in files) == large
 
 

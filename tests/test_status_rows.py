@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import copy
 import json
+import math
 from pathlib import Path
 import subprocess
 import sys
@@ -103,7 +104,7 @@ BROKEN: dict[str, Callable[[dict[str, Any]], object]] = {
     "attempts null": lambda d: d["phases"]["1"].update(attempts=None),
     "a status that is a list": lambda d: d["phases"]["1"].update(status=["completed"]),
     "a fingerprint that is a string": lambda d: d["phases"]["1"].update(fingerprint="abc"),
-    "an output that is null": lambda d: d.update(phase_outputs={"1": None}),
+    "an output that is not JSON (NaN)": lambda d: d.update(phase_outputs={"1": math.nan}),
 }
 
 

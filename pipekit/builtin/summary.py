@@ -101,6 +101,8 @@ class Summary:
         self._running: set[tuple[str, int]] = set()
         #: Times phases had to wait, by what they waited for.
         self.waits: dict[str, int] = {}
+        #: Attempts whose value did not fit the phase's ``output=`` model, by phase name.
+        self.invalid_outputs: dict[str, int] = {}
         #: ``(spent, cap)`` when ``--max-cost`` was reached.
         self.budget: tuple[float, float] | None = None
         #: Attempts tried again: those a handler asked for (``Retry``), those after an error.
@@ -162,6 +164,7 @@ class Summary:
         else:
             self.retries_after_errors += 1
         self._add_usage(phase, result)
+        self._count_invalid(phase, result)
 
     @hookimpl
     def pipekit_phase_fail(
@@ -174,6 +177,7 @@ class Summary:
         else:
             stats.executed += 1  # a failure without a start (an observer registered mid-run)
         self._add_usage(phase, result)
+        self._count_invalid(phase, result)
         stats.durations.append(round(result.duration_seconds, 6))
         if result.reason == "interrupted":
             return  # counted once as interrupted items, not listed as eight failures
@@ -250,6 +254,9 @@ class Summary:
         breaker = getattr(run, "breaker", None)
         if breaker is not None and breaker.reason is not None:
             lines.append(breaker.reason)
+        if self.invalid_outputs:
+            counts = ", ".join(f"{n:,} x {name}" for name, n in sorted(self.invalid_outputs.items()))
+            lines.append(f"invalid outputs (attempts): {counts}")
         if self.budget is not None:
             spent, cap = self.budget
             lines.append(f"budget: --max-cost {money(cap)} reached ({money(spent)} spent)")
@@ -260,6 +267,10 @@ class Summary:
                 f"throughput {rate:,.1f} phases/min; concurrency reached {self.max_in_flight} of -j {run.workers}"
             )
         return lines
+
+    def _count_invalid(self, phase: PhaseDefinition, result: AttemptOutcome) -> None:
+        if result.reason == "invalid_output":
+            self.invalid_outputs[phase.name] = self.invalid_outputs.get(phase.name, 0) + 1
 
     def _failure_lines(self) -> list[str]:
         if not self.failures:

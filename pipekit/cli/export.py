@@ -1,12 +1,15 @@
 """``pipekit export MODULE --phase N|NAME``: get one phase's finished outputs out.
 
-``-o DIR`` writes one file per item (a safe name derived from the id) and
+``-o DIR`` writes one file per item (a safe name derived from the id; ``.txt``
+for a ``str`` output, ``.json`` holding the value for any other) and
 ``index.jsonl`` mapping ids to files; ``--jsonl`` prints one JSON object per
-item on stdout. Items are read one at a time, so memory stays flat.
+item on stdout, its ``output`` the value itself (an object stays an object).
+Items are read one at a time, so memory stays flat.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 import sys
 from typing import Any
@@ -70,15 +73,15 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
                     print(f"pipekit: error: {exc}", file=sys.stderr)
                     continue
                 phase = state.phases.get(definition.num)
-                output = state.phase_outputs.get(definition.num)
-                if phase is None or not is_finished((phase.status,)) or output is None:
+                done = phase is not None and is_finished((phase.status,))
+                if not done or definition.num not in state.phase_outputs:
                     missing += 1
                     continue
+                output = state.phase_outputs[definition.num]
                 record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}
                 if folder is not None and index is not None:
-                    name = f"{encode_item_id(item_id)}.txt"
-                    # A lone surrogate is written as "surrogatepass" writes it (read it back so too).
-                    write_atomically(folder / name, output.encode("utf-8", "surrogatepass"), durable=False)
+                    name, content = _file(item_id, output)
+                    write_atomically(folder / name, content, durable=False)
                     index.write(plain_json_text({**record, "file": name}) + "\n")
                 else:
                     record.update(phase=definition.num, phase_name=definition.name, output=output)
@@ -94,3 +97,12 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
             file=sys.stderr,
         )
         return ExitCode.USAGE_ERROR if unreadable else ExitCode.OK
+
+
+def _file(item_id: str, output: Any) -> tuple[str, bytes]:
+    """The ``-o`` file of one item's output: its name and content."""
+    if type(output) is str:
+        # A lone surrogate is written as "surrogatepass" writes it (read it back so too).
+        return f"{encode_item_id(item_id)}.txt", output.encode("utf-8", "surrogatepass")
+    text = json.dumps(output, ensure_ascii=False, indent=2) + "\n"
+    return f"{encode_item_id(item_id)}.json", text.encode("utf-8", "surrogatepass")

@@ -30,6 +30,7 @@ from pipekit.engine.selection import natural_key
 from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
+from pipekit.pipeline.outputs import preview
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
@@ -288,6 +289,8 @@ def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool)
         )
         if phase.output_file:
             out.write(f"    output file: {phase.output_file}\n")
+        if num in state.phase_outputs:
+            out.write(f"    output: {preview(state.phase_outputs[num])}\n")
         if phase.error:
             out.write(f"    error: {phase.error}\n")
         if phase.traceback and phase.status == FAILED:

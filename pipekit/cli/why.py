@@ -27,8 +27,8 @@ from pipekit.stale.checker import STALE_REASONS
 from pipekit.stale.checker import StaleChecker
 from pipekit.stale.checker import StalePolicy
 from pipekit.stale.fingerprint import SourceArchive
-from pipekit.stale.fingerprint import code_identity
 from pipekit.stale.fingerprint import output_hash
+from pipekit.stale.fingerprint import phase_code
 from pipekit.stale.plan import load_states
 from pipekit.stale.plan import plan_item
 from pipekit.state.model import COMPLETED
@@ -109,7 +109,7 @@ def explain(
         return lines
     differences = checker.differences(definition, state)
     changed = {d.part for d in differences}
-    identity = code_identity(definition.handler)
+    identity = phase_code(definition)
     lines.append("  fingerprint (then -> now):")
     lines.append(_row("code", recorded.get("code"), identity.hash, "code" in changed))
     lines.append(_row("version", recorded.get("version"), definition.version, "version" in changed))

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.outputs import received
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import PipelineState
@@ -27,17 +28,17 @@ def handler_arguments(
     injector = injectors.get(key)
     if injector is None:
         injector = injectors[key] = Injector.for_function(func)
-    previous = {n: o for n, o in state.phase_outputs.items() if n < phase.num}
-    available: dict[str, Any] = {
-        "item_id": state.item_id,
-        "metadata": ctx.metadata,
-        "previous_outputs": previous,
-        "ctx": ctx,
-    }
+    every = injector.takes_kwargs
+    outputs = state.phase_outputs
+    available: dict[str, Any] = {"item_id": state.item_id, "metadata": ctx.metadata, "ctx": ctx}
+    if every or "previous_outputs" in injector.wanted:
+        # Copies (``received``): what a handler changes in a value stays its own.
+        available["previous_outputs"] = {n: received(o) for n, o in outputs.items() if n < phase.num}
     for earlier in phases:
         if earlier.num >= phase.num:
             break
-        available[earlier.name] = previous.get(earlier.num)
+        if every or earlier.name in injector.wanted:
+            available[earlier.name] = received(outputs.get(earlier.num), injector.models.get(earlier.name))
     arguments = injector.arguments(available)
     if injector.takes_kwargs or "output_dir" in injector.wanted:
         arguments["output_dir"] = ctx.output_dir

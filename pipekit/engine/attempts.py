@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import traceback
 from typing import Any
@@ -15,6 +16,7 @@ from pipekit.outcomes import PhaseTimeoutError
 from pipekit.outcomes import Retry
 from pipekit.pipeline.context import CostCapExceeded
 from pipekit.pipeline.context import check_usage
+from pipekit.pipeline.outputs import stored_value
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.phases import PhaseResult
 from pipekit.state.model import FAILED
@@ -115,22 +117,21 @@ def gave_up(phase: PhaseDefinition, state: PhaseState) -> bool:
 
 
 def as_result(phase: PhaseDefinition, value: Any) -> PhaseResult:
+    """The handler's ``value`` as a ``PhaseResult`` whose output is as stored
+    (``pipekit.pipeline.outputs.stored_value``: checked, validated against
+    ``@phase(output=...)``, a model as its JSON).
+
+    Raises ``TypeError`` naming the phase: ``InvalidOutput`` (reason
+    ``invalid_output``) when the value does not fit the phase's model,
+    ``OutputError`` when it cannot be stored.
+    """
     if isinstance(value, PhaseResult):
-        if not isinstance(value.output, str):
-            raise TypeError(f"phase {phase.name!r} returned a PhaseResult whose output is not a str")
         try:
             check_usage(value.tokens_in, value.tokens_out, value.cost_usd)
         except ValueError as exc:
             raise TypeError(f"phase {phase.name!r} returned a PhaseResult with bad usage: {exc}") from None
-        return value
-    if value is None:
-        return PhaseResult("")
-    if isinstance(value, str):
-        return PhaseResult(value)
-    raise TypeError(
-        f"phase {phase.name!r} returned {type(value).__name__}; "
-        f"a handler returns a str, None or a PhaseResult"
-    )
+        return dataclasses.replace(value, output=stored_value(phase.name, value.output, phase.output))
+    return PhaseResult(stored_value(phase.name, value, phase.output))
 
 
 def is_retriable(phase: PhaseDefinition, error: BaseException, executor: PhaseExecutor) -> bool:

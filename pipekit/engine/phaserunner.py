@@ -462,6 +462,7 @@ class PhaseRunner:
             gate=self.control.gate if self.control is not None else None,
             on_wait=self._waiter(phase),
             consumed=lambda: {p.name: output_hash(outputs.get(p.num)) for p in consumed_phases(phase, self.phases)},
+            last_error=state.phases[phase.num].error,
         )
 
     def _output_dir(self) -> Path:

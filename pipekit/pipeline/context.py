@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 class PhaseOutcome:
     """A completed phase, as ``pipekit_phase_complete`` receives it."""
 
-    output: str
+    #: A ``str`` or a JSON value, as stored (``pipekit.pipeline.outputs``).
+    output: Any
     tokens_in: int
     tokens_out: int
     cost_usd: float
@@ -60,6 +61,7 @@ class PhaseContext:
     :param output_dir: a folder private to this item, created when first asked for.
     :param price: prices usage for ``record_usage`` (the ``pipekit_price_usage`` hook,
         called with keyword arguments); without it usage costs nothing.
+    :param last_error: the error text of the phase's previous attempt, if it failed.
     :param consumed: gives the hashes of the earlier outputs the handler is given,
         by phase name (what ``idempotency_key`` depends on besides the item);
         asked for only when the key is.
@@ -78,6 +80,7 @@ class PhaseContext:
         gate: Gate | None = None,
         on_wait: WaitCallback | None = None,
         consumed: Callable[[], Mapping[str, str | None]] | None = None,
+        last_error: str | None = None,
     ) -> None:
         self.item_id = item_id
         self.metadata = metadata
@@ -99,6 +102,9 @@ class PhaseContext:
         self.unpriced: list[tuple[str, int, int]] = []
         self._consumed = consumed
         self._idempotency_key: str | None = None
+        #: The error of this phase's previous attempt (this run or an earlier one), None on
+        #: its first: a handler may re-ask a model with it after an ``invalid_output``.
+        self.last_error = last_error
 
     @property
     def output_dir(self) -> Path:

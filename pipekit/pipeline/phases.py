@@ -13,6 +13,9 @@ from typing import Any
 from typing import TypeVar
 import weakref
 
+from pipekit.pipeline.outputs import is_model_class
+from pipekit.pipeline.outputs import model_parameters
+
 
 #: Names pipekit injects into every handler (CONTRACT §2); a phase may not use one as its name.
 INJECTABLE_NAMES = frozenset({"item_id", "metadata", "previous_outputs", "ctx", "output_dir"})
@@ -28,13 +31,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class PhaseResult:
-    """What a handler may return instead of a plain ``str``.
+    """What a handler may return instead of its output alone.
 
-    Tokens and cost given here add to what the handler reported with
-    ``ctx.record_cost``.
+    ``output`` is what the handler could have returned itself: a ``str``, a JSON
+    value or a pydantic model (``pipekit.pipeline.outputs``). Tokens and cost
+    given here add to what the handler reported with ``ctx.record_cost``.
     """
 
-    output: str = ""
+    output: Any = ""
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
@@ -76,6 +80,8 @@ class PhaseDefinition:
     #: Executions of this phase an item may have, across runs, since its last
     #: reset (``None``: no cap); once reached, runs no longer execute it.
     max_attempts: int | None = None
+    #: A pydantic model class the handler's value is validated against (``@phase(output=...)``).
+    output: type[Any] | None = None
 
     @property
     def is_async(self) -> bool:
@@ -101,6 +107,7 @@ def phase(
     limits: Iterable[str] | Mapping[str, int] = (),
     max_cost: float | None = None,
     max_attempts: int | None = None,
+    output: type[Any] | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as phase ``num`` of the pipeline defined in its module.
 
@@ -137,9 +144,16 @@ def phase(
         (retries included) until ``pipekit reset``; once reached, later runs do
         not execute it and the item counts as failed. A ``Retry`` the handler
         asks for is not stopped by it (``MAX_RETRY_REQUESTS`` caps those).
+    :param output: a pydantic model class: the handler's value (an instance, a
+        dict or JSON text) is validated against it and stored as its JSON; an
+        invalid value fails the attempt (reason ``invalid_output``, retried per
+        ``retries``, its error in the next attempt's ``ctx.last_error``). Its
+        schema is part of the phase's fingerprint.
     """
     if on_change not in ON_CHANGE_CHOICES:
         raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
+    if output is not None and not is_model_class(output):
+        raise ValueError(f"@phase({num}): output must be a pydantic model class, not {output!r}")
 
     def mark(func: F) -> F:
         definition = PhaseDefinition(
@@ -160,6 +174,7 @@ def phase(
             limits=dict(limits) if isinstance(limits, Mapping) else dict.fromkeys(limits, 0),
             max_cost=max_cost,
             max_attempts=max_attempts,  # validated by the loader, naming the function
+            output=output,
         )
         setattr(func, PHASE_MARKER, definition)
         return func
@@ -200,6 +215,8 @@ class Injector:
 
     wanted: frozenset[str]
     takes_kwargs: bool
+    #: Parameters annotated with a pydantic model class: they receive an instance.
+    models: Mapping[str, type[Any]] = field(default_factory=dict)
 
     @classmethod
     def for_function(cls, func: Callable[..., Any]) -> Injector:
@@ -214,6 +231,7 @@ class Injector:
                 p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
             ),
             takes_kwargs=any(p.kind is p.VAR_KEYWORD for p in params),
+            models=model_parameters(func),
         )
         with contextlib.suppress(TypeError):  # not weakly referenceable: inspected each time
             _injectors[func] = injector

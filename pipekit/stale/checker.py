@@ -23,8 +23,8 @@ from typing import Any
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.phases import PhaseDefinition
-from pipekit.stale.fingerprint import code_identity
 from pipekit.stale.fingerprint import input_hash
+from pipekit.stale.fingerprint import phase_code
 from pipekit.state.digest import output_hash
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import PipelineState
@@ -81,7 +81,7 @@ class StaleChecker:
         self.phases = list(pipeline.phases)
         self.output_root = output_root
         self._num_by_name = {p.name: p.num for p in self.phases}
-        self._code = {p.num: code_identity(p.handler).hash for p in self.phases}
+        self._code = {p.num: phase_code(p).hash for p in self.phases}
         self._fresh_keys: dict[str, bool] = {}
 
     def arguments(self, definition: PhaseDefinition, state: PipelineState) -> dict[str, Any]:

@@ -6,7 +6,9 @@ When a phase completes, its state keeps a fingerprint with four parts:
   comments and the ``@phase(...)`` decorator do not count; every other edit of
   the function does, its docstring included (prompts often live in strings).
   Functions it calls are not followed: bump ``version=`` or use ``fingerprint=``
-  for those. ``None`` when the source cannot be read.
+  for those. ``None`` when the source cannot be read. With ``@phase(output=Model)``
+  the model's JSON schema counts as part of the code: changing the model makes
+  completed results stale (``phase_code``).
 - ``version``: ``@phase(version=...)`` as a string, or ``None``.
 - ``input``: a hash of the JSON form of the value ``@phase(fingerprint=...)``
   returned (prompt files, model names, configuration), or ``None`` without one.
@@ -66,6 +68,25 @@ def code_identity(func: Callable[..., Any]) -> CodeIdentity:
     except TypeError:
         pass  # not weak-referenceable: computed again next time
     return identity
+
+
+#: ``schema_hash`` per output model class.
+_schema_cache: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def phase_code(definition: PhaseDefinition) -> CodeIdentity:
+    """The ``code`` part of ``definition``'s fingerprint: its handler's code
+    identity, and with ``@phase(output=Model)`` the model's schema too (its hash
+    folded in, its JSON appended to the source, so that ``pipekit why`` shows it)."""
+    identity = code_identity(definition.handler)
+    model = definition.output
+    if model is None:
+        return identity
+    schema = _schema_cache.get(model)
+    if schema is None:
+        schema = _schema_cache[model] = json.dumps(model.model_json_schema(), sort_keys=True, ensure_ascii=False)
+    note = f"\n# output={model.__qualname__}, schema: {schema}\n"
+    return CodeIdentity(text_hash(f"{identity.hash}\x00{schema}"), (identity.source or "") + note)
 
 
 def _compute_code_identity(func: Callable[..., Any]) -> CodeIdentity:
@@ -156,7 +177,7 @@ def phase_fingerprint(
     """
     func = definition.fingerprint
     return {
-        "code": code_identity(definition.handler).hash,
+        "code": phase_code(definition).hash,
         "version": definition.version,
         "input": None if func is None else input_hash(definition, arguments_for(func)),
         "consumed": {p.name: output_hash(outputs.get(p.num)) for p in consumed_phases(definition, phases)},
@@ -207,4 +228,4 @@ class SourceArchive:
     def save_pipeline(self, phases: Sequence[PhaseDefinition]) -> None:
         """Keep the current source of every phase."""
         for definition in phases:
-            self.save(code_identity(definition.handler))
+            self.save(phase_code(definition))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 
 #: Hex digits kept of each SHA-256: plenty to tell versions of one cell apart.
@@ -14,6 +16,19 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
 
 
-def output_hash(output: str | None) -> str | None:
-    """The hash recorded for a consumed output (``None`` stays ``None``)."""
-    return None if output is None else text_hash(output)
+#: Put before the JSON of a non-str output when hashing it: ``"42"`` and ``42`` differ.
+JSON_VALUE_MARK = "\x00json:"
+
+
+def output_hash(output: Any) -> str | None:
+    """The hash recorded for a consumed output (``None``, no output, stays ``None``).
+
+    A ``str`` hashes as its text (as before outputs could be other JSON values);
+    any other value as its canonical JSON, keys sorted (PostgreSQL's ``jsonb``
+    does not keep their order), after ``JSON_VALUE_MARK``.
+    """
+    if output is None:
+        return None
+    if type(output) is str:
+        return text_hash(output)
+    return text_hash(JSON_VALUE_MARK + json.dumps(output, sort_keys=True, ensure_ascii=False, separators=(",", ":")))

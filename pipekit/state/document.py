@@ -228,8 +228,8 @@ def _check_state(document: dict[str, Any]) -> None:
         if not _is_num(num):
             raise _bad("phases", num, "a phase num")
         _check_phase(phase, f"phases.{num}")
-    for field in ("phase_outputs", "phase_output_files"):
-        _check_by_num(document.get(field, {}), field)
+    _check_by_num(document.get("phase_outputs", {}), "phase_outputs", any_value=True)
+    _check_by_num(document.get("phase_output_files", {}), "phase_output_files")
     retired = document.get("retired_phases")
     if retired is None:
         return
@@ -239,8 +239,8 @@ def _check_state(document: dict[str, Any]) -> None:
         path = f"retired_phases.{name}"
         if type(entry) is not dict or type(entry.get("state")) is not dict:
             raise _bad(path, entry, "an object with the phase's 'state'")
-        if (what := _optional_text(entry.get("output"))) is not None:
-            raise _bad(f"{path}.output", entry.get("output"), what)
+        if not is_json_value(entry.get("output")):
+            raise _bad(f"{path}.output", entry.get("output"), "a JSON value")
         _check_phase(entry["state"], f"{path}.state")
 
 
@@ -309,15 +309,34 @@ def _plain_stamp(value: Any) -> bool:
     return True
 
 
-def _check_by_num(value: Any, field: str) -> None:
-    """Check an object of strings keyed by phase num (``phase_outputs``, ``phase_output_files``)."""
+def _check_by_num(value: Any, field: str, any_value: bool = False) -> None:
+    """Check an object keyed by phase num: of strings (``phase_output_files``) or,
+    with ``any_value``, of any JSON value (``phase_outputs``: ``pipekit.state.values``)."""
     if type(value) is not dict:
         raise _bad(field, value, "an object of strings by phase num")
     for key, text in value.items():
         if not _is_num(key):
             raise _bad(field, key, "a phase num")
-        if type(text) is not str:
+        if any_value:
+            if not is_json_value(text):
+                raise _bad(f"{field}.{key}", text, "a JSON value")
+        elif type(text) is not str:
             raise _bad(f"{field}.{key}", text, "a string")
+
+
+def is_json_value(value: Any) -> bool:
+    """True for what a phase's output may be: ``str``, ``None``, ``bool``, ``int``,
+    finite ``float``, and lists and objects (``str`` keys) of these."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool or kind is int:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if kind is list:
+        return all(map(is_json_value, value))
+    if kind is dict:
+        return all(type(k) is str and is_json_value(v) for k, v in value.items())
+    return False
 
 
 #: The phase nums most pipelines have, as keys: found without a conversion.

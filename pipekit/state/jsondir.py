@@ -29,13 +29,13 @@ from pipekit.state.holder import this_holder
 from pipekit.state.store import NO_LOCKING_ERRNOS
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
-from pipekit.state.store import decode_output
 from pipekit.state.store import encode_document
 from pipekit.state.store import encode_item_id
-from pipekit.state.store import encode_output
-from pipekit.state.store import output_name
 from pipekit.state.store import remove_stale_temp_files
 from pipekit.state.store import write_atomically
+from pipekit.state.values import decode_output
+from pipekit.state.values import encode_output
+from pipekit.state.values import output_name
 
 
 class JsonDirStore(StateStore):
@@ -117,7 +117,7 @@ class JsonDirStore(StateStore):
     def _outputs_dir(self, item_id: str) -> Path:
         return self.state_dir / f"{encode_item_id(item_id)}.outputs"
 
-    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+    def write_output(self, item_id: str, phase_num: int, text: Any) -> str:
         self._prepare()
         folder = self._outputs_dir(item_id)
         # Named by content, so the file the saved state refers to is never overwritten.
@@ -131,7 +131,7 @@ class JsonDirStore(StateStore):
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
         return str(path.relative_to(self.state_dir))
 
-    def read_output(self, item_id: str, ref: str) -> str:
+    def read_output(self, item_id: str, ref: str) -> Any:
         path = (self.state_dir / ref).resolve()
         if self.state_dir.resolve() not in path.parents:
             raise StateFileError(self.path_for(item_id), f"output reference {ref!r} leaves the state dir")

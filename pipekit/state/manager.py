@@ -16,7 +16,6 @@ from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
-from pipekit.state.model import INLINE_OUTPUT_LIMIT
 from pipekit.state.model import PENDING
 from pipekit.state.model import PHASE_FIELDS
 from pipekit.state.model import SKIPPED
@@ -26,6 +25,7 @@ from pipekit.state.model import is_finished
 from pipekit.state.model import phase_pairs
 from pipekit.state.model import utc_now
 from pipekit.state.store import StateStore
+from pipekit.state.values import kept_apart
 from pipekit.state.writer import IMMEDIATE
 from pipekit.state.writer import PendingWrite
 from pipekit.state.writer import Writer
@@ -134,7 +134,7 @@ class PipelineStateManager:
         runs it calls ``saved`` with it afterwards, on the thread that changes the state."""
         state = self.state
         refs = self._output_refs
-        large = [(num, text) for num, text in state.phase_outputs.items() if num not in refs and _too_large(text)]
+        large = [(num, value) for num, value in state.phase_outputs.items() if num not in refs and kept_apart(value)]
         # The large ones leave the document now; the write stores them and names their files in it.
         document = state.to_document({**refs, **{num: "" for num, _ in large}} if large else refs)
         if large:
@@ -199,7 +199,7 @@ class PipelineStateManager:
     def complete_phase(
         self,
         phase_num: int,
-        output: str,
+        output: Any,
         tokens_in: int = 0,
         tokens_out: int = 0,
         cost_usd: float = 0.0,
@@ -208,7 +208,8 @@ class PipelineStateManager:
         output_file: str | None = None,
         executor: str | None = None,
     ) -> None:
-        """Mark the phase ``completed``, store its output, add its usage, save."""
+        """Mark the phase ``completed``, store its output (a ``str`` or JSON value,
+        ``None`` included: ``pipekit.state.values``), add its usage, save."""
         phase = self._phase(phase_num)
         phase.status = COMPLETED
         phase.completed_at = utc_now()
@@ -220,7 +221,7 @@ class PipelineStateManager:
         if executor:
             phase.executor = executor
         self._add_usage(phase, tokens_in, tokens_out, cost_usd)
-        self._set_output(phase_num, output)
+        self._set_output(phase_num, output, is_output=True)
         self._refresh_item_status()
         self._checkpoints_to_drop.append(phase.name)
         self.save_state()
@@ -375,12 +376,13 @@ class PipelineStateManager:
 
     # -- helpers ------------------------------------------------------------
 
-    def _set_output(self, phase_num: int, output: str | None) -> None:
+    def _set_output(self, phase_num: int, output: Any, is_output: bool = False) -> None:
+        """Replace the phase's output; ``None`` drops it unless ``is_output`` (a handler returned None)."""
         outputs = self.state.phase_outputs
         ref = self._output_refs.pop(phase_num, None)
         if ref is not None:
             self._unreferenced.append(ref)
-        if output is None:
+        if output is None and not is_output:
             outputs.pop(phase_num, None)
         else:
             outputs[phase_num] = output
@@ -407,11 +409,6 @@ def _first_not_done(state: PipelineState) -> int:
             return num
     return max(state.phases, default=0)
 
-
-def _too_large(text: str) -> bool:
-    """True for an output stored beside the document rather than in it."""
-    # surrogatepass: a lone surrogate is 3 bytes too
-    return len(text) * 4 > INLINE_OUTPUT_LIMIT and len(text.encode("utf-8", "surrogatepass")) > INLINE_OUTPUT_LIMIT
 
 
 def _elapsed(started_at: str | None) -> float | None:

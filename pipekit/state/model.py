@@ -113,7 +113,8 @@ class PipelineState:
     started_at: str
     last_updated: str
     phases: dict[int, PhaseState]
-    phase_outputs: dict[int, str] = field(default_factory=dict)
+    #: By phase num: a ``str`` or any JSON value (``pipekit.state.values``).
+    phase_outputs: dict[int, Any] = field(default_factory=dict)
     total_tokens_in: int = 0
     total_tokens_out: int = 0
     total_cost_usd: float = 0.0

@@ -46,11 +46,11 @@ from pipekit.state.leases import LeaseHolding
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import StateStore
-from pipekit.state.store import decode_output
-from pipekit.state.store import encode_output
-from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
 from pipekit.state.urls import mask_password
+from pipekit.state.values import decode_output
+from pipekit.state.values import encode_output
+from pipekit.state.values import output_ref
 
 
 #: URL parameters that are pipekit's, not libpq's.
@@ -288,7 +288,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             except self._psycopg.Error as exc:
                 raise StateWriteError(self.describe(item_id), str(exc).strip()) from exc
 
-    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+    def write_output(self, item_id: str, phase_num: int, text: Any) -> str:
         # Named by content: the output the saved state refers to is never overwritten.
         ref = output_ref(phase_num, text)
         self._query(
@@ -298,7 +298,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         )
         return ref
 
-    def read_output(self, item_id: str, ref: str) -> str:
+    def read_output(self, item_id: str, ref: str) -> Any:
         rows = self._query(
             "SELECT text FROM pipekit_outputs WHERE pipeline = %s AND item_id = %s AND ref = %s",
             (self.pipeline, item_id, ref),

@@ -38,10 +38,10 @@ from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import FlockedItems
 from pipekit.state.store import StateStore
-from pipekit.state.store import decode_output
-from pipekit.state.store import encode_output
-from pipekit.state.store import output_ref
 from pipekit.state.store import summarize
+from pipekit.state.values import decode_output
+from pipekit.state.values import encode_output
+from pipekit.state.values import output_ref
 
 
 _SCHEMA = """
@@ -276,7 +276,7 @@ class SqliteStore(FlockedItems, StateStore):
             self._write(self.location, action)
         return count + len(rows)
 
-    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+    def write_output(self, item_id: str, phase_num: int, text: Any) -> str:
         # Named by content: the output the saved state refers to is never overwritten.
         ref = output_ref(phase_num, text)
         self._write(
@@ -288,7 +288,7 @@ class SqliteStore(FlockedItems, StateStore):
         )
         return ref
 
-    def read_output(self, item_id: str, ref: str) -> str:
+    def read_output(self, item_id: str, ref: str) -> Any:
         with self._lock:
             row = self._db.execute("SELECT text FROM outputs WHERE item_id = ? AND ref = ?", (item_id, ref)).fetchone()
         if row is None:

@@ -21,10 +21,7 @@ from typing import Any
 from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
-from pipekit.state.digest import text_hash
 from pipekit.state.document import read_document
-from pipekit.state.escaping import json_text
-from pipekit.state.escaping import json_value
 from pipekit.state.heldby import HeldBy
 from pipekit.state.heldby import read_lock_record
 from pipekit.state.heldby import write_lock_record
@@ -197,7 +194,7 @@ class StateStore(abc.ABC):
         """Where the state of ``item_id`` is, for error messages."""
 
     @abc.abstractmethod
-    def write_output(self, item_id: str, phase_num: int, text: str) -> str:
+    def write_output(self, item_id: str, phase_num: int, text: Any) -> str:
         """Store a large output; returns the reference saved in the state.
 
         Must never overwrite an output the saved state still refers to: the
@@ -205,7 +202,7 @@ class StateStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def read_output(self, item_id: str, ref: str) -> str:
+    def read_output(self, item_id: str, ref: str) -> Any:
         """Read back an output stored by ``write_output``."""
 
     @abc.abstractmethod
@@ -361,33 +358,6 @@ def summarize(document: Any) -> Summary:
     )
 
 
-#: What no store holds as text as it is: NUL (PostgreSQL) and lone surrogates (UTF-8).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def output_name(phase_num: int, text: str) -> str:
-    """The file name of a large output: by phase and content, ``.txt`` when it is
-    stored as it is and ``.json`` when ``encode_output`` escapes it."""
-    return f"{phase_num}.{text_hash(text)}.{'json' if _UNSTORABLE.search(text) else 'txt'}"
-
-
-def output_ref(phase_num: int, text: str) -> str:
-    """The reference of a large output in a database store: named by phase and content."""
-    return f"outputs/{output_name(phase_num, text)}"
-
-
-def encode_output(text: str) -> str:
-    """``text`` as every store can hold it: itself, or (NUL or a lone surrogate in
-    it, as any ``str`` a handler returns may hold) a JSON string of ASCII escapes,
-    which ``output_name`` marks by ``.json``. Reversed by ``decode_output``."""
-    return json_text(text) if _UNSTORABLE.search(text) else text
-
-
-def decode_output(ref: str, stored: str) -> str:
-    """The output ``encode_output`` stored under ``ref``."""
-    return json_value(stored) if ref.endswith(".json") else stored  # type: ignore[no-any-return]
-
-
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
     """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
     locks_dir.mkdir(parents=True, exist_ok=True)
@@ -401,6 +371,10 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
         raise
     write_lock_record(fd, this_holder())
     return ItemLock(fd)
+
+
+#: What no store holds in an id: NUL (PostgreSQL) and lone surrogates (UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def item_id_problem(item_id: str) -> str | None:
