@@ -128,7 +128,12 @@ def plan_item(
 ) -> list[Cell]:
     """What a run would do with each phase of one item (``state`` None: a new item).
 
-    A phase downstream of one that will run is assumed to see a changed output.
+    A completed phase that will run again is assumed to change its output, so
+    the phases consuming it follow it (an upper bound: the run compares the real
+    output). A failed, interrupted or pending phase run again changes nothing a
+    consumer recorded: the consumer's fingerprint already holds that output
+    (none), and it becomes stale only if the new output differs, which the run
+    checks when it gets there.
     """
     cells = []
     running: list[str] = []
@@ -158,7 +163,7 @@ def plan_item(
                 action = STALE
         else:
             action = SKIP
-        if action == RUN:
+        if action == RUN and status == COMPLETED:
             running.append(definition.name)
         elif action == STALE:
             stale.append(definition.name)
