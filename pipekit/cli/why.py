@@ -25,11 +25,11 @@ from pipekit.stale.checker import StaleChecker
 from pipekit.stale.checker import StalePolicy
 from pipekit.stale.fingerprint import SourceArchive
 from pipekit.stale.fingerprint import code_identity
-from pipekit.stale.fingerprint import output_hash
 from pipekit.stale.plan import format_cost
 from pipekit.stale.plan import format_seconds
 from pipekit.stale.plan import load_states
 from pipekit.stale.plan import plan_item
+from pipekit.state.digest import output_hash
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import PipelineState
 
