@@ -19,6 +19,7 @@ from pipekit.display.format import money_exact
 from pipekit.engine.lifecycle import configured
 from pipekit.engine.location import open_store
 from pipekit.engine.location import output_root
+from pipekit.engine.selection import natural_key
 from pipekit.engine.session import check_from_phase
 from pipekit.engine.session import collect_items
 from pipekit.outcomes import ExitCode
@@ -53,10 +54,11 @@ def plan_command(args: list[str], plugins: list[Any]) -> ExitCode:
     pipeline, option = config.pipeline, config.option
     with configured(config):
         check_from_phase(pipeline, option.from_phase)
-        with contextlib.redirect_stdout(sys.stderr):
-            specs = collect_items(config, pipeline, None)
         store = open_store(option, pipeline)
         config.add_cleanup(store.close)
+        with contextlib.redirect_stdout(sys.stderr):
+            # Without an item source, the items the state holds (as `status` shows them).
+            specs = collect_items(config, pipeline, None, lambda: sorted(store.item_ids(), key=natural_key))
         plan = make_plan(
             pipeline,
             store,
@@ -66,6 +68,7 @@ def plan_command(args: list[str], plugins: list[Any]) -> ExitCode:
             force=option.force,
             from_phase=option.from_phase,
             metadata=dict(specs),
+            workers=option.workers,
         )
         if option.json:
             # One line: the indenting encoder is pure Python and slow on 10,000s of cells.
@@ -95,6 +98,7 @@ def plan_document(plan: Plan, location: str) -> dict[str, Any]:
                 "mean_cost_usd": history.mean_cost,
                 "estimated_seconds": seconds,
                 "estimated_cost_usd": dollars,
+                "concurrency": plan.concurrency(definition.num, len(run)),
             }
         )
     count, seconds, dollars = plan.totals(RUN)
@@ -103,6 +107,7 @@ def plan_document(plan: Plan, location: str) -> dict[str, Any]:
         "pipeline": plan.pipeline.name,
         "state": location,
         "items": len(plan.items),
+        "workers": plan.workers,
         "phases": phases,
         "total": {
             "run": count,
@@ -111,6 +116,9 @@ def plan_document(plan: Plan, location: str) -> dict[str, Any]:
             "stale_not_included": stale,
             "stale_estimated_seconds": stale_seconds,
             "stale_estimated_cost_usd": stale_dollars,
+            # Counting cells that run again only if an upstream output changes.
+            "estimate_is_upper_bound": plan.upper_bound(RUN),
+            "stale_estimate_is_upper_bound": plan.upper_bound(STALE),
         },
         "unknown_fingerprints": plan.unknown,
         "unreadable": plan.unreadable,
@@ -126,6 +134,15 @@ def _ids(cells: list[Cell], verbose: int) -> str:
 
 def _why(cells: list[Cell]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in reason_counts(cells).items())
+
+
+def _at_most(plan: Plan, action: str) -> str:
+    return "at most " if plan.upper_bound(action) else ""
+
+
+def _assuming(plan: Plan, action: str, form: str) -> str:
+    """Why an estimate is an upper bound, in ``form``; empty when it is not one."""
+    return form.format("assumes every downstream cell re-runs") if plan.upper_bound(action) else ""
 
 
 def print_plan(plan: Plan, location: str, *, verbose: int = 0) -> None:
@@ -153,12 +170,14 @@ def print_plan(plan: Plan, location: str, *, verbose: int = 0) -> None:
         if stale:
             print(f"    stale: {_ids(stale, verbose)}")
     count, seconds, dollars = plan.totals(RUN)
-    print(f"total: {count} cells to run; estimated {estimate(seconds)}, {money_exact(dollars)}")
+    estimated = f"{_at_most(plan, RUN)}{estimate(seconds)}, {money_exact(dollars)}"
+    print(f"total: {count} cells to run; estimated {estimated}{_assuming(plan, RUN, ' ({})')}")
     stale_count, stale_seconds, stale_dollars = plan.totals(STALE)
     if stale_count:
         print(
-            f"{stale_count} stale cells not included (estimated {estimate(stale_seconds)}, "
-            f"{money_exact(stale_dollars)}): add --rerun-stale to include them; `pipekit why` explains one"
+            f"{stale_count} stale cells not included (estimated {_at_most(plan, STALE)}"
+            f"{estimate(stale_seconds)}, {money_exact(stale_dollars)}{_assuming(plan, STALE, ': {}')}): "
+            "add --rerun-stale to include them; `pipekit why` explains one"
         )
     if plan.unknown:
         print(f"{plan.unknown} completed cells have no fingerprint (state from an older pipekit): not checked")

@@ -27,10 +27,10 @@ from pipekit.stale.checker import STALE_REASONS
 from pipekit.stale.checker import StaleChecker
 from pipekit.stale.checker import StalePolicy
 from pipekit.stale.fingerprint import SourceArchive
-from pipekit.stale.fingerprint import output_hash
 from pipekit.stale.fingerprint import phase_code
 from pipekit.stale.plan import load_states
 from pipekit.stale.plan import plan_item
+from pipekit.state.digest import output_hash
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import PipelineState
 

@@ -46,6 +46,9 @@ class Cell:
     num: int
     action: str
     reasons: list[str] = field(default_factory=list)
+    #: Stale only through upstream phases that have not run yet: it runs again
+    #: only if their new output differs (estimates assume it does).
+    conditional: bool = False
 
 
 @dataclass
@@ -84,6 +87,8 @@ class Plan:
     unreadable: dict[str, str] = field(default_factory=dict)
     #: Completed cells without a recorded fingerprint (not checked).
     unknown: int = 0
+    #: Items a run processes at once (``-j``): the time estimates divide by it.
+    workers: int = 1
 
     def by_phase(self) -> dict[int, list[Cell]]:
         """Cells grouped by phase num, in phase order."""
@@ -92,12 +97,20 @@ class Plan:
             grouped[cell.num].append(cell)
         return grouped
 
+    def concurrency(self, num: int, count: int) -> int:
+        """How many of ``count`` executions of phase ``num`` a run has at once:
+        its workers, limited by ``count`` and by the phase's ``concurrency=``."""
+        limits = [self.workers, count]
+        limits += [p.concurrency for p in self.pipeline.phases if p.num == num and p.concurrency]
+        return max(1, min(limits))
+
     def estimate(self, num: int, count: int) -> tuple[float | None, float | None]:
-        """Seconds and dollars for ``count`` executions of phase ``num`` (None: unknown)."""
+        """Seconds (of the run's wall time) and dollars for ``count`` executions of
+        phase ``num`` (None: unknown)."""
         history = self.history.get(num) or PhaseHistory()
         duration, cost = history.mean_duration, history.mean_cost
         return (
-            None if duration is None else duration * count,
+            None if duration is None else duration * count / self.concurrency(num, count),
             None if cost is None else cost * count,
         )
 
@@ -111,6 +124,11 @@ class Plan:
             seconds = None if seconds is None or duration is None else seconds + duration
             dollars = None if dollars is None or cost is None else dollars + cost
         return seconds, dollars
+
+    def upper_bound(self, action: str) -> bool:
+        """Whether the estimate for cells with ``action`` counts conditional ones
+        (``Cell.conditional``): then it is the most they would cost."""
+        return any(c.conditional for c in self.cells if c.action == action)
 
     def totals(self, action: str) -> tuple[int, float | None, float | None]:
         """Cells with ``action``, their seconds and dollars (None when unknown)."""
@@ -130,12 +148,18 @@ def plan_item(
 ) -> list[Cell]:
     """What a run would do with each phase of one item (``state`` None: a new item).
 
-    A phase downstream of one that will run is assumed to see a changed output.
+    A completed phase that will run again is assumed to change its output, so
+    the phases consuming it follow it (an upper bound: the run compares the real
+    output). A failed, interrupted or pending phase run again changes nothing a
+    consumer recorded: the consumer's fingerprint already holds that output
+    (none), and it becomes stale only if the new output differs, which the run
+    checks when it gets there.
     """
     cells = []
     running: list[str] = []
     stale: list[str] = []
     for definition in checker.phases:
+        conditional = False
         phase_state = None if state is None else state.phases.get(definition.num)
         status = PENDING if phase_state is None else phase_state.status
         reasons: list[str] = []
@@ -152,6 +176,10 @@ def plan_item(
         elif status == COMPLETED and state is not None:
             found = checker.differences(definition, state, upstream_rerun=running, upstream_stale=stale)
             reasons = list(dict.fromkeys(d.reason for d in found))
+            # Nothing it consumed has changed yet: only upstream phases still to run.
+            conditional = bool(found) and all(
+                d.part == "consumed" and d.then == d.now and d.upstream in running + stale for d in found
+            )
             if not reasons:
                 action = SKIP
             elif policy.includes(definition) and reasons != [UPSTREAM_STALE]:
@@ -160,11 +188,11 @@ def plan_item(
                 action = STALE
         else:
             action = SKIP
-        if action == RUN:
+        if action == RUN and status == COMPLETED:
             running.append(definition.name)
         elif action == STALE:
             stale.append(definition.name)
-        cells.append(Cell(item_id, definition.num, action, reasons))
+        cells.append(Cell(item_id, definition.num, action, reasons, conditional))
     return cells
 
 
@@ -210,6 +238,7 @@ def make_plan(
     from_phase: int | None = None,
     history_from_store: bool = True,
     metadata: dict[str, dict[str, Any]] | None = None,
+    workers: int = 1,
 ) -> Plan:
     """What a run of ``item_ids`` with these options would do; changes nothing.
 
@@ -217,6 +246,7 @@ def make_plan(
         the selected ones.
     :param metadata: the items' metadata from their source, which a run saves
         over what the state holds (``fingerprint=`` callables may read it).
+    :param workers: items the run would process at once (``-j``).
     """
     checker = StaleChecker(pipeline, output_root)
     policy = StalePolicy(checker, rerun_stale)
@@ -242,7 +272,7 @@ def make_plan(
         if item_state is not None:
             unknown += sum(1 for p in item_state.phases.values() if p.status == COMPLETED and not p.fingerprint)
         cells += plan_item(checker, policy, item_id, item_state, force=force, from_phase=from_phase)
-    return Plan(pipeline, selected, cells, history, unreadable, unknown)
+    return Plan(pipeline, selected, cells, history, unreadable, unknown, workers)
 
 
 def add_history(history: dict[int, PhaseHistory], states: Iterable[PipelineState]) -> None:
