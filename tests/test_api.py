@@ -102,3 +102,16 @@ def test_unwritable_state_dir_is_a_clear_error_not_a_traceback(pipetester: PipeT
     assert result.ret == 3, result
     assert "cannot write state" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_works_from_inside_a_running_event_loop_as_in_a_notebook_cell(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline(PIPELINE)
+
+    async def notebook_cell() -> pipekit.RunResult:
+        return pipekit.run(str(path), ["x", "y"], state_dir=pipetester.path / "st", progress="none")
+
+    result = asyncio.run(notebook_cell())
+    assert result.exit_status == pipekit.ExitCode.OK
+    assert result.states["y"].phase_outputs[1] == "yy"
+    assert result.cost_usd == 0.5
+    assert (pipetester.path / "st" / "x.json").exists()
