@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -115,3 +116,108 @@ def test_run_works_from_inside_a_running_event_loop_as_in_a_notebook_cell(pipete
     assert result.states["y"].phase_outputs[1] == "yy"
     assert result.cost_usd == 0.5
     assert (pipetester.path / "st" / "x.json").exists()
+
+
+# -- the command line's options, as keywords ------------------------------------
+
+TOGETHER = '''
+    import threading
+    from pipekit import phase
+
+    meet = threading.Barrier(2, timeout=5)
+
+    @phase(1)
+    def together(item_id):
+        meet.wait()  # only returns once two items run at the same time
+        return item_id
+'''
+
+
+def test_workers_run_items_at_the_same_time(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline(TOGETHER)
+    result = pipekit.run(str(path), ["a", "b"], workers=2, progress="none")
+    assert result.exit_status == pipekit.ExitCode.OK
+    assert result.items_completed == 2
+
+
+def test_project_defaults_apply_to_options_the_call_leaves_out(pipetester: PipeTester) -> None:
+    (pipetester.path / "pyproject.toml").write_text('[tool.pipekit]\nworkers = 2\nprogress = "none"\n')
+    path = pipetester.make_pipeline(TOGETHER)
+    result = pipekit.run(str(path), ["a", "b"])
+    assert result.exit_status == pipekit.ExitCode.OK, result
+
+
+def test_store_is_where_state_lives(pipetester: PipeTester, capfd: pytest.CaptureFixture[str]) -> None:
+    path = pipetester.make_pipeline(PIPELINE)
+    db = pipetester.path / "runs.db"
+    result = pipekit.run(str(path), ["a", "b"], store=f"sqlite:{db}", state_dir=pipetester.path / "st")
+    assert result.exit_status == pipekit.ExitCode.OK
+    assert db.exists() and not (pipetester.path / "st").exists()
+    assert f"state: sqlite:{db}" in capfd.readouterr().err
+    again = pipekit.run(str(path), ["a", "b"], store=f"sqlite:{db}", progress="none")
+    assert again.cost_usd == 0  # finished there: nothing runs or is paid again
+
+
+def test_executor_runs_phases_elsewhere(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline('''
+    import os
+    from pipekit import phase
+
+    @phase(1)
+    def where(item_id):
+        return str(os.getpid())
+    ''')
+    result = pipekit.run(str(path), ["a"], executor="processes", progress="none")
+    assert result.exit_status == pipekit.ExitCode.OK
+    assert result.states["a"].phase_outputs[1] != str(os.getpid())
+    with pytest.raises(pipekit.UsageError, match="unknown --executor 'nowhere'"):
+        pipekit.run(str(path), ["a"], executor="nowhere", progress="none")
+
+
+def test_max_cost_stops_and_a_higher_cap_continues(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline(PIPELINE)
+    items = ["a", "b", "c", "d"]
+    capped = pipekit.run(str(path), items, max_cost=0.5, progress="none")
+    assert capped.exit_status == pipekit.ExitCode.ITEMS_FAILED
+    assert (capped.items_completed, capped.cost_usd) == (2, 0.5)
+    rest = pipekit.run(str(path), items, max_cost=1.0, progress="none")
+    assert rest.exit_status == pipekit.ExitCode.OK
+    assert rest.cost_usd == 0.5  # only c and d were paid for
+    with pytest.raises(pipekit.UsageError, match="--max-cost"):
+        pipekit.run(str(path), items, max_cost=-1)
+
+
+FLAKY = '''
+    from pipekit import phase
+
+    @phase(1)
+    def first(item_id):
+        if item_id.startswith("bad"):
+            raise ValueError("no good")
+        return item_id
+
+    @phase(2)
+    def second(first):
+        return first + "!"
+'''
+
+
+def test_maxfail_stops_after_failed_items(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline(FLAKY)
+    result = pipekit.run(str(path), ["bad1", "bad2", "ok"], maxfail=1, progress="none")
+    assert result.exit_status == pipekit.ExitCode.ITEMS_FAILED
+    assert result.states["bad1"].phases[1].status == "failed"
+    assert "ok" not in result.states or result.states["ok"].phases[1].status == "pending"
+    same = pipekit.run(str(path), ["bad1", "bad2", "bad3", "ok"], maxfail_same=2, force=True, progress="none")
+    assert same.exit_status == pipekit.ExitCode.ITEMS_FAILED
+    assert "ok" not in same.states or same.states["ok"].phases[1].status == "pending"
+
+
+def test_failed_only_and_from_phase_choose_what_runs_again(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline(FLAKY)
+    pipekit.run(str(path), ["bad", "ok"], progress="none")
+    retry = pipekit.run(str(path), ["bad", "ok"], failed_only=True, progress="none")
+    assert set(retry.states) == {"bad"}
+    assert retry.states["bad"].phases[1].attempts == 2
+    again = pipekit.run(str(path), ["ok"], from_phase=2, progress="none")
+    assert (again.states["ok"].phases[1].attempts, again.states["ok"].phases[2].attempts) == (1, 2)
