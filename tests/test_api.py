@@ -221,3 +221,87 @@ def test_failed_only_and_from_phase_choose_what_runs_again(pipetester: PipeTeste
     assert retry.states["bad"].phases[1].attempts == 2
     again = pipekit.run(str(path), ["ok"], from_phase=2, progress="none")
     assert (again.states["ok"].phases[1].attempts, again.states["ok"].phases[2].attempts) == (1, 2)
+
+
+def test_sample_and_limit_pick_from_the_items_given(pipetester: PipeTester, capfd: pytest.CaptureFixture[str]) -> None:
+    path = pipetester.make_pipeline(PIPELINE)
+    items = [f"i{n}" for n in range(10)]
+    first = pipekit.run(str(path), items, sample=3, seed=7, state_dir=pipetester.path / "one")
+    assert first.items_total == 3 and len(first.states) == 3
+    assert "sample: 3 of 10 items (--seed 7 draws it again)" in capfd.readouterr().err
+    second = pipekit.run(str(path), items, sample=3, seed=7, state_dir=pipetester.path / "two", progress="none")
+    assert set(second.states) == set(first.states)
+    limited = pipekit.run(str(path), items, limit=2, state_dir=pipetester.path / "three", progress="none")
+    assert set(limited.states) == {"i0", "i1"}
+
+
+def test_sample_picks_from_the_modules_items(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline(PIPELINE + '''
+    def items():
+        return [f"m{n}" for n in range(10)]
+    ''')
+    result = pipekit.run(str(path), sample=4, seed=1, progress="none")
+    assert result.items_total == 4 and all(item.startswith("m") for item in result.states)
+
+
+def test_plugins_by_name_load_and_block_as_p_does(
+    pipetester: PipeTester, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(pipetester.path))
+    path = pipetester.make_pipeline(PIPELINE)
+    pipetester.make_files({"shout.py": '''
+    import sys
+    from pipekit import hookimpl
+
+    @hookimpl
+    def pipekit_item_start(item):
+        print("SHOUT", item.id, file=sys.stderr)
+    '''})
+    pipekit.run(str(path), ["a"], plugins=["shout"], progress="none")
+    err = capfd.readouterr().err
+    assert "SHOUT a" in err and "summary of pipeline" in err
+    pipekit.run(str(path), ["b"], plugins=["no:summary"], progress="none")
+    assert "summary of pipeline" not in capfd.readouterr().err
+
+
+def test_args_carry_plugin_options(pipetester: PipeTester, capfd: pytest.CaptureFixture[str]) -> None:
+    path = pipetester.make_pipeline(PIPELINE + '''
+    from pipekit import hookimpl
+    import sys
+
+    @hookimpl
+    def pipekit_addoption(parser):
+        parser.addoption("--model", default="small")
+
+    @hookimpl
+    def pipekit_configure(config):
+        print("model is", config.getoption("model"), file=sys.stderr)
+    ''')
+    pipekit.run(str(path), ["a"], args=["--model", "large"], progress="none")
+    assert "model is large" in capfd.readouterr().err
+    with pytest.raises(pipekit.UsageError, match="--nonsense"):
+        pipekit.run(str(path), ["a"], args=["--nonsense"])
+
+
+def test_output_dir_is_where_handlers_write(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline('''
+    from pipekit import phase
+
+    @phase(1)
+    def write(item_id, output_dir):
+        (output_dir / "out.txt").write_text(item_id)
+    ''')
+    outputs = pipetester.path / "elsewhere"
+    result = pipekit.run(str(path), ["a"], output_dir=outputs, progress="none")
+    assert result.exit_status == pipekit.ExitCode.OK
+    assert [p.read_text() for p in outputs.rglob("out.txt")] == ["a"]
+
+
+def test_rerun_stale_reruns_a_phase_whose_code_changed(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline(PIPELINE, name="stale1")
+    pipekit.run(str(path), ["a"], progress="none")
+    path.write_text(path.read_text().replace("item_id * 2", "item_id * 3"))
+    kept = pipekit.run(str(path), ["a"], progress="none")
+    assert kept.states["a"].phase_outputs[1] == "aa" and kept.cost_usd == 0
+    rerun = pipekit.run(str(path), ["a"], rerun_stale=True, progress="none")
+    assert rerun.states["a"].phase_outputs[1] == "aaa" and rerun.cost_usd == 0.25

@@ -146,15 +146,17 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
 
 
 def collect_items(config: Config, pipeline: Pipeline, items: list[Any] | None) -> list[ItemSpec]:
-    """The selected items: ``items`` when given, else ``pipekit_collect_items`` (§3)."""
+    """The selected items: ``items`` when given, else ``pipekit_collect_items`` (§3);
+    then ``--sample`` and ``--limit`` pick from them."""
     if items is not None:
-        return normalize_items(items, "items passed to pipekit.run")
-    found = config.hook.pipekit_collect_items(config=config, pipeline=pipeline)
-    if found is None:
-        raise UsageError(
-            f"no items for {pipeline.name}: give --item/--items, or define items() in {pipeline.path}"
-        )
-    origin = "--item/--items" if config.getoption("item") or config.getoption("items") else "items()"
+        found, origin = items, "items passed to pipekit.run"
+    else:
+        found = config.hook.pipekit_collect_items(config=config, pipeline=pipeline)
+        if found is None:
+            raise UsageError(
+                f"no items for {pipeline.name}: give --item/--items, or define items() in {pipeline.path}"
+            )
+        origin = "--item/--items" if config.getoption("item") or config.getoption("items") else "items()"
     specs = narrow(
         normalize_items(found, origin),
         limit=config.getoption("limit"),
