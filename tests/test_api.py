@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -305,3 +310,43 @@ def test_rerun_stale_reruns_a_phase_whose_code_changed(pipetester: PipeTester) -
     assert kept.states["a"].phase_outputs[1] == "aa" and kept.cost_usd == 0
     rerun = pipekit.run(str(path), ["a"], rerun_stale=True, progress="none")
     assert rerun.states["a"].phase_outputs[1] == "aaa" and rerun.cost_usd == 0.25
+
+
+def test_ctrl_c_in_a_notebook_cell_records_the_phase_in_flight(pipetester: PipeTester) -> None:
+    # A kernel runs cells on a loop it drives itself and turns SIGINT into KeyboardInterrupt.
+    pipetester.make_pipeline('''
+    import pathlib
+    import time
+    from pipekit import phase
+
+    @phase(1)
+    def slow(item_id):
+        pathlib.Path("started").write_text("yes")
+        time.sleep(60)
+        return item_id
+    ''')
+    (pipetester.path / "cell.py").write_text(
+        "import asyncio\n"
+        "import pipekit\n"
+        "async def cell():\n"
+        "    try:\n"
+        "        pipekit.run('pipeline.py', ['a'], state_dir='st', progress='none')\n"
+        "    except KeyboardInterrupt:\n"
+        "        print('KeyboardInterrupt raised', flush=True)\n"
+        "asyncio.new_event_loop().run_until_complete(cell())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "cell.py"], cwd=pipetester.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (pipetester.path / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt raised" in out, err
+    state = json.loads((pipetester.path / "st" / "a.json").read_text())
+    assert state["phases"]["1"]["status"] == "failed" and state["phases"]["1"]["reason"] == "interrupted", state
