@@ -150,17 +150,19 @@ def collect_items(
     config: Config, pipeline: Pipeline, items: list[Any] | None, fallback: Callable[[], list[str]] | None = None
 ) -> list[ItemSpec]:
     """The selected items: ``items`` when given, else ``pipekit_collect_items`` (§3),
-    else (no source names any) the ids ``fallback`` gives, when it gives some."""
+    else (no source names any) the ids ``fallback`` gives, when it gives some;
+    then ``--sample`` and ``--limit`` pick from them."""
     if items is not None:
-        return normalize_items(items, "items passed to pipekit.run")
-    found = config.hook.pipekit_collect_items(config=config, pipeline=pipeline)
-    origin = "--item/--items" if config.getoption("item") or config.getoption("items") else "items()"
-    if found is None and fallback is not None:
-        found, origin = fallback() or None, "the saved state"
-    if found is None:
-        raise UsageError(
-            f"no items for {pipeline.name}: give --item/--items, or define items() in {pipeline.path}"
-        )
+        found, origin = items, "items passed to pipekit.run"
+    else:
+        found = config.hook.pipekit_collect_items(config=config, pipeline=pipeline)
+        origin = "--item/--items" if config.getoption("item") or config.getoption("items") else "items()"
+        if found is None and fallback is not None:
+            found, origin = fallback() or None, "the saved state"
+        if found is None:
+            raise UsageError(
+                f"no items for {pipeline.name}: give --item/--items, or define items() in {pipeline.path}"
+            )
     specs = narrow(
         normalize_items(found, origin),
         limit=config.getoption("limit"),
