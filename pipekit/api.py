@@ -13,6 +13,7 @@ from os import PathLike
 from types import ModuleType
 from typing import Any
 
+from pipekit.builtin.executors import DaskClient
 from pipekit.cli.run import build_run_parser
 from pipekit.cli.run import prepare
 from pipekit.engine.runner import RunResult
@@ -44,6 +45,7 @@ def run(
     force: bool = False,
     plugins: Iterable[Any] = (),
     progress: str = "auto",
+    client: Any = None,
 ) -> RunResult:
     """Run a pipeline as ``pipekit run`` does and return its ``RunResult``.
 
@@ -55,6 +57,7 @@ def run(
     :param force: rerun every phase, ignoring completed state and caches.
     :param plugins: plugin objects to register for this run.
     :param progress: ``auto``, ``rich``, ``simple`` or ``none``.
+    :param client: a ``distributed.Client`` to run the phases on (``--executor dask``); left open.
     :raises pipekit.UsageError: for a bad module, bad items or bad options.
     """
     return asyncio.run(
@@ -66,6 +69,7 @@ def run(
             force=force,
             plugins=plugins,
             progress=progress,
+            client=client,
         )
     )
 
@@ -79,9 +83,12 @@ async def arun(
     force: bool = False,
     plugins: Iterable[Any] = (),
     progress: str = "auto",
+    client: Any = None,
 ) -> RunResult:
     """The coroutine twin of ``run``, for code already inside an event loop (Jupyter)."""
     args = _arguments(module_or_path, state_dir, workers, force, progress)
+    if client is not None:  # a Dask client means the dask executor, on it
+        args, plugins = [*args, "--executor", "dask"], [*plugins, DaskClient(client)]
     outcome = await wrap_run(
         prepare(build_run_parser(), args, list(plugins)),
         items=None if items is None else list(items),
