@@ -20,10 +20,12 @@ import threading
 from types import ModuleType
 from typing import Any
 
+from pipekit.builtin.executors import DaskClient
 from pipekit.cli.run import build_run_parser
 from pipekit.cli.run import prepare
 from pipekit.engine.result import RunResult
 from pipekit.engine.session import wrap_run
+from pipekit.outcomes import UsageError
 
 
 #: The keywords of ``run``/``arun`` that take a value, and their option of ``pipekit run``.
@@ -98,6 +100,7 @@ def run(
     sample: int | None = None,
     seed: int | None = None,
     args: Sequence[str] = (),
+    client: Any = None,
 ) -> RunResult:
     """Run a pipeline as ``pipekit run`` does and return its ``RunResult``.
 
@@ -135,12 +138,13 @@ def run(
     :param seed: the seed of ``sample``.
     :param args: more command-line arguments, as for ``pipekit run`` (plugins'
         options such as ``["--dask-scheduler", "tcp://..."]``).
+    :param client: a ``distributed.Client`` to run the phases on (``--executor dask``); left open.
     :raises pipekit.UsageError: for a bad module, bad items or bad options.
     """
     options = {k: v for k, v in locals().items() if k in _VALUE_OPTIONS or k in _FLAG_OPTIONS}
 
     def main() -> Coroutine[Any, Any, RunResult]:
-        return _arun(module_or_path, items, options, plugins, args)
+        return _arun(module_or_path, items, options, plugins, args, client)
 
     try:
         asyncio.get_running_loop()
@@ -171,11 +175,12 @@ async def arun(
     sample: int | None = None,
     seed: int | None = None,
     args: Sequence[str] = (),
+    client: Any = None,
 ) -> RunResult:
     """The coroutine twin of ``run`` (the same parameters), for code already
     inside an event loop; cancelling it stops the run as an interrupt does."""
     options = {k: v for k, v in locals().items() if k in _VALUE_OPTIONS or k in _FLAG_OPTIONS}
-    return await _arun(module_or_path, items, options, plugins, args)
+    return await _arun(module_or_path, items, options, plugins, args, client)
 
 
 async def _arun(
@@ -184,8 +189,13 @@ async def _arun(
     options: dict[str, Any],
     plugins: Iterable[Any],
     args: Sequence[str],
+    client: Any = None,
 ) -> RunResult:
     argv, objects = _arguments(module_or_path, options, plugins, args)
+    if client is not None:  # a Dask client means the dask executor, on it
+        if options.get("executor") not in (None, "dask"):
+            raise UsageError(f"client= runs on the dask executor, not executor={options['executor']!r}")
+        argv, objects = [*argv, "--executor", "dask"], [*objects, DaskClient(client)]
     outcome = await wrap_run(
         prepare(build_run_parser(), argv, objects),
         items=None if items is None else list(items),

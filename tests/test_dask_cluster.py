@@ -6,14 +6,17 @@ from __future__ import annotations
 from dask_cluster import DaskCluster
 import pytest
 
+from pipekit.testing import PipeResult
 from pipekit.testing import PipeTester
 
 
 pytestmark = pytest.mark.slow
 
 
-def run_on(tester: PipeTester, cluster: DaskCluster, *args: str) -> object:
-    return tester.run_subprocess("pipeline.py", *args, "--executor", "dask", "--dask-scheduler", cluster.address)
+def run_on(tester: PipeTester, cluster: DaskCluster, *args: str, env: dict[str, str] | None = None) -> PipeResult:
+    return tester.run_subprocess(
+        "pipeline.py", *args, "--executor", "dask", "--dask-scheduler", cluster.address, env=env
+    )
 
 
 def test_workers_run_the_code_the_driver_fingerprinted(pipetester: PipeTester, dask_cluster: DaskCluster) -> None:
@@ -116,3 +119,122 @@ def test_a_phase_timeout_counts_from_the_handler_start_not_from_the_queue(
         assert result.state(item["id"]).phases[1].status == "completed", result.state(item["id"]).phases[1]
     slow = result.state("slow").phases[1]
     assert (slow.status, slow.reason) == ("failed", "timeout")
+
+
+def test_task_keys_name_the_pipeline_item_and_phase_and_differ_per_attempt_and_run(
+    pipetester: PipeTester, dask_cluster: DaskCluster
+) -> None:
+    pipetester.make_pipeline('''
+        from pathlib import Path
+        from distributed import get_worker
+        from pipekit import phase
+
+        PIPELINE_NAME = "books"
+        HERE = Path(__file__).parent
+
+        @phase(1, retries=1, retry_backoff=0.01)
+        def summarise(item_id, ctx):
+            key = get_worker().get_current_task()
+            with open(HERE / "keys.log", "a") as log:
+                log.write(f"{ctx.attempt} {key!r}\\n")
+            if ctx.attempt % 2:
+                raise RuntimeError("every first attempt of a run fails")
+            return "ok"
+    ''')
+    first = run_on(pipetester, dask_cluster, "--item", "chapter one")
+    assert first.ret == 0, first
+    second = run_on(pipetester, dask_cluster, "--item", "chapter one", "--force")
+    assert second.ret == 0, second
+    lines = (pipetester.path / "keys.log").read_text().splitlines()
+    keys = [line.split(" ", 1)[1] for line in lines]
+    assert len(keys) == 4 and len(set(keys)) == 4, keys  # two attempts in each of two runs
+    for line in lines:
+        attempt, key = line.split(" ", 1)
+        assert key.startswith(f"('books.summarise', 'chapter one', {attempt}, 'pipekit-"), key
+
+
+def test_a_scheduler_file_names_the_cluster(pipetester: PipeTester, dask_cluster: DaskCluster) -> None:
+    pipetester.make_pipeline('''
+        from pipekit import phase
+
+        @phase(1)
+        def echo(item_id):
+            return item_id
+    ''')
+    scheduler_file = str(dask_cluster.folder / "scheduler.json")
+    result = pipetester.run_subprocess("pipeline.py", "--item", "a", "--executor", "dask",
+                                       "--scheduler-file", scheduler_file)
+    assert result.ret == 0, result
+    assert result.state("a").phase_outputs[1] == "a"
+    assert "dashboard" not in result.stderr  # this scheduler runs none
+
+    missing = pipetester.path / "nowhere.json"
+    result = pipetester.run_subprocess("pipeline.py", "--item", "b", "--executor", "dask",
+                                       "--scheduler-file", str(missing), timeout=30)
+    assert result.ret == 4, result
+    assert f"--scheduler-file {missing}: no such file" in result.stderr
+
+
+ENV_PIPELINE = '''
+    import os
+    from pipekit import phase
+
+    AT_IMPORT = os.environ.get("PIPEKIT_TEST_TOKEN_NAME")  # read when the module loads
+
+    @phase(1)
+    def token(item_id):
+        value = os.environ.get("PIPEKIT_TEST_TOKEN_NAME", "")
+        return f"{AT_IMPORT == value} {len(value)}"
+'''
+
+
+def test_env_forwards_named_variables_to_workers_without_printing_them(
+    pipetester: PipeTester, dask_cluster: DaskCluster
+) -> None:
+    name = "PIPEKIT_TEST_TOKEN_FORWARDED"  # unique: the module's workers outlive this test
+    pipetester.make_pipeline(ENV_PIPELINE.replace("PIPEKIT_TEST_TOKEN_NAME", name))
+    secret = "s3cr3t-value-9f8e7d"
+    result = run_on(pipetester, dask_cluster, "--item", "a", "--env", name, "-v", env={name: secret})
+    assert result.ret == 0, result
+    assert result.state("a").phase_outputs[1] == f"True {len(secret)}"
+    assert secret not in result.stdout + result.stderr
+
+    missing = "PIPEKIT_TEST_TOKEN_NEVER_SET"
+    result = run_on(pipetester, dask_cluster, "--item", "b", "--env", name, "--env", missing, env={name: secret})
+    assert result.ret == 4, result
+    assert f"--env {missing}: not set" in result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
+def test_a_notebook_client_runs_the_phases_and_stays_open(pipetester: PipeTester, dask_cluster: DaskCluster) -> None:
+    import asyncio
+
+    from distributed import Client
+
+    import pipekit
+
+    pipetester.make_pipeline('''
+        from distributed import get_worker
+        from pipekit import phase
+
+        @phase(1)
+        def where(item_id):
+            return get_worker().address
+    ''')
+    workers = set(dask_cluster._client.scheduler_info(n_workers=-1)["workers"])
+    with Client(dask_cluster.address) as client:  # synchronous, as in a notebook cell
+        result = pipekit.run(pipetester.path / "pipeline.py", ["a", "b"], state_dir=pipetester.path / "state",
+                             client=client, progress="none")
+        assert result.exit_status == 0
+        assert {state.phase_outputs[1] for state in result.states.values()} <= workers
+        assert client.status == "running" and client.submit(sum, [1, 2]).result() == 3
+
+    async def in_a_loop() -> None:
+        async with Client(dask_cluster.address, asynchronous=True) as client:
+            result = await pipekit.arun(pipetester.path / "pipeline.py", ["c"], state_dir=pipetester.path / "state",
+                                        client=client, progress="none")
+            assert result.exit_status == 0
+            assert result.states["c"].phase_outputs[1] in workers
+            assert client.status == "running" and await client.submit(sum, [1, 2]) == 3
+
+    asyncio.run(in_a_loop())

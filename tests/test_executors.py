@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 import shutil
 import subprocess
 import sys
@@ -210,6 +211,8 @@ def test_dask_cluster_start_up_does_not_count_against_the_first_phase_timeout(pi
     result = pipetester.run_subprocess("pipeline.py", "--item", "a", "--executor", "dask")
     assert result.ret == 0, result
     assert result.state("a").phases[1].status == "completed"
+    # The LocalCluster pipekit starts has a dashboard: the run says where.
+    assert re.search(r"^pipekit: Dask dashboard: http://\S+:\d+/status$", result.stderr, re.M), result.stderr
 
 
 @pytest.mark.slow

@@ -16,6 +16,12 @@ submit it again. A task that claimed its token tells the driver it started
 (a Dask event), and the phase's timeout counts from then, not from a wait in
 the cluster's queue. The cluster pipekit starts also runs without work
 stealing, and with ``allowed-failures`` 0, so a lost worker is reported at once.
+
+Each task's key names the pipeline, the phase, the item and the attempt, so
+the dashboard says what runs where; the run's id and a counter keep it unique.
+Environment variables the driver forwards (``--env``) are set on the worker
+before the pipeline's code loads and before every task, since a worker started
+apart from the driver does not inherit its environment.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 import itertools
+import json
+import os
+from pathlib import Path
 from typing import Any
 import uuid
 
@@ -40,6 +49,30 @@ from pipekit.pipeline.phases import PhaseDefinition
 
 _keys = itertools.count()
 
+#: A task's key: ``(pipeline.phase, item id, attempt, unique tag)``.
+TaskKey = tuple[str, str, int, str]
+
+#: Where the executor says things (``HookNotifier.report``): a message and its level.
+Say = Callable[[str, str], None]
+
+
+class ForwardedEnv(dict[str, str]):
+    """Environment variables sent to workers; shown by name only, so a value
+    never reaches a log, a traceback or the dashboard."""
+
+    def __repr__(self) -> str:
+        return f"ForwardedEnv({', '.join(sorted(self))})"
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_driver(cls, names: list[str]) -> ForwardedEnv:
+        """The driver's values of ``names``; a name it does not have is a usage error."""
+        missing = [name for name in names if name not in os.environ]
+        if missing:
+            raise UsageError(f"--env {', '.join(missing)}: not set in this environment, so not sent to the workers")
+        return cls({name: os.environ[name] for name in names})
+
 
 class DaskExecutor(RemoteExecutor):
     """Submits every handler call to Dask distributed.
@@ -50,22 +83,46 @@ class DaskExecutor(RemoteExecutor):
     :param address: a running scheduler, e.g. ``tcp://host:8786``.
     :param shared_dir: a folder driver and workers both see; outputs over
         64 KiB come back through it instead of through the scheduler.
+    :param pipeline_name: named in every task's key.
+    :param scheduler_file: a running scheduler's file (``dask scheduler --scheduler-file``).
+    :param client: a ``distributed.Client`` of the caller's, used and left open.
+    :param env: environment variables set on the workers before their tasks.
+    :param say: where the dashboard's link is said.
     """
 
     name = "dask"
 
     def __init__(
-        self, module_path: str, workers: int, address: str | None = None, shared_dir: str | None = None
+        self,
+        module_path: str,
+        workers: int,
+        address: str | None = None,
+        shared_dir: str | None = None,
+        *,
+        pipeline_name: str = "pipekit",
+        scheduler_file: str | None = None,
+        client: Any = None,
+        env: ForwardedEnv | None = None,
+        say: Say | None = None,
     ) -> None:
         try:
             import distributed  # noqa: F401
         except ImportError:
             raise UsageError("--executor dask needs Dask: pip install 'pipekit[dask]'") from None
+        sources = (("--dask-scheduler", address), ("--scheduler-file", scheduler_file), ("client=", client))
+        given = [name for name, value in sources if value is not None]
+        if len(given) > 1:
+            raise UsageError(f"give one Dask scheduler, not {' and '.join(given)}")
         self.module_path = module_path
         self.workers = workers
-        self.address = address
+        self.address = address or (_read_scheduler_file(scheduler_file) if scheduler_file else None)
         self.shared_dir = shared_dir
+        self.pipeline_name = pipeline_name
+        self.env = env or ForwardedEnv()
+        self._say = say
         self._client: Any = None
+        #: The caller's client, never closed by this executor.
+        self._borrowed: Any = client
         self._run_id = uuid.uuid4().hex[:12]
         #: The Dask event topic on which this driver's tasks say they started.
         self._topic = f"pipekit-started-{self._run_id}"
@@ -87,7 +144,9 @@ class DaskExecutor(RemoteExecutor):
                 from distributed import Client
                 from distributed import LocalCluster
 
-                if self.address:
+                if self._borrowed is not None:
+                    self._client = await self._use_borrowed()
+                elif self.address:
                     self._client = await Client(self.address, asynchronous=True)  # type: ignore[no-untyped-call]
                 else:
                     # pipekit decides what runs where (-j); stealing only adds a way, through its
@@ -104,8 +163,24 @@ class DaskExecutor(RemoteExecutor):
                         )
                     self._client = await Client(self._cluster, asynchronous=True)  # type: ignore[no-untyped-call]
                 self._client.subscribe_topic(self._topic, self._on_started)
-                await self._client.run(_load_on_worker, self.pipeline_code())
+                await self._client.run(_load_on_worker, self.pipeline_code(), self.env)
+                link = await asyncio.to_thread(dashboard_link, self._client)
+                if link and self._say is not None:
+                    self._say(f"Dask dashboard: {link}", "notice")
         return self._client
+
+    async def _use_borrowed(self) -> Any:
+        """The caller's client when it runs on this event loop; else (a notebook's
+        synchronous client, whose loop is another thread's) a connection of this
+        run's own to its scheduler, with its security, closed at the end."""
+        from distributed import Client
+
+        client = self._borrowed
+        if client.asynchronous and client.loop.asyncio_loop is asyncio.get_running_loop():
+            return client
+        return await Client(  # type: ignore[no-untyped-call]
+            client.scheduler.address, security=client.security, asynchronous=True
+        )
 
     async def astart(self) -> None:
         # Starting a cluster takes seconds: not inside the first phase's timeout.
@@ -118,15 +193,15 @@ class DaskExecutor(RemoteExecutor):
         kwargs: dict[str, Any],
         ctx: PhaseContext | None = None,
     ) -> asyncio.Future[Any]:
-        key = self._new_key(phase.name)
+        key = self._new_key(phase.name, ctx.item_id if ctx else "", ctx.attempt if ctx else 0)
         started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._starts[key] = started
+        self._starts[key[-1]] = started
         future = asyncio.ensure_future(self._run_task(key, phase, func, kwargs, ctx))
         self._running[future] = started
 
         def forget(_: object) -> None:
             self._running.pop(future, None)
-            self._starts.pop(key, None)
+            self._starts.pop(key[-1], None)
 
         future.add_done_callback(forget)
         return future
@@ -136,7 +211,7 @@ class DaskExecutor(RemoteExecutor):
 
     async def _run_task(
         self,
-        key: str,
+        key: TaskKey,
         phase: PhaseDefinition,
         func: Callable[..., Any],
         kwargs: dict[str, Any],
@@ -146,23 +221,27 @@ class DaskExecutor(RemoteExecutor):
         return apply_outcome(await self._submit(key, call), ctx)
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
-        return await self._submit(self._new_key(call.phase_name), call)
+        context = call.context or {}
+        key = self._new_key(call.phase_name, context.get("item_id", ""), context.get("attempt", 0))
+        return await self._submit(key, call)
 
-    def _new_key(self, phase_name: str) -> str:
-        # Unique across drivers: two runs sharing a cluster must never share a task.
-        return f"pipekit-{phase_name}-{self._run_id}-{next(_keys)}"
+    def _new_key(self, phase_name: str, item_id: str, attempt: int) -> TaskKey:
+        """``(pipeline.phase, item, attempt, tag)``: Dask groups the tasks of a phase by
+        the first part; the tag, this run's id and a counter, is unique across drivers
+        (two runs sharing a cluster must never share a task) and names the task's claim."""
+        return (f"{self.pipeline_name}.{phase_name}", item_id, attempt, f"pipekit-{self._run_id}-{next(_keys)}")
 
-    async def _submit(self, key: str, call: RemoteCall) -> RemoteOutcome:
+    async def _submit(self, key: TaskKey, call: RemoteCall) -> RemoteOutcome:
         """Run ``call`` as the task ``key``, which runs the handler only if it
         takes the one token put in its claim queue."""
         from distributed import KilledWorker
         from distributed import Queue
 
         client = await self._get_client()
-        claim = await Queue(f"{key}-claim", client=client)  # type: ignore[no-untyped-call]
+        claim = await Queue(f"{key[-1]}-claim", client=client)  # type: ignore[no-untyped-call]
         try:
             await claim.put("run")
-            future = client.submit(run_claimed, call, claim.name, self._topic, pure=False, key=key)
+            future = client.submit(run_claimed, call, claim.name, self._topic, self.env, pure=False, key=key)
             try:
                 outcome: RemoteOutcome = await future
             except KilledWorker:
@@ -175,8 +254,8 @@ class DaskExecutor(RemoteExecutor):
             raise WorkerLost(self._lost_message(key))
         return outcome
 
-    def _lost_message(self, key: str) -> str:
-        started = self._starts.get(key)
+    def _lost_message(self, key: TaskKey) -> str:
+        started = self._starts.get(key[-1])
         worker = started.result() if started is not None and started.done() else "?"
         return f"the Dask worker {worker} running the phase died"
 
@@ -191,15 +270,55 @@ class DaskExecutor(RemoteExecutor):
         future.cancel()
 
     async def aclose(self) -> None:
+        if self._client is not None and self._client is self._borrowed:
+            self._client.unsubscribe_topic(self._topic)
+            return
         if self._cluster is not None:
             await self._cluster.close()
         if self._client is not None:
             await self._client.close()
 
 
-def _load_on_worker(code: PipelineCode) -> None:
+def dashboard_link(client: Any, timeout: float = 2.0) -> str | None:
+    """The link to the dashboard of ``client``'s scheduler, if it answers from here.
+
+    A scheduler started with ``--no-dashboard`` still names one (its HTTP server
+    keeps serving ``/health``), so the link is only given when it opens."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        link = str(client.dashboard_link or "")
+    except (KeyError, AttributeError):  # no HTTP server at all
+        return None
+    if not link.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(link, timeout=timeout) as answer:  # noqa: S310 (the scheduler's own link)
+            return link if answer.status == 200 else None
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def _read_scheduler_file(path: str) -> str:
+    """The address in a scheduler file, as ``dask scheduler --scheduler-file`` writes it.
+
+    Dask's own client waits for a missing file forever: here it is a usage error."""
+    try:
+        address = json.loads(Path(path).read_text(encoding="utf-8"))["address"]
+    except FileNotFoundError:
+        raise UsageError(f"--scheduler-file {path}: no such file (is the scheduler running?)") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--scheduler-file {path}: not a Dask scheduler file ({exc!r})") from None
+    if not isinstance(address, str) or not address:
+        raise UsageError(f"--scheduler-file {path}: not a Dask scheduler file (no address)")
+    return address
+
+
+def _load_on_worker(code: PipelineCode, env: dict[str, str]) -> None:
     from pipekit.execution.code import load
 
+    os.environ.update(env)  # a module may read its settings when it is imported
     load(code)
 
 
@@ -207,10 +326,11 @@ class _RunBefore(Exception):
     """The task found its claim taken: it ran before, on a worker that died."""
 
 
-def run_claimed(call: RemoteCall, claim: str, topic: str) -> RemoteOutcome:
+def run_claimed(call: RemoteCall, claim: str, topic: str, env: dict[str, str] | None = None) -> RemoteOutcome:
     """On a worker: run ``call`` if this task takes its claim's token, first
     telling the driver (on ``topic``) that the handler starts; else report
-    that it ran before, and leave the decision to run it again to the driver."""
+    that it ran before, and leave the decision to run it again to the driver.
+    ``env`` is set first: a worker its nanny restarted has lost it."""
     from distributed import Queue
     from distributed import get_worker
 
@@ -221,6 +341,7 @@ def run_claimed(call: RemoteCall, claim: str, topic: str) -> RemoteOutcome:
         queue.close()  # type: ignore[no-untyped-call]
     if not tokens:
         return RemoteOutcome(error=_RunBefore(claim))
+    os.environ.update(env or {})
     worker = get_worker()
     worker.log_event(topic, {"key": claim.removesuffix("-claim"), "worker": worker.address})
     return execute_call(call)
