@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pipekit.stale.plan import format_seconds
+from pipekit.display.format import estimate
 from pipekit.testing import PipeTester
 
 
@@ -82,7 +82,7 @@ def test_time_is_divided_by_the_concurrency_the_run_would_have(tester: PipeTeste
         assert document["total"]["estimated_cost_usd"] == pytest.approx(one["total"]["estimated_cost_usd"])
         text = tester.run("plan", "pipeline.py", *items, "-j", workers)
         text.fnmatch_lines(
-            [f"total: 24 cells to run; estimated {format_seconds(sum(seconds))}, $0.0800"], "stdout"
+            [f"total: 24 cells to run; estimated {estimate(sum(seconds))}, $0.0800"], "stdout"
         )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import sys
 from typing import Any
 
+from pipekit.cli.parsing import ArgumentParser
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
@@ -35,12 +36,7 @@ INDEX_NAME = "index.jsonl"
 
 def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """Write the outputs of one phase, per item, to a folder or to stdout."""
-    parser = command_parser("pipekit export", "Write one phase's outputs: a file per item, or JSON lines.", state=True)
-    parser.add_argument("--phase", required=False, metavar="N|NAME", help="the phase whose outputs to export")
-    parser.add_argument("-o", "--output", metavar="DIR", help="folder for one file per item plus index.jsonl")
-    parser.add_argument("--jsonl", action="store_true", help="one JSON object per item on stdout")
-    parser.add_argument("--item", action="append", default=[], metavar="ID", help="only these items (globs allowed)")
-    option = parse(parser, args)
+    option = parse(_parser(), args)
     if option is None:
         return ExitCode.OK
     if not option.phase:
@@ -97,6 +93,15 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
             file=sys.stderr,
         )
         return ExitCode.USAGE_ERROR if unreadable else ExitCode.OK
+
+
+def _parser() -> ArgumentParser:
+    parser = command_parser("pipekit export", "Write one phase's outputs: a file per item, or JSON lines.", state=True)
+    parser.add_argument("--phase", required=False, metavar="N|NAME", help="the phase whose outputs to export")
+    parser.add_argument("-o", "--output", metavar="DIR", help="folder for one file per item plus index.jsonl")
+    parser.add_argument("--jsonl", action="store_true", help="one JSON object per item on stdout")
+    parser.add_argument("--item", action="append", default=[], metavar="ID", help="only these items (globs allowed)")
+    return parser
 
 
 def _file(item_id: str, output: Any) -> tuple[str, bytes]:

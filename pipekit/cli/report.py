@@ -31,6 +31,7 @@ from pipekit.display.format import tokens
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
+from pipekit.pipeline.loader import Pipeline
 from pipekit.state.model import FAILED
 from pipekit.state.model import PipelineState
 from pipekit.state.store import write_atomically
@@ -144,49 +145,9 @@ def render_report(target: Target, states: list[PipelineState], errors: list[str]
     tokens_in = sum(s.total_tokens_in for s in states)
     tokens_out = sum(s.total_tokens_out for s in states)
 
-    phase_rows = []
-    top_phase_cost = (
-        max((sum(s.phases[p.num].cost_usd for s in states if p.num in s.phases) for p in pipeline.phases), default=0.0)
-        or 1.0
-    )
-    for definition in pipeline.phases:
-        counts = Counter(s.phases[definition.num].status for s in states if definition.num in s.phases)
-        cost = sum(s.phases[definition.num].cost_usd for s in states if definition.num in s.phases)
-        durations = [
-            s.phases[definition.num].duration_seconds or 0.0
-            for s in states
-            if definition.num in s.phases and s.phases[definition.num].duration_seconds is not None
-        ]
-        mean = sum(durations) / len(durations) if durations else 0.0
-        cells = "".join(f'<td class="n">{counts[status]}</td>' for status in STATUS_ORDER)
-        phase_rows.append(
-            f"<tr><td>{definition.num}</td><td>{esc(definition.name)}</td>{cells}"
-            f'<td class="n">{duration(mean)}</td><td class="n">{money_exact(cost)}</td>'
-            f'<td class="barcell">{_bar(cost, top_phase_cost)}</td></tr>'
-        )
-
-    expensive = sorted(states, key=lambda s: s.total_cost_usd, reverse=True)[:TOP_ITEMS]
-    top_item_cost = expensive[0].total_cost_usd if expensive and expensive[0].total_cost_usd else 1.0
-    item_rows = "".join(
-        f'<tr><td class="id">{esc(s.item_id)}</td><td class="n">{tokens(s.total_tokens_in)}</td>'
-        f'<td class="n">{tokens(s.total_tokens_out)}</td><td class="n">{money_exact(s.total_cost_usd)}</td>'
-        f'<td class="barcell">{_bar(s.total_cost_usd, top_item_cost)}</td></tr>'
-        for s in expensive
-    )
-
-    failures = [(s.item_id, num, p) for s in states for num, p in sorted(s.phases.items()) if p.status == FAILED]
-    failure_rows = "".join(
-        f'<tr><td class="id">{esc(item_id)}</td><td>{num} {esc(p.name)}</td><td>{esc(p.reason or "")}</td>'
-        f"<td>{p.attempts}</td><td><details><summary>{esc(p.error or 'failed')}</summary>"
-        f"<pre>{esc(p.traceback or '')}</pre></details></td></tr>"
-        for item_id, num, p in failures[:MAX_FAILURES]
-    )
-    more_failures = (
-        f"<p>{len(failures) - MAX_FAILURES} more failures not listed; "
-        f"<code>pipekit status MODULE --failed --all</code> lists them.</p>"
-        if len(failures) > MAX_FAILURES
-        else ""
-    )
+    phase_rows = _phase_rows(pipeline, states)
+    item_rows = _item_rows(states)
+    failures, failure_rows, more_failures = _failure_rows(states)
     conc, t0, t1 = _concurrency(rows)
     conc_html = (
         f"<p>Phases running at once, from {esc(_clock(t0))} to {esc(_clock(t1))} "
@@ -231,6 +192,65 @@ def render_report(target: Target, states: list[PipelineState], errors: list[str]
         data=json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c"),
         script=_asset("report.js").template,
     )
+
+
+def _phase_rows(pipeline: Pipeline, states: list[PipelineState]) -> list[str]:
+    """One row per phase: counts by status, mean duration, cost and its bar."""
+    esc = html.escape
+    phase_rows = []
+    top_phase_cost = (
+        max((sum(s.phases[p.num].cost_usd for s in states if p.num in s.phases) for p in pipeline.phases), default=0.0)
+        or 1.0
+    )
+    for definition in pipeline.phases:
+        counts = Counter(s.phases[definition.num].status for s in states if definition.num in s.phases)
+        cost = sum(s.phases[definition.num].cost_usd for s in states if definition.num in s.phases)
+        durations = [
+            s.phases[definition.num].duration_seconds or 0.0
+            for s in states
+            if definition.num in s.phases and s.phases[definition.num].duration_seconds is not None
+        ]
+        mean = sum(durations) / len(durations) if durations else 0.0
+        cells = "".join(f'<td class="n">{counts[status]}</td>' for status in STATUS_ORDER)
+        phase_rows.append(
+            f"<tr><td>{definition.num}</td><td>{esc(definition.name)}</td>{cells}"
+            f'<td class="n">{duration(mean)}</td><td class="n">{money_exact(cost)}</td>'
+            f'<td class="barcell">{_bar(cost, top_phase_cost)}</td></tr>'
+        )
+    return phase_rows
+
+
+def _item_rows(states: list[PipelineState]) -> str:
+    """The most expensive items, with their tokens and cost."""
+    esc = html.escape
+    expensive = sorted(states, key=lambda s: s.total_cost_usd, reverse=True)[:TOP_ITEMS]
+    top_item_cost = expensive[0].total_cost_usd if expensive and expensive[0].total_cost_usd else 1.0
+    item_rows = "".join(
+        f'<tr><td class="id">{esc(s.item_id)}</td><td class="n">{tokens(s.total_tokens_in)}</td>'
+        f'<td class="n">{tokens(s.total_tokens_out)}</td><td class="n">{money_exact(s.total_cost_usd)}</td>'
+        f'<td class="barcell">{_bar(s.total_cost_usd, top_item_cost)}</td></tr>'
+        for s in expensive
+    )
+    return item_rows
+
+
+def _failure_rows(states: list[PipelineState]) -> tuple[list[Any], str, str]:
+    """The failed phases (all of them), the rows of the first ones, and a note on the rest."""
+    esc = html.escape
+    failures = [(s.item_id, num, p) for s in states for num, p in sorted(s.phases.items()) if p.status == FAILED]
+    failure_rows = "".join(
+        f'<tr><td class="id">{esc(item_id)}</td><td>{num} {esc(p.name)}</td><td>{esc(p.reason or "")}</td>'
+        f"<td>{p.attempts}</td><td><details><summary>{esc(p.error or 'failed')}</summary>"
+        f"<pre>{esc(p.traceback or '')}</pre></details></td></tr>"
+        for item_id, num, p in failures[:MAX_FAILURES]
+    )
+    more_failures = (
+        f"<p>{len(failures) - MAX_FAILURES} more failures not listed; "
+        f"<code>pipekit status MODULE --failed --all</code> lists them.</p>"
+        if len(failures) > MAX_FAILURES
+        else ""
+    )
+    return failures, failure_rows, more_failures
 
 
 def _bar(value: float, top: float) -> str:
