@@ -41,8 +41,8 @@ from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.stale.fingerprint import consumed_phases
-from pipekit.stale.fingerprint import output_hash
 from pipekit.stale.fingerprint import phase_fingerprint
+from pipekit.state.digest import output_hash
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import PENDING

@@ -85,9 +85,10 @@ async def wrap_run(prepare: Prepare, *, items: list[Any] | None = None, keep_sta
                 await _collect_and_run(config, progress, items, keep_states)
         except (Exception, KeyboardInterrupt) as exc:
             progress.error = exc
-    run_status = progress.run.exit_status if progress.run else None
+    run = progress.run
+    run_status = run.exit_status if run is not None else None
     code = decide_exit_code(run_status, progress.error, no_items=progress.no_items)
-    result = progress.run.result() if run_status is not None else None
+    result = run.result() if run is not None and run_status is not None else None
     return RunOutcome(replace(result, exit_status=code) if result else RunResult(code), progress.error)
 
 
@@ -152,6 +153,7 @@ def collect_items(
     """The selected items: ``items`` when given, else ``pipekit_collect_items`` (§3),
     else (no source names any) the ids ``fallback`` gives, when it gives some;
     then ``--sample`` and ``--limit`` pick from them."""
+    found: list[Any] | None
     if items is not None:
         found, origin = items, "items passed to pipekit.run"
     else:

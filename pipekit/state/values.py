@@ -48,7 +48,7 @@ def _inline_exact(value: Any) -> bool:
     if kind is str:
         return _UNSTORABLE.search(value) is None
     if kind is float:
-        return abs(value) < _EXPONENT_FLOAT
+        return bool(abs(value) < _EXPONENT_FLOAT)
     if kind is list:
         return all(_inline_exact(v) for v in value)
     if kind is dict:
