@@ -103,6 +103,7 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
         progress.no_items = True
         return
     store = open_store(option, pipeline, say)
+    store.warn = lambda message: say(message, "warning")
     config.add_cleanup(store.close)
     say(f"state: {store.location}", "notice")
     mismatch = module_mismatch(store, pipeline)

@@ -13,7 +13,6 @@ import fcntl
 import os
 from pathlib import Path
 import shutil
-import sys
 from typing import Any
 
 from pipekit.outcomes import StateFileError
@@ -234,11 +233,9 @@ class JsonDirStore(StateStore):
     def _warn_no_locking(self, exc: OSError) -> None:
         if not self._warned_no_locking:
             self._warned_no_locking = True
-            print(
-                f"pipekit: warning: {self.state_dir} does not support file locks "
-                f"({exc.strerror}); items are run unlocked: do not start two runs on it at once",
-                file=sys.stderr,
-                flush=True,
+            self.warn(
+                f"{self.state_dir} does not support file locks "
+                f"({exc.strerror}); items are run unlocked: do not start two runs on it at once"
             )
 
     def item_ids(self) -> Iterator[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import json
 import os
 from pathlib import Path
 import re
+import sys
 import time
 from typing import Any
 from typing import NamedTuple
@@ -167,11 +169,18 @@ class ItemLock:
             os.close(fd)
 
 
+def _print_warning(message: str) -> None:
+    print(f"pipekit: warning: {message}", file=sys.stderr, flush=True)
+
+
 class StateStore(abc.ABC):
     """Where item states are kept. The runner, ``status`` and ``reset`` go through it."""
 
     #: Where the state lives, for humans (a path or a URL with no password).
     location: str
+    #: Says a warning about the store to the user: ``(message)``. A run points it
+    #: at its reporting hook; read-only commands leave it printing on stderr.
+    warn: Callable[[str], None] = staticmethod(_print_warning)
     #: True when ``save`` may be called from several threads at once (for
     #: different items); the runner then writes states off its event loop.
     threadsafe_saves: bool = False
