@@ -183,7 +183,10 @@ def test_status_after_kill_9_shows_the_phase_in_progress(pipetester: PipeTester)
     assert killed.killed and killed.ret == -signal.SIGKILL, killed
     result = pipetester.run("status", "pipeline.py")
     result.fnmatch_lines(["a *✓ ✓ ✓ *", "b *▶ · · *"], stream="stdout")
-    assert "1 in progress" in result.stdout
+    # Its process is gone: nothing runs the phase that still reads "in progress".
+    assert "1 in progress (0 running, 1 interrupted: the next run resumes them)" in result.stdout, result
+    story = pipetester.run("status", "pipeline.py", "--item", "b")
+    assert "interrupted: no process runs it" in story.stdout, story
     pending = pipetester.run("status", "pipeline.py", "--pending")
     assert [line.split()[0] for line in pending.stdout.splitlines()[5:-3]] == ["b"], pending
     (pipetester.path / "hang-b").unlink()
@@ -201,3 +204,29 @@ def test_phases_added_since_the_run_show_as_pending(pipetester: PipeTester) -> N
     result = pipetester.run("status", "pipeline.py")
     assert result.ret == 0, result
     result.fnmatch_lines(["item  0 1 2 3 * cost  last error", "a     · ✓ ✓ ✓ *$0.1100"], stream="stdout")
+
+
+@pytest.mark.usefixtures("any_store")
+@pytest.mark.slow
+def test_status_names_the_process_running_an_item(pipetester: PipeTester) -> None:
+    import os
+    import socket
+    import time
+
+    pipetester.make_pipeline(__import__("batch_helpers").BATCH)
+    (pipetester.path / "hang-b").touch()
+    running = pipetester.popen("run", "pipeline.py", "--item", "b", "--progress", "none")
+    try:
+        log = pipetester.path / "executions.log"
+        deadline = time.monotonic() + 60
+        while not (log.exists() and '"b"' in log.read_text()):
+            assert running.poll() is None and time.monotonic() < deadline, "the run never started phase 1 of b"
+            time.sleep(0.05)
+        result = pipetester.run("status", "pipeline.py")
+        assert "1 in progress (1 running, 0 interrupted" in result.stdout, result
+        story = pipetester.run("status", "pipeline.py", "--item", "b")
+        assert f"running: host {socket.gethostname()}, pid {running.pid}" in story.stdout, story
+    finally:
+        running.kill()
+        running.wait()
+    assert os.path.exists(pipetester.path / "hang-b")

@@ -206,9 +206,15 @@ def totals(rows: list[StatusRow]) -> dict[str, Any]:
 
 
 def totals_line(target: Target, rows: list[StatusRow]) -> str:
-    """Items by status, tokens and cost."""
+    """Items by status, tokens and cost; items in progress that no process runs are named so."""
     total = totals(rows)
-    parts = ", ".join(f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING))
+    counts = {s: f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)}
+    in_progress = [r.item_id for r in rows if r.status == IN_PROGRESS]
+    if in_progress and target.store.knows_running:
+        stopped = sum(1 for item_id in in_progress if target.store.running_holder(item_id) is None)
+        running = len(in_progress) - stopped
+        counts[IN_PROGRESS] += f" ({running} running, {stopped} interrupted: the next run resumes them)"
+    parts = ", ".join(counts.values())
     return (
         f"total: {count_of(total['items'], target.pipeline.item_noun)}: {parts}; "
         f"tokens {tokens(total['tokens_in'])} in / {tokens(total['tokens_out'])} out; "
@@ -271,6 +277,12 @@ def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool)
     out.write(f"item: {state.item_id}   status: {item_status(state)}   cost: {money_exact(state.total_cost_usd)}   ")
     out.write(f"tokens: {tokens(state.total_tokens_in)} in / {tokens(state.total_tokens_out)} out\n")
     out.write(f"state: {target.store.describe(state.item_id)}\n")
+    if item_status(state) == IN_PROGRESS and target.store.knows_running:
+        holder = target.store.running_holder(state.item_id)
+        if holder is None:
+            out.write("interrupted: no process runs it (the one that started it is gone); the next run resumes it\n")
+        else:
+            out.write(f"running: {holder.describe()}\n")
     if state.metadata:
         out.write(f"metadata: {json.dumps(state.metadata, ensure_ascii=False)}\n")
     out.write(f"started: {state.started_at}   last updated: {state.last_updated}\n\n")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import datetime
+import errno
+import fcntl
 import functools
 import json
 import os
@@ -18,6 +20,7 @@ import time
 from typing import Any
 
 from pipekit.state.holder import Holder
+from pipekit.state.holder import holder_is_gone
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,34 @@ def write_lock_record(fd: int, holder: Holder) -> None:
         pass
 
 
+def flock_is_held(path: str | os.PathLike[str]) -> bool:
+    """True when a process holds the ``flock`` of the lock file at ``path`` now.
+
+    Tried with a shared lock, released at once: a run taking the item in that
+    instant finds it busy and waits, as for any held item; nothing is written.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nobody ever took the item
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def running_holder(path: str | os.PathLike[str]) -> HeldBy | None:
+    """Who holds the lock file at ``path`` now (as its record says), or None when no one does."""
+    if not flock_is_held(path):
+        return None
+    return read_lock_record(path) or HeldBy()
+
+
 def read_lock_record(path: str | os.PathLike[str]) -> HeldBy | None:
     """Who wrote the lock file at ``path`` last (for a held lock: who holds it)."""
     try:
@@ -109,11 +140,27 @@ class LeaseRowHolder:
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError  # the store's own
 
+    knows_running = True
+
+    def running_holder(self, item_id: str) -> HeldBy | None:
+        """The holder of a lease on the item that has not expired (by the server's
+        clock), unless that holder certainly died on this machine; None otherwise."""
+        rows = self._query(
+            "SELECT holder FROM pipekit_leases WHERE pipeline = %s AND item_id = %s AND expires_at > now()",
+            (self.pipeline, item_id),
+        )
+        if not rows or holder_is_gone(Holder.from_json(rows[0][0])):
+            return None
+        return self._lease_holder(item_id, "")
+
     def lock_holder(self, item_id: str) -> HeldBy | None:
         """The lease row's holder and expiry; None when no one holds a lease on the item."""
+        return self._lease_holder(item_id, "")
+
+    def _lease_holder(self, item_id: str, condition: str) -> HeldBy | None:
         rows = self._query(
             "SELECT host, pid, holder, extract(epoch FROM expires_at) FROM pipekit_leases "
-            "WHERE pipeline = %s AND item_id = %s",
+            "WHERE pipeline = %s AND item_id = %s" + condition,
             (self.pipeline, item_id),
         )
         if not rows:

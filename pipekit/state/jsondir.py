@@ -23,6 +23,7 @@ from pipekit.state.escaping import json_value
 from pipekit.state.escaping import needs_escape
 from pipekit.state.heldby import HeldBy
 from pipekit.state.heldby import read_lock_record
+from pipekit.state.heldby import running_holder
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
 from pipekit.state.store import NO_LOCKING_ERRNOS
@@ -229,6 +230,12 @@ class JsonDirStore(StateStore):
     def lock_holder(self, item_id: str) -> HeldBy | None:
         """Who wrote the item's lock file last: its holder, while it is held (an flock has no expiry)."""
         return read_lock_record(self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock")
+
+    knows_running = True
+
+    def running_holder(self, item_id: str) -> HeldBy | None:
+        """Who holds the item's lock file now, or None when no process does."""
+        return running_holder(self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock")
 
     def _warn_no_locking(self, exc: OSError) -> None:
         if not self._warned_no_locking:

@@ -26,6 +26,7 @@ from pipekit.outcomes import StateFileError
 from pipekit.state.document import read_document
 from pipekit.state.heldby import HeldBy
 from pipekit.state.heldby import read_lock_record
+from pipekit.state.heldby import running_holder
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
 from pipekit.state.model import is_finished
@@ -229,6 +230,14 @@ class StateStore(abc.ABC):
         for deciding whether the item may be taken (``try_lock`` decides)."""
         return None
 
+    #: True when ``running_holder`` can tell whether a process works on an item now.
+    knows_running: bool = False
+
+    def running_holder(self, item_id: str) -> HeldBy | None:
+        """The process working on the item now (as far as the store records it), or
+        None when none is (``knows_running``) or the store cannot tell (it cannot)."""
+        return None
+
     def reopen_url(self) -> str | None:
         """A ``--store`` URL by which another process opens this same store
         (``pipekit.state.open.open_store_url``), so that worker processes can keep
@@ -416,3 +425,9 @@ class FlockedItems:
     def lock_holder(self, item_id: str) -> HeldBy | None:
         """Who wrote the item's lock file last: its holder, while it is held."""
         return read_lock_record(self.locks_dir / f"{encode_item_id(item_id)}.lock")
+
+    knows_running = True
+
+    def running_holder(self, item_id: str) -> HeldBy | None:
+        """Who holds the item's lock file now, or None when no process does."""
+        return running_holder(self.locks_dir / f"{encode_item_id(item_id)}.lock")
