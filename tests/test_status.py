@@ -80,6 +80,7 @@ def test_json_is_the_full_picture(pipetester: PipeTester) -> None:
         "failed": 2,
         "in_progress": 0,
         "pending": 0,
+        "interrupted": 0,
         "tokens_in": 400,
         "tokens_out": 40,
         "cost_usd": pytest.approx(0.34),
@@ -187,6 +188,8 @@ def test_status_after_kill_9_shows_the_phase_in_progress(pipetester: PipeTester)
     assert "1 in progress (0 running, 1 interrupted: the next run resumes them)" in result.stdout, result
     story = pipetester.run("status", "pipeline.py", "--item", "b")
     assert "interrupted: no process runs it" in story.stdout, story
+    document = json.loads(pipetester.run("status", "pipeline.py", "--json").stdout)
+    assert (document["totals"]["in_progress"], document["totals"]["interrupted"]) == (1, 1)
     pending = pipetester.run("status", "pipeline.py", "--pending")
     assert [line.split()[0] for line in pending.stdout.splitlines()[5:-3]] == ["b"], pending
     (pipetester.path / "hang-b").unlink()

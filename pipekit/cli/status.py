@@ -38,6 +38,7 @@ from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PipelineState
 from pipekit.state.open import existing_stores_only
+from pipekit.state.store import StateStore
 
 
 #: One glyph per phase status, and its ANSI colour.
@@ -193,12 +194,18 @@ def legend(colour: bool) -> str:
     return "  ".join(f"{glyph(s, colour)} {s.replace('_', ' ')}" for s in STATUS_ORDER)
 
 
-def totals(rows: list[StatusRow]) -> dict[str, Any]:
-    """Items by status, tokens and cost, as ``--json`` gives them."""
+def totals(rows: list[StatusRow], store: StateStore) -> dict[str, Any]:
+    """Items by status, tokens and cost, as ``--json`` gives them; ``interrupted``
+    counts the items in progress that no process runs (None: the store cannot tell)."""
     by_status = Counter(r.status for r in rows)
+    in_progress = [r.item_id for r in rows if r.status == IN_PROGRESS]
+    interrupted = None
+    if store.knows_running:
+        interrupted = sum(1 for item_id in in_progress if store.running_holder(item_id) is None)
     return {
         "items": len(rows),
         **{s: by_status[s] for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)},
+        "interrupted": interrupted,
         "tokens_in": sum(r.total_tokens_in for r in rows),
         "tokens_out": sum(r.total_tokens_out for r in rows),
         "cost_usd": sum(r.total_cost_usd for r in rows),
@@ -207,12 +214,11 @@ def totals(rows: list[StatusRow]) -> dict[str, Any]:
 
 def totals_line(target: Target, rows: list[StatusRow]) -> str:
     """Items by status, tokens and cost; items in progress that no process runs are named so."""
-    total = totals(rows)
+    total = totals(rows, target.store)
     counts = {s: f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)}
-    in_progress = [r.item_id for r in rows if r.status == IN_PROGRESS]
-    if in_progress and target.store.knows_running:
-        stopped = sum(1 for item_id in in_progress if target.store.running_holder(item_id) is None)
-        running = len(in_progress) - stopped
+    stopped = total["interrupted"]
+    if total[IN_PROGRESS] and stopped is not None:
+        running = total[IN_PROGRESS] - stopped
         counts[IN_PROGRESS] += f" ({running} running, {stopped} interrupted: the next run resumes them)"
     parts = ", ".join(counts.values())
     return (
@@ -269,7 +275,7 @@ def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[
         if start:
             out.write(", ")
         out.write(", ".join([r.json() for r in rows[start : start + JSON_CHUNK]]))
-    out.write(f'], "totals": {encode(totals(rows))}, "errors": {encode([str(e) for e in errors])}}}\n')
+    out.write(f'], "totals": {encode(totals(rows, target.store))}, "errors": {encode([str(e) for e in errors])}}}\n')
 
 
 def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool) -> None:
