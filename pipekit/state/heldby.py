@@ -145,19 +145,16 @@ class LeaseRowHolder:
     def running_holder(self, item_id: str) -> HeldBy | None:
         """The holder of a lease on the item that has not expired (by the server's
         clock), unless that holder certainly died on this machine; None otherwise."""
-        rows = self._query(
-            "SELECT holder FROM pipekit_leases WHERE pipeline = %s AND item_id = %s AND expires_at > now()",
-            (self.pipeline, item_id),
-        )
-        if not rows or holder_is_gone(Holder.from_json(rows[0][0])):
-            return None
-        return self._lease_holder(item_id, "")
+        row = self._lease_row(item_id, " AND expires_at > now()")
+        return None if row is None or holder_is_gone(Holder.from_json(row[1])) else row[0]
 
     def lock_holder(self, item_id: str) -> HeldBy | None:
         """The lease row's holder and expiry; None when no one holds a lease on the item."""
-        return self._lease_holder(item_id, "")
+        row = self._lease_row(item_id, "")
+        return None if row is None else row[0]
 
-    def _lease_holder(self, item_id: str, condition: str) -> HeldBy | None:
+    def _lease_row(self, item_id: str, condition: str) -> tuple[HeldBy, str | None] | None:
+        """The item's lease row (``condition`` narrows it) as a ``HeldBy``, with its holder record."""
         rows = self._query(
             "SELECT host, pid, holder, extract(epoch FROM expires_at) FROM pipekit_leases "
             "WHERE pipeline = %s AND item_id = %s" + condition,
@@ -167,4 +164,4 @@ class LeaseRowHolder:
             return None
         host, pid, text, expires_at = rows[0]
         recorded = read_holder_record(text)  # None from older drivers: no "since"
-        return HeldBy(str(host), int(pid), recorded.since if recorded else None, float(expires_at))
+        return HeldBy(str(host), int(pid), recorded.since if recorded else None, float(expires_at)), text

@@ -21,12 +21,10 @@ from pipekit.state.escaping import escape
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
 from pipekit.state.escaping import needs_escape
-from pipekit.state.heldby import HeldBy
-from pipekit.state.heldby import read_lock_record
-from pipekit.state.heldby import running_holder
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
 from pipekit.state.store import NO_LOCKING_ERRNOS
+from pipekit.state.store import FlockedItems
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_document
@@ -38,7 +36,7 @@ from pipekit.state.values import encode_output
 from pipekit.state.values import output_name
 
 
-class JsonDirStore(StateStore):
+class JsonDirStore(FlockedItems, StateStore):
     """One JSON file per item in a directory (the default store).
 
     :param state_dir: the directory, created on first write.
@@ -51,6 +49,7 @@ class JsonDirStore(StateStore):
     def __init__(self, state_dir: str | os.PathLike[str], *, durable: bool | None = None) -> None:
         # Absolute, so a handler that changes the current folder cannot lose state.
         self.state_dir = Path(state_dir).expanduser().resolve()
+        self.locks_dir = self.state_dir / ".locks"
         self.location = str(self.state_dir)
         self.durable = durable if durable is not None else os.environ.get("PIPEKIT_FSYNC", "1") != "0"
         self._ready = False
@@ -205,7 +204,7 @@ class JsonDirStore(StateStore):
         lease, about 90 s; state shared between hosts belongs in PostgreSQL.)
         """
         self._prepare()
-        path = self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock"
+        path = self.locks_dir / f"{encode_item_id(item_id)}.lock"
         try:
             if not self._locks_ready:  # one mkdir per run, not per item
                 path.parent.mkdir(exist_ok=True)
@@ -226,16 +225,6 @@ class JsonDirStore(StateStore):
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
         write_lock_record(fd, this_holder())  # so that a run waiting for the item can name its holder
         return ItemLock(fd)
-
-    def lock_holder(self, item_id: str) -> HeldBy | None:
-        """Who wrote the item's lock file last: its holder, while it is held (an flock has no expiry)."""
-        return read_lock_record(self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock")
-
-    knows_running = True
-
-    def running_holder(self, item_id: str) -> HeldBy | None:
-        """Who holds the item's lock file now, or None when no process does."""
-        return running_holder(self.state_dir / ".locks" / f"{encode_item_id(item_id)}.lock")
 
     def _warn_no_locking(self, exc: OSError) -> None:
         if not self._warned_no_locking:
