@@ -18,9 +18,8 @@ from pipekit.cli.parsing import ArgumentParser
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
-from pipekit.engine.selection import natural_key
+from pipekit.engine.selection import chosen_item_ids
 from pipekit.engine.selection import resolve_phase
-from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
@@ -46,11 +45,7 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
     with open_target(option) as target:
         definition = resolve_phase(target.pipeline, option.phase)
         errors: list[StateFileError] = []
-        if option.item:
-            ids = select_item_ids(target.store, option.item)
-        else:
-            # load_all, not item_ids: a file too broken to name its item must still be reported.
-            ids = sorted((item_id for item_id, _ in target.store.load_all(errors)), key=natural_key)
+        ids = chosen_item_ids(target.store, option.item, errors)
         folder = Path(option.output) if option.output else None
         index = None
         if folder is not None:

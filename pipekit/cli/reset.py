@@ -20,10 +20,9 @@ from pipekit.cli.target import Target
 from pipekit.cli.target import locked_items
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
+from pipekit.engine.selection import chosen_item_ids
 from pipekit.engine.selection import is_glob
-from pipekit.engine.selection import natural_key
 from pipekit.engine.selection import resolve_phase
-from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
@@ -101,10 +100,8 @@ def _parser() -> ArgumentParser:
 def _selected_ids(target: Target, patterns: list[str], edits: Edits) -> list[str]:
     """The items ``--item`` names, or every item of the store (a file too broken
     to name its item is reported and counted)."""
-    if patterns:
-        return select_item_ids(target.store, patterns)
     unreadable: list[StateFileError] = []
-    ids = sorted((item_id for item_id, _ in target.store.load_all(unreadable)), key=natural_key)
+    ids = chosen_item_ids(target.store, patterns, unreadable)
     for error in unreadable:
         edits.unreadable += 1
         print(f"pipekit: error: {error}; reset it by naming its item with --item ID", file=sys.stderr)

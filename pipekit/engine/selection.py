@@ -90,3 +90,13 @@ def resolve_phase(pipeline: Pipeline, text: str | int) -> PhaseDefinition:
             return definition
     listing = ", ".join(f"{p.num} {p.name}" for p in pipeline.phases)
     raise UsageError(f"unknown phase {text!r} in {pipeline.name} (phases: {listing})")
+
+
+def chosen_item_ids(store: StateStore, patterns: Iterable[str], unreadable: list[StateFileError]) -> list[str]:
+    """The ids ``patterns`` select (``select_item_ids``), or with none every item of
+    the store, naturally sorted. Read through ``load_all``, not ``item_ids``: a file
+    too broken to name its item is added to ``unreadable``, for the caller to report."""
+    patterns = list(patterns)
+    if patterns:
+        return select_item_ids(store, patterns)
+    return sorted((item_id for item_id, _ in store.load_all(unreadable)), key=natural_key)
