@@ -25,7 +25,9 @@ MARKER = "~pipekit-escaped:"
 _MARKER_BYTES = MARKER.encode("ascii")
 #: A surrogate code point (Python holds an astral character as one code point, never a pair).
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_ESCAPED = {False: _SURROGATE, True: re.compile("[\x00\ud800-\udfff]")}
+#: What no store holds as text as it is: NUL (PostgreSQL) and lone surrogates (UTF-8).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_ESCAPED = {False: _SURROGATE, True: UNSTORABLE}
 
 _unicode = json.JSONEncoder(ensure_ascii=False).encode
 

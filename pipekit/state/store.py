@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 from pathlib import Path
-import re
 import sys
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
 from pipekit.state.document import read_document
+from pipekit.state.escaping import UNSTORABLE
 from pipekit.state.heldby import HeldBy
 from pipekit.state.heldby import read_lock_record
 from pipekit.state.heldby import running_holder
@@ -391,8 +391,6 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
     return ItemLock(fd)
 
 
-#: What no store holds in an id: NUL (PostgreSQL) and lone surrogates (UTF-8).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def item_id_problem(item_id: str) -> str | None:
@@ -405,7 +403,7 @@ def item_id_problem(item_id: str) -> str | None:
     PostgreSQL cannot take them). An id is a key, so it is never escaped: the
     same id must name the same item in every store, and after ``migrate``.
     """
-    found = _UNSTORABLE.search(item_id)
+    found = UNSTORABLE.search(item_id)
     if found is None:
         return None
     if found.group() == "\x00":

@@ -17,17 +17,15 @@ anything else, or a ``str`` no store can hold as it is, as ASCII JSON
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from pipekit.state.digest import output_hash
+from pipekit.state.escaping import UNSTORABLE
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
 from pipekit.state.model import INLINE_OUTPUT_LIMIT
 
 
-#: What no store holds as text as it is: NUL (PostgreSQL) and lone surrogates (UTF-8).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 #: From here on a float is written with an exponent, which ``jsonb`` turns into an integer.
 _EXPONENT_FLOAT = 1e16
 
@@ -37,7 +35,7 @@ def kept_apart(value: Any) -> bool:
     if type(value) is str:
         if len(value) * 4 > INLINE_OUTPUT_LIMIT and len(value.encode("utf-8", "surrogatepass")) > INLINE_OUTPUT_LIMIT:
             return True
-        return _UNSTORABLE.search(value) is not None
+        return UNSTORABLE.search(value) is not None
     if value is None or type(value) in (bool, int):
         return False
     return len(json.dumps(value, ensure_ascii=False)) > INLINE_OUTPUT_LIMIT or not _inline_exact(value)
@@ -46,7 +44,7 @@ def kept_apart(value: Any) -> bool:
 def _inline_exact(value: Any) -> bool:
     kind = type(value)
     if kind is str:
-        return _UNSTORABLE.search(value) is None
+        return UNSTORABLE.search(value) is None
     if kind is float:
         return bool(abs(value) < _EXPONENT_FLOAT)
     if kind is list:
@@ -59,7 +57,7 @@ def _inline_exact(value: Any) -> bool:
 def output_name(phase_num: int, value: Any) -> str:
     """The file name of an output kept apart: by phase and content, ``.txt`` when it
     is stored as it is and ``.json`` when ``encode_output`` writes it as JSON."""
-    plain = type(value) is str and _UNSTORABLE.search(value) is None
+    plain = type(value) is str and UNSTORABLE.search(value) is None
     return f"{phase_num}.{output_hash(value)}.{'txt' if plain else 'json'}"
 
 
@@ -72,7 +70,7 @@ def encode_output(value: Any) -> str:
     """``value`` as every store can hold it: a ``str`` as itself, anything else
     (or a ``str`` with NUL or a lone surrogate in it) as JSON of ASCII escapes,
     which ``output_name`` marks by ``.json``. Reversed by ``decode_output``."""
-    if type(value) is str and _UNSTORABLE.search(value) is None:
+    if type(value) is str and UNSTORABLE.search(value) is None:
         return value
     # json_text, not json.dumps: JSON's escapes of a lone-surrogate pair read back as one character.
     return json_text(value)
