@@ -27,13 +27,7 @@ from pipekit.state.model import COMPLETED
 from pipekit.state.store import StateStore
 
 
-def prepare_stale_policy(
-    pipeline: Pipeline,
-    store: StateStore,
-    items: Sequence[tuple[str, Any]],
-    output_root: Path,
-    option: Any,
-) -> StalePolicy | None:
+def prepare_stale_policy(pipeline: Pipeline, store: StateStore, output_root: Path, option: Any) -> StalePolicy | None:
     """Before a run: keep the phases' sources for ``pipekit why`` and return the
     run's stale policy (None with ``--force``, which re-runs everything anyway).
     Nothing is read here: the run reads the states once, in ``preflight``."""

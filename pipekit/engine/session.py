@@ -124,7 +124,7 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
         raise UsageError(f"unknown --executor {option.executor!r} (built in: local, processes, dask)")
     outputs = output_root(option, store)
     say(f"outputs: {outputs}", "info")
-    stale_policy = prepare_stale_policy(pipeline, store, specs, outputs, option)
+    stale_policy = prepare_stale_policy(pipeline, store, outputs, option)
     check_from_phase(pipeline, option.from_phase)
     progress.run = Run(
         config,
