@@ -29,7 +29,8 @@ def test_matrix_shows_glyphs_costs_errors_and_totals(pipetester: PipeTester) -> 
             "bad-1  ✓ ✗ · *$0.1100  2 draft: RuntimeError: draft broke on bad-1",
             "meh    ✓ ✓ ✗ *$0.1100  3 review: ValueError: review found nothing to say",
             "✓ completed  ✗ failed  ↷ skipped  ▶ in progress  · pending",
-            "total: 4 items: 2 completed, 2 failed, 0 in progress, 0 pending; tokens 400 in / 40 out; cost $0.3400",
+            "total: 4 items: 3 completed (1 with errors), 1 failed, 0 in progress, 0 pending; "
+            "tokens 400 in / 40 out; cost $0.3400",
         ],
         stream="stdout",
     )
@@ -76,8 +77,9 @@ def test_json_is_the_full_picture(pipetester: PipeTester) -> None:
     document = json.loads(result.stdout)
     assert document["totals"] == {
         "items": 4,
-        "completed": 2,
-        "failed": 2,
+        "completed": 3,
+        "completed_with_errors": 1,
+        "failed": 1,
         "in_progress": 0,
         "pending": 0,
         "interrupted": 0,
@@ -233,3 +235,43 @@ def test_status_names_the_process_running_an_item(pipetester: PipeTester) -> Non
         running.kill()
         running.wait()
     assert os.path.exists(pipetester.path / "hang-b")
+
+
+@pytest.mark.usefixtures("any_store")
+def test_items_that_never_started_count_as_pending(pipetester: PipeTester) -> None:
+    make_batch(pipetester, "a", "b-c")
+    (pipetester.path / "all.txt").write_text("a\nb-c\nnew-1\nnew-2\n")
+    result = pipetester.run("status", "pipeline.py", "--items", "all.txt")
+    assert result.ret == 0, result
+    result.fnmatch_lines(
+        [
+            "pipeline: pipeline  (4 items x 3 phases)",
+            "new-1  · · · *$0.0000",
+            "new-2  · · · *$0.0000",
+            "total: 4 items: 2 completed, 0 failed, 0 in progress, 2 pending; *",
+        ],
+        stream="stdout",
+    )
+    document = json.loads(pipetester.run("status", "pipeline.py", "--items", "all.txt", "--json").stdout)
+    assert (document["totals"]["items"], document["totals"]["pending"]) == (4, 2)
+    new = next(i for i in document["items"] if i["item_id"] == "new-1")
+    assert new["status"] == "pending" and [p["status"] for p in new["phases"]] == ["pending"] * 3
+    story = pipetester.run("status", "pipeline.py", "--items", "all.txt", "--item", "new-2")
+    assert story.ret == 0 and "item: new-2   status: pending" in story.stdout, story
+    # The module's items() is a source too, as for `run`; --item narrows it (globs allowed).
+    with (pipetester.path / "pipeline.py").open("a") as module:
+        module.write("\ndef items():\n    return ['a', 'b-c', 'new-1', 'new-2', 'new-3']\n")
+    batch = pipetester.run("status", "pipeline.py")
+    assert "total: 5 items: 2 completed, 0 failed, 0 in progress, 3 pending;" in batch.stdout, batch
+    narrowed = pipetester.run("status", "pipeline.py", "--item", "new-*", "--pending")
+    assert "total: 3 items: 0 completed, 0 failed, 0 in progress, 3 pending;" in narrowed.stdout, narrowed
+
+
+def test_item_sources_take_the_errors_of_run(pipetester: PipeTester) -> None:
+    make_batch(pipetester, "a")
+    (pipetester.path / "all.txt").write_text("a\nnew-1\n")
+    for verb in (["run", "-q"], ["status"], ["report", "-o", "r.html"], ["export", "--phase", "1", "--jsonl"]):
+        missing = pipetester.run(*verb, "pipeline.py", "--items", "all.txt", "--item", "zz")
+        assert missing.ret == 4 and "--item 'zz': not in the --items file(s) (all.txt)" in missing.stderr, missing
+        unreadable = pipetester.run(*verb, "pipeline.py", "--items", "nope.txt")
+        assert unreadable.ret == 4 and "cannot read items file nope.txt" in unreadable.stderr, unreadable

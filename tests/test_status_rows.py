@@ -78,11 +78,12 @@ def test_rows_show_what_the_full_state_shows(pipetester: PipeTester) -> None:
             document = _saved(target, item_id)
             change(document)
             state = target.from_document(item_id, copy.deepcopy(document))
+            phases = target.pipeline.phases
             row = RowReader(target, full=True).row(item_id, copy.deepcopy(document))
             case = (item_id, variant)
-            assert row.record() == state_record(state), case
-            assert row.json() == json.dumps(state_record(state), ensure_ascii=False), case
-            assert (row.status, row.last_note()) == (item_status(state), last_note(state)), case
+            assert row.record() == state_record(state, phases), case
+            assert row.json() == json.dumps(state_record(state, phases), ensure_ascii=False), case
+            assert (row.status, row.last_note()) == (item_status(state, phases), last_note(state)), case
             slim = RowReader(target).row(item_id, copy.deepcopy(document))
             slim.forget_phases()
             assert (slim.status, slim.statuses, slim.last_note()) == (row.status, row.statuses, row.last_note()), case
@@ -181,6 +182,6 @@ def test_worker_processes_show_what_one_process_shows(pipetester: PipeTester) ->
         assert "book-3 " not in out and '"book-3"' not in out
         Path(pipetester.path, "workers-used").unlink()
     document = json.loads(status("workers", "--json")[1])
-    assert len(document["items"]) == 11 and document["totals"]["failed"] == 2
+    assert len(document["items"]) == 11 and document["totals"]["failed"] == 1  # meh: completed with errors
     renamed = next(item for item in document["items"] if item["item_id"] == "book-5")
     assert [p["status"] for p in renamed["phases"]] == ["completed", "pending", "completed"]

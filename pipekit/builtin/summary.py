@@ -25,6 +25,8 @@ from pipekit.hookspecs import hookimpl
 from pipekit.outcomes import Retry
 from pipekit.pipeline.context import PhaseOutcome
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.model import COMPLETED_WITH_ERRORS
+from pipekit.state.model import state_outcome
 
 
 #: Failures listed without ``-v``.
@@ -108,6 +110,9 @@ class Summary:
         #: Attempts tried again: those a handler asked for (``Retry``), those after an error.
         self.retries_requested = 0
         self.retries_after_errors = 0
+        #: Items this run finished with a non-critical phase failed (counted completed).
+        self.completed_with_errors = 0
+        self._definitions: list[PhaseDefinition] = []
 
     def _stats(self, phase: PhaseDefinition) -> PhaseStats:
         stats = self.phases.get(phase.num)
@@ -126,6 +131,7 @@ class Summary:
 
     @hookimpl
     def pipekit_run_start(self, run: Run) -> None:
+        self._definitions = list(run.pipeline.phases)
         for phase in sorted(run.pipeline.phases, key=lambda p: p.num):
             self._stats(phase)
 
@@ -191,6 +197,8 @@ class Summary:
     @hookimpl
     def pipekit_item_finish(self, item: Item) -> None:
         self.in_flight -= 1
+        if state_outcome(item.manager.state, self._definitions) == COMPLETED_WITH_ERRORS:
+            self.completed_with_errors += 1
 
     @hookimpl(trylast=True)
     def pipekit_run_finish(self, run: Run, exitstatus: int) -> None:
@@ -223,7 +231,10 @@ class Summary:
     def _run_lines(self, run: Run) -> list[str]:
         noun = run.pipeline.item_noun
         remaining = run.total_items - run.items_completed - run.items_failed
-        parts = [f"{run.items_completed:,} completed", f"{run.items_failed:,} failed", f"{remaining:,} remaining"]
+        completed = f"{run.items_completed:,} completed"
+        if self.completed_with_errors:
+            completed += f" ({self.completed_with_errors:,} with errors)"
+        parts = [completed, f"{run.items_failed:,} failed", f"{remaining:,} remaining"]
         for count, label in (
             (run.items_already_done, "already done before this run"),
             (run.items_interrupted, "interrupted"),

@@ -9,13 +9,17 @@ Items are read one at a time, so memory stays flat.
 
 from __future__ import annotations
 
+from collections import Counter
 import json
 from pathlib import Path
 import sys
 from typing import Any
 
 from pipekit.cli.parsing import ArgumentParser
+from pipekit.cli.parsing import add_item_sources
 from pipekit.cli.parsing import command_parser
+from pipekit.cli.target import Target
+from pipekit.cli.target import batch_items
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
 from pipekit.engine.selection import chosen_item_ids
@@ -24,11 +28,19 @@ from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
 from pipekit.state.escaping import plain_json_text
+from pipekit.state.model import COMPLETED
+from pipekit.state.model import COMPLETED_WITH_ERRORS
+from pipekit.state.model import FAILED
+from pipekit.state.model import IN_PROGRESS
+from pipekit.state.model import PENDING
 from pipekit.state.model import is_finished
+from pipekit.state.model import state_outcome
 from pipekit.state.store import encode_item_id
 from pipekit.state.store import write_atomically
 
 
+#: The item outcomes, in the order the summary line counts them.
+OUTCOMES = (COMPLETED, COMPLETED_WITH_ERRORS, FAILED, IN_PROGRESS, PENDING)
 #: The file in the ``-o`` folder that maps item ids to file names.
 INDEX_NAME = "index.jsonl"
 
@@ -45,13 +57,14 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
     with open_target(option) as target:
         definition = resolve_phase(target.pipeline, option.phase)
         errors: list[StateFileError] = []
-        ids = chosen_item_ids(target.store, option.item, errors)
+        ids = _item_ids(option, target, plugins, errors)
         folder = Path(option.output) if option.output else None
         index = None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             index = (folder / INDEX_NAME).open("w", encoding="utf-8")
-        exported = missing = 0
+        exported = 0
+        missing: Counter[str] = Counter()  # items without the output, by item_outcome
         unreadable = len(errors)
         for error in errors:
             print(f"pipekit: error: {error}", file=sys.stderr)
@@ -63,10 +76,13 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
                     unreadable += 1
                     print(f"pipekit: error: {exc}", file=sys.stderr)
                     continue
+                except UsageError:  # no state: an item of the sources that never started
+                    missing[PENDING] += 1
+                    continue
                 phase = state.phases.get(definition.num)
                 done = phase is not None and is_finished((phase.status,))
                 if not done or definition.num not in state.phase_outputs:
-                    missing += 1
+                    missing[state_outcome(state, target.pipeline.phases)] += 1
                     continue
                 output = state.phase_outputs[definition.num]
                 record: dict[str, Any] = {"item_id": item_id, "metadata": state.metadata}
@@ -84,10 +100,24 @@ def export_command(args: list[str], plugins: list[Any]) -> ExitCode:
         where = f" to {folder}" if folder is not None else ""
         print(
             f"pipekit: exported {exported} output(s) of phase {definition.num} {definition.name}{where}"
-            + (f"; {missing} item(s) have none yet" if missing else ""),
+            + (f"; {sum(missing.values())} item(s) have none yet ({_by_outcome(missing)})" if missing else ""),
             file=sys.stderr,
         )
         return ExitCode.USAGE_ERROR if unreadable else ExitCode.OK
+
+
+def _item_ids(option: Any, target: Target, plugins: list[Any], errors: list[StateFileError]) -> list[str]:
+    """The items a run with the same ``--item``/``--items`` would select (never-started
+    ones included), else those of the saved state ``--item`` chooses."""
+    specs = batch_items(option, target, plugins)
+    if specs is not None:
+        return [item_id for item_id, _ in specs]
+    return chosen_item_ids(target.store, option.item, errors)
+
+
+def _by_outcome(counts: Counter[str]) -> str:
+    """``1 failed, 2 pending``: items counted by ``item_outcome``."""
+    return ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in OUTCOMES if counts[s])
 
 
 def _parser() -> ArgumentParser:
@@ -95,7 +125,7 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--phase", required=False, metavar="N|NAME", help="the phase whose outputs to export")
     parser.add_argument("-o", "--output", metavar="DIR", help="folder for one file per item plus index.jsonl")
     parser.add_argument("--jsonl", action="store_true", help="one JSON object per item on stdout")
-    parser.add_argument("--item", action="append", default=[], metavar="ID", help="only these items (globs allowed)")
+    add_item_sources(parser, item_help="only these items (globs allowed)")
     return parser
 
 

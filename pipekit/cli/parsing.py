@@ -53,6 +53,20 @@ def command_parser(
 def add_item_options(parser: argparse.ArgumentParser, *, item_help: str = "an item id (repeatable)") -> None:
     """The item sources of ``run``, in the group ``items``: ``--item``, ``--items``,
     ``--limit``, ``--sample`` and ``--seed`` (one wording for every verb)."""
+    items = add_item_sources(parser, item_help=item_help)
+    items.add_argument("--limit", type=_count, metavar="N", help="only the first N selected items")
+    items.add_argument(
+        "--sample",
+        type=_count,
+        metavar="N",
+        help="N of the selected items at random; the summary projects the cost of them all",
+    )
+    items.add_argument("--seed", type=int, metavar="S", help="the seed of --sample (default: random, printed)")
+
+
+def add_item_sources(parser: argparse.ArgumentParser, *, item_help: str) -> argparse._ArgumentGroup:
+    """``--item`` and ``--items`` in the group ``items`` (the verbs that read a
+    batch take these; ``run`` and ``plan`` add ``--limit`` and ``--sample``)."""
     items = parser.add_argument_group("items")
     items.add_argument("--item", action="append", default=[], metavar="ID", help=item_help)
     items.add_argument(
@@ -62,14 +76,7 @@ def add_item_options(parser: argparse.ArgumentParser, *, item_help: str = "an it
         metavar="FILE",
         help="items file: .txt, .jsonl or .csv (repeatable); with --item, just those items of it",
     )
-    items.add_argument("--limit", type=_count, metavar="N", help="only the first N selected items")
-    items.add_argument(
-        "--sample",
-        type=_count,
-        metavar="N",
-        help="N of the selected items at random; the summary projects the cost of them all",
-    )
-    items.add_argument("--seed", type=int, metavar="S", help="the seed of --sample (default: random, printed)")
+    return items
 
 
 def _count(text: str) -> int:

@@ -18,21 +18,33 @@ import string
 import sys
 from typing import Any
 
+from pipekit.cli.parsing import add_item_sources
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.status import STATUS_ORDER
 from pipekit.cli.status import item_status
 from pipekit.cli.status import last_note
+from pipekit.cli.target import Previews
 from pipekit.cli.target import Target
+from pipekit.cli.target import batch_items
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
+from pipekit.cli.timeline import Overlap
+from pipekit.cli.timeline import chart
+from pipekit.cli.timeline import clock
+from pipekit.cli.timeline import overlap
 from pipekit.display.format import duration
 from pipekit.display.format import money_exact
 from pipekit.display.format import tokens
+from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.loader import Pipeline
+from pipekit.state.model import COMPLETED
+from pipekit.state.model import COMPLETED_WITH_ERRORS
 from pipekit.state.model import FAILED
+from pipekit.state.model import IN_PROGRESS
+from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
 from pipekit.state.store import write_atomically
 
@@ -49,14 +61,13 @@ COLOURS = {
 MAX_FAILURES = 500
 #: Most expensive items listed.
 TOP_ITEMS = 25
-#: Columns of the concurrency chart.
-BUCKETS = 120
 
 
 def report_command(args: list[str], plugins: list[Any]) -> ExitCode:
     """Write the HTML report of a pipeline's saved state."""
     parser = command_parser("pipekit report", "Write a self-contained HTML report of the batch.", state=True)
     parser.add_argument("-o", "--output", metavar="FILE", help="the HTML file to write (e.g. report.html)")
+    add_item_sources(parser, item_help="only these items (globs allowed)")
     option = parse(parser, args)
     if option is None:
         return ExitCode.OK
@@ -64,8 +75,16 @@ def report_command(args: list[str], plugins: list[Any]) -> ExitCode:
         raise UsageError("pipekit report: say where with -o report.html")
     with open_target(option) as target:
         errors: list[StateFileError] = []
-        states = list(target.states(errors))
-        page = render_report(target, states, [str(e) for e in errors])
+        previews: Previews = {}
+        specs = batch_items(option, target, plugins)
+        if specs is not None:
+            states = target.selected_states(specs, errors, previews)
+        else:
+            states = list(target.states(errors, previews))
+            if option.item:
+                wanted = set(select_item_ids(target.store, option.item, known=[s.item_id for s in states]))
+                states = [s for s in states if s.item_id in wanted]
+        page = render_report(target, states, [str(e) for e in errors], previews)
         path = Path(option.output)
         write_atomically(path, page.encode("utf-8"), durable=False)
         print(f"wrote {path} ({len(states)} {target.pipeline.item_noun})")
@@ -86,89 +105,106 @@ def _epoch(stamp: str | None) -> float | None:
     return moment.timestamp()
 
 
-def _rows(target: Target, states: list[PipelineState]) -> list[list[Any]]:
-    """Compact per-item data for the page's script: id, status, cost, note, phases."""
+def _rows(
+    target: Target, states: list[PipelineState], previews: Previews, notes: dict[str, str]
+) -> list[list[Any]]:
+    """Compact per-item data for the page's script: id, status, cost, note, and
+    per phase its status, start, end and a preview of its output (or None)."""
     codes = {s: i for i, s in enumerate(STATUS_ORDER)}
+    definitions = target.pipeline.phases
     rows = []
     for state in states:
         cells: list[list[Any]] = []
-        for definition in target.pipeline.phases:
+        shown = previews.get(state.item_id, {})
+        for definition in definitions:
             phase = state.phases.get(definition.num)
             if phase is None:
-                cells.append([codes["pending"], None, None])
+                cells.append([codes["pending"], None, None, None])
                 continue
             start = _epoch(phase.started_at)
             end = _epoch(phase.completed_at)
-            cells.append([codes.get(phase.status, codes["pending"]), start, end])
-        rows.append([state.item_id, item_status(state), round(state.total_cost_usd, 6), last_note(state), cells])
+            cells.append([codes.get(phase.status, codes["pending"]), start, end, shown.get(definition.num)])
+        note = notes.get(state.item_id) or last_note(state)
+        rows.append([state.item_id, item_status(state, definitions), round(state.total_cost_usd, 6), note, cells])
     return rows
 
 
-def _concurrency(rows: list[list[Any]]) -> tuple[list[int], float, float]:
-    """Phases running per time bucket over the whole batch."""
-    spans = [(c[1], c[2]) for row in rows for c in row[4] if c[1] is not None and c[2] is not None]
-    if not spans:
-        return [], 0.0, 0.0
-    t0 = min(s for s, _ in spans)
-    t1 = max(e for _, e in spans)
-    width = max(t1 - t0, 1e-6) / BUCKETS
-    counts = [0] * BUCKETS
-    for start, end in spans:
-        first = min(BUCKETS - 1, int((start - t0) / width))
-        last = min(BUCKETS - 1, int((end - t0) / width))
-        for bucket in range(first, last + 1):
-            counts[bucket] += 1
-    return counts, t0, t1
+def _holder_notes(target: Target, states: list[PipelineState]) -> dict[str, str]:
+    """For each item in progress, who runs it now, or that nothing does (its
+    process died): what ``status`` says of it."""
+    store = target.store
+    notes: dict[str, str] = {}
+    if not store.knows_running:
+        return notes
+    for state in states:
+        if item_status(state, target.pipeline.phases) != IN_PROGRESS:
+            continue
+        holder = store.running_holder(state.item_id)
+        notes[state.item_id] = (
+            f"running: {holder.describe()}"
+            if holder is not None
+            else "interrupted: no process runs it (the one that started it is gone); the next run resumes it"
+        )
+    return notes
 
 
-def _svg_bars(values: list[int], height: int = 80) -> str:
-    top = max(values, default=0) or 1
-    width = 6
-    bars = "".join(
-        f'<rect x="{i * width}" y="{height - v * height / top:.1f}" width="{width - 1}" '
-        f'height="{v * height / top:.1f}"><title>{v}</title></rect>'
-        for i, v in enumerate(values)
-    )
+def _concurrency_html(view: Overlap | None) -> str:
+    """The concurrency chart with its peak, time axis and run boundaries."""
+    if view is None:
+        return "<p>No phase has run yet.</p>"
+    runs = len(view.run_gaps) + 1
+    said = f"{runs} runs, separated by the dashed lines" if runs > 1 else "1 run"
     return (
-        f'<svg class="conc" viewBox="0 0 {len(values) * width} {height}" preserveAspectRatio="none" '
-        f'role="img" aria-label="phases running over time">{bars}</svg>'
+        f'<p>Phases running at once, from {html.escape(clock(view.t0))} to {html.escape(clock(view.t1))} '
+        f'(<span id="peak">peak {view.peak}</span>; {said}):</p>{chart(view)}'
     )
 
 
-def render_report(target: Target, states: list[PipelineState], errors: list[str]) -> str:
-    """The whole page as one string."""
+def _cards(states: list[PipelineState], target: Target, notes: dict[str, str]) -> str:
+    """Items by ``item_outcome``: completed (with errors too, as a run counts
+    them), failed, in progress (running or interrupted) and pending."""
+    by_status = Counter(item_status(s, target.pipeline.phases) for s in states)
+    counts = {
+        COMPLETED: (by_status[COMPLETED] + by_status[COMPLETED_WITH_ERRORS], ""),
+        FAILED: (by_status[FAILED], ""),
+        IN_PROGRESS: (by_status[IN_PROGRESS], ""),
+        PENDING: (by_status[PENDING], ""),
+    }
+    if by_status[COMPLETED_WITH_ERRORS]:
+        counts[COMPLETED] = (counts[COMPLETED][0], f" ({by_status[COMPLETED_WITH_ERRORS]} with errors)")
+    if notes:
+        stopped = sum(1 for note in notes.values() if note.startswith("interrupted"))
+        counts[IN_PROGRESS] = (counts[IN_PROGRESS][0], f" ({len(notes) - stopped} running, {stopped} interrupted)")
+    return "".join(
+        f'<div class="card" id="card-{status}"><b>{count}</b>'
+        f'<span>{status.replace("_", " ")}{html.escape(more)}</span></div>'
+        for status, (count, more) in counts.items()
+    )
+
+
+def render_report(
+    target: Target, states: list[PipelineState], errors: list[str], previews: Previews | None = None
+) -> str:
+    """The whole page as one string (``previews``: of the completed outputs)."""
     esc = html.escape
     pipeline = target.pipeline
-    rows = _rows(target, states)
-    by_status = Counter(item_status(s) for s in states)
+    notes = _holder_notes(target, states)
+    rows = _rows(target, states, previews or {}, notes)
     total_cost = sum(s.total_cost_usd for s in states)
     tokens_in = sum(s.total_tokens_in for s in states)
     tokens_out = sum(s.total_tokens_out for s in states)
-
-    phase_rows = _phase_rows(pipeline, states)
-    item_rows = _item_rows(states)
     failures, failure_rows, more_failures = _failure_rows(states)
-    conc, t0, t1 = _concurrency(rows)
-    conc_html = (
-        f"<p>Phases running at once, from {esc(_clock(t0))} to {esc(_clock(t1))} "
-        f"(peak {max(conc)}):</p>{_svg_bars(conc)}"
-        if conc
-        else "<p>No phase has run yet.</p>"
-    )
+    view = overlap((c[1], c[2]) for row in rows for c in row[4] if c[1] is not None and c[2] is not None)
     data = {
         "phases": [[p.num, p.name] for p in pipeline.phases],
         "statuses": list(STATUS_ORDER),
         "colours": COLOURS,
         "rows": rows,
+        "run_gaps": view.run_gaps if view is not None else [],
     }
-    cards = "".join(
-        f'<div class="card"><b>{by_status[status]}</b><span>{status.replace("_", " ")}</span></div>'
-        for status in ("completed", "failed", "in_progress", "pending")
-    )
     legend = "".join(
         f'<span class="lg"><i style="background:{COLOURS[s]}"></i>{s.replace("_", " ")}</span>' for s in STATUS_ORDER
     )
-    error_html = "".join(f'<p class="err">{esc(e)}</p>' for e in errors)
     return _asset("page.html").substitute(
         title=esc(f"pipekit report: {pipeline.name}"),
         name=esc(pipeline.name),
@@ -177,18 +213,18 @@ def render_report(target: Target, states: list[PipelineState], errors: list[str]
         count=len(states),
         noun=esc(pipeline.item_noun),
         phases=len(pipeline.phases),
-        cards=cards,
+        cards=_cards(states, target, notes),
         total_cost=money_exact(total_cost),
         tokens=f"{tokens(tokens_in)} in / {tokens(tokens_out)} out",
-        errors=error_html,
+        errors="".join(f'<p class="err">{esc(e)}</p>' for e in errors),
         legend=legend,
         status_heads="".join(f'<th class="n">{s.replace("_", " ")}</th>' for s in STATUS_ORDER),
-        phase_rows="".join(phase_rows),
-        item_rows=item_rows,
+        phase_rows="".join(_phase_rows(pipeline, states)),
+        item_rows=_item_rows(states),
         failure_count=len(failures),
         failure_rows=failure_rows or '<tr><td colspan="5">No failures.</td></tr>',
         more_failures=more_failures,
-        concurrency=conc_html,
+        concurrency=_concurrency_html(view),
         data=json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c"),
         script=_asset("report.js").template,
     )
@@ -260,7 +296,3 @@ def _bar(value: float, top: float) -> str:
 def _asset(name: str) -> string.Template:
     """A file of ``report_assets``: the page (a ``$name`` template) and its script."""
     return string.Template(resources.files("pipekit.cli").joinpath("report_assets", name).read_text("utf-8"))
-
-
-def _clock(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Iterable
 import json
 import os
 import sys
 from typing import Any
 from typing import TextIO
 
+from pipekit.cli.parsing import add_item_sources
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.statusrows import RowReader
 from pipekit.cli.statusrows import StatusRow
 from pipekit.cli.statusrows import gc_paused
 from pipekit.cli.statusrows import phases_note
-from pipekit.cli.statusrows import row_status
 from pipekit.cli.target import Target
+from pipekit.cli.target import batch_items
+from pipekit.cli.target import never_started
 from pipekit.cli.target import open_target
 from pipekit.cli.target import parse
 from pipekit.display.format import count_of
@@ -30,13 +33,16 @@ from pipekit.engine.selection import natural_key
 from pipekit.engine.selection import select_item_ids
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
+from pipekit.pipeline.items import ItemSpec
 from pipekit.pipeline.outputs import preview
 from pipekit.state.model import COMPLETED
+from pipekit.state.model import COMPLETED_WITH_ERRORS
 from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PipelineState
+from pipekit.state.model import state_outcome
 from pipekit.state.open import existing_stores_only
 from pipekit.state.store import StateStore
 
@@ -60,9 +66,10 @@ SUMMARY_FAILURES = 20
 JSON_CHUNK = 1000
 
 
-def item_status(state: PipelineState) -> str:
-    """What the item looks like now: failed, in_progress, completed or pending."""
-    return row_status(p.status for p in state.phases.values())
+def item_status(state: PipelineState, definitions: Iterable[Any]) -> str:
+    """What the item is now (``item_outcome``: failed, in_progress, completed,
+    completed_with_errors or pending), over the pipeline's phase ``definitions``."""
+    return state_outcome(state, definitions)
 
 
 def last_note(state: PipelineState) -> str:
@@ -70,9 +77,9 @@ def last_note(state: PipelineState) -> str:
     return phases_note([vars(p) for p in sorted(state.phases.values(), key=lambda p: p.phase)])
 
 
-def state_record(state: PipelineState) -> dict[str, Any]:
+def state_record(state: PipelineState, definitions: Iterable[Any]) -> dict[str, Any]:
     """The machine-readable picture of one item (outputs left out: see ``export``)."""
-    return StatusRow.from_state(state).record()
+    return StatusRow.from_state(state, definitions).record()
 
 
 def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
@@ -80,13 +87,7 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
     parser = command_parser(
         "pipekit status", "Show items x phases, costs and errors (never changes state).", state=True
     )
-    parser.add_argument(
-        "--item",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="only these items (globs allowed); one id shows its full story",
-    )
+    add_item_sources(parser, item_help="only these items (globs allowed); one id shows its full story")
     parser.add_argument("--failed", action="store_true", help="only items with a failed phase")
     parser.add_argument("--pending", action="store_true", help="only items with work left")
     parser.add_argument("--all", action="store_true", help="every row, however many")
@@ -106,10 +107,9 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
     with target:
         out = sys.stdout
         if len(option.item) == 1 and not is_glob(option.item[0]):
-            # Raises StateFileError (exit 4) naming a corrupt file.
-            state = target.manager(select_item_ids(target.store, option.item)[0]).state
+            state = one_state(target, option.item[0], batch_items(option, target, plugins))
             if option.json:
-                json.dump(state_record(state), out, indent=2, ensure_ascii=False)
+                json.dump(state_record(state, target.pipeline.phases), out, indent=2, ensure_ascii=False)
                 out.write("\n")
             else:
                 write_story(out, target, state, _colour(out))
@@ -117,18 +117,38 @@ def status_command(args: list[str], plugins: list[Any]) -> ExitCode:
         # Rows of 100,000 items are acyclic: a collection of the cyclic GC started by
         # sorting or encoding would rescan them all, for nothing. Paused until they are freed.
         with gc_paused():
-            return show_batch(option, target, out)
+            return show_batch(option, target, out, batch_items(option, target, plugins))
 
 
-def show_batch(option: argparse.Namespace, target: Target, out: TextIO) -> ExitCode:
-    """The matrix, the summary or ``--json`` of many items (filters and all)."""
+def one_state(target: Target, item_id: str, specs: list[ItemSpec] | None) -> PipelineState:
+    """The full state of one item: saved, or every phase pending when the item
+    sources name it and it never started. Raises ``StateFileError`` (exit 4)
+    naming a corrupt file, ``UsageError`` for an id neither has."""
+    selected = dict(specs or [])
+    if item_id in selected and target.store.load(item_id) is None:
+        return never_started(item_id, selected[item_id], target.pipeline.phases)
+    return target.manager(select_item_ids(target.store, [item_id])[0]).state
+
+
+def show_batch(option: argparse.Namespace, target: Target, out: TextIO, specs: list[ItemSpec] | None) -> ExitCode:
+    """The matrix, the summary or ``--json`` of many items (filters and all):
+    the items ``specs`` selects (never-started ones pending), or without any
+    every item with state."""
     errors: list[StateFileError] = []
-    rows = RowReader(target, full=option.json).rows(errors)
-    if option.item:
-        wanted = set(select_item_ids(target.store, option.item, known=[r.item_id for r in rows]))
-        rows = [r for r in rows if r.item_id in wanted]
+    reader = RowReader(target, full=option.json)
+    if specs is not None:
+        rows = reader.selected_rows(specs, errors)
+    else:
+        rows = reader.rows(errors)
+        if option.item:
+            wanted = set(select_item_ids(target.store, option.item, known=[r.item_id for r in rows]))
+            rows = [r for r in rows if r.item_id in wanted]
     if option.failed or option.pending:
-        rows = [r for r in rows if (option.failed and r.status == FAILED) or (option.pending and r.status != COMPLETED)]
+        rows = [
+            r
+            for r in rows
+            if (option.failed and FAILED in r.statuses) or (option.pending and r.status != COMPLETED)
+        ]
     if option.json:
         write_json(out, target, sorted_rows(rows), errors)
     elif option.all or len(rows) <= option.max_rows:
@@ -195,16 +215,19 @@ def legend(colour: bool) -> str:
 
 
 def totals(rows: list[StatusRow], store: StateStore) -> dict[str, Any]:
-    """Items by status, tokens and cost, as ``--json`` gives them; ``interrupted``
-    counts the items in progress that no process runs (None: the store cannot tell)."""
+    """Items by status, tokens and cost, as ``--json`` gives them: ``completed``
+    counts the items completed with errors too, as a run does, and
+    ``completed_with_errors`` those alone; ``interrupted`` counts the items in
+    progress that no process runs (None: the store cannot tell)."""
     by_status = Counter(r.status for r in rows)
+    by_status[COMPLETED] += by_status[COMPLETED_WITH_ERRORS]
     in_progress = [r.item_id for r in rows if r.status == IN_PROGRESS]
     interrupted = None
     if store.knows_running:
         interrupted = sum(1 for item_id in in_progress if store.running_holder(item_id) is None)
     return {
         "items": len(rows),
-        **{s: by_status[s] for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)},
+        **{s: by_status[s] for s in (COMPLETED, COMPLETED_WITH_ERRORS, FAILED, IN_PROGRESS, PENDING)},
         "interrupted": interrupted,
         "tokens_in": sum(r.total_tokens_in for r in rows),
         "tokens_out": sum(r.total_tokens_out for r in rows),
@@ -216,6 +239,8 @@ def totals_line(target: Target, rows: list[StatusRow]) -> str:
     """Items by status, tokens and cost; items in progress that no process runs are named so."""
     total = totals(rows, target.store)
     counts = {s: f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)}
+    if total[COMPLETED_WITH_ERRORS]:
+        counts[COMPLETED] += f" ({total[COMPLETED_WITH_ERRORS]} with errors)"
     stopped = total["interrupted"]
     if total[IN_PROGRESS] and stopped is not None:
         running = total[IN_PROGRESS] - stopped
@@ -240,7 +265,7 @@ def write_summary(out: TextIO, target: Target, rows: list[StatusRow], colour: bo
     for index, definition in enumerate(definitions):
         counts[definition.num] = Counter([r.statuses[index] for r in rows])
         cost[definition.num] = sum([r.costs[index] for r in rows])
-    failed = sorted_rows([r for r in rows if r.status == FAILED])
+    failed = sorted_rows([r for r in rows if FAILED in r.statuses])
     failures = [(r.item_id, r.last_note()) for r in failed[:SUMMARY_FAILURES]]
     name_width = max([5, *(len(f"{p.num} {p.name}") for p in target.pipeline.phases)])
     heads = "".join(f"{glyph(s, colour)} {s.replace('_', ' '):>11}  " for s in STATUS_ORDER)
@@ -280,10 +305,11 @@ def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[
 
 def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool) -> None:
     """One item in full: every phase with attempts, times, cost, errors and tracebacks."""
-    out.write(f"item: {state.item_id}   status: {item_status(state)}   cost: {money_exact(state.total_cost_usd)}   ")
+    status = item_status(state, target.pipeline.phases)
+    out.write(f"item: {state.item_id}   status: {status}   cost: {money_exact(state.total_cost_usd)}   ")
     out.write(f"tokens: {tokens(state.total_tokens_in)} in / {tokens(state.total_tokens_out)} out\n")
     out.write(f"state: {target.store.describe(state.item_id)}\n")
-    if item_status(state) == IN_PROGRESS and target.store.knows_running:
+    if status == IN_PROGRESS and target.store.knows_running:
         holder = target.store.running_holder(state.item_id)
         if holder is None:
             out.write("interrupted: no process runs it (the one that started it is gone); the next run resumes it\n")

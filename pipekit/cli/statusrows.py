@@ -31,14 +31,12 @@ from pipekit.cli.target import _Where
 from pipekit.outcomes import StateFileError
 from pipekit.state.document import read_document
 from pipekit.state.jsondir import JsonDirStore
-from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
-from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
-from pipekit.state.model import is_finished
+from pipekit.state.model import item_outcome
 
 
 #: Every field of a saved phase with its default, in ``PhaseState`` order
@@ -84,24 +82,33 @@ class StatusRow:
         item_id: str,
         saved_status: str,
         metadata: dict[str, Any],
-        started_at: str,
-        last_updated: str,
+        started_at: str | None,
+        last_updated: str | None,
         totals: tuple[int, int, float],
         phases: list[dict[str, Any]],
+        criticals: Iterable[bool],
     ) -> None:
+        """:param criticals: per phase, whether it is critical (``item_outcome``)."""
         self.item_id = item_id
         self.total_tokens_in, self.total_tokens_out, self.total_cost_usd = totals
         self.phases = phases
         self.statuses = tuple([p.get("status", PENDING) for p in phases])
         self.costs = tuple([p.get("cost_usd", 0.0) for p in phases])
-        self.status = row_status(self.statuses)
-        self._detail: tuple[str, dict[str, Any], str, str] | None = (saved_status, metadata, started_at, last_updated)
+        self.status = item_outcome(zip(self.statuses, criticals, strict=True))
+        self._detail: tuple[str, dict[str, Any], str | None, str | None] | None = (
+            saved_status,
+            metadata,
+            started_at,
+            last_updated,
+        )
         self._note: str | None = None
         self._encoded: str | None = None
 
     @classmethod
-    def from_state(cls, state: PipelineState) -> StatusRow:
-        """The row of a state already parsed (and reconciled)."""
+    def from_state(cls, state: PipelineState, definitions: Iterable[Any]) -> StatusRow:
+        """The row of a state already parsed and reconciled with the pipeline's
+        phase ``definitions``."""
+        critical = {d.num: d.critical for d in definitions}
         return cls(
             state.item_id,
             state.status,
@@ -110,7 +117,15 @@ class StatusRow:
             state.last_updated,
             (state.total_tokens_in, state.total_tokens_out, state.total_cost_usd),
             [dict(vars(p)) for _, p in sorted(state.phases.items())],
+            [critical.get(num, True) for num in sorted(state.phases)],
         )
+
+    @classmethod
+    def never_started(cls, item_id: str, metadata: dict[str, Any], definitions: Iterable[Any]) -> StatusRow:
+        """The row of a selected item without state: every phase pending."""
+        ordered = sorted(definitions, key=lambda d: d.num)
+        phases = [{"phase": d.num, "name": d.name, "status": PENDING} for d in ordered]
+        return cls(item_id, PENDING, metadata, None, None, (0, 0, 0.0), phases, [d.critical for d in ordered])
 
     def last_note(self) -> str:
         """The last failure (``2 draft: error``), else the last hand-made skip reason."""
@@ -188,19 +203,6 @@ class StatusRow:
         return row
 
 
-def row_status(statuses: Iterable[Any]) -> str:
-    """What an item whose phases have ``statuses`` looks like now: failed,
-    in_progress, completed or pending."""
-    statuses = set(statuses)
-    if FAILED in statuses:
-        return FAILED
-    if IN_PROGRESS in statuses:
-        return IN_PROGRESS
-    if is_finished(statuses):
-        return COMPLETED
-    return PENDING
-
-
 def phases_note(phases: list[dict[str, Any]]) -> str:
     """The last failure among ``phases`` (in order), else the last hand-made skip reason."""
     for phase in reversed(phases):
@@ -224,7 +226,9 @@ class RowReader:
         self.full = full
         #: The pipeline's phases as a saved document keys them: {"1": ("research", 1)}.
         self._expected = {str(p.num): (p.name, p.num) for p in target.pipeline.phases}
-        self._order = [str(p.num) for p in sorted(target.pipeline.phases, key=lambda p: p.num)]
+        ordered = sorted(target.pipeline.phases, key=lambda p: p.num)
+        self._order = [str(p.num) for p in ordered]
+        self._criticals = tuple(p.critical for p in ordered)
 
     def rows(self, errors: list[StateFileError] | None = None) -> list[StatusRow]:
         """A row for every saved item, unordered; a broken document goes to
@@ -240,6 +244,27 @@ class RowReader:
             except BrokenProcessPool:
                 pass  # a worker died (out of memory?): read them here
         return self._rows(store.load_files(paths, errors), errors)
+
+    def selected_rows(
+        self, specs: Iterable[tuple[str, dict[str, Any]]], errors: list[StateFileError]
+    ) -> list[StatusRow]:
+        """A row for each selected ``(id, metadata)``, in order: from its saved
+        document, or every phase pending when it has none (never started)."""
+        specs = list(specs)
+        metadata = dict(specs)
+        documents: list[tuple[str, dict[str, Any]]] = []
+        unsaved: dict[str, StatusRow] = {}
+        for item_id, document in self.target.store.load_many(metadata):
+            if isinstance(document, StateFileError):
+                errors.append(document)
+            elif document is None:
+                unsaved[item_id] = StatusRow.never_started(item_id, metadata[item_id], self.target.pipeline.phases)
+            else:
+                documents.append((item_id, document))
+        for row in unsaved.values():
+            row.encode() if self.full else row.forget_phases()
+        saved = {row.item_id: row for row in self._rows(documents, errors)}
+        return [row for item_id, _ in specs for row in (saved.get(item_id) or unsaved.get(item_id),) if row]
 
     def _rows(
         self, documents: Iterable[tuple[str, dict[str, Any]]], errors: list[StateFileError] | None
@@ -288,7 +313,7 @@ class RowReader:
         read_document(document, _Where(self.target.store, item_id))
         row = self._plain_row(document)
         if row is None:
-            row = StatusRow.from_state(self.target.from_document(item_id, document))
+            row = StatusRow.from_state(self.target.from_document(item_id, document), self.target.pipeline.phases)
         return row
 
     def _plain_row(self, document: dict[str, Any]) -> StatusRow | None:
@@ -319,6 +344,7 @@ class RowReader:
                 float(document.get("total_cost_usd", 0.0)),
             ),
             [saved[key] for key in self._order],
+            self._criticals,
         )
 
 

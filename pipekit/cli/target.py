@@ -7,22 +7,35 @@ work on every store ``--store`` can name.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
 import gc
 import sys
+from typing import Any
 
 from pipekit.cli.parsing import ArgumentParser
 from pipekit.cli.projectconfig import load_project_config
+from pipekit.config import Config
 from pipekit.engine.location import open_store
 from pipekit.engine.selection import natural_key
+from pipekit.engine.selection import select_among
+from pipekit.engine.session import source_items
+from pipekit.manager import make_plugin_manager
+from pipekit.manager import register_pipeline_module
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
+from pipekit.pipeline.items import ItemSpec
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.loader import load
+from pipekit.pipeline.outputs import preview
 from pipekit.state.manager import PipelineStateManager
+from pipekit.state.model import COMPLETED
+from pipekit.state.model import PENDING
+from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
+from pipekit.state.model import phase_pairs
 from pipekit.state.store import StateStore
 
 
@@ -36,6 +49,12 @@ def parse(parser: ArgumentParser, args: list[str]) -> argparse.Namespace | None:
     if not option.module:
         raise UsageError(f"{parser.prog}: give the pipeline MODULE (a dotted name or a .py path)")
     return option
+
+
+#: By item id and phase num: a one-line preview of each completed output.
+Previews = dict[str, dict[int, str]]
+#: Characters of an output's preview in the report.
+PREVIEW_CHARS = 80
 
 
 @dataclass
@@ -55,32 +74,84 @@ class Target:
         # A command may run in-process (pipekit.testing, a notebook): leave no connection open.
         self.store.close()
 
-    def states(self, errors: list[StateFileError] | None = None) -> Iterator[PipelineState]:
+    def states(
+        self, errors: list[StateFileError] | None = None, previews: Previews | None = None
+    ) -> Iterator[PipelineState]:
         """Every saved state without its outputs, reconciled with the current phases,
         naturally sorted by id (``manager`` loads one item with its outputs).
 
         Documents are parsed as they come and their outputs dropped, so memory
-        holds states, never every output of a big batch.
+        holds states, never every output of a big batch; ``previews``, when
+        given, gets a one-line preview of each completed output instead.
         """
+        return iter(sorted(self._parsed(self.store.load_all(errors), errors, previews), key=_by_id))
+
+    def selected_states(
+        self, specs: list[ItemSpec], errors: list[StateFileError], previews: Previews | None = None
+    ) -> list[PipelineState]:
+        """``states`` of the selected items, in their order; one without state
+        (never started) has every phase pending."""
+        documents: list[tuple[str, dict[str, Any]]] = []
+        unstarted = set()
+        for item_id, document in self.store.load_many(item_id for item_id, _ in specs):
+            if isinstance(document, StateFileError):
+                errors.append(document)
+            elif document is None:
+                unstarted.add(item_id)
+            else:
+                documents.append((item_id, document))
+        saved = {state.item_id: state for state in self._parsed(documents, errors, previews)}
+        states = []
+        for item_id, metadata in specs:
+            if item_id in unstarted:
+                states.append(never_started(item_id, metadata, self.pipeline.phases))
+            elif item_id in saved:
+                states.append(saved[item_id])
+        return states
+
+    def _parsed(
+        self,
+        documents: Iterable[tuple[str, dict[str, Any]]],
+        errors: list[StateFileError] | None,
+        previews: Previews | None,
+    ) -> list[PipelineState]:
         states = []
         # Millions of small acyclic objects: the cyclic GC would rescan the growing
         # heap over and over (6x the cost of parsing at 100,000 items).
         collecting = gc.isenabled()
         gc.disable()
         try:
-            for item_id, document in self.store.load_all(errors):
-                document.pop("phase_outputs", None)
+            for item_id, document in documents:
+                outputs = document.pop("phase_outputs", None)
                 try:
-                    states.append(self.from_document(item_id, document))
+                    state = self.from_document(item_id, document)
                 except StateFileError as exc:
                     if errors is None:
                         raise
                     errors.append(exc)
+                    continue
+                states.append(state)
+                if previews is not None:
+                    previews[item_id] = self._previews(state, outputs, document.get("phase_output_files"))
         finally:
             if collecting:
                 gc.enable()
-        states.sort(key=lambda state: natural_key(state.item_id))
-        return iter(states)
+        return states
+
+    def _previews(self, state: PipelineState, inline: Any, files: Any) -> dict[int, str]:
+        """A one-line preview of each completed phase's output (one in a file is read)."""
+        found: dict[int, str] = {}
+        for num, phase in state.phases.items():
+            if phase.status != COMPLETED:
+                continue
+            if isinstance(inline, dict) and str(num) in inline:
+                found[num] = preview(inline[str(num)], PREVIEW_CHARS)
+            elif isinstance(files, dict) and isinstance(files.get(str(num)), str):
+                try:
+                    found[num] = preview(self.store.read_output(state.item_id, files[str(num)]), PREVIEW_CHARS)
+                except (OSError, StateFileError):
+                    found[num] = "(its output file cannot be read)"
+        return found
 
     def from_document(self, item_id: str, document: dict[str, object]) -> PipelineState:
         """Parse one saved document and match its phases to the pipeline's."""
@@ -103,6 +174,24 @@ class Target:
         return manager
 
 
+def never_started(item_id: str, metadata: dict[str, Any], definitions: Iterable[Any]) -> PipelineState:
+    """The state of a selected item that has none yet (never saved): every phase pending."""
+    pairs = phase_pairs(definitions)
+    return PipelineState(
+        item_id=item_id,
+        metadata=dict(metadata),
+        status=PENDING,
+        current_phase=pairs[0][0] if pairs else 0,
+        started_at="",
+        last_updated="",
+        phases={num: PhaseState(phase=num, name=name) for num, name in pairs},
+    )
+
+
+def _by_id(state: PipelineState) -> tuple[str, str]:
+    return natural_key(state.item_id)
+
+
 class _Where:
     """Names an item's state in error messages, computed only when one is raised."""
 
@@ -111,6 +200,25 @@ class _Where:
 
     def __str__(self) -> str:
         return self.store.describe(self.item_id)
+
+
+def batch_items(option: argparse.Namespace, target: Target, plugins: list[Any]) -> list[ItemSpec] | None:
+    """The items a command that reads a batch shows: those a run with the same
+    ``--item``/``--items`` would select (``--items`` files, a plugin, the module's
+    ``items()``; never-started ones included), or None when no source names any
+    (then: every item with state). Without ``--items``, ``--item`` (globs
+    allowed) narrows the module's items, or without them the items with state
+    (None is returned and the caller filters as ``select_item_ids`` does).
+    """
+    pipeline = target.pipeline
+    patterns = [] if option.items else list(option.item)
+    pm = make_plugin_manager((), plugins)
+    register_pipeline_module(pm, pipeline.module)
+    sources = argparse.Namespace(**{**vars(option), "item": [] if patterns else option.item})
+    specs = source_items(Config(sources, pm, pipeline), pipeline)
+    if specs is None or not patterns:
+        return specs
+    return select_among(patterns, specs, target.store)
 
 
 def open_target(option: argparse.Namespace) -> Target:

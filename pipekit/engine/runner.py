@@ -41,10 +41,11 @@ from pipekit.stale.plan import stale_report
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import COMPLETED
+from pipekit.state.model import COMPLETED_WITH_ERRORS
 from pipekit.state.model import FAILED
 from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
-from pipekit.state.model import is_finished
+from pipekit.state.model import state_outcome
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
@@ -52,8 +53,6 @@ from pipekit.state.store import encode_item_id
 from pipekit.state.writer import StateWriter
 
 
-#: Item status when only non-critical phases failed.
-COMPLETED_WITH_ERRORS = "completed_with_errors"
 #: Item status when the run was interrupted while it was in flight.
 INTERRUPTED = "interrupted"
 #: Item status when the run stopped starting phases (a budget) before it finished.
@@ -441,15 +440,8 @@ class Run:
         state = manager.state
         if self.control.interrupted.is_set() and not state.is_done:
             status, self.items_interrupted = INTERRUPTED, self.items_interrupted + 1
-        elif ok and state.is_done:
-            status, self.items_completed = COMPLETED, self.items_completed + 1
-        elif ok and is_finished(
-            status
-            for d in self.pipeline.phases
-            for status in (state.phases[d.num].status,)
-            if not (status == FAILED and not d.critical)
-        ):
-            status, self.items_completed = COMPLETED_WITH_ERRORS, self.items_completed + 1
+        elif ok and (outcome := state_outcome(state, self.pipeline.phases)) in (COMPLETED, COMPLETED_WITH_ERRORS):
+            status, self.items_completed = outcome, self.items_completed + 1
         elif ok:
             status, self.items_stopped = STOPPED, self.items_stopped + 1
         else:

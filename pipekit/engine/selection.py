@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 import fnmatch
 import re
+from typing import Any
 
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
@@ -100,3 +101,27 @@ def chosen_item_ids(store: StateStore, patterns: Iterable[str], unreadable: list
     if patterns:
         return select_item_ids(store, patterns)
     return sorted((item_id for item_id, _ in store.load_all(unreadable)), key=natural_key)
+
+
+def select_among(
+    patterns: Iterable[str], specs: list[tuple[str, dict[str, Any]]], store: StateStore
+) -> list[tuple[str, dict[str, Any]]]:
+    """The ``specs`` (the items a run's sources select) whose ids ``patterns``
+    match, literal ids or globs, in their order. A literal id they lack is
+    taken from the saved state as ``select_item_ids`` takes it (a usage error
+    without state); a glob matching none of them is a usage error."""
+    ids = [item_id for item_id, _ in specs]
+    present = set(ids)
+    chosen: set[str] = set()
+    saved: list[str] = []
+    for pattern in patterns:
+        if pattern in present:
+            chosen.add(pattern)
+        elif is_glob(pattern):
+            matched = fnmatch.filter(ids, pattern)
+            if not matched:
+                raise UsageError(f"no selected item matches {pattern!r}")
+            chosen.update(matched)
+        else:
+            saved += select_item_ids(store, [pattern])
+    return [spec for spec in specs if spec[0] in chosen] + [(item_id, {}) for item_id in dict.fromkeys(saved)]

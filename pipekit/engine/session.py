@@ -158,14 +158,30 @@ def collect_items(
     if items is not None:
         found, origin = items, "items passed to pipekit.run"
     else:
-        found = config.hook.pipekit_collect_items(config=config, pipeline=pipeline)
-        origin = "--item/--items" if config.getoption("item") or config.getoption("items") else "items()"
+        found, origin = _from_sources(config, pipeline)
         if found is None and fallback is not None:
             found, origin = fallback() or None, "the saved state"
         if found is None:
             raise UsageError(
                 f"no items for {pipeline.name}: give --item/--items, or define items() in {pipeline.path}"
             )
+    return _narrowed(config, pipeline, found, origin)
+
+
+def source_items(config: Config, pipeline: Pipeline) -> list[ItemSpec] | None:
+    """The items a run's sources select (``collect_items`` without items passed in),
+    or None when no source names any (the commands that read a batch then show
+    the items with state)."""
+    found, origin = _from_sources(config, pipeline)
+    return None if found is None else _narrowed(config, pipeline, found, origin)
+
+
+def _from_sources(config: Config, pipeline: Pipeline) -> tuple[Any, str]:
+    found = config.hook.pipekit_collect_items(config=config, pipeline=pipeline)
+    return found, "--item/--items" if config.getoption("item") or config.getoption("items") else "items()"
+
+
+def _narrowed(config: Config, pipeline: Pipeline, found: Any, origin: str) -> list[ItemSpec]:
     specs = narrow(
         normalize_items(found, origin),
         limit=config.getoption("limit"),

@@ -26,6 +26,7 @@ from pipekit.state.document import read_document
 
 __all__ = [
     "COMPLETED",
+    "COMPLETED_WITH_ERRORS",
     "DONE_STATUSES",
     "FAILED",
     "INLINE_OUTPUT_LIMIT",
@@ -36,6 +37,9 @@ __all__ = [
     "SKIPPED",
     "PhaseState",
     "PipelineState",
+    "is_finished",
+    "item_outcome",
+    "state_outcome",
     "phase_pairs",
     "utc_now",
 ]
@@ -50,6 +54,45 @@ def is_finished(statuses: Iterable[Any]) -> bool:
     the one definition of a finished item (or, given one status, of a phase that
     is done), for states, raw documents and index rows alike."""
     return all(status in DONE_STATUSES for status in statuses)
+
+
+#: An item whose critical phases all completed (or were skipped) while a
+#: non-critical one failed: finished, with errors (a run counts it completed).
+COMPLETED_WITH_ERRORS = "completed_with_errors"
+
+
+def item_outcome(phases: Iterable[tuple[str, bool]]) -> str:
+    """What an item is, from its phases' ``(status, critical)`` in the pipeline's
+    order: the one classification the run, its summary, ``status``, ``report``
+    and ``export`` share.
+
+    ``failed`` when a critical phase failed; else ``in_progress`` when a phase
+    is (or was, until its process died) running; else ``completed`` when every
+    phase is completed or skipped, ``completed_with_errors`` when only
+    non-critical phases failed and the rest is done; else ``pending`` (work left).
+    """
+    failed_noncritical = unfinished = running = False
+    for status, critical in phases:
+        if status == FAILED:
+            if critical:
+                return FAILED
+            failed_noncritical = True
+        elif status == IN_PROGRESS:
+            running = True
+        elif status not in DONE_STATUSES:
+            unfinished = True
+    if running:
+        return IN_PROGRESS
+    if unfinished:
+        return PENDING
+    return COMPLETED_WITH_ERRORS if failed_noncritical else COMPLETED
+
+
+def state_outcome(state: PipelineState, definitions: Iterable[Any]) -> str:
+    """``item_outcome`` of a state, over the pipeline's phase ``definitions``
+    (anything with ``num`` and ``critical``; phases the state lacks are left out)."""
+    phases = state.phases
+    return item_outcome((phases[d.num].status, d.critical) for d in definitions if d.num in phases)
 
 
 def utc_now() -> str:

@@ -10,6 +10,26 @@
     if (text !== undefined) e.textContent = text;
     return e;
   }
+  function stamp(t) { return new Date(t * 1000).toISOString().substr(11, 8); }
+  function elapsed(s) {
+    s = Math.round(s);
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m" + String(s % 60).padStart(2, "0") + "s";
+    return Math.floor(s / 3600) + "h" + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
+  }
+  function axis(t0, t1, span) {
+    var line = el("div", "tl-row tl-axis");
+    line.appendChild(el("div", "tl-id", "UTC (elapsed)"));
+    var lane = el("div", "tl-lane tl-ticks");
+    for (var k = 0; k < 6; k++) {
+      var t = t0 + (t1 - t0) * k / 5;
+      var tick = el("span", "tick", stamp(t) + " (+" + elapsed(t - t0) + ")");
+      tick.style.left = (100 * (t - t0) / span) + "%";
+      lane.appendChild(tick);
+    }
+    line.appendChild(lane);
+    return line;
+  }
   function apply() {
     var q = filter.value.toLowerCase(), s = only.value;
     shown = data.rows.filter(function (r) {
@@ -37,6 +57,8 @@
     }); });
     var span = (t1 > t0) ? (t1 - t0) : 1;
     timeline.replaceChildren();
+    if (t0 <= t1) timeline.appendChild(axis(t0, t1, span));
+    var gaps = data.run_gaps.filter(function (g) { return g[0] >= t0 && g[1] <= t1; });
     rows.forEach(function (r) {
       var tr = el("tr", "row-" + r[1]);
       tr.appendChild(el("td", "id", r[0]));
@@ -45,7 +67,8 @@
         var td = el("td", "cell");
         var dot = el("span", "dot s-" + status);
         dot.style.background = data.colours[status];
-        dot.title = data.phases[i][1] + ": " + status;
+        dot.title = data.phases[i][1] + ": " + status + (c[3] ? "\n" + c[3] : "");
+        if (c[3]) dot.setAttribute("data-preview", c[3]);
         td.appendChild(dot);
         tr.appendChild(td);
       });
@@ -66,6 +89,12 @@
         bar.style.background = data.colours[status];
         bar.title = data.phases[i][0] + " " + data.phases[i][1] + ": " + status + ", " + (end - start).toFixed(2) + "s";
         lane.appendChild(bar);
+      });
+      gaps.forEach(function (g) {
+        var mark = el("div", "tl-run");
+        mark.style.left = (100 * ((g[0] + g[1]) / 2 - t0) / span) + "%";
+        mark.title = "a run ended at " + stamp(g[0]) + "; the next began at " + stamp(g[1]);
+        lane.appendChild(mark);
       });
       line.appendChild(lane);
       timeline.appendChild(line);
