@@ -171,3 +171,47 @@ def test_five_thousand_items_stay_usable(pipetester: PipeTester) -> None:
     matrix = dom.split('id="matrix"')[1].split("</table>")[0]
     assert matrix.count('<td class="id">') == 100
     assert "<h2>Failures (52)</h2>" in dom
+
+
+def test_report_counts_as_the_run_does_and_shows_previews(pipetester: PipeTester) -> None:
+    import json as _json
+
+    from pipekit.cli.timeline import overlap
+
+    ran = make_batch(pipetester)
+    assert "3 completed (1 with errors), 1 failed" in ran.stderr, ran
+    status = pipetester.run("status", "pipeline.py")
+    assert "3 completed (1 with errors), 1 failed" in status.stdout, status
+    (pipetester.path / "all.txt").write_text("a\nb-c\nbad-1\nmeh\nnew-1\n")
+    result = pipetester.run("report", "pipeline.py", "-o", "report.html", "--items", "all.txt")
+    assert result.ret == 0 and result.stdout == "wrote report.html (5 items)\n", result
+    page = (pipetester.path / "report.html").read_text()
+    assert re.search(r'id="card-completed"><b>3</b><span>completed \(1 with errors\)', page), page
+    assert re.search(r'id="card-failed"><b>1</b>', page) and re.search(r'id="card-pending"><b>1</b>', page)
+    data = _json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page).group(1))
+    rows = {row[0]: row for row in data["rows"]}
+    assert rows["a"][4][0][3] == "notes on a" and rows["new-1"][1] == "pending"
+    peak = re.search(r"peak (\d+)", page)
+    assert peak is not None and peak.group(1) == "1", page[page.find("Phases running"):][:300]  # -j 1: one at a time
+    assert 'class="tick"' in page
+    # A phase ending at t and one starting at t do not overlap; a long idle stretch separates runs.
+    assert overlap([(0.0, 1.0), (1.0, 2.0), (1.0, 2.0)]).peak == 2  # type: ignore[union-attr]
+    assert overlap([(0.0, 1.0), (1.0, 2.0)]).peak == 1  # type: ignore[union-attr]
+    assert overlap([(0.0, 1.0), (10.0, 11.0)]).run_gaps == [(1.0, 10.0)]  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_report_names_an_interrupted_item(pipetester: PipeTester) -> None:
+    import signal
+
+    pipetester.make_pipeline(__import__("batch_helpers").BATCH)
+    (pipetester.path / "hang-b").touch()
+    killed = pipetester.run_subprocess(
+        "run", "pipeline.py", "--item", "b", "--progress", "none",
+        kill_at=("phase_start", "b", 1), signal=signal.SIGKILL,
+    )
+    assert killed.killed, killed
+    pipetester.run("report", "pipeline.py", "-o", "r.html")
+    page = (pipetester.path / "r.html").read_text()
+    assert "interrupted: no process runs it" in page
+    assert re.search(r'id="card-in_progress"><b>1</b><span>in progress \(0 running, 1 interrupted\)', page), page

@@ -40,9 +40,10 @@ class Overlap:
 def overlap(spans: Iterable[tuple[float, float]], buckets: int = BUCKETS) -> Overlap | None:
     """The true overlap of ``(start, end)`` spans (seconds since the epoch);
     None without a span."""
-    events = sorted(
-        [(start, 1) for start, end in spans if end >= start] + [(end, -1) for start, end in spans if end >= start]
-    )  # at one instant -1 sorts before +1: an end and a start there do not overlap
+    # A span of no length overlaps nothing; at one instant -1 sorts before +1:
+    # a phase ending there and one starting there do not overlap.
+    kept = [(start, end) for start, end in spans if end > start]
+    events = sorted([(start, 1) for start, _ in kept] + [(end, -1) for _, end in kept])
     if not events:
         return None
     t0, t1 = events[0][0], events[-1][0]
