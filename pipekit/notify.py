@@ -99,6 +99,12 @@ class HookNotifier:
         """``pipekit_phase_start(item, phase)``."""
         self._call("pipekit_phase_start", {"item": item, "phase": phase})
 
+    def phase_progress(self, item: Any, phase: Any, done: int, total: int | None, label: str | None) -> None:
+        """``pipekit_phase_progress(item, phase, done, total, label)``."""
+        self._call(
+            "pipekit_phase_progress", {"item": item, "phase": phase, "done": done, "total": total, "label": label}
+        )
+
     def phase_complete(self, item: Any, phase: Any, result: Any) -> None:
         """``pipekit_phase_complete(item, phase, result)``."""
         self._call("pipekit_phase_complete", {"item": item, "phase": phase, "result": result})

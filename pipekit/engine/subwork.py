@@ -1,0 +1,36 @@
+"""What a phase's ``ctx`` is given for ``ctx.progress`` and ``ctx.map``: the hook to
+tell observers of progress (on the event loop's thread, whatever thread the
+handler reports from) and the code hash ``ctx.map`` keys its results by."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+import threading
+from typing import Any
+
+from pipekit.notify import HookNotifier
+from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.stale.fingerprint import code_identity
+
+
+def code_hash(fn: Callable[..., Any]) -> str | None:
+    """``fn``'s code hash, as phase fingerprints count code (``pipekit.stale.fingerprint``)."""
+    return code_identity(fn).hash
+
+
+def context_options(notify: HookNotifier, item: Any, phase: PhaseDefinition) -> dict[str, Any]:
+    """The ``PhaseContext`` keywords for progress and sub-items of ``phase`` of ``item``."""
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    loop_thread = threading.get_ident()
+
+    def on_progress(done: int, total: int | None, label: str | None) -> None:
+        if loop is None or threading.get_ident() == loop_thread:
+            notify.phase_progress(item, phase, done, total, label)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(notify.phase_progress, item, phase, done, total, label)
+
+    return {"on_progress": on_progress, "code_hash": code_hash}
