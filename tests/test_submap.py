@@ -227,3 +227,15 @@ def test_sub_items_in_worker_processes_are_kept_by_the_worker(pipetester: PipeTe
     assert fixed.ret == 0, fixed
     assert calls(pipetester) == ["c2"]
     assert round(fixed.state("a").phases[1].cost_usd, 6) == 0.07
+
+
+def test_the_summary_counts_sub_items_and_jsonl_has_their_events(pipetester: PipeTester) -> None:
+    book(pipetester)
+    (pipetester.path / "fail.txt").write_text("c4")
+    result = pipetester.run_subprocess("pipeline.py", "--item", "a", "--progress", "simple")
+    assert result.ret == 1, result
+    assert "sub-items: 5 done, 1 failed" in result.stderr, result.stderr
+    finished = [(e["key"], e["status"]) for name, e in result.events if name == "subitem_finish"]
+    assert sorted(finished) == [(str(n), "failed" if n == 4 else "done") for n in range(6)]
+    failed = next(e for name, e in result.events if name == "subitem_finish" and e["status"] == "failed")
+    assert failed["label"] == "chapter" and failed["error"] == "ValueError: no summary for c4"

@@ -27,10 +27,16 @@ def context_options(notify: HookNotifier, item: Any, phase: PhaseDefinition) -> 
         loop = None
     loop_thread = threading.get_ident()
 
-    def on_progress(done: int, total: int | None, label: str | None) -> None:
+    def on_loop(hook: Callable[..., None], *args: Any) -> None:
         if loop is None or threading.get_ident() == loop_thread:
-            notify.phase_progress(item, phase, done, total, label)
+            hook(item, phase, *args)
         elif not loop.is_closed():
-            loop.call_soon_threadsafe(notify.phase_progress, item, phase, done, total, label)
+            loop.call_soon_threadsafe(hook, item, phase, *args)
 
-    return {"on_progress": on_progress, "code_hash": code_hash}
+    def on_progress(done: int, total: int | None, label: str | None) -> None:
+        on_loop(notify.phase_progress, done, total, label)
+
+    def on_subitem(label: str, key: str, status: str, error: str | None) -> None:
+        on_loop(notify.subitem_finish, label, key, status, error)
+
+    return {"on_progress": on_progress, "on_subitem": on_subitem, "code_hash": code_hash}

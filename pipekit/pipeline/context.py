@@ -88,6 +88,7 @@ class PhaseContext:
         last_error: str | None = None,
         on_progress: Callable[[int, int | None, str | None], None] | None = None,
         code_hash: Callable[[Callable[..., Any]], str | None] | None = None,
+        on_subitem: Callable[[str, str, str, str | None], None] | None = None,
     ) -> None:
         self.item_id = item_id
         self.metadata = metadata
@@ -114,6 +115,8 @@ class PhaseContext:
         self.last_error = last_error
         self._on_progress = on_progress
         self._code_hasher = code_hash
+        #: ``(label, key, status, error)`` of each stored finished sub-item, for observers.
+        self._on_subitem = on_subitem
         #: Labels of the maps this attempt ran, and their sizes (``ctx.map``).
         self._maps_seen: set[str] = set()
         self._map_sizes: dict[str, int] = {}

@@ -301,6 +301,11 @@ class MapRun:
         if batch:
             await asyncio.to_thread(subitems.save, self.store, self.ctx.item_id, self.ctx.phase.name, snapshots)
             self.done += finished
+            report = self.ctx._on_subitem
+            if report is not None:
+                for record in snapshots:
+                    if record.status in (DONE, FAILED):
+                        report(record.label, record.key, record.status, record.error)
         if batch or force:
             self.ctx.progress(min(self.done, len(self.elements)), len(self.elements), label=self.label)
 
