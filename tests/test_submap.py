@@ -239,3 +239,12 @@ def test_the_summary_counts_sub_items_and_jsonl_has_their_events(pipetester: Pip
     assert sorted(finished) == [(str(n), "failed" if n == 4 else "done") for n in range(6)]
     failed = next(e for name, e in result.events if name == "subitem_finish" and e["status"] == "failed")
     assert failed["label"] == "chapter" and failed["error"] == "ValueError: no summary for c4"
+
+
+def test_status_item_shows_the_map_counts_and_the_failed_keys(pipetester: PipeTester) -> None:
+    book(pipetester)
+    (pipetester.path / "fail.txt").write_text("c4")
+    assert pipetester.run("pipeline.py", "--item", "a").ret == 1
+    status = pipetester.run("status", "pipeline.py", "--item", "a")
+    assert "map chapter: 5 done, 1 failed, 6 in all" in status.stdout, status.stdout
+    assert "4: ValueError: no summary for c4" in status.stdout
