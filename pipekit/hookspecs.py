@@ -232,6 +232,49 @@ def pipekit_phase_wait(item: Item, phase: PhaseDefinition, reason: str, seconds:
 
 
 @hookspec
+def pipekit_phase_progress(
+    item: Item, phase: PhaseDefinition, done: int, total: int | None, label: str | None
+) -> None:
+    """Called when a running phase reports progress (``ctx.progress``, and ``ctx.map``
+    after each batch of finished sub-items is stored).
+
+    :param item: the item.
+    :param phase: the phase's definition.
+    :param done: units done so far.
+    :param total: units in all, or ``None`` when unknown.
+    :param label: what the units are (a map's ``fn`` name, e.g. ``"chapters"``), or ``None``.
+
+    Called on the event loop's thread, as often as the handler reports: an
+    implementation that draws or writes throttles itself. Not called for a
+    handler running in a worker process (``--executor processes``, ``dask``):
+    its progress is stored by the worker, and ``pipekit status`` shows it.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_subitem_finish(
+    item: Item, phase: PhaseDefinition, label: str, key: str, status: str, error: str | None
+) -> None:
+    """Called when a sub-item of ``ctx.map`` finished and its record was stored.
+
+    :param item: the item.
+    :param phase: the phase whose handler called ``ctx.map``.
+    :param label: the map's name (its ``fn``'s ``__name__``).
+    :param key: the sub-item's key (``key(element)`` as a str, or its position).
+    :param status: ``"done"`` or ``"failed"`` (after its ``retries``).
+    :param error: the failure's text, ``None`` when done.
+
+    Called on the event loop's thread, after the batch holding the sub-item is
+    durable. Sub-items reused from an earlier attempt are not reported again.
+    Not called for a handler running in a worker process.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
 def pipekit_phase_complete(item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
     """Called after a phase completed and its state was saved.
 

@@ -99,6 +99,17 @@ class HookNotifier:
         """``pipekit_phase_start(item, phase)``."""
         self._call("pipekit_phase_start", {"item": item, "phase": phase})
 
+    def phase_progress(self, item: Any, phase: Any, done: int, total: int | None, label: str | None) -> None:
+        """``pipekit_phase_progress(item, phase, done, total, label)``."""
+        self._call(
+            "pipekit_phase_progress", {"item": item, "phase": phase, "done": done, "total": total, "label": label}
+        )
+
+    def subitem_finish(self, item: Any, phase: Any, label: str, key: str, status: str, error: str | None) -> None:
+        """``pipekit_subitem_finish(item, phase, label, key, status, error)``."""
+        arguments = {"item": item, "phase": phase, "label": label, "key": key, "status": status, "error": error}
+        self._call("pipekit_subitem_finish", arguments)
+
     def phase_complete(self, item: Any, phase: Any, result: Any) -> None:
         """``pipekit_phase_complete(item, phase, result)``."""
         self._call("pipekit_phase_complete", {"item": item, "phase": phase, "result": result})

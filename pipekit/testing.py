@@ -62,6 +62,8 @@ HOOK_EVENTS = {
     "pipekit_item_start": "item_start",
     "pipekit_phase_wait": "phase_wait",
     "pipekit_phase_start": "phase_start",
+    "pipekit_phase_progress": "phase_progress",
+    "pipekit_subitem_finish": "subitem_finish",
     "pipekit_phase_complete": "phase_complete",
     "pipekit_phase_retry": "phase_retry",
     "pipekit_phase_fail": "phase_fail",

@@ -94,6 +94,18 @@ class JsonlReporter:
         self.emit("phase_start", **self._phase(item, phase), attempt=item.state.phases[phase.num].attempts)
 
     @hookimpl
+    def pipekit_phase_progress(
+        self, item: Item, phase: PhaseDefinition, done: int, total: int | None, label: str | None
+    ) -> None:
+        self.emit("phase_progress", **self._phase(item, phase), done=done, total=total, label=label)
+
+    @hookimpl
+    def pipekit_subitem_finish(
+        self, item: Item, phase: PhaseDefinition, label: str, key: str, status: str, error: str | None
+    ) -> None:
+        self.emit("subitem_finish", **self._phase(item, phase), label=label, key=key, status=status, error=error)
+
+    @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
         self.emit("phase_complete", **self._phase(item, phase), **self._attempt(result), attempt=result.attempt)
 

@@ -100,6 +100,11 @@ class ProgressPlugin:
         self.tracker.start_phase(self._positions.get(phase.num, phase.num), phase.name, key=item.id)
 
     @hookimpl
+    def pipekit_phase_progress(self, item: Item, done: int, total: int | None, label: str | None) -> None:
+        assert self.tracker is not None
+        self.tracker.phase_progress(done, total, label, key=item.id)
+
+    @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
         assert self.tracker is not None
         self.tracker.complete_phase(

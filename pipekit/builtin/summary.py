@@ -113,6 +113,8 @@ class Summary:
         #: Items this run finished with a non-critical phase failed (counted completed).
         self.completed_with_errors = 0
         self._definitions: list[PhaseDefinition] = []
+        #: Sub-items of ``ctx.map`` finished in this run, by status (``done``, ``failed``).
+        self.subitems: dict[str, int] = {}
 
     def _stats(self, phase: PhaseDefinition) -> PhaseStats:
         stats = self.phases.get(phase.num)
@@ -150,6 +152,10 @@ class Summary:
         kind, _, name = reason.partition(":")  # "limit:openai", "retry-after:openai", "concurrency"
         key = f"{kind} {name!r}" if name else f"{kind} of {phase.name!r}"
         self.waits[key] = self.waits.get(key, 0) + 1
+
+    @hookimpl
+    def pipekit_subitem_finish(self, status: str) -> None:
+        self.subitems[status] = self.subitems.get(status, 0) + 1
 
     @hookimpl
     def pipekit_budget_reached(self, spent: float, cap: float) -> None:
@@ -255,6 +261,9 @@ class Summary:
             f"{noun}: {run.total_items:,} selected: {', '.join(parts)}",
             f"wall time {duration(wall)}; tokens {tokens(run.tokens_in)} in / {tokens(run.tokens_out)} out; {cost}",
         ]
+        if self.subitems:
+            done, failed = self.subitems.get("done", 0), self.subitems.get("failed", 0)
+            lines.append(f"sub-items: {done:,} done, {failed:,} failed")
         if self.waits:
             lines.append("waited: " + ", ".join(f"{n:,} x {what}" for what, n in sorted(self.waits.items())))
         if self.retries_requested or self.retries_after_errors:

@@ -17,6 +17,7 @@ from pipekit.cli.statusrows import RowReader
 from pipekit.cli.statusrows import StatusRow
 from pipekit.cli.statusrows import gc_paused
 from pipekit.cli.statusrows import phases_note
+from pipekit.cli.statusrows import subitem_lines
 from pipekit.cli.target import Target
 from pipekit.cli.target import batch_items
 from pipekit.cli.target import never_started
@@ -337,6 +338,8 @@ def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool)
             out.write(f"    output: {preview(state.phase_outputs[num])}\n")
         if phase.error:
             out.write(f"    error: {phase.error}\n")
+        running = phase.status == IN_PROGRESS
+        out.writelines(f"{line}\n" for line in subitem_lines(target.store, state.item_id, phase.name, running))
         if phase.traceback and phase.status == FAILED:
             for line in phase.traceback.rstrip().splitlines():
                 out.write(f"    | {line}\n")

@@ -29,6 +29,7 @@ from typing import Any
 from pipekit.cli.target import Target
 from pipekit.cli.target import _Where
 from pipekit.outcomes import StateFileError
+from pipekit.state import subitems
 from pipekit.state.document import read_document
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import FAILED
@@ -388,3 +389,17 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def subitem_lines(store: Any, item_id: str, phase_name: str, running: bool) -> list[str]:
+    """What ``status --item`` shows under a phase of its sub-items (``ctx.map``): per map
+    its counts and failed keys with their errors, and a running phase's progress."""
+    lines = []
+    for entry in subitems.counts(store, item_id, phase_name):
+        lines.append(f"    map {entry.label}: {entry.done} done, {entry.failed} failed, {entry.total} in all")
+        lines.extend(f"      {key}: {error}" for key, error in sorted(entry.errors.items()))
+    progress = subitems.load_progress(store, item_id, phase_name) if running else None
+    if progress is not None:
+        amount = f"{progress.done}/{progress.total}" if progress.total is not None else str(progress.done)
+        lines.append(f"    progress: {progress.label + ' ' if progress.label else ''}{amount}")
+    return lines

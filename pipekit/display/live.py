@@ -130,6 +130,8 @@ class ProgressTracker(BaseProgress):
         for item in shown:
             phase = f"phase {item.phase}/{self.state.total_phases} {item.phase_name}" if item.phase else "starting"
             took = running(now - item.phase_started) if item.phase_started is not None else ""
+            if item.progress:
+                phase += f"  {item.progress}"
             table.add_row(Text(f"  {item.label}", style="cyan"), phase, took)
         lines: list[RenderableType] = [table]
         if len(shown) < len(items):

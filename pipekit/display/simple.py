@@ -23,6 +23,8 @@ from pipekit.display.tracking import ItemProgress
 HEARTBEAT_SECONDS = 30.0
 #: In-flight items listed by one heartbeat line.
 HEARTBEAT_ITEMS = 4
+#: A plain line shows an item's progress (``ctx.progress``) at most once in this many seconds.
+PROGRESS_LINE_SECONDS = 5.0
 
 
 class SimpleProgress(BaseProgress):
@@ -126,6 +128,12 @@ class SimpleProgress(BaseProgress):
         if self.show_cost and cost:
             text += f" {money(cost)} (run {money(self.state.total_cost_usd)})"
         self._line(f"{text}: {error}" if error else text)
+
+    def _show_progress(self, item: ItemProgress) -> None:
+        now = self.clock()
+        if now - item.progress_shown >= PROGRESS_LINE_SECONDS:
+            item.progress_shown = now
+            self._line(f"{self._where(item)} {item.progress}")
 
     def _show_retry(self, item: ItemProgress, error: str, attempt: int) -> None:
         self._line(f"{self._where(item)} attempt {attempt} failed, retrying: {error}")

@@ -74,6 +74,10 @@ class ItemProgress:
     #: Dollars spent by this item in this run, and by its current phase (retries included).
     cost_usd: float = 0.0
     phase_cost_usd: float = 0.0
+    #: The current phase's last ``ctx.progress``, as shown ("chapter 17/40"); "" when none.
+    progress: str = ""
+    #: Clock reading when a plain line last showed this item's progress.
+    progress_shown: float = float("-inf")
 
 
 class BaseProgress:
@@ -122,8 +126,21 @@ class BaseProgress:
         item = self._item(key)
         item.phase, item.phase_name, item.phase_started = phase_num, name, self.clock()
         item.phase_cost_usd = 0.0
+        item.progress = ""
         self.state.current_phase = phase_num
         self.state.current_phase_name = name
+
+    def phase_progress(
+        self, done: int, total: int | None, label: str | None = None, *, key: Hashable | None = None
+    ) -> None:
+        """The running phase of an item reports ``done`` of ``total`` (``ctx.progress``)."""
+        item = self._item(key)
+        amount = f"{done}/{total}" if total is not None else str(done)
+        item.progress = f"{label} {amount}" if label else amount
+        self._show_progress(item)
+
+    def _show_progress(self, item: ItemProgress) -> None:
+        """Say an item's new progress (the live display draws it on the item's line)."""
 
     def complete_phase(
         self,

@@ -21,6 +21,7 @@ from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.control import no_notify
 from pipekit.engine.outcome import AttemptOutcome
+from pipekit.engine.subwork import context_options
 from pipekit.engine.waiting import admit
 from pipekit.engine.waiting import interruptible_sleep
 from pipekit.engine.waiting import no_release
@@ -140,7 +141,7 @@ class PhaseRunner:
                 if self.state.state.phases[phase.num].status in DONE_STATUSES:
                     if self.stale_check is None or not self.stale_check(phase, self.state.state):
                         continue
-                    self.state.reset_phase(phase.num)  # written with the phase's start
+                    self.state.reset_phase(phase.num, keep_subitems=True)  # written with the phase's start
                 if self.control.interrupted.is_set():
                     return False
                 if self.control.stop_new_phases:
@@ -463,6 +464,7 @@ class PhaseRunner:
             on_wait=self._waiter(phase),
             consumed=lambda: {p.name: output_hash(outputs.get(p.num)) for p in consumed_phases(phase, self.phases)},
             last_error=state.phases[phase.num].error,
+            **context_options(self.notify, self.item, phase),
         )
 
     def _output_dir(self) -> Path:

@@ -30,6 +30,7 @@ from pipekit.execution.code import load as load_code
 from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.stale.fingerprint import code_identity
 from pipekit.state.store import StateStore
 
 
@@ -107,6 +108,15 @@ class WorkerContext(PhaseContext):
         raise RuntimeError(
             "ctx.acquire is not available in a worker process; use @phase(limits=[...]) or --executor local"
         )
+
+    def _subitem_store_or_none(self) -> StateStore | None:
+        # ctx.map and ctx.progress write here, as checkpoints do.
+        if self._checkpoints is None:
+            self._checkpoints = Checkpoints(_worker_store(self.store_url), self.item_id, self.phase.name)
+        return self._checkpoints.store
+
+    def _code_hash(self, fn: Callable[..., Any]) -> str | None:
+        return code_identity(fn).hash
 
 
 def snapshot_context(ctx: PhaseContext) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import json
 import threading
 from typing import Any
 
+from pipekit.state import subitems
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PipelineState
 from pipekit.state.store import StateStore
@@ -229,6 +230,7 @@ def release_attempt(store: StateStore, item_id: str, phase_name: str, attempt: i
         entry = Entry.decoded(stored)
         if entry.usage is not None and entry.counted_by == attempt:
             store.save_checkpoint(item_id, phase_name, key, Entry(entry.value, entry.usage).encoded())
+    subitems.release(store, item_id, phase_name, attempt)  # ctx.map's sub-items count usage alike
 
 
 def release_dead_attempts(store: StateStore, state: PipelineState) -> None:

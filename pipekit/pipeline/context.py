@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 import hashlib
@@ -21,6 +22,10 @@ from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.checkpoints import Tab
 from pipekit.pipeline.checkpoints import charge
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.pipeline.submap import ProgressWriter
+from pipekit.pipeline.submap import start_map
+from pipekit.state.store import StateStore
+from pipekit.state.subitems import Progress
 
 
 if TYPE_CHECKING:
@@ -81,6 +86,9 @@ class PhaseContext:
         on_wait: WaitCallback | None = None,
         consumed: Callable[[], Mapping[str, str | None]] | None = None,
         last_error: str | None = None,
+        on_progress: Callable[[int, int | None, str | None], None] | None = None,
+        code_hash: Callable[[Callable[..., Any]], str | None] | None = None,
+        on_subitem: Callable[[str, str, str, str | None], None] | None = None,
     ) -> None:
         self.item_id = item_id
         self.metadata = metadata
@@ -105,6 +113,14 @@ class PhaseContext:
         #: The error of this phase's previous attempt (this run or an earlier one), None on
         #: its first: a handler may re-ask a model with it after an ``invalid_output``.
         self.last_error = last_error
+        self._on_progress = on_progress
+        self._code_hasher = code_hash
+        #: ``(label, key, status, error)`` of each stored finished sub-item, for observers.
+        self._on_subitem = on_subitem
+        #: Labels of the maps this attempt ran, and their sizes (``ctx.map``).
+        self._maps_seen: set[str] = set()
+        self._map_sizes: dict[str, int] = {}
+        self._progress_writer = ProgressWriter(self._subitem_store_or_none, item_id, phase.name)
 
     @property
     def output_dir(self) -> Path:
@@ -234,6 +250,67 @@ class PhaseContext:
         self.cost_usd += cost
         charge(cost_usd=cost)
         return cost
+
+    def progress(self, done: int, total: int | None = None, *, label: str | None = None) -> None:
+        """Say how far this phase is: ``done`` of ``total`` units (chapters, pages).
+
+        Shown on the item's line of the live display, in ``--progress simple``
+        lines (at most one per item every few seconds), as a JSONL ``progress``
+        event and by ``pipekit status`` while the phase runs (stored at most
+        once a second). ``label`` names the units (``ctx.map`` gives its
+        ``fn``'s name). Callable from any thread of the handler.
+        """
+        if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+            raise ValueError(f"ctx.progress: done must be an int >= 0, not {done!r}")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+            raise ValueError(f"ctx.progress: total must be an int >= 0 or None, not {total!r}")
+        self._progress_writer.offer(Progress(done, total, label))
+        if self._on_progress is not None:
+            self._on_progress(done, total, label)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        key: Callable[[Any], Any] | None = None,
+        concurrency: int | None = None,
+        limits: Iterable[str] = (),
+        retries: int = 0,
+        allow_failures: float = 0,
+    ) -> Any:
+        """Call ``fn(element)`` for each element, durably; its results in input order.
+
+        Each element is a sub-item, identified by ``key(element)`` (a str or an
+        int, unique; default: its position). A sub-item's result (a JSON value)
+        is stored as soon as ``fn`` returns; a later attempt calls ``fn`` only
+        for the sub-items that did not finish, or whose element or ``fn``'s code
+        changed, and results outlive the phase's completion (``--force`` and
+        ``pipekit reset`` drop them). ``concurrency`` caps the calls in flight
+        (default 8, whatever ``-j``); ``limits`` names rate limits each call
+        takes; ``retries`` retries a failing call in this attempt;
+        ``allow_failures`` (an int, or a fraction below 1 of the elements)
+        lets that many sub-items fail, with ``None`` at their positions; more
+        fail the phase, naming their keys. ``fn`` may be sync or async, and
+        receives a sub-item context when it has a parameter named ``ctx``.
+        In an async handler ``await ctx.map(...)``; in a sync one it is a plain call.
+        See docs/subitems.md.
+        """
+        return start_map(self, fn, iterable, key, concurrency, limits, retries, allow_failures)
+
+    def _subitem_store(self) -> StateStore:
+        """The store sub-items and progress are written to (a worker opens it by its URL)."""
+        store = self._subitem_store_or_none()
+        if store is None:
+            raise RuntimeError("ctx.map works inside a pipekit run only")
+        return store
+
+    def _subitem_store_or_none(self) -> StateStore | None:
+        return self._checkpoints.store if self._checkpoints is not None else None
+
+    def _code_hash(self, fn: Callable[..., Any]) -> str | None:
+        """The hash of ``fn``'s code, as the phase fingerprints count it (None: unknown)."""
+        return self._code_hasher(fn) if self._code_hasher is not None else None
 
     def __repr__(self) -> str:
         return f"<PhaseContext item={self.item_id!r} phase={self.phase.name!r} attempt={self.attempt}>"

@@ -12,6 +12,7 @@ from os import PathLike
 from typing import Any
 
 from pipekit.outcomes import StateFileError
+from pipekit.state import subitems
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
@@ -277,14 +278,16 @@ class PipelineStateManager:
         self._checkpoints_to_drop.append(phase.name)
         self.save_state()
 
-    def reset_phase(self, phase_num: int) -> None:
+    def reset_phase(self, phase_num: int, *, keep_subitems: bool = False) -> None:
         """Set the phase back to ``pending`` and drop its output, save.
 
-        Tokens, cost and attempts stay: they were spent.
+        Tokens, cost and attempts stay: they were spent. Its sub-items
+        (``ctx.map``) go too unless ``keep_subitems`` (a stale phase re-runs
+        reusing the sub-items whose element and code did not change).
         """
-        self.reset_phases([phase_num])
+        self.reset_phases([phase_num], keep_subitems=keep_subitems)
 
-    def reset_phases(self, phase_nums: Iterable[int]) -> None:
+    def reset_phases(self, phase_nums: Iterable[int], *, keep_subitems: bool = False) -> None:
         """``reset_phase`` for several phases, saved once."""
         for phase_num in phase_nums:
             phase = self._phase(phase_num)
@@ -300,6 +303,8 @@ class PipelineStateManager:
             self._set_output(phase_num, None)
             # Before the save: a reset phase must never find its old checkpoints.
             self.store.drop_checkpoints(self.item_id, phase.name)
+            if not keep_subitems:
+                subitems.drop(self.store, self.item_id, phase.name)
         self._refresh_item_status()
         self.save_state()
 

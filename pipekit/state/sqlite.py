@@ -18,6 +18,7 @@ from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Mapping
 import json
 import os
 from pathlib import Path
@@ -330,6 +331,15 @@ class SqliteStore(FlockedItems, StateStore):
         self._write(
             self.describe(item_id),
             lambda db: db.execute("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase)),
+        )
+
+    def save_checkpoints(self, item_id: str, phase: str, values: Mapping[str, Any]) -> None:
+        rows = [(item_id, phase, key, json_text(value)) for key, value in values.items()]
+        self._write(
+            self.describe(item_id),
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO checkpoints (item_id, phase, key, value) VALUES (?, ?, ?, ?)", rows
+            ),
         )
 
     def item_ids(self) -> Iterator[str]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Mapping
 import contextlib
 from dataclasses import dataclass
 import errno
@@ -318,6 +319,12 @@ class StateStore(abc.ABC):
     def drop_checkpoints(self, item_id: str, phase: str) -> None:
         """Forget every checkpoint of (``item_id``, ``phase``) (none is fine)."""
         self._memory_checkpoints().pop((item_id, phase), None)
+
+    def save_checkpoints(self, item_id: str, phase: str, values: Mapping[str, Any]) -> None:
+        """``save_checkpoint`` for several keys; a store that can writes them in one
+        transaction (a batch of finished sub-items costs one durable write)."""
+        for key, value in values.items():
+            self.save_checkpoint(item_id, phase, key, value)
 
     def _memory_checkpoints(self) -> dict[tuple[str, str], dict[str, Any]]:
         memory: dict[tuple[str, str], dict[str, Any]] = self.__dict__.setdefault("_checkpoints_in_memory", {})
