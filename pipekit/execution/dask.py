@@ -21,7 +21,9 @@ Each task's key names the pipeline, the phase, the item and the attempt, so
 the dashboard says what runs where; the run's id and a counter keep it unique.
 Environment variables the driver forwards (``--env``) are set on the worker
 before the pipeline's code loads and before every task, since a worker started
-apart from the driver does not inherit its environment.
+apart from the driver does not inherit its environment. A phase's
+``resources`` go with its task, so the scheduler runs it only on a worker
+started with them; one that no worker has is a usage error when the run connects.
 """
 
 from __future__ import annotations
