@@ -41,6 +41,7 @@ import uuid
 
 from pipekit.execution.base import RemoteExecutor
 from pipekit.execution.code import PipelineCode
+from pipekit.execution.remote import OutputRoute
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
 from pipekit.execution.remote import WorkerLost
@@ -141,6 +142,8 @@ class DaskExecutor(RemoteExecutor):
         #: The future ``start`` returned -> its task's entry in ``_starts``.
         self._running: dict[asyncio.Future[Any], asyncio.Future[str]] = {}
         self._cluster: Any = None
+        #: Per file store's folder, the file whose presence tells a worker it sees that folder.
+        self._markers: dict[Path, str] = {}
         self._connecting: asyncio.Lock | None = None
 
     async def _get_client(self) -> Any:
@@ -248,6 +251,7 @@ class DaskExecutor(RemoteExecutor):
         ctx: PhaseContext | None,
     ) -> Any:
         call = self.remote_call(phase, func, kwargs)
+        call.output_route = self._output_route(phase, ctx)
         # A cache check is cheap and runs anywhere; the handler needs the phase's resources.
         resources = phase.resources if func is phase.handler else None
         return apply_outcome(await self._submit(key, call, resources), ctx)
@@ -256,6 +260,27 @@ class DaskExecutor(RemoteExecutor):
         context = call.context or {}
         key = self._new_key(call.phase_name, context.get("item_id", ""), context.get("attempt", 0))
         return await self._submit(key, call)
+
+    def _output_route(self, phase: PhaseDefinition, ctx: PhaseContext | None) -> OutputRoute | None:
+        """Where the worker stores a large output of this call itself: the run's
+        store, when a worker may reach it (None: it comes back another way)."""
+        checkpoints = ctx._checkpoints if ctx is not None else None
+        url = checkpoints.store.reopen_url() if checkpoints is not None else None
+        if checkpoints is None or url is None:
+            return None
+        scheme, _, rest = url.partition(":")
+        marker: str | None = None
+        if scheme in ("json", "sqlite"):
+            folder = Path(rest) if scheme == "json" else Path(rest.partition("?")[0]).parent
+            marker = self._markers.get(folder)
+            if marker is None:
+                path = folder / f".pipekit-reach-{self._run_id}"
+                with contextlib.suppress(OSError):
+                    path.touch()
+                marker = self._markers[folder] = str(path)
+        elif scheme not in ("postgresql", "postgres"):
+            return None
+        return OutputRoute(url, checkpoints.item_id, phase.num, marker)
 
     def _new_key(self, phase_name: str, item_id: str, attempt: int) -> TaskKey:
         """``(pipeline.phase, item, attempt, tag)``: Dask groups the tasks of a phase by
@@ -304,6 +329,9 @@ class DaskExecutor(RemoteExecutor):
         future.cancel()
 
     async def aclose(self) -> None:
+        for marker in self._markers.values():
+            with contextlib.suppress(OSError):
+                os.unlink(marker)
         if self._client is not None and self._client is self._borrowed:
             self._client.unsubscribe_topic(self._topic)
             return
