@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable
 from collections.abc import Coroutine
 from collections.abc import Iterable
+from collections.abc import Mapping
 from collections.abc import Sequence
 import concurrent.futures
 from os import PathLike
@@ -35,6 +36,7 @@ _VALUE_OPTIONS = {
     "output_dir": "--output-dir",
     "workers": "--workers",
     "executor": "--executor",
+    "resources": "--resources",
     "max_cost": "--max-cost",
     "maxfail": "--maxfail",
     "maxfail_same": "--maxfail-same",
@@ -67,6 +69,8 @@ def _arguments(
             if value:
                 argv.append(_FLAG_OPTIONS[keyword])
         elif value is not None:
+            if isinstance(value, Mapping):  # resources={"GPU": 1} -> --resources=GPU=1
+                value = ",".join(f"{name}={amount}" for name, amount in value.items())
             # "--option=value": a value starting with "-" is never taken for an option.
             argv.append(f"{_VALUE_OPTIONS[keyword]}={value}")
     objects = []
@@ -101,6 +105,7 @@ def run(
     seed: int | None = None,
     args: Sequence[str] = (),
     client: Any = None,
+    resources: Mapping[str, float] | None = None,
 ) -> RunResult:
     """Run a pipeline as ``pipekit run`` does and return its ``RunResult``.
 
@@ -139,6 +144,8 @@ def run(
     :param args: more command-line arguments, as for ``pipekit run`` (plugins'
         options such as ``["--dask-scheduler", "tcp://..."]``).
     :param client: a ``distributed.Client`` to run the phases on (``--executor dask``); left open.
+    :param resources: what this machine has for ``@phase(resources=...)``, e.g.
+        ``{"GPU": 1}`` (``--resources``; the local and processes executors).
     :raises pipekit.UsageError: for a bad module, bad items or bad options.
     """
     options = {k: v for k, v in locals().items() if k in _VALUE_OPTIONS or k in _FLAG_OPTIONS}
@@ -176,6 +183,7 @@ async def arun(
     seed: int | None = None,
     args: Sequence[str] = (),
     client: Any = None,
+    resources: Mapping[str, float] | None = None,
 ) -> RunResult:
     """The coroutine twin of ``run`` (the same parameters), for code already
     inside an event loop; cancelling it stops the run as an interrupt does."""

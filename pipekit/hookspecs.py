@@ -218,9 +218,10 @@ def pipekit_phase_wait(item: Item, phase: PhaseDefinition, reason: str, seconds:
     :param item: the item.
     :param phase: the phase's definition.
     :param reason: what it waits for: ``"concurrency"`` (the phase's
-        ``concurrency`` slots are taken), ``"limit:NAME"`` (the rate limit
-        ``NAME`` has no capacity) or ``"retry-after:NAME"`` (the limit is
-        paused by a ``pipekit.Retry(after=...)``).
+        ``concurrency`` slots are taken), ``"resource:NAME"`` (not enough of
+        the resource ``NAME`` this machine declares is free), ``"limit:NAME"``
+        (the rate limit ``NAME`` has no capacity) or ``"retry-after:NAME"``
+        (the limit is paused by a ``pipekit.Retry(after=...)``).
     :param seconds: the expected wait, or ``None`` when it cannot be known.
 
     Fired when the wait begins: before ``pipekit_phase_start`` for the first

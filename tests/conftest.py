@@ -41,10 +41,11 @@ def any_store(pipetester: PipeTester, store_url: str | None, monkeypatch: pytest
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
     """A Dask scheduler and two single-threaded workers started as separate
-    processes, shared by the tests of a module and stopped at its end."""
+    processes (the second with ``--resources GPU=1``), shared by the tests of a
+    module and stopped at its end."""
     from dask_cluster import DaskCluster
 
-    cluster = DaskCluster(tmp_path_factory.mktemp("dask-cluster"), workers=2, threads=1)
+    cluster = DaskCluster(tmp_path_factory.mktemp("dask-cluster"), workers=2, threads=1, gpu_workers=1)
     try:
         cluster.start()
         yield cluster

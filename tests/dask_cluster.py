@@ -26,12 +26,14 @@ class DaskCluster:
 
     :param folder: where the processes run and keep their files; it holds no pipeline,
         so workers can only run a pipeline's code by getting it from the driver.
+    :param gpu_workers: how many of the workers are started with ``--resources GPU=1``.
     """
 
-    def __init__(self, folder: Path, workers: int = 2, threads: int = 1) -> None:
+    def __init__(self, folder: Path, workers: int = 2, threads: int = 1, gpu_workers: int = 0) -> None:
         self.folder = folder
         self.workers = workers
         self.threads = threads
+        self.gpu_workers = gpu_workers
         self.address = ""
         self._processes: list[subprocess.Popen[bytes]] = []
         self._client: Any = None
@@ -48,8 +50,11 @@ class DaskCluster:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 self.address = json.loads(scheduler_file.read_text())["address"]
             time.sleep(0.05)
-        self._spawn("worker", self.address, "--host", "127.0.0.1", "--nworkers", str(self.workers),
-                    "--nthreads", str(self.threads), "--no-dashboard", "--local-directory", str(self.folder))
+        for count, extra in ((self.workers - self.gpu_workers, ()), (self.gpu_workers, ("--resources", "GPU=1"))):
+            if count:
+                self._spawn("worker", self.address, "--host", "127.0.0.1", "--nworkers", str(count),
+                            "--nthreads", str(self.threads), "--no-dashboard", "--local-directory",
+                            str(self.folder), *extra)
         while self.registered_workers() < self.workers:
             self._check_alive(deadline)
             time.sleep(0.1)
@@ -61,6 +66,11 @@ class DaskCluster:
         if self._client is None:
             self._client = Client(self.address, timeout=20)
         return len(self._client.scheduler_info(n_workers=-1)["workers"])
+
+    def worker_resources(self) -> dict[str, dict[str, float]]:
+        """Each registered worker's address and the resources it was started with."""
+        workers = self._client.scheduler_info(n_workers=-1)["workers"]
+        return {address: dict(info.get("resources") or {}) for address, info in workers.items()}
 
     def wait_for_workers(self, timeout: float = 60) -> None:
         """Wait until every worker is registered again (a nanny restarts a killed one)."""

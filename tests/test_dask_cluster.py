@@ -3,6 +3,8 @@ from pipekit with Dask's default configuration."""
 
 from __future__ import annotations
 
+import json
+
 from dask_cluster import DaskCluster
 import pytest
 
@@ -13,9 +15,11 @@ from pipekit.testing import PipeTester
 pytestmark = pytest.mark.slow
 
 
-def run_on(tester: PipeTester, cluster: DaskCluster, *args: str, env: dict[str, str] | None = None) -> PipeResult:
+def run_on(
+    tester: PipeTester, cluster: DaskCluster, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> PipeResult:
     return tester.run_subprocess(
-        "pipeline.py", *args, "--executor", "dask", "--dask-scheduler", cluster.address, env=env
+        "pipeline.py", *args, "--executor", "dask", "--dask-scheduler", cluster.address, env=env, timeout=timeout
     )
 
 
@@ -238,3 +242,67 @@ def test_a_notebook_client_runs_the_phases_and_stays_open(pipetester: PipeTester
             assert client.status == "running" and await client.submit(sum, [1, 2]) == 3
 
     asyncio.run(in_a_loop())
+
+
+PLACED = '''
+    import json, time
+    from pathlib import Path
+    from distributed import get_worker
+    from pipekit import phase
+
+    HERE = Path(__file__).parent
+
+    def record(name, item_id):
+        with open(HERE / "workers.log", "a") as f:
+            f.write(json.dumps([name, item_id, get_worker().address]) + "\\n")
+
+    @phase(1)
+    def cheap(item_id):
+        record("cheap", item_id)
+        (HERE / f"started-{item_id}").touch()
+        deadline = time.time() + 20
+        while len(list(HERE.glob("started-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.01)  # until the other worker runs a cheap phase too
+        return "cheap"
+
+    @phase(2, resources={"GPU": 1})
+    def gpu(item_id):
+        record("gpu", item_id)
+        return "gpu"
+'''
+
+
+def test_a_gpu_phase_runs_only_on_the_worker_started_with_a_gpu(
+    pipetester: PipeTester, dask_cluster: DaskCluster
+) -> None:
+    pipetester.make_pipeline(PLACED)
+    pipetester.make_items(*[f"item{n}" for n in range(4)])
+    result = run_on(pipetester, dask_cluster, "--items", "items.txt", "-j", "4")
+    assert result.ret == 0, result
+    held = dask_cluster.worker_resources()
+    gpu_workers = {address for address, resources in held.items() if resources.get("GPU")}
+    assert len(gpu_workers) == 1 and len(held) == 2, held
+    ran: dict[str, set[str]] = {"cheap": set(), "gpu": set()}
+    counts = {"cheap": 0, "gpu": 0}
+    for line in (pipetester.path / "workers.log").read_text().splitlines():
+        name, _, address = json.loads(line)
+        ran[name].add(address)
+        counts[name] += 1
+    assert counts == {"cheap": 4, "gpu": 4}
+    assert ran["gpu"] == gpu_workers
+    assert ran["cheap"] == set(held)  # cheap phases on both workers
+
+
+def test_a_resource_no_worker_has_is_a_usage_error_naming_it(
+    pipetester: PipeTester, dask_cluster: DaskCluster
+) -> None:
+    pipetester.make_pipeline(PLACED.replace('{"GPU": 1}', '{"GPU": 1, "TPU": 1}'))
+    result = run_on(pipetester, dask_cluster, "--item", "a", timeout=60)
+    assert result.ret == 4, result
+    assert "phase 'gpu' needs resource 'TPU', which no worker of the Dask cluster has" in result.stderr
+    assert not (pipetester.path / "workers.log").exists()  # no phase ran
+
+    pipetester.make_pipeline(PLACED.replace('{"GPU": 1}', '{"GPU": 2}'))
+    result = run_on(pipetester, dask_cluster, "--item", "a", timeout=60)
+    assert result.ret == 4, result
+    assert "phase 'gpu' needs GPU=2, more than any one worker of the Dask cluster has" in result.stderr

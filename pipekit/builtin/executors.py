@@ -71,6 +71,7 @@ def make_dask_executor(config: Config, pipeline: Pipeline, client: Any = None) -
         client=client,
         env=ForwardedEnv.from_driver(config.getoption("env") or []),
         say=HookNotifier.of(config.pluginmanager).report,
+        phases=pipeline.phases,
     )
 
 

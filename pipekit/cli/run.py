@@ -29,6 +29,7 @@ from pipekit.outcomes import ExitCode
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.loader import load
+from pipekit.pipeline.resources import parse_resources
 
 
 def run_command(args: list[str], plugins: list[Any]) -> ExitCode:
@@ -84,6 +85,14 @@ def build_run_parser() -> ArgumentParser:
     )
     run.add_argument(
         "--executor", default="local", metavar="NAME", help="where phases execute: local (default), processes, dask"
+    )
+    run.add_argument(
+        "--resources",
+        action="append",
+        type=parse_resources,
+        metavar="NAME=N,...",
+        help="what this machine has for @phase(resources=...), e.g. GPU=1,MEM=16 (repeatable; "
+        "local and processes executors: a phase starts once its share is free)",
     )
     run.add_argument("--force", action="store_true", help="rerun every phase, ignoring completed state and caches")
     _add_stop_options(run)

@@ -54,6 +54,9 @@ class RunControl:
     cost_usd: float = 0.0
     #: Per-phase concurrency and rate limits (``pipekit.pipeline.limits``); None: no waiting.
     gate: Gate | None = None
+    #: What this machine declares (``--resources``) for the gate to cap phases
+    #: by; None when the executor places phases by their resources itself.
+    resources: dict[str, float] | None = None
     #: Called after every ``add_usage`` (the budget cap watches spending here).
     on_usage: Callable[[RunControl], None] | None = None
     #: Called when an item's phases end, with the error that failed it in this

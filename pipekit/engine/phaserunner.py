@@ -313,7 +313,7 @@ class PhaseRunner:
             return None
         if attempts.gave_up(following, self.state.state.phases[following.num]):
             return None
-        if self.control.gate is not None and (following.concurrency is not None or following.limits):
+        if self.control.gate is not None and self.control.gate.gates(following):
             return None
         return following
 

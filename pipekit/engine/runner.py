@@ -32,8 +32,8 @@ from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import worst_exit_code
 from pipekit.pipeline.items import ItemSpec
-from pipekit.pipeline.limits import Gate
 from pipekit.pipeline.limits import declared_limits
+from pipekit.pipeline.limits import make_gate
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.phases import Injector
 from pipekit.stale.checker import StalePolicy
@@ -194,8 +194,7 @@ class Run:
         if self.preflight.plan is not None:
             for line in stale_report(self.preflight.plan):
                 self._say(line, "notice")
-        if self.limits or any(p.concurrency or p.limits for p in self.pipeline.phases):
-            self.control.gate = Gate(self.limits, self.pipeline.phases, say=self._say)
+        self.control.gate = make_gate(self.limits, self.pipeline.phases, self._say, self.control.resources)
         self.spending.start(self.preflight.forecast)
         self.notify.run_start(self)
         restore = self._interrupter.install()

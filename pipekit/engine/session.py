@@ -38,6 +38,7 @@ from pipekit.pipeline.items import Sampled
 from pipekit.pipeline.items import narrow
 from pipekit.pipeline.items import normalize_items
 from pipekit.pipeline.loader import Pipeline
+from pipekit.pipeline.resources import machine_resources
 from pipekit.state.store import StateStore
 
 
@@ -126,6 +127,7 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
     say(f"outputs: {outputs}", "info")
     stale_policy = prepare_stale_policy(pipeline, store, outputs, option)
     check_from_phase(pipeline, option.from_phase)
+    resources = machine_resources(option.resources, pipeline.phases, option.executor, executor.places_resources)
     progress.run = Run(
         config,
         pipeline,
@@ -143,6 +145,7 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
     )
     # Said once above, for every item: the runner need not say it again.
     progress.run._module_warning_given = bool(mismatch)
+    progress.run.control.resources = resources
     await progress.run.execute()
     if isinstance(specs, Sampled):
         say(projection(store, specs, pipeline.item_noun), "notice")

@@ -22,12 +22,12 @@ def no_release() -> None:
 async def admit(
     control: RunControl, phase: PhaseDefinition, waiting: WaitCallback, first: bool = False
 ) -> Callable[[], None] | None:
-    """Wait for the phase's concurrency slot and rate limits; the release, or
+    """Wait for the phase's concurrency slot, resources and rate limits; the release, or
     None when the run was interrupted first (or, before the ``first``
     attempt, told to start no new phase).
     """
     gate = control.gate
-    if gate is None or (phase.concurrency is None and not phase.limits):
+    if gate is None or not gate.gates(phase):
         return no_release
     entering = asyncio.ensure_future(gate.enter(phase, waiting))
     stopping = asyncio.ensure_future(control.stopping.wait()) if first else None

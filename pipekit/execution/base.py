@@ -38,6 +38,9 @@ class PhaseExecutor:
     #: True when ``abandon`` really stops a sync handler (its process is killed),
     #: so a timed-out sync phase may be retried in the same run.
     hard_timeouts = False
+    #: True when the executor places each phase by its ``resources`` itself (Dask
+    #: workers declare theirs); False: the run caps phases by ``--resources``.
+    places_resources = False
 
     def start(
         self,

@@ -21,13 +21,17 @@ Each task's key names the pipeline, the phase, the item and the attempt, so
 the dashboard says what runs where; the run's id and a counter keep it unique.
 Environment variables the driver forwards (``--env``) are set on the worker
 before the pipeline's code loads and before every task, since a worker started
-apart from the driver does not inherit its environment.
+apart from the driver does not inherit its environment. A phase's
+``resources`` go with its task, so the scheduler runs it only on a worker
+started with them; one that no worker has is a usage error when the run connects.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from collections.abc import Sequence
+import contextlib
 import itertools
 import json
 import os
@@ -37,6 +41,7 @@ import uuid
 
 from pipekit.execution.base import RemoteExecutor
 from pipekit.execution.code import PipelineCode
+from pipekit.execution.remote import OutputRoute
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
 from pipekit.execution.remote import WorkerLost
@@ -45,6 +50,7 @@ from pipekit.execution.remote import execute_call
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.pipeline.resources import unplaceable
 
 
 _keys = itertools.count()
@@ -88,9 +94,12 @@ class DaskExecutor(RemoteExecutor):
     :param client: a ``distributed.Client`` of the caller's, used and left open.
     :param env: environment variables set on the workers before their tasks.
     :param say: where the dashboard's link is said.
+    :param phases: the pipeline's phases: one needing ``resources`` runs only on a
+        worker started with them, and one that no worker could take is a usage error.
     """
 
     name = "dask"
+    places_resources = True
 
     def __init__(
         self,
@@ -104,6 +113,7 @@ class DaskExecutor(RemoteExecutor):
         client: Any = None,
         env: ForwardedEnv | None = None,
         say: Say | None = None,
+        phases: Sequence[PhaseDefinition] = (),
     ) -> None:
         try:
             import distributed  # noqa: F401
@@ -120,6 +130,7 @@ class DaskExecutor(RemoteExecutor):
         self.pipeline_name = pipeline_name
         self.env = env or ForwardedEnv()
         self._say = say
+        self.phases = list(phases)
         self._client: Any = None
         #: The caller's client, never closed by this executor.
         self._borrowed: Any = client
@@ -131,6 +142,8 @@ class DaskExecutor(RemoteExecutor):
         #: The future ``start`` returned -> its task's entry in ``_starts``.
         self._running: dict[asyncio.Future[Any], asyncio.Future[str]] = {}
         self._cluster: Any = None
+        #: Per file store's folder, the file whose presence tells a worker it sees that folder.
+        self._markers: dict[Path, str] = {}
         self._connecting: asyncio.Lock | None = None
 
     async def _get_client(self) -> Any:
@@ -162,6 +175,7 @@ class DaskExecutor(RemoteExecutor):
                             dashboard_address=":0",  # never collide with another cluster's 8787
                         )
                     self._client = await Client(self._cluster, asynchronous=True)  # type: ignore[no-untyped-call]
+                await self._check_resources(self._client)
                 self._client.subscribe_topic(self._topic, self._on_started)
                 await self._client.run(_load_on_worker, self.pipeline_code(), self.env)
                 link = await asyncio.to_thread(dashboard_link, self._client)
@@ -181,6 +195,25 @@ class DaskExecutor(RemoteExecutor):
         return await Client(  # type: ignore[no-untyped-call]
             client.scheduler.address, security=client.security, asynchronous=True
         )
+
+    async def _check_resources(self, client: Any, wait: float = 30.0) -> None:
+        """A usage error naming each phase whose resources no worker of the cluster has."""
+        if not any(p.resources for p in self.phases):
+            return
+        identity = await client.scheduler.identity(n_workers=-1)
+        if not identity.get("workers"):  # a cluster just started: its workers are on their way
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await client.wait_for_workers(1, timeout=wait)
+            identity = await client.scheduler.identity(n_workers=-1)
+        held = [worker.get("resources") or {} for worker in identity.get("workers", {}).values()]
+        problems = unplaceable(
+            self.phases,
+            held,
+            "which no worker of the Dask cluster has (start one with dask worker --resources NAME=AMOUNT)",
+            "more than any one worker of the Dask cluster has",
+        )
+        if problems:
+            raise UsageError("phases need resources the Dask cluster does not have:\n  " + "\n  ".join(problems))
 
     async def astart(self) -> None:
         # Starting a cluster takes seconds: not inside the first phase's timeout.
@@ -218,12 +251,36 @@ class DaskExecutor(RemoteExecutor):
         ctx: PhaseContext | None,
     ) -> Any:
         call = self.remote_call(phase, func, kwargs)
-        return apply_outcome(await self._submit(key, call), ctx)
+        call.output_route = self._output_route(phase, ctx)
+        # A cache check is cheap and runs anywhere; the handler needs the phase's resources.
+        resources = phase.resources if func is phase.handler else None
+        return apply_outcome(await self._submit(key, call, resources), ctx)
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
         context = call.context or {}
         key = self._new_key(call.phase_name, context.get("item_id", ""), context.get("attempt", 0))
         return await self._submit(key, call)
+
+    def _output_route(self, phase: PhaseDefinition, ctx: PhaseContext | None) -> OutputRoute | None:
+        """Where the worker stores a large output of this call itself: the run's
+        store, when a worker may reach it (None: it comes back another way)."""
+        checkpoints = ctx._checkpoints if ctx is not None else None
+        url = checkpoints.store.reopen_url() if checkpoints is not None else None
+        if checkpoints is None or url is None:
+            return None
+        scheme, _, rest = url.partition(":")
+        marker: str | None = None
+        if scheme in ("json", "sqlite"):
+            folder = Path(rest) if scheme == "json" else Path(rest.partition("?")[0]).parent
+            marker = self._markers.get(folder)
+            if marker is None:
+                path = folder / f".pipekit-reach-{self._run_id}"
+                with contextlib.suppress(OSError):
+                    path.touch()
+                marker = self._markers[folder] = str(path)
+        elif scheme not in ("postgresql", "postgres"):
+            return None
+        return OutputRoute(url, checkpoints.item_id, phase.num, marker)
 
     def _new_key(self, phase_name: str, item_id: str, attempt: int) -> TaskKey:
         """``(pipeline.phase, item, attempt, tag)``: Dask groups the tasks of a phase by
@@ -231,9 +288,9 @@ class DaskExecutor(RemoteExecutor):
         (two runs sharing a cluster must never share a task) and names the task's claim."""
         return (f"{self.pipeline_name}.{phase_name}", item_id, attempt, f"pipekit-{self._run_id}-{next(_keys)}")
 
-    async def _submit(self, key: TaskKey, call: RemoteCall) -> RemoteOutcome:
+    async def _submit(self, key: TaskKey, call: RemoteCall, resources: dict[str, float] | None = None) -> RemoteOutcome:
         """Run ``call`` as the task ``key``, which runs the handler only if it
-        takes the one token put in its claim queue."""
+        takes the one token put in its claim queue, on a worker that has ``resources``."""
         from distributed import KilledWorker
         from distributed import Queue
 
@@ -241,7 +298,9 @@ class DaskExecutor(RemoteExecutor):
         claim = await Queue(f"{key[-1]}-claim", client=client)  # type: ignore[no-untyped-call]
         try:
             await claim.put("run")
-            future = client.submit(run_claimed, call, claim.name, self._topic, self.env, pure=False, key=key)
+            future = client.submit(
+                run_claimed, call, claim.name, self._topic, self.env, pure=False, key=key, resources=resources or None
+            )
             try:
                 outcome: RemoteOutcome = await future
             except KilledWorker:
@@ -270,6 +329,9 @@ class DaskExecutor(RemoteExecutor):
         future.cancel()
 
     async def aclose(self) -> None:
+        for marker in self._markers.values():
+            with contextlib.suppress(OSError):
+                os.unlink(marker)
         if self._client is not None and self._client is self._borrowed:
             self._client.unsubscribe_topic(self._topic)
             return

@@ -7,9 +7,12 @@ source or else by its path (so handlers are never pickled), runs the call
 with a ``WorkerContext`` standing in for ``ctx``, and sends back the return
 value, the usage the handler recorded and any error (as text when the
 exception itself cannot be pickled). Workers never touch
-item states: the driver persists every result. Only a handler's checkpoints
+item states: the driver persists every result. A handler's checkpoints
 (``ctx.checkpoint``) are kept by the worker itself, straight in the run's
-store, opened there by its URL.
+store, opened there by its URL; so is an output over
+``SHARED_OUTPUT_THRESHOLD`` when the call carries an ``OutputRoute`` (the
+worker stores it with ``StateStore.write_output`` and only its reference
+comes back), else, with a shared folder, it comes back as a file there.
 """
 
 from __future__ import annotations
@@ -34,8 +37,25 @@ from pipekit.stale.fingerprint import code_identity
 from pipekit.state.store import StateStore
 
 
-#: Outputs longer than this (characters) come back through a file in the shared folder.
+#: Outputs longer than this (characters) come back by reference: stored by the
+#: worker in the run's store (``OutputRoute``) or in a file of the shared folder.
 SHARED_OUTPUT_THRESHOLD = 64 * 1024
+
+
+@dataclass(frozen=True)
+class OutputRoute:
+    """Where a worker stores a large output itself: the run's store, for one item's phase.
+
+    ``marker`` is a file the driver made beside a file store (JSON, SQLite): a
+    worker that does not see it is on another file system, where the same path
+    names another store, and sends the output back instead. None for a store
+    reached over the network (PostgreSQL).
+    """
+
+    store_url: str
+    item_id: str
+    phase_num: int
+    marker: str | None = None
 
 
 class WorkerLost(Exception):
@@ -73,6 +93,8 @@ class RemoteCall:
     shared_dir: str | None = None
     #: The pipeline's source as the driver loaded it (None: import the module by its path).
     code: PipelineCode | None = None
+    #: Where the worker stores a large output itself (None: send it back, or use ``shared_dir``).
+    output_route: OutputRoute | None = None
 
 
 @dataclass
@@ -89,6 +111,9 @@ class RemoteOutcome:
     unpriced: list[tuple[str, int, int]] = field(default_factory=list)
     #: A file in the shared folder holding the output (large outputs).
     output_ref: str | None = None
+    #: The reference ``StateStore.write_output`` gave for the output the worker
+    #: stored in the run's store (large outputs with an ``OutputRoute``).
+    output_stored: str | None = None
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -198,6 +223,11 @@ def apply_outcome(outcome: RemoteOutcome, ctx: PhaseContext | None) -> Any:
             ctx.price_usage(*usage)
     if outcome.error is not None:
         raise outcome.error
+    if outcome.output_stored is not None:
+        checkpoints = ctx._checkpoints if ctx is not None else None
+        if checkpoints is None:
+            raise RuntimeError("a worker stored the output in the run's store, but this call has no store")
+        return _with_output(outcome.value, checkpoints.store.read_output(checkpoints.item_id, outcome.output_stored))
     if outcome.output_ref is not None:
         path = Path(outcome.output_ref)
         text = path.read_bytes().decode("utf-8")
@@ -266,7 +296,11 @@ def execute_call(call: RemoteCall) -> RemoteOutcome:
 
 def _share_large_output(outcome: RemoteOutcome, call: RemoteCall) -> RemoteOutcome:
     output = getattr(outcome.value, "output", outcome.value)
-    if call.shared_dir is None or not isinstance(output, str) or len(output) <= SHARED_OUTPUT_THRESHOLD:
+    if not isinstance(output, str) or len(output) <= SHARED_OUTPUT_THRESHOLD:
+        return outcome
+    if call.output_route is not None and _store_output(outcome, output, call.output_route):
+        return outcome
+    if call.shared_dir is None:
         return outcome
     folder = Path(call.shared_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -275,6 +309,29 @@ def _share_large_output(outcome: RemoteOutcome, call: RemoteCall) -> RemoteOutco
     outcome.output_ref = str(path)
     outcome.value = None if isinstance(outcome.value, str) else _without_output(outcome.value)
     return outcome
+
+
+def _store_output(outcome: RemoteOutcome, output: str, route: OutputRoute) -> bool:
+    """Store ``output`` in the run's store from here; False (the output then goes
+    back another way) when this worker cannot reach that store."""
+    if route.marker is not None and not Path(route.marker).exists():
+        return False
+    try:
+        ref = _worker_store(route.store_url).write_output(route.item_id, route.phase_num, output)
+    except Exception:  # unreachable here: the bytes go back through the scheduler instead
+        return False
+    outcome.output_stored = ref
+    outcome.value = None if isinstance(outcome.value, str) else _without_output(outcome.value)
+    return True
+
+
+def _with_output(value: Any, text: str) -> Any:
+    """The handler's value with its output put back: the text, or a ``PhaseResult`` holding it."""
+    if value is None:
+        return text
+    from dataclasses import replace
+
+    return replace(value, output=text)
 
 
 def _without_output(value: Any) -> Any:

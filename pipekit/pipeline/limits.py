@@ -29,6 +29,7 @@ from aiolimiter import AsyncLimiter
 from pipekit.display.format import number
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.pipeline.resources import ResourcePool
 
 
 #: The module attribute that declares a pipeline's limits.
@@ -121,11 +122,15 @@ class RateLimiter:
 
 
 class Gate:
-    """What a run makes phases wait for: per-phase concurrency and named limits.
+    """What a run makes phases wait for: per-phase concurrency, this machine's
+    resources and named limits.
 
     :param declared: the pipeline's limits by name.
     :param phases: the pipeline's phases (their ``concurrency`` and ``limits``).
     :param say: writes one line on stderr.
+    :param resources: what this machine declares (``--resources``), shared by
+        the phases that need them; None when the executor places phases by
+        their resources itself (Dask).
     """
 
     def __init__(
@@ -133,9 +138,11 @@ class Gate:
         declared: Mapping[str, Limit],
         phases: Iterable[PhaseDefinition],
         say: Callable[[str], None] | None = None,
+        resources: Mapping[str, float] | None = None,
     ) -> None:
         self.declared = dict(declared)
         self._slots = {p.num: asyncio.Semaphore(p.concurrency) for p in phases if p.concurrency}
+        self.resources = ResourcePool(resources) if resources is not None else None
         self._limiters: dict[str, RateLimiter] = {}
         self._say = say or _to_stderr
         self._throttling_told: set[str] = set()
@@ -154,21 +161,38 @@ class Gate:
             found = self._limiters[name] = RateLimiter(name, self.declared[name], clock=self.loop.time)
         return found
 
+    def gates(self, phase: PhaseDefinition) -> bool:
+        """Whether ``phase`` has anything to wait for here."""
+        return bool(phase.concurrency or phase.limits or (phase.resources and self.resources is not None))
+
     async def enter(self, phase: PhaseDefinition, on_wait: WaitCallback | None = None) -> Callable[[], None]:
-        """Wait for the phase's concurrency slot and limits; returns the release."""
-        slot = self._slots.get(phase.num)
-        if slot is not None:
-            if slot.locked() and on_wait is not None:
-                on_wait("concurrency", None)
-            await slot.acquire()
+        """Wait for the phase's concurrency slot, resources and limits; returns the release."""
+        releases: list[Callable[[], None]] = []
+
+        def release() -> None:
+            while releases:
+                releases.pop()()
+
         try:
+            slot = self._slots.get(phase.num)
+            if slot is not None:
+                if slot.locked() and on_wait is not None:
+                    on_wait("concurrency", None)
+                await slot.acquire()
+                releases.append(slot.release)
+            pool, needs = self.resources, phase.resources
+            if pool is not None and needs:
+                lacking = pool.lacking(needs)
+                if lacking and on_wait is not None:
+                    on_wait(f"resource:{lacking[0]}", None)
+                await pool.take(needs)
+                releases.append(lambda: pool.give_back(needs))
             for name, tokens in phase.limits.items():
                 await self.acquire(name, tokens, on_wait)
         except BaseException:
-            if slot is not None:
-                slot.release()
+            release()
             raise
-        return slot.release if slot is not None else _nothing
+        return release if releases else _nothing
 
     async def acquire(self, name: str, tokens: int = 0, on_wait: WaitCallback | None = None) -> None:
         """Wait for one request and ``tokens`` tokens of the limit ``name``."""
@@ -194,6 +218,18 @@ class Gate:
     def acquire_from_thread(self, name: str, tokens: int, on_wait: WaitCallback | None) -> None:
         """``acquire`` for a sync handler running in a thread: blocks that thread."""
         asyncio.run_coroutine_threadsafe(self.acquire(name, tokens, on_wait), self.loop).result()
+
+
+def make_gate(
+    declared: Mapping[str, Limit],
+    phases: Iterable[PhaseDefinition],
+    say: Callable[[str], None],
+    resources: Mapping[str, float] | None = None,
+) -> Gate | None:
+    """The run's ``Gate``, or None when no phase has anything to wait for."""
+    phases = list(phases)
+    gate = Gate(declared, phases, say=say, resources=resources)
+    return gate if declared or any(gate.gates(p) for p in phases) else None
 
 
 def _nothing() -> None:

@@ -9,6 +9,7 @@ import contextlib
 from dataclasses import dataclass
 from dataclasses import field
 import inspect
+import math
 from typing import Any
 from typing import TypeVar
 import weakref
@@ -82,6 +83,8 @@ class PhaseDefinition:
     max_attempts: int | None = None
     #: A pydantic model class the handler's value is validated against (``@phase(output=...)``).
     output: type[Any] | None = None
+    #: Amounts of named resources one execution holds (``@phase(resources=...)``).
+    resources: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_async(self) -> bool:
@@ -108,6 +111,7 @@ def phase(
     max_cost: float | None = None,
     max_attempts: int | None = None,
     output: type[Any] | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as phase ``num`` of the pipeline defined in its module.
 
@@ -149,6 +153,11 @@ def phase(
         invalid value fails the attempt (reason ``invalid_output``, retried per
         ``retries``, its error in the next attempt's ``ctx.last_error``). Its
         schema is part of the phase's fingerprint.
+    :param resources: amounts of named resources one execution needs, e.g.
+        ``{"GPU": 1}``: on the dask executor it runs only on workers started
+        with them (``dask worker --resources GPU=1``); on the local and
+        processes executors it waits until they are free among what the run
+        declares (``pipekit run --resources GPU=1``). Not part of the fingerprint.
     """
     if on_change not in ON_CHANGE_CHOICES:
         raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
@@ -156,6 +165,7 @@ def phase(
         raise ValueError(f"@phase({num}): output must be a pydantic model class, not {output!r}")
 
     def mark(func: F) -> F:
+        where = f"@phase({num}) {getattr(func, '__name__', repr(func))}"
         definition = PhaseDefinition(
             num=num,  # validated by the loader, so that the error names the function
             name=name if name is not None else getattr(func, "__name__", repr(func)),
@@ -175,6 +185,7 @@ def phase(
             max_cost=max_cost,
             max_attempts=max_attempts,  # validated by the loader, naming the function
             output=output,
+            resources=checked_resources(resources, where),
         )
         setattr(func, PHASE_MARKER, definition)
         return func
@@ -242,3 +253,26 @@ class Injector:
         if self.takes_kwargs:
             return dict(available)
         return {name: value for name, value in available.items() if name in self.wanted}
+
+
+def checked_resources(value: Any, where: str) -> dict[str, float]:
+    """``value`` as a ``{name: positive number}`` dict; ``ValueError`` naming ``where`` otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: resources must be a dict of names to amounts, like {{'GPU': 1}}, not {value!r}")
+    checked: dict[str, float] = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name.strip() or "," in name or "=" in name:
+            raise ValueError(f"{where}: resource name {name!r} must be a non-empty string without ',' or '='")
+        if not is_amount(amount):
+            raise ValueError(f"{where}: resource {name!r} needs a positive number, not {amount!r}")
+        checked[name] = amount
+    return checked
+
+
+def is_amount(amount: Any) -> bool:
+    """True for a positive finite number (not a bool): an amount of a resource."""
+    return (
+        isinstance(amount, (int, float)) and not isinstance(amount, bool) and math.isfinite(amount) and amount > 0
+    )
