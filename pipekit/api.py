@@ -27,6 +27,7 @@ from pipekit.cli.run import prepare
 from pipekit.engine.result import RunResult
 from pipekit.engine.session import wrap_run
 from pipekit.outcomes import UsageError
+from pipekit.state.model import PipelineState
 
 
 #: The keywords of ``run``/``arun`` that take a value, and their option of ``pipekit run``.
@@ -106,6 +107,8 @@ def run(
     args: Sequence[str] = (),
     client: Any = None,
     resources: Mapping[str, float] | None = None,
+    keep_states: bool = True,
+    on_state: Callable[[PipelineState], None] | None = None,
 ) -> RunResult:
     """Run a pipeline as ``pipekit run`` does and return its ``RunResult``.
 
@@ -146,12 +149,18 @@ def run(
     :param client: a ``distributed.Client`` to run the phases on (``--executor dask``); left open.
     :param resources: what this machine has for ``@phase(resources=...)``, e.g.
         ``{"GPU": 1}`` (``--resources``; the local and processes executors).
+    :param keep_states: keep every selected item's final state in ``RunResult.states``;
+        False returns the totals only, so a run over a million items holds no state.
+    :param on_state: called with each selected item's final state, one at a time, as
+        the item finishes (or is found finished); with ``keep_states=False`` the
+        caller streams the states instead of holding them all. An exception it
+        raises stops the run (exit code 3) and is raised.
     :raises pipekit.UsageError: for a bad module, bad items or bad options.
     """
     options = {k: v for k, v in locals().items() if k in _VALUE_OPTIONS or k in _FLAG_OPTIONS}
 
     def main() -> Coroutine[Any, Any, RunResult]:
-        return _arun(module_or_path, items, options, plugins, args, client)
+        return _arun(module_or_path, items, options, plugins, args, client, keep_states, on_state)
 
     try:
         asyncio.get_running_loop()
@@ -184,11 +193,13 @@ async def arun(
     args: Sequence[str] = (),
     client: Any = None,
     resources: Mapping[str, float] | None = None,
+    keep_states: bool = True,
+    on_state: Callable[[PipelineState], None] | None = None,
 ) -> RunResult:
     """The coroutine twin of ``run`` (the same parameters), for code already
     inside an event loop; cancelling it stops the run as an interrupt does."""
     options = {k: v for k, v in locals().items() if k in _VALUE_OPTIONS or k in _FLAG_OPTIONS}
-    return await _arun(module_or_path, items, options, plugins, args, client)
+    return await _arun(module_or_path, items, options, plugins, args, client, keep_states, on_state)
 
 
 async def _arun(
@@ -198,6 +209,8 @@ async def _arun(
     plugins: Iterable[Any],
     args: Sequence[str],
     client: Any = None,
+    keep_states: bool = True,
+    on_state: Callable[[PipelineState], None] | None = None,
 ) -> RunResult:
     argv, objects = _arguments(module_or_path, options, plugins, args)
     if client is not None:  # a Dask client means the dask executor, on it
@@ -207,7 +220,8 @@ async def _arun(
     outcome = await wrap_run(
         prepare(build_run_parser(), argv, objects),
         items=None if items is None else list(items),
-        keep_states=True,
+        keep_states=keep_states,
+        on_state=on_state,
     )
     if outcome.error is not None:
         raise outcome.error

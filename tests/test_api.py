@@ -350,3 +350,35 @@ def test_ctrl_c_in_a_notebook_cell_records_the_phase_in_flight(pipetester: PipeT
     assert "KeyboardInterrupt raised" in out, err
     state = json.loads((pipetester.path / "st" / "a.json").read_text())
     assert state["phases"]["1"]["status"] == "failed" and state["phases"]["1"]["reason"] == "interrupted", state
+
+
+def test_on_state_streams_each_final_state_and_keep_states_false_holds_none(pipetester: PipeTester) -> None:
+    path = pipetester.make_pipeline(PIPELINE)
+    store = f"sqlite:{pipetester.path / 'st.sqlite'}"
+    pipekit.run(str(path), ["a"], store=store, progress="none")
+    seen: list[tuple[str, dict[int, object]]] = []
+    result = pipekit.run(
+        str(path), ["a", "b"], store=store, progress="none", keep_states=False,
+        on_state=lambda state: seen.append((state.item_id, dict(state.phase_outputs))),
+    )
+    assert result.exit_status == pipekit.ExitCode.OK
+    # "a" was finished (skipped unread by the index, loaded only for the callback); "b" ran now.
+    assert sorted(seen) == [("a", {1: "aa"}), ("b", {1: "bb"})]
+    assert result.states == {}
+    assert (result.items_total, result.items_completed) == (2, 2)
+
+
+def test_a_resume_streams_the_finished_rows_of_the_index(pipetester: PipeTester) -> None:
+    from pipekit.state.sqlite import SqliteStore
+
+    path = pipetester.make_pipeline(PIPELINE)
+    store = f"sqlite:{pipetester.path / 'st.sqlite'}"
+    pipekit.run(str(path), [f"i{n}" for n in range(50)], store=store, progress="none")
+    # The whole dict of finished rows is never built on a resume: only the stream is read.
+    original = SqliteStore.finished_items
+    SqliteStore.finished_items = lambda self, names: pytest.fail("finished_items loads every row at once")  # type: ignore[method-assign]
+    try:
+        result = pipekit.run(str(path), [f"i{n}" for n in range(50)], store=store, progress="none", keep_states=False)
+    finally:
+        SqliteStore.finished_items = original  # type: ignore[method-assign]
+    assert (result.exit_status, result.items_completed) == (pipekit.ExitCode.OK, 50)

@@ -11,6 +11,7 @@ from typing import Any
 from pipekit.engine.budget import FORECAST_ITEM_LIMIT
 from pipekit.engine.budget import Forecast
 from pipekit.engine.budget import ForecastTally
+from pipekit.engine.finished import finished_costs
 from pipekit.pipeline.loader import Pipeline
 from pipekit.stale.checker import RUN
 from pipekit.stale.checker import STALE_REASONS
@@ -78,20 +79,22 @@ def preflight(
     finished: dict[str, float] | None = None
     plan: Plan | None = None
     indexed: dict[str, float] = {}
+    nothing_to_do: dict[str, float] = {}
     if policy is not None:
         if from_phase is None:
             indexed = fresh_finished_items(pipeline, store, metadata, policy.checker)
         plan, nothing_to_do, read = _plan_run(pipeline, store, metadata, policy, from_phase, indexed, tally)
         if from_phase is None:
-            finished = {**indexed, **nothing_to_do}
+            finished = indexed  # not a copy: a resume of a million items holds one such dict
+            finished.update(nothing_to_do)
     elif forecasting:
         read = _tally_states(pipeline, store, list(metadata), tally)
     else:
         read = 0
     if not forecasting or (finished is not None and len(finished) == len(metadata) and max_cost is None):
         return Preflight(finished, plan, None, read)
-    if indexed:
-        read += _tally_states(pipeline, store, list(indexed), tally)
+    if indexed:  # the items the index found (``finished`` may hold the others too: they were read)
+        read += _tally_states(pipeline, store, [i for i in indexed if i not in nothing_to_do], tally)
     return Preflight(finished, plan, tally.forecast(), read)
 
 
@@ -147,16 +150,6 @@ def fresh_finished_items(
 ) -> dict[str, float]:
     """The items of ``metadata`` that the store's index shows finished, fresh
     (``StaleChecker.fresh_by_key``) and with the same metadata, with their
-    recorded cost; empty when the store has no index. One query, no state read."""
-    indexed = store.finished_items([p.name for p in pipeline.phases])
-    found: dict[str, float] = {}
-    if not indexed:
-        return found
-    for item_id, fresh in metadata.items():
-        item = indexed.get(item_id)
-        if item is None or not checker.fresh_by_key(item.stale_key):
-            continue
-        if fresh and any(item.metadata.get(k) != v for k, v in fresh.items()):
-            continue
-        found[item_id] = item.cost_usd
-    return found
+    recorded cost; empty when the store has no index. One streamed query, no state read."""
+    found = finished_costs(store, pipeline.phases, metadata, lambda item: checker.fresh_by_key(item.stale_key))
+    return found or {}

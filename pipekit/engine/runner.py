@@ -7,6 +7,7 @@ decides which items run, with how much concurrency, and what the run returns.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from collections.abc import Sequence
 from pathlib import Path
 import time
@@ -20,6 +21,7 @@ from pipekit.engine.busy import BusyItems
 from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.failfast import Breaker
+from pipekit.engine.finished import finished_costs
 from pipekit.engine.phaserunner import PhaseRunner
 from pipekit.engine.preflight import Preflight
 from pipekit.engine.preflight import preflight
@@ -46,7 +48,6 @@ from pipekit.state.model import FAILED
 from pipekit.state.model import PENDING
 from pipekit.state.model import PipelineState
 from pipekit.state.model import state_outcome
-from pipekit.state.store import FinishedItem
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_item_id
@@ -83,6 +84,7 @@ class Run:
         executor: PhaseExecutor | None = None,
         notifier: HookNotifier | None = None,
         keep_states: bool = False,
+        on_state: Callable[[PipelineState], None] | None = None,
         max_cost: float | None = None,
         stale_policy: StalePolicy | None = None,
         skip_busy: bool = False,
@@ -141,12 +143,14 @@ class Run:
         #: over 100,000 items must not hold them all in memory.
         self.states: dict[str, PipelineState] = {}
         self._keep_states = keep_states
+        #: Called with each selected item's final state (the library's ``on_state``).
+        self._on_state = on_state
         #: States of items that ended with a failed phase, for the summary.
         self.failed_states: dict[str, PipelineState] = {}
         self._injectors: dict[str, Injector] = {}
         self._module_warning_given = False
-        #: Finished items and their metadata, from the store's index (None: no index).
-        self._finished: dict[str, FinishedItem] | None = None
+        #: Finished items skipped unread, with their cost (None: each item is read).
+        self._finished: dict[str, float] | None = None
         #: What the start of the run read of the items' states (set by ``execute``).
         self.preflight: Preflight | None = None
         self._interrupter = Interrupter(self.control, self._say, self.notify.signal_handler)
@@ -234,11 +238,11 @@ class Run:
 
         stale_check = self.stale_policy is not None and self.stale_policy.active
         # The start-of-run plan already found the finished items (see _already_done).
-        planned = self._planned_finished() is not None
-        if not (self.force or self.from_phase is not None or stale_check or planned):
-            # One indexed query instead of a read per item, where the store has one
-            # (not when staleness is checked: that needs each item's state).
-            self._finished = self.store.finished_items([p.name for p in self.pipeline.phases])
+        self._finished = None if self.preflight is None else self.preflight.finished
+        if self._finished is None and not (self.force or self.from_phase is not None or stale_check):
+            # One streamed, indexed query instead of a read per item, where the store has
+            # one (not when staleness is checked: that needs each item's state).
+            self._finished = finished_costs(self.store, self.pipeline.phases, dict(self.items))
         try:
             for index, (item_id, metadata) in enumerate(self.items, 1):
                 if self._already_done(item_id, metadata):
@@ -274,40 +278,27 @@ class Run:
     def _budget_reached(self, spent: float, cap: float) -> None:
         self.notify.budget_reached(self, spent, cap)
 
-    def _planned_finished(self) -> dict[str, float] | None:
-        """The items the start-of-run read found with nothing to do, with their cost;
-        None when it did not say, or the run keeps every state (then it reads them)."""
-        if self.preflight is None or self._keep_states:
-            return None
-        return self.preflight.finished
-
     def _already_done(self, item_id: str, metadata: dict[str, Any]) -> bool:
         """Cheap check without the lock: finished items need no lock and fire no hooks."""
         if self.force or self.from_phase is not None:
             return False
-        finished = self._planned_finished()
-        if finished is not None:
-            # Read once already at the start of the run (the stale report): not again.
-            cost = finished.pop(item_id, None)
+        if self._finished is not None:
+            # Found at the start of the run (the stale report, or the store's index): not read again.
+            cost = self._finished.pop(item_id, None)
             if cost is None:
                 return False  # unfinished, new or unreadable: looked at under the lock
-            self.items_already_done += 1
-            self.items_completed += 1
-            self.earlier_cost_usd += cost
-            return True
-        if self._finished is not None:
-            indexed = self._finished.get(item_id)
-            if indexed is None or any(indexed.metadata.get(k) != v for k, v in metadata.items()):
-                return False
-            if self._keep_states:
+            if self._keep_states or self._on_state is not None:
                 kept = PipelineStateManager(item_id, self.store)
-                if not kept.load_state():
-                    return False
+                try:
+                    if not kept.load_state():
+                        return False
+                except StateFileError:
+                    return False  # reported, under the lock, by _process_item
                 kept.reconcile(self.pipeline.phases)
                 self._keep(kept.state)
             self.items_already_done += 1
             self.items_completed += 1
-            self.earlier_cost_usd += indexed.cost_usd
+            self.earlier_cost_usd += cost
             return True
         manager = PipelineStateManager(item_id, self.store)
         try:
@@ -471,6 +462,8 @@ class Run:
     def _keep(self, state: PipelineState) -> None:
         if self._keep_states:
             self.states[state.item_id] = state
+        if self._on_state is not None:
+            self._on_state(state)
 
     def _say(self, message: str, level: str = "info") -> None:
         self.notify.report(message, level)

@@ -39,6 +39,7 @@ from pipekit.pipeline.items import narrow
 from pipekit.pipeline.items import normalize_items
 from pipekit.pipeline.loader import Pipeline
 from pipekit.pipeline.resources import machine_resources
+from pipekit.state.model import PipelineState
 from pipekit.state.store import StateStore
 
 
@@ -57,6 +58,10 @@ class RunOutcome:
     error: BaseException | None = None
 
 
+#: Called with each selected item's final state (``pipekit.run(on_state=...)``).
+OnState = Callable[[PipelineState], None] | None
+
+
 @dataclass
 class _Progress:
     """How far a run got: what its exit code is decided from."""
@@ -66,12 +71,19 @@ class _Progress:
     error: BaseException | None = None
 
 
-async def wrap_run(prepare: Prepare, *, items: list[Any] | None = None, keep_states: bool = False) -> RunOutcome:
+async def wrap_run(
+    prepare: Prepare,
+    *,
+    items: list[Any] | None = None,
+    keep_states: bool = False,
+    on_state: OnState = None,
+) -> RunOutcome:
     """Prepare, configure, collect, check, run and tear down one run.
 
     :param prepare: builds the run's ``Config`` (see ``Prepare``).
     :param items: the items (the library's ``items=``); None: the hooks collect them.
     :param keep_states: keep every final state in the result (the library API).
+    :param on_state: called with each selected item's final state (the library API).
     """
     progress = _Progress()
     # During a run stdout carries only --jsonl events: the module's and the
@@ -83,7 +95,7 @@ async def wrap_run(prepare: Prepare, *, items: list[Any] | None = None, keep_sta
                 return RunOutcome(RunResult(ExitCode.OK))
             config.stdout = stdout
             with configured(config):
-                await _collect_and_run(config, progress, items, keep_states)
+                await _collect_and_run(config, progress, items, keep_states, on_state)
         except (Exception, KeyboardInterrupt) as exc:
             progress.error = exc
     run = progress.run
@@ -93,7 +105,9 @@ async def wrap_run(prepare: Prepare, *, items: list[Any] | None = None, keep_sta
     return RunOutcome(replace(result, exit_status=code) if result else RunResult(code), progress.error)
 
 
-async def _collect_and_run(config: Config, progress: _Progress, items: list[Any] | None, keep: bool) -> None:
+async def _collect_and_run(
+    config: Config, progress: _Progress, items: list[Any] | None, keep: bool, on_state: OnState = None
+) -> None:
     pipeline = config.pipeline
     assert pipeline is not None
     option = config.option
@@ -139,6 +153,7 @@ async def _collect_and_run(config: Config, progress: _Progress, items: list[Any]
         from_phase=option.from_phase,
         executor=executor,
         keep_states=keep,
+        on_state=on_state,
         stale_policy=stale_policy,
         max_cost=option.max_cost,
         skip_busy=option.skip_busy,

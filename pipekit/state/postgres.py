@@ -385,16 +385,32 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             reader.close()
 
     def finished_items(self, phase_names: Collection[str]) -> dict[str, FinishedItem]:
-        rows = self._query(
-            """SELECT item_id, metadata, cost_usd, stale_key FROM pipekit_items
-               WHERE pipeline = %s AND next_phase IS NULL AND done_names @> %s
-                 AND jsonb_typeof(state) = 'object' AND state ? 'schema_version' AND state ? 'phases'""",
-            (self.pipeline, sorted(phase_names)),
-        )
-        return {
-            item_id: FinishedItem(metadata if isinstance(metadata, dict) else {}, float(cost), key)
-            for item_id, metadata, cost, key in rows
-        }
+        return dict(self._finished_rows(phase_names))
+
+    def iter_finished(self, phase_names: Collection[str]) -> Iterator[tuple[str, FinishedItem]]:
+        return self._finished_rows(phase_names)
+
+    def _finished_rows(self, phase_names: Collection[str]) -> Iterator[tuple[str, FinishedItem]]:
+        # A server-side cursor on a connection of its own, as load_all: fetched in batches.
+        try:
+            reader = self._connect()
+        except self._psycopg.Error as exc:
+            raise StateWriteError(self.location, str(exc).strip()) from exc
+        try:
+            with reader.cursor(name="pipekit_finished") as cursor:
+                cursor.itersize = 2000
+                cursor.execute(
+                    """SELECT item_id, metadata, cost_usd, stale_key FROM pipekit_items
+                       WHERE pipeline = %s AND next_phase IS NULL AND done_names @> %s
+                         AND jsonb_typeof(state) = 'object' AND state ? 'schema_version' AND state ? 'phases'""",
+                    (self.pipeline, sorted(phase_names)),
+                )
+                for item_id, metadata, cost, key in cursor:
+                    yield item_id, FinishedItem(metadata if isinstance(metadata, dict) else {}, float(cost), key)
+        except self._psycopg.Error as exc:
+            raise StateWriteError(self.location, str(exc).strip()) from exc
+        finally:
+            reader.close()
 
     def unfinished_item_ids(self) -> Iterator[str]:
         rows = self._query(

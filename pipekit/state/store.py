@@ -294,6 +294,13 @@ class StateStore(abc.ABC):
         """
         return None
 
+    def iter_finished(self, phase_names: Collection[str]) -> Iterator[tuple[str, FinishedItem]] | None:
+        """``finished_items`` as a stream of ``(item_id, FinishedItem)``, read in
+        batches and never all held at once (a resume of a million items); None
+        when this store has no such index."""
+        finished = self.finished_items(phase_names)
+        return None if finished is None else iter(finished.items())
+
     def unfinished_item_ids(self) -> Iterator[str]:
         """Ids of the items with work left ("what is left"); an indexed query where the store has one."""
         for item_id, document in self.load_all():
