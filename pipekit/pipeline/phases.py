@@ -82,6 +82,9 @@ class PhaseDefinition:
     max_attempts: int | None = None
     #: A pydantic model class the handler's value is validated against (``@phase(output=...)``).
     output: type[Any] | None = None
+    #: The name of a provider in the module's ``BATCHES`` (``@phase(batch=...)``): the
+    #: handler returns requests, answered through that provider's batch API.
+    batch: str | None = None
 
     @property
     def is_async(self) -> bool:
@@ -108,6 +111,7 @@ def phase(
     max_cost: float | None = None,
     max_attempts: int | None = None,
     output: type[Any] | None = None,
+    batch: str | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as phase ``num`` of the pipeline defined in its module.
 
@@ -149,6 +153,9 @@ def phase(
         invalid value fails the attempt (reason ``invalid_output``, retried per
         ``retries``, its error in the next attempt's ``ctx.last_error``). Its
         schema is part of the phase's fingerprint.
+    :param batch: the name of a provider in the module's ``BATCHES``: the handler
+        returns this item's requests, sent through the provider's batch API; the
+        phase's output is ``{custom_id: response}`` (docs/batches.md).
     """
     if on_change not in ON_CHANGE_CHOICES:
         raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
@@ -175,6 +182,7 @@ def phase(
             max_cost=max_cost,
             max_attempts=max_attempts,  # validated by the loader, naming the function
             output=output,
+            batch=batch,  # checked against BATCHES by the loader
         )
         setattr(func, PHASE_MARKER, definition)
         return func
