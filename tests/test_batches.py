@@ -58,6 +58,14 @@ def _run(pipetester: PipeTester, *args: str, **env: Any) -> PipeResult:
     )
 
 
+def _cli(pipetester: PipeTester, *args: str, **env: Any) -> tuple[int, str, str]:
+    """``pipekit ARGS`` (not a run) in a subprocess: exit code, stdout, stderr."""
+    environment = {k: v if isinstance(v, str) else json.dumps(v) for k, v in env.items()}
+    proc = pipetester.popen(*args, "--state-dir", "state", env=environment)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
 def _fake(pipetester: PipeTester) -> FakeBatch:
     return FakeBatch(pipetester.path / "fake.json")
 
@@ -217,3 +225,53 @@ def test_fake_batch_keeps_its_batches_in_its_file(tmp_path: Path) -> None:
     outcomes = {r.custom_id: r.outcome for r in again.results(batch_id)}
     assert outcomes == {"a": "succeeded", "b": "expired"}
     assert not fake.wire_id_ok("a b") and fake.wire_id_ok("a-b_1")
+
+
+def test_status_shows_waiting_cells_and_the_batches(pipetester: PipeTester) -> None:
+    _setup(pipetester, 2)
+    _run(pipetester)
+    ret, shown, _ = _cli(pipetester, "status", "pipeline.py")
+    assert ret == 0
+    assert "i00   ✓ ⧗ ·" in shown
+    assert "⧗ waiting" in shown
+    assert "0 pending, 2 waiting;" in shown
+    assert "batches:\n  fake  fakebatch-1  submitted  4 requests  age " in shown
+    as_json = json.loads(_cli(pipetester, "status", "pipeline.py", "--json")[1])
+    assert as_json["totals"]["waiting"] == 2
+    assert as_json["items"][0]["status"] == "waiting"
+    assert [(b["provider"], b["batch_id"], b["requests"]) for b in as_json["batches"]] == [("fake", "fakebatch-1", 4)]
+    assert "payload" not in json.dumps(as_json["batches"])
+
+
+def test_status_of_a_pipeline_without_batch_phases_is_unchanged(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(
+        """
+        from pipekit import phase
+
+        @phase(1)
+        def one():
+            return "x"
+        """
+    )
+    pipetester.run("pipeline.py", "--item", "a")
+    shown = pipetester.run("status", "pipeline.py")
+    assert "waiting" not in shown.stdout and "batches" not in shown.stdout
+
+
+def test_reset_of_a_waiting_cell_says_its_batch_runs_and_cancels_only_when_asked(pipetester: PipeTester) -> None:
+    _setup(pipetester, 2)
+    options = {"FAKE_OPTIONS": {"finish_after_polls": 100}}
+    assert _run(pipetester, **options).ret == ExitCode.WAITING
+    ret, told, err = _cli(pipetester, "reset", "pipeline.py", "--item", "i00", "--phase", "2", **options)
+    assert ret == 0, err
+    assert "batch fakebatch-1 at 'fake' is still running (in_progress, 4 requests)" in told
+    assert "add --cancel to cancel it" in told
+    assert "cancel" not in _fake(pipetester).calls
+    _, cancelled, _ = _cli(pipetester, "reset", "pipeline.py", "--item", "i01", "--phase", "2", "--cancel", **options)
+    assert "batch fakebatch-1 at 'fake' cancelled" in cancelled
+    assert _fake(pipetester).calls["cancel"] == 1
+    # Both cells were reset: the next run asks both handlers again and sends their requests anew.
+    again = _run(pipetester)
+    assert again.ret == ExitCode.WAITING
+    assert len(_fake(pipetester).submitted) == 2
+    assert _run(pipetester).ret == ExitCode.OK

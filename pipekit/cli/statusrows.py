@@ -36,6 +36,7 @@ from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
+from pipekit.state.model import WAITING
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
 from pipekit.state.model import is_finished
@@ -190,12 +191,14 @@ class StatusRow:
 
 def row_status(statuses: Iterable[Any]) -> str:
     """What an item whose phases have ``statuses`` looks like now: failed,
-    in_progress, completed or pending."""
+    in_progress, waiting (for a provider's batch), completed or pending."""
     statuses = set(statuses)
     if FAILED in statuses:
         return FAILED
     if IN_PROGRESS in statuses:
         return IN_PROGRESS
+    if WAITING in statuses:
+        return WAITING
     if is_finished(statuses):
         return COMPLETED
     return PENDING
