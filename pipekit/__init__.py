@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from pipekit.outcomes import Retry
     from pipekit.outcomes import StateFileError
     from pipekit.outcomes import UsageError
+    from pipekit.pipeline.batch import BatchProvider
+    from pipekit.pipeline.batch import BatchRequest
+    from pipekit.pipeline.batch import BatchResult
+    from pipekit.pipeline.batch import BatchStatus
     from pipekit.pipeline.context import PhaseContext
     from pipekit.pipeline.context import PhaseOutcome
     from pipekit.pipeline.limits import Limit
@@ -50,6 +54,10 @@ _LAZY = {
     "hookimpl": "pipekit.hookspecs",
     "hookspec": "pipekit.hookspecs",
     "Limit": "pipekit.pipeline.limits",
+    "BatchProvider": "pipekit.pipeline.batch",
+    "BatchRequest": "pipekit.pipeline.batch",
+    "BatchResult": "pipekit.pipeline.batch",
+    "BatchStatus": "pipekit.pipeline.batch",
     "Pipeline": "pipekit.pipeline.loader",
     "load": "pipekit.pipeline.loader",
     "ExitCode": "pipekit.outcomes",
@@ -76,6 +84,10 @@ _LAZY = {
 
 
 __all__ = [
+    "BatchProvider",
+    "BatchRequest",
+    "BatchResult",
+    "BatchStatus",
     "ExitCode",
     "Fail",
     "Item",

@@ -20,6 +20,8 @@ class ExitCode(enum.IntEnum):
     USAGE_ERROR = 4
     #: There were no items to process.
     NO_ITEMS = 5
+    #: Nothing was left to do but wait for a provider's batch (``@phase(batch=...)``); state saved.
+    WAITING = 6
 
     def __str__(self) -> str:
         # The number, as on Python 3.11+, also on 3.10 (where it would be "ExitCode.OK").
@@ -32,6 +34,7 @@ EXIT_PRIORITY = (
     ExitCode.INTERRUPTED,
     ExitCode.USAGE_ERROR,
     ExitCode.ITEMS_FAILED,
+    ExitCode.WAITING,
 )
 
 

@@ -48,6 +48,7 @@ import pytest
 
 from pipekit.hookspecs import hookimpl
 from pipekit.outcomes import ExitCode
+from pipekit.pipeline.fakebatch import FakeBatch
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import PipelineState
@@ -439,4 +440,4 @@ def pipetester(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipe
     tester.stop_processes()
 
 
-__all__ = ["ExitCode", "HookRecorder", "PipeResult", "PipeTester", "pipetester"]
+__all__ = ["ExitCode", "FakeBatch", "HookRecorder", "PipeResult", "PipeTester", "pipetester"]

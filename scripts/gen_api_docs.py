@@ -33,6 +33,11 @@ WIDTH = 88
 #: The page's sections and the public names in each, in the order shown.
 SECTIONS: list[tuple[str, str, list[str]]] = [
     ("Declaring phases", "", ["phase", "PhaseResult", "PhaseContext", "Limit", "PhaseDefinition", "Retry", "Fail"]),
+    (
+        "Batch phases",
+        "What a provider's batch API gives pipekit (`@phase(batch=...)`; docs/batches.md).",
+        ["BatchProvider", "BatchRequest", "BatchStatus", "BatchResult"],
+    ),
     ("Running", "", ["run", "arun", "load", "Pipeline", "RunResult", "ExitCode"]),
     ("What hooks see", "", ["hookimpl", "hookspec", "Run", "Item", "PhaseOutcome"]),
     ("State", "", ["PipelineState", "PhaseState", "PipelineStateManager", "PhaseRunner"]),

@@ -13,6 +13,7 @@ from pathlib import Path
 import sys
 from typing import Any
 
+from pipekit.cli.batchview import waiting_cell_notes
 from pipekit.cli.parsing import ArgumentParser
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.target import Edits
@@ -31,6 +32,7 @@ from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
 from pipekit.state.model import PENDING
+from pipekit.state.model import WAITING
 from pipekit.state.model import PipelineState
 
 
@@ -68,6 +70,10 @@ def reset_command(args: list[str], plugins: list[Any]) -> ExitCode:
             print(f"{verb} {item_id}: {names}")
             for warning in _orphaned_outputs(loaded.state, chosen):
                 print(f"  warning: {warning}")
+            cancel = option.cancel and not option.dry_run
+            for num in (n for n in chosen if loaded.state.phases[n].status == WAITING):
+                for note in waiting_cell_notes(target.store, target.pipeline, item_id, num, cancel):
+                    print(f"  {note}")
             if not option.dry_run:
                 loaded.reset_phases(chosen)
             changed_items += 1
@@ -94,6 +100,9 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--failed", action="store_true", help="only phases that failed")
     parser.add_argument("--all", action="store_true", help="every item (needed when nothing else selects)")
     parser.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    parser.add_argument(
+        "--cancel", action="store_true", help="also cancel the provider batches of the waiting phases it resets"
+    )
     return parser
 
 

@@ -105,6 +105,14 @@ def build_run_parser() -> ArgumentParser:
         "--from-phase", type=int, metavar="N", help="reset phases >= N to pending for the selected items, then run"
     )
     run.add_argument(
+        "--wait", dest="batch_wait", action="store_true",
+        help="wait for the provider batches of batch phases (polling) instead of exiting 6",
+    )
+    run.add_argument(
+        "--poll-interval", type=float, metavar="SECONDS",
+        help="seconds between polls under --wait (default: the provider's, with backoff)",
+    )
+    run.add_argument(
         "--failed-only", action="store_true", help="only the selected items that have a failed phase (retry failures)"
     )
     _add_place_options(parser)

@@ -11,6 +11,10 @@ import sys
 from typing import Any
 from typing import TextIO
 
+from pipekit.cli.batchview import batch_lines
+from pipekit.cli.batchview import batch_records
+from pipekit.cli.batchview import has_batches
+from pipekit.cli.batchview import with_waiting
 from pipekit.cli.parsing import add_item_sources
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.statusrows import RowReader
@@ -42,6 +46,7 @@ from pipekit.state.model import FAILED
 from pipekit.state.model import IN_PROGRESS
 from pipekit.state.model import PENDING
 from pipekit.state.model import SKIPPED
+from pipekit.state.model import WAITING
 from pipekit.state.model import PipelineState
 from pipekit.state.model import state_outcome
 from pipekit.state.open import existing_stores_only
@@ -55,6 +60,7 @@ GLYPHS = {
     SKIPPED: ("↷", "33"),
     IN_PROGRESS: ("▶", "36"),
     PENDING: ("·", "2"),
+    WAITING: ("⧗", "34"),
 }
 STATUS_ORDER = (COMPLETED, FAILED, SKIPPED, IN_PROGRESS, PENDING)
 #: Above this many rows the matrix is summarised unless ``--all``.
@@ -206,20 +212,30 @@ def write_matrix(out: TextIO, target: Target, rows: list[StatusRow], colour: boo
         note = _clip(item.last_note(), 100)
         label = _clip(item.item_id, id_width).ljust(id_width)
         out.write(f"{label}  {line}  {money_exact(item.total_cost_usd):>9}  {note}".rstrip() + "\n")
-    out.write("\n" + legend(colour) + "\n")
+    out.write("\n" + legend(colour, target) + "\n")
     out.write(totals_line(target, rows) + "\n")
+    _write_batches(out, target)
 
 
-def legend(colour: bool) -> str:
-    """What the glyphs mean."""
-    return "  ".join(f"{glyph(s, colour)} {s.replace('_', ' ')}" for s in STATUS_ORDER)
+def legend(colour: bool, target: Target | None = None) -> str:
+    """What the glyphs mean (``waiting`` too for a pipeline with batch phases)."""
+    order = STATUS_ORDER if target is None else with_waiting(STATUS_ORDER, target.pipeline)
+    return "  ".join(f"{glyph(s, colour)} {s.replace('_', ' ')}" for s in order)
 
 
-def totals(rows: list[StatusRow], store: StateStore) -> dict[str, Any]:
+def _write_batches(out: TextIO, target: Target) -> None:
+    """The pipeline's provider batches: provider, id, status, counts, age."""
+    if has_batches(target.pipeline):
+        lines = batch_lines(batch_records(target.store, target.pipeline))
+        out.write("".join(f"{line}\n" for line in ["", *lines] if lines))
+
+
+def totals(rows: list[StatusRow], store: StateStore, waiting: bool = False) -> dict[str, Any]:
     """Items by status, tokens and cost, as ``--json`` gives them: ``completed``
     counts the items completed with errors too, as a run does, and
-    ``completed_with_errors`` those alone; ``interrupted`` counts the items in
-    progress that no process runs (None: the store cannot tell)."""
+    ``completed_with_errors`` those alone; ``waiting`` (for a pipeline with batch
+    phases) the items waiting for a provider's batch; ``interrupted`` counts the items
+    in progress that no process runs (None: the store cannot tell)."""
     by_status = Counter(r.status for r in rows)
     by_status[COMPLETED] += by_status[COMPLETED_WITH_ERRORS]
     in_progress = [r.item_id for r in rows if r.status == IN_PROGRESS]
@@ -228,7 +244,10 @@ def totals(rows: list[StatusRow], store: StateStore) -> dict[str, Any]:
         interrupted = sum(1 for item_id in in_progress if store.running_holder(item_id) is None)
     return {
         "items": len(rows),
-        **{s: by_status[s] for s in (COMPLETED, COMPLETED_WITH_ERRORS, FAILED, IN_PROGRESS, PENDING)},
+        **{
+            s: by_status[s]
+            for s in (COMPLETED, COMPLETED_WITH_ERRORS, FAILED, IN_PROGRESS, PENDING, *((WAITING,) if waiting else ()))
+        },
         "interrupted": interrupted,
         "tokens_in": sum(r.total_tokens_in for r in rows),
         "tokens_out": sum(r.total_tokens_out for r in rows),
@@ -238,8 +257,9 @@ def totals(rows: list[StatusRow], store: StateStore) -> dict[str, Any]:
 
 def totals_line(target: Target, rows: list[StatusRow]) -> str:
     """Items by status, tokens and cost; items in progress that no process runs are named so."""
-    total = totals(rows, target.store)
-    counts = {s: f"{total[s]} {s.replace('_', ' ')}" for s in (COMPLETED, FAILED, IN_PROGRESS, PENDING)}
+    shown = with_waiting((COMPLETED, FAILED, IN_PROGRESS, PENDING), target.pipeline)
+    total = totals(rows, target.store, waiting=WAITING in shown)
+    counts = {s: f"{total[s]} {s.replace('_', ' ')}" for s in shown}
     if total[COMPLETED_WITH_ERRORS]:
         counts[COMPLETED] += f" ({total[COMPLETED_WITH_ERRORS]} with errors)"
     stopped = total["interrupted"]
@@ -269,10 +289,11 @@ def write_summary(out: TextIO, target: Target, rows: list[StatusRow], colour: bo
     failed = sorted_rows([r for r in rows if FAILED in r.statuses])
     failures = [(r.item_id, r.last_note()) for r in failed[:SUMMARY_FAILURES]]
     name_width = max([5, *(len(f"{p.num} {p.name}") for p in target.pipeline.phases)])
-    heads = "".join(f"{glyph(s, colour)} {s.replace('_', ' '):>11}  " for s in STATUS_ORDER)
+    order = with_waiting(STATUS_ORDER, target.pipeline)
+    heads = "".join(f"{glyph(s, colour)} {s.replace('_', ' '):>11}  " for s in order)
     out.write(f"{'phase'.ljust(name_width)}  {heads}{'cost':>10}\n")
     for definition in target.pipeline.phases:
-        row = "".join(f"{counts[definition.num][s]:>13}  " for s in STATUS_ORDER)
+        row = "".join(f"{counts[definition.num][s]:>13}  " for s in order)
         out.write(
             f"{f'{definition.num} {definition.name}'.ljust(name_width)}  {row}{money_exact(cost[definition.num]):>10}\n"
         )
@@ -282,6 +303,7 @@ def write_summary(out: TextIO, target: Target, rows: list[StatusRow], colour: bo
             out.write(f"  {_clip(item_id, 40)}  {_clip(note, 100)}\n")
     out.write(f"\n{totals_line(target, rows)}\n")
     out.write(f"(summary of {len(rows)} rows; --all shows every row)\n")
+    _write_batches(out, target)
 
 
 def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[StateFileError]) -> None:
@@ -301,7 +323,12 @@ def write_json(out: TextIO, target: Target, rows: list[StatusRow], errors: list[
         if start:
             out.write(", ")
         out.write(", ".join([r.json() for r in rows[start : start + JSON_CHUNK]]))
-    out.write(f'], "totals": {encode(totals(rows, target.store))}, "errors": {encode([str(e) for e in errors])}}}\n')
+    waiting = has_batches(target.pipeline)
+    batches = f', "batches": {encode(batch_records(target.store, target.pipeline))}' if waiting else ""
+    out.write(
+        f'], "totals": {encode(totals(rows, target.store, waiting))}{batches}, '
+        f'"errors": {encode([str(e) for e in errors])}}}\n'
+    )
 
 
 def write_story(out: TextIO, target: Target, state: PipelineState, colour: bool) -> None:

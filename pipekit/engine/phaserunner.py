@@ -17,6 +17,7 @@ from pipekit.engine import attempts
 from pipekit.engine.arguments import handler_arguments
 from pipekit.engine.attempts import Retries
 from pipekit.engine.attempts import as_result
+from pipekit.engine.batching.cell import run_batch_phase
 from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.control import no_notify
@@ -47,6 +48,7 @@ from pipekit.state.digest import output_hash
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import PENDING
+from pipekit.state.model import WAITING
 from pipekit.state.model import PipelineState
 from pipekit.state.store import encode_item_id
 from pipekit.state.writer import StateWriter
@@ -88,6 +90,7 @@ class PhaseRunner:
         stale_check: Callable[[PhaseDefinition, PipelineState], bool] | None = None,
         price: Callable[..., float | None] | None = None,
         writer: StateWriter | None = None,
+        batches: Any = None,
     ) -> None:
         self.phases = sorted(phases, key=lambda p: p.num)
         self.state = state_manager
@@ -103,6 +106,8 @@ class PhaseRunner:
         self.stale_check = stale_check
         self._price = price
         self.writer = writer or StateWriter()
+        #: The run's ``pipekit.engine.batching.batcher.Batcher`` (batch phases wait on it).
+        self.batches = batches
         #: The next phase, started in the same write that completed the one before.
         self._prestarted: PhaseDefinition | None = None
         self._in_loop = False
@@ -152,6 +157,8 @@ class PhaseRunner:
                 return False
             if not ok and phase.critical:
                 return False
+            if self.state.state.phases[phase.num].status == WAITING:
+                return True  # the later phases need its answers: a later pass goes on
         return True
 
     def run(self) -> bool:
@@ -179,6 +186,9 @@ class PhaseRunner:
         item, manager = self.item, self.state
         if attempts.gave_up(phase, manager.state.phases[phase.num]):
             return False  # it failed its max_attempts times: not run again until a reset
+        if phase.batch is not None and self.batches is not None:
+            prestarted, self._prestarted = self._prestarted is phase, None
+            return await run_batch_phase(self, phase, self.batches, prestarted)
         if self._prestarted is phase:
             self._prestarted = None
             return await self._execute(phase, no_release)

@@ -14,12 +14,14 @@ import time
 from typing import Any
 
 from pipekit.config import Config
+from pipekit.engine.batching import drive as batching
 from pipekit.engine.budget import Forecast
 from pipekit.engine.budget import Spending
 from pipekit.engine.budget import make_forecast
 from pipekit.engine.busy import BusyItems
 from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
+from pipekit.engine.exitcode import items_exit_code
 from pipekit.engine.failfast import Breaker
 from pipekit.engine.finished import finished_costs
 from pipekit.engine.phaserunner import PhaseRunner
@@ -32,7 +34,6 @@ from pipekit.execution.base import PhaseExecutor
 from pipekit.notify import HookNotifier
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import StateFileError
-from pipekit.outcomes import worst_exit_code
 from pipekit.pipeline.items import ItemSpec
 from pipekit.pipeline.limits import declared_limits
 from pipekit.pipeline.limits import make_gate
@@ -127,6 +128,8 @@ class Run:
         self.items_failed = 0
         self.items_interrupted = 0
         self.items_stopped = 0
+        self.items_waiting = 0  # for a provider's batch (``pipekit.engine.batching``)
+        self.batches = batching.batcher_for(self)
         #: Items another process holds: waited for once the others are started (or skipped).
         self.busy = BusyItems(store, self._writer, self.control, self._say, skip=skip_busy)
         #: Items that were already finished when the run started.
@@ -205,7 +208,7 @@ class Run:
         try:
             self.spending.check_at_start()
             await self.executor.astart()
-            await self._process_all()
+            await batching.drive(self, self._process_all)
         finally:
             restore()
             self.control.close()
@@ -370,7 +373,7 @@ class Run:
                 item_dir_name=encode_item_id(item_id),
                 stale_check=self.stale_policy,
                 price=self.config.hook.pipekit_price_usage,
-                writer=self._writer,
+                writer=self._writer, batches=self.batches,
             ).run_async()
             self._finish_item(manager, ok)
             await self._writer.flush(manager)
@@ -430,6 +433,8 @@ class Run:
         state = manager.state
         if self.control.interrupted.is_set() and not state.is_done:
             status, self.items_interrupted = INTERRUPTED, self.items_interrupted + 1
+        elif ok and batching.waits(state):
+            status, self.items_waiting = batching.WAITING, self.items_waiting + 1
         elif ok and (outcome := state_outcome(state, self.pipeline.phases)) in (COMPLETED, COMPLETED_WITH_ERRORS):
             status, self.items_completed = outcome, self.items_completed + 1
         elif ok:
@@ -443,17 +448,7 @@ class Run:
             self.failed_states[state.item_id] = state
 
     def _exit_status(self) -> ExitCode:
-        codes = set()
-        if self.fatal_error is not None:
-            codes.add(ExitCode.INTERNAL_ERROR)
-        if self.control.interrupted.is_set():
-            codes.add(ExitCode.INTERRUPTED)
-        if self.items_unreadable:
-            codes.add(ExitCode.USAGE_ERROR)
-        unfinished = self.total_items - self.items_completed - self.items_unreadable
-        if self.items_failed or self.items_stopped or unfinished > 0:  # busy items (--skip-busy) too
-            codes.add(ExitCode.ITEMS_FAILED)
-        return worst_exit_code(codes)
+        return items_exit_code(self)
 
     def interrupt(self) -> None:
         """Stop as SIGINT does: abandon in-flight phases (recorded interrupted), start none."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field
 import functools
 import importlib
 import importlib.util
@@ -14,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from pipekit.outcomes import UsageError
+from pipekit.pipeline.batch import BatchProvider
 from pipekit.pipeline.phases import INJECTABLE_NAMES
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.phases import injection_problems
@@ -32,6 +34,8 @@ class Pipeline:
     module: ModuleType
     #: The word for items in progress and summaries (``ITEM_NOUN``).
     item_noun: str = "items"
+    #: The module's ``BATCHES``: batch providers by name (``@phase(batch=...)``).
+    batches: dict[str, BatchProvider] = field(default_factory=dict)
 
     @functools.cached_property
     def path(self) -> str:
@@ -166,7 +170,24 @@ def pipeline_from_module(module: ModuleType) -> Pipeline:
         raise UsageError(f"PIPELINE_NAME in {module.__name__} must be a non-empty string")
     if not isinstance(noun, str) or not noun:
         raise UsageError(f"ITEM_NOUN in {module.__name__} must be a non-empty string")
-    return Pipeline(name=name, phases=collect_phases(module), module=module, item_noun=noun)
+    phases = collect_phases(module)
+    batches = declared_batches(module, phases)
+    return Pipeline(name=name, phases=phases, module=module, item_noun=noun, batches=batches)
+
+
+def declared_batches(module: ModuleType, phases: list[PhaseDefinition]) -> dict[str, BatchProvider]:
+    """The module's ``BATCHES`` (names to ``pipekit.BatchProvider``), checked against
+    the phases' ``batch=``; a ``UsageError`` names what is wrong."""
+    raw: Any = getattr(module, "BATCHES", None)
+    raw = {} if raw is None else raw
+    fits = isinstance(raw, dict) and all(isinstance(k, str) and isinstance(v, BatchProvider) for k, v in raw.items())
+    if not fits:
+        raise UsageError(f"BATCHES in {module.__name__} must be a dict of names to pipekit.BatchProvider instances")
+    for phase in phases:
+        if phase.batch is not None and phase.batch not in raw:
+            known = ", ".join(sorted(raw)) or "none declared"
+            raise UsageError(f"phase {phase.name!r}: no batch provider named {phase.batch!r} in BATCHES ({known})")
+    return dict(raw)
 
 
 def load(module_or_path: str | ModuleType) -> Pipeline:

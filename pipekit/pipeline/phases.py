@@ -85,6 +85,9 @@ class PhaseDefinition:
     output: type[Any] | None = None
     #: Amounts of named resources one execution holds (``@phase(resources=...)``).
     resources: dict[str, float] = field(default_factory=dict)
+    #: The name of a provider in the module's ``BATCHES`` (``@phase(batch=...)``): the
+    #: handler returns requests, answered through that provider's batch API.
+    batch: str | None = None
 
     @property
     def is_async(self) -> bool:
@@ -112,6 +115,7 @@ def phase(
     max_attempts: int | None = None,
     output: type[Any] | None = None,
     resources: Mapping[str, float] | None = None,
+    batch: str | None = None,
 ) -> Callable[[F], F]:
     """Mark a function as phase ``num`` of the pipeline defined in its module.
 
@@ -158,6 +162,9 @@ def phase(
         with them (``dask worker --resources GPU=1``); on the local and
         processes executors it waits until they are free among what the run
         declares (``pipekit run --resources GPU=1``). Not part of the fingerprint.
+    :param batch: the name of a provider in the module's ``BATCHES``: the handler
+        returns this item's requests, sent through the provider's batch API; the
+        phase's output is ``{custom_id: response}`` (docs/batches.md).
     """
     if on_change not in ON_CHANGE_CHOICES:
         raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
@@ -186,6 +193,7 @@ def phase(
             max_attempts=max_attempts,  # validated by the loader, naming the function
             output=output,
             resources=checked_resources(resources, where),
+            batch=batch,  # checked against BATCHES by the loader
         )
         setattr(func, PHASE_MARKER, definition)
         return func

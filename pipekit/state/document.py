@@ -33,8 +33,10 @@ IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
 FAILED = "failed"
 SKIPPED = "skipped"
+#: A batch phase whose requests are saved and wait for the provider's batch (``pipekit.engine.batching``).
+WAITING = "waiting"
 #: Every status a phase or an item can have.
-STATUSES = frozenset({PENDING, IN_PROGRESS, COMPLETED, FAILED, SKIPPED})
+STATUSES = frozenset({PENDING, IN_PROGRESS, COMPLETED, FAILED, SKIPPED, WAITING})
 #: Phase statuses after which a run does not execute the phase again.
 DONE_STATUSES = frozenset({COMPLETED, SKIPPED})
 
@@ -230,6 +232,9 @@ def _check_state(document: dict[str, Any]) -> None:
         _check_phase(phase, f"phases.{num}")
     _check_by_num(document.get("phase_outputs", {}), "phase_outputs", any_value=True)
     _check_by_num(document.get("phase_output_files", {}), "phase_output_files")
+    batches = document.get("batch_requests")
+    if batches is not None and (type(batches) is not dict or not all(type(v) is dict for v in batches.values())):
+        raise _bad("batch_requests", batches, "an object of batch records by phase num")
     retired = document.get("retired_phases")
     if retired is None:
         return

@@ -301,6 +301,7 @@ class PipelineStateManager:
             phase.output_file = None
             phase.attempts_at_reset = phase.attempts  # a cap on attempts counts afresh
             self._set_output(phase_num, None)
+            self.state.batch_requests.pop(str(phase_num), None)  # its requests are asked for again
             # Before the save: a reset phase must never find its old checkpoints.
             self.store.drop_checkpoints(self.item_id, phase.name)
             if not keep_subitems:

@@ -21,6 +21,7 @@ from pipekit.state.document import IN_PROGRESS
 from pipekit.state.document import PENDING
 from pipekit.state.document import SCHEMA_VERSION
 from pipekit.state.document import SKIPPED
+from pipekit.state.document import WAITING
 from pipekit.state.document import read_document
 
 
@@ -35,6 +36,7 @@ __all__ = [
     "PHASE_FIELDS",
     "SCHEMA_VERSION",
     "SKIPPED",
+    "WAITING",
     "PhaseState",
     "PipelineState",
     "is_finished",
@@ -67,11 +69,12 @@ def item_outcome(phases: Iterable[tuple[str, bool]]) -> str:
     and ``export`` share.
 
     ``failed`` when a critical phase failed; else ``in_progress`` when a phase
-    is (or was, until its process died) running; else ``completed`` when every
+    is (or was, until its process died) running; else ``waiting`` when a phase
+    waits for a provider's batch; else ``completed`` when every
     phase is completed or skipped, ``completed_with_errors`` when only
     non-critical phases failed and the rest is done; else ``pending`` (work left).
     """
-    failed_noncritical = unfinished = running = False
+    failed_noncritical = unfinished = running = waiting = False
     for status, critical in phases:
         if status == FAILED:
             if critical:
@@ -79,10 +82,14 @@ def item_outcome(phases: Iterable[tuple[str, bool]]) -> str:
             failed_noncritical = True
         elif status == IN_PROGRESS:
             running = True
+        elif status == WAITING:
+            waiting = True
         elif status not in DONE_STATUSES:
             unfinished = True
     if running:
         return IN_PROGRESS
+    if waiting:
+        return WAITING
     if unfinished:
         return PENDING
     return COMPLETED_WITH_ERRORS if failed_noncritical else COMPLETED
@@ -166,6 +173,9 @@ class PipelineState:
     #: Phases no longer in the pipeline, by name: ``{"state": {...}, "output": str | None}``.
     #: Kept so that work is not lost when a phase is removed and added back.
     retired_phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: A batch phase's requests and answers by phase num (as text), while it waits
+    #: (``pipekit.engine.batching.cell``); left out of the document when empty.
+    batch_requests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def is_done(self) -> bool:
@@ -189,6 +199,10 @@ class PipelineState:
             str(num): text for num, text in sorted(self.phase_outputs.items()) if num not in output_refs
         }
         document["retired_phases"] = _copied(self.retired_phases)
+        if self.batch_requests:
+            document["batch_requests"] = _copied(self.batch_requests)
+        else:
+            del document["batch_requests"]
         document["phase_output_files"] = {str(num): ref for num, ref in sorted(output_refs.items())}
         return document
 
@@ -221,6 +235,7 @@ class PipelineState:
             total_cost_usd=float(document.get("total_cost_usd", 0.0)),
             pipeline_module=document.get("pipeline_module"),
             retired_phases=dict(document.get("retired_phases") or {}),
+            batch_requests=dict(document.get("batch_requests") or {}),
         )
         refs = {int(k): v for k, v in document.get("phase_output_files", {}).items()}
         return state, refs
