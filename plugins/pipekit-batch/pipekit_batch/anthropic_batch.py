@@ -50,8 +50,9 @@ class AnthropicBatch(BatchProvider):
 
     max_requests = 100_000
     max_bytes = 256 * 1024 * 1024
-    #: How far back :meth:`find` looks (results stay available for 29 days).
+    #: How far back :meth:`find` looks (results stay available for 29 days), and its page size.
     lookback_seconds = 29 * 24 * 3600
+    page_size = 100
 
     def __init__(self, *, client: Any = None, poll_interval: float = 60.0,
                  price: tuple[float, float] | None = None) -> None:
@@ -106,7 +107,7 @@ class AnthropicBatch(BatchProvider):
         wanted = {request.custom_id for request in requests}
         oldest = datetime.now(timezone.utc).timestamp() - self.lookback_seconds
         client = self._client.get()
-        for batch in client.messages.batches.list(limit=100):
+        for batch in client.messages.batches.list(limit=self.page_size):
             if batch.created_at.timestamp() < oldest:
                 break
             counts = batch.request_counts

@@ -48,8 +48,9 @@ class OpenAIBatch(BatchProvider):
 
     max_requests = 50_000
     max_bytes = 200 * 1024 * 1024
-    #: How far back :meth:`find` looks (batch files expire after 30 days).
+    #: How far back :meth:`find` looks (batch files expire after 30 days), and its page size.
     lookback_seconds = 30 * 24 * 3600
+    page_size = 100
 
     def __init__(self, endpoint: str = "/v1/chat/completions", completion_window: str = "24h", *,
                  client: Any = None, poll_interval: float = 60.0, price: tuple[float, float] | None = None) -> None:
@@ -106,7 +107,7 @@ class OpenAIBatch(BatchProvider):
         """The most recent batch (of the last 30 days) whose metadata holds ``key``."""
         value = _metadata_value(key)
         oldest = time.time() - self.lookback_seconds
-        for batch in self._client.get().batches.list(limit=100):
+        for batch in self._client.get().batches.list(limit=self.page_size):
             if batch.created_at < oldest:
                 break
             if (batch.metadata or {}).get(METADATA_KEY) == value:

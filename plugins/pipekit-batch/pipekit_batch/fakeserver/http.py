@@ -111,6 +111,8 @@ class FakeAPI:
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 with a Content-Length on every answer: the SDKs keep connections alive.
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, delayed ACKs cost 40 ms a request.
+    disable_nagle_algorithm = True
     api: FakeAPI
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
