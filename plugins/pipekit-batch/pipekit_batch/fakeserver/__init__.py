@@ -16,6 +16,7 @@ under ``--state-dir``, so it survives a restart. A small extra API drives it:
   ``expire`` and ``expire_fraction`` (requests left unprocessed on their first
   submission) and ``end_after_polls`` (a batch ends by itself after that many
   retrievals);
+- ``POST /_fake/reset`` forgets everything (for a test's fresh start);
 - ``GET /_fake/stats``: ``submitted`` (how many times each custom_id was
   submitted), ``calls`` (requests per route) and each batch's status.
 

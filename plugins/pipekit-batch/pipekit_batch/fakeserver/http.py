@@ -100,6 +100,9 @@ class FakeAPI:
                 return Response(200, stats)
             if (request.method, request.path) == ("POST", "/_fake/config"):
                 return Response(200, self.state.configure(request.json()))
+            if (request.method, request.path) == ("POST", "/_fake/reset"):
+                self.state.reset()
+                return Response(200, {})
             if (request.method, request.path) == ("POST", "/_fake/advance"):
                 body = request.json()
                 return Response(200, {"ended": self.advance(body.get("batch_id"), body.get("outcome", "ended"))})

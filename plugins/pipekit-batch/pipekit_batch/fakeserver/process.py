@@ -135,6 +135,10 @@ class FakeServer:
         """Set ``poison``, ``expire``, ``expire_fraction`` or ``end_after_polls``."""
         return dict(self._call("POST", "/_fake/config", settings))
 
+    def reset(self) -> None:
+        """Forget every file, batch, count and setting, as a server started on an empty folder."""
+        self._call("POST", "/_fake/reset", {})
+
     def stats(self) -> dict[str, Any]:
         """``submitted`` per custom_id, ``calls`` per route, each batch's status, the config."""
         return dict(self._call("GET", "/_fake/stats"))

@@ -40,11 +40,9 @@ class FakeState:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self._path = directory / "state.json"
         self._lock = threading.RLock()
-        if self._path.exists():
-            self.data: dict[str, Any] = json.loads(self._path.read_text(encoding="utf-8"))
-        else:
-            self.data = {"next_id": 1, "files": {}, "batches": {}, "order": [], "config": dict(DEFAULT_CONFIG),
-                         "submitted": {}, "calls": {}}
+        self.data: dict[str, Any] = (
+            json.loads(self._path.read_text(encoding="utf-8")) if self._path.exists() else _empty(1)
+        )
 
     @contextmanager
     def change(self) -> Iterator[dict[str, Any]]:
@@ -100,10 +98,24 @@ class FakeState:
             data["config"].update(settings)
             return dict(data["config"])
 
+    def reset(self) -> None:
+        """Forget every file, batch, count and setting (ids go on counting, so none is reused)."""
+        with self.change() as data:
+            fresh = _empty(data["next_id"])
+            data.clear()
+            data.update(fresh)
+            for path in self.files_dir.iterdir():
+                path.unlink()
+
     def _save(self) -> None:
         partial = self._path.with_name(f"state.json.{os.getpid()}.partial")
         partial.write_text(json.dumps(self.data), encoding="utf-8")
         partial.replace(self._path)
+
+
+def _empty(next_id: int) -> dict[str, Any]:
+    return {"next_id": next_id, "files": {}, "batches": {}, "order": [], "config": dict(DEFAULT_CONFIG),
+            "submitted": {}, "calls": {}}
 
 
 def fate(config: dict[str, Any], custom_id: str, submissions: int) -> str:
