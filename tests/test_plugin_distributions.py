@@ -25,7 +25,8 @@ def project(path: Path) -> dict:
 
 
 def test_there_are_plugin_distributions() -> None:
-    assert [path.name for path in DISTRIBUTIONS] == ["pipekit-notify", "pipekit-otel", "pipekit-prices"]
+    names = ["pipekit-batch", "pipekit-notify", "pipekit-otel", "pipekit-prices"]
+    assert [path.name for path in DISTRIBUTIONS] == names
 
 
 @pytest.mark.parametrize("path", DISTRIBUTIONS, ids=lambda p: p.name)
