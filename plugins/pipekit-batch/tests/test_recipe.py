@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 import runpy
 from typing import Any
@@ -44,14 +43,7 @@ def test_the_recipes_requests_are_accepted_answered_and_assembled(
     assert chapters[0]["text"] in report  # the fake answers with the chapter itself
 
 
-needs_batch_phases = pytest.mark.skipif(
-    "batch" not in inspect.signature(pipekit.phase).parameters,
-    reason="this pipekit has no batch phases (@phase(..., batch=NAME))",
-)
-
-
 @pytest.mark.slow
-@needs_batch_phases
 def test_the_recipe_waits_then_completes_at_half_the_price(openai_fake: FakeServer, pipetester: PipeTester) -> None:
     args = [str(RECIPE), "--state-dir", "state"]
     first = pipetester.run_subprocess(*args)
