@@ -10,8 +10,8 @@ interleaved in the same run so that the machine's load hits both alike:
 - sqlite: ``sqlite3`` in WAL with ``synchronous=FULL`` keeping the same per-item
   JSON documents (one row each, the document pipekit writes), 64 items in
   flight, the 64 transitions of each tick in one transaction: the item's
-  creation, then each phase's start and its completion, each durable before
-  the next transition of that item;
+  creation, its first phase's start, then each phase's completion with the
+  next one's start (pipekit's writes), each durable before the item goes on;
 - postgresql: the same with psycopg 3, one connection, each tick's 64 upserts
   in one transaction (``executemany``, which pipelines its statements).
 
@@ -73,17 +73,21 @@ def document(item_id: str, phases: int) -> dict[str, Any]:
 
 
 def transitions(item_id: str, phases: int) -> list[str]:
-    """The documents an item goes through, as JSON: created, then each phase started and completed."""
+    """The documents an item goes through, as JSON, as pipekit writes them: created,
+    its first phase started, then each phase completed with the next one started."""
     state = document(item_id, phases)
     out = [json.dumps(state)]
+    stamp = state["started_at"]
+    state["phases"]["1"].update(status="in_progress", started_at=stamp, attempts=1)
+    state["status"] = "in_progress"
+    out.append(json.dumps(state))
     for p in range(1, phases + 1):
-        phase = state["phases"][str(p)]
-        phase.update(status="in_progress", started_at=state["started_at"], attempts=1)
-        state.update(status="in_progress", current_phase=p)
-        out.append(json.dumps(state))
-        phase.update(status="completed", completed_at=state["started_at"], duration_seconds=0.0001)
+        state["phases"][str(p)].update(status="completed", completed_at=stamp, duration_seconds=0.0001)
         state["phase_outputs"][str(p)] = ""
-        if p == phases:
+        if p < phases:
+            state["phases"][str(p + 1)].update(status="in_progress", started_at=stamp, attempts=1)
+            state["current_phase"] = p + 1
+        else:
             state["status"] = "completed"
         out.append(json.dumps(state))
     return out
@@ -130,8 +134,8 @@ def baseline_postgres(url: str, items: int, phases: int, workers: int) -> float:
     return seconds
 
 
-def pipekit_run(folder: Path, store: str, workers: int) -> float:
-    command = [sys.executable, "-m", "pipekit", "run", "pipeline.py", "--store", store, "-j", str(workers), "-q"]
+def pipekit_run(folder: Path, store: str, workers: int, python: str = sys.executable) -> float:
+    command = [python, "-m", "pipekit", "run", "pipeline.py", "--store", store, "-j", str(workers), "-q"]
     started = time.perf_counter()
     subprocess.run(command, cwd=folder, check=True, capture_output=True)
     return time.perf_counter() - started
@@ -153,6 +157,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter running pipekit (another checkout's)")
     parser.add_argument("--postgres-url", default=os.environ.get("PIPEKIT_BENCH_POSTGRES_URL"))
     args = parser.parse_args()
     stores = args.stores.split(",")
@@ -169,7 +174,7 @@ def main() -> None:
             for n in range(args.repeat):  # interleaved
                 if kind == "sqlite":
                     bases.append(baseline_sqlite(folder / f"base-{n}.db", args.items, args.phases, args.workers))
-                    runs.append(pipekit_run(folder, f"sqlite:{folder / f'state-{n}.db'}", args.workers))
+                    runs.append(pipekit_run(folder, f"sqlite:{folder / f'state-{n}.db'}", args.workers, args.python))
                 elif kind == "postgresql":
                     if not args.postgres_url:
                         print("  postgresql: skipped (no --postgres-url / PIPEKIT_BENCH_POSTGRES_URL)")
@@ -177,7 +182,7 @@ def main() -> None:
                     bases.append(baseline_postgres(args.postgres_url, args.items, args.phases, args.workers))
                     sep = "&" if "?" in args.postgres_url else "?"
                     url = f"{args.postgres_url}{sep}pipeline=bench_{uuid.uuid4().hex[:8]}"
-                    runs.append(pipekit_run(folder, url, args.workers))
+                    runs.append(pipekit_run(folder, url, args.workers, args.python))
                 else:
                     raise SystemExit(f"unknown store {kind!r}")
             if runs:
