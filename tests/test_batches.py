@@ -275,3 +275,33 @@ def test_reset_of_a_waiting_cell_says_its_batch_runs_and_cancels_only_when_asked
     assert again.ret == ExitCode.WAITING
     assert len(_fake(pipetester).submitted) == 2
     assert _run(pipetester).ret == ExitCode.OK
+
+
+def _batch_events(result: PipeResult) -> list[tuple[str, dict[str, Any]]]:
+    """The batch events of a ``--jsonl`` run, without their ``time``."""
+    return [
+        (name, {k: v for k, v in payload.items() if k != "time"})
+        for name, payload in result.events
+        if name.startswith("batch_")
+    ]
+
+
+def test_jsonl_tells_each_batch_submitted_polled_and_completed_without_payloads(pipetester: PipeTester) -> None:
+    _setup(pipetester, 3)
+    first = _run(pipetester)
+    assert first.ret == ExitCode.WAITING, first.stderr
+    assert _batch_events(first) == [
+        (
+            "batch_submitted",
+            {"provider": "fake", "batch_id": "fakebatch-1", "requests": 6, "status": "submitted", "counts": {}},
+        )
+    ]
+    second = _run(pipetester)
+    assert second.ret == ExitCode.OK, second.stderr
+    events = _batch_events(second)
+    assert [name for name, _ in events] == ["batch_polled", "batch_completed"]
+    assert all(p["batch_id"] == "fakebatch-1" and p["requests"] == 6 for _, p in events)
+    assert events[-1][1]["counts"] == {"succeeded": 6}
+    lines = [line for line in second.stdout.splitlines() if '"batch_' in line]
+    assert lines and not any("text of" in line or "echo" in line for line in lines)  # no request or answer
+
