@@ -305,3 +305,17 @@ def test_jsonl_tells_each_batch_submitted_polled_and_completed_without_payloads(
     lines = [line for line in second.stdout.splitlines() if '"batch_' in line]
     assert lines and not any("text of" in line or "echo" in line for line in lines)  # no request or answer
 
+
+def test_the_summary_says_how_many_requests_went_by_batch_and_what_they_saved(pipetester: PipeTester) -> None:
+    _setup(pipetester, 3)
+    first = _run(pipetester, "--progress", "simple")
+    assert "batches:" not in first.stderr  # nothing answered yet
+    second = _run(pipetester, "--progress", "simple")
+    assert second.ret == ExitCode.OK, second.stderr
+    paid = sum(second.state(f"i{n:02d}").phases[2].cost_usd for n in range(3))
+    assert paid > 0
+    # FakeBatch's discount is one half: the saving equals what was paid.
+    assert f"batches: 6 requests, cost ${paid:.4f} (saved ${paid:.4f} against online prices)" in second.stderr
+    third = _run(pipetester, "--progress", "simple")
+    assert "batches:" not in third.stderr  # counted in the run that completed them only
+
