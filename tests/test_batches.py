@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 from typing import Any
 
 import pytest
@@ -318,4 +319,28 @@ def test_the_summary_says_how_many_requests_went_by_batch_and_what_they_saved(pi
     assert f"batches: 6 requests, cost ${paid:.4f} (saved ${paid:.4f} against online prices)" in second.stderr
     third = _run(pipetester, "--progress", "simple")
     assert "batches:" not in third.stderr  # counted in the run that completed them only
+
+
+def test_the_report_shows_waiting_cells_and_the_batch_saving(pipetester: PipeTester) -> None:
+    from test_report import CHROMIUM
+    from test_report import chromium
+
+    _setup(pipetester, 3)
+    assert _run(pipetester).ret == ExitCode.WAITING
+    assert _cli(pipetester, "report", "pipeline.py", "-o", "waiting.html")[0] == 0
+    page = (pipetester.path / "waiting.html").read_text()
+    assert "card-batch" not in page
+    assert '"waiting"' in page and "<th class=\"n\">waiting</th>" in page
+    if CHROMIUM is not None:
+        matrix = chromium(pipetester.path / "waiting.html", "--dump-dom").split('id="matrix"')[1].split("</table>")[0]
+        assert len(re.findall(r'class="dot s-waiting"[^>]*>⧗</span>', matrix)) == 3
+    collected = _run(pipetester)
+    assert collected.ret == ExitCode.OK
+    assert _cli(pipetester, "report", "pipeline.py", "-o", "done.html")[0] == 0
+    done = (pipetester.path / "done.html").read_text()
+    paid = sum(collected.state(f"i{n:02d}").phases[2].cost_usd for n in range(3))
+    card = done.split('id="card-batch">')[1].split("</div>")[0]
+    assert card == (
+        f"<b>6</b><span>requests by batch &middot; cost ${paid:,.4f}, saved ${paid:,.4f} against online prices</span>"
+    )
 
