@@ -19,6 +19,7 @@ is for pytest. The lifecycle of a run::
                then pipekit_phase_retry ...            (each failed attempt retried)
                then pipekit_phase_complete | pipekit_phase_fail
         pipekit_item_finish
+      pipekit_batch_event ...  (a batch phase's provider batch sent, polled, ended)
       pipekit_budget_reached   at most once, when --max-cost is reached
     pipekit_run_finish         once, if pipekit_run_start ran
     pipekit_unconfigure        once, always
@@ -346,6 +347,29 @@ def pipekit_item_finish(item: Item) -> None:
     """Called when an item that fired ``pipekit_item_start`` is done for this run.
 
     :param item: the item; ``item.state.status`` says how it ended.
+
+    .. versionadded:: 1.0
+    """
+
+
+@hookspec
+def pipekit_batch_event(
+    run: Run, event: str, provider: str, batch_id: str | None, requests: int, status: str, counts: dict[str, int]
+) -> None:
+    """Called when a provider batch of a batch phase is submitted, polled or has ended.
+
+    :param run: the run.
+    :param event: ``"batch_submitted"`` (the batch id is saved), ``"batch_polled"``
+        (its status read) or ``"batch_completed"`` (its results fetched and saved).
+    :param provider: the name of the provider in the module's ``BATCHES``.
+    :param batch_id: the provider's id of the batch.
+    :param requests: how many requests the batch holds.
+    :param status: the provider's status of the batch (``"submitted"`` when just sent).
+    :param counts: the provider's request counts by state (``{"succeeded": 38, ...}``;
+        empty before the first poll).
+
+    Called on the event loop's thread after the submission record is saved.
+    Requests' payloads and results are never passed, nor any credential.
 
     .. versionadded:: 1.0
     """

@@ -135,6 +135,15 @@ class HookNotifier:
         """``pipekit_budget_reached(run, spent, cap)``."""
         self._call("pipekit_budget_reached", {"run": run, "spent": spent, "cap": cap})
 
+    def batch_event(self, run: Any, event: str, record: dict[str, Any]) -> None:
+        """``pipekit_batch_event(...)`` for a batch's submission ``record``: its counts, never its payloads."""
+        arguments = {
+            "run": run, "event": event, "provider": record["provider"], "batch_id": record.get("batch_id"),
+            "requests": len(record["requests"]), "status": record.get("status") or "",
+            "counts": dict(record.get("counts") or {}),
+        }
+        self._call("pipekit_batch_event", arguments)
+
     def run_finish(self, run: Any, exitstatus: int) -> None:
         """``pipekit_run_finish(run, exitstatus)``."""
         self._call("pipekit_run_finish", {"run": run, "exitstatus": exitstatus})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 from typing import Any
 
 import pytest
@@ -275,3 +276,71 @@ def test_reset_of_a_waiting_cell_says_its_batch_runs_and_cancels_only_when_asked
     assert again.ret == ExitCode.WAITING
     assert len(_fake(pipetester).submitted) == 2
     assert _run(pipetester).ret == ExitCode.OK
+
+
+def _batch_events(result: PipeResult) -> list[tuple[str, dict[str, Any]]]:
+    """The batch events of a ``--jsonl`` run, without their ``time``."""
+    return [
+        (name, {k: v for k, v in payload.items() if k != "time"})
+        for name, payload in result.events
+        if name.startswith("batch_")
+    ]
+
+
+def test_jsonl_tells_each_batch_submitted_polled_and_completed_without_payloads(pipetester: PipeTester) -> None:
+    _setup(pipetester, 3)
+    first = _run(pipetester)
+    assert first.ret == ExitCode.WAITING, first.stderr
+    assert _batch_events(first) == [
+        (
+            "batch_submitted",
+            {"provider": "fake", "batch_id": "fakebatch-1", "requests": 6, "status": "submitted", "counts": {}},
+        )
+    ]
+    second = _run(pipetester)
+    assert second.ret == ExitCode.OK, second.stderr
+    events = _batch_events(second)
+    assert [name for name, _ in events] == ["batch_polled", "batch_completed"]
+    assert all(p["batch_id"] == "fakebatch-1" and p["requests"] == 6 for _, p in events)
+    assert events[-1][1]["counts"] == {"succeeded": 6}
+    lines = [line for line in second.stdout.splitlines() if '"batch_' in line]
+    assert lines and not any("text of" in line or "echo" in line for line in lines)  # no request or answer
+
+
+def test_the_summary_says_how_many_requests_went_by_batch_and_what_they_saved(pipetester: PipeTester) -> None:
+    _setup(pipetester, 3)
+    first = _run(pipetester, "--progress", "simple")
+    assert "batches:" not in first.stderr  # nothing answered yet
+    second = _run(pipetester, "--progress", "simple")
+    assert second.ret == ExitCode.OK, second.stderr
+    paid = sum(second.state(f"i{n:02d}").phases[2].cost_usd for n in range(3))
+    assert paid > 0
+    # FakeBatch's discount is one half: the saving equals what was paid.
+    assert f"batches: 6 requests, cost ${paid:.4f} (saved ${paid:.4f} against online prices)" in second.stderr
+    third = _run(pipetester, "--progress", "simple")
+    assert "batches:" not in third.stderr  # counted in the run that completed them only
+
+
+def test_the_report_shows_waiting_cells_and_the_batch_saving(pipetester: PipeTester) -> None:
+    from test_report import CHROMIUM
+    from test_report import chromium
+
+    _setup(pipetester, 3)
+    assert _run(pipetester).ret == ExitCode.WAITING
+    assert _cli(pipetester, "report", "pipeline.py", "-o", "waiting.html")[0] == 0
+    page = (pipetester.path / "waiting.html").read_text()
+    assert "card-batch" not in page
+    assert '"waiting"' in page and "<th class=\"n\">waiting</th>" in page
+    if CHROMIUM is not None:
+        matrix = chromium(pipetester.path / "waiting.html", "--dump-dom").split('id="matrix"')[1].split("</table>")[0]
+        assert len(re.findall(r'class="dot s-waiting"[^>]*>⧗</span>', matrix)) == 3
+    collected = _run(pipetester)
+    assert collected.ret == ExitCode.OK
+    assert _cli(pipetester, "report", "pipeline.py", "-o", "done.html")[0] == 0
+    done = (pipetester.path / "done.html").read_text()
+    paid = sum(collected.state(f"i{n:02d}").phases[2].cost_usd for n in range(3))
+    card = done.split('id="card-batch">')[1].split("</div>")[0]
+    assert card == (
+        f"<b>6</b><span>requests by batch &middot; cost ${paid:,.4f}, saved ${paid:,.4f} against online prices</span>"
+    )
+

@@ -152,6 +152,12 @@ class JsonlReporter:
         )
 
     @hookimpl
+    def pipekit_batch_event(
+        self, event: str, provider: str, batch_id: str | None, requests: int, status: str, counts: dict[str, int]
+    ) -> None:
+        self.emit(event, provider=provider, batch_id=batch_id, requests=requests, status=status, counts=counts)
+
+    @hookimpl
     def pipekit_budget_reached(self, run: Run, spent: float, cap: float) -> None:
         self.emit("budget_reached", spent_usd=round(spent, 6), cap_usd=cap)
 

@@ -115,6 +115,11 @@ class Summary:
         self._definitions: list[PhaseDefinition] = []
         #: Sub-items of ``ctx.map`` finished in this run, by status (``done``, ``failed``).
         self.subitems: dict[str, int] = {}
+        #: Requests answered by provider batches for the phases completed this run,
+        #: their cost and what they would have cost online.
+        self.batch_requests = 0
+        self.batch_cost_usd = 0.0
+        self.batch_online_cost_usd = 0.0
 
     def _stats(self, phase: PhaseDefinition) -> PhaseStats:
         stats = self.phases.get(phase.num)
@@ -168,6 +173,11 @@ class Summary:
         stats.durations.append(result.duration_seconds)
         self._running.discard((item.id, phase.num))
         self._add_usage(phase, result)
+        cell = item.state.batch_requests.get(str(phase.num)) if phase.batch is not None else None
+        if cell and cell.get("done"):
+            self.batch_requests += int(cell.get("requests") or 0)
+            self.batch_cost_usd += float(cell.get("cost_usd") or 0.0)
+            self.batch_online_cost_usd += float(cell.get("online_cost_usd") or 0.0)
 
     @hookimpl
     def pipekit_phase_retry(self, phase: PhaseDefinition, error: BaseException, result: AttemptOutcome) -> None:
@@ -264,6 +274,8 @@ class Summary:
         if self.subitems:
             done, failed = self.subitems.get("done", 0), self.subitems.get("failed", 0)
             lines.append(f"sub-items: {done:,} done, {failed:,} failed")
+        if self.batch_requests:
+            lines.append(batch_line(self.batch_requests, self.batch_cost_usd, self.batch_online_cost_usd))
         if self.waits:
             lines.append("waited: " + ", ".join(f"{n:,} x {what}" for what, n in sorted(self.waits.items())))
         if self.retries_requested or self.retries_after_errors:
@@ -321,6 +333,13 @@ class Summary:
             console.print(Text(line))
         for number, line in enumerate(failures):
             console.print(Text(line, style="red" if number == 0 else ""))
+
+
+def batch_line(requests: int, cost: float, online: float) -> str:
+    """What went by provider batch: ``batches: 40 requests, cost $0.01 (saved $0.01 against online prices)``."""
+    saved = max(online - cost, 0.0)
+    noun = "request" if requests == 1 else "requests"
+    return f"batches: {requests:,} {noun}, cost {money(cost)} (saved {money(saved)} against online prices)"
 
 
 def _stopped_by(run: Run) -> str:

@@ -18,6 +18,7 @@ import string
 import sys
 from typing import Any
 
+from pipekit.cli.batchview import with_waiting
 from pipekit.cli.parsing import add_item_sources
 from pipekit.cli.parsing import command_parser
 from pipekit.cli.status import STATUS_ORDER
@@ -56,6 +57,7 @@ COLOURS = {
     "skipped": "#d9a521",
     "in_progress": "#3a7bd5",
     "pending": "#d7dbe0",
+    "waiting": "#7b5fc7",
 }
 #: Failures listed in the page (the rest are counted).
 MAX_FAILURES = 500
@@ -106,11 +108,11 @@ def _epoch(stamp: str | None) -> float | None:
 
 
 def _rows(
-    target: Target, states: list[PipelineState], previews: Previews, notes: dict[str, str]
+    target: Target, states: list[PipelineState], previews: Previews, notes: dict[str, str], order: tuple[str, ...]
 ) -> list[list[Any]]:
     """Compact per-item data for the page's script: id, status, cost, note, and
     per phase its status, start, end and a preview of its output (or None)."""
-    codes = {s: i for i, s in enumerate(STATUS_ORDER)}
+    codes = {s: i for i, s in enumerate(order)}
     definitions = target.pipeline.phases
     rows = []
     for state in states:
@@ -189,7 +191,8 @@ def render_report(
     esc = html.escape
     pipeline = target.pipeline
     notes = _holder_notes(target, states)
-    rows = _rows(target, states, previews or {}, notes)
+    order = with_waiting(STATUS_ORDER, pipeline)
+    rows = _rows(target, states, previews or {}, notes, order)
     total_cost = sum(s.total_cost_usd for s in states)
     tokens_in = sum(s.total_tokens_in for s in states)
     tokens_out = sum(s.total_tokens_out for s in states)
@@ -197,13 +200,13 @@ def render_report(
     view = overlap((c[1], c[2]) for row in rows for c in row[4] if c[1] is not None and c[2] is not None)
     data = {
         "phases": [[p.num, p.name] for p in pipeline.phases],
-        "statuses": list(STATUS_ORDER),
+        "statuses": list(order),
         "colours": COLOURS,
         "rows": rows,
         "run_gaps": view.run_gaps if view is not None else [],
     }
     legend = "".join(
-        f'<span class="lg"><i style="background:{COLOURS[s]}"></i>{s.replace("_", " ")}</span>' for s in STATUS_ORDER
+        f'<span class="lg"><i style="background:{COLOURS[s]}"></i>{s.replace("_", " ")}</span>' for s in order
     )
     return _asset("page.html").substitute(
         title=esc(f"pipekit report: {pipeline.name}"),
@@ -213,13 +216,13 @@ def render_report(
         count=len(states),
         noun=esc(pipeline.item_noun),
         phases=len(pipeline.phases),
-        cards=_cards(states, target, notes),
+        cards=_cards(states, target, notes) + _batch_card(states),
         total_cost=money_exact(total_cost),
         tokens=f"{tokens(tokens_in)} in / {tokens(tokens_out)} out",
         errors="".join(f'<p class="err">{esc(e)}</p>' for e in errors),
         legend=legend,
-        status_heads="".join(f'<th class="n">{s.replace("_", " ")}</th>' for s in STATUS_ORDER),
-        phase_rows="".join(_phase_rows(pipeline, states)),
+        status_heads="".join(f'<th class="n">{s.replace("_", " ")}</th>' for s in order),
+        phase_rows="".join(_phase_rows(pipeline, states, order)),
         item_rows=_item_rows(states),
         failure_count=len(failures),
         failure_rows=failure_rows or '<tr><td colspan="5">No failures.</td></tr>',
@@ -230,7 +233,7 @@ def render_report(
     )
 
 
-def _phase_rows(pipeline: Pipeline, states: list[PipelineState]) -> list[str]:
+def _phase_rows(pipeline: Pipeline, states: list[PipelineState], order: tuple[str, ...]) -> list[str]:
     """One row per phase: counts by status, mean duration, cost and its bar."""
     esc = html.escape
     phase_rows = []
@@ -247,13 +250,28 @@ def _phase_rows(pipeline: Pipeline, states: list[PipelineState]) -> list[str]:
             if definition.num in s.phases and s.phases[definition.num].duration_seconds is not None
         ]
         mean = sum(durations) / len(durations) if durations else 0.0
-        cells = "".join(f'<td class="n">{counts[status]}</td>' for status in STATUS_ORDER)
+        cells = "".join(f'<td class="n">{counts[status]}</td>' for status in order)
         phase_rows.append(
             f"<tr><td>{definition.num}</td><td>{esc(definition.name)}</td>{cells}"
             f'<td class="n">{duration(mean)}</td><td class="n">{money_exact(cost)}</td>'
             f'<td class="barcell">{_bar(cost, top_phase_cost)}</td></tr>'
         )
     return phase_rows
+
+
+def _batch_card(states: list[PipelineState]) -> str:
+    """How many requests went by provider batch, their cost and what they saved
+    against online prices (from the finished batch cells); nothing without any."""
+    cells = [c for s in states for c in s.batch_requests.values() if c.get("done")]
+    if not cells:
+        return ""
+    requests = sum(int(c.get("requests") or 0) for c in cells)
+    cost = sum(float(c.get("cost_usd") or 0.0) for c in cells)
+    saved = max(sum(float(c.get("online_cost_usd") or 0.0) for c in cells) - cost, 0.0)
+    return (
+        f'<div class="card" id="card-batch"><b>{requests:,}</b><span>requests by batch &middot; '
+        f"cost {money_exact(cost)}, saved {money_exact(saved)} against online prices</span></div>"
+    )
 
 
 def _item_rows(states: list[PipelineState]) -> str:

@@ -67,6 +67,7 @@
         var td = el("td", "cell");
         var dot = el("span", "dot s-" + status);
         dot.style.background = data.colours[status];
+        if (status === "waiting") dot.textContent = "\u29d7";  // the glyph of `status`
         dot.title = data.phases[i][1] + ": " + status + (c[3] ? "\n" + c[3] : "");
         if (c[3]) dot.setAttribute("data-preview", c[3]);
         td.appendChild(dot);

@@ -30,10 +30,15 @@ def batcher_for(run: Any) -> Batcher | None:
         run.store,
         say=run._say,
         price=run.config.hook.pipekit_price_usage,
-        event=lambda name, record: run.notify.report(_event_line(name, record), "info")
-        if name == "batch_submitted"
-        else None,
+        event=lambda name, record: _event(run, name, record),
     )
+
+
+def _event(run: Any, name: str, record: dict[str, Any]) -> None:
+    """Tell the observers of a batch's event; say each submission."""
+    run.notify.batch_event(run, name, record)
+    if name == "batch_submitted":
+        run.notify.report(_event_line(name, record), "info")
 
 
 def waits(state: PipelineState) -> bool:
