@@ -89,7 +89,8 @@ class AnthropicBatch(BatchProvider):
         size = sum(self.request_bytes(request) for request in requests) + len('{"requests":[]}')
         if size > self.max_bytes:
             raise ValueError(f"an Anthropic batch holds at most {self.max_bytes} bytes, not {size}")
-        batch = self._client.get().messages.batches.create(
+        # No retry by the SDK: a retried create after a lost answer makes a second batch.
+        batch = self._client.get().with_options(max_retries=0).messages.batches.create(
             requests=[{"custom_id": request.custom_id, "params": request.payload} for request in requests]
         )
         self._claim(batch.id, key)

@@ -98,7 +98,9 @@ class OpenAIBatch(BatchProvider):
         client = self._client.get()
         upload = client.files.create(file=(f"pipekit-{_digest(key)}.jsonl", content, "application/jsonl"),
                                      purpose="batch")
-        batch = client.batches.create(input_file_id=upload.id, endpoint=self.endpoint,
+        # No retry by the SDK here: a retried create after a lost answer makes a second batch of
+        # the same requests. pipekit's resume looks the batch up by its key before sending again.
+        batch = client.with_options(max_retries=0).batches.create(input_file_id=upload.id, endpoint=self.endpoint,
                                       completion_window=self.completion_window,
                                       metadata={METADATA_KEY: _metadata_value(key)})
         return str(batch.id)

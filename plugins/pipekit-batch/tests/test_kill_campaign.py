@@ -1,0 +1,87 @@
+"""SIGKILL at random moments while a batch phase submits, polls and collects through the
+openai SDK: every request reaches the provider once, every item completes once."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipekit.testing import PipeTester
+from pipekit_batch.fakeserver import FakeServer
+
+
+PIPELINE = """
+from pathlib import Path
+from pipekit import phase
+from pipekit_batch import OpenAIBatch
+
+BATCHES = {"openai": OpenAIBatch(endpoint="/v1/chat/completions", price=(0.15, 0.60))}
+CALLS = Path(__file__).with_name("calls.log")
+
+def items():
+    return Path(__file__).with_name("items.txt").read_text().split()
+
+@phase(1, batch="openai", retries=1)
+def ask(item_id):
+    return [{"custom_id": f"{item_id}-{k}", "body": {
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{k} {item_id}"}]}}
+        for k in range(3)]
+
+@phase(2)
+def merge(item_id, ask):
+    with CALLS.open("a") as log:
+        log.write(item_id + "\\n")
+    return sorted(ask)
+"""
+
+KILLS = 50
+
+
+@pytest.mark.slow
+def test_fifty_kills_submit_every_request_once_and_complete_every_item(
+    openai_fake: FakeServer, pipetester: PipeTester
+) -> None:
+    module = pipetester.make_pipeline(PIPELINE)
+    items_file = module.with_name("items.txt")
+    openai_fake.configure(end_after_polls=3)
+    command = [sys.executable, "-m", "pipekit", "run", str(module), "--state-dir", "state", "-p", "no:prices",
+               "-q", "--progress", "none", "--wait", "--poll-interval", "0.05", "-j", "4"]
+    rng = random.Random(int(os.environ.get("KC_SEED", "21")))
+    ids: list[str] = []
+    kills = 0
+    while kills < KILLS and len(ids) < 400:
+        # A round: 4 new items, run and killed at random moments until one run finishes by itself.
+        ids += [f"i{len(ids) + n:03d}" for n in range(4)]
+        items_file.write_text("\n".join(ids) + "\n")
+        for _ in range(20):
+            proc = subprocess.Popen(command, cwd=pipetester.path, env=os.environ.copy(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # Start-up takes about 0.3 s and a round under a second: the kills land in
+            # the handlers, the submission, the polls and the collection.
+            time.sleep(rng.uniform(0.2, 1.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            if proc.wait() == 0:
+                break
+    final = pipetester.run_subprocess(str(module), "--state-dir", "state", "-p", "no:prices",
+                                      "--wait", "--poll-interval", "0.05")
+    assert final.ret == 0, final
+    assert kills >= KILLS, kills
+
+    submitted = openai_fake.stats()["submitted"]
+    assert sorted(submitted) == sorted(f"{i}-{k}" for i in ids for k in range(3))
+    assert set(submitted.values()) == {1}, {cid: n for cid, n in submitted.items() if n != 1}
+    assert sorted(set((pipetester.path / "calls.log").read_text().split())) == ids
+    for item_id in ids:
+        state = final.state(item_id)
+        assert state.is_done
+        answers = state.phase_outputs[1]
+        assert sorted(answers) == [f"{item_id}-{k}" for k in range(3)]
+        assert state.phases[1].tokens_in == sum(a["usage"]["prompt_tokens"] for a in answers.values())
