@@ -121,7 +121,12 @@ def test_books_writes_a_report_per_book_with_tokens_and_cost(pipetester: PipeTes
         state = result.state(book)
         assert state.status == "completed"
         assert state.phases[4].tokens_in > 0 and state.phases[4].cost_usd > 0
+    # The review is a pydantic model: stored as its JSON, handed to assemble as an instance.
+    review = result.state("aesop").phase_outputs[5]
+    assert review == {"verdict": review["verdict"], "notes": [], "chapters": 12}
+    assert review["verdict"].startswith("The 12 summaries of Aesop")
     aesop = (out / "aesop" / "report.md").read_text()
+    assert f"## Review\n\n{review['verdict']}\n" in aesop
     assert "### 4. The Lion and the Mouse" in aesop
     assert "No act of kindness, however small, is ever wasted." in aesop
     # The header and footer of the shipped text are cleaned away, CRLF included.
@@ -142,6 +147,41 @@ def test_books_summarises_only_chapters_without_a_summary(pipetester: PipeTester
     assert state.phase_outputs[4] == "6 of 12 chapters summarised this run"
     assert (summaries / "03.md").read_text() == kept
     assert len(list(summaries.iterdir())) == 12
+
+
+def test_books_status_shows_the_chapters_map(pipetester: PipeTester) -> None:
+    assert run_books(pipetester, "--item", "aesop").ret == 0
+    status = pipetester.run("status", str(EXAMPLES / "books" / "pipeline.py"), "--state-dir", "st", "--item", "aesop")
+    assert status.ret == 0, status
+    assert "    map summarise_chapter: 12 done, 0 failed, 12 in all\n" in status.stdout
+    assert 'output: {"verdict":"The 12 summaries' in status.stdout
+
+
+def _summarised(result) -> list[str]:  # type: ignore[no-untyped-def]
+    return [p["key"] for n, p in result.events if n == "subitem_finish" and p["status"] == "done"]
+
+
+@pytest.mark.slow
+def test_books_rerun_after_a_kill_summarises_only_unfinished_chapters(pipetester: PipeTester) -> None:
+    clean = run_books(pipetester, "--item", "aesop", "--state-dir", "clean", "--output-dir", "clean-out")
+    paid = clean.state("aesop").phases[4].cost_usd
+    args = [str(EXAMPLES / "books" / "pipeline.py"), "--state-dir", "st", "--output-dir", "out", "--item", "aesop"]
+    killed = pipetester.run_subprocess(
+        *args, "--model-latency", "0.3", kill_at=("subitem_finish", "aesop", 4), signal=signal.SIGKILL
+    )
+    assert killed.ret == -9, killed
+    before = _summarised(killed)
+    assert 1 <= len(before) < 12
+    resumed = pipetester.run_subprocess(*args, "--model-latency", "0")
+    assert resumed.ret == 0, resumed
+    # The model is asked only about chapters not done before the kill (the rerun's
+    # subitem_finish events also list the ones it adopted, so count the calls).
+    asked = int(resumed.state("aesop").phase_outputs[4].split()[0])
+    assert 1 <= asked <= 12 - len(before)
+    state = resumed.state("aesop")
+    assert state.phases[4].cost_usd == pytest.approx(paid)  # every chapter paid for once, none lost
+    report = (pipetester.path / "out/aesop/report.md").read_text()
+    assert report == (pipetester.path / "clean-out/aesop/report.md").read_text()
 
 
 @pytest.mark.slow
@@ -168,6 +208,14 @@ def test_books_model_option_without_llm_is_a_usage_error(
     result = run_books(pipetester, "--model", "gpt-4o-mini")
     assert result.ret == 4, result
     assert "--model gpt-4o-mini needs the llm library: pip install llm" in result.stderr
+    assert not (pipetester.path / "st").exists()
+
+
+def test_books_without_pydantic_says_what_to_install(pipetester: PipeTester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pydantic", None)  # import pydantic fails, installed or not
+    result = run_books(pipetester)
+    assert result.ret == 4, result
+    assert "the books example validates its review with pydantic: pip install 'pipekit[pydantic]'" in result.stderr
     assert not (pipetester.path / "st").exists()
 
 

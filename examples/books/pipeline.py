@@ -3,9 +3,12 @@
     pipekit run examples/books/pipeline.py --state-dir .books --output-dir books-out
 
 Phases: load → clean → split → summarise → review (non-critical) → assemble.
-Every phase writes its work to files in ``ctx.output_dir`` and has a cache
-check, and ``summarise`` keeps one file per chapter, so a run stopped half way
-(Ctrl-C, a crash, ``kill -9``) resumes at the first chapter without a summary.
+``summarise`` maps over the chapters with ``ctx.map``; ``review`` returns a pydantic
+``Review`` (``@phase(output=Review)``) that ``assemble`` receives as an instance.
+Each chapter is a sub-item saved as soon as it is summarised, so a run stopped
+half way (Ctrl-C, a crash, ``kill -9``) resumes with the chapters not done yet.
+Every phase also writes its work to files in ``ctx.output_dir``, and a file that
+exists is not paid for again. It needs pydantic: ``pip install 'pipekit[pydantic]'``.
 The model is offline by default; ``--model gpt-4o-mini`` uses the ``llm``
 library instead (see README.md).
 """
@@ -23,6 +26,15 @@ from bookmodel import Model
 from bookmodel import OfflineModel
 from bookmodel import Reply
 from bookmodel import make_model
+
+
+try:
+    from pydantic import BaseModel
+    from pydantic import Field
+except ImportError:
+    raise ImportError(
+        "the books example validates its review with pydantic: pip install 'pipekit[pydantic]'"
+    ) from None
 
 from pipekit import PhaseResult
 from pipekit import UsageError
@@ -195,47 +207,80 @@ def summaries_exist(output_dir: Path) -> str | bool:
 # --8<-- [start:summarise]
 @phase(4, cache=summaries_exist, timeout=600, retries=2)
 def summarise(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
-    """Summarise each chapter that has no summary yet: a re-run skips finished ones."""
+    """Summarise every chapter as a sub-item of this phase (``ctx.map``): each chapter's
+    status and cost are saved as soon as it is done, so a re-run calls the model only
+    for the chapters that are not."""
     chapters = json.loads((ctx.output_dir / "chapters.json").read_text(encoding="utf-8"))
-    written = 0
-    for chapter in chapters:
+    title = book(item_id, metadata)["title"]
+    called: list[int] = []  # chapters the model was asked about in this run
+
+    def summarise_chapter(chapter: dict[str, Any], ctx: Any) -> str:
+        """One chapter: ``ctx`` is the sub-item's, so its tokens and cost are its own."""
         target = ctx.output_dir / f"summaries/{chapter['number']:02d}.md"
-        if target.exists():
-            continue  # summarised by an earlier, interrupted run: paid for already
-        text = (ctx.output_dir / chapter["file"]).read_text(encoding="utf-8")
-        reply = model().summarise(book(item_id, metadata)["title"], text)
-        spend(ctx, reply)  # per call: tokens spent count even if a later chapter fails
-        write_atomically(target, reply.text + "\n")
-        written += 1
+        if not target.exists():  # a file left by a run whose state was lost: paid for already
+            text = (ctx.output_dir / chapter["file"]).read_text(encoding="utf-8")
+            reply = model().summarise(title, text)
+            spend(ctx, reply)
+            write_atomically(target, reply.text + "\n")
+            called.append(chapter["number"])
+        return str(target.relative_to(ctx.output_dir))
+
+    ctx.map(summarise_chapter, chapters, key=lambda c: f"{c['number']:02d}", concurrency=4)
     ctx.executor = model().name
-    return PhaseResult(output=f"{written} of {len(chapters)} chapters summarised this run")
+    return PhaseResult(output=f"{len(called)} of {len(chapters)} chapters summarised this run")
 
 
 # --8<-- [end:summarise]
 
 
-@phase(5, critical=False, cache=file_exists("review.md"), timeout=300, retries=1)
-def review(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
+# --8<-- [start:review]
+class Review(BaseModel):
+    """The review phase's output: pipekit validates it and hands ``assemble`` an instance."""
+
+    verdict: str = Field(min_length=1)
+    #: One line per summary that needs a look (empty: they read cleanly).
+    notes: list[str]
+    chapters: int = Field(ge=1)
+
+
+def parse_review(text: str, chapters: int) -> Review:
+    """The model's reply as a :class:`Review`: its first paragraph is the verdict,
+    its ``- `` lines the notes."""
+    verdict, _, rest = text.strip().partition("\n\n")
+    notes = [line[2:].strip() for line in rest.splitlines() if line.startswith("- ")]
+    return Review(verdict=" ".join(verdict.split()), notes=notes, chapters=chapters)
+
+
+@phase(5, critical=False, output=Review, timeout=300, retries=1)
+def review(item_id: str, metadata: dict[str, str], ctx: Any) -> Review:
     """A second look at the summaries; if it fails the report goes out without it."""
+    saved = ctx.output_dir / "review.json"
+    if saved.exists():  # written by a run whose state was lost: paid for already
+        return Review.model_validate_json(saved.read_text(encoding="utf-8"))
     chapters = json.loads((ctx.output_dir / "chapters.json").read_text(encoding="utf-8"))
     summaries = [(ctx.output_dir / f"summaries/{c['number']:02d}.md").read_text(encoding="utf-8") for c in chapters]
     reply = model().review(book(item_id, metadata)["title"], summaries)
     spend(ctx, reply)
-    write_atomically(ctx.output_dir / "review.md", reply.text + "\n")
+    result = parse_review(reply.text, len(chapters))
+    write_atomically(saved, result.model_dump_json(indent=2) + "\n")
     ctx.executor = model().name
-    return PhaseResult(output="review.md")
+    return result
+
+
+# --8<-- [end:review]
 
 
 @phase(6, timeout=30)
-def assemble(item_id: str, metadata: dict[str, str], review: str | None, output_dir: Path) -> PhaseResult:
+def assemble(item_id: str, metadata: dict[str, str], review: Review | None, output_dir: Path) -> PhaseResult:
     """Write ``report.md``: title, the review (when there is one), each chapter's summary."""
     chapters = json.loads((output_dir / "chapters.json").read_text(encoding="utf-8"))
     metadata = book(item_id, metadata)
     lines = [f"# {metadata['title']}", ""]
     if metadata.get("author"):
         lines += [f"*{metadata['author']}* · {len(chapters)} chapters", ""]
-    if review:
-        lines += ["## Review", "", (output_dir / "review.md").read_text(encoding="utf-8").strip(), ""]
+    if review is not None:
+        lines += ["## Review", "", review.verdict, ""]
+        lines += [f"- {note}" for note in review.notes] + ([""] if review.notes else [])
     else:
         lines += ["> The review phase failed or did not run; see `pipekit` state for why.", ""]
     lines += ["## Chapters", ""]
