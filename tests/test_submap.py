@@ -85,6 +85,9 @@ def test_cost_a_sub_item_recorded_before_a_kill_is_counted_after_the_resume(pipe
     assert (phase.tokens_in, phase.tokens_out, round(phase.cost_usd, 6)) == (700, 70, 0.07)
     assert round(resumed.state("a").total_cost_usd, 6) == 0.07
     assert "cost $0.0700 this run" in resumed.stderr
+    # Only the sub-items this run finished are reported: c0-c2 finished before the kill.
+    finished = sorted(e["key"] for name, e in resumed.events if name == "subitem_finish")
+    assert finished == ["3", "4", "5"], finished
 
 
 def test_one_failing_element_fails_the_phase_naming_it_and_only_it_is_called_again(

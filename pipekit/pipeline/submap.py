@@ -152,6 +152,9 @@ class MapRun:
         #: Sub-items finished (written or waiting to be) and counted in the progress.
         self.done = 0
         self._unreported = 0
+        #: Sub-items an earlier, killed attempt finished: saved again (their usage is this
+        #: attempt's now) but not reported as finished again.
+        self._adopted: set[tuple[str, str]] = set()
 
     # -- usage ----------------------------------------------------------------
 
@@ -195,6 +198,7 @@ class MapRun:
         self.ctx._maps_seen.add(self.label)
         adopted = self.adopt(records.values()) if first else []
         self._pending.extend(adopted)
+        adopted_keys = {(record.label, record.key) for record in adopted}
         sizes = {label: n for label, n in self.ctx._map_sizes.items()}
         self.ctx._map_sizes[self.label] = sizes[self.label] = len(self.elements)
         await asyncio.to_thread(subitems.save_sizes, self.store, item_id, phase, sizes)
@@ -207,6 +211,7 @@ class MapRun:
             else:
                 todo.append((index, record or SubItem(self.label, key)))
         self.done = len(self.elements) - len(todo)
+        self._adopted = adopted_keys - {(record.label, record.key) for _, record in todo}
         await self._flush(force=True)
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pipekit-map")
         slots = asyncio.Semaphore(concurrency)
@@ -304,7 +309,7 @@ class MapRun:
             report = self.ctx._on_subitem
             if report is not None:
                 for record in snapshots:
-                    if record.status in (DONE, FAILED):
+                    if record.status in (DONE, FAILED) and (record.label, record.key) not in self._adopted:
                         report(record.label, record.key, record.status, record.error)
         if batch or force:
             self.ctx.progress(min(self.done, len(self.elements)), len(self.elements), label=self.label)
