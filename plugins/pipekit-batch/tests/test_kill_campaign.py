@@ -1,5 +1,8 @@
-"""SIGKILL at random moments (``PIPEKIT_BATCH_CAMPAIGN=1 KC_SEED=N`` to run it) while a batch phase submits, polls and collects through the
-openai SDK: every request reaches the provider once, every item completes once."""
+"""SIGKILL at random moments while a batch phase submits, polls and collects through the
+openai SDK: every request reaches the provider once, every item completes once.
+
+Run it with ``PIPEKIT_BATCH_CAMPAIGN=1`` (``KC_SEED=N`` picks the kill moments).
+"""
 
 from __future__ import annotations
 
