@@ -407,8 +407,12 @@ def _summary_of_read(document: dict[str, Any]) -> Summary:
 
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
     """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
-    locks_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks_dir / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = locks_dir / f"{encode_item_id(item_id)}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # the folder is made by the first lock (or again if removed), not per item
+        locks_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
