@@ -59,12 +59,15 @@ async def race(
     if running is not None:
         # The timeout counts from the handler's start, not from a wait in a cluster's queue.
         await asyncio.wait({future, running, control.interruption()}, return_when=asyncio.FIRST_COMPLETED)
-    done, _ = await asyncio.wait(
-        {future, control.interruption()},
-        timeout=phase.timeout_seconds,
-        return_when=asyncio.FIRST_COMPLETED,
-    )
-    if future in done:
+    if phase.timeout_seconds is None:
+        await _first_of(future, control.interruption())
+    else:
+        await asyncio.wait(
+            {future, control.interruption()},
+            timeout=phase.timeout_seconds,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    if future.done():
         if future.cancelled():
             return None, PhaseInterrupted()
         exc = future.exception()
@@ -77,6 +80,27 @@ async def race(
         return None, PhaseInterrupted()
     assert phase.timeout_seconds is not None
     return None, PhaseTimeoutError(phase.name, phase.timeout_seconds)
+
+
+async def _first_of(future: asyncio.Future[Any], interruption: asyncio.Future[Any]) -> None:
+    """Until ``future`` or ``interruption`` is done: ``asyncio.wait`` without its
+    sets, timer and tasks, since a phase with no timeout has only these two to
+    wait for (once per phase: on the driver's hot path)."""
+    if future.done() or interruption.done():
+        return
+    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(_: object) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    future.add_done_callback(wake)
+    interruption.add_done_callback(wake)
+    try:
+        await woken
+    finally:
+        future.remove_done_callback(wake)
+        interruption.remove_done_callback(wake)
 
 
 async def interruptible_sleep(control: RunControl, seconds: float) -> bool:
