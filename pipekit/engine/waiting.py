@@ -59,14 +59,7 @@ async def race(
     if running is not None:
         # The timeout counts from the handler's start, not from a wait in a cluster's queue.
         await asyncio.wait({future, running, control.interruption()}, return_when=asyncio.FIRST_COMPLETED)
-    if phase.timeout_seconds is None:
-        await _first_of(future, control.interruption())
-    else:
-        await asyncio.wait(
-            {future, control.interruption()},
-            timeout=phase.timeout_seconds,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+    await _first_of(future, control.interruption(), phase.timeout_seconds)
     if future.done():
         if future.cancelled():
             return None, PhaseInterrupted()
@@ -82,13 +75,14 @@ async def race(
     return None, PhaseTimeoutError(phase.name, phase.timeout_seconds)
 
 
-async def _first_of(future: asyncio.Future[Any], interruption: asyncio.Future[Any]) -> None:
-    """Until ``future`` or ``interruption`` is done: ``asyncio.wait`` without its
-    sets, timer and tasks, since a phase with no timeout has only these two to
-    wait for (once per phase: on the driver's hot path)."""
+async def _first_of(future: asyncio.Future[Any], interruption: asyncio.Future[Any], timeout: float | None) -> None:
+    """Until ``future`` or ``interruption`` is done, or ``timeout`` seconds pass:
+    ``asyncio.wait`` without its sets of futures and results (once per phase:
+    on the driver's hot path)."""
     if future.done() or interruption.done():
         return
-    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
 
     def wake(_: object) -> None:
         if not woken.done():
@@ -96,9 +90,12 @@ async def _first_of(future: asyncio.Future[Any], interruption: asyncio.Future[An
 
     future.add_done_callback(wake)
     interruption.add_done_callback(wake)
+    timer = None if timeout is None else loop.call_later(timeout, wake, None)
     try:
         await woken
     finally:
+        if timer is not None:
+            timer.cancel()
         future.remove_done_callback(wake)
         interruption.remove_done_callback(wake)
 
