@@ -16,6 +16,7 @@ from pipekit.engine.control import RunControl
 from pipekit.engine.waiting import race
 from pipekit.execution.base import LocalExecutor
 from pipekit.outcomes import PhaseInterrupted
+from pipekit.outcomes import PhaseTimeoutError
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.testing import PipeTester
 
@@ -271,3 +272,21 @@ def test_a_phase_with_no_timeout_waits_for_its_handler_or_the_interruption() -> 
     assert isinstance(failed[1], ValueError)
     assert interrupted[0] is None and isinstance(interrupted[1], PhaseInterrupted)
     assert abandoned  # the handler's future is given up, as on a timeout
+
+
+def test_a_handler_past_its_timeout_is_abandoned_and_named() -> None:
+    phase = PhaseDefinition(num=1, name="slow", handler=lambda item_id: "", timeout_seconds=0.01)
+
+    async def scenario() -> tuple[Any, ...]:
+        control, loop = RunControl(), asyncio.get_running_loop()
+        stuck = loop.create_future()
+        on_time = loop.create_future()
+        loop.call_later(0.001, on_time.set_result, "out")
+        return await race(control, LocalExecutor(), phase, stuck), stuck.cancelled(), await race(
+            control, LocalExecutor(), phase, on_time
+        )
+
+    (value, error), abandoned, on_time = asyncio.run(scenario())
+    assert value is None and isinstance(error, PhaseTimeoutError) and "slow" in str(error)
+    assert abandoned
+    assert on_time == ("out", None)
