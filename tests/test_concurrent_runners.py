@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 
 from pipekit.outcomes import StateWriteError
 from pipekit.state.jsondir import JsonDirStore
+from pipekit.state.sqlite import SqliteStore
 from pipekit.testing import PipeTester
 
 
@@ -113,3 +115,17 @@ def test_a_lock_that_cannot_be_created_is_a_state_write_error(tmp_path: Path) ->
     (tmp_path / ".locks").write_text("a file where the lock folder should be")
     with pytest.raises(StateWriteError, match="cannot write state .*a.lock"):
         JsonDirStore(tmp_path).try_lock("a")
+
+
+def test_the_sqlite_lock_folder_is_made_by_the_first_lock_and_again_if_removed(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "nested" / "state.db")
+    locks = tmp_path / "nested" / "state.db.locks"
+    assert not locks.exists()
+    first = store.try_lock("a")
+    assert first is not None and (locks / "a.lock").exists()
+    first.release()
+    shutil.rmtree(locks)  # removed mid-run (a cleanup script): the next lock makes it again
+    second = store.try_lock("b")
+    assert second is not None and (locks / "b.lock").exists()
+    second.release()
+    store.close()

@@ -15,7 +15,10 @@ from pipekit.state.digest import text_hash
 from pipekit.state.open import open_store_url
 from pipekit.state.sqlite import SqliteStore
 from pipekit.state.stalekey import stale_key
+from pipekit.state.store import UNREADABLE
 from pipekit.state.store import StateStore
+from pipekit.state.store import index_columns
+from pipekit.state.store import summarize
 from pipekit.state.values import output_ref
 from pipekit.testing import PipeTester
 
@@ -135,9 +138,12 @@ def test_the_key_holds_what_the_stale_check_needs() -> None:
         ["two", "c2", "3", True, ["one"], True],
         ["three", None, None, False, ["two"], False],
     ]
+    # A save checks the document once for both of its index columns.
+    assert index_columns(document) == (summarize(document), stale_key(document))
     document["phases"]["1"]["fingerprint"] = "broken"
     assert stale_key(document) is None
     assert stale_key(["not", "a", "state"]) is None
+    assert index_columns(document) == (UNREADABLE, None) == (summarize(document), None)
 
 
 def test_output_references_are_named_by_the_fingerprint_hash() -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 import signal
 import time
+from typing import Any
 
 import pytest
 from test_isolate import gone
 
+from pipekit.engine.control import RunControl
+from pipekit.engine.waiting import race
+from pipekit.execution.base import LocalExecutor
+from pipekit.outcomes import PhaseInterrupted
+from pipekit.outcomes import PhaseTimeoutError
+from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.testing import PipeTester
 
 
@@ -239,3 +247,46 @@ def test_retry_raised_in_an_isolated_phase_keeps_its_delay(
     assert (phase.status, phase.attempts, phase.error) == ("failed", 2, "the input is bad")
     assert waits == [3]
     assert [str(c["error"]) for c in result.calls("pipekit_phase_retry")] == ["retry requested (after 3s)"]
+
+
+def test_a_phase_with_no_timeout_waits_for_its_handler_or_the_interruption() -> None:
+    phase = PhaseDefinition(num=1, name="p", handler=lambda item_id: "", timeout_seconds=None)
+
+    async def scenario() -> tuple[Any, ...]:
+        control, executor, loop = RunControl(), LocalExecutor(), asyncio.get_running_loop()
+        finished = loop.create_future()
+        loop.call_later(0.01, finished.set_result, "out")
+        failed = loop.create_future()
+        failed.set_exception(ValueError("boom"))
+        stuck = loop.create_future()
+        loop.call_later(0.01, control.interrupted.set)
+        return (
+            await race(control, executor, phase, finished),
+            await race(control, executor, phase, failed),
+            await race(control, executor, phase, stuck),
+            stuck.cancelled(),
+        )
+
+    done, failed, interrupted, abandoned = asyncio.run(scenario())
+    assert done == ("out", None)
+    assert isinstance(failed[1], ValueError)
+    assert interrupted[0] is None and isinstance(interrupted[1], PhaseInterrupted)
+    assert abandoned  # the handler's future is given up, as on a timeout
+
+
+def test_a_handler_past_its_timeout_is_abandoned_and_named() -> None:
+    phase = PhaseDefinition(num=1, name="slow", handler=lambda item_id: "", timeout_seconds=0.01)
+
+    async def scenario() -> tuple[Any, ...]:
+        control, loop = RunControl(), asyncio.get_running_loop()
+        stuck = loop.create_future()
+        on_time = loop.create_future()
+        loop.call_later(0.001, on_time.set_result, "out")
+        return await race(control, LocalExecutor(), phase, stuck), stuck.cancelled(), await race(
+            control, LocalExecutor(), phase, on_time
+        )
+
+    (value, error), abandoned, on_time = asyncio.run(scenario())
+    assert value is None and isinstance(error, PhaseTimeoutError) and "slow" in str(error)
+    assert abandoned
+    assert on_time == ("out", None)

@@ -59,12 +59,8 @@ async def race(
     if running is not None:
         # The timeout counts from the handler's start, not from a wait in a cluster's queue.
         await asyncio.wait({future, running, control.interruption()}, return_when=asyncio.FIRST_COMPLETED)
-    done, _ = await asyncio.wait(
-        {future, control.interruption()},
-        timeout=phase.timeout_seconds,
-        return_when=asyncio.FIRST_COMPLETED,
-    )
-    if future in done:
+    await _first_of(future, control.interruption(), phase.timeout_seconds)
+    if future.done():
         if future.cancelled():
             return None, PhaseInterrupted()
         exc = future.exception()
@@ -77,6 +73,31 @@ async def race(
         return None, PhaseInterrupted()
     assert phase.timeout_seconds is not None
     return None, PhaseTimeoutError(phase.name, phase.timeout_seconds)
+
+
+async def _first_of(future: asyncio.Future[Any], interruption: asyncio.Future[Any], timeout: float | None) -> None:
+    """Until ``future`` or ``interruption`` is done, or ``timeout`` seconds pass:
+    ``asyncio.wait`` without its sets of futures and results (once per phase:
+    on the driver's hot path)."""
+    if future.done() or interruption.done():
+        return
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    future.add_done_callback(wake)
+    interruption.add_done_callback(wake)
+    timer = None if timeout is None else loop.call_later(timeout, wake, None)
+    try:
+        await woken
+    finally:
+        if timer is not None:
+            timer.cancel()
+        future.remove_done_callback(wake)
+        interruption.remove_done_callback(wake)
 
 
 async def interruptible_sleep(control: RunControl, seconds: float) -> bool:

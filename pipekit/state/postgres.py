@@ -43,10 +43,9 @@ from pipekit.state.holder import this_holder
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
 from pipekit.state.leases import HELD
 from pipekit.state.leases import LeaseHolding
-from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import StateStore
-from pipekit.state.store import summarize
+from pipekit.state.store import index_columns
 from pipekit.state.urls import mask_password
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
@@ -210,7 +209,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
     def _row(self, item_id: str, document: dict[str, Any]) -> tuple[Any, ...]:
         from psycopg.types.json import Jsonb
 
-        summary = summarize(document)
+        summary, key = index_columns(document)
         return (
             self.pipeline,
             item_id,
@@ -220,7 +219,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             list(summary.done_names),
             Jsonb(summary.metadata),
             summary.cost_usd,
-            stale_key(document),
+            key,
         )
 
     # -- the interface ------------------------------------------------------------

@@ -35,11 +35,10 @@ from pipekit.state.digest import text_hash
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
 from pipekit.state.localdisk import check_local
-from pipekit.state.stalekey import stale_key
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import FlockedItems
 from pipekit.state.store import StateStore
-from pipekit.state.store import summarize
+from pipekit.state.store import index_columns
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
 from pipekit.state.values import output_ref
@@ -230,8 +229,7 @@ class SqliteStore(FlockedItems, StateStore):
     @staticmethod
     def _row(item_id: str, document: dict[str, Any]) -> tuple[tuple[Any, ...], tuple[str, str] | None]:
         """The item's row, and its stale key as ``(digest, key)`` (None: unknown)."""
-        summary = summarize(document)
-        key = stale_key(document)
+        summary, key = index_columns(document)
         pair = None if key is None else (text_hash(key), key)
         row = (
             item_id,

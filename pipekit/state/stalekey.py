@@ -33,6 +33,11 @@ def stale_key(document: Any) -> str | None:
         read_document(document, "the document")
     except StateFileError:
         return None  # the run reads it, and names what is wrong
+    return key_of_read(document)
+
+
+def key_of_read(document: dict[str, Any]) -> str:
+    """``stale_key`` of a document ``read_document`` has already accepted (not checked again)."""
     entries: list[list[Any]] = []
     for _, phase in sorted(document["phases"].items(), key=lambda pair: int(pair[0])):
         recorded = phase.get("fingerprint")

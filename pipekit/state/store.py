@@ -31,6 +31,7 @@ from pipekit.state.heldby import running_holder
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
 from pipekit.state.model import is_finished
+from pipekit.state.stalekey import key_of_read
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -374,6 +375,20 @@ def summarize(document: Any) -> Summary:
         read_document(document, "the document")
     except StateFileError:
         return UNREADABLE
+    return _summary_of_read(document)
+
+
+def index_columns(document: Any) -> tuple[Summary, str | None]:
+    """``summarize`` and ``stale_key`` of a document about to be saved, with one
+    ``read_document`` for both (a save is checked once, not once per column)."""
+    try:
+        read_document(document, "the document")
+    except StateFileError:
+        return UNREADABLE, None
+    return _summary_of_read(document), key_of_read(document)
+
+
+def _summary_of_read(document: dict[str, Any]) -> Summary:
     pending: list[int] = []
     done: list[str] = []
     for num, phase in document["phases"].items():
@@ -392,8 +407,12 @@ def summarize(document: Any) -> Summary:
 
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
     """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
-    locks_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks_dir / f"{encode_item_id(item_id)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = locks_dir / f"{encode_item_id(item_id)}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # the folder is made by the first lock (or again if removed), not per item
+        locks_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
