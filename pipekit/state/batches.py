@@ -40,13 +40,18 @@ class BatchRecords:
         self.store.save_checkpoint(RECORDS_ITEM, SUBMISSIONS, record["key"], record)
 
     def results(self, key: str) -> dict[str, Any]:
-        """The fetched results of the batch ``key``, by wire id (empty if not fetched)."""
-        found = self.store.load_checkpoints(RECORDS_ITEM, f"{RESULTS}-{key}")
-        return {wire: result for wire, result in found.get("results", {}).items() if isinstance(result, dict)}
+        """The fetched results of the batch ``key``, by wire id (empty if not fetched):
+        what ``save_results`` wrote."""
+        found = self.store.load_checkpoints(RECORDS_ITEM, f"{RESULTS}-{key}").get(RESULTS)
+        held = found.get(RESULTS) if isinstance(found, dict) else None
+        if not isinstance(held, dict):
+            return {}
+        return {wire: result for wire, result in held.items() if isinstance(result, dict)}
 
     def save_results(self, key: str, results: dict[str, Any]) -> None:
-        """Write the results of the ended batch ``key`` at once."""
-        self.store.save_checkpoint(RECORDS_ITEM, f"{RESULTS}-{key}", "results", {"results": results})
+        """Write the results of the ended batch ``key`` at once (one checkpoint ``results``
+        holding ``{"results": {wire id: result}}``)."""
+        self.store.save_checkpoint(RECORDS_ITEM, f"{RESULTS}-{key}", RESULTS, {RESULTS: results})
 
     def lock(self, key: str) -> ItemLock | None:
         """The lock that lets one driver at a time submit the batch ``key`` (None: another holds it)."""

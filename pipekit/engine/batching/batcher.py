@@ -84,7 +84,13 @@ class Batcher:
 
     def result_for(self, tag: Tag) -> dict[str, Any] | None:
         """The result of the request ``tag``: None if no batch holds it, ``IN_FLIGHT``
-        if its batch has not ended, else the result as fetched."""
+        if its batch has not ended, else the result as fetched and stored.
+
+        Only a stored result says a request must go out again (expired, canceled or
+        errored: the provider's own word, kept by ``_fetch`` for every request of an
+        ended batch). A collected batch whose stored results lack the request is not
+        such a word: its results are fetched again, and the request waits meanwhile.
+        """
         held = self._index.get(tag)
         if held is None:
             return None
@@ -95,9 +101,16 @@ class Batcher:
         if key not in self._results:
             self._results[key] = self.records.results(key)
         found: dict[str, Any] | None = self._results[key].get(wire)
-        if found is None:  # the provider left it out: unprocessed
-            return {"outcome": "expired"}
+        if found is None:
+            self._fetch_again(record)
+            return self.IN_FLIGHT
         return found
+
+    def _fetch_again(self, record: dict[str, Any]) -> None:
+        """The stored results of ``record`` are incomplete: the next poll fetches them again."""
+        self._results.pop(record["key"], None)
+        record["collected"] = False
+        self.records.save_submission(record)  # (a later run would otherwise take it as collected)
 
     def answer(self, phase: PhaseDefinition, result: dict[str, Any]) -> dict[str, Any]:
         """A succeeded result as the cell keeps it: its body, tokens and cost at the batch price."""
@@ -299,13 +312,19 @@ class Batcher:
 
 
 def _fetch(provider: BatchProvider, record: dict[str, Any], status: BatchStatus) -> dict[str, Any]:
-    """The results of an ended batch by wire id; a batch that failed as a whole errors every request."""
+    """The results of an ended batch by wire id, one for every request the record holds: a
+    batch that failed as a whole errors every request, and a request the provider's results
+    leave out was not processed (``canceled``), so that the stored results alone say what
+    is sent again."""
     results: dict[str, Any] = {}
     for result in provider.results(record["batch_id"]):
         results[result.custom_id] = _result_record(result)
-    if status.error and not results:
-        for wire, *_ in record["requests"]:
+    failed = status.error is not None and not results
+    for wire, *_ in record["requests"]:
+        if wire not in results and failed:
             results[wire] = {"outcome": "errored", "error": f"the whole batch failed: {status.error}"}
+        elif wire not in results:
+            results[wire] = {"outcome": "canceled", "error": "the ended batch's results leave it out"}
     return results
 
 
