@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from pipekit.engine.batching.batcher import Batcher
 from pipekit.pipeline.loader import load
 from pipekit.state.batches import BatchRecords
@@ -102,3 +104,45 @@ def test_a_collected_batch_whose_stored_results_lack_a_request_is_fetched_again_
     assert fake.submitted == [["a-0", "a-1", "b-0", "b-1"]]
     assert fake.calls["results"] == 2  # fetched again, by the run that found the gap
     assert final.state("b").phase_outputs[2] == "answer to b-0 | answer to b-1"
+
+
+FINDING = """
+import json, os
+from pipekit import phase
+from pipekit.testing import FakeBatch
+
+class Logged(FakeBatch):
+    def find(self, key, requests, known=()):
+        with open("finds.log", "a") as log:
+            log.write(json.dumps(sorted(known)) + "\\n")
+        return super().find(key, requests, known)
+
+class TwoArguments(FakeBatch):
+    def find(self, key, requests):  # a provider written before ``known``
+        with open("finds.log", "a") as log:
+            log.write("two arguments\\n")
+        return super().find(key, requests)
+
+Provider = TwoArguments if os.environ.get("FIND") == "two" else Logged
+BATCHES = {"fake": Provider("fake.json", crash_after_submit=bool(os.environ.get("CRASH")))}
+
+@phase(1, batch="fake")
+def ask(item_id):
+    return [{"custom_id": f"{item_id}-{k}", "body": {"k": k}} for k in range(2)]
+"""
+
+
+@pytest.mark.parametrize(("find", "logged"), [("known", '["fakebatch-1"]'), ("two", "two arguments")])
+def test_resume_tells_find_the_batches_the_state_recorded(pipetester: PipeTester, find: str, logged: str) -> None:
+    pipetester.make_pipeline(FINDING)
+    pipetester.make_items("a")
+    assert pipetester.run_subprocess("pipeline.py", "--items", "items.txt", env={"FIND": find}).ret == 6
+    pipetester.make_items("a", "b")
+    killed = pipetester.run_subprocess("pipeline.py", "--items", "items.txt", env={"FIND": find, "CRASH": "1"})
+    assert killed.ret == -9, killed  # right after b's batch was stored at the provider, before its id was
+
+    final = pipetester.run_subprocess("pipeline.py", "--items", "items.txt", env={"FIND": find})
+
+    assert final.ret == 0, final
+    assert (pipetester.path / "finds.log").read_text().splitlines() == [logged]
+    assert FakeBatch(pipetester.path / "fake.json").submitted == [["a-0", "a-1"], ["b-0", "b-1"]]

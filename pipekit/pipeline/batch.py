@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -73,9 +74,12 @@ class BatchProvider:
         submission: store it in the batch's metadata where the provider has metadata."""
         raise NotImplementedError
 
-    def find(self, key: str, requests: Sequence[BatchRequest]) -> str | None:
+    def find(self, key: str, requests: Sequence[BatchRequest], known: Collection[str] = ()) -> str | None:
         """A batch submitted earlier for ``key`` (after a crash between upload and record), or None.
-        Providers without metadata match what they can (request count and custom_ids) and return None when unsure."""
+        Providers without metadata match what they can (request count and custom_ids) and return None when unsure.
+        ``known`` holds the batch ids the state has recorded for other submissions: never the answer, and
+        never a reason to be unsure (a request sent again reuses its custom_id, so an earlier batch of it
+        looks like this one). pipekit still calls a ``find(key, requests)`` of two arguments."""
         raise NotImplementedError
 
     def poll(self, batch_id: str) -> BatchStatus:

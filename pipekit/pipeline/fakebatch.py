@@ -8,6 +8,7 @@ provider.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -153,11 +154,11 @@ class FakeBatch(BatchProvider):
             os.kill(os.getpid(), signal.SIGKILL)
         return batch_id
 
-    def find(self, key: str, requests: Sequence[BatchRequest]) -> str | None:
-        """The batch stored with ``key`` (the fake has metadata)."""
+    def find(self, key: str, requests: Sequence[BatchRequest], known: Collection[str] = ()) -> str | None:
+        """The batch stored with ``key`` (the fake has metadata), none of ``known``."""
         with self._state() as state:
             state["calls"]["find"] = state["calls"].get("find", 0) + 1
-            return next((i for i, b in state["batches"].items() if b["key"] == key), None)
+            return next((i for i, b in state["batches"].items() if b["key"] == key and i not in known), None)
 
     def poll(self, batch_id: str) -> BatchStatus:
         """``in_progress`` for ``finish_after_polls`` polls, then ``ended``."""

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Callable
 from collections.abc import Iterator
 import hashlib
+import inspect
 import json
 from typing import Any
 
@@ -233,7 +234,7 @@ class Batcher:
             self._say(f"batch {record['key']}: no provider named {record['provider']!r} in BATCHES now", "warning")
             return
         requests = [BatchRequest(wire, payload) for wire, *_, payload in record["requests"]]
-        batch_id = None if fresh else await asyncio.to_thread(provider.find, record["key"], requests)
+        batch_id = None if fresh else await asyncio.to_thread(_find, provider, record, requests, self._known(record))
         if batch_id is None:
             batch_id = await asyncio.to_thread(provider.submit, record["key"], requests)
         record.update(batch_id=batch_id, status="submitted", submitted_at=utc_now())
@@ -241,6 +242,13 @@ class Batcher:
         self.requests_submitted += len(requests)
         self.batches_submitted += 1
         self._event("batch_submitted", record)
+
+    def _known(self, record: dict[str, Any]) -> set[str]:
+        """The batch ids the other submission records at ``record``'s provider hold."""
+        return {
+            r["batch_id"] for r in self._submissions.values()
+            if r.get("batch_id") and r["provider"] == record["provider"] and r["key"] != record["key"]
+        }
 
     async def resume(self) -> None:
         """At the start of a run: submit what a killed run recorded but may not have sent, then poll."""
@@ -309,6 +317,14 @@ class Batcher:
             f"waiting for {what}: run again later to collect the results "
             "(batches end within 24 h, most far sooner), or with --wait to wait for them"
         )
+
+
+def _find(provider: BatchProvider, record: dict[str, Any], requests: list[BatchRequest], known: set[str]) -> str | None:
+    """``provider.find``, told the batches the state knows when it takes them (a provider
+    written for the earlier ``find(key, requests)`` is called as it was)."""
+    if "known" in inspect.signature(provider.find).parameters:
+        return provider.find(record["key"], requests, known=frozenset(known))
+    return provider.find(record["key"], requests)
 
 
 def _fetch(provider: BatchProvider, record: dict[str, Any], status: BatchStatus) -> dict[str, Any]:

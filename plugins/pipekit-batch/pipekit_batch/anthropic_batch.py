@@ -8,6 +8,7 @@ custom_ids of their results, and says "not found" when it cannot be sure.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -96,14 +97,16 @@ class AnthropicBatch(BatchProvider):
         self._claim(batch.id, key)
         return str(batch.id)
 
-    def find(self, key: str, requests: Sequence[BatchRequest]) -> str | None:
+    def find(self, key: str, requests: Sequence[BatchRequest], known: Collection[str] = ()) -> str | None:
         """A recent ended batch whose results hold exactly these custom_ids, or None.
 
         None also when it cannot be sure: a batch of the same size still running
         (its custom_ids are not readable until it ends) or the only matches are
         batches that processed nothing (all expired or canceled: submitting
         again pays nothing twice). Batches this object already knows under
-        another key or from a poll are never an answer.
+        another key or from a poll, and the ``known`` ones (recorded by the
+        state for other submissions), are never an answer and never make it
+        unsure.
         """
         wanted = {request.custom_id for request in requests}
         oldest = datetime.now(timezone.utc).timestamp() - self.lookback_seconds
@@ -113,7 +116,7 @@ class AnthropicBatch(BatchProvider):
                 break
             counts = batch.request_counts
             size = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
-            if size != len(wanted) or not self._unclaimed(batch.id, key):
+            if size != len(wanted) or batch.id in known or not self._unclaimed(batch.id, key):
                 continue
             if batch.processing_status != "ended":
                 return None  # same size, still running: cannot tell whether it is ours

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -105,14 +106,14 @@ class OpenAIBatch(BatchProvider):
                                       metadata={METADATA_KEY: _metadata_value(key)})
         return str(batch.id)
 
-    def find(self, key: str, requests: Sequence[BatchRequest]) -> str | None:
-        """The most recent batch (of the last 30 days) whose metadata holds ``key``."""
+    def find(self, key: str, requests: Sequence[BatchRequest], known: Collection[str] = ()) -> str | None:
+        """The most recent batch (of the last 30 days) whose metadata holds ``key``, none of ``known``."""
         value = _metadata_value(key)
         oldest = time.time() - self.lookback_seconds
         for batch in self._client.get().batches.list(limit=self.page_size):
             if batch.created_at < oldest:
                 break
-            if (batch.metadata or {}).get(METADATA_KEY) == value:
+            if batch.id not in known and (batch.metadata or {}).get(METADATA_KEY) == value:
                 return str(batch.id)
         return None
 

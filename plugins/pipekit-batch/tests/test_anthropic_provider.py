@@ -198,3 +198,24 @@ def test_a_client_given_is_used(anthropic_fake: FakeServer, monkeypatch: pytest.
     batch_id = provider.submit("k", REQUESTS)
     assert provider.poll(batch_id).batch_id == batch_id
     assert "sk-ant-secret" not in repr(provider)
+
+
+def test_find_never_answers_with_a_batch_the_state_recorded_for_another_submission(
+    anthropic_fake: FakeServer,
+) -> None:
+    anthropic_fake.configure(poison=["book-1"])
+    first = AnthropicBatch().submit("k1", REQUESTS[:1])
+    anthropic_fake.advance()
+    # After a kill, a new process resends book-1 (same wire id) under k2: the errored batch
+    # the state recorded under k1 looks exactly like it, and is not it.
+    assert AnthropicBatch().find("k2", REQUESTS[:1], known={first}) is None
+    assert AnthropicBatch().find("k1", REQUESTS[:1]) == first
+
+
+def test_find_is_sure_past_a_running_batch_of_the_same_size_the_state_recorded(anthropic_fake: FakeServer) -> None:
+    ours = AnthropicBatch().submit("k", REQUESTS)
+    anthropic_fake.advance(ours)
+    running = AnthropicBatch().submit("other", [message("x-1", "a"), message("x-2", "b"), message("x-3", "c")])
+    assert AnthropicBatch().find("k", REQUESTS) is None  # unsure: a newer batch of 3 still runs
+    assert AnthropicBatch().find("k", REQUESTS, known={running}) == ours  # it is another record's
+    assert anthropic_fake.stats()["submitted"]["book-1"] == 1
