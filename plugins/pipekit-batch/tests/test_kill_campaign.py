@@ -1,7 +1,10 @@
 """SIGKILL at random moments while a batch phase submits, polls and collects through the
 openai SDK: every request reaches the provider once, every item completes once.
 
-Run it with ``PIPEKIT_BATCH_CAMPAIGN=1`` (``KC_SEED=N`` picks the kill moments).
+It runs in the normal suite (50 kills, about 45 s). ``KC_SEED=N`` picks the kill moments
+and ``KC_KILLS=N`` the number of kills; ``PIPEKIT_BATCH_CAMPAIGN=anthropic`` runs the same
+campaign through the anthropic SDK, where a kill between an upload and its record is at
+least once (docs/batches.md), so it reports requests sent twice rather than failing on them.
 """
 
 from __future__ import annotations
@@ -22,18 +25,22 @@ from pipekit_batch.fakeserver import FakeServer
 PIPELINE = """
 from pathlib import Path
 from pipekit import phase
+from pipekit_batch import AnthropicBatch
 from pipekit_batch import OpenAIBatch
 
-BATCHES = {"openai": OpenAIBatch(endpoint="/v1/chat/completions", price=(0.15, 0.60))}
+BATCHES = {"openai": OpenAIBatch(endpoint="/v1/chat/completions", price=(0.15, 0.60)),
+           "anthropic": AnthropicBatch(price=(3.0, 15.0))}
+PROVIDER = "{provider}"
 CALLS = Path(__file__).with_name("calls.log")
 
 def items():
     return Path(__file__).with_name("items.txt").read_text().split()
 
-@phase(1, batch="openai", retries=1)
+@phase(1, batch=PROVIDER, retries=1)
 def ask(item_id):
-    return [{"custom_id": f"{item_id}-{k}", "body": {
-        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{k} {item_id}"}]}}
+    field = "body" if PROVIDER == "openai" else "params"
+    return [{"custom_id": f"{item_id}-{k}", field: {
+        "model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": f"{k} {item_id}"}]}}
         for k in range(3)]
 
 @phase(2)
@@ -43,21 +50,22 @@ def merge(item_id, ask):
     return sorted(ask)
 """
 
-KILLS = 50
+KILLS = int(os.environ.get("KC_KILLS", "50"))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("PIPEKIT_BATCH_CAMPAIGN"),
-    reason="set PIPEKIT_BATCH_CAMPAIGN=1: open bug, in 2 of 8 campaigns a few requests are resent as "
-    "round-1 requests (as if expired) and reach the provider twice",
-)
+@pytest.mark.parametrize("provider", [
+    "openai",
+    pytest.param("anthropic", marks=pytest.mark.skipif(
+        os.environ.get("PIPEKIT_BATCH_CAMPAIGN") != "anthropic", reason="on demand: PIPEKIT_BATCH_CAMPAIGN=anthropic")),
+])
 def test_fifty_kills_submit_every_request_once_and_complete_every_item(
-    openai_fake: FakeServer, pipetester: PipeTester
+    provider: str, pipetester: PipeTester, request: pytest.FixtureRequest
 ) -> None:
-    module = pipetester.make_pipeline(PIPELINE)
+    fake: FakeServer = request.getfixturevalue(f"{provider}_fake")
+    module = pipetester.make_pipeline(PIPELINE.replace("{provider}", provider))
     items_file = module.with_name("items.txt")
-    openai_fake.configure(end_after_polls=3)
+    fake.configure(end_after_polls=3)
     command = [sys.executable, "-m", "pipekit", "run", str(module), "--state-dir", "state", "-p", "no:prices",
                "-q", "--progress", "none", "--wait", "--poll-interval", "0.05", "-j", "4"]
     rng = random.Random(int(os.environ.get("KC_SEED", "21")))
@@ -83,13 +91,18 @@ def test_fifty_kills_submit_every_request_once_and_complete_every_item(
     assert final.ret == 0, final
     assert kills >= KILLS, kills
 
-    submitted = openai_fake.stats()["submitted"]
+    submitted = fake.stats()["submitted"]
     assert sorted(submitted) == sorted(f"{i}-{k}" for i in ids for k in range(3))
-    assert set(submitted.values()) == {1}, {cid: n for cid, n in submitted.items() if n != 1}
+    twice = {cid: n for cid, n in submitted.items() if n != 1}
+    if provider == "anthropic":  # at least once in the window of an upload (docs/batches.md): say how often
+        print(f"anthropic: {len(twice)} of {len(submitted)} requests sent more than once, {kills} kills")
+    else:
+        assert not twice, twice
     assert sorted(set((pipetester.path / "calls.log").read_text().split())) == ids
     for item_id in ids:
         state = final.state(item_id)
         assert state.is_done
         answers = state.phase_outputs[1]
         assert sorted(answers) == [f"{item_id}-{k}" for k in range(3)]
-        assert state.phases[1].tokens_in == sum(a["usage"]["prompt_tokens"] for a in answers.values())
+        usage = "prompt_tokens" if provider == "openai" else "input_tokens"
+        assert state.phases[1].tokens_in == sum(a["usage"][usage] for a in answers.values())
