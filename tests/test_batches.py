@@ -202,6 +202,30 @@ def test_an_unknown_batch_name_is_a_usage_error(pipetester: PipeTester) -> None:
     assert "no batch provider named 'nope' in BATCHES (none declared)" in result.stderr
 
 
+def test_output_on_a_batch_phase_is_a_usage_error_naming_the_phase(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(
+        """
+        from pydantic import BaseModel
+        from pipekit import phase
+        from pipekit.testing import FakeBatch
+
+        BATCHES = {"fake": FakeBatch("fake.json")}
+
+        class Summary(BaseModel):
+            content: str
+
+        @phase(1, batch="fake", output=Summary)
+        def summarise(item_id):
+            return [{"custom_id": item_id, "body": {}}]
+        """
+    )
+    result = pipetester.run("pipeline.py", "--item", "a")
+    assert result.ret == ExitCode.USAGE_ERROR, result.stderr
+    assert "@phase(1) summarise: output= cannot be combined with batch=" in result.stderr
+    assert "validate the responses in the phase that reads them" in result.stderr
+    assert not (pipetester.path / "fake.json").exists()  # nothing was asked nor sent
+
+
 def test_a_kill_between_submit_and_record_does_not_submit_twice(pipetester: PipeTester) -> None:
     ids = _setup(pipetester, 5)
     killed = _run(pipetester, FAKE_OPTIONS={"crash_after_submit": True})
