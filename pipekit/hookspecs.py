@@ -354,19 +354,30 @@ def pipekit_item_finish(item: Item) -> None:
 
 @hookspec
 def pipekit_batch_event(
-    run: Run, event: str, provider: str, batch_id: str | None, requests: int, status: str, counts: dict[str, int]
+    run: Run,
+    event: str,
+    provider: str,
+    batch_id: str | None,
+    requests: int,
+    status: str,
+    counts: dict[str, int],
+    next_poll: float | None,
 ) -> None:
     """Called when a provider batch of a batch phase is submitted, polled or has ended.
 
     :param run: the run.
     :param event: ``"batch_submitted"`` (the batch id is saved), ``"batch_polled"``
-        (its status read) or ``"batch_completed"`` (its results fetched and saved).
+        (its status read), ``"batch_completed"`` (its results fetched and saved) or,
+        under ``--wait``, ``"batch_waiting"`` (the run sleeps ``next_poll`` seconds
+        before it polls the batch again).
     :param provider: the name of the provider in the module's ``BATCHES``.
     :param batch_id: the provider's id of the batch.
     :param requests: how many requests the batch holds.
     :param status: the provider's status of the batch (``"submitted"`` when just sent).
     :param counts: the provider's request counts by state (``{"succeeded": 38, ...}``;
         empty before the first poll).
+    :param next_poll: for ``"batch_waiting"``, the seconds until the next poll (they
+        grow between polls); None for the other events.
 
     Called on the event loop's thread after the submission record is saved.
     Requests' payloads and results are never passed, nor any credential.

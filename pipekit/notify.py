@@ -135,12 +135,12 @@ class HookNotifier:
         """``pipekit_budget_reached(run, spent, cap)``."""
         self._call("pipekit_budget_reached", {"run": run, "spent": spent, "cap": cap})
 
-    def batch_event(self, run: Any, event: str, record: dict[str, Any]) -> None:
+    def batch_event(self, run: Any, event: str, record: dict[str, Any], next_poll: float | None = None) -> None:
         """``pipekit_batch_event(...)`` for a batch's submission ``record``: its counts, never its payloads."""
         arguments = {
             "run": run, "event": event, "provider": record["provider"], "batch_id": record.get("batch_id"),
             "requests": len(record["requests"]), "status": record.get("status") or "",
-            "counts": dict(record.get("counts") or {}),
+            "counts": dict(record.get("counts") or {}), "next_poll": next_poll,
         }
         self._call("pipekit_batch_event", arguments)
 

@@ -12,6 +12,7 @@ import pytest
 
 from pipekit.outcomes import ExitCode
 from pipekit.outcomes import worst_exit_code
+from pipekit.state.batches import BatchRecords
 from pipekit.testing import FakeBatch
 from pipekit.testing import PipeResult
 from pipekit.testing import PipeTester
@@ -201,6 +202,30 @@ def test_an_unknown_batch_name_is_a_usage_error(pipetester: PipeTester) -> None:
     assert "no batch provider named 'nope' in BATCHES (none declared)" in result.stderr
 
 
+def test_output_on_a_batch_phase_is_a_usage_error_naming_the_phase(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(
+        """
+        from pydantic import BaseModel
+        from pipekit import phase
+        from pipekit.testing import FakeBatch
+
+        BATCHES = {"fake": FakeBatch("fake.json")}
+
+        class Summary(BaseModel):
+            content: str
+
+        @phase(1, batch="fake", output=Summary)
+        def summarise(item_id):
+            return [{"custom_id": item_id, "body": {}}]
+        """
+    )
+    result = pipetester.run("pipeline.py", "--item", "a")
+    assert result.ret == ExitCode.USAGE_ERROR, result.stderr
+    assert "@phase(1) summarise: output= cannot be combined with batch=" in result.stderr
+    assert "validate the responses in the phase that reads them" in result.stderr
+    assert not (pipetester.path / "fake.json").exists()  # nothing was asked nor sent
+
+
 def test_a_kill_between_submit_and_record_does_not_submit_twice(pipetester: PipeTester) -> None:
     ids = _setup(pipetester, 5)
     killed = _run(pipetester, FAKE_OPTIONS={"crash_after_submit": True})
@@ -344,3 +369,45 @@ def test_the_report_shows_waiting_cells_and_the_batch_saving(pipetester: PipeTes
         f"<b>6</b><span>requests by batch &middot; cost ${paid:,.4f}, saved ${paid:,.4f} against online prices</span>"
     )
 
+
+
+def _run_in_store(pipetester: PipeTester) -> PipeResult:
+    """``_run`` in the store ``PIPEKIT_STORE`` names (``--state-dir`` would win over it)."""
+    return pipetester.run_subprocess("pipeline.py", "--items", "items.txt", "-p", "no:prices")
+
+
+def _cli_in_store(pipetester: PipeTester, *args: str) -> tuple[int, str, str]:
+    proc = pipetester.popen(*args)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+def test_the_main_flow_over_every_store(pipetester: PipeTester, any_store: str | None) -> None:
+    """20 items -> one batch, each request once, exit 6, ``status`` shows them waiting; the
+    batch ends -> the next run completes the phase and the later ones, with the answers' usage."""
+    ids = _setup(pipetester, 20)
+    first = _run_in_store(pipetester)
+    assert first.ret == ExitCode.WAITING, first.stderr
+    submitted = _fake(pipetester).submitted
+    assert len(submitted) == 1 and len(submitted[0]) == 40 == len(set(submitted[0]))
+    assert all(first.state(i).phases[2].status == "waiting" for i in ids)  # read from the store
+    store = first.open_store()
+    try:
+        assert [len(r["requests"]) for r in BatchRecords(store).submissions().values()] == [40]
+    finally:
+        store.close()
+    ret, shown, err = _cli_in_store(pipetester, "status", "pipeline.py")
+    assert ret == 0, err
+    assert "0 pending, 20 waiting;" in shown
+    assert "batches:\n  fake  fakebatch-1  submitted  40 requests  age " in shown
+
+    second = _run_in_store(pipetester)
+    assert second.ret == ExitCode.OK, second.stderr
+    fake = _fake(pipetester)
+    assert fake.calls["submit"] == 1 and len(fake.submitted) == 1
+    for item_id in ids:
+        state = second.state(item_id)
+        assert [state.phases[n].status for n in (1, 2, 3)] == ["completed"] * 3
+        # FakeBatch's usage per answer: 10 + len(wire id) in, 5 out; the unfit id goes as "pk-" + 20 hex.
+        assert state.phases[2].tokens_in == (10 + len(f"{item_id}-sum")) + (10 + len("pk-") + 20)
+        assert state.phases[2].tokens_out == 2 * 5

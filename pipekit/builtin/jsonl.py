@@ -155,6 +155,8 @@ class JsonlReporter:
     def pipekit_batch_event(
         self, event: str, provider: str, batch_id: str | None, requests: int, status: str, counts: dict[str, int]
     ) -> None:
+        if event == "batch_waiting":  # a sleep between polls: for the displays, not a record
+            return
         self.emit(event, provider=provider, batch_id=batch_id, requests=requests, status=status, counts=counts)
 
     @hookimpl

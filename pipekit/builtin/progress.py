@@ -8,11 +8,15 @@ removed this plugin): ``auto`` (rich on a terminal, plain otherwise),
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from datetime import datetime
+from datetime import timezone
 import sys
 from typing import IO
 
 from pipekit.config import Config
 from pipekit.config import Parser
+from pipekit.display.batches import BatchView
 from pipekit.display.progress import ProgressTracker
 from pipekit.display.progress import SimpleProgress
 from pipekit.display.progress import is_rich_supported
@@ -27,6 +31,7 @@ from pipekit.pipeline.context import PhaseOutcome
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import PENDING
+from pipekit.state.model import WAITING
 
 
 class ProgressPlugin:
@@ -48,6 +53,9 @@ class ProgressPlugin:
         self._positions: dict[int, int] = {}
         self._already_done = 0
         self._not_run = 0
+        #: Phases each item has counted as done or settled in this run (an item waiting
+        #: on a batch is started again by ``--wait``: its phases count once).
+        self._counted: dict[str, set[int]] = {}
 
     def _sync(self) -> None:
         """Copy what only the run knows: earlier runs' cost, items found finished or not run."""
@@ -91,8 +99,14 @@ class ProgressPlugin:
         assert self.tracker is not None
         self._sync()
         self.tracker.start_item(item.index, item.id, key=item.id)
-        done = sum(1 for p in item.state.phases.values() if p.status in DONE_STATUSES)
-        self.tracker.settle_phases(done)
+        self.tracker.settle_phases(self._count(item, DONE_STATUSES))
+
+    def _count(self, item: Item, statuses: Collection[str]) -> int:
+        """How many of the item's phases in ``statuses`` were not counted yet (now they are)."""
+        counted = self._counted.setdefault(item.id, set())
+        found = {num for num, p in item.state.phases.items() if p.status in statuses} - counted
+        counted |= found
+        return len(found)
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
@@ -107,6 +121,7 @@ class ProgressPlugin:
     @hookimpl
     def pipekit_phase_complete(self, item: Item, phase: PhaseDefinition, result: PhaseOutcome) -> None:
         assert self.tracker is not None
+        self._counted.setdefault(item.id, set()).add(phase.num)
         self.tracker.complete_phase(
             result.tokens_in, result.tokens_out, result.cost_usd, key=item.id, duration=result.duration_seconds
         )
@@ -125,6 +140,7 @@ class ProgressPlugin:
         self, item: Item, phase: PhaseDefinition, error: BaseException, result: AttemptOutcome
     ) -> None:
         assert self.tracker is not None
+        self._counted.setdefault(item.id, set()).add(phase.num)
         self.tracker.fail_phase(
             _first_line(result.message or str(error)),
             *result.usage,
@@ -136,15 +152,35 @@ class ProgressPlugin:
     @hookimpl
     def pipekit_phase_skip(self, item: Item, phase: PhaseDefinition, reason: str) -> None:
         assert self.tracker is not None
+        self._counted.setdefault(item.id, set()).add(phase.num)
         self.tracker.skip_phase(self._positions.get(phase.num, phase.num), phase.name, reason, key=item.id)
 
     @hookimpl
     def pipekit_item_finish(self, item: Item) -> None:
         assert self.tracker is not None
-        # Phases a failed or interrupted item leaves pending are not work of this run.
-        self.tracker.settle_phases(sum(1 for p in item.state.phases.values() if p.status == PENDING))
+        # Phases a failed or interrupted item leaves pending are not work of this run
+        # (those after a batch phase it waits on may be: --wait starts the item again).
+        if item.state.status != WAITING:
+            self.tracker.settle_phases(self._count(item, (PENDING,)))
         self.tracker.complete_item(key=item.id, status=item.state.status)
         self._sync()
+
+    @hookimpl
+    def pipekit_batch_event(
+        self,
+        run: Run,
+        event: str,
+        provider: str,
+        batch_id: str | None,
+        requests: int,
+        status: str,
+        counts: dict[str, int],
+        next_poll: float | None,
+    ) -> None:
+        if self.tracker is None:
+            return
+        view = BatchView(provider, batch_id, requests, status, dict(counts))
+        self.tracker.batch_event(event, view, age=_batch_age(run, batch_id), next_poll=next_poll)
 
     @hookimpl(tryfirst=True)
     def pipekit_run_finish(self, run: Run) -> None:
@@ -219,6 +255,17 @@ def choose_display(mode: str, stderr: IO[str], stdout: IO[str], jsonl: bool) -> 
     if jsonl and _isatty(stdout):
         return "simple"
     return "rich"
+
+
+def _batch_age(run: Run, batch_id: str | None) -> float:
+    """Seconds since the batch's submission record was written (0 when the run does not hold it)."""
+    batcher = run.batches
+    record = next((r for r in batcher.pending() if r.get("batch_id") == batch_id), None) if batcher else None
+    try:
+        created = datetime.fromisoformat(str(record["created_at"])) if record else None
+    except ValueError:
+        created = None
+    return 0.0 if created is None else max(0.0, (datetime.now(timezone.utc) - created).total_seconds())
 
 
 def _first_line(text: str) -> str:

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from pipekit.display.batches import live_line
 from pipekit.display.format import clock
 from pipekit.display.format import money
 from pipekit.display.format import running
@@ -20,12 +21,17 @@ if TYPE_CHECKING:
     from rich.live import Live
 
 
+#: Provider batches listed by the live display before "... and N more".
+BATCH_LINES = 8
+
+
 class ProgressTracker(BaseProgress):
     """A live rich display on a terminal, redrawn a few times a second.
 
     Shows a bar of items done in ``item_noun``, phases done, elapsed time, ETA,
     tokens, cost (this run and earlier runs), failures in red, and one line
-    per item in flight with its phase and how long it has been running.
+    per item in flight with its phase and how long it has been running, and one
+    per provider batch outstanding with its status, counts, age and next poll.
 
     :param console: a ``rich.console.Console`` (stderr when None).
     :param clock: seconds, monotonic (injectable for tests).
@@ -111,6 +117,7 @@ class ProgressTracker(BaseProgress):
                 usage += f"  (+{money(s.earlier_cost_usd)} in earlier runs)"
             lines.append(Text(usage))
         lines.extend(self._in_flight_lines())
+        lines.extend(self._batch_lines())
         return Group(*lines)
 
     def _in_flight_lines(self) -> list[RenderableType]:
@@ -138,3 +145,20 @@ class ProgressTracker(BaseProgress):
             lines.append(Text(f"  ... and {len(items) - len(shown)} more in flight", style="dim"))
         return lines
 
+    def _batch_lines(self) -> list[RenderableType]:
+        """One line per provider batch outstanding: provider, id, status, counts, age, next poll."""
+        from rich.text import Text
+
+        batches = list(self.batches.values())  # (a copy: events change it on another thread)
+        shown = batches[:BATCH_LINES] if len(batches) > BATCH_LINES + 1 else batches
+        now = self.clock()
+        lines: list[RenderableType] = []
+        for view in shown:
+            text, poll = live_line(view, now)
+            line = Text(f"  {text}", style="magenta", no_wrap=True, overflow="ellipsis")
+            if poll:
+                line.append(f"  {poll}", style="dim")
+            lines.append(line)
+        if len(shown) < len(batches):
+            lines.append(Text(f"  ... and {len(batches) - len(shown)} more batches", style="dim"))
+        return lines

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import IO
 
+from pipekit.display.batches import BatchView
+from pipekit.display.batches import status_line
 from pipekit.display.format import clock
 from pipekit.display.format import count_of
 from pipekit.display.format import duration as format_duration
@@ -153,6 +155,9 @@ class SimpleProgress(BaseProgress):
         if self.show_cost:
             text += f", {money(item.cost_usd)} this {singular(s.item_noun)}"
         self._line(text + ")")
+
+    def _show_batch(self, view: BatchView) -> None:
+        self._line(status_line(view))
 
     def _line(self, text: str) -> None:
         stream = self.stream if self.stream is not None else sys.stderr

@@ -9,6 +9,8 @@ from datetime import datetime
 from datetime import timezone
 import time
 
+from pipekit.display.batches import BatchView
+
 
 Clock = Callable[[], float]
 
@@ -100,6 +102,8 @@ class BaseProgress:
         self.title = title
         #: Items in flight by key, in start order.
         self.in_flight: dict[Hashable, ItemProgress] = {}
+        #: Provider batches outstanding, by batch id.
+        self.batches: dict[str, BatchView] = {}
         self._current: Hashable | None = None
         self._t0: float | None = None
 
@@ -306,3 +310,31 @@ class BaseProgress:
     def _show_requested_retry(self, item: ItemProgress, attempt: int, after: float | None) -> None:
         pass
 
+    def batch_event(
+        self,
+        event: str,
+        view: BatchView,
+        *,
+        age: float = 0.0,
+        next_poll: float | None = None,
+    ) -> None:
+        """A provider batch was sent, polled or collected (``pipekit_batch_event``), or
+        the run waits ``next_poll`` seconds to poll it again; ``age`` is how long ago it was recorded.
+
+        A line is shown for each change of the batch's status, not for each poll;
+        a collected batch is no longer outstanding.
+        """
+        key = view.batch_id or f"{view.provider}:(not sent)"
+        now = self.clock()
+        known = self.batches.get(key)
+        view.since = now - age if known is None else known.since
+        view.next_poll_at = None if next_poll is None else now + next_poll
+        if event == "batch_completed":
+            self.batches.pop(key, None)
+        else:
+            self.batches[key] = view
+        if event in ("batch_polled", "batch_completed") and (known is None or known.status != view.status):
+            self._show_batch(view)
+
+    def _show_batch(self, view: BatchView) -> None:
+        """Say a batch's new status (the live display draws it on the batch's line)."""

@@ -164,7 +164,7 @@ def phase(
         declares (``pipekit run --resources GPU=1``). Not part of the fingerprint.
     :param batch: the name of a provider in the module's ``BATCHES``: the handler
         returns this item's requests, sent through the provider's batch API; the
-        phase's output is ``{custom_id: response}`` (docs/batches.md).
+        phase's output is ``{custom_id: response}`` (docs/batches.md); not with ``output=``.
     """
     if on_change not in ON_CHANGE_CHOICES:
         raise ValueError(f"@phase({num}): on_change must be one of {ON_CHANGE_CHOICES}, not {on_change!r}")
@@ -173,6 +173,10 @@ def phase(
 
     def mark(func: F) -> F:
         where = f"@phase({num}) {getattr(func, '__name__', repr(func))}"
+        if output is not None and batch is not None:  # the handler returns requests, the output is {custom_id: body}
+            raise ValueError(
+                f"{where}: output= cannot be combined with batch=; validate the responses in the phase that reads them"
+            )
         definition = PhaseDefinition(
             num=num,  # validated by the loader, so that the error names the function
             name=name if name is not None else getattr(func, "__name__", repr(func)),

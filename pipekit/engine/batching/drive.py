@@ -81,8 +81,8 @@ async def _wait_for_results(run: Any, batcher: Batcher, interval: float | None) 
     first = interval or min((p.poll_interval for p in providers), default=60.0)
     delay = first
     while True:
-        for line in batcher.status_lines():
-            run._say(line, "info")
+        for record in batcher.pending():  # (the displays show them: pipekit/builtin/progress.py)
+            run.notify.batch_event(run, "batch_waiting", record, next_poll=delay)
         if await interruptible_sleep(run.control, delay):
             return False
         if await batcher.poll() or not batcher.pending():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Mapping
+import functools
+import inspect
 import json
 import os
 import threading
@@ -15,6 +17,10 @@ from pipekit import UsageError
 
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: HTTP statuses that say the credentials are wrong: waiting or retrying cannot help.
+REFUSED = frozenset({401, 403})
 
 
 class LazyClient(Generic[T]):
@@ -43,6 +49,61 @@ class LazyClient(Generic[T]):
                     )
                 self._client = self._make()
             return self._client
+
+    def refusal(self, error: BaseException) -> UsageError | None:
+        """The SDK's ``error`` as a :class:`pipekit.UsageError` naming the variable when the
+        API refused the credentials (401, 403); None for any other error.
+
+        The key is cut out of the provider's words (a proxy may quote it back).
+        """
+        status = getattr(error, "status_code", None)
+        if status not in REFUSED:
+            return None
+        text = str(getattr(error, "message", None) or error)
+        secrets = [os.environ.get(name) or "" for name in self._variables]
+        for secret in secrets:
+            if len(secret) >= 8:
+                text = text.replace(secret, "***")
+        variable = next((name for name in self._variables if os.environ.get(name)), None)
+        where = f"in {variable}" if variable else "of the client given"
+        return UsageError(
+            f"{self._owner}: the API refused the credentials {where} (HTTP {status}): {text.strip()}; "
+            "the requests are kept, and the next run sends them"
+        )
+
+
+def naming_refusals(method: F) -> F:
+    """A provider method (or generator) whose refused credentials are a
+    :class:`pipekit.UsageError` (``LazyClient.refusal``) rather than the SDK's error."""
+
+    def translated(self: Any, error: Exception) -> BaseException:
+        refusal: UsageError | None = self._client.refusal(error)
+        return error if refusal is None else refusal
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from method(self, *args, **kwargs)
+            except Exception as exc:
+                found = translated(self, exc)
+                if found is exc:
+                    raise
+                raise found from None
+
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            found = translated(self, exc)
+            if found is exc:
+                raise
+            raise found from None
+
+    return call  # type: ignore[return-value]
 
 
 def dumps(value: Any) -> str:

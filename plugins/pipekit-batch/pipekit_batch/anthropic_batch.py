@@ -25,6 +25,7 @@ from pipekit.pipeline.batch import BatchStatus
 from pipekit_batch._common import LazyClient
 from pipekit_batch._common import check_shape
 from pipekit_batch._common import dumps
+from pipekit_batch._common import naming_refusals
 from pipekit_batch._common import require
 
 
@@ -83,6 +84,7 @@ class AnthropicBatch(BatchProvider):
         """The request's part of the JSON body sent, its separating comma included."""
         return len(dumps({"custom_id": request.custom_id, "params": request.payload}).encode("utf-8")) + 1
 
+    @naming_refusals
     def submit(self, key: str, requests: Sequence[BatchRequest]) -> str:
         """Create the batch (Anthropic keeps no metadata: ``key`` is only remembered in this process)."""
         if not requests or len(requests) > self.max_requests:
@@ -97,6 +99,7 @@ class AnthropicBatch(BatchProvider):
         self._claim(batch.id, key)
         return str(batch.id)
 
+    @naming_refusals
     def find(self, key: str, requests: Sequence[BatchRequest], known: Collection[str] = ()) -> str | None:
         """A recent ended batch whose results hold exactly these custom_ids, or None.
 
@@ -128,6 +131,7 @@ class AnthropicBatch(BatchProvider):
                 return str(batch.id)
         return None
 
+    @naming_refusals
     def poll(self, batch_id: str) -> BatchStatus:
         """``processing_status`` and ``request_counts`` (processing, succeeded, errored, canceled, expired)."""
         self._claim(batch_id, None)
@@ -141,6 +145,7 @@ class AnthropicBatch(BatchProvider):
                     "canceled": counts.canceled, "expired": counts.expired},
         )
 
+    @naming_refusals
     def results(self, batch_id: str) -> Iterator[BatchResult]:
         """Each request of the ended batch once, as its result line says."""
         self._claim(batch_id, None)
@@ -151,6 +156,7 @@ class AnthropicBatch(BatchProvider):
             seen.add(line.custom_id)
             yield _result(line.custom_id, line.result)
 
+    @naming_refusals
     def cancel(self, batch_id: str) -> None:
         """Ask Anthropic to cancel the batch, unless it has already ended."""
         client = self._client.get()

@@ -19,6 +19,7 @@ from pipekit.pipeline.batch import BatchStatus
 from pipekit_batch._common import LazyClient
 from pipekit_batch._common import check_shape
 from pipekit_batch._common import dumps
+from pipekit_batch._common import naming_refusals
 from pipekit_batch._common import require
 
 
@@ -89,6 +90,7 @@ class OpenAIBatch(BatchProvider):
         """The request's line in the uploaded JSONL file, newline included."""
         return len(self._line(request))
 
+    @naming_refusals
     def submit(self, key: str, requests: Sequence[BatchRequest]) -> str:
         """Upload the JSONL file, create the batch with ``metadata={"pipekit_key": key}``."""
         if not requests or len(requests) > self.max_requests:
@@ -106,6 +108,7 @@ class OpenAIBatch(BatchProvider):
                                       metadata={METADATA_KEY: _metadata_value(key)})
         return str(batch.id)
 
+    @naming_refusals
     def find(self, key: str, requests: Sequence[BatchRequest], known: Collection[str] = ()) -> str | None:
         """The most recent batch (of the last 30 days) whose metadata holds ``key``, none of ``known``."""
         value = _metadata_value(key)
@@ -117,6 +120,7 @@ class OpenAIBatch(BatchProvider):
                 return str(batch.id)
         return None
 
+    @naming_refusals
     def poll(self, batch_id: str) -> BatchStatus:
         """The batch's status and counts (``succeeded``, ``errored``, and ``processing`` until it
         ends, then ``expired`` or ``canceled`` for what it left unprocessed)."""
@@ -133,6 +137,7 @@ class OpenAIBatch(BatchProvider):
             error=_batch_error(batch) if batch.status == "failed" else None,
         )
 
+    @naming_refusals
     def results(self, batch_id: str) -> Iterator[BatchResult]:
         """Each request of the ended batch once, from its output and error files; a request they do
         not answer is ``expired`` (the batch expired), ``canceled`` (cancelled or completed) or
@@ -159,6 +164,7 @@ class OpenAIBatch(BatchProvider):
             else:
                 yield BatchResult(custom_id, "expired" if batch.status == "expired" else "canceled")
 
+    @naming_refusals
     def cancel(self, batch_id: str) -> None:
         """Cancel the batch, unless it has already ended (then there is nothing to stop)."""
         client = self._client.get()
