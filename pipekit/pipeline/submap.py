@@ -63,6 +63,11 @@ class SubItemsFailed(Exception):
     reason = "subitems_failed"
 
 
+class DriverGone(Exception):
+    """The run that waits for this handler is gone (its driver died): a worker's map
+    starts no more sub-items, which the next run would pay for again."""
+
+
 class SubItemContext:
     """The ``ctx`` a map's ``fn`` receives (when it has a parameter named ``ctx``).
 
@@ -252,6 +257,9 @@ class MapRun:
                 record.cost_usd = 0.0
                 record.unpriced = []
                 record.counted_by = None
+            alive = self.ctx._driver_alive
+            if alive is not None and not alive():
+                raise DriverGone(f"map {self.label!r}: the run waiting for item {self.ctx.item_id!r} is gone")
             for left in range(retries, -1, -1):
                 record.attempts += 1
                 try:
@@ -271,7 +279,9 @@ class MapRun:
             with self._lock:
                 self._pending.append(record)
                 self._unreported += 1
-        await self._flush()
+            # Inside the slot: the next sub-item starts once this one's write (when it
+            # makes a batch) is durable, so a kill then loses no result fn returned.
+            await self._flush()
 
     async def _acquire(self, name: str) -> None:
         gate = self.ctx._gate
