@@ -55,6 +55,7 @@ BOOK = '''
     def summarise(item_id, ctx):
         ctx.progress(0, 1, label="pages")
         parts = ctx.map(chapter, TITLES, concurrency=1)
+        assert all(p["text"] == SIZE * "x" for p in parts), "a result came back changed"
         return [p["title"] for p in parts]
 '''
 

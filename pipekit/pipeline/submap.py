@@ -178,7 +178,7 @@ class MapRun:
                 record.unpriced.extend(list(call) for call in unpriced)
             record.counted_by = self.ctx.attempt
             snapshot = SubItem(**vars(record))
-        subitems.save(self.store, self.ctx.item_id, self.ctx.phase.name, [snapshot])
+        subitems.save(self.store, self.ctx.item_id, self.ctx.phase.name, [snapshot], self.ctx.phase.num)
 
     def adopt(self, records: Iterable[SubItem]) -> list[SubItem]:
         """Count the usage of records no saved state counts (their attempt died): this attempt's now."""
@@ -266,7 +266,7 @@ class MapRun:
                     for name in limits:
                         await self._acquire(name)
                     value = await self._call(record, pool)
-                    record.result = self._stored(record.key, value)
+                    record.result, record.result_ref = self._stored(record.key, value), None
                 except Exception as exc:  # noqa: BLE001  (a sub-item's failure is recorded, not raised)
                     record.status, record.error = FAILED, f"{type(exc).__name__}: {exc}"
                     if left:
@@ -314,7 +314,8 @@ class MapRun:
                 finished, self._unreported = self._unreported, 0
                 snapshots = [SubItem(**vars(record)) for record in batch]
         if batch:
-            await asyncio.to_thread(subitems.save, self.store, self.ctx.item_id, self.ctx.phase.name, snapshots)
+            phase = self.ctx.phase
+            await asyncio.to_thread(subitems.save, self.store, self.ctx.item_id, phase.name, snapshots, phase.num)
             self.done += finished
             report = self.ctx._on_subitem
             if report is not None:
