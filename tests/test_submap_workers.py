@@ -205,7 +205,7 @@ def test_a_driver_killed_mid_map_on_dask_reruns_only_the_unfinished(
 def test_a_dask_worker_killed_mid_map_reruns_only_the_unfinished(
     pipetester: PipeTester, dask_cluster: DaskCluster, dask_store: str
 ) -> None:
-    book(pipetester)
+    book(pipetester, size=200_000)  # results kept in the outputs folder, by the worker
     (pipetester.path / "kill-worker-at-c3").touch()
     lost = pipetester.run_subprocess(*on_dask(dask_cluster))
     assert lost.ret == 1, lost
