@@ -170,9 +170,12 @@ class WorkerContext(PhaseContext):
 
         def ship(event: Event) -> None:
             assert emit is not None
+            try:
+                emit(event)
+            except Exception:  # noqa: BLE001  (a report lost in transit never fails the handler)
+                return
             with lock:
                 sent[0] += 1
-            emit(event)
 
         if emit is not None:
             self._on_progress = lambda done, total, label: ship(("progress", done, total, label))
