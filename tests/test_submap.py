@@ -251,3 +251,51 @@ def test_status_item_shows_the_map_counts_and_the_failed_keys(pipetester: PipeTe
     status = pipetester.run("status", "pipeline.py", "--item", "a")
     assert "map chapter: 5 done, 1 failed, 6 in all" in status.stdout, status.stdout
     assert "4: ValueError: no summary for c4" in status.stdout
+
+
+LARGE = '''
+    import os, signal
+    from pathlib import Path
+    from pipekit import phase
+
+    def chapter(n):
+        with open("calls.log", "a") as f:
+            f.write(f"{n}\\n")
+        if Path(f"kill-at-{n}").exists():
+            Path(f"kill-at-{n}").unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {"n": n, "text": str(n) * 200_000}
+
+    @phase(1)
+    def summarise(item_id, ctx):
+        parts = ctx.map(chapter, range(4), concurrency=1)
+        assert all(p["text"] == str(n) * 200_000 for n, p in enumerate(parts)), "a result came back changed"
+        return len(parts)
+'''
+
+
+@pytest.mark.slow
+def test_a_large_sub_item_result_is_kept_in_the_outputs_folder_and_read_back_after_a_kill(
+    pipetester: PipeTester, any_store: str | None
+) -> None:
+    pipetester.make_pipeline(LARGE)
+    (pipetester.path / "kill-at-2").touch()
+    assert pipetester.run_subprocess("pipeline.py", "--item", "a").ret == -9
+    assert calls(pipetester) == ["0", "1", "2"]
+    resumed = pipetester.run_subprocess("pipeline.py", "--item", "a")
+    assert resumed.ret == 0, resumed
+    assert calls(pipetester) == ["2", "3"]  # 0 and 1 read back from where they were kept
+    assert resumed.state("a").phase_outputs[1] == 4
+    store = resumed.open_store()
+    try:
+        stored = store.load_checkpoints("a", "summarise:sub")
+    finally:
+        store.close()
+    records = [value for key, value in stored.items() if key.startswith("[")]
+    assert len(records) == 4 and all(r["result"] is None and r["result_ref"] for r in records), records
+    assert max(len(json.dumps(r)) for r in records) < 64 * 1024  # the records stay small
+
+    # --force drops the sub-items and their results' files.
+    forced = pipetester.run("pipeline.py", "--item", "a", "--force")
+    assert forced.ret == 0, forced
+    assert len(calls(pipetester)) == 4

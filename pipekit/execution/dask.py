@@ -24,6 +24,13 @@ before the pipeline's code loads and before every task, since a worker started
 apart from the driver does not inherit its environment. A phase's
 ``resources`` go with its task, so the scheduler runs it only on a worker
 started with them; one that no worker has is a usage error when the run connects.
+
+What a handler reports while it runs (``ctx.progress``, the sub-items of a
+``ctx.map``) comes back as Dask events on the same topic, replayed onto the
+driver's ``ctx`` as they arrive; a task's outcome says how many it sent, and
+the driver waits for them (a few seconds at most) before it records the phase.
+A task whose driver died (its client gone, so the scheduler cancelled the
+task) starts no more sub-items: the next run would pay for them again.
 """
 
 from __future__ import annotations
@@ -41,12 +48,14 @@ import uuid
 
 from pipekit.execution.base import RemoteExecutor
 from pipekit.execution.code import PipelineCode
+from pipekit.execution.remote import Event
 from pipekit.execution.remote import OutputRoute
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
 from pipekit.execution.remote import WorkerLost
 from pipekit.execution.remote import apply_outcome
 from pipekit.execution.remote import execute_call
+from pipekit.execution.remote import replay_event
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.phases import PhaseDefinition
@@ -60,6 +69,9 @@ TaskKey = tuple[str, str, int, str]
 
 #: Where the executor says things (``HookNotifier.report``): a message and its level.
 Say = Callable[[str, str], None]
+
+#: Seconds the driver waits, after a task's outcome, for the reports the task sent before it.
+EVENTS_GRACE_SECONDS = 10.0
 
 
 class ForwardedEnv(dict[str, str]):
@@ -141,6 +153,8 @@ class DaskExecutor(RemoteExecutor):
         self._starts: dict[str, asyncio.Future[str]] = {}
         #: The future ``start`` returned -> its task's entry in ``_starts``.
         self._running: dict[asyncio.Future[Any], asyncio.Future[str]] = {}
+        #: Per task key, the driver's ``ctx`` its reports are replayed onto, and how many came.
+        self._reports: dict[str, _Reports] = {}
         self._cluster: Any = None
         #: Per file store's folder, the file whose presence tells a worker it sees that folder.
         self._markers: dict[Path, str] = {}
@@ -254,7 +268,13 @@ class DaskExecutor(RemoteExecutor):
         call.output_route = self._output_route(phase, ctx)
         # A cache check is cheap and runs anywhere; the handler needs the phase's resources.
         resources = phase.resources if func is phase.handler else None
-        return apply_outcome(await self._submit(key, call, resources), ctx)
+        reports = self._reports[key[-1]] = _Reports(ctx)
+        try:
+            outcome = await self._submit(key, call, resources)
+            await reports.all_in(outcome.events, EVENTS_GRACE_SECONDS)
+        finally:
+            self._reports.pop(key[-1], None)
+        return apply_outcome(outcome, ctx)
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
         context = call.context or {}
@@ -318,8 +338,13 @@ class DaskExecutor(RemoteExecutor):
         worker = started.result() if started is not None and started.done() else "?"
         return f"the Dask worker {worker} running the phase died"
 
-    def _on_started(self, event: tuple[float, dict[str, str]]) -> None:
+    def _on_started(self, event: tuple[float, dict[str, Any]]) -> None:
         message = event[1]
+        if "event" in message:  # a report of the handler's (progress, a finished sub-item)
+            reports = self._reports.get(message.get("key", ""))
+            if reports is not None:
+                reports.add(tuple(message["event"]))
+            return
         started = self._starts.get(message.get("key", ""))
         if started is not None and not started.done():
             started.set_result(message.get("worker", "?"))
@@ -384,6 +409,29 @@ def _load_on_worker(code: PipelineCode, env: dict[str, str]) -> None:
     load(code)
 
 
+class _Reports:
+    """The reports of one task as they arrive: replayed onto the driver's ``ctx``, counted."""
+
+    def __init__(self, ctx: PhaseContext | None) -> None:
+        self.ctx = ctx
+        self.received = 0
+        self._changed = asyncio.Event()
+
+    def add(self, event: Event) -> None:
+        self.received += 1
+        self._changed.set()
+        replay_event(event, self.ctx)
+
+    async def all_in(self, sent: int, timeout: float) -> None:
+        """Until ``sent`` reports came (they travel apart from the result), or ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.received < sent and loop.time() < deadline:
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+
+
 class _RunBefore(Exception):
     """The task found its claim taken: it ran before, on a worker that died."""
 
@@ -405,5 +453,16 @@ def run_claimed(call: RemoteCall, claim: str, topic: str, env: dict[str, str] | 
         return RemoteOutcome(error=_RunBefore(claim))
     os.environ.update(env or {})
     worker = get_worker()
-    worker.log_event(topic, {"key": claim.removesuffix("-claim"), "worker": worker.address})
-    return execute_call(call)
+    tag = claim.removesuffix("-claim")
+    worker.log_event(topic, {"key": tag, "worker": worker.address})
+    task = worker.get_current_task()
+
+    def emit(event: Event) -> None:
+        worker.log_event(topic, {"key": tag, "event": list(event)})
+
+    def driver_alive() -> bool:
+        # The scheduler cancels the task when the client that wanted it is gone.
+        state = worker.state.tasks.get(task)
+        return state is not None and state.state not in ("cancelled", "released", "forgotten")
+
+    return execute_call(call, emit, driver_alive)

@@ -7,7 +7,8 @@ and may be retried in the same run; a fresh worker takes its place. Workers
 import the pipeline module themselves; the arguments and the return value
 travel pickled (``pipekit.execution.remote``), and a phase whose arguments or result
 cannot be pickled fails with an error naming it. What the handler records with
-``ctx.record_cost`` comes back with the result.
+``ctx.record_cost`` comes back with the result; what it reports while it
+runs (``ctx.progress``, finished sub-items) reaches the hooks as it happens.
 
 The trade-off against a thread: a worker process to start (once, then reused),
 the module's top level run again in it, and pickling both ways.
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+import functools
 import sys
 from typing import Any
 
 from pipekit.execution.pool import ProcessPool
 from pipekit.execution.remote import apply_outcome
 from pipekit.execution.remote import build_call
+from pipekit.execution.remote import replay_event
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.phases import PhaseDefinition
 
@@ -58,7 +61,7 @@ class IsolatedCalls:
         ctx: PhaseContext | None,
     ) -> Any:
         call = build_call(module_reference(func), phase, func, kwargs)
-        return apply_outcome(await pool.run(call), ctx)
+        return apply_outcome(await pool.run(call, functools.partial(replay_event, ctx=ctx)), ctx)
 
     def close(self) -> None:
         """Stop the idle workers."""

@@ -13,6 +13,14 @@ store, opened there by its URL; so is an output over
 ``SHARED_OUTPUT_THRESHOLD`` when the call carries an ``OutputRoute`` (the
 worker stores it with ``StateStore.write_output`` and only its reference
 comes back), else, with a shared folder, it comes back as a file there.
+
+What the handler reports while it runs (``ctx.progress``, the sub-items
+``ctx.map`` finishes) travels back as it happens: ``execute_call`` is given an
+``Emit`` that ships each report as a plain tuple (over the worker's pipe, or a
+Dask event), and the driver replays it onto its own ``ctx`` (``replay_event``),
+so its hooks see a worker's progress as they see a local handler's. The
+outcome says how many reports were sent, so a driver can wait for the last of
+them before it records the phase.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import os
 from pathlib import Path
 import pickle
 import socket
+import threading
 import traceback
 from typing import Any
 
@@ -56,6 +65,13 @@ class OutputRoute:
     item_id: str
     phase_num: int
     marker: str | None = None
+
+
+#: What a worker sends the driver while a handler runs: ``("progress", done, total, label)``
+#: or ``("subitem", label, key, status, error)``, plain data any channel carries.
+Event = tuple[Any, ...]
+#: Ships one ``Event`` to the driver (callable from any thread of the worker).
+Emit = Callable[[Event], None]
 
 
 class WorkerLost(Exception):
@@ -115,6 +131,8 @@ class RemoteOutcome:
     #: stored in the run's store (large outputs with an ``OutputRoute``).
     output_stored: str | None = None
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    #: How many ``Event`` reports the worker sent before this outcome.
+    events: int = 0
 
 
 class WorkerContext(PhaseContext):
@@ -142,6 +160,39 @@ class WorkerContext(PhaseContext):
 
     def _code_hash(self, fn: Callable[..., Any]) -> str | None:
         return code_identity(fn).hash
+
+    def _report_to(self, emit: Emit | None, driver_alive: Callable[[], bool] | None) -> Callable[[], int]:
+        """Send this handler's progress and finished sub-items through ``emit``;
+        ``driver_alive`` says whether anyone still waits for the result (a map
+        starts no sub-item once it is False). Returns how many were sent so far."""
+        sent = [0]
+        lock = threading.Lock()
+
+        def ship(event: Event) -> None:
+            assert emit is not None
+            try:
+                emit(event)
+            except Exception:  # noqa: BLE001  (a report lost in transit never fails the handler)
+                return
+            with lock:
+                sent[0] += 1
+
+        if emit is not None:
+            self._on_progress = lambda done, total, label: ship(("progress", done, total, label))
+            self._on_subitem = lambda label, key, status, error: ship(("subitem", label, key, status, error))
+        self._driver_alive = driver_alive
+        return lambda: sent[0]
+
+
+def replay_event(event: Event, ctx: PhaseContext | None) -> None:
+    """Hand a worker's report to the driver's ``ctx`` observers, as a local handler's."""
+    if ctx is None or not event:
+        return
+    kind, *args = event
+    if kind == "progress" and ctx._on_progress is not None and len(args) == 3:
+        ctx._on_progress(*args)
+    elif kind == "subitem" and ctx._on_subitem is not None and len(args) == 4:
+        ctx._on_subitem(*args)
 
 
 def snapshot_context(ctx: PhaseContext) -> dict[str, Any]:
@@ -264,9 +315,16 @@ def _phase(call: RemoteCall) -> PhaseDefinition:
     raise LookupError(f"phase {call.phase_name!r} not found in {call.module_path} on this worker")
 
 
-def execute_call(call: RemoteCall) -> RemoteOutcome:
-    """Run ``call`` here (in a worker) and report what happened; never raises."""
+def execute_call(
+    call: RemoteCall, emit: Emit | None = None, driver_alive: Callable[[], bool] | None = None
+) -> RemoteOutcome:
+    """Run ``call`` here (in a worker) and report what happened; never raises.
+
+    :param emit: ships the handler's progress and finished sub-items to the driver as they happen.
+    :param driver_alive: False once the driver no longer waits for this call (it died).
+    """
     ctx: WorkerContext | None = None
+    sent: Callable[[], int] = lambda: 0  # noqa: E731
     try:
         definition = _phase(call)
         func = definition.cache_check if call.kind == "cache" else definition.handler
@@ -280,6 +338,7 @@ def execute_call(call: RemoteCall) -> RemoteOutcome:
             ctx.executor = data["executor"]
             ctx.store_url = data["store_url"]
             ctx._idempotency_key = data["idempotency_key"]
+            sent = ctx._report_to(emit, driver_alive)
             kwargs["ctx"] = ctx
         value = func(**kwargs)
         if asyncio.iscoroutine(value):
@@ -291,6 +350,7 @@ def execute_call(call: RemoteCall) -> RemoteOutcome:
         outcome.usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
         outcome.executor = ctx.executor
         outcome.unpriced = ctx.unpriced
+    outcome.events = sent()
     return check_result_picklable(_share_large_output(outcome, call), call.phase_name)
 
 
@@ -368,5 +428,6 @@ def check_result_picklable(outcome: RemoteOutcome, phase_name: str) -> RemoteOut
             usage=outcome.usage,
             executor=outcome.executor,
             unpriced=outcome.unpriced,
+            events=outcome.events,
         )
     return outcome

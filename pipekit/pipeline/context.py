@@ -120,6 +120,8 @@ class PhaseContext:
         #: Labels of the maps this attempt ran, and their sizes (``ctx.map``).
         self._maps_seen: set[str] = set()
         self._map_sizes: dict[str, int] = {}
+        #: In a worker: False once the driver no longer waits for this handler (a map stops).
+        self._driver_alive: Callable[[], bool] | None = None
         self._progress_writer = ProgressWriter(self._subitem_store_or_none, item_id, phase.name)
 
     @property

@@ -63,6 +63,11 @@ class SubItemsFailed(Exception):
     reason = "subitems_failed"
 
 
+class DriverGone(Exception):
+    """The run that waits for this handler is gone (its driver died): a worker's map
+    starts no more sub-items, which the next run would pay for again."""
+
+
 class SubItemContext:
     """The ``ctx`` a map's ``fn`` receives (when it has a parameter named ``ctx``).
 
@@ -173,7 +178,7 @@ class MapRun:
                 record.unpriced.extend(list(call) for call in unpriced)
             record.counted_by = self.ctx.attempt
             snapshot = SubItem(**vars(record))
-        subitems.save(self.store, self.ctx.item_id, self.ctx.phase.name, [snapshot])
+        subitems.save(self.store, self.ctx.item_id, self.ctx.phase.name, [snapshot], self.ctx.phase.num)
 
     def adopt(self, records: Iterable[SubItem]) -> list[SubItem]:
         """Count the usage of records no saved state counts (their attempt died): this attempt's now."""
@@ -252,13 +257,16 @@ class MapRun:
                 record.cost_usd = 0.0
                 record.unpriced = []
                 record.counted_by = None
+            alive = self.ctx._driver_alive
+            if alive is not None and not alive():
+                raise DriverGone(f"map {self.label!r}: the run waiting for item {self.ctx.item_id!r} is gone")
             for left in range(retries, -1, -1):
                 record.attempts += 1
                 try:
                     for name in limits:
                         await self._acquire(name)
                     value = await self._call(record, pool)
-                    record.result = self._stored(record.key, value)
+                    record.result, record.result_ref = self._stored(record.key, value), None
                 except Exception as exc:  # noqa: BLE001  (a sub-item's failure is recorded, not raised)
                     record.status, record.error = FAILED, f"{type(exc).__name__}: {exc}"
                     if left:
@@ -271,7 +279,9 @@ class MapRun:
             with self._lock:
                 self._pending.append(record)
                 self._unreported += 1
-        await self._flush()
+            # Inside the slot: the next sub-item starts once this one's write (when it
+            # makes a batch) is durable, so a kill then loses no result fn returned.
+            await self._flush()
 
     async def _acquire(self, name: str) -> None:
         gate = self.ctx._gate
@@ -304,7 +314,8 @@ class MapRun:
                 finished, self._unreported = self._unreported, 0
                 snapshots = [SubItem(**vars(record)) for record in batch]
         if batch:
-            await asyncio.to_thread(subitems.save, self.store, self.ctx.item_id, self.ctx.phase.name, snapshots)
+            phase = self.ctx.phase
+            await asyncio.to_thread(subitems.save, self.store, self.ctx.item_id, phase.name, snapshots, phase.num)
             self.done += finished
             report = self.ctx._on_subitem
             if report is not None:

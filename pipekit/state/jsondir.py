@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Mapping
 import contextlib
 import errno
 import fcntl
 import os
 from pathlib import Path
 import shutil
+import threading
+import time
 from typing import Any
 
 from pipekit.outcomes import StateFileError
@@ -34,6 +37,22 @@ from pipekit.state.store import write_atomically
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
 from pipekit.state.values import output_name
+
+
+#: Names a file of checkpoints written together (``save_checkpoints``); no key's own
+#: file starts so (``encode_item_id`` never begins a name with ``~``).
+BATCH_PREFIX = "~batch-"
+_last_stamp = 0
+_stamp_lock = threading.Lock()
+
+
+def _stamp() -> int:
+    """A batch's order: wall-clock nanoseconds, rising in this process (driver
+    and worker write one item's checkpoints one after the other, not at once)."""
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(time.time_ns(), _last_stamp + 1)
+        return _last_stamp
 
 
 class JsonDirStore(FlockedItems, StateStore):
@@ -156,12 +175,25 @@ class JsonDirStore(FlockedItems, StateStore):
             entries = list(os.scandir(folder))
         except FileNotFoundError:
             return found
+        # A key's own file (``save_checkpoint``) counts as older than every batch
+        # (``save_checkpoints``); batches are ordered by their stamp.
+        stamps: dict[str, int] = {}
         for entry in entries:
             if entry.name.endswith(".json") and not entry.name.startswith("."):
                 path = Path(entry.path)
                 record = self._parse(path, path.read_bytes())
-                if isinstance(record.get("key"), str) and "value" in record:
-                    found[record["key"]] = record["value"]
+                values = record.get("values")
+                stamp = record.get("stamp")
+                if entry.name.startswith(BATCH_PREFIX) and isinstance(values, dict) and isinstance(stamp, int):
+                    pairs = list(values.items())
+                elif isinstance(record.get("key"), str) and "value" in record:
+                    pairs, stamp = [(record["key"], record["value"])], -1
+                else:
+                    continue
+                for key, value in pairs:
+                    if stamps.get(key, -2) < stamp:
+                        stamps[key] = stamp
+                        found[key] = value
         return found
 
     def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
@@ -169,6 +201,23 @@ class JsonDirStore(FlockedItems, StateStore):
         folder = self._checkpoint_dir(item_id, phase)
         path = folder / f"{encode_item_id(key)}.json"
         data = json_text({"key": key, "value": value}).encode("utf-8")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, data + b"\n", durable=self.durable)
+        except OSError as exc:
+            raise StateWriteError(path, exc.strerror or str(exc)) from exc
+
+    def save_checkpoints(self, item_id: str, phase: str, values: Mapping[str, Any]) -> None:
+        """One file for the batch, written and fsynced once, stamped: a later batch
+        supersedes it, and it supersedes the keys' own files (``save_checkpoint``),
+        so a key is kept by one of the two ways (sub-items by batches)."""
+        if not values:
+            return
+        self._prepare()
+        folder = self._checkpoint_dir(item_id, phase)
+        stamp = _stamp()
+        path = folder / f"{BATCH_PREFIX}{stamp}-{os.getpid()}.json"
+        data = json_text({"stamp": stamp, "values": dict(values)}).encode("utf-8")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             write_atomically(path, data + b"\n", durable=self.durable)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Mapping
 import contextlib
 import os
 import threading
@@ -329,6 +330,20 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             """INSERT INTO pipekit_checkpoints (pipeline, item_id, phase, key, value) VALUES (%s, %s, %s, %s, %s)
                ON CONFLICT (pipeline, item_id, phase, key) DO UPDATE SET value = excluded.value""",
             (self.pipeline, item_id, phase, key, Jsonb(value)),
+        )
+
+    def save_checkpoints(self, item_id: str, phase: str, values: Mapping[str, Any]) -> None:
+        """The batch in one statement (one transaction, one commit)."""
+        from psycopg.types.json import Jsonb
+
+        if not values:
+            return
+        self._fenced(
+            item_id,
+            """INSERT INTO pipekit_checkpoints (pipeline, item_id, phase, key, value)
+               SELECT %s, %s, %s, batch.key, batch.value FROM jsonb_each(%s) AS batch
+               ON CONFLICT (pipeline, item_id, phase, key) DO UPDATE SET value = excluded.value""",
+            (self.pipeline, item_id, phase, Jsonb(dict(values))),
         )
 
     def drop_checkpoints(self, item_id: str, phase: str) -> None:

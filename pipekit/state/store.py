@@ -329,8 +329,10 @@ class StateStore(abc.ABC):
         self._memory_checkpoints().pop((item_id, phase), None)
 
     def save_checkpoints(self, item_id: str, phase: str, values: Mapping[str, Any]) -> None:
-        """``save_checkpoint`` for several keys; a store that can writes them in one
-        transaction (a batch of finished sub-items costs one durable write)."""
+        """``save_checkpoint`` for several keys, in one durable write (one transaction,
+        or one file), all or none (a batch of finished sub-items costs one write).
+        Keep each key to one of the two methods: the JSON store reads a key's
+        newest batch before its own file, whichever was written last."""
         for key, value in values.items():
             self.save_checkpoint(item_id, phase, key, value)
 

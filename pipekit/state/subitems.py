@@ -13,6 +13,11 @@ rule (``pipekit.pipeline.checkpoints``): ``counted_by`` names the attempt whose
 saved state includes the usage; an attempt that died is released
 (``release``) and the next attempt that loads the record counts it.
 
+A result too large to sit in its record (``pipekit.state.values.kept_apart``,
+as a phase's output) goes to the outputs folder (``StateStore.write_output``,
+wrapped under ``RESULT_WRAPPER`` so its file is never a phase output's) and the
+record keeps its reference; ``load`` reads it back, ``drop`` deletes it.
+
 The phase's progress (``ctx.progress``) is one more record, ``PROGRESS_KEY``.
 """
 
@@ -25,6 +30,7 @@ import json
 from typing import Any
 
 from pipekit.state.store import StateStore
+from pipekit.state.values import kept_apart
 
 
 #: The checkpoint key of a phase's progress record.
@@ -36,6 +42,8 @@ DONE = "done"
 FAILED = "failed"
 #: Started (and possibly paid for) but not finished: only its usage is kept.
 RUNNING = "running"
+#: The one key of the value a large result is stored as in the outputs folder.
+RESULT_WRAPPER = "pipekit.subitem_result"
 
 
 def namespace(phase: str) -> str:
@@ -68,12 +76,15 @@ class SubItem:
     code: str | None = None
     #: The phase attempt whose saved state counts this usage; None: nobody's yet.
     counted_by: int | None = None
+    #: Where ``result`` is kept when it is too large for the record (``save`` sets it).
+    result_ref: str | None = None
 
     def encoded(self) -> dict[str, Any]:
         """The JSON object the store keeps."""
         return {
             "status": self.status,
-            "result": self.result,
+            "result": None if self.result_ref else self.result,
+            "result_ref": self.result_ref,
             "error": self.error,
             "attempts": self.attempts,
             "tokens_in": self.tokens_in,
@@ -104,6 +115,7 @@ class SubItem:
             data.get("content") if isinstance(data.get("content"), str) else None,
             data.get("code") if isinstance(data.get("code"), str) else None,
             counted_by if isinstance(counted_by, int) and not isinstance(counted_by, bool) else None,
+            data.get("result_ref") if isinstance(data.get("result_ref"), str) else None,
         )
 
     @property
@@ -123,20 +135,47 @@ def load(store: StateStore, item_id: str, phase: str) -> dict[tuple[str, str], S
         except (ValueError, TypeError):
             continue
         if isinstance(label, str) and isinstance(key, str):
-            found[label, key] = SubItem.decoded(label, key, value)
+            found[label, key] = _read_result(store, item_id, SubItem.decoded(label, key, value))
     return found
 
 
-def save(store: StateStore, item_id: str, phase: str, records: Iterable[SubItem]) -> None:
-    """Store ``records`` durably, in one write where the store can (``save_checkpoints``)."""
-    values = {record_key(record.label, record.key): record.encoded() for record in records}
+def _read_result(store: StateStore, item_id: str, record: SubItem) -> SubItem:
+    """``record`` with its result read back from the outputs folder, if kept there;
+    one whose file is gone is not finished (fn runs again, nothing else is lost)."""
+    if record.result_ref is None:
+        return record
+    try:
+        stored = store.read_output(item_id, record.result_ref)
+        record.result = stored[RESULT_WRAPPER]
+    except Exception:  # noqa: BLE001  (missing or unreadable: redo that sub-item)
+        record.result, record.result_ref = None, None
+        if record.status == DONE:
+            record.status = RUNNING
+    return record
+
+
+def save(store: StateStore, item_id: str, phase: str, records: Iterable[SubItem], phase_num: int = 0) -> None:
+    """Store ``records`` durably, in one write where the store can (``save_checkpoints``);
+    a large result first goes to the outputs folder (``phase_num`` names its file)."""
+    values = {}
+    for record in records:
+        if record.result_ref is None and record.status == DONE and kept_apart(record.result):
+            record.result_ref = store.write_output(item_id, phase_num, {RESULT_WRAPPER: record.result})
+        values[record_key(record.label, record.key)] = record.encoded()
     if values:
         store.save_checkpoints(item_id, namespace(phase), values)
 
 
 def drop(store: StateStore, item_id: str, phase: str) -> None:
     """Forget the sub-items and progress of (``item_id``, ``phase``): it is redone from scratch."""
+    refs = set()
+    for stored in store.load_checkpoints(item_id, namespace(phase)).values():
+        ref = stored.get("result_ref") if isinstance(stored, dict) else None
+        if isinstance(ref, str):
+            refs.add(ref)
     store.drop_checkpoints(item_id, namespace(phase))
+    for ref in refs:  # after: a kill in between leaves a stray file, never a record without its result
+        store.delete_output(item_id, ref)
 
 
 def release(store: StateStore, item_id: str, phase: str, attempt: int) -> None:
