@@ -24,6 +24,12 @@ before the pipeline's code loads and before every task, since a worker started
 apart from the driver does not inherit its environment. A phase's
 ``resources`` go with its task, so the scheduler runs it only on a worker
 started with them; one that no worker has is a usage error when the run connects.
+
+Large outputs stay where the work is: a worker that reaches the run's store
+writes an output over the threshold there, and a later phase's worker reads it
+from there (``pipekit.execution.remote``); the scheduler and the driver carry
+only its reference. Inputs travel as JSON, and the worker builds the model
+instances a handler asks for from the classes of the code it loaded.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import uuid
 
 from pipekit.execution.base import RemoteExecutor
 from pipekit.execution.code import PipelineCode
+from pipekit.execution.remote import InputsUnreachable
 from pipekit.execution.remote import OutputRoute
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
@@ -49,6 +56,7 @@ from pipekit.execution.remote import apply_outcome
 from pipekit.execution.remote import execute_call
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.outputs import inline_stored
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.resources import unplaceable
 
@@ -100,6 +108,7 @@ class DaskExecutor(RemoteExecutor):
 
     name = "dask"
     places_resources = True
+    takes_stored_outputs = True
 
     def __init__(
         self,
@@ -252,9 +261,16 @@ class DaskExecutor(RemoteExecutor):
     ) -> Any:
         call = self.remote_call(phase, func, kwargs)
         call.output_route = self._output_route(phase, ctx)
+        call.inputs_by_reference = True
         # A cache check is cheap and runs anywhere; the handler needs the phase's resources.
         resources = phase.resources if func is phase.handler else None
-        return apply_outcome(await self._submit(key, call, resources), ctx)
+        outcome = await self._submit(key, call, resources)
+        if isinstance(outcome.error, InputsUnreachable) and ctx is not None and ctx._checkpoints is not None:
+            # That worker does not see the store, and ran nothing: the values go with the task.
+            store = ctx._checkpoints.store
+            call.kwargs = inline_stored(call.kwargs, lambda stored: store.read_output(stored.item_id, stored.ref))
+            outcome = await self._submit(self._new_key(phase.name, key[1], key[2]), call, resources)
+        return apply_outcome(outcome, ctx)
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:
         context = call.context or {}
