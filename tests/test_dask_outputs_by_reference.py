@@ -157,9 +157,11 @@ class ReadsTheStore:
     takes_stored_outputs = True
 
 
-def test_a_downstream_call_carries_the_reference_not_the_megabyte(tmp_path: Path) -> None:
+def test_a_downstream_call_carries_the_reference_not_the_megabyte(tmp_path: Path, store_url: str | None) -> None:
+    from pipekit.state.open import open_store_url
+
     module, (big, size) = two_phases(tmp_path)
-    store = SqliteStore(tmp_path / "state.db")
+    store = open_store_url(store_url or f"json:{tmp_path / 'state'}", pipeline="two")
     manager = PipelineStateManager("a", store)
     manager.create_state({}, [big, size])
     route = OutputRoute(store.reopen_url() or "", "a", 1, None)
@@ -183,8 +185,10 @@ def test_a_downstream_call_carries_the_reference_not_the_megabyte(tmp_path: Path
     assert len(pickle.dumps(before)) > MEGABYTE
     assert len(pickle.dumps(after)) < 2_000
     assert execute_call(after).value == execute_call(before).value == MEGABYTE
-    manager.write_pending()
-    assert PipelineStateManager("a", store).load_state()
+    manager.write_pending()  # the state refers to the output the worker stored, as if the driver had
+    again = PipelineStateManager("a", store)
+    assert again.load_state() and again.state.phase_outputs[1] == "x" * MEGABYTE
+    store.close()
 
 
 def test_a_worker_that_cannot_see_the_store_runs_nothing_and_gets_the_values(tmp_path: Path) -> None:
