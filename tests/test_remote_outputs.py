@@ -26,7 +26,7 @@ def test_a_1_mb_output_comes_back_as_a_reference_when_the_worker_reaches_the_sto
 
     before = execute_call(build_call(str(module), phase, phase.handler, {"item_id": "a"}))
     routed = build_call(str(module), phase, phase.handler, {"item_id": "a"})
-    routed.output_route = OutputRoute(url, "a", 1, str(marker))
+    routed.output_route, routed.inputs_by_reference = OutputRoute(url, "a", 1, str(marker)), True
     unseen = execute_call(routed)  # the marker is missing: another file system, so the bytes come back
     marker.touch()
     after = execute_call(routed)
@@ -35,4 +35,6 @@ def test_a_1_mb_output_comes_back_as_a_reference_when_the_worker_reaches_the_sto
     assert len(pickle.dumps(before)) > 1_000_000
     assert len(pickle.dumps(unseen)) > 1_000_000 and unseen.output_stored is None
     assert len(pickle.dumps(after)) < 2_000 and after.output_stored is not None
-    assert apply_outcome(after, ctx) == "x" * 1_000_000
+    stored = apply_outcome(after, ctx)
+    assert stored == after.output_stored  # the driver does not read it back
+    assert store.read_output("a", stored.ref) == "x" * 1_000_000

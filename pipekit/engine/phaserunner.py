@@ -490,7 +490,8 @@ class PhaseRunner:
     def _arguments(
         self, phase: PhaseDefinition, ctx: PhaseContext, func: Callable[..., Any] | None = None
     ) -> dict[str, Any]:
-        return handler_arguments(self.phases, self.state.state, phase, ctx, func or phase.handler, self._injectors)
+        state, func = self.state.state, func or phase.handler
+        return handler_arguments(self.phases, state, phase, ctx, func, self._injectors, self.executor)
 
 
 def _no_arguments(func: Callable[..., Any]) -> dict[str, Any]:

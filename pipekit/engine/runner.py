@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from pipekit.config import Config
+from pipekit.engine.arguments import with_values
 from pipekit.engine.batching import drive as batching
 from pipekit.engine.budget import Forecast
 from pipekit.engine.budget import Spending
@@ -455,6 +456,8 @@ class Run:
         self._interrupter.interrupt()
 
     def _keep(self, state: PipelineState) -> None:
+        if self._keep_states or self._on_state is not None:  # the caller gets values, not a worker's references
+            state = with_values(state, self.store)
         if self._keep_states:
             self.states[state.item_id] = state
         if self._on_state is not None:

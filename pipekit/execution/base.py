@@ -41,6 +41,11 @@ class PhaseExecutor:
     #: True when the executor places each phase by its ``resources`` itself (Dask
     #: workers declare theirs); False: the run caps phases by ``--resources``.
     places_resources = False
+    #: True when the executor's workers read large outputs from the run's store
+    #: themselves: a handler's inputs that a worker stored (``StoredOutput``) go to
+    #: it as references, and every input as JSON, for
+    #: ``pipekit.pipeline.outputs.received_inputs`` to turn into what it receives.
+    takes_stored_outputs = False
 
     def start(
         self,

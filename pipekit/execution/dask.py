@@ -31,6 +31,12 @@ driver's ``ctx`` as they arrive; a task's outcome says how many it sent, and
 the driver waits for them (a few seconds at most) before it records the phase.
 A task whose driver died (its client gone, so the scheduler cancelled the
 task) starts no more sub-items: the next run would pay for them again.
+
+Large outputs stay where the work is: a worker that reaches the run's store
+writes an output over the threshold there, and a later phase's worker reads it
+from there (``pipekit.execution.remote``); the scheduler and the driver carry
+only its reference. Inputs travel as JSON, and the worker builds the model
+instances a handler asks for from the classes of the code it loaded.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import uuid
 from pipekit.execution.base import RemoteExecutor
 from pipekit.execution.code import PipelineCode
 from pipekit.execution.remote import Event
+from pipekit.execution.remote import InputsUnreachable
 from pipekit.execution.remote import OutputRoute
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
@@ -58,6 +65,7 @@ from pipekit.execution.remote import execute_call
 from pipekit.execution.remote import replay_event
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.outputs import inline_stored
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.resources import unplaceable
 
@@ -112,6 +120,7 @@ class DaskExecutor(RemoteExecutor):
 
     name = "dask"
     places_resources = True
+    takes_stored_outputs = True
 
     def __init__(
         self,
@@ -266,14 +275,25 @@ class DaskExecutor(RemoteExecutor):
     ) -> Any:
         call = self.remote_call(phase, func, kwargs)
         call.output_route = self._output_route(phase, ctx)
+        call.inputs_by_reference = True
         # A cache check is cheap and runs anywhere; the handler needs the phase's resources.
         resources = phase.resources if func is phase.handler else None
         reports = self._reports[key[-1]] = _Reports(ctx)
+        keys = [key[-1]]
         try:
             outcome = await self._submit(key, call, resources)
+            if isinstance(outcome.error, InputsUnreachable) and ctx is not None and ctx._checkpoints is not None:
+                # That worker does not see the store, and ran nothing: the values go with the task.
+                store = ctx._checkpoints.store
+                call.kwargs = inline_stored(call.kwargs, lambda stored: store.read_output(stored.item_id, stored.ref))
+                key = self._new_key(phase.name, key[1], key[2])
+                self._reports[key[-1]] = reports
+                keys.append(key[-1])
+                outcome = await self._submit(key, call, resources)
             await reports.all_in(outcome.events, EVENTS_GRACE_SECONDS)
         finally:
-            self._reports.pop(key[-1], None)
+            for done in keys:
+                self._reports.pop(done, None)
         return apply_outcome(outcome, ctx)
 
     async def execute(self, call: RemoteCall) -> RemoteOutcome:

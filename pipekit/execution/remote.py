@@ -11,8 +11,13 @@ item states: the driver persists every result. A handler's checkpoints
 (``ctx.checkpoint``) are kept by the worker itself, straight in the run's
 store, opened there by its URL; so is an output over
 ``SHARED_OUTPUT_THRESHOLD`` when the call carries an ``OutputRoute`` (the
-worker stores it with ``StateStore.write_output`` and only its reference
-comes back), else, with a shared folder, it comes back as a file there.
+worker stores it with ``StateStore.write_output`` and only its reference, a
+``StoredOutput``, comes back), else, with a shared folder, it comes back as a
+file there. A call whose inputs travel by reference (``inputs_by_reference``:
+the outputs as JSON, those a worker stored as their ``StoredOutput``) has them
+read from the store here and given to the handler as it receives them, model
+instances included; a worker that cannot reach the store answers
+``InputsUnreachable`` before the handler runs, and the driver sends the values.
 
 What the handler reports while it runs (``ctx.progress``, the sub-items
 ``ctx.map`` finishes) travels back as it happens: ``execute_call`` is given an
@@ -29,6 +34,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
+import json
 import os
 from pathlib import Path
 import pickle
@@ -41,9 +48,16 @@ from pipekit.execution.code import PipelineCode
 from pipekit.execution.code import load as load_code
 from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.context import PhaseContext
+from pipekit.pipeline.outputs import received_inputs
+from pipekit.pipeline.outputs import stored_value
+from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.pipeline.phases import PhaseResult
 from pipekit.stale.fingerprint import code_identity
+from pipekit.state.digest import output_hash
 from pipekit.state.store import StateStore
+from pipekit.state.stored import StoredOutput
+from pipekit.state.values import kept_apart
 
 
 #: Outputs longer than this (characters) come back by reference: stored by the
@@ -81,6 +95,11 @@ class WorkerLost(Exception):
     reason = "worker_lost"
 
 
+class InputsUnreachable(Exception):
+    """A worker cannot read the run's store, where some of the handler's inputs are:
+    it answers this before running the handler, and the driver sends their values."""
+
+
 class RemoteError(Exception):
     """An exception raised by a handler in a worker, carried back as text."""
 
@@ -109,8 +128,12 @@ class RemoteCall:
     shared_dir: str | None = None
     #: The pipeline's source as the driver loaded it (None: import the module by its path).
     code: PipelineCode | None = None
-    #: Where the worker stores a large output itself (None: send it back, or use ``shared_dir``).
+    #: Where the worker stores a large output itself (None: send it back, or use ``shared_dir``);
+    #: also where it reads the inputs that travel by reference.
     output_route: OutputRoute | None = None
+    #: The inputs are as ``PhaseExecutor.takes_stored_outputs`` sends them (references and
+    #: JSON), and the worker gives back the output as stored (a model as its JSON).
+    inputs_by_reference: bool = False
 
 
 @dataclass
@@ -127,9 +150,8 @@ class RemoteOutcome:
     unpriced: list[tuple[str, int, int]] = field(default_factory=list)
     #: A file in the shared folder holding the output (large outputs).
     output_ref: str | None = None
-    #: The reference ``StateStore.write_output`` gave for the output the worker
-    #: stored in the run's store (large outputs with an ``OutputRoute``).
-    output_stored: str | None = None
+    #: The output the worker stored in the run's store itself (large outputs with an ``OutputRoute``).
+    output_stored: StoredOutput | None = None
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     #: How many ``Event`` reports the worker sent before this outcome.
     events: int = 0
@@ -274,21 +296,13 @@ def apply_outcome(outcome: RemoteOutcome, ctx: PhaseContext | None) -> Any:
             ctx.price_usage(*usage)
     if outcome.error is not None:
         raise outcome.error
-    if outcome.output_stored is not None:
-        checkpoints = ctx._checkpoints if ctx is not None else None
-        if checkpoints is None:
-            raise RuntimeError("a worker stored the output in the run's store, but this call has no store")
-        return _with_output(outcome.value, checkpoints.store.read_output(checkpoints.item_id, outcome.output_stored))
+    if outcome.output_stored is not None:  # stays in the store: the state refers to it there
+        return _with_output(outcome.value, outcome.output_stored)
     if outcome.output_ref is not None:
         path = Path(outcome.output_ref)
         text = path.read_bytes().decode("utf-8")
         path.unlink(missing_ok=True)
-        value = outcome.value
-        if value is None:
-            return text
-        from dataclasses import replace
-
-        return replace(value, output=text)
+        return _with_output(outcome.value, text)
     return outcome.value
 
 
@@ -330,6 +344,8 @@ def execute_call(
         func = definition.cache_check if call.kind == "cache" else definition.handler
         assert func is not None
         kwargs = dict(call.kwargs)
+        if call.inputs_by_reference:
+            kwargs = received_inputs(kwargs, dict(Injector.for_function(func).models), _input_reader(call))
         if call.context is not None:
             data = call.context
             ctx = WorkerContext(
@@ -343,7 +359,7 @@ def execute_call(
         value = func(**kwargs)
         if asyncio.iscoroutine(value):
             value = asyncio.run(value)
-        outcome = RemoteOutcome(value=value)
+        outcome = RemoteOutcome(value=_as_stored(value, definition) if _gives_stored(call) else value)
     except BaseException as exc:  # the driver decides what a failure means
         outcome = RemoteOutcome(error=_portable(exc))
     if ctx is not None:
@@ -354,50 +370,89 @@ def execute_call(
     return check_result_picklable(_share_large_output(outcome, call), call.phase_name)
 
 
+def _input_reader(call: RemoteCall) -> Callable[[StoredOutput], Any]:
+    """Reads an input a worker stored, here, from the store the call's route names
+    (where this worker may store outputs: the same condition)."""
+
+    def read(stored: StoredOutput) -> Any:
+        route = call.output_route
+        if route is None or (route.marker is not None and not Path(route.marker).exists()):
+            raise InputsUnreachable(f"{stored.ref}: the run's store is not reachable from {socket.gethostname()}")
+        try:
+            store = _worker_store(route.store_url)
+        except Exception as exc:
+            raise InputsUnreachable(f"{stored.ref}: {type(exc).__name__}: {exc}") from None
+        return store.read_output(stored.item_id, stored.ref)
+
+    return read
+
+
+def _gives_stored(call: RemoteCall) -> bool:
+    return call.inputs_by_reference and call.kind == "handler"
+
+
+def _as_stored(value: Any, definition: PhaseDefinition) -> Any:
+    """The handler's value with its output as the driver stores it: checked, validated
+    against ``@phase(output=...)``, a model as its JSON (the driver may not have the
+    model's class this worker loaded). Raises what ``stored_value`` raises."""
+    if isinstance(value, PhaseResult):
+        return replace(value, output=stored_value(definition.name, value.output, definition.output))
+    return stored_value(definition.name, value, definition.output)
+
+
+def _size(output: Any) -> int:
+    """Characters of ``output`` as text or JSON (0 for a scalar: always inline)."""
+    if type(output) is str:
+        return len(output)
+    if output is None or type(output) in (bool, int, float):
+        return 0
+    return len(json.dumps(output, ensure_ascii=False))
+
+
 def _share_large_output(outcome: RemoteOutcome, call: RemoteCall) -> RemoteOutcome:
-    output = getattr(outcome.value, "output", outcome.value)
-    if not isinstance(output, str) or len(output) <= SHARED_OUTPUT_THRESHOLD:
+    value = outcome.value
+    output = value.output if isinstance(value, PhaseResult) else value
+    # Only a str, or an output made JSON by ``_as_stored``, has a size to measure here.
+    plain = isinstance(output, str) or _gives_stored(call)
+    if outcome.error is not None or not plain or _size(output) <= SHARED_OUTPUT_THRESHOLD:
         return outcome
-    if call.output_route is not None and _store_output(outcome, output, call.output_route):
+    if call.output_route is not None and _gives_stored(call) and _store_output(outcome, output, call.output_route):
         return outcome
-    if call.shared_dir is None:
+    if call.shared_dir is None or not isinstance(output, str):
         return outcome
     folder = Path(call.shared_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{os.getpid()}-{id(outcome):x}-{os.urandom(4).hex()}.txt"
     path.write_text(output, "utf-8")
     outcome.output_ref = str(path)
-    outcome.value = None if isinstance(outcome.value, str) else _without_output(outcome.value)
+    outcome.value = _without_output(outcome.value)
     return outcome
 
 
-def _store_output(outcome: RemoteOutcome, output: str, route: OutputRoute) -> bool:
-    """Store ``output`` in the run's store from here; False (the output then goes
-    back another way) when this worker cannot reach that store."""
+def _store_output(outcome: RemoteOutcome, output: Any, route: OutputRoute) -> bool:
+    """Store ``output`` (as stored: ``_as_stored``) in the run's store from here; False
+    (the output then goes back another way) when this worker cannot reach that store."""
     if route.marker is not None and not Path(route.marker).exists():
+        return False
+    if not kept_apart(output):  # the driver keeps it inline: it must come back
         return False
     try:
         ref = _worker_store(route.store_url).write_output(route.item_id, route.phase_num, output)
     except Exception:  # unreachable here: the bytes go back through the scheduler instead
         return False
-    outcome.output_stored = ref
-    outcome.value = None if isinstance(outcome.value, str) else _without_output(outcome.value)
+    outcome.output_stored = StoredOutput(route.item_id, ref, output_hash(output))
+    outcome.value = _without_output(outcome.value)
     return True
 
 
-def _with_output(value: Any, text: str) -> Any:
-    """The handler's value with its output put back: the text, or a ``PhaseResult`` holding it."""
-    if value is None:
-        return text
-    from dataclasses import replace
-
-    return replace(value, output=text)
+def _with_output(value: Any, output: Any) -> Any:
+    """The handler's value with its output put back: the output, or a ``PhaseResult`` holding it."""
+    return replace(value, output=output) if isinstance(value, PhaseResult) else output
 
 
 def _without_output(value: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(value, output="")
+    """What comes back of the handler's value once its output goes another way."""
+    return replace(value, output="") if isinstance(value, PhaseResult) else None
 
 
 def _portable(exc: BaseException) -> BaseException:

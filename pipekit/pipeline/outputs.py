@@ -6,6 +6,11 @@ A pydantic model instance is stored as its JSON (``model_dump(mode="json")``);
 a downstream parameter annotated with a model class receives an instance again.
 ``@phase(output=Model)`` validates the value. pydantic stays optional: nothing
 here imports it; a model in use means the user's code already did.
+
+An output a worker stored in the run's store itself is a ``StoredOutput``
+(``pipekit.state.stored``) until something needs its value: a worker that
+reads the store is sent the reference and the JSON, and builds what the
+handler receives there (``received_inputs``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import typing
 from typing import Any
 
 from pipekit.state.digest import text_hash
+from pipekit.state.stored import StoredOutput
 
 
 #: Field errors named in an ``invalid_output`` message, at most.
@@ -53,6 +59,8 @@ def stored_value(phase_name: str, value: Any, model: type[Any] | None = None) ->
 
     Raises ``InvalidOutput`` (does not fit ``model``) or ``OutputError`` (cannot be stored).
     """
+    if type(value) is StoredOutput:  # checked and validated by the worker that stored it
+        return value
     if model is not None:
         value = validated(phase_name, model, value)
     return _plain(phase_name, value, "")
@@ -125,6 +133,35 @@ def received(value: Any, model: type[Any] | None = None) -> Any:
     if model is not None and value is not None:
         return model.model_validate(value)
     return copy.deepcopy(value) if type(value) in (dict, list) else value
+
+
+#: Arguments that are not an earlier phase's output (``previous_outputs`` holds several).
+_NOT_OUTPUTS = frozenset({"item_id", "metadata", "ctx", "output_dir"})
+
+
+def inline_stored(kwargs: dict[str, Any], read: Callable[[StoredOutput], Any]) -> dict[str, Any]:
+    """``kwargs`` with every ``StoredOutput`` (an argument, or one of ``previous_outputs``)
+    replaced by its value, ``read`` from the store."""
+    given = dict(kwargs)
+    for name, value in kwargs.items():
+        if type(value) is StoredOutput:
+            given[name] = read(value)
+        elif name == "previous_outputs" and type(value) is dict:
+            given[name] = {num: read(v) if type(v) is StoredOutput else v for num, v in value.items()}
+    return given
+
+
+def received_inputs(
+    kwargs: dict[str, Any], models: dict[str, type[Any]], read: Callable[[StoredOutput], Any]
+) -> dict[str, Any]:
+    """Where a handler runs, from the arguments the driver sent by reference (stored
+    outputs as ``StoredOutput``, the rest as JSON): what it receives, stored outputs
+    ``read`` and a parameter annotated with a model class (``models``) given an instance."""
+    given = inline_stored(kwargs, read)
+    for name, model in models.items():
+        if name in given and name not in _NOT_OUTPUTS:
+            given[name] = received(given[name], model)
+    return given
 
 
 def model_parameters(func: Callable[..., Any]) -> dict[str, type[Any]]:

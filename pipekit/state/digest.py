@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+from pipekit.state.stored import StoredOutput
+
 
 #: Hex digits kept of each SHA-256: plenty to tell versions of one cell apart.
 HASH_CHARS = 16
@@ -31,4 +33,6 @@ def output_hash(output: Any) -> str | None:
         return None
     if type(output) is str:
         return text_hash(output)
+    if type(output) is StoredOutput:  # hashed where it was stored: not read again for this
+        return output.digest
     return text_hash(JSON_VALUE_MARK + json.dumps(output, sort_keys=True, ensure_ascii=False, separators=(",", ":")))

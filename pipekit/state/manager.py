@@ -26,6 +26,7 @@ from pipekit.state.model import is_finished
 from pipekit.state.model import phase_pairs
 from pipekit.state.model import utc_now
 from pipekit.state.store import StateStore
+from pipekit.state.stored import StoredOutput
 from pipekit.state.values import kept_apart
 from pipekit.state.writer import IMMEDIATE
 from pipekit.state.writer import PendingWrite
@@ -392,6 +393,8 @@ class PipelineStateManager:
             outputs.pop(phase_num, None)
         else:
             outputs[phase_num] = output
+            if type(output) is StoredOutput:  # a worker stored it: the state refers to it as it is
+                self._output_refs[phase_num] = output.ref
 
     def _refresh_item_status(self, failed_critical: bool = False) -> None:
         """Derive the item's status from its phases; the runner sets the final word."""
