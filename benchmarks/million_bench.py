@@ -72,7 +72,7 @@ def build_store(folder: Path, items: int, env: dict[str, str]) -> None:
     subprocess.run(command, cwd=folder, env={**env, "MILLION_ITEMS": "3"}, check=True, capture_output=True)
     db = sqlite3.connect(folder / "db.sqlite", isolation_level=None)
     columns = [row[1] for row in db.execute("PRAGMA table_info(items)")]
-    template = dict(zip(columns, db.execute("SELECT * FROM items WHERE item_id = 'item-0'").fetchone()))
+    template = dict(zip(columns, db.execute("SELECT * FROM items WHERE item_id = 'item-0'").fetchone(), strict=True))
     marker = '"item_id": "item-0"'
     assert template["state"].count(marker) == 1
     insert = f"INSERT INTO items ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
@@ -80,7 +80,8 @@ def build_store(folder: Path, items: int, env: dict[str, str]) -> None:
     for start in range(3, items, 100_000):
         rows = []
         for n in range(start, min(start + 100_000, items)):
-            row = {**template, "item_id": f"item-{n}", "state": template["state"].replace(marker, f'"item_id": "item-{n}"')}
+            state = template["state"].replace(marker, f'"item_id": "item-{n}"')
+            row = {**template, "item_id": f"item-{n}", "state": state}
             rows.append(tuple(row[c] for c in columns))
             (locks / f"item-{n}.lock").touch()
         db.execute("BEGIN")
