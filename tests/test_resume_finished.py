@@ -4,11 +4,14 @@ columns: no document is parsed, and the run never walks them one by one."""
 from __future__ import annotations
 
 from collections import Counter
+import gc
 from typing import Any
 
 import pytest
 
 from pipekit.engine.runner import Run
+from pipekit.outcomes import UsageError
+from pipekit.pipeline.items import normalize_items
 from pipekit.state import document as state_document
 from pipekit.state.sqlite import SqliteStore
 from pipekit.testing import PipeTester
@@ -114,3 +117,12 @@ def test_a_stale_phase_is_still_found_by_its_key(pipetester: PipeTester, work: C
     assert rerun.ret == 0
     assert sorted((c["item"].id, c["phase"].num) for c in rerun.calls("pipekit_phase_start")) == [("a", 2), ("b", 2)]
     assert rerun.calls("pipekit_run_finish")[0]["run"].items_already_done == 0
+
+
+def test_normalizing_items_leaves_the_garbage_collector_as_it_was() -> None:
+    before = gc.get_threshold()
+    assert normalize_items(["a", ("b", {"n": 1})], "items()") == [("a", {}), ("b", {"n": 1})]
+    assert gc.get_threshold() == before
+    with pytest.raises(UsageError, match="duplicate item id 'a'"):
+        normalize_items(["a", "a"], "items()")
+    assert gc.get_threshold() == before
