@@ -58,12 +58,17 @@ left = [i for i in ids if i not in done]
 
 
 def measured(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, float]:
-    """Wall seconds, exit code and peak RSS (MiB) of ``command`` in a child process."""
+    """Wall seconds, exit code and peak RSS (MiB) of ``command`` in a child process
+    (its CPU seconds are printed: on a shared machine the steadier figure)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     code = subprocess.run(command, cwd=cwd, env=env, capture_output=True).returncode
     took = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    print(f"  ({cpu:.2f} s CPU, load average {os.getloadavg()[0]:.2f})")
     # The largest child so far: run each measured command in its own benchmark process for an exact figure.
-    return took, code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return took, code, after.ru_maxrss / 1024
 
 
 def build_store(folder: Path, items: int, env: dict[str, str]) -> None:
