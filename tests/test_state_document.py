@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import pytest
 
 from pipekit.outcomes import StateFileError
+from pipekit.state.document import PHASE_CHECKS
 from pipekit.state.document import STATUSES
 from pipekit.state.document import is_json_value
 from pipekit.state.document import read_document
@@ -272,3 +273,52 @@ def test_every_command_reports_the_file_in_a_subprocess(
     assert aside.read_bytes() == content
     again = pipetester.run_subprocess("pipeline.py", "--items", "items.txt")
     assert again.ret == 0, again
+
+
+def _refused_field(phase: dict[str, Any]) -> str | None:
+    """The first field of ``phase`` that ``PHASE_CHECKS`` refuses, checked one
+    by one with no shortcut (the reference the quick pass must agree with)."""
+    for field in ("phase", "name"):
+        if field not in phase:
+            return field
+    return next((f for f, v in phase.items() if f in PHASE_CHECKS and PHASE_CHECKS[f](v) is not None), None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(field=st.sampled_from([f.name for f in fields(PhaseState)]), value=WRONG, first=st.booleans())
+def test_a_phase_record_of_a_shape_already_seen_is_still_checked_value_by_value(
+    field: str, value: Any, first: bool
+) -> None:
+    # Two records of the same keys in one document, and in the one before: the
+    # shape is known when the edited one comes, so only a value check can refuse it.
+    document = _valid()
+    good = document["phases"]["1"]
+    edited = dict(good, phase=4)
+    _set(edited, [field], value)
+    read_document(copy.deepcopy(document), "before")
+    document["phases"] = {"1": good, "4": edited} if first else {"4": edited, "1": good}
+    refused = _refused_field(edited)
+    try:
+        read_document(document, "/state/a.json")
+    except StateFileError as exc:
+        assert refused is not None, f"{field}={value!r} refused though every check accepts it: {exc}"
+        assert f"'phases.4.{refused}'" in str(exc)
+    else:
+        assert refused is None, f"{field}={value!r} let through by a known shape"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("attempts", "many"), ("attempts", True), ("attempts", -1), ("tokens_in", 2**63), ("cost_usd", math.nan),
+        ("cost_usd", math.inf), ("duration_seconds", -0.5), ("name", ""), ("status", "done"), ("phase", 2**63),
+        ("started_at", "2026-13-45"), ("completed_at", 5), ("fingerprint", {"code": 1}), ("error", 3),
+    ],
+)
+def test_a_second_record_of_the_same_keys_with_a_wrong_value_is_refused(field: str, value: Any) -> None:
+    document = _valid()
+    good = document["phases"]["1"]
+    read_document(copy.deepcopy(document), "before")
+    document["phases"]["4"] = {**good, "phase": 4, field: value}
+    with pytest.raises(StateFileError, match=rf"'phases\.4\.{field}'"):
+        read_document(document, "/state/a.json")

@@ -1,50 +1,101 @@
 """The items a run skips unread: the finished ones, streamed from the store's index.
 
-A resume over a million items must not hold a million rows: the store streams
-its finished rows (``StateStore.iter_finished``) and only the selected items'
-ids are kept, each with its recorded cost (what the run adds to the earlier
-spending when it skips the item).
+A resume over a million items must not hold a million rows, nor make an
+object per finished item: the store streams its finished, fresh rows
+(``StateStore.iter_fresh_finished``, each stale key decided once), and each
+row only takes its item out of the selected ones (``Finished.others``). The
+finished items are then counted, with the cost they had recorded; the run
+loops over the others only (``unfinished``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterable
-from collections.abc import Mapping
+from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipekit.pipeline.phases import PhaseDefinition
-from pipekit.state.store import FinishedItem
 from pipekit.state.store import StateStore
 
 
-#: Distinct costs shared between items (most finished items of a batch cost the same).
-_SHARED_COSTS = 1000
+#: One selected item: its id and metadata (``pipekit.pipeline.items.ItemSpec``).
+_Spec = tuple[str, dict[str, Any]]
 
 
-def finished_costs(
+@dataclass
+class Finished:
+    """The selected items with nothing to do: counted, not held one by one."""
+
+    #: How many selected items are finished (fresh, same metadata).
+    count: int
+    #: The cost their states had recorded (earlier runs).
+    cost_usd: float
+    #: Every other selected item, by id with its metadata: looked at under its lock.
+    others: dict[str, dict[str, Any]]
+
+    def __contains__(self, item_id: object) -> bool:
+        """True when ``item_id`` (a selected item) is finished."""
+        return item_id not in self.others
+
+    def add(self, item_id: str, cost_usd: float) -> None:
+        """Count the selected item ``item_id`` (one of ``others``) as finished."""
+        del self.others[item_id]
+        self.count += 1
+        self.cost_usd += cost_usd
+
+
+def find_finished(
     store: StateStore,
     phases: Iterable[PhaseDefinition],
-    metadata: Mapping[str, dict[str, Any]],
-    accept: Callable[[FinishedItem], bool] | None = None,
-) -> dict[str, float] | None:
-    """The items of ``metadata`` (the selected items' metadata by id) that the
-    store's index shows finished, with the same metadata and ``accept``\\ed, with
-    their recorded cost; None when the store has no index. One streamed query;
-    no state is read and no row is held past its turn."""
-    rows = store.iter_finished([p.name for p in phases])
+    items: Iterable[_Spec],
+    fresh: Callable[[str | None], bool] | None = None,
+) -> Finished | None:
+    """The selected ``items`` that the store's index shows finished, with the
+    same metadata and a stale key ``fresh`` accepts (every key without it);
+    None when the store has no index. One streamed query; no state is read,
+    and no row is held past its turn."""
+    others = dict(items)
+    rows = store.iter_fresh_finished([p.name for p in phases], fresh or _any_key)
     if rows is None:
         return None
-    found: dict[str, float] = {}
-    shared: dict[float, float] = {}
-    for item_id, item in rows:
-        fresh = metadata.get(item_id)
-        if fresh is None or (accept is not None and not accept(item)):
+    selected = len(others)
+    count, cost_usd = 0, 0.0
+    wanted = others.get
+    for item_id, cost, saved in rows:
+        fresh_metadata = wanted(item_id)
+        if fresh_metadata is None:
+            continue  # not selected
+        if fresh_metadata and any(saved.get(k) != v for k, v in fresh_metadata.items()):
             continue
-        if fresh and any(item.metadata.get(k) != v for k, v in fresh.items()):
-            continue
-        cost = item.cost_usd
-        if len(shared) < _SHARED_COSTS:
-            cost = shared.setdefault(cost, cost)
-        found[item_id] = cost
-    return found
+        del others[item_id]
+        count += 1
+        cost_usd += cost
+    if count > selected // 2:
+        others = dict(others)  # a dict never shrinks as keys go: a million-slot table for a few items
+    return Finished(count, cost_usd, others)
+
+
+def unfinished(
+    items: Sequence[_Spec], finished: Finished | None, *, per_item: bool = False
+) -> tuple[Iterator[tuple[int, _Spec]], int, float]:
+    """The selected items to look at, with their 1-based position, beside the
+    number of finished ones skipped and the cost they had recorded.
+
+    The finished items are counted at once, not looped over one by one; when
+    none is left the selection is not even walked. With ``per_item`` (each
+    finished item's state is kept, ``pipekit.run``) nothing is skipped here.
+    """
+    if finished is None or not finished.count or per_item:
+        return enumerate(items, 1), 0, 0.0
+    others = finished.others
+    if not others:
+        return iter(()), finished.count, finished.cost_usd
+    specs = ((index, spec) for index, spec in enumerate(items, 1) if spec[0] in others)
+    return specs, finished.count, finished.cost_usd
+
+
+def _any_key(key: str | None) -> bool:
+    return True

@@ -11,7 +11,8 @@ from typing import Any
 from pipekit.engine.budget import FORECAST_ITEM_LIMIT
 from pipekit.engine.budget import Forecast
 from pipekit.engine.budget import ForecastTally
-from pipekit.engine.finished import finished_costs
+from pipekit.engine.finished import Finished
+from pipekit.engine.finished import find_finished
 from pipekit.pipeline.loader import Pipeline
 from pipekit.stale.checker import RUN
 from pipekit.stale.checker import STALE_REASONS
@@ -42,10 +43,10 @@ def prepare_stale_policy(pipeline: Pipeline, store: StateStore, output_root: Pat
 class Preflight:
     """What the start of a run found in the selected items' states, read once."""
 
-    #: Items with nothing to do (finished, fresh, same metadata), with their
-    #: recorded cost: the run skips them unread. None: the run looks at every
-    #: item itself (``--force``, ``--from-phase``, or nothing was read).
-    finished: dict[str, float] | None
+    #: Items with nothing to do (finished, fresh, same metadata), counted with
+    #: their recorded cost: the run skips them unread. None: the run looks at
+    #: every item itself (``--force``, ``--from-phase``, or nothing was read).
+    finished: Finished | None
     #: The stale report's plan (None without a stale policy).
     plan: Plan | None
     #: The cost forecast (None when not made: too many items without
@@ -75,48 +76,49 @@ def preflight(
     """
     forecasting = max_cost is not None or len(items) <= FORECAST_ITEM_LIMIT
     tally = ForecastTally(pipeline.phases, lambda p: force or (from_phase is not None and p.num >= from_phase))
-    metadata = dict(items)
-    finished: dict[str, float] | None = None
+    finished: Finished | None = None
     plan: Plan | None = None
-    indexed: dict[str, float] = {}
     nothing_to_do: dict[str, float] = {}
     if policy is not None:
         if from_phase is None:
-            indexed = fresh_finished_items(pipeline, store, metadata, policy.checker)
-        plan, nothing_to_do, read = _plan_run(pipeline, store, metadata, policy, from_phase, indexed, tally)
-        if from_phase is None:
-            finished = indexed  # not a copy: a resume of a million items holds one such dict
-            finished.update(nothing_to_do)
+            finished = fresh_finished_items(pipeline, store, items, policy.checker)
+        metadata = dict(items) if finished is None else finished.others
+        plan, nothing_to_do, read = _plan_run(pipeline, store, items, metadata, policy, from_phase, tally)
     elif forecasting:
-        read = _tally_states(pipeline, store, list(metadata), tally)
+        read = _tally_states(pipeline, store, [item_id for item_id, _ in items], tally)
     else:
         read = 0
-    if not forecasting or (finished is not None and len(finished) == len(metadata) and max_cost is None):
-        return Preflight(finished, plan, None, read)
-    if indexed:  # the items the index found (``finished`` may hold the others too: they were read)
-        read += _tally_states(pipeline, store, [i for i in indexed if i not in nothing_to_do], tally)
-    return Preflight(finished, plan, tally.forecast(), read)
+    forecast: Forecast | None = None
+    if forecasting and not (finished is not None and len(finished.others) == len(nothing_to_do) and max_cost is None):
+        if finished is not None and finished.count:  # the items the index found: not read yet
+            read += _tally_states(pipeline, store, [i for i, _ in items if i in finished], tally)
+        forecast = tally.forecast()
+    if finished is not None:
+        for item_id, cost in nothing_to_do.items():
+            finished.add(item_id, cost)
+    return Preflight(finished, plan, forecast, read)
 
 
 def _plan_run(
     pipeline: Pipeline,
     store: StateStore,
+    items: Sequence[tuple[str, Any]],
     metadata: dict[str, dict[str, Any]],
     policy: StalePolicy,
     from_phase: int | None,
-    indexed: dict[str, float],
     tally: ForecastTally,
 ) -> tuple[Plan, dict[str, float], int]:
-    """``make_plan`` for the start of a run over the items not in ``indexed``,
-    adding each state read to ``tally``: the plan, the items with nothing to
-    do with their recorded cost, and the number of states read."""
+    """``make_plan`` for the start of a run over the selected ``items`` whose
+    metadata by id is in ``metadata`` (the others have nothing to do), adding
+    each state read to ``tally``: the plan, the items with nothing to do with
+    their recorded cost, and the number of states read."""
     checker = policy.checker
     history: dict[int, PhaseHistory] = {p.num: PhaseHistory() for p in pipeline.phases}
     cells: list[Cell] = []
     unreadable: dict[str, str] = {}
     nothing_to_do: dict[str, float] = {}
     unknown = read = 0
-    unread = [item_id for item_id in metadata if item_id not in indexed]
+    unread = list(metadata)
     for item_id, state in iter_states(pipeline, store, unread, unreadable):
         read += 1
         fresh = metadata[item_id]
@@ -130,7 +132,7 @@ def _plan_run(
         if same_metadata and state.is_done and all(c.action != RUN for c in item_cells):
             nothing_to_do[item_id] = state.total_cost_usd
     tally.add_unsaved(len(unread) - read - len(unreadable))
-    plan = Plan(pipeline, list(metadata), cells, history, unreadable, unknown)
+    plan = Plan(pipeline, [item_id for item_id, _ in items], cells, history, unreadable, unknown)
     return plan, nothing_to_do, read + len(unreadable)
 
 
@@ -146,10 +148,11 @@ def _tally_states(pipeline: Pipeline, store: StateStore, item_ids: list[str], ta
 
 
 def fresh_finished_items(
-    pipeline: Pipeline, store: StateStore, metadata: dict[str, dict[str, Any]], checker: StaleChecker
-) -> dict[str, float]:
-    """The items of ``metadata`` that the store's index shows finished, fresh
-    (``StaleChecker.fresh_by_key``) and with the same metadata, with their
-    recorded cost; empty when the store has no index. One streamed query, no state read."""
-    found = finished_costs(store, pipeline.phases, metadata, lambda item: checker.fresh_by_key(item.stale_key))
-    return found or {}
+    pipeline: Pipeline, store: StateStore, items: Sequence[tuple[str, Any]], checker: StaleChecker
+) -> Finished:
+    """The selected ``items`` that the store's index shows finished, fresh
+    (``StaleChecker.fresh_by_key``) and with the same metadata, counted with
+    their recorded cost; none when the store has no index. One streamed
+    query, no state read."""
+    found = find_finished(store, pipeline.phases, items, checker.fresh_by_key)
+    return found if found is not None else Finished(0, 0.0, dict(items))

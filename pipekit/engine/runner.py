@@ -24,7 +24,9 @@ from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.exitcode import items_exit_code
 from pipekit.engine.failfast import Breaker
-from pipekit.engine.finished import finished_costs
+from pipekit.engine.finished import Finished
+from pipekit.engine.finished import find_finished
+from pipekit.engine.finished import unfinished
 from pipekit.engine.phaserunner import PhaseRunner
 from pipekit.engine.preflight import Preflight
 from pipekit.engine.preflight import preflight
@@ -154,7 +156,7 @@ class Run:
         self._injectors: dict[str, Injector] = {}
         self._module_warning_given = False
         #: Finished items skipped unread, with their cost (None: each item is read).
-        self._finished: dict[str, float] | None = None
+        self._finished: Finished | None = None
         #: What the start of the run read of the items' states (set by ``execute``).
         self.preflight: Preflight | None = None
         self._interrupter = Interrupter(self.control, self._say, self.notify.signal_handler)
@@ -246,9 +248,14 @@ class Run:
         if self._finished is None and not (self.force or self.from_phase is not None or stale_check):
             # One streamed, indexed query instead of a read per item, where the store has
             # one (not when staleness is checked: that needs each item's state).
-            self._finished = finished_costs(self.store, self.pipeline.phases, dict(self.items))
+            self._finished = find_finished(self.store, self.pipeline.phases, self.items)
+        kept = self._keep_states or self._on_state is not None
+        specs, skipped, cost = unfinished(self.items, self._finished, per_item=kept)
+        self.items_already_done += skipped
+        self.items_completed += skipped
+        self.earlier_cost_usd += cost
         try:
-            for index, (item_id, metadata) in enumerate(self.items, 1):
+            for index, (item_id, metadata) in specs:
                 if self._already_done(item_id, metadata):
                     continue
                 if self.control.stop_new_phases:
@@ -288,21 +295,20 @@ class Run:
             return False
         if self._finished is not None:
             # Found at the start of the run (the stale report, or the store's index): not read again.
-            cost = self._finished.pop(item_id, None)
-            if cost is None:
+            if item_id not in self._finished:
                 return False  # unfinished, new or unreadable: looked at under the lock
-            if self._keep_states or self._on_state is not None:
-                kept = PipelineStateManager(item_id, self.store)
-                try:
-                    if not kept.load_state():
-                        return False
-                except StateFileError:
-                    return False  # reported, under the lock, by _process_item
-                kept.reconcile(self.pipeline.phases)
-                self._keep(kept.state)
+            # Reached only when final states are kept: ``unfinished`` counts the others at once.
+            kept = PipelineStateManager(item_id, self.store)
+            try:
+                if not kept.load_state():
+                    return False
+            except StateFileError:
+                return False  # reported, under the lock, by _process_item
+            kept.reconcile(self.pipeline.phases)
+            self._keep(kept.state)
             self.items_already_done += 1
             self.items_completed += 1
-            self.earlier_cost_usd += cost
+            self.earlier_cost_usd += kept.state.total_cost_usd
             return True
         manager = PipelineStateManager(item_id, self.store)
         try:

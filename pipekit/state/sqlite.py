@@ -19,7 +19,6 @@ from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
-import json
 import os
 from pathlib import Path
 import sqlite3
@@ -35,6 +34,8 @@ from pipekit.state.digest import text_hash
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
 from pipekit.state.localdisk import check_local
+from pipekit.state.sqlitefinished import finished_rows
+from pipekit.state.sqlitefinished import fresh_finished_rows
 from pipekit.state.store import FinishedItem
 from pipekit.state.store import FlockedItems
 from pipekit.state.store import StateStore
@@ -385,35 +386,12 @@ class SqliteStore(FlockedItems, StateStore):
         return self._finished_rows(phase_names)
 
     def _finished_rows(self, phase_names: Collection[str]) -> Iterator[tuple[str, FinishedItem]]:
-        wanted = set(phase_names)
-        # Most items share their finished names and often their metadata ("{}"):
-        # parse each distinct text once.
-        complete: dict[str, bool] = {}
-        parsed: dict[str, dict[str, Any]] = {}
-        # A read-only connection of its own, as load_all: the rows stream from one
-        # snapshot while the caller uses the store (a million rows are never held).
-        try:
-            reader = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StateFileError(self.location, f"cannot be read ({exc})") from None
-        try:
-            keys = dict(reader.execute("SELECT digest, key FROM stale_keys"))
-            rows = reader.execute(
-                "SELECT item_id, done_names, metadata, cost_usd, stale_digest FROM items WHERE next_phase IS NULL"
-            )
-            for item_id, done, metadata, cost, digest in rows:
-                ok = complete.get(done)
-                if ok is None:
-                    ok = complete[done] = wanted.issubset(json.loads(done))
-                if ok:
-                    value = parsed.get(metadata)
-                    if value is None:
-                        value = json_value(metadata)
-                        if len(parsed) < 1000:
-                            parsed[metadata] = value
-                    yield item_id, FinishedItem(value, cost, keys.get(digest))
-        finally:
-            reader.close()
+        return finished_rows(self.path, self.location, phase_names)
+
+    def iter_fresh_finished(
+        self, phase_names: Collection[str], fresh: Callable[[str | None], bool]
+    ) -> Iterator[tuple[str, float, dict[str, Any]]]:
+        return fresh_finished_rows(self.path, self.location, phase_names, fresh)
 
     def unfinished_item_ids(self) -> Iterator[str]:
         with self._lock:

@@ -302,6 +302,27 @@ class StateStore(abc.ABC):
         finished = self.finished_items(phase_names)
         return None if finished is None else iter(finished.items())
 
+    def iter_fresh_finished(
+        self, phase_names: Collection[str], fresh: Callable[[str | None], bool]
+    ) -> Iterator[tuple[str, float, dict[str, Any]]] | None:
+        """The finished items (``iter_finished``) whose stale key ``fresh``
+        accepts, streamed as ``(item_id, cost_usd, metadata)``: what a resume
+        skips unread. ``fresh`` is asked once per distinct key, and rows of one
+        metadata text may share one dict (not to be changed). None when this
+        store has no index."""
+        rows = self.iter_finished(phase_names)
+        if rows is None:
+            return None
+        answers: dict[str | None, bool] = {}
+
+        def accepted(key: str | None) -> bool:
+            answer = answers.get(key)
+            if answer is None:
+                answer = answers[key] = fresh(key)
+            return answer
+
+        return ((item_id, item.cost_usd, item.metadata) for item_id, item in rows if accepted(item.stale_key))
+
     def unfinished_item_ids(self) -> Iterator[str]:
         """Ids of the items with work left ("what is left"); an indexed query where the store has one."""
         for item_id, document in self.load_all():
