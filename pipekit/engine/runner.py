@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from pipekit.config import Config
+from pipekit.engine import claims
 from pipekit.engine.batching import drive as batching
 from pipekit.engine.budget import Forecast
 from pipekit.engine.budget import Spending
@@ -131,7 +132,7 @@ class Run:
         self.items_waiting = 0  # for a provider's batch (``pipekit.engine.batching``)
         self.batches = batching.batcher_for(self)
         #: Items another process holds: waited for once the others are started (or skipped).
-        self.busy = BusyItems(store, self._writer, self.control, self._say, skip=skip_busy)
+        self.busy = BusyItems(store, self._writer, self.control, self._say, skip=skip_busy, workers=self.workers)
         #: Items that were already finished when the run started.
         self.items_already_done = 0
         #: Items whose state file could not be read.
@@ -247,18 +248,16 @@ class Run:
             # one (not when staleness is checked: that needs each item's state).
             self._finished = finished_costs(self.store, self.pipeline.phases, dict(self.items))
         try:
-            for index, (item_id, metadata) in enumerate(self.items, 1):
-                if self._already_done(item_id, metadata):
-                    continue
-                if self.control.stop_new_phases:
-                    break
-                await start(index, item_id, metadata)
+            await claims.walk(
+                self.store, self.items, self._already_done, self.control, self.busy.add, start, self.busy.claim_size)
+            settle = None if stale_check else claims.finished_elsewhere(
+                self.store, self.pipeline.phases, lambda: self._finished, self._already_done)
             while True:  # the items other processes hold, once every other item is started
                 if tasks:
                     await asyncio.shield(asyncio.gather(*tasks))
                 if not self.busy.waiting or self.control.stop_new_phases:
                     break
-                await self.busy.drain(start)
+                await self.busy.drain(start, settle)
         except asyncio.CancelledError:
             # The caller cancelled the run (pipekit.arun under a timeout, say):
             # stop as an interrupt does, so in-flight phases are recorded.

@@ -8,6 +8,7 @@ from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 import contextlib
 from dataclasses import dataclass
 import errno
@@ -337,6 +338,25 @@ class StateStore(abc.ABC):
     def _memory_checkpoints(self) -> dict[tuple[str, str], dict[str, Any]]:
         memory: dict[tuple[str, str], dict[str, Any]] = self.__dict__.setdefault("_checkpoints_in_memory", {})
         return memory
+
+    #: Items a run claims at once (``claim``); 1: it takes each item's lock as it starts it.
+    claim_chunk: int = 1
+
+    def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
+        """Take the locks of those of ``item_ids`` that are free, without waiting, by id;
+        the others are held by another process. A store that can takes them all in one
+        statement; this default calls ``try_lock`` for each (the flocks of one machine)."""
+        taken: dict[str, ItemLock] = {}
+        try:
+            for item_id in dict.fromkeys(item_ids):
+                lock = self.try_lock(item_id)
+                if lock is not None:
+                    taken[item_id] = lock
+        except BaseException:
+            for lock in taken.values():
+                lock.release()
+            raise
+        return taken
 
 
 class FinishedItem(NamedTuple):
