@@ -34,7 +34,8 @@ PIPELINE = '''
         log(item_id, 1)
         if item_id in os.environ.get("BLOCK_ON", "").split(","):
             Path(f"blocked-{item_id}").touch()
-            time.sleep(600)  # the test kills this process here
+            while not Path("go").exists():  # the test kills this process here, or says go
+                time.sleep(0.02)
         return "1"
 
     @phase(2)
@@ -169,3 +170,45 @@ def test_the_claim_of_a_killed_driver_is_taken_over_once_its_lease_expires(
     assert runs == Counter({(i, n): 1 for i in ids for n in (1, 2)}) + Counter({(i, 1): 1 for i in blocked}), runs
     finished = {json.loads(line)["item_id"] for line in out.splitlines() if json.loads(line)["event"] == "item_finish"}
     assert finished == set(ids) - {item_id for item_id, num in done_by_first if num == 2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("skip", [False, True])
+def test_items_claimed_by_another_driver_are_waited_for_or_skipped_with_skip_busy(
+    pipetester: PipeTester, postgres_store_url: str, skip: bool
+) -> None:
+    pipetester.make_pipeline(PIPELINE)
+    ids = ["held", *(f"free-{n}" for n in range(9))]
+    pipetester.make_items(*ids)
+    env = {"PIPEKIT_STORE": postgres_store_url, "BLOCK_ON": "held"}
+    first = pipetester.popen("pipeline.py", "--item", "held", env=env)
+    deadline = time.monotonic() + 60
+    while not (pipetester.path / "blocked-held").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    # -j 4: the second driver claims four items at a time, 'held' among the first.
+    second = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "4", *(["--skip-busy"] * skip), env=env)
+    if skip:
+        out, err = second.communicate(timeout=120)
+        (pipetester.path / "go").touch()
+    else:
+        deadline = time.monotonic() + 60
+        while executions(pipetester)[("free-8", 2)] == 0:  # the free items done: now it waits for 'held'
+            assert second.poll() is None and time.monotonic() < deadline, second.communicate()
+            time.sleep(0.02)
+        time.sleep(0.5)
+        assert second.poll() is None, second.communicate()
+        (pipetester.path / "go").touch()
+        out, err = second.communicate(timeout=120)
+    first.communicate(timeout=60)
+    assert first.returncode == 0
+    finished = [json.loads(line)["item_id"] for line in out.splitlines() if json.loads(line)["event"] == "item_finish"]
+    assert sorted(finished) == sorted(ids[1:])
+    if skip:
+        assert second.returncode == 1, err
+        assert "item 'held' is being run by another pipekit process; skipped" in err
+        assert "--skip-busy: 1 items left unfinished to another pipekit process" in err
+    else:
+        assert second.returncode == 0, err
+        assert "item 'held' is being run by another pipekit process (host " in err and "; waiting for it" in err
+    assert executions(pipetester) == Counter({(i, n): 1 for i in ids for n in (1, 2)})
