@@ -133,7 +133,7 @@ def test_the_claim_of_a_killed_driver_is_taken_over_once_its_lease_expires(
     pipetester.make_pipeline(PIPELINE)
     ids = [f"item-{n:02d}" for n in range(40)]
     pipetester.make_items(*ids)
-    url = f"{postgres_store_url}&lease=2"
+    url = f"{postgres_store_url}&lease=8"  # outlasts the second driver's start on a busy machine
     # -j 4: it claims four items at a time. Items 04-06 block three slots; 07 finishes,
     # so it claims 08-11 and 08 blocks the last slot: 09-11 stay claimed, never started.
     blocked = ["item-04", "item-05", "item-06", "item-08"]

@@ -9,9 +9,10 @@ racing for one item never wait on each other and never both win.
 Drivers sharing a store claim work in chunks (``claim``, ``?claim=N`` in the
 store's URL, 256 by default): one ``INSERT ... SELECT unnest(ids) ... ON
 CONFLICT DO NOTHING RETURNING`` takes every free item of a chunk of the
-selection, and only the items it did not win are looked at (``FOR UPDATE SKIP
-LOCKED``) to take over leases that expired or whose holder certainly died. A
-chunk held whole by another driver costs two statements, not one per item.
+selection and, in the same statement, reads the leases others hold of the rest;
+only when one of those expired or its holder certainly died are they locked
+(``FOR UPDATE SKIP LOCKED``) and taken over. A chunk held whole by live drivers
+costs that one statement, not one per item.
 The leases a driver holds are renewed together by one statement per heartbeat,
 and those of claimed items it finished are deleted in batches. ``claim=1``
 keeps the per-item leases of ``try_lock``, the path before chunks.
@@ -48,14 +49,20 @@ RELEASE_BATCH = 64
 #: Names the file the stores append their statement counts to (see the module's docstring).
 COUNT_STATEMENTS = "PIPEKIT_COUNT_STATEMENTS"
 
-#: Takes every free item of a chunk: the new leases' rows, inserted in id order (two
-#: drivers claiming overlapping chunks lock rows in the same order).
-_CLAIM = """INSERT INTO pipekit_leases (owner, host, pid, holder, expires_at, pipeline, item_id)
+#: Takes every free item of a chunk, in one statement: the new leases' rows, inserted in
+#: id order (two drivers claiming overlapping chunks lock rows in the same order), come
+#: back with NULLs; the rows others held already (the statement's snapshot does not see
+#: the rows it inserts) come back with whether they expired and who holds them.
+_CLAIM = """WITH won AS (
+    INSERT INTO pipekit_leases (owner, host, pid, holder, expires_at, pipeline, item_id)
     SELECT %s, %s, %s, %s, now() + %s::interval, %s, item_id FROM unnest(%s::text[]) AS wanted(item_id)
     ORDER BY item_id
-    ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING item_id"""
-#: The leases of a chunk's items it did not win: locked (another driver's takeover in
-#: flight is skipped) to take over those that expired or whose holder died.
+    ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING item_id)
+SELECT item_id, NULL::boolean, NULL::text FROM won
+UNION ALL
+SELECT item_id, expires_at < now(), holder FROM pipekit_leases WHERE pipeline = %s AND item_id = ANY(%s)"""
+#: Leases that looked free to take over, locked to check again (another driver's
+#: takeover in flight is skipped, not waited for).
 _CLAIMED_BY_OTHERS = """SELECT item_id, expires_at < now(), holder FROM pipekit_leases
     WHERE pipeline = %s AND item_id = ANY(%s) ORDER BY item_id FOR UPDATE SKIP LOCKED"""
 _TAKE_OVER = """UPDATE pipekit_leases SET owner = %s, host = %s, pid = %s, holder = %s,
@@ -166,34 +173,43 @@ class LeaseHolding:
 
     def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
         """Take the leases of those of ``item_ids`` that are free, expired or held by a
-        process certainly dead on this machine, without waiting: one statement for the
-        free ones, and two more only for a chunk with items it did not win."""
+        process certainly dead on this machine, without waiting: one statement, and
+        two more in a transaction only when some lease looks free to take over."""
         wanted = sorted(set(item_ids))
         lease = f"{self.lease_seconds} seconds"
         me = (self.owner, self.holder.host, self.holder.pid, holder_record(self.holder), lease)
         with self._lock:
             self._flush_releases()
             try:
-                with self._db.transaction():
-                    won = [row[0] for row in self._db.execute(_CLAIM, (*me, self.pipeline, wanted)).fetchall()]
-                    self._statements["claim"] += 1
-                    rest = sorted(set(wanted) - set(won))
-                    if rest:
-                        self._statements["claim"] += 1
-                        rows = self._db.execute(_CLAIMED_BY_OTHERS, (self.pipeline, rest)).fetchall()
-                        # Before expiry, only a holder certainly dead on this machine is overtaken.
-                        free = [item for item, expired, holder in rows
-                                if expired or holder_is_gone(Holder.from_json(holder), self.holder)]
-                        if free:
-                            self._statements["claim"] += 1
-                            self._db.execute(_TAKE_OVER, (*me, self.pipeline, free))
-                            won += free
+                rows = self._db.execute(_CLAIM, (*me, self.pipeline, wanted, self.pipeline, wanted)).fetchall()
+                self._statements["claim"] += 1
+                won = [item for item, expired, _ in rows if expired is None]
+                if any(self._overtakes(expired, holder) for _, expired, holder in rows if expired is not None):
+                    won += self._take_over(sorted(set(wanted) - set(won)), me)
             except self._psycopg.Error as exc:
                 raise StateWriteError(self.location, str(exc).strip()) from exc
             self._held.update(won)
             if won:
                 self._start_heartbeat()
         return {item_id: Lease(self, item_id, batched=True) for item_id in won}
+
+    def _overtakes(self, expired: bool, holder: str | None) -> bool:
+        """Whether a lease another driver holds may be taken: it expired or, before
+        expiry, its holder certainly died on this machine."""
+        return expired or holder_is_gone(Holder.from_json(holder), self.holder)
+
+    def _take_over(self, item_ids: list[str], me: tuple[Any, ...]) -> list[str]:
+        """Take over those of ``item_ids`` whose lease may be taken, checked again under
+        the rows' locks (a row a fenced write or another takeover holds is skipped, and
+        tried again later); returns them."""
+        with self._db.transaction():
+            rows = self._db.execute(_CLAIMED_BY_OTHERS, (self.pipeline, item_ids)).fetchall()
+            free = [item for item, expired, holder in rows if self._overtakes(expired, holder)]
+            self._statements["claim"] += 1
+            if free:
+                self._db.execute(_TAKE_OVER, (*me, self.pipeline, free))
+                self._statements["claim"] += 1
+        return free
 
     def _release_later(self, item_id: str) -> None:
         """Forget a claimed item now; its lease row goes with the next batch of releases
