@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from pipekit.state.digest import text_hash
+from pipekit.state.indexed import UNREADABLE
+from pipekit.state.indexed import index_columns
+from pipekit.state.indexed import summarize
 from pipekit.state.open import open_store_url
 from pipekit.state.sqlite import SqliteStore
 from pipekit.state.stalekey import stale_key
-from pipekit.state.store import UNREADABLE
 from pipekit.state.store import StateStore
-from pipekit.state.store import index_columns
-from pipekit.state.store import summarize
 from pipekit.state.values import output_ref
 from pipekit.testing import PipeTester
 

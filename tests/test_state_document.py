@@ -23,11 +23,11 @@ from pipekit.state.document import PHASE_CHECKS
 from pipekit.state.document import STATUSES
 from pipekit.state.document import is_json_value
 from pipekit.state.document import read_document
+from pipekit.state.indexed import summarize
 from pipekit.state.model import PhaseState
 from pipekit.state.model import PipelineState
 from pipekit.state.stalekey import stale_key
 from pipekit.state.store import encode_document
-from pipekit.state.store import summarize
 from pipekit.testing import PipeTester
 
 

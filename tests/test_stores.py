@@ -19,6 +19,7 @@ import pytest
 from pipekit import PipelineStateManager
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import UsageError
+from pipekit.state.indexed import FinishedItem
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.localdisk import check_local
 from pipekit.state.localdisk import filesystem_type
@@ -26,7 +27,6 @@ from pipekit.state.model import INLINE_OUTPUT_LIMIT
 from pipekit.state.model import PipelineState
 from pipekit.state.open import open_store_url
 from pipekit.state.sqlite import SqliteStore
-from pipekit.state.store import FinishedItem
 from pipekit.state.store import StateStore
 from pipekit.state.urls import mask_password
 from pipekit.testing import PipeTester

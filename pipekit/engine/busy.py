@@ -8,6 +8,10 @@ expiry where the store knows it). ``try_lock`` alone decides when an item is
 free: its holder released it, died, or let its lease expire. The runner then
 reads the item's state under the lock, so an item the other process finished
 counts as completed without running anything.
+
+Where the store claims items in chunks (``pipekit.engine.claims``), each try
+first drops the items the store's index shows finished (one query), then claims
+the rest a chunk at a time: a chunk still held costs a claim, not a lock per item.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
+from pipekit.engine.claims import Settle
+from pipekit.engine.claims import start_claimed
 from pipekit.engine.control import RunControl
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
@@ -41,6 +47,7 @@ class BusyItems:
     :param control: the run's stop flags (an interruption or a budget ends the wait).
     :param say: reports a message (``Run._say``).
     :param skip: skip them instead of waiting (``--skip-busy``): the run then did not finish them.
+    :param workers: items the run runs at once (``-j``): the most it claims at a time.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class BusyItems:
         say: Callable[[str, str], None],
         *,
         skip: bool = False,
+        workers: int = 1,
     ) -> None:
         self._store = store
         self._writer = writer
@@ -62,6 +70,9 @@ class BusyItems:
         self.skip = skip
         #: Items skipped (``skip``), or left to a driver that took them over from this one.
         self.skipped = 0
+        #: Items claimed at once (``pipekit.engine.claims``): never more than the run can start
+        #: soon, so that no driver sits idle at the end while another holds items it cannot run yet.
+        self.claim_size = max(1, min(store.claim_chunk, workers))
 
     def add(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
         """Put ``item_id`` aside until its holder lets it go (said once, with who holds it),
@@ -81,21 +92,48 @@ class BusyItems:
         elif len(self._named) == NAMED + 1:
             self._say("more items are being run by other pipekit processes; waiting for them too", "notice")
 
-    async def drain(self, start: Start) -> None:
+    async def drain(self, start: Start, settle: Settle | None = None) -> None:
         """Try the waiting items until none is left (each taken one handed to ``start``),
-        or the run stops starting phases (an interruption, a budget)."""
+        or the run stops starting phases (an interruption, a budget).
+
+        :param settle: with chunk claims, drops the waiting items found finished first.
+        """
         pause = FIRST_PAUSE
         while self.waiting and not self._control.stop_new_phases:
-            for item_id in list(self.waiting):
-                if self._control.stop_new_phases:
-                    return
-                lock = await self._writer.lock_item(self._store, item_id)
-                if lock is not None:
-                    index, metadata = self.waiting.pop(item_id)
-                    await start(index, item_id, metadata, lock)
+            if self.claim_size > 1:
+                await self._claim_waiting(start, settle)
+            else:
+                await self._lock_waiting(start)
             if self.waiting:
                 await self._pause(pause)
                 pause = min(pause * 2, LAST_PAUSE)
+
+    async def _claim_waiting(self, start: Start, settle: Settle | None) -> None:
+        """One try at the waiting items by chunk claims."""
+        if settle is not None:
+            settle(self.waiting)
+        size = self.claim_size
+
+        async def take(index: int, item_id: str, metadata: dict[str, Any], lock: ItemLock | None) -> None:
+            self.waiting.pop(item_id, None)
+            assert lock is not None
+            await start(index, item_id, metadata, lock)
+
+        waiting = [(index, item_id, metadata) for item_id, (index, metadata) in self.waiting.items()]
+        for at in range(0, len(waiting), size):
+            if self._control.stop_new_phases:
+                return
+            await start_claimed(self._store, waiting[at : at + size], self._control, take)
+
+    async def _lock_waiting(self, start: Start) -> None:
+        """One try at the waiting items, one lock each."""
+        for item_id in list(self.waiting):
+            if self._control.stop_new_phases:
+                return
+            lock = await self._writer.lock_item(self._store, item_id)
+            if lock is not None:
+                index, metadata = self.waiting.pop(item_id)
+                await start(index, item_id, metadata, lock)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when the run is interrupted or a budget stops it."""

@@ -58,24 +58,53 @@ def find_finished(
     None when the store has no index. One streamed query; no state is read,
     and no row is held past its turn."""
     others = dict(items)
-    rows = store.iter_fresh_finished([p.name for p in phases], fresh or _any_key)
+    rows = _matching(store, phases, others, fresh or _any_key)
     if rows is None:
         return None
     selected = len(others)
     count, cost_usd = 0, 0.0
-    wanted = others.get
-    for item_id, cost, saved in rows:
-        fresh_metadata = wanted(item_id)
-        if fresh_metadata is None:
-            continue  # not selected
-        if fresh_metadata and any(saved.get(k) != v for k, v in fresh_metadata.items()):
-            continue
+    for item_id, cost in rows:
         del others[item_id]
         count += 1
         cost_usd += cost
     if count > selected // 2:
         others = dict(others)  # a dict never shrinks as keys go: a million-slot table for a few items
     return Finished(count, cost_usd, others)
+
+
+def finished_among(
+    store: StateStore, phases: Iterable[PhaseDefinition], items: dict[str, dict[str, Any]]
+) -> dict[str, float] | None:
+    """Those of ``items`` (a few: the ones a run waits for) that the store's index
+    shows finished with the same metadata, with the cost each recorded; None
+    when the store has no index."""
+    rows = _matching(store, phases, items, _any_key)
+    return None if rows is None else dict(rows)
+
+
+def _matching(
+    store: StateStore,
+    phases: Iterable[PhaseDefinition],
+    items: dict[str, dict[str, Any]],
+    fresh: Callable[[str | None], bool],
+) -> Iterator[tuple[str, float]] | None:
+    """The finished, fresh rows of the store's index for ``items`` with the same
+    metadata, as ``(item_id, cost)``, streamed; None when the store has no index."""
+    rows = store.iter_fresh_finished([p.name for p in phases], fresh)
+    if rows is None:
+        return None
+
+    def matching(rows: Iterable[tuple[str, float, dict[str, Any]]]) -> Iterator[tuple[str, float]]:
+        wanted = items.get
+        for item_id, cost, saved in rows:
+            metadata = wanted(item_id)
+            if metadata is None:
+                continue  # not selected
+            if metadata and any(saved.get(k) != v for k, v in metadata.items()):
+                continue
+            yield item_id, cost
+
+    return matching(rows)
 
 
 def unfinished(

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from pipekit.config import Config
+from pipekit.engine import claims
 from pipekit.engine.arguments import with_values
 from pipekit.engine.batching import drive as batching
 from pipekit.engine.budget import Forecast
@@ -134,7 +135,7 @@ class Run:
         self.items_waiting = 0  # for a provider's batch (``pipekit.engine.batching``)
         self.batches = batching.batcher_for(self)
         #: Items another process holds: waited for once the others are started (or skipped).
-        self.busy = BusyItems(store, self._writer, self.control, self._say, skip=skip_busy)
+        self.busy = BusyItems(store, self._writer, self.control, self._say, skip=skip_busy, workers=self.workers)
         #: Items that were already finished when the run started.
         self.items_already_done = 0
         #: Items whose state file could not be read.
@@ -255,18 +256,16 @@ class Run:
         self.items_completed += skipped
         self.earlier_cost_usd += cost
         try:
-            for index, (item_id, metadata) in specs:
-                if self._already_done(item_id, metadata):
-                    continue
-                if self.control.stop_new_phases:
-                    break
-                await start(index, item_id, metadata)
+            await claims.walk(
+                self.store, specs, self._already_done, self.control, self.busy.add, start, self.busy.claim_size)
+            settle = None if stale_check else claims.finished_elsewhere(
+                self.store, self.pipeline.phases, lambda: self._finished, self._finished_elsewhere)
             while True:  # the items other processes hold, once every other item is started
                 if tasks:
                     await asyncio.shield(asyncio.gather(*tasks))
                 if not self.busy.waiting or self.control.stop_new_phases:
                     break
-                await self.busy.drain(start)
+                await self.busy.drain(start, settle)
         except asyncio.CancelledError:
             # The caller cancelled the run (pipekit.arun under a timeout, say):
             # stop as an interrupt does, so in-flight phases are recorded.
@@ -288,6 +287,16 @@ class Run:
 
     def _budget_reached(self, spent: float, cap: float) -> None:
         self.notify.budget_reached(self, spent, cap)
+
+    def _finished_elsewhere(self, item_id: str, metadata: dict[str, Any], cost_usd: float) -> None:
+        """Count an item another driver finished while this run waited for it."""
+        assert self._finished is not None
+        self._finished.add(item_id, cost_usd)
+        if (self._keep_states or self._on_state is not None) and self._already_done(item_id, metadata):
+            return  # it read the state to keep it, and counted it
+        self.items_already_done += 1
+        self.items_completed += 1
+        self.earlier_cost_usd += cost_usd
 
     def _already_done(self, item_id: str, metadata: dict[str, Any]) -> bool:
         """Cheap check without the lock: finished items need no lock and fire no hooks."""

@@ -5,10 +5,29 @@ that a background thread keeps pushing forward; a driver that dies stops
 renewing, and once its lease expires another driver takes the item. Taking one
 locks the lease row with ``SELECT ... FOR UPDATE SKIP LOCKED``, so two drivers
 racing for one item never wait on each other and never both win.
+
+Drivers sharing a store claim work in chunks (``claim``, ``?claim=N`` in the
+store's URL, 256 by default): one ``INSERT ... SELECT unnest(ids) ... ON
+CONFLICT DO NOTHING RETURNING`` takes every free item of a chunk of the
+selection and, in the same statement, reads the leases others hold of the rest;
+only when one of those expired or its holder certainly died are they locked
+(``FOR UPDATE SKIP LOCKED``) and taken over. A chunk held whole by live drivers
+costs that one statement, not one per item.
+The leases a driver holds are renewed together by one statement per heartbeat,
+and those of claimed items it finished are deleted in batches. ``claim=1``
+keeps the per-item leases of ``try_lock``, the path before chunks.
+
+``PIPEKIT_COUNT_STATEMENTS=PATH`` makes each store append, when it closes, one
+JSON line to ``PATH`` counting its lock, claim, release and renewal statements
+(the many-drivers benchmark reads it).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+import json
+import os
 import threading
 from typing import TYPE_CHECKING
 from typing import Any
@@ -22,6 +41,32 @@ from pipekit.state.store import ItemLock
 
 #: Seconds a lease lasts without renewal (the holder renews it every third of that).
 DEFAULT_LEASE_SECONDS = 30.0
+#: Items a driver claims in one statement (``?claim=N``); 1 takes each item's lease alone.
+DEFAULT_CLAIM_CHUNK = 256
+#: Released leases of claimed items are deleted once this many wait (or at the next
+#: claim, heartbeat or close, whichever comes first).
+RELEASE_BATCH = 64
+#: Names the file the stores append their statement counts to (see the module's docstring).
+COUNT_STATEMENTS = "PIPEKIT_COUNT_STATEMENTS"
+
+#: Takes every free item of a chunk, in one statement: the new leases' rows, inserted in
+#: id order (two drivers claiming overlapping chunks lock rows in the same order), come
+#: back with NULLs; the rows others held already (the statement's snapshot does not see
+#: the rows it inserts) come back with whether they expired and who holds them.
+_CLAIM = """WITH won AS (
+    INSERT INTO pipekit_leases (owner, host, pid, holder, expires_at, pipeline, item_id)
+    SELECT %s, %s, %s, %s, now() + %s::interval, %s, item_id FROM unnest(%s::text[]) AS wanted(item_id)
+    ORDER BY item_id
+    ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING item_id)
+SELECT item_id, NULL::boolean, NULL::text FROM won
+UNION ALL
+SELECT item_id, expires_at < now(), holder FROM pipekit_leases WHERE pipeline = %s AND item_id = ANY(%s)"""
+#: Leases that looked free to take over, locked to check again (another driver's
+#: takeover in flight is skipped, not waited for).
+_CLAIMED_BY_OTHERS = """SELECT item_id, expires_at < now(), holder FROM pipekit_leases
+    WHERE pipeline = %s AND item_id = ANY(%s) ORDER BY item_id FOR UPDATE SKIP LOCKED"""
+_TAKE_OVER = """UPDATE pipekit_leases SET owner = %s, host = %s, pid = %s, holder = %s,
+    expires_at = now() + %s::interval WHERE pipeline = %s AND item_id = ANY(%s)"""
 
 #: Locks this driver's lease row of an item, if it still holds it (see ``pipekit.state.postgres``).
 HELD = """SELECT item_id FROM pipekit_leases WHERE pipeline = %s AND owner = %s AND item_id = ANY(%s)
@@ -29,17 +74,21 @@ HELD = """SELECT item_id FROM pipekit_leases WHERE pipeline = %s AND owner = %s 
 
 
 class Lease(ItemLock):
-    """A held lease; ``release`` deletes it."""
+    """A held lease; ``release`` deletes it (with ``batched``, in the next batch of releases)."""
 
-    def __init__(self, store: LeaseHolding, item_id: str) -> None:
+    def __init__(self, store: LeaseHolding, item_id: str, *, batched: bool = False) -> None:
         super().__init__(-1)
         self._store: LeaseHolding | None = store
         self._item_id = item_id
+        self._batched = batched
 
     def release(self) -> None:
         if self._store is not None:
             store, self._store = self._store, None
-            store._release(self._item_id)
+            if self._batched:
+                store._release_later(self._item_id)
+            else:
+                store._release(self._item_id)
 
 
 class LeaseHolding:
@@ -47,6 +96,7 @@ class LeaseHolding:
     connection, lock and identity it uses."""
 
     pipeline: str
+    location: str
     conninfo: str
     lease_seconds: float
     holder: Holder
@@ -59,6 +109,12 @@ class LeaseHolding:
     _held: set[str]
     _stop: threading.Event
     _heartbeat: threading.Thread | None
+    #: Items ``claim`` takes at once.
+    claim_chunk: int
+    #: Released leases of claimed items, not deleted yet.
+    _releasing: set[str]
+    #: Statements sent, by kind (``lock``, ``claim``, ``release``, ``renew``).
+    _statements: Counter[str]
 
     if TYPE_CHECKING:
 
@@ -90,12 +146,15 @@ class LeaseHolding:
                         ).fetchone()
                         # Before expiry, only a holder certainly dead on this machine is overtaken.
                         if row is None or not (row[0] or holder_is_gone(Holder.from_json(row[1]), self.holder)):
+                            self._statements["lock"] += 2
                             return None
+                        self._statements["lock"] += 2
                         self._db.execute(
                             """UPDATE pipekit_leases SET owner = %s, host = %s, pid = %s, holder = %s,
                                expires_at = now() + %s::interval WHERE pipeline = %s AND item_id = %s""",
                             (*me, self.pipeline, item_id),
                         )
+                    self._statements["lock"] += 1
             except self._psycopg.Error as exc:
                 raise StateWriteError(self.describe(item_id), str(exc).strip()) from exc
             self._held.add(item_id)
@@ -106,10 +165,85 @@ class LeaseHolding:
         with self._lock:
             self._held.discard(item_id)
             if not self._db.closed:
+                self._statements["release"] += 1
                 self._query(
                     "DELETE FROM pipekit_leases WHERE pipeline = %s AND item_id = %s AND owner = %s",
                     (self.pipeline, item_id, self.owner),
                 )
+
+    def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
+        """Take the leases of those of ``item_ids`` that are free, expired or held by a
+        process certainly dead on this machine, without waiting: one statement, and
+        two more in a transaction only when some lease looks free to take over."""
+        wanted = sorted(set(item_ids))
+        lease = f"{self.lease_seconds} seconds"
+        me = (self.owner, self.holder.host, self.holder.pid, holder_record(self.holder), lease)
+        with self._lock:
+            self._flush_releases()
+            try:
+                rows = self._db.execute(_CLAIM, (*me, self.pipeline, wanted, self.pipeline, wanted)).fetchall()
+                self._statements["claim"] += 1
+                won = [item for item, expired, _ in rows if expired is None]
+                if any(self._overtakes(expired, holder) for _, expired, holder in rows if expired is not None):
+                    won += self._take_over(sorted(set(wanted) - set(won)), me)
+            except self._psycopg.Error as exc:
+                raise StateWriteError(self.location, str(exc).strip()) from exc
+            self._held.update(won)
+            if won:
+                self._start_heartbeat()
+        return {item_id: Lease(self, item_id, batched=True) for item_id in won}
+
+    def _overtakes(self, expired: bool, holder: str | None) -> bool:
+        """Whether a lease another driver holds may be taken: it expired or, before
+        expiry, its holder certainly died on this machine."""
+        return expired or holder_is_gone(Holder.from_json(holder), self.holder)
+
+    def _take_over(self, item_ids: list[str], me: tuple[Any, ...]) -> list[str]:
+        """Take over those of ``item_ids`` whose lease may be taken, checked again under
+        the rows' locks (a row a fenced write or another takeover holds is skipped, and
+        tried again later); returns them."""
+        with self._db.transaction():
+            rows = self._db.execute(_CLAIMED_BY_OTHERS, (self.pipeline, item_ids)).fetchall()
+            free = [item for item, expired, holder in rows if self._overtakes(expired, holder)]
+            self._statements["claim"] += 1
+            if free:
+                self._db.execute(_TAKE_OVER, (*me, self.pipeline, free))
+                self._statements["claim"] += 1
+        return free
+
+    def _release_later(self, item_id: str) -> None:
+        """Forget a claimed item now; its lease row goes with the next batch of releases
+        (held a little longer is always safe: nobody else runs it meanwhile)."""
+        with self._lock:
+            self._held.discard(item_id)
+            self._releasing.add(item_id)
+            if len(self._releasing) >= RELEASE_BATCH:
+                self._flush_releases()
+
+    def _flush_releases(self, db: Any = None) -> None:
+        """Delete the lease rows of the released claimed items, in one statement."""
+        with self._lock:
+            connection = self._db if db is None else db
+            if not self._releasing or connection.closed:
+                return
+            released, self._releasing = sorted(self._releasing), set()
+        try:
+            connection.execute(
+                "DELETE FROM pipekit_leases WHERE pipeline = %s AND owner = %s AND item_id = ANY(%s)",
+                (self.pipeline, self.owner, released),
+            )
+            self._statements["release"] += 1
+        except self._psycopg.Error:
+            with self._lock:
+                self._releasing.update(released)  # deleted at the next try or at close; the rows expire anyway
+
+    def _count_statements(self) -> None:
+        """Append this store's statement counts to ``$PIPEKIT_COUNT_STATEMENTS`` (at close)."""
+        path = os.environ.get(COUNT_STATEMENTS)
+        if path:
+            counts = {"pid": os.getpid(), "owner": self.owner, **self._statements}
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(counts) + "\n")
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
@@ -129,5 +263,7 @@ class LeaseHolding:
                         "UPDATE pipekit_leases SET expires_at = now() + %s::interval WHERE owner = %s",
                         (f"{self.lease_seconds} seconds", self.owner),
                     )
+                    self._statements["renew"] += 1
+                    self._flush_releases(db)
                 except self._psycopg.Error:
                     continue  # a network blip: try again; the lease outlives a few misses

@@ -1,10 +1,11 @@
 """The PostgreSQL store: the state of many pipelines, drivers and hosts in one
-database (``postgresql://USER:PASSWORD@HOST/DB[?pipeline=NAME&lease=SECONDS]``).
+database (``postgresql://USER:PASSWORD@HOST/DB[?pipeline=NAME&lease=SECONDS&claim=N]``).
 
 Needs psycopg 3 (``pip install 'pipekit[postgres]'``). The same schema idea as
 the SQLite store, in ``jsonb``; rows are kept apart by pipeline name. Per-item
 locks are leases (``pipekit.state.leases``): a row naming the holder and an
-expiry that a background thread keeps pushing forward.
+expiry that a background thread keeps pushing forward; a run claims them ``claim``
+items at a time.
 
 Leases fence writes. A driver paused past its lease (a closed laptop lid, a
 paused VM) is alive but no longer holds the item when it resumes, and by then
@@ -19,6 +20,7 @@ between the check and the commit. A write that finds the lease gone raises
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -41,12 +43,13 @@ from pipekit.state.escaping import jsonb_text
 from pipekit.state.heldby import LeaseRowHolder
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.holder import this_holder
+from pipekit.state.indexed import FinishedItem
+from pipekit.state.indexed import index_columns
+from pipekit.state.leases import DEFAULT_CLAIM_CHUNK
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
 from pipekit.state.leases import HELD
 from pipekit.state.leases import LeaseHolding
-from pipekit.state.store import FinishedItem
 from pipekit.state.store import StateStore
-from pipekit.state.store import index_columns
 from pipekit.state.urls import mask_password
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
@@ -54,7 +57,7 @@ from pipekit.state.values import output_ref
 
 
 #: URL parameters that are pipekit's, not libpq's.
-_OWN_PARAMETERS = ("pipeline", "lease")
+_OWN_PARAMETERS = ("pipeline", "lease", "claim")
 #: Any constant: serialises schema creation between drivers starting at once.
 _SCHEMA_LOCK_KEY = 0x70697065
 
@@ -128,6 +131,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
     :param pipeline: the pipeline whose items these are.
     :param lease_seconds: how long an item stays taken after its driver stops renewing.
     :param create: create pipekit's tables when missing (else a ``UsageError``).
+    :param claim_chunk: items a run claims at once (1: each item's lease on its own).
     """
 
     # One connection behind a lock: usable from the writer's thread, and many
@@ -135,7 +139,13 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
     batched_saves = True
 
     def __init__(
-        self, conninfo: str, pipeline: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, create: bool = True
+        self,
+        conninfo: str,
+        pipeline: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        create: bool = True,
+        claim_chunk: int = DEFAULT_CLAIM_CHUNK,
     ) -> None:
         psycopg = _psycopg()
         self._psycopg = psycopg
@@ -150,6 +160,9 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         self._held: set[str] = set()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self.claim_chunk = max(1, int(claim_chunk))
+        self._releasing: set[str] = set()
+        self._statements: Counter[str] = Counter()
         try:
             self._db = self._connect(autocommit=True)
             with self._db.transaction():
@@ -166,7 +179,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             raise UsageError(f"postgresql store {self.location} cannot be opened: {exc}".strip()) from None
 
     def reopen_url(self) -> str:
-        own = urlencode({"pipeline": self.pipeline, "lease": repr(self.lease_seconds)})
+        own = urlencode({"pipeline": self.pipeline, "lease": repr(self.lease_seconds), "claim": self.claim_chunk})
         return f"{self.conninfo}{'&' if '?' in self.conninfo else '?'}{own}"
 
     @classmethod
@@ -184,7 +197,10 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             lease = float(own.get("lease", DEFAULT_LEASE_SECONDS))
         except ValueError:
             raise UsageError(f"postgresql store: lease must be a number of seconds, not {own['lease']!r}") from None
-        return cls(conninfo, name, lease_seconds=lease, create=create)
+        claim = own.get("claim", str(DEFAULT_CLAIM_CHUNK))
+        if not claim.isdigit() or int(claim) < 1:
+            raise UsageError(f"postgresql store: claim must be a whole number of items (1 or more), not {claim!r}")
+        return cls(conninfo, name, lease_seconds=lease, create=create, claim_chunk=int(claim))
 
     # -- helpers ------------------------------------------------------------------
 
@@ -440,10 +456,13 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         with self._lock:
             if self._db.closed:
                 return
-            if self._held:
+            if self._held or self._releasing:
+                self._statements["release"] += 1
                 self._query("DELETE FROM pipekit_leases WHERE owner = %s", (self.owner,))
                 self._held.clear()
+                self._releasing.clear()
             self._db.close()
+            self._count_statements()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
 

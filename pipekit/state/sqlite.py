@@ -33,13 +33,13 @@ from pipekit.outcomes import UsageError
 from pipekit.state.digest import text_hash
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
+from pipekit.state.indexed import FinishedItem
+from pipekit.state.indexed import index_columns
 from pipekit.state.localdisk import check_local
 from pipekit.state.sqlitefinished import finished_rows
 from pipekit.state.sqlitefinished import fresh_finished_rows
-from pipekit.state.store import FinishedItem
 from pipekit.state.store import FlockedItems
 from pipekit.state.store import StateStore
-from pipekit.state.store import index_columns
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
 from pipekit.state.values import output_ref

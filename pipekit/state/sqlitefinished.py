@@ -20,7 +20,7 @@ from typing import Any
 
 from pipekit.outcomes import StateFileError
 from pipekit.state.escaping import json_value
-from pipekit.state.store import FinishedItem
+from pipekit.state.indexed import FinishedItem
 
 
 #: Distinct metadata texts and costs kept parsed or shared (most rows of a batch repeat a few).

@@ -8,8 +8,8 @@ from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 import contextlib
-from dataclasses import dataclass
 import errno
 import fcntl
 import hashlib
@@ -20,18 +20,16 @@ from pathlib import Path
 import sys
 import time
 from typing import Any
-from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
-from pipekit.state.document import read_document
 from pipekit.state.escaping import UNSTORABLE
 from pipekit.state.heldby import HeldBy
 from pipekit.state.heldby import read_lock_record
 from pipekit.state.heldby import running_holder
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
-from pipekit.state.model import is_finished
-from pipekit.state.stalekey import key_of_read
+from pipekit.state.indexed import FinishedItem
+from pipekit.state.indexed import summarize
 
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -361,71 +359,24 @@ class StateStore(abc.ABC):
         memory: dict[tuple[str, str], dict[str, Any]] = self.__dict__.setdefault("_checkpoints_in_memory", {})
         return memory
 
+    #: Items a run claims at once (``claim``); 1: it takes each item's lock as it starts it.
+    claim_chunk: int = 1
 
-class FinishedItem(NamedTuple):
-    """What the runner needs to know of an item that is finished, without its state.
-
-    A named tuple: a store makes one per finished item (100,000 on a big resume),
-    and a frozen dataclass costs several times more to build and to hold.
-    """
-
-    metadata: dict[str, Any]
-    cost_usd: float
-    #: Its ``pipekit.state.stalekey`` (None: unknown, the stale check reads the state).
-    stale_key: str | None = None
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The indexed columns database stores keep beside each document."""
-
-    status: str | None
-    #: First phase (by num) neither completed nor skipped; None when all are.
-    next_phase: int | None
-    #: Names of the phases completed or skipped, sorted.
-    done_names: tuple[str, ...]
-    metadata: dict[str, Any]
-    cost_usd: float
-
-
-#: The summary of a document ``read_document`` refuses: never finished, so a run reads it and reports it.
-UNREADABLE = Summary(None, None, (), {}, 0.0)
-
-
-def summarize(document: Any) -> Summary:
-    """The ``Summary`` of a saved document (``UNREADABLE`` for a malformed one, which is stored as is)."""
-    try:
-        read_document(document, "the document")
-    except StateFileError:
-        return UNREADABLE
-    return _summary_of_read(document)
-
-
-def index_columns(document: Any) -> tuple[Summary, str | None]:
-    """``summarize`` and ``stale_key`` of a document about to be saved, with one
-    ``read_document`` for both (a save is checked once, not once per column)."""
-    try:
-        read_document(document, "the document")
-    except StateFileError:
-        return UNREADABLE, None
-    return _summary_of_read(document), key_of_read(document)
-
-
-def _summary_of_read(document: dict[str, Any]) -> Summary:
-    pending: list[int] = []
-    done: list[str] = []
-    for num, phase in document["phases"].items():
-        if is_finished((phase.get("status"),)):
-            done.append(phase["name"])
-        else:
-            pending.append(int(num))
-    return Summary(
-        document["status"],
-        min(pending) if pending else None,
-        tuple(sorted(done)),
-        document.get("metadata") or {},
-        float(document.get("total_cost_usd", 0.0)),
-    )
+    def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
+        """Take the locks of those of ``item_ids`` that are free, without waiting, by id;
+        the others are held by another process. A store that can takes them all in one
+        statement; this default calls ``try_lock`` for each (the flocks of one machine)."""
+        taken: dict[str, ItemLock] = {}
+        try:
+            for item_id in dict.fromkeys(item_ids):
+                lock = self.try_lock(item_id)
+                if lock is not None:
+                    taken[item_id] = lock
+        except BaseException:
+            for lock in taken.values():
+                lock.release()
+            raise
+        return taken
 
 
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:

@@ -1,0 +1,118 @@
+"""Walking a run's selection in chunks of claims (``StateStore.claim``).
+
+Drivers sharing a store would otherwise each try every item's lock: K drivers
+over a million items, K million lock transactions. Where the store claims in
+chunks (``claim_chunk`` over 1: PostgreSQL), the run takes the next unfinished
+items of its selection in one claim, as many as it runs at once (``-j``, at most
+``claim_chunk``), starts those it won as slots free up, and puts the others aside as busy (``pipekit.engine.busy``),
+which waits for them by chunks too. The items another driver finished meanwhile
+are found in the store's finished index (one query), not by taking their locks.
+A claimed item stays held until it is started and done; a driver that dies
+releases its claim when the lease expires. Stores whose locks are flocks on one
+machine (JSON, SQLite) keep ``claim_chunk`` 1, and so does a run at ``-j 1``:
+the run takes each item's lock as it starts it, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import Any
+
+from pipekit.engine.control import RunControl
+from pipekit.engine.finished import Finished
+from pipekit.engine.finished import finished_among
+from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.store import ItemLock
+from pipekit.state.store import StateStore
+
+
+#: An item a run reached: ``(index, item_id, metadata)``.
+Candidate = tuple[int, str, dict[str, Any]]
+#: Runs an item, with its lock when one was taken for it: ``(index, item_id, metadata, lock)``.
+Start = Callable[[int, str, dict[str, Any], ItemLock | None], Awaitable[None]]
+#: Says whether an item is finished already (and counts it so): ``Run._already_done``.
+AlreadyDone = Callable[[str, dict[str, Any]], bool]
+#: Drops from the waiting items (id to ``(index, metadata)``) those another driver finished.
+Settle = Callable[[dict[str, tuple[int, dict[str, Any]]]], None]
+
+
+async def walk(
+    store: StateStore,
+    items: Iterable[tuple[int, tuple[str, dict[str, Any]]]],
+    already_done: AlreadyDone,
+    control: RunControl,
+    put_aside: Callable[[int, str, dict[str, Any]], None],
+    start: Start,
+    size: int,
+) -> None:
+    """Start every item of ``items`` (``(index, (item_id, metadata))``, as
+    ``pipekit.engine.finished.unfinished`` gives them) not ``already_done``, in order, until the run stops
+    starting phases: one claim per ``size`` of them (``BusyItems.claim_size``), the
+    items others hold ``put_aside`` (``BusyItems.add``). With a size of 1 each item
+    is started without a lock, and the runner takes it as it starts the item."""
+    chunk: list[Candidate] = []
+    for index, (item_id, metadata) in items:
+        if already_done(item_id, metadata):
+            continue
+        if control.stop_new_phases:
+            return
+        if size <= 1:
+            await start(index, item_id, metadata, None)
+            continue
+        chunk.append((index, item_id, metadata))
+        if len(chunk) >= size:
+            for held in await start_claimed(store, chunk, control, start):
+                put_aside(*held)
+            chunk = []
+    if chunk and not control.stop_new_phases:
+        for held in await start_claimed(store, chunk, control, start):
+            put_aside(*held)
+
+
+async def start_claimed(
+    store: StateStore, chunk: Sequence[Candidate], control: RunControl, start: Start
+) -> list[Candidate]:
+    """Claim the items of ``chunk`` in one call and start those won, in order; returns
+    the ones another process holds. A won item the run does not start (it stopped)
+    is released."""
+    locks = store.claim([item_id for _, item_id, _ in chunk])
+    held: list[Candidate] = []
+    try:
+        for index, item_id, metadata in chunk:
+            lock = locks.pop(item_id, None)
+            if lock is None:
+                held.append((index, item_id, metadata))
+            elif not control.stop_new_phases:
+                await start(index, item_id, metadata, lock)
+            else:
+                lock.release()
+    finally:
+        for lock in locks.values():
+            lock.release()
+    return held
+
+
+def finished_elsewhere(
+    store: StateStore,
+    phases: Sequence[PhaseDefinition],
+    finished: Callable[[], Finished | None],
+    count: Callable[[str, dict[str, Any], float], None],
+) -> Settle:
+    """A ``Settle`` reading the store's finished index (one streamed query) for the
+    waiting items: those found finished, with the same metadata, are taken out of
+    the waiting ones and given to ``count`` with their recorded cost, without a
+    claim. Not for a run that checks staleness (that needs each item's state),
+    nor one whose store has no index (``finished`` is then None)."""
+
+    def settle(waiting: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        if finished() is None or not waiting:
+            return
+        found = finished_among(store, phases, {item_id: metadata for item_id, (_, metadata) in waiting.items()})
+        for item_id, cost in (found or {}).items():
+            _, metadata = waiting.pop(item_id)
+            count(item_id, metadata, cost)
+
+    return settle
