@@ -108,6 +108,8 @@ ON CONFLICT (pipeline, item_id) DO UPDATE SET state = excluded.state, status = e
     cost_usd = excluded.cost_usd, stale_key = excluded.stale_key, updated_at = now()
 """
 
+_DROP_CHECKPOINTS = "DELETE FROM pipekit_checkpoints WHERE pipeline = %s AND item_id = %s AND phase = %s"
+
 #: True once the last of ``_SCHEMA`` was applied (they are applied together, in order).
 _SCHEMA_IS_CURRENT = """SELECT 1 FROM information_schema.columns
     WHERE table_schema = current_schema() AND table_name = 'pipekit_leases' AND column_name = 'holder'"""
@@ -146,6 +148,10 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         self.holder = this_holder()
         self.owner = f"{self.holder.host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.RLock()
+        #: The writer's group commits have a connection of their own (made at the first),
+        #: so taking and releasing leases on the event loop's thread never waits behind them.
+        self._saver: Any = None
+        self._save_lock = threading.Lock()
         self._held: set[str] = set()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -273,6 +279,32 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             raise LeaseLostError(self.location, lost)
         return count + len(rows)
 
+    def save_group(self, documents: list[tuple[str, dict[str, Any]]], drops: list[tuple[str, str]]) -> None:
+        """One transaction for the documents and the checkpoints they end, fenced like
+        every write: the lease check (``FOR KEY SHARE``) is in it; the writes are
+        pipelined (one round trip). ``LeaseLostError`` names the items left unwritten."""
+        rows = [self._row(item_id, document) for item_id, document in documents]
+        lost: set[str] = set()
+        with self._save_lock:
+            try:
+                if self._saver is None:
+                    self._saver = self._connect(autocommit=True)
+                db = self._saver
+                with db.transaction(), db.cursor() as cursor:
+                    leased = [row[1] for row in rows if row[1] in self._held]
+                    if leased:
+                        held = {found for (found,) in cursor.execute(HELD, (self.pipeline, self.owner, leased))}
+                        lost = set(leased) - held
+                    ends = [(self.pipeline, item_id, phase) for item_id, phase in drops if item_id not in lost]
+                    with db.pipeline():
+                        cursor.executemany(_UPSERT, [row for row in rows if row[1] not in lost])
+                        if ends:
+                            cursor.executemany(_DROP_CHECKPOINTS, ends)
+            except self._psycopg.Error as exc:
+                raise StateWriteError(self.location, str(exc).strip()) from exc
+        if lost:
+            raise LeaseLostError(self.location, sorted(lost))
+
     def _fenced(self, item_id: str, sql: str, params: tuple[Any, ...]) -> None:
         """Write for ``item_id``, if leased in one transaction with the check that the lease is still ours."""
         if item_id not in self._held:
@@ -332,11 +364,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         )
 
     def drop_checkpoints(self, item_id: str, phase: str) -> None:
-        self._fenced(
-            item_id,
-            "DELETE FROM pipekit_checkpoints WHERE pipeline = %s AND item_id = %s AND phase = %s",
-            (self.pipeline, item_id, phase),
-        )
+        self._fenced(item_id, _DROP_CHECKPOINTS, (self.pipeline, item_id, phase))
 
     def item_ids(self) -> Iterator[str]:
         for (item_id,) in self._query("SELECT item_id FROM pipekit_items WHERE pipeline = %s", (self.pipeline,)):
@@ -422,6 +450,9 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
 
     def close(self) -> None:
         self._stop.set()
+        with self._save_lock:
+            if self._saver is not None and not self._saver.closed:
+                self._saver.close()
         with self._lock:
             if self._db.closed:
                 return
