@@ -13,7 +13,8 @@ interleaved in the same run so that the machine's load hits both alike:
   creation, its first phase's start, then each phase's completion with the
   next one's start (pipekit's writes), each durable before the item goes on;
 - postgresql: the same with psycopg 3, one connection, each tick's 64 upserts
-  in one transaction (``executemany``, which pipelines its statements).
+  in one transaction (``executemany``, which pipelines its statements); the
+  commits pipekit's run made (``pg_stat_database``) are printed per phase.
 
 Prints phases per second for both and the ratio (the goal: within 4x, and at
 least 10,000/s on SQLite and 5,000/s on PostgreSQL), with the load average.
@@ -134,6 +135,16 @@ def baseline_postgres(url: str, items: int, phases: int, workers: int) -> float:
     return seconds
 
 
+def commits(url: str) -> int:
+    """Transactions committed so far in the benchmark's database, by every session
+    (a shared server's other clients count too: read it beside a quiet baseline)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        row = db.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()
+    return int(row[0]) if row else 0
+
+
 def pipekit_run(folder: Path, store: str, workers: int, python: str = sys.executable) -> float:
     command = [python, "-m", "pipekit", "run", "pipeline.py", "--store", store, "-j", str(workers), "-q"]
     started = time.perf_counter()
@@ -182,7 +193,12 @@ def main() -> None:
                     bases.append(baseline_postgres(args.postgres_url, args.items, args.phases, args.workers))
                     sep = "&" if "?" in args.postgres_url else "?"
                     url = f"{args.postgres_url}{sep}pipeline=bench_{uuid.uuid4().hex[:8]}"
+                    before = commits(args.postgres_url)
                     runs.append(pipekit_run(folder, url, args.workers, args.python))
+                    time.sleep(1.5)  # a session's statistics reach pg_stat_database within a second
+                    spent = commits(args.postgres_url) - before
+                    per_phase = spent / (args.items * args.phases)
+                    print(f"  postgresql run {n + 1}: {spent:,} commits, {per_phase:.2f} per phase")
                 else:
                     raise SystemExit(f"unknown store {kind!r}")
             if runs:
