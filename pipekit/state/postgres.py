@@ -134,6 +134,9 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
     # One connection behind a lock: usable from the writer's thread, and many
     # items' states are committed in one transaction (``save_many``).
     batched_saves = True
+    # Every call is safe from any thread (the lock), so the writer takes leases on its
+    # threads: each is a round trip to the server the event loop would wait for.
+    threadsafe_saves = True
 
     def __init__(
         self, conninfo: str, pipeline: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, create: bool = True

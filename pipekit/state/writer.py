@@ -220,9 +220,8 @@ class StateWriter:
     async def lock_item(self, store: StateStore, item_id: str) -> ItemLock | None:
         """``store.try_lock(item_id)``, on the writer's threads when it has them:
         taking a lock is a system call that can wait behind the disk, or a round
-        trip to a database server (a store with batched saves is as safe to use
-        from a thread: its group commits already run on one)."""
-        if self.threads <= 0 or not (store.threadsafe_saves or store.batched_saves):
+        trip to a database server."""
+        if self.threads <= 0 or not store.threadsafe_saves:
             return store.try_lock(item_id)
         taken: asyncio.Future[ItemLock | None] = asyncio.get_running_loop().create_future()
 
