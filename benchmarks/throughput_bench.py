@@ -13,7 +13,9 @@ interleaved in the same run so that the machine's load hits both alike:
   creation, its first phase's start, then each phase's completion with the
   next one's start (pipekit's writes), each durable before the item goes on;
 - postgresql: the same with psycopg 3, one connection, each tick's 64 upserts
-  in one transaction (``executemany``, which pipelines its statements).
+  in one transaction (``executemany``, which pipelines its statements); the
+  commits pipekit's run made (``pg_stat_database`` of a database the benchmark
+  creates for itself, when the server lets it) are printed per phase.
 
 Prints phases per second for both and the ratio (the goal: within 4x, and at
 least 10,000/s on SQLite and 5,000/s on PostgreSQL), with the load average.
@@ -22,6 +24,8 @@ least 10,000/s on SQLite and 5,000/s on PostgreSQL), with the load average.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -32,6 +36,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 import uuid
 
 
@@ -134,6 +140,38 @@ def baseline_postgres(url: str, items: int, phases: int, workers: int) -> float:
     return seconds
 
 
+def commits(url: str) -> int:
+    """Transactions committed so far in ``url``'s database, by every session."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as db:
+        row = db.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()
+    return int(row[0]) if row else 0
+
+
+@contextlib.contextmanager
+def own_database(url: str) -> Iterator[str]:
+    """A database of the benchmark's own on ``url``'s server, dropped afterwards, so
+    the commits counted are pipekit's alone (``url`` itself if it may not create one:
+    then other clients of that database count too)."""
+    import psycopg
+
+    name = f"pipekit_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+    except psycopg.Error:
+        yield url
+        return
+    parts = urlsplit(url)
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    finally:
+        time.sleep(1)  # the last sessions' statistics
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
 def pipekit_run(folder: Path, store: str, workers: int, python: str = sys.executable) -> float:
     command = [python, "-m", "pipekit", "run", "pipeline.py", "--store", store, "-j", str(workers), "-q"]
     started = time.perf_counter()
@@ -179,10 +217,17 @@ def main() -> None:
                     if not args.postgres_url:
                         print("  postgresql: skipped (no --postgres-url / PIPEKIT_BENCH_POSTGRES_URL)")
                         break
-                    bases.append(baseline_postgres(args.postgres_url, args.items, args.phases, args.workers))
-                    sep = "&" if "?" in args.postgres_url else "?"
-                    url = f"{args.postgres_url}{sep}pipeline=bench_{uuid.uuid4().hex[:8]}"
-                    runs.append(pipekit_run(folder, url, args.workers, args.python))
+                    with own_database(args.postgres_url) as database:
+                        bases.append(baseline_postgres(database, args.items, args.phases, args.workers))
+                        sep = "&" if "?" in database else "?"
+                        url = f"{database}{sep}pipeline=bench_{uuid.uuid4().hex[:8]}"
+                        time.sleep(1.5)  # a session's statistics reach pg_stat_database within a second
+                        before = commits(database)
+                        runs.append(pipekit_run(folder, url, args.workers, args.python))
+                        time.sleep(1.5)
+                        spent = commits(database) - before
+                    per_phase = spent / (args.items * args.phases)
+                    print(f"  postgresql run {n + 1}: {spent:,} commits, {per_phase:.2f} per phase")
                 else:
                     raise SystemExit(f"unknown store {kind!r}")
             if runs:

@@ -169,15 +169,14 @@ def test_a_database_store_commits_the_states_queued_meanwhile_together(
     monkeypatch.setenv("PIPEKIT_STORE", f"sqlite:{tmp_path / 'state.db'}")
     batches: list[int] = []
     threads: set[str] = set()
-    original = SqliteStore.save_many
+    original = SqliteStore.save_group
 
-    def save_many(store: SqliteStore, documents: Any, batch: int = 2000) -> int:
-        documents = list(documents)
+    def save_group(store: SqliteStore, documents: Any, drops: Any) -> None:
         batches.append(len(documents))
         threads.add(threading.current_thread().name)
-        return original(store, documents, batch)
+        original(store, documents, drops)
 
-    monkeypatch.setattr(SqliteStore, "save_many", save_many)
+    monkeypatch.setattr(SqliteStore, "save_group", save_group)
     monkeypatch.setattr(SqliteStore, "save", lambda *args: pytest.fail("a single save at -j 8"))
     items = [f"item{n}" for n in range(12)]
 

@@ -110,6 +110,7 @@ def test_every_write_for_a_lost_lease_is_refused_and_writes_nothing(postgres_sto
             lambda: mine.save_many([("a", {"item_id": "a", "mine": "batched"})]),
             lambda: mine.save_checkpoint("a", "p", "k", 2),
             lambda: mine.drop_checkpoints("a", "p"),
+            lambda: mine.save_group([("a", {"item_id": "a", "mine": "grouped"})], [("a", "p")]),
         ):
             with pytest.raises(LeaseLostError) as caught:
                 write()
@@ -122,6 +123,14 @@ def test_every_write_for_a_lost_lease_is_refused_and_writes_nothing(postgres_sto
             mine.save_many([("a", {"item_id": "a"}), ("b", {"item_id": "b", "mine": True})])
         assert caught.value.item_ids == ["a"]
         assert rival.load("b") == {"item_id": "b", "mine": True}
+        # a group commit likewise, and the checkpoints it ends go only for the items it wrote
+        mine.save_checkpoint("b", "p", "k", 3)
+        with pytest.raises(LeaseLostError) as caught:
+            mine.save_group([("a", {"item_id": "a"}), ("b", {"item_id": "b", "group": True})], [("a", "p"), ("b", "p")])
+        assert caught.value.item_ids == ["a"]
+        assert rival.load("b") == {"item_id": "b", "group": True}
+        assert rival.load_checkpoints("b", "p") == {}
+        assert rival.load_checkpoints("a", "p") == {"k": 1}
         # an item this store never leased (migrate, reset of a free item) is written as before
         mine.save("c", {"item_id": "c"})
         assert rival.load("c") == {"item_id": "c"}

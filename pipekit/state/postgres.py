@@ -49,6 +49,11 @@ from pipekit.state.leases import DEFAULT_CLAIM_CHUNK
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
 from pipekit.state.leases import HELD
 from pipekit.state.leases import LeaseHolding
+from pipekit.state.postgresschema import DROP_CHECKPOINTS
+from pipekit.state.postgresschema import SCHEMA
+from pipekit.state.postgresschema import SCHEMA_IS_CURRENT
+from pipekit.state.postgresschema import SCHEMA_LOCK_KEY
+from pipekit.state.postgresschema import UPSERT
 from pipekit.state.store import StateStore
 from pipekit.state.urls import mask_password
 from pipekit.state.values import decode_output
@@ -58,63 +63,6 @@ from pipekit.state.values import output_ref
 
 #: URL parameters that are pipekit's, not libpq's.
 _OWN_PARAMETERS = ("pipeline", "lease", "claim")
-#: Any constant: serialises schema creation between drivers starting at once.
-_SCHEMA_LOCK_KEY = 0x70697065
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS pipekit_items (
-        pipeline TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        state JSONB NOT NULL,
-        status TEXT,
-        next_phase INTEGER,
-        done_names TEXT[] NOT NULL DEFAULT '{}',
-        metadata JSONB NOT NULL DEFAULT '{}',
-        cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
-        updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-        PRIMARY KEY (pipeline, item_id))""",
-    # added after the first schema; idempotent
-    "ALTER TABLE pipekit_items ADD COLUMN IF NOT EXISTS cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0",
-    "ALTER TABLE pipekit_items ADD COLUMN IF NOT EXISTS stale_key TEXT",
-    "CREATE INDEX IF NOT EXISTS pipekit_items_next_phase ON pipekit_items (pipeline, next_phase)",
-    "CREATE INDEX IF NOT EXISTS pipekit_items_status ON pipekit_items (pipeline, status)",
-    """CREATE TABLE IF NOT EXISTS pipekit_outputs (
-        pipeline TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        ref TEXT NOT NULL,
-        text TEXT NOT NULL,
-        PRIMARY KEY (pipeline, item_id, ref))""",
-    """CREATE TABLE IF NOT EXISTS pipekit_checkpoints (
-        pipeline TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        phase TEXT NOT NULL,
-        key TEXT NOT NULL,
-        value JSONB NOT NULL,
-        PRIMARY KEY (pipeline, item_id, phase, key))""",
-    """CREATE TABLE IF NOT EXISTS pipekit_leases (
-        pipeline TEXT NOT NULL,
-        item_id TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        host TEXT NOT NULL,
-        pid INTEGER NOT NULL,
-        expires_at TIMESTAMPTZ NOT NULL,
-        PRIMARY KEY (pipeline, item_id))""",
-    # the holder's identity (pipekit.state.holder.Holder as JSON); NULL from older drivers
-    "ALTER TABLE pipekit_leases ADD COLUMN IF NOT EXISTS holder TEXT",
-]
-
-_UPSERT = """
-INSERT INTO pipekit_items (pipeline, item_id, state, status, next_phase, done_names, metadata, cost_usd,
-    stale_key, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
-ON CONFLICT (pipeline, item_id) DO UPDATE SET state = excluded.state, status = excluded.status,
-    next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata,
-    cost_usd = excluded.cost_usd, stale_key = excluded.stale_key, updated_at = now()
-"""
-
-#: True once the last of ``_SCHEMA`` was applied (they are applied together, in order).
-_SCHEMA_IS_CURRENT = """SELECT 1 FROM information_schema.columns
-    WHERE table_schema = current_schema() AND table_name = 'pipekit_leases' AND column_name = 'holder'"""
 
 def _psycopg() -> Any:
     try:
@@ -137,6 +85,9 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
     # One connection behind a lock: usable from the writer's thread, and many
     # items' states are committed in one transaction (``save_many``).
     batched_saves = True
+    # Every call is safe from any thread (the lock), so the writer takes leases on its
+    # threads: each is a round trip to the server the event loop would wait for.
+    threadsafe_saves = True
 
     def __init__(
         self,
@@ -157,6 +108,10 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         self.holder = this_holder()
         self.owner = f"{self.holder.host}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.RLock()
+        #: The writer's group commits have a connection of their own (made at the first),
+        #: so taking and releasing leases on the event loop's thread never waits behind them.
+        self._saver: Any = None
+        self._save_lock = threading.Lock()
         self._held: set[str] = set()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -166,14 +121,14 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         try:
             self._db = self._connect(autocommit=True)
             with self._db.transaction():
-                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
                 # Only when needed: an ALTER TABLE, even one that changes nothing, locks the
                 # table whole, and deadlocks with the drivers already writing to it.
-                if not self._db.execute(_SCHEMA_IS_CURRENT).fetchone():
+                if not self._db.execute(SCHEMA_IS_CURRENT).fetchone():
                     if not create:
                         self._db.close()
                         raise UsageError(f"postgresql store {self.location} holds no pipekit state (no tables)")
-                    for statement in _SCHEMA:
+                    for statement in SCHEMA:
                         self._db.execute(statement)
         except psycopg.Error as exc:
             raise UsageError(f"postgresql store {self.location} cannot be opened: {exc}".strip()) from None
@@ -256,7 +211,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         return document
 
     def save(self, item_id: str, document: dict[str, Any]) -> None:
-        self._fenced(item_id, _UPSERT, self._row(item_id, document))
+        self._fenced(item_id, UPSERT, self._row(item_id, document))
 
     def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]], batch: int = 2000) -> int:
         """Save in batches of one transaction each; ``LeaseLostError`` names items whose lease was lost (unwritten)."""
@@ -275,7 +230,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
                             if gone:
                                 lost.extend(sorted(gone))
                                 rows[:] = [row for row in rows if row[1] not in gone]
-                        cursor.executemany(_UPSERT, rows)
+                        cursor.executemany(UPSERT, rows)
                 except self._psycopg.Error as exc:
                     raise StateWriteError(self.location, str(exc).strip()) from exc
 
@@ -289,6 +244,32 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         if lost:
             raise LeaseLostError(self.location, lost)
         return count + len(rows)
+
+    def save_group(self, documents: list[tuple[str, dict[str, Any]]], drops: list[tuple[str, str]]) -> None:
+        """One transaction for the documents and the checkpoints they end, fenced like
+        every write: the lease check (``FOR KEY SHARE``) is in it; the writes are
+        pipelined (one round trip). ``LeaseLostError`` names the items left unwritten."""
+        rows = [self._row(item_id, document) for item_id, document in documents]
+        lost: set[str] = set()
+        with self._save_lock:
+            try:
+                if self._saver is None:
+                    self._saver = self._connect(autocommit=True)
+                db = self._saver
+                with db.transaction(), db.cursor() as cursor:
+                    leased = [row[1] for row in rows if row[1] in self._held]
+                    if leased:
+                        held = {found for (found,) in cursor.execute(HELD, (self.pipeline, self.owner, leased))}
+                        lost = set(leased) - held
+                    ends = [(self.pipeline, item_id, phase) for item_id, phase in drops if item_id not in lost]
+                    with db.pipeline():
+                        cursor.executemany(UPSERT, [row for row in rows if row[1] not in lost])
+                        if ends:
+                            cursor.executemany(DROP_CHECKPOINTS, ends)
+            except self._psycopg.Error as exc:
+                raise StateWriteError(self.location, str(exc).strip()) from exc
+        if lost:
+            raise LeaseLostError(self.location, sorted(lost))
 
     def _fenced(self, item_id: str, sql: str, params: tuple[Any, ...]) -> None:
         """Write for ``item_id``, if leased in one transaction with the check that the lease is still ours."""
@@ -363,11 +344,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         )
 
     def drop_checkpoints(self, item_id: str, phase: str) -> None:
-        self._fenced(
-            item_id,
-            "DELETE FROM pipekit_checkpoints WHERE pipeline = %s AND item_id = %s AND phase = %s",
-            (self.pipeline, item_id, phase),
-        )
+        self._fenced(item_id, DROP_CHECKPOINTS, (self.pipeline, item_id, phase))
 
     def item_ids(self) -> Iterator[str]:
         for (item_id,) in self._query("SELECT item_id FROM pipekit_items WHERE pipeline = %s", (self.pipeline,)):
@@ -453,6 +430,9 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
 
     def close(self) -> None:
         self._stop.set()
+        with self._save_lock:
+            if self._saver is not None and not self._saver.closed:
+                self._saver.close()
         with self._lock:
             if self._db.closed:
                 return

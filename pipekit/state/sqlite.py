@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 from typing import Any
+from typing import TypeVar
 from urllib.parse import parse_qsl
 
 from pipekit.outcomes import StateFileError
@@ -139,6 +140,10 @@ class SqliteStore(FlockedItems, StateStore):
             raise StateWriteError(self.path, exc.strerror or str(exc)) from exc
         check_local(self.path.parent)
         self._lock = threading.RLock()
+        #: ``load``'s own connection (made at the first load) and its lock.
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._busy_timeout = busy_timeout
         connection: sqlite3.Connection | None = None
         try:
             connection = self._db = sqlite3.connect(
@@ -214,8 +219,15 @@ class SqliteStore(FlockedItems, StateStore):
         return f"{self.location} item {item_id!r}"
 
     def load(self, item_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute("SELECT state FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        # On a connection of its own: the runner loads items on the event loop's
+        # thread, which would otherwise wait for the writer thread's commit (its
+        # fsync) to free the connection. In WAL a reader never waits for a writer.
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+                )
+            row = self._reader.execute("SELECT state FROM items WHERE item_id = ?", (item_id,)).fetchone()
         return None if row is None else self._parse(item_id, row[0])
 
     def _parse(self, item_id: str, raw: Any) -> dict[str, Any]:
@@ -245,36 +257,34 @@ class SqliteStore(FlockedItems, StateStore):
         return row, pair
 
     def save(self, item_id: str, document: dict[str, Any]) -> None:
-        row, key = self._row(item_id, document)
-
-        def action(db: sqlite3.Connection) -> None:
-            if key is not None:
-                db.execute(_ADD_KEY, key)
-            db.execute(_UPSERT, row)
-
-        self._write(self.describe(item_id), action)
+        self.save_group([(item_id, document)], [])
 
     def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]], batch: int = 2000) -> int:
         count = 0
+        for part in _chunks(documents, batch):
+            self.save_group(part, [])
+            count += len(part)
+        return count
+
+    def save_group(self, documents: list[tuple[str, dict[str, Any]]], drops: list[tuple[str, str]]) -> None:
+        # One transaction (one fsync) for the documents and the checkpoints they end:
+        # inside it, a DELETE that finds nothing costs an index probe, not a commit.
         rows: list[tuple[Any, ...]] = []
         keys: set[tuple[str, str]] = set()
-
-        def action(db: sqlite3.Connection) -> None:
-            db.executemany(_ADD_KEY, keys)
-            db.executemany(_UPSERT, rows)
-
         for item_id, document in documents:
             row, key = self._row(item_id, document)
             rows.append(row)
             if key is not None:
                 keys.add(key)
-            if len(rows) >= batch:
-                self._write(self.location, action)
-                count, rows = count + len(rows), []
-                keys.clear()
-        if rows:
-            self._write(self.location, action)
-        return count + len(rows)
+
+        def action(db: sqlite3.Connection) -> None:
+            if keys:
+                db.executemany(_ADD_KEY, keys)
+            db.executemany(_UPSERT, rows)
+            if drops:
+                db.executemany("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", drops)
+
+        self._write(self.location if len(rows) != 1 else self.describe(rows[0][0]), action)
 
     def write_output(self, item_id: str, phase_num: int, text: Any) -> str:
         # Named by content: the output the saved state refers to is never overwritten.
@@ -402,6 +412,9 @@ class SqliteStore(FlockedItems, StateStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
 
 
 def _retry_while_busy(action: Callable[[], None], timeout: float) -> None:
@@ -433,6 +446,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 _SQLITE_BUSY = 5
+_T = TypeVar("_T")
 
 
 def _statements(script: str) -> list[str]:
@@ -448,8 +462,8 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _chunks(item_ids: Iterable[str], size: int) -> Iterator[list[str]]:
-    part: list[str] = []
+def _chunks(item_ids: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    part: list[_T] = []
     for item_id in item_ids:
         part.append(item_id)
         if len(part) >= size:

@@ -27,6 +27,7 @@ from pipekit.state.heldby import HeldBy
 from pipekit.state.heldby import read_lock_record
 from pipekit.state.heldby import running_holder
 from pipekit.state.heldby import write_lock_record
+from pipekit.state.holder import LeaseLostError
 from pipekit.state.holder import this_holder
 from pipekit.state.indexed import FinishedItem
 from pipekit.state.indexed import summarize
@@ -358,6 +359,23 @@ class StateStore(abc.ABC):
     def _memory_checkpoints(self) -> dict[tuple[str, str], dict[str, Any]]:
         memory: dict[tuple[str, str], dict[str, Any]] = self.__dict__.setdefault("_checkpoints_in_memory", {})
         return memory
+
+    def save_group(self, documents: list[tuple[str, dict[str, Any]]], drops: list[tuple[str, str]]) -> None:
+        """Write several items' ``(item_id, document)``, then drop the checkpoints
+        those documents made useless (``drops``: ``(item_id, phase)``): the writer's
+        group commit. A database store commits all of it in one transaction; a
+        ``LeaseLostError`` names the items whose lease was lost, of which nothing
+        was written (the others' documents and drops were)."""
+        try:
+            self.save_many(documents)
+        except LeaseLostError as exc:
+            lost = set(exc.item_ids)
+            for item_id, phase in drops:
+                if item_id not in lost:
+                    self.drop_checkpoints(item_id, phase)
+            raise
+        for item_id, phase in drops:
+            self.drop_checkpoints(item_id, phase)
 
     #: Items a run claims at once (``claim``); 1: it takes each item's lock as it starts it.
     claim_chunk: int = 1

@@ -98,22 +98,15 @@ class PendingWrite:
 
     @staticmethod
     def run_together(writes: list[PendingWrite]) -> None:
-        """Write the documents of several items with one ``save_many`` of their
-        (shared) store, then drop their checkpoints. A ``LeaseLostError`` for
-        some items is raised after the others' checkpoints are dropped: those
-        were written."""
+        """Write the documents of several items and drop their checkpoints with
+        one ``save_group`` of their (shared) store: one transaction on a database.
+        A ``LeaseLostError`` names the items of which nothing was written."""
         for write in writes:
             write.write_outputs()
-        try:
-            writes[0].store.save_many((write.item_id, write.document) for write in writes)
-        except LeaseLostError as exc:
-            lost = set(exc.item_ids)
-            for write in writes:
-                if write.item_id not in lost:
-                    write.drop_checkpoints()
-            raise
-        for write in writes:
-            write.drop_checkpoints()
+        writes[0].store.save_group(
+            [(write.item_id, write.document) for write in writes],
+            [(write.item_id, phase) for write in writes for phase in write.checkpoints_to_drop],
+        )
 
 
 class Saving(Protocol):
@@ -226,7 +219,8 @@ class StateWriter:
 
     async def lock_item(self, store: StateStore, item_id: str) -> ItemLock | None:
         """``store.try_lock(item_id)``, on the writer's threads when it has them:
-        taking a lock is a system call that can wait behind the disk."""
+        taking a lock is a system call that can wait behind the disk, or a round
+        trip to a database server."""
         if self.threads <= 0 or not store.threadsafe_saves:
             return store.try_lock(item_id)
         taken: asyncio.Future[ItemLock | None] = asyncio.get_running_loop().create_future()
