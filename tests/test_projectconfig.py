@@ -39,10 +39,11 @@ def test_the_command_line_wins(pipetester: PipeTester) -> None:
 
 def test_plugins_listed_in_the_table_are_loaded(pipetester: PipeTester, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(pipetester.path))
-    write_config(pipetester, 'plugins = ["shout"]\n')
+    # A module name no other test imports: an in-process run keeps it in sys.modules.
+    write_config(pipetester, 'plugins = ["shout_at_finish"]\n')
     pipetester.make_files(
         {
-            "shout.py": """
+            "shout_at_finish.py": """
         import sys
         from pipekit import hookimpl
 
@@ -55,7 +56,7 @@ def test_plugins_listed_in_the_table_are_loaded(pipetester: PipeTester, monkeypa
     pipetester.make_pipeline(BATCH)
     result = pipetester.run("run", "pipeline.py", "--item", "a", "--progress", "none")
     assert "SHOUT done" in result.stderr, result
-    blocked = pipetester.run("run", "pipeline.py", "--item", "a", "--progress", "none", "-p", "no:shout")
+    blocked = pipetester.run("run", "pipeline.py", "--item", "a", "--progress", "none", "-p", "no:shout_at_finish")
     assert "SHOUT" not in blocked.stderr, blocked
 
 
