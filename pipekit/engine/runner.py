@@ -294,48 +294,44 @@ class Run:
         self._finished.add(item_id, cost_usd)
         if (self._keep_states or self._on_state is not None) and self._already_done(item_id, metadata):
             return  # it read the state to keep it, and counted it
-        self.items_already_done += 1
-        self.items_completed += 1
-        self.earlier_cost_usd += cost_usd
+        self._count_done(cost_usd)
 
     def _already_done(self, item_id: str, metadata: dict[str, Any]) -> bool:
         """Cheap check without the lock: finished items need no lock and fire no hooks."""
         if self.force or self.from_phase is not None:
             return False
-        if self._finished is not None:
+        if self._finished is not None and item_id not in self._finished:
             # Found at the start of the run (the stale report, or the store's index): not read again.
-            if item_id not in self._finished:
-                return False  # unfinished, new or unreadable: looked at under the lock
-            # Reached only when final states are kept: ``unfinished`` counts the others at once.
-            kept = PipelineStateManager(item_id, self.store)
-            try:
-                if not kept.load_state():
-                    return False
-            except StateFileError:
-                return False  # reported, under the lock, by _process_item
-            kept.reconcile(self.pipeline.phases)
-            self._keep(kept.state)
-            self.items_already_done += 1
-            self.items_completed += 1
-            self.earlier_cost_usd += kept.state.total_cost_usd
-            return True
+            return False  # unfinished, new or unreadable: looked at under the lock
+        state = self._saved_state(item_id)
+        if state is None:
+            return False
+        if self._finished is None:
+            if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
+                return False
+            if self._reruns_stale(state):
+                return False
+        # else: reached only when final states are kept: ``unfinished`` counts the others at once.
+        self._count_done(state.total_cost_usd)
+        self._keep(state)
+        return True
+
+    def _saved_state(self, item_id: str) -> PipelineState | None:
+        """The item's saved state, reconciled with the pipeline; None when it has none
+        or it is unreadable (reported, under the lock, by ``_process_item``)."""
         manager = PipelineStateManager(item_id, self.store)
         try:
             if not manager.load_state():
-                return False
+                return None
         except StateFileError:
-            return False  # reported, under the lock, by _process_item
-        state = manager.state
+            return None
         manager.reconcile(self.pipeline.phases)
-        if not state.is_done or any(state.metadata.get(k) != v for k, v in metadata.items()):
-            return False
-        if self._reruns_stale(state):
-            return False
+        return manager.state
+
+    def _count_done(self, cost_usd: float) -> None:
         self.items_already_done += 1
         self.items_completed += 1
-        self.earlier_cost_usd += state.total_cost_usd
-        self._keep(state)
-        return True
+        self.earlier_cost_usd += cost_usd
 
     async def _process_item(
         self, index: int, item_id: str, metadata: dict[str, Any], lock: ItemLock | None = None
