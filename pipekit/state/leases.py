@@ -125,17 +125,17 @@ class LeaseHolding:
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's lease without waiting: a new one, or one whose holder's
         expired or certainly died on this machine; None when someone holds it."""
-        lease = f"{self.lease_seconds} seconds"
+        me = self._me()
         with self._lock:
             try:
                 with self._db.transaction():
-                    me = (self.owner, self.holder.host, self.holder.pid, holder_record(self.holder), lease)
                     taken = self._db.execute(
                         """INSERT INTO pipekit_leases (owner, host, pid, holder, expires_at, pipeline, item_id)
                            VALUES (%s, %s, %s, %s, now() + %s::interval, %s, %s)
                            ON CONFLICT (pipeline, item_id) DO NOTHING RETURNING 1""",
                         (*me, self.pipeline, item_id),
                     ).fetchone()
+                    self._statements["lock"] += 1
                     if taken is None:
                         # Someone holds or held it: take it only if the lease expired. A row
                         # another driver is taking right now is skipped, not waited for.
@@ -144,17 +144,11 @@ class LeaseHolding:
                                WHERE pipeline = %s AND item_id = %s FOR UPDATE SKIP LOCKED""",
                             (self.pipeline, item_id),
                         ).fetchone()
-                        # Before expiry, only a holder certainly dead on this machine is overtaken.
-                        if row is None or not (row[0] or holder_is_gone(Holder.from_json(row[1]), self.holder)):
-                            self._statements["lock"] += 2
+                        self._statements["lock"] += 1
+                        if row is None or not self._overtakes(row[0], row[1]):
                             return None
-                        self._statements["lock"] += 2
-                        self._db.execute(
-                            """UPDATE pipekit_leases SET owner = %s, host = %s, pid = %s, holder = %s,
-                               expires_at = now() + %s::interval WHERE pipeline = %s AND item_id = %s""",
-                            (*me, self.pipeline, item_id),
-                        )
-                    self._statements["lock"] += 1
+                        self._db.execute(_TAKE_OVER, (*me, self.pipeline, [item_id]))
+                        self._statements["lock"] += 1
             except self._psycopg.Error as exc:
                 raise StateWriteError(self.describe(item_id), str(exc).strip()) from exc
             self._held.add(item_id)
@@ -176,8 +170,7 @@ class LeaseHolding:
         process certainly dead on this machine, without waiting: one statement, and
         two more in a transaction only when some lease looks free to take over."""
         wanted = sorted(set(item_ids))
-        lease = f"{self.lease_seconds} seconds"
-        me = (self.owner, self.holder.host, self.holder.pid, holder_record(self.holder), lease)
+        me = self._me()
         with self._lock:
             self._flush_releases()
             try:
@@ -192,6 +185,11 @@ class LeaseHolding:
             if won:
                 self._start_heartbeat()
         return {item_id: Lease(self, item_id, batched=True) for item_id in won}
+
+    def _me(self) -> tuple[Any, ...]:
+        """This driver's lease columns: owner, host, pid, holder and the lease's length."""
+        lease = f"{self.lease_seconds} seconds"
+        return (self.owner, self.holder.host, self.holder.pid, holder_record(self.holder), lease)
 
     def _overtakes(self, expired: bool, holder: str | None) -> bool:
         """Whether a lease another driver holds may be taken: it expired or, before
