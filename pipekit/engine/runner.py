@@ -152,6 +152,8 @@ class Run:
         self._keep_states = keep_states
         #: Called with each selected item's final state (the library's ``on_state``).
         self._on_state = on_state
+        #: Whether each selected item's final state goes to the caller (``states`` or ``on_state``).
+        self._hands_out_states = keep_states or on_state is not None
         #: States of items that ended with a failed phase, for the summary.
         self.failed_states: dict[str, PipelineState] = {}
         self._injectors: dict[str, Injector] = {}
@@ -250,8 +252,7 @@ class Run:
             # One streamed, indexed query instead of a read per item, where the store has
             # one (not when staleness is checked: that needs each item's state).
             self._finished = find_finished(self.store, self.pipeline.phases, self.items)
-        kept = self._keep_states or self._on_state is not None
-        specs, skipped, cost = unfinished(self.items, self._finished, per_item=kept)
+        specs, skipped, cost = unfinished(self.items, self._finished, per_item=self._hands_out_states)
         self.items_already_done += skipped
         self.items_completed += skipped
         self.earlier_cost_usd += cost
@@ -292,7 +293,7 @@ class Run:
         """Count an item another driver finished while this run waited for it."""
         assert self._finished is not None
         self._finished.add(item_id, cost_usd)
-        if (self._keep_states or self._on_state is not None) and self._already_done(item_id, metadata):
+        if self._hands_out_states and self._already_done(item_id, metadata):
             return  # it read the state to keep it, and counted it
         self._count_done(cost_usd)
 
@@ -467,7 +468,7 @@ class Run:
         self._interrupter.interrupt()
 
     def _keep(self, state: PipelineState) -> None:
-        if self._keep_states or self._on_state is not None:  # the caller gets values, not a worker's references
+        if self._hands_out_states:  # the caller gets values, not a worker's references
             state = with_values(state, self.store)
         if self._keep_states:
             self.states[state.item_id] = state
