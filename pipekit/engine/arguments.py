@@ -69,7 +69,7 @@ def _reader(ctx: PhaseContext) -> Callable[[Any, type[Any] | None], Any]:
             checkpoints = ctx._checkpoints
             if checkpoints is None:
                 raise RuntimeError(f"output {value.ref!r} is in the run's store, but this call has no store")
-            value = checkpoints.store.read_output(value.item_id, value.ref)
+            value = value.read_from(checkpoints.store)
         return received(value, model)
 
     return give
@@ -81,5 +81,5 @@ def with_values(state: PipelineState, store: StateStore) -> PipelineState:
     outputs = state.phase_outputs
     for num, value in outputs.items():
         if type(value) is StoredOutput:
-            outputs[num] = store.read_output(value.item_id, value.ref)
+            outputs[num] = value.read_from(store)
     return state

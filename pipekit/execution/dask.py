@@ -285,7 +285,7 @@ class DaskExecutor(RemoteExecutor):
             if isinstance(outcome.error, InputsUnreachable) and ctx is not None and ctx._checkpoints is not None:
                 # That worker does not see the store, and ran nothing: the values go with the task.
                 store = ctx._checkpoints.store
-                call.kwargs = inline_stored(call.kwargs, lambda stored: store.read_output(stored.item_id, stored.ref))
+                call.kwargs = inline_stored(call.kwargs, lambda stored: stored.read_from(store))
                 key = self._new_key(phase.name, key[1], key[2])
                 self._reports[key[-1]] = reports
                 keys.append(key[-1])

@@ -382,7 +382,7 @@ def _input_reader(call: RemoteCall) -> Callable[[StoredOutput], Any]:
             store = _worker_store(route.store_url)
         except Exception as exc:
             raise InputsUnreachable(f"{stored.ref}: {type(exc).__name__}: {exc}") from None
-        return store.read_output(stored.item_id, stored.ref)
+        return stored.read_from(store)
 
     return read
 

@@ -12,14 +12,24 @@ reaches the store gets the reference and reads the value there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+from typing import Protocol
+
+
+class _OutputReader(Protocol):
+    def read_output(self, item_id: str, ref: str) -> Any: ...
 
 
 @dataclass(frozen=True)
 class StoredOutput:
-    """A phase's output as a worker stored it: ``StateStore.read_output(item_id, ref)``
-    gives the value back; ``digest`` is its ``output_hash``, taken where it was stored,
-    so fingerprints and idempotency keys need not read it."""
+    """A phase's output as a worker stored it: ``read_from`` gives the value back;
+    ``digest`` is its ``output_hash``, taken where it was stored, so fingerprints
+    and idempotency keys need not read it."""
 
     item_id: str
     ref: str
     digest: str | None
+
+    def read_from(self, store: _OutputReader) -> Any:
+        """The output's value, read from the run's ``store`` (a ``StateStore``)."""
+        return store.read_output(self.item_id, self.ref)
