@@ -291,16 +291,6 @@ class Batcher:
             await asyncio.to_thread(self.records.save_submission, record)
         return collected
 
-    def status_lines(self) -> Iterator[str]:
-        """One line per batch not collected yet: provider, id, status and counts."""
-        for record in self.pending():
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(record.get("counts", {}).items()))
-            held = len(record["requests"])
-            yield (
-                f"batch {record['provider']} {record.get('batch_id') or '(not sent)'}: {record['status']}, "
-                f"{held} request{'s' if held != 1 else ''}" + (f" ({counts})" if counts else "")
-            )
-
     def pending_message(self) -> str:
         """What the run leaves waiting, and when to come back."""
         pending = [r for r in self.pending() if r.get("pipeline") == self.name]
