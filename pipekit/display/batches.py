@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from dataclasses import field
 import math
 
+from pipekit.display.format import count_of
 from pipekit.display.format import duration
 
 
@@ -53,7 +54,7 @@ def short_id(batch_id: str | None) -> str:
 def status_line(view: BatchView) -> str:
     """``batch fake fakebatch-1: in_progress, 6 requests (processing 6)``: a plain line."""
     counts = ", ".join(f"{k} {v}" for k, v in sorted(view.counts.items()))
-    held = f"{view.requests} request{'s' if view.requests != 1 else ''}"
+    held = count_of(view.requests, "requests")
     return f"batch {view.provider} {view.batch_id or '(not sent)'}: {view.status}, {held}" + (
         f" ({counts})" if counts else ""
     )

@@ -19,6 +19,7 @@ import inspect
 import json
 from typing import Any
 
+from pipekit.display.format import count_of
 from pipekit.pipeline.batch import BatchProvider
 from pipekit.pipeline.batch import BatchRequest
 from pipekit.pipeline.batch import BatchResult
@@ -298,8 +299,7 @@ class Batcher:
         for record in pending:
             by_provider.setdefault(record["provider"], []).append(len(record["requests"]))
         parts = [
-            f"{sum(sizes)} request{'s' if sum(sizes) != 1 else ''} in {len(sizes)} "
-            f"batch{'es' if len(sizes) != 1 else ''} at {name!r}"
+            f"{count_of(sum(sizes), 'requests')} in {len(sizes)} batch{'es' if len(sizes) != 1 else ''} at {name!r}"
             for name, sizes in sorted(by_provider.items())
         ]
         what = "; ".join(parts) or "requests not sent yet"

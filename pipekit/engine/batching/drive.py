@@ -8,6 +8,7 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
+from pipekit.display.format import count_of
 from pipekit.engine.batching.batcher import Batcher
 from pipekit.engine.waiting import interruptible_sleep
 from pipekit.state.model import WAITING
@@ -91,5 +92,5 @@ async def _wait_for_results(run: Any, batcher: Batcher, interval: float | None) 
 
 
 def _event_line(name: str, record: dict[str, Any]) -> str:
-    held = len(record["requests"])
-    return f"sent {held} request{'s' if held != 1 else ''} in batch {record['batch_id']} at {record['provider']!r}"
+    held = count_of(len(record["requests"]), "requests")
+    return f"sent {held} in batch {record['batch_id']} at {record['provider']!r}"
