@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from pipekit import hookimpl
+from pipekit.state import subitems
 from pipekit.testing import PipeTester
 
 
@@ -163,23 +164,43 @@ def _summarised(result) -> list[str]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_books_rerun_after_a_kill_summarises_only_unfinished_chapters(pipetester: PipeTester) -> None:
+    """The model's bill (every call, logged as it returns) against the recorded cost.
+
+    The kill comes as the first chapter is stored, with three more in flight: each of
+    those either has its usage stored before the kill (then it is counted once, even
+    when the rerun must ask again because its summary file was not written yet: that
+    call is paid twice and counted twice) or is cut between the model's answer and the
+    store (paid, and no tool can count it). Nothing else may differ from the bill.
+    """
     clean = run_books(pipetester, "--item", "aesop", "--state-dir", "clean", "--output-dir", "clean-out")
-    paid = clean.state("aesop").phases[4].cost_usd
     args = [str(EXAMPLES / "books" / "pipeline.py"), "--state-dir", "st", "--output-dir", "out", "--item", "aesop"]
+    log = pipetester.path / "calls.jsonl"
+    env = {"BOOKS_CALLS_LOG": str(log)}
     killed = pipetester.run_subprocess(
-        *args, "--model-latency", "0.3", kill_at=("subitem_finish", "aesop", 4), signal=signal.SIGKILL
+        *args, "--model-latency", "0.3", kill_at=("subitem_finish", "aesop", 4), signal=signal.SIGKILL, env=env
     )
     assert killed.ret == -9, killed
     before = _summarised(killed)
     assert 1 <= len(before) < 12
-    resumed = pipetester.run_subprocess(*args, "--model-latency", "0")
+    billed_before = [json.loads(line) for line in log.read_text().splitlines()]
+    store = killed.open_store()
+    try:
+        stored = {key: record.cost_usd for (_, key), record in subitems.load(store, "aesop", "summarise").items()}
+    finally:
+        store.close()
+    cut = [call for call in billed_before if not stored.get(call["call"])]
+    for call in billed_before:  # a stored record holds exactly what its call cost
+        assert stored.get(call["call"], 0.0) in (0.0, pytest.approx(call["cost_usd"])), (call, stored)
+    resumed = pipetester.run_subprocess(*args, "--model-latency", "0", env=env)
     assert resumed.ret == 0, resumed
-    # The model is asked only about chapters not done before the kill (the rerun's
-    # subitem_finish events also list the ones it adopted, so count the calls).
-    asked = int(resumed.state("aesop").phase_outputs[4].split()[0])
-    assert 1 <= asked <= 12 - len(before)
-    state = resumed.state("aesop")
-    assert state.phases[4].cost_usd == pytest.approx(paid)  # every chapter paid for once, none lost
+    billed = [json.loads(line) for line in log.read_text().splitlines()]
+    again = [call["call"] for call in billed[len(billed_before):]]
+    assert not set(before) & set(again), (before, again)  # a stored chapter is never asked again
+    assert {call["call"] for call in billed} == {f"{n:02d}" for n in range(1, 13)}
+    paid = sum(call["cost_usd"] for call in billed) - sum(call["cost_usd"] for call in cut)
+    assert resumed.state("aesop").phases[4].cost_usd == pytest.approx(paid), (billed, cut, stored)
+    one_each = {call["call"]: call["cost_usd"] for call in billed}
+    assert clean.state("aesop").phases[4].cost_usd == pytest.approx(sum(one_each.values()))
     report = (pipetester.path / "out/aesop/report.md").read_text()
     assert report == (pipetester.path / "clean-out/aesop/report.md").read_text()
 
