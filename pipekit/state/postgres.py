@@ -25,7 +25,6 @@ from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
-import contextlib
 import os
 import threading
 from typing import Any
@@ -425,8 +424,11 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
 
     def __del__(self) -> None:
         # A command that forgot close() must not leave an open connection behind.
-        with contextlib.suppress(Exception):
+        # No module global here: at interpreter exit they may be gone already.
+        try:
             self.close()
+        except Exception:  # noqa: BLE001, S110
+            pass
 
     def close(self) -> None:
         self._stop.set()
