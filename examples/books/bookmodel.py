@@ -8,6 +8,8 @@ the tokens spent and what they cost:
   It needs no network and no key, yet reports token counts the way a hosted
   model would (about four characters a token, prompt included) and prices
   them like a small hosted model, so the run's cost summary means something.
+  Like a provider's bill, it appends each call it charges for (which method,
+  the process, its cost) to the file ``BOOKS_CALLS_LOG`` names, when that is set.
 - :class:`LlmModel`: any model of the `llm <https://llm.datasette.io>`_
   library, e.g. ``--model gpt-4o-mini`` after ``pip install llm`` and
   ``llm keys set openai``.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+import json
+import os
 import re
 import time
 from typing import Any
@@ -97,12 +101,17 @@ class OfflineModel:
     def __init__(self, latency: float = 0.0) -> None:
         self.latency = latency
 
-    def _reply(self, prompt: str, text: str) -> Reply:
+    def _reply(self, call: str, prompt: str, text: str) -> Reply:
         if self.latency:
             time.sleep(self.latency)
         tokens_in = estimate_tokens(prompt)
         tokens_out = estimate_tokens(text)
-        return Reply(text, tokens_in, tokens_out, offline_price(tokens_in, tokens_out), self.name)
+        reply = Reply(text, tokens_in, tokens_out, offline_price(tokens_in, tokens_out), self.name)
+        bill = os.environ.get("BOOKS_CALLS_LOG")
+        if bill:
+            with open(bill, "a", encoding="utf-8") as log:  # one short append a call: whole even under a kill
+                log.write(json.dumps({"call": call, "pid": os.getpid(), "cost_usd": reply.cost_usd}) + "\n")
+        return reply
 
     def summarise(self, title: str, text: str) -> Reply:
         """The two or three sentences whose words matter most in the chapter, in order."""
@@ -119,7 +128,7 @@ class OfflineModel:
         if found and len(found[-1]) < 160 and len(found) - 1 not in best:
             best = best[: keep - 1] + [len(found) - 1]
         summary = " ".join(found[i] for i in best)
-        return self._reply(SUMMARY_PROMPT.format(title=title) + "\n\n" + text, summary)
+        return self._reply("summarise", SUMMARY_PROMPT.format(title=title) + "\n\n" + text, summary)
 
     def review(self, title: str, summaries: list[str]) -> Reply:
         """Flag summaries that are empty, long, or share an opening with another."""
@@ -140,7 +149,7 @@ class OfflineModel:
             f"and {'read cleanly' if not notes else 'need a look'}."
         )
         text = verdict + ("\n\n" + "\n".join(notes) if notes else "")
-        return self._reply(REVIEW_PROMPT.format(title=title) + "\n\n" + "\n\n".join(summaries), text)
+        return self._reply("review", REVIEW_PROMPT.format(title=title) + "\n\n" + "\n\n".join(summaries), text)
 
 
 class LlmModel:

@@ -194,16 +194,6 @@ def spend(ctx: Any, reply: Reply) -> None:
 # --8<-- [end:spend]
 
 
-def log_call(what: str, reply: Reply) -> None:
-    """Append one model call and its cost to the file env ``BOOKS_CALLS_LOG`` names, if
-    any: what the provider bills, to hold the cost pipekit recorded against."""
-    path = os.environ.get("BOOKS_CALLS_LOG")
-    if path:
-        line = json.dumps({"call": what, "pid": os.getpid(), "cost_usd": reply.cost_usd}) + "\n"
-        with open(path, "a", encoding="utf-8") as log:  # one short append a line: whole even under a kill
-            log.write(line)
-
-
 def summaries_exist(output_dir: Path) -> str | bool:
     """The summarise phase is done when every chapter has its summary file."""
     index = output_dir / "chapters.json"
@@ -230,7 +220,6 @@ def summarise(item_id: str, metadata: dict[str, str], ctx: Any) -> PhaseResult:
         if not target.exists():  # a file left by a run whose state was lost: paid for already
             text = (ctx.output_dir / chapter["file"]).read_text(encoding="utf-8")
             reply = model().summarise(title, text)
-            log_call(ctx.key, reply)
             spend(ctx, reply)
             write_atomically(target, reply.text + "\n")
             called.append(chapter["number"])
