@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import json
 import os
 from pathlib import Path
+import select
 import signal
 import socket
 import subprocess
@@ -101,6 +102,29 @@ def start_holder(pipetester: PipeTester) -> subprocess.Popen[str]:
     return first
 
 
+def output_until_finished(proc: subprocess.Popen[str], item_id: str, timeout: float = 60) -> str:
+    """``proc``'s stdout up to (at least) its JSONL ``item_finish`` of ``item_id``: a run
+    slow to start under load gets there late, so a fixed wait would race it. Read from
+    the pipe's descriptor, as ``communicate`` reads the rest, so no byte is lost between."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while not any(event.get("event") == "item_finish" and event.get("item_id") == item_id
+                  for event in _events(b"".join(chunks))):
+        assert time.monotonic() < deadline, f"no item_finish of {item_id!r} in {timeout}s: {chunks}"
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, ("the run ended first", b"".join(chunks), proc.communicate())
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8")
+
+
+def _events(data: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in data.split(b"\n")[:-1]]
+
+
 def finished_events(out: str) -> list[str]:
     return [event["item_id"] for event in map(json.loads, out.splitlines()) if event["event"] == "item_finish"]
 
@@ -110,12 +134,14 @@ def finished_events(out: str) -> list[str]:
 def test_a_second_run_waits_for_the_held_item_and_exits_0_once_it_is_finished(pipetester: PipeTester) -> None:
     first = start_holder(pipetester)
     second = pipetester.popen("pipeline.py", "--items", "items.txt")
-    time.sleep(2.0)
-    # It ran the free item, and still waits for the held one instead of exiting.
+    seen = output_until_finished(second, "free")  # it found 'held' held (first in line), then ran 'free'
+    time.sleep(0.5)
+    # It still waits for the held one instead of exiting.
     assert second.poll() is None, second.communicate()
     (pipetester.path / "go").touch()
     first_out, first_err = first.communicate(timeout=60)
-    out, err = second.communicate(timeout=60)
+    rest, err = second.communicate(timeout=60)
+    out = seen + rest
     assert (first.returncode, second.returncode) == (0, 0), (first_err, err)
     assert f"item 'held' is being run by another pipekit process (host {socket.gethostname()}, pid {first.pid}, " in err
     assert "; waiting for it" in err
