@@ -214,3 +214,68 @@ def test_a_worker_that_cannot_see_the_store_runs_nothing_and_gets_the_values(tmp
 
     call.kwargs = inline_stored(call.kwargs, lambda s: store.read_output(s.item_id, s.ref))
     assert execute_call(call).value == MEGABYTE
+
+
+#: Phase 1 writes a megabyte; phase 2 fails while the flag file exists, so a
+#: second run resumes every item at phase 2, whose worker reads the megabyte itself.
+RESUMED = '''
+    import os
+    from pathlib import Path
+    from pipekit import hookimpl, phase
+
+    FLAG = Path(__file__).parent / "fail-phase-2"
+
+    def io():
+        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+        return int(fields["rchar"]) + int(fields["wchar"])
+
+    @phase(1)
+    def text(item_id):
+        return item_id + "x" * 1_000_000
+
+    @phase(2)
+    def size(text):
+        if FLAG.exists():
+            raise RuntimeError("not yet")
+        return len(text)
+
+    AT_START = []
+
+    @hookimpl
+    def pipekit_configure(config):
+        import distributed  # noqa: F401  (its modules' bytes are not the run's)
+        import pipekit.execution.dask  # noqa: F401
+
+        AT_START.append(io())  # before the run reads any state
+
+    @hookimpl
+    def pipekit_run_finish(run, exitstatus):
+        Path(os.environ["DRIVER_IO_FILE"]).write_text(str(io() - AT_START[0]))
+'''
+
+
+@pytest.mark.slow
+def test_a_resumed_run_on_the_cluster_does_not_read_the_earlier_large_outputs_on_the_driver(
+    pipetester: PipeTester, dask_cluster: DaskCluster
+) -> None:
+    pipetester.make_pipeline(RESUMED)
+    flag = pipetester.path / "fail-phase-2"
+    flag.touch()
+    io_file = pipetester.path / "driver-io.txt"
+    items = [f"item-{n}" for n in range(ITEMS)]
+    args = [*[arg for item in items for arg in ("--item", item)], "-j", "2", "--executor", "dask",
+            "--dask-scheduler", dask_cluster.address]
+    first = pipetester.run_subprocess("pipeline.py", *args, env={"DRIVER_IO_FILE": str(io_file)}, timeout=180)
+    assert first.ret != 0, first
+    assert all(first.state(item).phases[2].status == "failed" for item in items)
+    flag.unlink()
+
+    resumed = pipetester.run_subprocess("pipeline.py", *args, env={"DRIVER_IO_FILE": str(io_file)}, timeout=180)
+    assert resumed.ret == 0, resumed
+    for item in items:
+        assert resumed.state(item).phase_outputs == {1: item + "x" * MEGABYTE, 2: len(item) + MEGABYTE}
+    # The states the resumed run loads refer to eight megabytes; reading them
+    # (had the driver loaded the values) moves over a megabyte per item.
+    moved = int(io_file.read_text())
+    print(f"the resumed driver read and wrote {moved:,} bytes ({ITEMS} items, 1 MB stored by a worker each)")
+    assert moved < ITEMS * MEGABYTE // 4

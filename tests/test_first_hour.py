@@ -203,3 +203,12 @@ def test_one_item_is_counted_in_the_singular(pipetester: PipeTester) -> None:
     assert ": 1 book x 1 phases" in result.stderr, result
     status = pipetester.run("status", "pipeline.py")
     assert "(1 book x 1 phases)" in status.stdout
+
+
+def test_an_item_noun_in_es_is_counted_in_the_singular(pipetester: PipeTester) -> None:
+    pipetester.make_pipeline(RECORDS.replace('ITEM_NOUN = "books"', 'ITEM_NOUN = "batches"'))
+    result = pipetester.run("run", "pipeline.py", "--item", "a", "--progress", "simple")
+    assert ": 1 batch x 1 phases" in result.stderr, result
+    assert "$0.0100 this batch" in result.stderr, result
+    status = pipetester.run("status", "pipeline.py")
+    assert "(1 batch x 1 phases)" in status.stdout

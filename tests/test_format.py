@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipekit.display.format import clock
+from pipekit.display.format import count_of
 from pipekit.display.format import duration
 from pipekit.display.format import estimate
 from pipekit.display.format import money
@@ -16,6 +17,7 @@ from pipekit.display.format import money_as_given
 from pipekit.display.format import money_cents
 from pipekit.display.format import money_exact
 from pipekit.display.format import running
+from pipekit.display.format import singular
 from pipekit.display.format import tokens
 
 
@@ -95,3 +97,48 @@ def test_status_writes_token_counts_with_thousands_separators(pipetester):
     matrix.fnmatch_lines(["*tokens 12,345 in / 6,789 out; cost $1,234.5000"], stream="stdout")
     item = pipetester.run("status", "pipeline.py", "--item", "a")
     item.fnmatch_lines(["*cost: $1,234.5000   tokens: 12,345 in / 6,789 out", "*tokens 12,345/6,789*"], stream="stdout")
+
+
+#: What pipekit counts itself, and item nouns a module may declare (``ITEM_NOUN``).
+SINGULARS = {
+    # pipekit's own words
+    "items": "item", "phases": "phase", "batches": "batch", "requests": "request", "sub-items": "sub-item",
+    # the examples' and docs' item nouns
+    "books": "book", "chapters": "chapter", "documents": "document", "courses": "course", "files": "file",
+    "questions": "question", "articles": "article", "greetings": "greeting", "words": "word",
+    # -es after s, x, z, ch, sh
+    "addresses": "address", "classes": "class", "processes": "process", "boxes": "box", "indexes": "index",
+    "dishes": "dish", "matches": "match", "speeches": "speech", "quizzes": "quiz", "buzzes": "buzz",
+    # -es that is -e + s
+    "cases": "case", "responses": "response", "databases": "database", "purchases": "purchase",
+    "caches": "cache", "niches": "niche", "sizes": "size", "images": "image", "pages": "page",
+    # -ies
+    "categories": "category", "entries": "entry", "stories": "story", "queries": "query",
+    "companies": "company", "movies": "movie", "cookies": "cookie", "pies": "pie", "ties": "tie",
+    # -ys, -oes, -ves, -is, -us, Latin and Greek
+    "keys": "key", "days": "day", "surveys": "survey", "heroes": "hero", "videos": "video", "photos": "photo",
+    "leaves": "leaf", "archives": "archive", "lives": "life", "analyses": "analysis", "theses": "thesis",
+    "statuses": "status", "viruses": "virus", "campuses": "campus", "buses": "bus",
+    "menus": "menu", "gurus": "guru", "emojis": "emoji", "taxis": "taxi", "canvases": "canvas",
+    # already singular, invariable or irregular
+    "status": "status", "analysis": "analysis", "class": "class", "news": "news", "series": "series",
+    "species": "species", "data": "data", "media": "media", "people": "person", "children": "child",
+    "men": "man", "women": "woman", "s": "s", "": "",
+    # case and several words
+    "BATCHES": "BATCH", "Stories": "Story", "pull requests": "pull request", "test_cases": "test_case",
+    "Sub-Categories": "Sub-Category", "PEOPLE": "PERSON",
+}
+
+
+@pytest.mark.parametrize(("plural", "one"), SINGULARS.items())
+def test_the_singular_of_a_plural_noun(plural: str, one: str) -> None:
+    assert singular(plural) == one
+    assert count_of(1, plural) == f"1 {one}"
+    assert count_of(2, plural) == f"2 {plural}"
+
+
+def test_every_count_in_words_goes_through_count_of() -> None:
+    """A second way of writing "N batches" would be a second rule to fix."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        assert "{'es' if" not in text and "{'s' if" not in text, path

@@ -4,8 +4,12 @@ and the newest batch holding a key wins, over older batches and the key's own wr
 from __future__ import annotations
 
 from collections.abc import Iterator
+import json
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 import pytest
 
 from pipekit.state.open import open_store_url
@@ -53,3 +57,24 @@ def test_a_json_batch_is_one_file(tmp_path: Path) -> None:
     files = [path for path in (tmp_path / "state").rglob("*") if path.is_file() and path.suffix == ".json"]
     assert len(files) == 1, files
     assert len(store.load_checkpoints("a", "p:sub")) == 100
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sets(st.sampled_from("abcdef"), min_size=1), st.booleans()), min_size=1, max_size=12))
+def test_json_batches_keep_the_newest_record_of_each_key_in_files_that_count(
+    tmp_path_factory: pytest.TempPathFactory, writes: list[tuple[set[str], bool]]
+) -> None:
+    # ``look``: read the records after that write (a read rebuilds what the store knows of the files).
+    state = tmp_path_factory.mktemp("state")
+    store = open_store_url(f"json:{state}", pipeline="pipeline")
+    newest: dict[str, int] = {}
+    for n, (keys, look) in enumerate(writes):
+        store.save_checkpoints("a", "p:sub", {key: n for key in sorted(keys)})
+        newest.update(dict.fromkeys(keys, n))
+        batches = [json.loads(p.read_text()) for p in state.rglob("~batch-*.json")]
+        # Each file still on disk holds the newest record of some key; no two files hold the same one.
+        winners = [key for batch in batches for key, m in batch["values"].items() if newest[key] == m]
+        assert len(batches) <= len(set(winners)) == len(winners) == len(newest)
+        if look:
+            assert store.load_checkpoints("a", "p:sub") == newest
+    assert store.load_checkpoints("a", "p:sub") == newest

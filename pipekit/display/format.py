@@ -57,9 +57,54 @@ def duration(seconds: float | None) -> str:
 
 
 
+#: Plurals no rule below gives the singular of (lower case).
+_IRREGULAR = {
+    "people": "person", "children": "child", "men": "man", "women": "woman", "mice": "mouse",
+    "quizzes": "quiz", "caches": "cache", "niches": "niche", "headaches": "headache",
+    "avalanches": "avalanche", "cliches": "cliche", "quiches": "quiche",
+    "movies": "movie", "cookies": "cookie", "zombies": "zombie", "calories": "calorie",
+    "selfies": "selfie", "rookies": "rookie", "brownies": "brownie", "smoothies": "smoothie",
+    "heroes": "hero", "potatoes": "potato", "tomatoes": "tomato", "echoes": "echo", "vetoes": "veto",
+    "leaves": "leaf", "lives": "life", "knives": "knife", "wives": "wife", "wolves": "wolf",
+    "halves": "half", "shelves": "shelf", "thieves": "thief", "loaves": "loaf", "calves": "calf",
+    "analyses": "analysis", "theses": "thesis", "crises": "crisis", "diagnoses": "diagnosis",
+    "hypotheses": "hypothesis", "synopses": "synopsis", "axes": "axis",
+    "statuses": "status", "viruses": "virus", "campuses": "campus", "buses": "bus", "bonuses": "bonus",
+    "censuses": "census", "corpuses": "corpus", "focuses": "focus", "canvases": "canvas",
+    "aliases": "alias", "atlases": "atlas", "gases": "gas", "lenses": "lens",
+}
+#: Endings of nouns in s that are singular already (``class``, ``analysis``).
+_KEPT_ENDINGS = ("ss", "sis")
+#: Nouns in s that are singular already, or the same in both numbers.
+_KEPT = {"series", "species", "news", "means", "status", "corpus", "campus", "virus", "bonus", "census",
+         "focus", "chorus", "genus", "bus", "lens", "atlas", "canvas", "alias", "gas"}
+#: Endings after which the plural adds ``es``: ``batch`` -> ``batches``.
+_ES_AFTER = ("sses", "shes", "ches", "xes", "zzes")
+
+
 def singular(noun: str) -> str:
-    """The singular of an item noun: ``books`` -> ``book`` (a noun without ``s`` is kept)."""
-    return noun[:-1] if noun.endswith("s") and len(noun) > 1 else noun
+    """The singular of an item noun, for a count of one: ``books`` -> ``book``,
+    ``batches`` -> ``batch``, ``categories`` -> ``category``, ``sub-items`` ->
+    ``sub-item``; a noun that is singular already (``data``, ``status``) is kept.
+    The last word is changed, in its own case (``BATCHES`` -> ``BATCH``)."""
+    cut = max(noun.rfind(mark) for mark in " -_") + 1
+    head, word = noun[:cut], noun[cut:]
+    lower = word.lower()
+    one = _IRREGULAR.get(lower)
+    if one is None:
+        if not lower.endswith("s") or len(lower) < 2 or lower.endswith(_KEPT_ENDINGS) or lower in _KEPT:
+            return noun
+        if lower.endswith("ies") and len(lower) > 4:
+            one = lower[:-3] + "y"
+        elif lower.endswith(_ES_AFTER):
+            one = lower[:-2]
+        else:
+            one = lower[:-1]
+    same = 0  # the singular shares the plural's start: keep the word's own letters there
+    while same < min(len(one), len(word)) and one[same] == lower[same]:
+        same += 1
+    rest = one[same:]
+    return head + word[:same] + (rest.upper() if word.isupper() else rest)
 
 
 def count_of(count: int, noun: str) -> str:

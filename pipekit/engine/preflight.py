@@ -36,7 +36,7 @@ def prepare_stale_policy(pipeline: Pipeline, store: StateStore, output_root: Pat
     SourceArchive.for_store(store).save_pipeline(pipeline.phases)
     if getattr(option, "force", False):
         return None
-    return StalePolicy(StaleChecker(pipeline, output_root), bool(getattr(option, "rerun_stale", False)))
+    return StalePolicy(StaleChecker(pipeline, output_root, store), bool(getattr(option, "rerun_stale", False)))
 
 
 @dataclass
@@ -119,7 +119,8 @@ def _plan_run(
     nothing_to_do: dict[str, float] = {}
     unknown = read = 0
     unread = list(metadata)
-    for item_id, state in iter_states(pipeline, store, unread, unreadable):
+    # No large output is read: what the plan needs of one is its hash (a fingerprint= callable reads it).
+    for item_id, state in iter_states(pipeline, store, unread, unreadable, by_reference=True):
         read += 1
         fresh = metadata[item_id]
         same_metadata = all(state.metadata.get(k) == v for k, v in fresh.items())
@@ -140,7 +141,7 @@ def _tally_states(pipeline: Pipeline, store: StateStore, item_ids: list[str], ta
     """Add the items' states to ``tally``; the number read."""
     unreadable: dict[str, str] = {}  # reported by the run itself
     read = 0
-    for _, state in iter_states(pipeline, store, item_ids, unreadable):
+    for _, state in iter_states(pipeline, store, item_ids, unreadable, by_reference=True):
         read += 1
         tally.add_state(state)
     tally.add_unsaved(len(item_ids) - read - len(unreadable))

@@ -322,7 +322,7 @@ class Run:
         or it is unreadable (reported, under the lock, by ``_process_item``)."""
         manager = PipelineStateManager(item_id, self.store)
         try:
-            if not manager.load_state():
+            if not manager.load_state(by_reference=self.executor.takes_stored_outputs):
                 return None
         except StateFileError:
             return None
@@ -405,7 +405,8 @@ class Run:
         self._writer.hold(manager)
         phases = self.pipeline.phases
         try:
-            loaded = manager.load_state()
+            # Large outputs stay in the store when the workers read them there.
+            loaded = manager.load_state(by_reference=self.executor.takes_stored_outputs)
         except StateFileError as exc:
             self.items_unreadable += 1
             self._say(f"{exc}; item {item_id!r} not run (fix the file or `pipekit reset`)", "error")

@@ -266,7 +266,7 @@ class MapRun:
                     for name in limits:
                         await self._acquire(name)
                     value = await self._call(record, pool)
-                    record.result, record.result_ref = self._stored(record.key, value), None
+                    record.set_result(self._stored(record.key, value))
                 except Exception as exc:  # noqa: BLE001  (a sub-item's failure is recorded, not raised)
                     record.status, record.error = FAILED, f"{type(exc).__name__}: {exc}"
                     if left:

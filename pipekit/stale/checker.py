@@ -28,7 +28,9 @@ from pipekit.stale.fingerprint import phase_code
 from pipekit.state.digest import output_hash
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import PipelineState
+from pipekit.state.store import StateStore
 from pipekit.state.store import encode_item_id
+from pipekit.state.stored import StoredOutput
 
 
 # Why a cell would run (or is stale).
@@ -74,10 +76,13 @@ class StaleChecker:
 
     :param pipeline: the loaded pipeline.
     :param output_root: root of the items' ``ctx.output_dir`` (for ``fingerprint=`` callables).
+    :param store: where a state loaded by reference keeps its large outputs: a
+        ``fingerprint=`` callable is given their values, read from it.
     """
 
-    def __init__(self, pipeline: Pipeline, output_root: Path) -> None:
+    def __init__(self, pipeline: Pipeline, output_root: Path, store: StateStore | None = None) -> None:
         self.pipeline = pipeline
+        self.store = store
         self.phases = list(pipeline.phases)
         self.output_root = output_root
         self._num_by_name = {p.name: p.num for p in self.phases}
@@ -86,7 +91,7 @@ class StaleChecker:
 
     def arguments(self, definition: PhaseDefinition, state: PipelineState) -> dict[str, Any]:
         """The values injected into a callable of ``definition`` for this item, as a run would."""
-        previous = {n: o for n, o in state.phase_outputs.items() if n < definition.num}
+        previous = {n: self._value(o) for n, o in state.phase_outputs.items() if n < definition.num}
         # Not ctx.output_dir: that creates the folder, and planning changes nothing.
         folder = self.output_root / encode_item_id(state.item_id)
         attempts = state.phases[definition.num].attempts
@@ -101,6 +106,13 @@ class StaleChecker:
             if earlier.num < definition.num:
                 available[earlier.name] = previous.get(earlier.num)
         return available
+
+    def _value(self, output: Any) -> Any:
+        if type(output) is not StoredOutput:
+            return output
+        if self.store is None:
+            raise RuntimeError(f"output {output.ref!r} is in the run's store, but this check has no store")
+        return output.read_from(self.store)
 
     def current_input(self, definition: PhaseDefinition, state: PipelineState) -> str | None:
         """The ``fingerprint=`` hash now; raises what the callable raised."""

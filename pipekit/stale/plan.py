@@ -207,18 +207,24 @@ def load_states(
 
 
 def iter_states(
-    pipeline: Pipeline, store: StateStore, item_ids: Iterable[str], unreadable: dict[str, str]
+    pipeline: Pipeline,
+    store: StateStore,
+    item_ids: Iterable[str],
+    unreadable: dict[str, str],
+    *,
+    by_reference: bool = False,
 ) -> Iterator[tuple[str, PipelineState]]:
     """``(item_id, state)`` of each of ``item_ids`` with a saved state, reconciled
     with the pipeline (in memory only), one at a time; unreadable ones go into
-    ``unreadable`` with their message."""
+    ``unreadable`` with their message. ``by_reference``: large outputs are left
+    in the store (``PipelineStateManager.load_document``)."""
     # One query per batch of items on a database store, not one per item.
     for item_id, document in store.load_many(item_ids):
         manager = PipelineStateManager(item_id, store)
         try:
             if isinstance(document, StateFileError):
                 raise document
-            if not manager.load_document(document):
+            if not manager.load_document(document, by_reference=by_reference):
                 continue
         except StateFileError as exc:
             unreadable[item_id] = str(exc)

@@ -36,3 +36,11 @@ def output_hash(output: Any) -> str | None:
     if type(output) is StoredOutput:  # hashed where it was stored: not read again for this
         return output.digest
     return text_hash(JSON_VALUE_MARK + json.dumps(output, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+
+
+def ref_digest(ref: str) -> str | None:
+    """The ``output_hash`` an output kept apart is named by (``phase.HASH.txt`` or
+    ``.json``, in every store), read from its reference ``ref``; None when the name
+    does not hold one."""
+    parts = ref.rsplit("/", 1)[-1].split(".")
+    return parts[1] if len(parts) > 1 and len(parts[1]) == HASH_CHARS else None

@@ -20,6 +20,7 @@ from typing import Any
 
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
+from pipekit.state.batchfiles import BatchFiles
 from pipekit.state.escaping import escape
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
@@ -42,6 +43,8 @@ from pipekit.state.values import output_name
 #: Names a file of checkpoints written together (``save_checkpoints``); no key's own
 #: file starts so (``encode_item_id`` never begins a name with ``~``).
 BATCH_PREFIX = "~batch-"
+#: The batch files of the folders this process writes to, and which still count.
+_BATCH_FILES = BatchFiles()
 _last_stamp = 0
 _stamp_lock = threading.Lock()
 
@@ -170,30 +173,47 @@ class JsonDirStore(FlockedItems, StateStore):
 
     def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
         folder = self._checkpoint_dir(item_id, phase)
+        while True:
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                return {}
+            found = self._read_checkpoints(folder, entries)
+            if found is not None:
+                return found
+            # A batch file went while it was read: the one that superseded it
+            # was durable before, so a second look sees it.
+
+    def _read_checkpoints(self, folder: Path, entries: list[os.DirEntry[str]]) -> dict[str, Any] | None:
+        """The winning record of each key in ``entries``; None when a file went meanwhile."""
         found: dict[str, Any] = {}
-        try:
-            entries = list(os.scandir(folder))
-        except FileNotFoundError:
-            return found
         # A key's own file (``save_checkpoint``) counts as older than every batch
         # (``save_checkpoints``); batches are ordered by their stamp.
-        stamps: dict[str, int] = {}
+        winners: dict[str, tuple[int, str]] = {}
+        batches = []
         for entry in entries:
             if entry.name.endswith(".json") and not entry.name.startswith("."):
                 path = Path(entry.path)
-                record = self._parse(path, path.read_bytes())
+                try:
+                    data = path.read_bytes()
+                except FileNotFoundError:
+                    return None
+                record = self._parse(path, data)
                 values = record.get("values")
                 stamp = record.get("stamp")
                 if entry.name.startswith(BATCH_PREFIX) and isinstance(values, dict) and isinstance(stamp, int):
                     pairs = list(values.items())
+                    batches.append(entry.name)
                 elif isinstance(record.get("key"), str) and "value" in record:
                     pairs, stamp = [(record["key"], record["value"])], -1
                 else:
                     continue
                 for key, value in pairs:
-                    if stamps.get(key, -2) < stamp:
-                        stamps[key] = stamp
+                    if winners.get(key, (-2, ""))[0] < stamp:
+                        winners[key] = (stamp, entry.name)
                         found[key] = value
+        if batches:
+            _BATCH_FILES.loaded(str(folder), winners, batches)
         return found
 
     def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
@@ -215,6 +235,10 @@ class JsonDirStore(FlockedItems, StateStore):
             return
         self._prepare()
         folder = self._checkpoint_dir(item_id, phase)
+        if not _BATCH_FILES.knows(str(folder)):
+            self.load_checkpoints(item_id, phase)  # which files hold what: see pipekit.state.batchfiles
+            if not _BATCH_FILES.knows(str(folder)):
+                _BATCH_FILES.loaded(str(folder), {}, ())  # no batch yet
         stamp = _stamp()
         path = folder / f"{BATCH_PREFIX}{stamp}-{os.getpid()}.json"
         data = json_text({"stamp": stamp, "values": dict(values)}).encode("utf-8")
@@ -223,6 +247,10 @@ class JsonDirStore(FlockedItems, StateStore):
             write_atomically(path, data + b"\n", durable=self.durable)
         except OSError as exc:
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
+        # Only now that the new batch is durable: the files it leaves without a record that counts.
+        for name in _BATCH_FILES.written(str(folder), path.name, stamp, values):
+            with contextlib.suppress(OSError):
+                (folder / name).unlink()
 
     def drop_checkpoints(self, item_id: str, phase: str) -> None:
         # Called at every phase end: the common answer ("none") costs one stat of a str path.
@@ -231,6 +259,7 @@ class JsonDirStore(FlockedItems, StateStore):
         folder = self._checkpoint_dir(item_id, phase)
         if not folder.is_dir():
             return
+        _BATCH_FILES.forget(str(folder))
         shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             folder.parent.rmdir()  # only when no other phase has checkpoints

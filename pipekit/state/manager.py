@@ -13,6 +13,7 @@ from typing import Any
 
 from pipekit.outcomes import StateFileError
 from pipekit.state import subitems
+from pipekit.state.digest import ref_digest
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
@@ -90,12 +91,18 @@ class PipelineStateManager:
         self.save_state()
         return self._state
 
-    def load_state(self) -> bool:
-        """Load the saved state; False when there is none. Raises ``StateFileError``."""
-        return self.load_document(self.store.load(self.item_id))
+    def load_state(self, *, by_reference: bool = False) -> bool:
+        """Load the saved state; False when there is none. Raises ``StateFileError``.
 
-    def load_document(self, document: dict[str, Any] | None) -> bool:
-        """``load_state`` from a document already read (``StateStore.load_many``)."""
+        :param by_reference: as for ``load_document``."""
+        return self.load_document(self.store.load(self.item_id), by_reference=by_reference)
+
+    def load_document(self, document: dict[str, Any] | None, *, by_reference: bool = False) -> bool:
+        """``load_state`` from a document already read (``StateStore.load_many``).
+
+        :param by_reference: leave each output kept apart in the store, as a
+            ``StoredOutput`` that whoever needs its value reads (a run whose
+            workers read the store themselves); else read each one now."""
         if document is None:
             return False
         where = self.store.describe(self.item_id)
@@ -103,7 +110,12 @@ class PipelineStateManager:
         if state.item_id != self.item_id:
             raise StateFileError(where, f"holds item {state.item_id!r}, not {self.item_id!r}")
         for num, ref in refs.items():
-            state.phase_outputs[num] = self.store.read_output(self.item_id, ref)
+            digest = ref_digest(ref) if by_reference else None
+            # Without its hash in its name, a reference could not stand for the value in fingerprints.
+            if digest is not None:
+                state.phase_outputs[num] = StoredOutput(self.item_id, ref, digest)
+            else:
+                state.phase_outputs[num] = self.store.read_output(self.item_id, ref)
         self._state = state
         self._output_refs = refs
         return True
@@ -329,10 +341,10 @@ class PipelineStateManager:
         new_phases: dict[int, PhaseState] = {}
         for gone in by_name.values():
             if gone.name not in current_names:
-                state.retired_phases[gone.name] = {
-                    "state": asdict(gone),
-                    "output": state.phase_outputs.get(gone.phase),
-                }
+                output = state.phase_outputs.get(gone.phase)
+                if type(output) is StoredOutput:  # loaded by reference: a retired output is kept inline
+                    output = output.read_from(self.store)
+                state.retired_phases[gone.name] = {"state": asdict(gone), "output": output}
                 ref = self._output_refs.get(gone.phase)
                 if ref is not None:
                     self._unreferenced.append(ref)  # its text is kept inline now

@@ -21,8 +21,8 @@ import json
 from typing import Any
 
 from pipekit.outcomes import StateFileError
-from pipekit.state.digest import HASH_CHARS
 from pipekit.state.digest import output_hash
+from pipekit.state.digest import ref_digest
 from pipekit.state.document import COMPLETED
 from pipekit.state.document import read_document
 
@@ -67,7 +67,6 @@ def _output_hash(document: dict[str, Any], name: str) -> str | None | bool:
     num = nums[0]
     files = document.get("phase_output_files", {})
     if num in files:
-        # Database stores name a large output by the same hash of its text.
-        digest = files[num].rsplit("/", 1)[-1].split(".")[1:2]
-        return digest[0] if digest and len(digest[0]) == HASH_CHARS else False
+        # Every store names a large output by the same hash of its text.
+        return ref_digest(files[num]) or False
     return output_hash(document.get("phase_outputs", {}).get(num))

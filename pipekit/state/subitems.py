@@ -78,10 +78,22 @@ class SubItem:
     counted_by: int | None = None
     #: Where ``result`` is kept when it is too large for the record (``save`` sets it).
     result_ref: str | None = None
+    #: True when that file is this record's alone (it names the sub-item), so it may go
+    #: once the record refers to another; a file of an older version may be shared.
+    result_alone: bool = False
+    #: Files of results this record replaced (not stored): ``save`` deletes them once
+    #: the record is stored without them.
+    replaced: list[str] = field(default_factory=list)
+
+    def set_result(self, value: Any) -> None:
+        """Give the record a new result; the file of the one it had goes once the record is saved."""
+        if self.result_ref is not None and self.result_alone:
+            self.replaced = [*self.replaced, self.result_ref]
+        self.result, self.result_ref, self.result_alone = value, None, False
 
     def encoded(self) -> dict[str, Any]:
         """The JSON object the store keeps."""
-        return {
+        encoded = {
             "status": self.status,
             "result": None if self.result_ref else self.result,
             "result_ref": self.result_ref,
@@ -95,6 +107,9 @@ class SubItem:
             "code": self.code,
             "counted_by": self.counted_by,
         }
+        if self.result_ref is not None:  # most results sit in their record: no word on a file
+            encoded["result_alone"] = self.result_alone
+        return encoded
 
     @classmethod
     def decoded(cls, label: str, key: str, stored: Any) -> SubItem:
@@ -116,6 +131,7 @@ class SubItem:
             data.get("code") if isinstance(data.get("code"), str) else None,
             counted_by if isinstance(counted_by, int) and not isinstance(counted_by, bool) else None,
             data.get("result_ref") if isinstance(data.get("result_ref"), str) else None,
+            data.get("result_alone") is True,
         )
 
     @property
@@ -156,14 +172,21 @@ def _read_result(store: StateStore, item_id: str, record: SubItem) -> SubItem:
 
 def save(store: StateStore, item_id: str, phase: str, records: Iterable[SubItem], phase_num: int = 0) -> None:
     """Store ``records`` durably, in one write where the store can (``save_checkpoints``);
-    a large result first goes to the outputs folder (``phase_num`` names its file)."""
+    a large result first goes to the outputs folder (``phase_num`` names its file),
+    and the files of the results they replaced go once they are stored."""
     values = {}
+    replaced: list[str] = []
     for record in records:
         if record.result_ref is None and record.status == DONE and kept_apart(record.result):
-            record.result_ref = store.write_output(item_id, phase_num, {RESULT_WRAPPER: record.result})
+            # The sub-item is in the file, so no other record's identical result shares it.
+            kept = {RESULT_WRAPPER: record.result, "subitem": [record.label, record.key]}
+            record.result_ref, record.result_alone = store.write_output(item_id, phase_num, kept), True
         values[record_key(record.label, record.key)] = record.encoded()
+        replaced += (ref for ref in record.replaced if ref != record.result_ref)
     if values:
         store.save_checkpoints(item_id, namespace(phase), values)
+    for ref in replaced:  # after: a kill in between leaves that stray file, never a record without its result
+        store.delete_output(item_id, ref)
 
 
 def drop(store: StateStore, item_id: str, phase: str) -> None:

@@ -299,7 +299,7 @@ class Batcher:
         for record in pending:
             by_provider.setdefault(record["provider"], []).append(len(record["requests"]))
         parts = [
-            f"{count_of(sum(sizes), 'requests')} in {len(sizes)} batch{'es' if len(sizes) != 1 else ''} at {name!r}"
+            f"{count_of(sum(sizes), 'requests')} in {count_of(len(sizes), 'batches')} at {name!r}"
             for name, sizes in sorted(by_provider.items())
         ]
         what = "; ".join(parts) or "requests not sent yet"
