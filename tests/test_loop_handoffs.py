@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import threading
 import time
 from typing import Any
@@ -53,7 +54,7 @@ def test_each_deadline_fires_once_at_its_time_unless_cancelled(plan: list[tuple[
                 fired[index] = loop.time()
 
             entries.append(table.add(start + millis / 1000, record))
-        for entry, (_, cancel) in zip(entries, plan):
+        for entry, (_, cancel) in zip(entries, plan, strict=True):
             if cancel:
                 entry[2] = None
         await asyncio.sleep(0.08)
@@ -98,7 +99,7 @@ def test_calls_ending_together_each_resolve_with_their_own_context() -> None:
         futures = []
         for n in range(40):
             var.set(n * 10)
-            futures.append(run_in_thread(call, {"n": n}, name=f"call-{n}", on_exit=lambda n=n: exits.append(n)))
+            futures.append(run_in_thread(call, {"n": n}, name=f"call-{n}", on_exit=functools.partial(exits.append, n)))
         await asyncio.sleep(0.05)
         gate.set()  # all end at once: their results arrive while the loop sleeps
         return await asyncio.gather(*futures, return_exceptions=True)
@@ -125,7 +126,7 @@ def test_an_on_exit_that_raises_strands_no_other_call() -> None:
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda loop, context: None)
         futures = [
-            run_in_thread(gate.wait, {"timeout": 5}, name="t", on_exit=lambda n=n: on_exit(n)) for n in range(8)
+            run_in_thread(gate.wait, {"timeout": 5}, name="t", on_exit=functools.partial(on_exit, n)) for n in range(8)
         ]
         await asyncio.sleep(0.05)
         gate.set()
