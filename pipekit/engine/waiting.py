@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 import heapq
+import threading
 from typing import Any
 
 from pipekit.engine.control import RunControl
@@ -57,10 +58,12 @@ async def race(
 ) -> tuple[Any, BaseException | None]:
     """Wait for ``future``, the phase's timeout or the run's interruption: ``(value, error)``."""
     running = executor.running(future) if phase.timeout_seconds is not None else None
+    interruption = control.interruption()
     if running is not None:
         # The timeout counts from the handler's start, not from a wait in a cluster's queue.
-        await asyncio.wait({future, running, control.interruption()}, return_when=asyncio.FIRST_COMPLETED)
-    await _first_of(future, control.interruption(), phase.timeout_seconds)
+        await asyncio.wait({future, running, interruption}, return_when=asyncio.FIRST_COMPLETED)
+        interruption = control.interruption()
+    await _first_of(future, interruption, phase.timeout_seconds)
     if future.done():
         if future.cancelled():
             return None, PhaseInterrupted()
@@ -152,15 +155,16 @@ class Deadlines:
             self._timer = self.loop.call_at(heap[0][0], self._fire)
 
 
-_deadlines: Deadlines | None = None
+#: The ``Deadlines`` of the loop each thread ran phases on last.
+_local = threading.local()
 
 
 def deadlines(loop: asyncio.AbstractEventLoop) -> Deadlines:
-    """The ``Deadlines`` of ``loop`` (one loop runs the phases at a time)."""
-    global _deadlines
-    if _deadlines is None or _deadlines.loop is not loop:
-        _deadlines = Deadlines(loop)
-    return _deadlines
+    """The ``Deadlines`` of ``loop``, the running loop of this thread."""
+    table: Deadlines | None = getattr(_local, "deadlines", None)
+    if table is None or table.loop is not loop:
+        table = _local.deadlines = Deadlines(loop)
+    return table
 
 
 async def interruptible_sleep(control: RunControl, seconds: float) -> bool:

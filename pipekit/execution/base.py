@@ -107,6 +107,8 @@ class LocalExecutor(PhaseExecutor):
         self._isolated: IsolatedCalls | None = None
         #: Sync calls whose thread still runs, with what to call when it ends.
         self._threads: dict[asyncio.Future[Any], list[Callable[[], None]]] = {}
+        #: Whether each function started so far is a coroutine function (asked once, not per phase).
+        self._async: dict[Callable[..., Any], bool] = {}
 
     def start(
         self,
@@ -121,7 +123,10 @@ class LocalExecutor(PhaseExecutor):
 
                 self._isolated = IsolatedCalls()
             return self._isolated.start(phase, func, kwargs, ctx)
-        if asyncio.iscoroutinefunction(func):
+        is_async = self._async.get(func)
+        if is_async is None:
+            is_async = self._async[func] = asyncio.iscoroutinefunction(func)
+        if is_async:
             return asyncio.ensure_future(_call_async(func, kwargs))
         waiting: list[Callable[[], None]] = []
         future = run_in_thread(func, kwargs, name=f"pipekit-{phase.name}", on_exit=lambda: self._ended(future))
