@@ -18,7 +18,9 @@ interleaved in the same run so that the machine's load hits both alike:
   creates for itself, when the server lets it) are printed per phase.
 
 Prints phases per second for both and the ratio (the goal: within 4x, and at
-least 10,000/s on SQLite and 5,000/s on PostgreSQL), with the load average.
+least 10,000/s on SQLite and 5,000/s on PostgreSQL), with the load average,
+and the CPU the whole CLI used per phase (user + system, all its threads):
+on a shared machine the rate moves with the load, the CPU per phase much less.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -172,19 +175,24 @@ def own_database(url: str) -> Iterator[str]:
             db.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-def pipekit_run(folder: Path, store: str, workers: int, python: str = sys.executable) -> float:
+def pipekit_run(folder: Path, store: str, workers: int, python: str = sys.executable) -> tuple[float, float]:
+    """Seconds of the whole CLI run, and the CPU seconds (user + system) it used."""
     command = [python, "-m", "pipekit", "run", "pipeline.py", "--store", store, "-j", str(workers), "-q"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, cwd=folder, check=True, capture_output=True)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def report(label: str, items: int, phases: int, runs: list[float], bases: list[float]) -> None:
+def report(label: str, items: int, phases: int, runs: list[tuple[float, float]], bases: list[float]) -> None:
     done = items * phases
-    rate, base = done / statistics.median(runs), done / statistics.median(bases)
+    rate, base = done / statistics.median(r for r, _ in runs), done / statistics.median(bases)
+    cpu = statistics.median(c for _, c in runs) / done * 1e6
     print(
         f"  {label:<11} pipekit {rate:>8,.0f} phases/s | baseline {base:>8,.0f} phases/s | {base / rate:5.2f}x"
-        f"   (runs: {', '.join(f'{done / r:,.0f}' for r in runs)})"
+        f" | driver CPU {cpu:,.0f} us/phase   (runs: {', '.join(f'{done / r:,.0f}' for r, _ in runs)})"
     )
 
 
@@ -207,7 +215,7 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "pipeline.py").write_text(pipeline_source(args.phases, args.items))
         for kind in stores:
-            runs: list[float] = []
+            runs: list[tuple[float, float]] = []
             bases: list[float] = []
             for n in range(args.repeat):  # interleaved
                 if kind == "sqlite":

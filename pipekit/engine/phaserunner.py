@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from collections.abc import Sequence
-import copy
 from pathlib import Path
 import time
 from typing import Any
@@ -22,7 +21,8 @@ from pipekit.engine.control import Item
 from pipekit.engine.control import RunControl
 from pipekit.engine.control import no_notify
 from pipekit.engine.outcome import AttemptOutcome
-from pipekit.engine.subwork import context_options
+from pipekit.engine.subwork import PhaseReports
+from pipekit.engine.subwork import phase_context
 from pipekit.engine.waiting import admit
 from pipekit.engine.waiting import interruptible_sleep
 from pipekit.engine.waiting import no_release
@@ -35,16 +35,13 @@ from pipekit.notify import HookNotifier
 from pipekit.outcomes import PhaseInterrupted
 from pipekit.outcomes import PhaseTimeoutError
 from pipekit.outcomes import Retry
-from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.checkpoints import release_attempt
 from pipekit.pipeline.checkpoints import release_dead_attempts
 from pipekit.pipeline.context import CostCapExceeded
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.phases import Injector
 from pipekit.pipeline.phases import PhaseDefinition
-from pipekit.stale.fingerprint import consumed_phases
 from pipekit.stale.fingerprint import phase_fingerprint
-from pipekit.state.digest import output_hash
 from pipekit.state.manager import PipelineStateManager
 from pipekit.state.model import DONE_STATUSES
 from pipekit.state.model import PENDING
@@ -349,13 +346,7 @@ class PhaseRunner:
 
     async def _admit(self, phase: PhaseDefinition, first: bool = False) -> Callable[[], None] | None:
         assert self.control is not None
-        return await admit(self.control, phase, self._waiter(phase), first)
-
-    def _waiter(self, phase: PhaseDefinition) -> Callable[[str, float | None], None]:
-        def waiting(reason: str, seconds: float | None) -> None:
-            self.notify.phase_wait(self.item, phase, reason, seconds)
-
-        return waiting
+        return await admit(self.control, phase, PhaseReports(self.notify, self.item, phase).wait, first)
 
     async def _check_cache(self, phase: PhaseDefinition) -> Any:
         """The cache's answer; None (after failing the phase) if the check itself failed."""
@@ -458,24 +449,9 @@ class PhaseRunner:
     # -- arguments --------------------------------------------------------------
 
     def _context(self, phase: PhaseDefinition, attempt: int) -> PhaseContext:
-        state = self.state.state
-        # A copy: what a handler does to its metadata must not leak into the saved state.
-        metadata = copy.deepcopy(state.metadata) if state.metadata else {}
-        outputs = state.phase_outputs
-        return PhaseContext(
-            state.item_id,
-            metadata,
-            phase,
-            attempt,
-            self._output_dir(),
-            price=self._price,
-            checkpoints=Checkpoints(self.state.store, state.item_id, phase.name),
-            gate=self.control.gate if self.control is not None else None,
-            on_wait=self._waiter(phase),
-            consumed=lambda: {p.name: output_hash(outputs.get(p.num)) for p in consumed_phases(phase, self.phases)},
-            last_error=state.phases[phase.num].error,
-            **context_options(self.notify, self.item, phase),
-        )
+        gate = self.control.gate if self.control is not None else None
+        reports = PhaseReports(self.notify, self.item, phase)
+        return phase_context(self.state, self.phases, phase, attempt, self._output_dir(), self._price, gate, reports)
 
     def _output_dir(self) -> Path:
         """The item's ``ctx.output_dir`` (made by the context when asked for)."""

@@ -8,6 +8,7 @@ and abandons it when either comes first. Executors never touch state.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable
 from collections.abc import Callable
 import contextvars
@@ -106,6 +107,8 @@ class LocalExecutor(PhaseExecutor):
         self._isolated: IsolatedCalls | None = None
         #: Sync calls whose thread still runs, with what to call when it ends.
         self._threads: dict[asyncio.Future[Any], list[Callable[[], None]]] = {}
+        #: Whether each function started so far is a coroutine function (asked once, not per phase).
+        self._async: dict[Callable[..., Any], bool] = {}
 
     def start(
         self,
@@ -120,7 +123,10 @@ class LocalExecutor(PhaseExecutor):
 
                 self._isolated = IsolatedCalls()
             return self._isolated.start(phase, func, kwargs, ctx)
-        if asyncio.iscoroutinefunction(func):
+        is_async = self._async.get(func)
+        if is_async is None:
+            is_async = self._async[func] = asyncio.iscoroutinefunction(func)
+        if is_async:
             return asyncio.ensure_future(_call_async(func, kwargs))
         waiting: list[Callable[[], None]] = []
         future = run_in_thread(func, kwargs, name=f"pipekit-{phase.name}", on_exit=lambda: self._ended(future))
@@ -172,43 +178,107 @@ def run_in_thread(
     a thread costs more than a no-op phase), else a new one, so a call stuck
     in its thread never delays another. A result that arrives after the future
     was cancelled is dropped. ``on_exit`` is called on the event loop when the
-    call is over, even then.
+    call is over, even then. The call sees the caller's context variables.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
-    context = contextvars.copy_context()
+    _THREADS.submit(_ThreadCall(func, kwargs, name, future, on_exit, _reports(loop)), name)
+    return future
 
-    def finish(ok: bool, value: Any) -> None:
+
+class _ThreadCall:
+    """One ``run_in_thread`` call: run in a cached thread, its outcome handed back to the loop."""
+
+    __slots__ = ("func", "kwargs", "name", "future", "on_exit", "reports", "context", "outcome")
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        kwargs: dict[str, Any],
+        name: str,
+        future: asyncio.Future[Any],
+        on_exit: Callable[[], None] | None,
+        reports: _Reports,
+    ) -> None:
+        self.func, self.kwargs, self.name, self.future = func, kwargs, name, future
+        self.on_exit, self.reports = on_exit, reports
+        self.context = contextvars.copy_context()
+        self.outcome: tuple[bool, Any] = (False, None)
+
+    def __call__(self) -> Callable[[], None]:
+        """Run the call (in its thread); returns what reports its outcome."""
+        thread = threading.current_thread()
+        if thread.name != self.name:
+            thread.name = self.name
+        try:
+            self.outcome = (True, self.context.run(self.func, **self.kwargs))
+        except (KeyboardInterrupt, SystemExit) as exc:
+            self.outcome = (False, HandlerExit(exc))
+        except BaseException as exc:  # handed to the runner, which decides
+            self.outcome = (False, exc)
+        self.func = self.kwargs = self.context = None  # type: ignore[assignment]  # dropped before the next call
+        return self.report
+
+    def report(self) -> None:
+        self.reports.put(self)
+
+    def finish(self) -> None:
+        """On the loop: resolve the future (unless abandoned), then ``on_exit``."""
+        future = self.future
         if not future.done():
+            ok, value = self.outcome
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
-        if on_exit is not None:
-            on_exit()
+        self.outcome = (False, None)
+        if self.on_exit is not None:
+            self.on_exit()
 
-    def call() -> Callable[[], None]:
-        threading.current_thread().name = name
-        outcome: tuple[bool, Any]
-        try:
-            result = context.run(func, **kwargs)
-        except (KeyboardInterrupt, SystemExit) as exc:
-            outcome = (False, HandlerExit(exc))
-        except BaseException as exc:  # handed to the runner, which decides
-            outcome = (False, exc)
-        else:
-            outcome = (True, result)
 
-        def report() -> None:
+class _Reports:
+    """Calls ended in threads, on their way back to one event loop: those that end
+    while the loop is busy are handed over together, with one wake-up of the loop
+    (``call_soon_threadsafe`` writes to the loop's self-pipe), not one each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._ended: collections.deque[_ThreadCall] = collections.deque()
+        #: True from when a thread asks the loop to drain until the drain starts.
+        self._asked = False
+
+    def put(self, call: _ThreadCall) -> None:
+        """From a thread: hand ``call`` back (the loop wakes unless it is already asked to)."""
+        self._ended.append(call)
+        if not self._asked:
+            self._asked = True
             try:
-                loop.call_soon_threadsafe(finish, *outcome)
+                self.loop.call_soon_threadsafe(self._drain)
             except RuntimeError:
                 pass  # the loop is closed: the run is over and nobody wants this result
 
-        return report
+    def _drain(self) -> None:
+        # Cleared before taking: a call appended after this is taken now, or wakes the loop again.
+        self._asked = False
+        ended = self._ended
+        try:
+            while ended:
+                ended.popleft().finish()
+        finally:
+            if ended:  # one raised (an ``on_exit``): the loop reports it, the others still end
+                self.loop.call_soon(self._drain)
 
-    _THREADS.submit(call, name)
-    return future
+
+#: The reports of the last loop that ran a thread call (one loop runs at a time).
+_last_reports: _Reports | None = None
+
+
+def _reports(loop: asyncio.AbstractEventLoop) -> _Reports:
+    global _last_reports
+    reports = _last_reports
+    if reports is None or reports.loop is not loop:
+        reports = _last_reports = _Reports(loop)
+    return reports
 
 
 class ThreadCache:

@@ -122,7 +122,7 @@ class PhaseContext:
         self._map_sizes: dict[str, int] = {}
         #: In a worker: False once the driver no longer waits for this handler (a map stops).
         self._driver_alive: Callable[[], bool] | None = None
-        self._progress_writer = ProgressWriter(self._subitem_store_or_none, item_id, phase.name)
+        self._progress: ProgressWriter | None = None  # made at the first ctx.progress (few phases call it)
 
     @property
     def output_dir(self) -> Path:
@@ -266,9 +266,16 @@ class PhaseContext:
             raise ValueError(f"ctx.progress: done must be an int >= 0, not {done!r}")
         if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
             raise ValueError(f"ctx.progress: total must be an int >= 0 or None, not {total!r}")
-        self._progress_writer.offer(Progress(done, total, label))
+        self._progress_writer().offer(Progress(done, total, label))
         if self._on_progress is not None:
             self._on_progress(done, total, label)
+
+    def _progress_writer(self) -> ProgressWriter:
+        if self._progress is None:
+            with _PROGRESS_LOCK:  # ctx.progress may come from several threads of the handler at once
+                if self._progress is None:
+                    self._progress = ProgressWriter(self._subitem_store_or_none, self.item_id, self.phase.name)
+        return self._progress
 
     def map(
         self,
@@ -324,6 +331,10 @@ def pipeline_name(phase: PhaseDefinition) -> str:
     module_name = getattr(phase.handler, "__module__", None) or ""
     name = getattr(sys.modules.get(module_name), "PIPELINE_NAME", None)
     return name if isinstance(name, str) and name else module_name.rpartition(".")[2]
+
+
+#: Makes each context's ``ProgressWriter`` once, whichever thread asks first.
+_PROGRESS_LOCK = threading.Lock()
 
 
 class CostCapExceeded(Fail):
