@@ -194,3 +194,14 @@ def test_the_stale_key_sees_a_consumed_output_change_though_the_consumer_did_not
     after = manager.take_pending_write().document
     assert json.loads(index_columns(after)[1] or "")[0][-1] is False
     _same_everywhere(after)
+
+
+def test_a_value_equal_to_the_phases_placeholder_is_written_as_it_is(tmp_path: Path) -> None:
+    from pipekit.state import encoded
+
+    manager = _manager(tmp_path)
+    manager.state.metadata["note"] = encoded._PLACE
+    manager.save_state()
+    document = manager.take_pending_write().document
+    assert json.loads(document_text(document))["metadata"]["note"] == encoded._PLACE
+    _same_everywhere(document)

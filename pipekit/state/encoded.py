@@ -21,6 +21,7 @@ import json
 from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring
 from typing import Any
+import uuid
 
 from pipekit.state.escaping import checked_json_text
 
@@ -104,23 +105,22 @@ def document_text(document: dict[str, Any], *, nul: bool = False) -> str:
     records = phase_records(document)
     if records is None:
         return checked_json_text(document, _encode(document), nul=nul)
-    head: dict[str, Any] = {}
-    tail: dict[str, Any] = {}
-    part = head
-    for key, value in document.items():
-        if key == "phases":
-            part = tail
-        else:
-            part[key] = value
+    # The other fields in one encoding, the phases' place held by a token no value
+    # can hold unnoticed: a value equal to it makes it appear twice, then all is encoded.
+    rest = dict(document)
+    rest["phases"] = _PLACE
+    around = _encode(rest)
+    at = around.find(_PLACE_TEXT)
+    if at < 0 or around.find(_PLACE_TEXT, at + 1) >= 0:
+        return checked_json_text(document, _encode(document), nul=nul)
     # The keys are phase nums (``str(int)``, by ``to_document``): no character to escape.
     phases = "{" + ", ".join([f'"{key}": {record.text}' for key, record in records.items()]) + "}"
-    before, after = _encode(head), _encode(tail)
-    text = (
-        (before[:-1] + ', "phases": ' if len(before) > 2 else '{"phases": ')
-        + phases
-        + (", " + after[1:] if len(after) > 2 else "}")
-    )
+    text = around[:at] + phases + around[at + len(_PLACE_TEXT) :]
     return checked_json_text(document, text, nul=nul)
+
+
+_PLACE = f"~pipekit-phases-{uuid.uuid4().hex}"
+_PLACE_TEXT = f'"{_PLACE}"'
 
 
 def document_jsonb_text(document: dict[str, Any]) -> str:
