@@ -34,10 +34,7 @@ _unicode = json.JSONEncoder(ensure_ascii=False).encode
 
 def json_text(value: Any) -> str:
     """``value`` as JSON text that is valid UTF-8 and reads back equal with ``json_value``."""
-    text = _unicode(value)
-    if MARKER in text or (not text.isascii() and _SURROGATE.search(text)):
-        return _unicode(escape(value))
-    return text
+    return checked_json_text(value, _unicode(value))
 
 
 def plain_json_text(value: Any) -> str:
@@ -52,10 +49,7 @@ def plain_json_text(value: Any) -> str:
 
 def jsonb_text(value: Any) -> str:
     """``json_text`` that PostgreSQL's ``jsonb`` also accepts (NUL escaped too)."""
-    text = _unicode(value)
-    if "\\u0000" in text or MARKER in text or (not text.isascii() and _SURROGATE.search(text)):
-        return _unicode(escape(value, nul=True))  # a false alarm (a literal "\\u0000") only costs the walk
-    return text
+    return checked_json_text(value, _unicode(value), nul=True)
 
 
 def json_value(text: str | bytes) -> Any:
@@ -108,3 +102,11 @@ def needs_escape(encoded: bytes) -> bool:
     must be written ``escape``'d instead: it holds ``MARKER``, or a surrogate it
     could only write as a JSON escape (which reads back joined to its neighbour)."""
     return _MARKER_BYTES in encoded or b"\\ud" in encoded
+
+
+def checked_json_text(value: Any, text: str, *, nul: bool = False) -> str:
+    """``json_text(value)`` (``jsonb_text`` with ``nul``) given ``text``, ``value``'s
+    plain encoding: ``text`` itself unless it holds what must be escaped."""
+    if (nul and "\\u0000" in text) or MARKER in text or (not text.isascii() and _SURROGATE.search(text)):
+        return _unicode(escape(value, nul=nul))  # a false alarm (a literal "\\u0000") only costs the walk
+    return text

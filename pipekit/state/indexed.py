@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from pipekit.outcomes import StateFileError
 from pipekit.state.document import read_document
+from pipekit.state.encoded import phase_records
 from pipekit.state.model import is_finished
 from pipekit.state.stalekey import key_of_read
 
@@ -54,12 +55,18 @@ def summarize(document: Any) -> Summary:
 
 def index_columns(document: Any) -> tuple[Summary, str | None]:
     """``summarize`` and ``stale_key`` of a document about to be saved, with one
-    ``read_document`` for both (a save is checked once, not once per column)."""
+    ``read_document`` for both (a save is checked once, not once per column), which
+    skips the phase records an earlier save of the item already checked."""
+    records = phase_records(document)
+    checked = () if records is None else {key for key, record in records.items() if record.checked}
     try:
-        read_document(document, "the document")
+        read_document(document, "the document", checked=checked)
     except StateFileError:
         return UNREADABLE, None
-    return _summary_of_read(document), key_of_read(document)
+    if records is not None:
+        for record in records.values():
+            record.checked = True
+    return _summary_of_read(document), key_of_read(document, records)
 
 
 def _summary_of_read(document: dict[str, Any]) -> Summary:

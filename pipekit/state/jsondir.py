@@ -21,6 +21,7 @@ from typing import Any
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.state.batchfiles import BatchFiles
+from pipekit.state.encoded import phases_texts
 from pipekit.state.escaping import escape
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
@@ -126,7 +127,7 @@ class JsonDirStore(FlockedItems, StateStore):
 
     def save(self, item_id: str, document: dict[str, Any]) -> None:
         self._prepare()
-        data = encode_document(document)
+        data = encode_document(document, phases_texts(document))
         if needs_escape(data):  # a surrogate, or a string that looks escaped: see pipekit.state.escaping
             data = encode_document(escape(document))
         path = self.path_for(item_id)

@@ -14,6 +14,7 @@ from typing import Any
 from pipekit.outcomes import StateFileError
 from pipekit.state import subitems
 from pipekit.state.digest import ref_digest
+from pipekit.state.encoded import PhaseRecord
 from pipekit.state.jsondir import JsonDirStore
 from pipekit.state.model import COMPLETED
 from pipekit.state.model import FAILED
@@ -57,6 +58,9 @@ class PipelineStateManager:
         self._pending = False
         #: Phases whose checkpoints go once the state that completes them is written.
         self._checkpoints_to_drop: list[str] = []
+        #: The phase records of the latest document, kept while a phase is unchanged
+        #: so that a save encodes and checks only the phases that changed.
+        self._records: dict[int, PhaseRecord] = {}
 
     @property
     def state(self) -> PipelineState:
@@ -150,7 +154,9 @@ class PipelineStateManager:
         refs = self._output_refs
         large = [(num, value) for num, value in state.phase_outputs.items() if num not in refs and kept_apart(value)]
         # The large ones leave the document now; the write stores them and names their files in it.
-        document = state.to_document({**refs, **{num: "" for num, _ in large}} if large else refs)
+        document = state.to_document(
+            {**refs, **{num: "" for num, _ in large}} if large else refs, records=self._records
+        )
         if large:
             document["phase_output_files"] = {key: ref for key, ref in document["phase_output_files"].items() if ref}
         drops, self._checkpoints_to_drop = self._checkpoints_to_drop, []

@@ -23,6 +23,8 @@ from pipekit.state.document import SCHEMA_VERSION
 from pipekit.state.document import SKIPPED
 from pipekit.state.document import WAITING
 from pipekit.state.document import read_document
+from pipekit.state.encoded import Document
+from pipekit.state.encoded import PhaseRecord
 
 
 __all__ = [
@@ -182,7 +184,9 @@ class PipelineState:
         """True when every phase is completed or skipped."""
         return is_finished(p.status for p in self.phases.values())
 
-    def to_document(self, output_refs: dict[int, str]) -> dict[str, Any]:
+    def to_document(
+        self, output_refs: dict[int, str], *, records: dict[int, PhaseRecord] | None = None
+    ) -> dict[str, Any]:
         """The JSON document saved for this state; large outputs go by reference.
 
         A snapshot a writer thread can encode while this state changes: the
@@ -190,11 +194,22 @@ class PipelineState:
         phases' fingerprints (replaced, never changed) are shared. Built from
         the instances' ``__dict__`` rather than with ``dataclasses.asdict``
         (which deep-copies recursively): one is built per durable write.
+
+        :param records: the phase records of the previous document, by num,
+            updated in place: a phase equal to its record keeps it (and the JSON
+            text and check worked out for it, ``pipekit.state.encoded``).
         """
-        document: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-        document.update(vars(self))
+        document: dict[str, Any]
+        if records is None:
+            document = {"schema_version": SCHEMA_VERSION}
+            document.update(vars(self))
+            document["phases"] = {str(num): _phase_document(p) for num, p in sorted(self.phases.items())}
+        else:
+            document = Document(_records(self.phases, records))
+            document["schema_version"] = SCHEMA_VERSION
+            document.update(vars(self))
+            document["phases"] = {key: record.fields for key, record in document.records.items()}
         document["metadata"] = _copied(self.metadata)
-        document["phases"] = {str(num): _phase_document(p) for num, p in sorted(self.phases.items())}
         document["phase_outputs"] = {
             str(num): text for num, text in sorted(self.phase_outputs.items()) if num not in output_refs
         }
@@ -248,6 +263,22 @@ def _copied(value: Any) -> Any:
 def _phase_document(phase: PhaseState) -> dict[str, Any]:
     # ``fingerprint`` is shared, not copied: it is replaced, never changed in place.
     return dict(vars(phase))
+
+
+def _records(phases: dict[int, PhaseState], records: dict[int, PhaseRecord]) -> dict[str, PhaseRecord]:
+    """The records of ``phases`` by num as text, in order: the one in ``records`` when
+    its fields equal the phase's, else a new one (put in ``records``)."""
+    if records.keys() != phases.keys():
+        for num in records.keys() - phases.keys():
+            del records[num]
+    by_key: dict[str, PhaseRecord] = {}
+    for num, phase in sorted(phases.items()):
+        record = records.get(num)
+        fields = vars(phase)
+        if record is None or record.fields != fields:
+            record = records[num] = PhaseRecord(_phase_document(phase))
+        by_key[str(num)] = record
+    return by_key
 
 
 def phase_pairs(phases: Iterable[Any]) -> list[tuple[int, str]]:

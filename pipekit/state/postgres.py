@@ -37,6 +37,7 @@ import uuid
 from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
+from pipekit.state.encoded import document_jsonb_text
 from pipekit.state.escaping import json_value
 from pipekit.state.escaping import jsonb_text
 from pipekit.state.heldby import LeaseRowHolder
@@ -184,7 +185,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         return (
             self.pipeline,
             item_id,
-            Jsonb(document),
+            Jsonb(document, dumps=document_jsonb_text),
             summary.status,
             summary.next_phase,
             list(summary.done_names),

@@ -32,6 +32,7 @@ from pipekit.outcomes import StateFileError
 from pipekit.outcomes import StateWriteError
 from pipekit.outcomes import UsageError
 from pipekit.state.digest import text_hash
+from pipekit.state.encoded import document_text
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
 from pipekit.state.indexed import FinishedItem
@@ -246,7 +247,7 @@ class SqliteStore(FlockedItems, StateStore):
         pair = None if key is None else (text_hash(key), key)
         row = (
             item_id,
-            json_text(document),
+            document_text(document),
             summary.status,
             summary.next_phase,
             json_text(summary.done_names),

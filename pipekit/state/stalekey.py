@@ -25,6 +25,7 @@ from pipekit.state.digest import output_hash
 from pipekit.state.digest import ref_digest
 from pipekit.state.document import COMPLETED
 from pipekit.state.document import read_document
+from pipekit.state.encoded import PhaseRecord
 
 
 def stale_key(document: Any) -> str | None:
@@ -36,23 +37,35 @@ def stale_key(document: Any) -> str | None:
     return key_of_read(document)
 
 
-def key_of_read(document: dict[str, Any]) -> str:
-    """``stale_key`` of a document ``read_document`` has already accepted (not checked again)."""
+def key_of_read(document: dict[str, Any], records: dict[str, PhaseRecord] | None = None) -> str:
+    """``stale_key`` of a document ``read_document`` has already accepted (not checked again).
+
+    :param records: the document's phase records (``pipekit.state.encoded.phase_records``):
+        the entry of a phase that consumes no output depends on its record alone,
+        so it is kept on the record and not worked out again at the next save.
+    """
     entries: list[list[Any]] = []
-    for _, phase in sorted(document["phases"].items(), key=lambda pair: int(pair[0])):
+    for num, phase in sorted(document["phases"].items(), key=lambda pair: int(pair[0])):
+        record = None if records is None else records[num]
+        if record is not None and record.key_entry is not None:
+            entries.append(record.key_entry)
+            continue
         recorded = phase.get("fingerprint")
         if phase.get("status") != COMPLETED or not recorded:
             continue  # no fingerprint: never stale (unknown)
         consumed = recorded.get("consumed") or {}
         unchanged = all(_output_hash(document, name) == then for name, then in consumed.items())
-        entries.append([
+        entry = [
             phase["name"],
             recorded.get("code"),
             recorded.get("version"),
             recorded.get("input") is not None,
             sorted(consumed),
             unchanged,
-        ])
+        ]
+        if record is not None and not consumed:
+            record.key_entry = entry
+        entries.append(entry)
     return json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -73,17 +73,23 @@ def encode_item_id(item_id: str) -> str:
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 
 
-def encode_document(document: dict[str, Any]) -> bytes:
+def encode_document(document: dict[str, Any], phases: Mapping[str, str] | None = None) -> bytes:
     """``document`` as UTF-8 JSON, one top-level key per line and one line per
     entry of a top-level object (each phase on its own line).
 
     Readable like ``indent=2`` but built with json's C encoder, which is used
     only without ``indent``; the indenting encoder is pure Python and was a
     third of the CPU cost of a save.
+
+    :param phases: the JSON text of each of ``document["phases"]``, by num, when
+        already known (``pipekit.state.encoded.phases_texts``): not encoded again.
     """
     lines = []
     for key, value in document.items():
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        if phases is not None and key == "phases" and phases:
+            inner = ",\n".join(f"    {_encode(k)}: {text}" for k, text in phases.items())
+            lines.append(f"  {_encode(key)}: {{\n{inner}\n  }}")
+        elif isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
             inner = ",\n".join(f"    {_encode(k)}: {_encode(v)}" for k, v in value.items())
             lines.append(f"  {_encode(key)}: {{\n{inner}\n  }}")
         else:
