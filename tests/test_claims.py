@@ -212,3 +212,54 @@ def test_items_claimed_by_another_driver_are_waited_for_or_skipped_with_skip_bus
         assert second.returncode == 0, err
         assert "item 'held' is being run by another pipekit process (host " in err and "; waiting for it" in err
     assert executions(pipetester) == Counter({(i, n): 1 for i in ids for n in (1, 2)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("workers", "blocked"), [("1", ["first"]), ("2", ["first", "second"])])
+def test_a_lease_release_stuck_on_the_server_does_not_stop_the_run(
+    pipetester: PipeTester, postgres_store_url: str, workers: str, blocked: list[str]
+) -> None:
+    """-j 1 takes one lease per item; -j 2 claims two at a time. Either way the
+    release of a finished item's lease is a round trip that must not stall the
+    run: here the server holds it (a row lock), as a slow or busy server would."""
+    import psycopg
+
+    pipetester.make_pipeline(PIPELINE)
+    ids = [*blocked, *(f"next-{n:02d}" for n in range(12))]
+    pipetester.make_items(*ids)
+    driver = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", workers, env={
+        "PIPEKIT_STORE": postgres_store_url, "BLOCK_ON": ",".join(blocked)})
+    deadline = time.monotonic() + 60
+    while not all((pipetester.path / f"blocked-{item_id}").exists() for item_id in blocked):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.02)
+    store = open_store_url(postgres_store_url)
+    pipeline, conninfo = store.pipeline, store.conninfo  # type: ignore[attr-defined]
+    store.close()
+    with psycopg.connect(conninfo) as holding:
+        # Deleting this lease row now waits for this transaction; the item's fenced
+        # writes (FOR KEY SHARE) do not.
+        locked = holding.execute(
+            "SELECT item_id FROM pipekit_leases WHERE pipeline = %s AND item_id = %s FOR NO KEY UPDATE",
+            (pipeline, blocked[0]),
+        ).fetchall()
+        assert locked == [(blocked[0],)]
+        (pipetester.path / "go").touch()
+        deadline = time.monotonic() + 30
+        try:
+            # The blocked items end and give up their leases; the others still run.
+            while any(executions(pipetester)[(item_id, 2)] == 0 for item_id in ids):
+                assert driver.poll() is None, driver.communicate()
+                assert time.monotonic() < deadline, f"the run stopped at {sorted(executions(pipetester))}"
+                time.sleep(0.05)
+            finished = holding.execute(
+                "SELECT item_id FROM pipekit_items WHERE pipeline = %s AND next_phase IS NULL", (pipeline,)
+            ).fetchall()
+            assert sorted(item_id for (item_id,) in finished) == sorted(ids)
+        finally:
+            holding.rollback()
+        out, err = driver.communicate(timeout=60)
+        assert driver.returncode == 0, err
+        left = holding.execute("SELECT item_id FROM pipekit_leases WHERE pipeline = %s", (pipeline,)).fetchall()
+        assert left == []  # the exit deleted every lease it held or had released
+    assert executions(pipetester) == Counter({(i, n): 1 for i in ids for n in (1, 2)})

@@ -88,10 +88,10 @@ async def start_claimed(
             elif not control.stop_new_phases:
                 await start(index, item_id, metadata, lock)
             else:
-                lock.release()
+                lock.release_soon()
     finally:
         for lock in locks.values():
-            lock.release()
+            lock.release_soon()
     return held
 
 

@@ -116,6 +116,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         self._heartbeat: threading.Thread | None = None
         self.claim_chunk = max(1, int(claim_chunk))
         self._releasing: set[str] = set()
+        self._wake = threading.Event()
         self._statements: Counter[str] = Counter()
         try:
             self._db = self._connect(autocommit=True)
@@ -432,13 +433,16 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         with self._save_lock:
             if self._saver is not None and not self._saver.closed:
                 self._saver.close()
         with self._lock:
             if self._db.closed:
                 return
-            if self._held or self._releasing:
+            # (the heartbeat's thread may be deleting released ones right now: whatever it
+            # leaves, this statement deletes)
+            if self._held or self._releasing or self._heartbeat is not None:
                 self._statements["release"] += 1
                 self._query("DELETE FROM pipekit_leases WHERE owner = %s", (self.owner,))
                 self._held.clear()

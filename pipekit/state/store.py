@@ -170,6 +170,13 @@ class ItemLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def release_soon(self) -> None:
+        """Release the lock without waiting here for a server (idempotent): a runner's
+        release on its event loop's thread. A lock that is a database row (a lease) is
+        deleted shortly by the store's own thread, and ``StateStore.close`` deletes what
+        is left; this default (a lock file) releases at once, as ``release`` does."""
+        self.release()
+
 
 def _print_warning(message: str) -> None:
     print(f"pipekit: warning: {message}", file=sys.stderr, flush=True)
