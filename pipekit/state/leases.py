@@ -26,8 +26,9 @@ is durable, and nobody else can take the item meanwhile. ``close`` deletes
 every lease still held or waiting, and a killed driver's leases expire.
 
 ``PIPEKIT_COUNT_STATEMENTS=PATH`` makes each store append, when it closes, one
-JSON line to ``PATH`` counting its lock, claim, release and renewal statements
-(the many-drivers benchmark reads it).
+JSON line to ``PATH`` counting its lock, claim, release and renewal statements,
+and its reads of finished rows (``finished``) with the rows they returned
+(``finished_rows``); the many-drivers benchmark reads it.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ class LeaseHolding:
     _releasing: set[str]
     #: Wakes the heartbeat's thread to delete the released leases (or to stop).
     _wake: threading.Event
-    #: Statements sent, by kind (``lock``, ``claim``, ``release``, ``renew``).
+    #: Statements sent, by kind (``lock``, ``claim``, ``release``, ``renew``, ``finished``),
+    #: and ``finished_rows``, the rows the ``finished`` ones returned.
     _statements: Counter[str]
 
     if TYPE_CHECKING:
