@@ -263,3 +263,32 @@ def test_a_lease_release_stuck_on_the_server_does_not_stop_the_run(
         left = holding.execute("SELECT item_id FROM pipekit_leases WHERE pipeline = %s", (pipeline,)).fetchall()
         assert left == []  # the exit deleted every lease it held or had released
     assert executions(pipetester) == Counter({(i, n): 1 for i in ids for n in (1, 2)})
+
+
+@pytest.mark.parametrize("take", ["claim", "try_lock"])
+def test_an_item_taken_again_keeps_its_new_lease_when_its_old_release_lands(postgres_store_url: str, take: str) -> None:
+    """A driver whose lease was taken over releases it (a late DELETE of its own row,
+    which no longer exists), then takes the item again once it is free: the release
+    must land before the new lease, never end it (another driver would run the item
+    while this one does)."""
+    mine, rival = open_store_url(postgres_store_url), open_store_url(postgres_store_url)
+    try:
+        lease = mine.claim(["a"])["a"]
+        mine._query(  # type: ignore[attr-defined]  # it expired (a paused driver) ...
+            "UPDATE pipekit_leases SET expires_at = now() - interval '1 second' WHERE owner = %s", (mine.owner,))  # type: ignore[attr-defined]
+        theirs = rival.try_lock("a")  # ... and the rival took it over, ran it, and let it go
+        assert theirs is not None
+        theirs.release()
+        lease.release_soon()  # the first driver gives up the lease it lost
+        again = mine.claim(["a"]).get("a") if take == "claim" else mine.try_lock("a")
+        assert again is not None
+        mine._wake.set()  # type: ignore[attr-defined]  # whatever release is still to go goes now
+        time.sleep(0.5)
+        owners = rival._query(  # type: ignore[attr-defined]
+            "SELECT owner FROM pipekit_leases WHERE pipeline = %s AND item_id = 'a'", (rival.pipeline,))  # type: ignore[attr-defined]
+        assert owners == [(mine.owner,)]  # type: ignore[attr-defined]
+        assert rival.try_lock("a") is None
+        mine.save("a", {"item_id": "a"})  # still fenced and held
+    finally:
+        mine.close()
+        rival.close()

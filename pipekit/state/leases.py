@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+import contextlib
 import json
 import os
 import threading
@@ -132,6 +133,9 @@ class LeaseHolding:
     _releasing: set[str]
     #: Wakes the heartbeat's thread to delete the released leases (or to stop).
     _wake: threading.Event
+    #: Released leases being deleted now, and the lock held while they are.
+    _deleting: set[str]
+    _deleting_lock: threading.Lock
     #: Statements sent, by kind (``lock``, ``claim``, ``release``, ``renew``, ``finished``),
     #: and ``finished_rows``, the rows the ``finished`` ones returned.
     _statements: Counter[str]
@@ -146,6 +150,7 @@ class LeaseHolding:
         """Take the item's lease without waiting: a new one, or one whose holder's
         expired or certainly died on this machine; None when someone holds it."""
         me = self._me()
+        self._release_first((item_id,))
         with self._lock:
             try:
                 with self._db.transaction():
@@ -191,6 +196,7 @@ class LeaseHolding:
         two more in a transaction only when some lease looks free to take over."""
         wanted = sorted(set(item_ids))
         me = self._me()
+        self._release_first(wanted)
         with self._lock:
             if self._releasing:
                 self._wake.set()  # the released leases go now, on the heartbeat's connection
@@ -242,20 +248,35 @@ class LeaseHolding:
 
     def _flush_releases(self, connection: Any) -> None:
         """Delete the lease rows of the released items, in one statement on ``connection``
-        (the heartbeat's: the store's lock is held only to take them)."""
-        with self._lock:
-            if not self._releasing or connection.closed:
-                return
-            released, self._releasing = sorted(self._releasing), set()
-        try:
-            connection.execute(
-                "DELETE FROM pipekit_leases WHERE pipeline = %s AND owner = %s AND item_id = ANY(%s)",
-                (self.pipeline, self.owner, released),
-            )
-            self._statements["release"] += 1
-        except self._psycopg.Error:
+        (the heartbeat's, or the store's own one under its lock)."""
+        with self._deleting_lock:
             with self._lock:
-                self._releasing.update(released)  # deleted at the next try or at close; the rows expire anyway
+                if not self._releasing or connection.closed:
+                    return
+                released, self._releasing = sorted(self._releasing), set()
+                self._deleting = set(released)
+            try:
+                with self._lock if connection is self._db else contextlib.nullcontext():
+                    connection.execute(
+                        "DELETE FROM pipekit_leases WHERE pipeline = %s AND owner = %s AND item_id = ANY(%s)",
+                        (self.pipeline, self.owner, released),
+                    )
+                self._statements["release"] += 1
+            except self._psycopg.Error:
+                with self._lock:
+                    self._releasing.update(released)  # deleted at the next try or at close; the rows expire anyway
+            finally:
+                self._deleting = set()
+
+    def _release_first(self, item_ids: Sequence[str]) -> None:
+        """Delete now the released leases of any of ``item_ids`` not deleted yet (rare: an
+        item taken again after its lease was lost): the DELETE names this driver, so
+        landing after the new lease it would end it, and another driver would run the
+        item beside this one."""
+        with self._lock:
+            if self._releasing.isdisjoint(item_ids) and self._deleting.isdisjoint(item_ids):
+                return
+        self._flush_releases(self._db)  # after the batch in flight, if one is
 
     def _count_statements(self) -> None:
         """Append this store's statement counts to ``$PIPEKIT_COUNT_STATEMENTS`` (at close)."""

@@ -118,6 +118,8 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         self.claim_chunk = max(1, int(claim_chunk))
         self._releasing: set[str] = set()
         self._wake = threading.Event()
+        self._deleting: set[str] = set()
+        self._deleting_lock = threading.Lock()
         self._statements: Counter[str] = Counter()
         try:
             self._db = self._connect(autocommit=True)
