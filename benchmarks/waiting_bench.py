@@ -23,20 +23,16 @@ import os
 from pathlib import Path
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from typing import Any
 import uuid
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipekit import PipelineStateManager  # noqa: E402
-from pipekit.engine.finished import finished_among  # noqa: E402
-from pipekit.pipeline.phases import PhaseDefinition  # noqa: E402
-from pipekit.state.open import open_store_url  # noqa: E402
-from pipekit.state.store import StateStore  # noqa: E402
+from pipekit import PipelineStateManager
+from pipekit.engine.finished import finished_among
+from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.open import open_store_url
+from pipekit.state.store import StateStore
 
 
 PHASES = [(1, "one"), (2, "two"), (3, "three")]
