@@ -2,6 +2,7 @@
 
     PIPEKIT_TEST_POSTGRES_URL=postgresql://... python benchmarks/drivers_bench.py \\
         [--items 30000] [--drivers 3] [--workers 64] [--phases 3] [--only chunks|per-item]
+        [--latency-ms 0]
 
 Starts ``--drivers`` ``pipekit run`` processes at once on one new pipeline of
 the server's store, over the same items (no-op phases that append one line
@@ -13,11 +14,17 @@ the test server). Two modes in the same run, each on a pipeline of its own:
 runs at once, ``-j``) and ``per-item`` (``?claim=1``: one lease per item, the
 path before chunk claims), which is the baseline. Target (issue 22): K drivers
 make O(items / N) claims, not K x items lock transactions.
+
+``--latency-ms MS`` puts a proxy between the drivers and the server that holds
+every packet back ``MS / 2`` each way, as a server farther away than the next
+room would: each statement's round trip then costs ``MS`` more, and one that
+runs on a driver's event loop stops its items for that long.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections import Counter
 import json
 import os
@@ -25,7 +32,10 @@ from pathlib import Path
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 import uuid
 
 
@@ -47,6 +57,45 @@ def log(item_id, num):
 '''
 
 KINDS = ("claim", "lock", "release", "renew")
+
+
+def delayed(url: str, delay: float) -> str:
+    """``url`` through a proxy on 127.0.0.1 holding every packet back ``delay`` seconds
+    each way (its own event loop, on a daemon thread of this process)."""
+    parts = urlsplit(url)
+    target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+    loop = asyncio.new_event_loop()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pending: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def send() -> None:
+            while True:
+                due, data = await pending.get()
+                if not data:
+                    break
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        sending = asyncio.ensure_future(send())
+        while data := await reader.read(65536):
+            pending.put_nowait((loop.time() + delay, data))
+        pending.put_nowait((0.0, b""))
+        await sending
+
+    async def connection(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(*target)
+        await asyncio.gather(
+            forward(client_reader, server_writer), forward(server_reader, client_writer), return_exceptions=True)
+
+    server = loop.run_until_complete(asyncio.start_server(connection, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    threading.Thread(target=loop.run_forever, name="latency-proxy", daemon=True).start()
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def drop(base: str, pipeline: str) -> None:
@@ -106,12 +155,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--phases", type=int, default=3)
     parser.add_argument("--only", choices=("chunks", "per-item"))
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every round trip to the server")
     args = parser.parse_args()
     base = os.environ.get("PIPEKIT_TEST_POSTGRES_URL")
     if not base:
         sys.exit("set PIPEKIT_TEST_POSTGRES_URL to a PostgreSQL server (bash .ci/postgres.sh starts one)")
+    if args.latency_ms > 0:
+        base = delayed(base, args.latency_ms / 2000)
     modes = [args.only] if args.only else ["chunks", "per-item"]
-    print(f"{args.drivers} drivers, {args.items:,} items x {args.phases} no-op phases, -j {args.workers}, PostgreSQL")
+    latency = f", {args.latency_ms:g} ms added to each round trip" if args.latency_ms > 0 else ""
+    print(f"{args.drivers} drivers, {args.items:,} items x {args.phases} no-op phases, -j {args.workers}, PostgreSQL"
+          f"{latency}; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="drivers-bench-") as folder:
         results = [run_mode(base, Path(folder), mode, args) for mode in modes]
     print(f"{'mode':<9} {'wall s':>7} {'phases/s':>9} {'once':>5} {'claim':>7} {'lock':>7} {'release':>8} "

@@ -212,3 +212,83 @@ def test_items_claimed_by_another_driver_are_waited_for_or_skipped_with_skip_bus
         assert second.returncode == 0, err
         assert "item 'held' is being run by another pipekit process (host " in err and "; waiting for it" in err
     assert executions(pipetester) == Counter({(i, n): 1 for i in ids for n in (1, 2)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("workers", "blocked"), [("1", ["first"]), ("2", ["first", "second"])])
+def test_a_lease_release_stuck_on_the_server_does_not_stop_the_run(
+    pipetester: PipeTester, postgres_store_url: str, workers: str, blocked: list[str]
+) -> None:
+    """-j 1 takes one lease per item; -j 2 claims two at a time. Either way the
+    release of a finished item's lease is a round trip that must not stall the
+    run: here the server holds it (a row lock), as a slow or busy server would."""
+    import psycopg
+
+    pipetester.make_pipeline(PIPELINE)
+    ids = [*blocked, *(f"next-{n:02d}" for n in range(12))]
+    pipetester.make_items(*ids)
+    driver = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", workers, env={
+        "PIPEKIT_STORE": postgres_store_url, "BLOCK_ON": ",".join(blocked)})
+    deadline = time.monotonic() + 60
+    while not all((pipetester.path / f"blocked-{item_id}").exists() for item_id in blocked):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.02)
+    store = open_store_url(postgres_store_url)
+    pipeline, conninfo = store.pipeline, store.conninfo  # type: ignore[attr-defined]
+    store.close()
+    with psycopg.connect(conninfo) as holding:
+        # Deleting this lease row now waits for this transaction; the item's fenced
+        # writes (FOR KEY SHARE) do not.
+        locked = holding.execute(
+            "SELECT item_id FROM pipekit_leases WHERE pipeline = %s AND item_id = %s FOR NO KEY UPDATE",
+            (pipeline, blocked[0]),
+        ).fetchall()
+        assert locked == [(blocked[0],)]
+        (pipetester.path / "go").touch()
+        deadline = time.monotonic() + 30
+        try:
+            # The blocked items end and give up their leases; the others still run.
+            while any(executions(pipetester)[(item_id, 2)] == 0 for item_id in ids):
+                assert driver.poll() is None, driver.communicate()
+                assert time.monotonic() < deadline, f"the run stopped at {sorted(executions(pipetester))}"
+                time.sleep(0.05)
+            finished = holding.execute(
+                "SELECT item_id FROM pipekit_items WHERE pipeline = %s AND next_phase IS NULL", (pipeline,)
+            ).fetchall()
+            assert sorted(item_id for (item_id,) in finished) == sorted(ids)
+        finally:
+            holding.rollback()
+        out, err = driver.communicate(timeout=60)
+        assert driver.returncode == 0, err
+        left = holding.execute("SELECT item_id FROM pipekit_leases WHERE pipeline = %s", (pipeline,)).fetchall()
+        assert left == []  # the exit deleted every lease it held or had released
+    assert executions(pipetester) == Counter({(i, n): 1 for i in ids for n in (1, 2)})
+
+
+@pytest.mark.parametrize("take", ["claim", "try_lock"])
+def test_an_item_taken_again_keeps_its_new_lease_when_its_old_release_lands(postgres_store_url: str, take: str) -> None:
+    """A driver whose lease was taken over releases it (a late DELETE of its own row,
+    which no longer exists), then takes the item again once it is free: the release
+    must land before the new lease, never end it (another driver would run the item
+    while this one does)."""
+    mine, rival = open_store_url(postgres_store_url), open_store_url(postgres_store_url)
+    try:
+        lease = mine.claim(["a"])["a"]
+        mine._query(  # type: ignore[attr-defined]  # it expired (a paused driver) ...
+            "UPDATE pipekit_leases SET expires_at = now() - interval '1 second' WHERE owner = %s", (mine.owner,))  # type: ignore[attr-defined]
+        theirs = rival.try_lock("a")  # ... and the rival took it over, ran it, and let it go
+        assert theirs is not None
+        theirs.release()
+        lease.release_soon()  # the first driver gives up the lease it lost
+        again = mine.claim(["a"]).get("a") if take == "claim" else mine.try_lock("a")
+        assert again is not None
+        mine._wake.set()  # type: ignore[attr-defined]  # whatever release is still to go goes now
+        time.sleep(0.5)
+        owners = rival._query(  # type: ignore[attr-defined]
+            "SELECT owner FROM pipekit_leases WHERE pipeline = %s AND item_id = 'a'", (rival.pipeline,))  # type: ignore[attr-defined]
+        assert owners == [(mine.owner,)]  # type: ignore[attr-defined]
+        assert rival.try_lock("a") is None
+        mine.save("a", {"item_id": "a"})  # still fenced and held
+    finally:
+        mine.close()
+        rival.close()

@@ -10,8 +10,9 @@ reads the item's state under the lock, so an item the other process finished
 counts as completed without running anything.
 
 Where the store claims items in chunks (``pipekit.engine.claims``), each try
-first drops the items the store's index shows finished (one query), then claims
-the rest a chunk at a time: a chunk still held costs a claim, not a lock per item.
+first drops the items the store's index shows finished (one query of their
+rows), then claims the rest a chunk at a time: a chunk still held costs a
+claim, not a lock per item.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ chunks (``claim_chunk`` over 1: PostgreSQL), the run takes the next unfinished
 items of its selection in one claim, as many as it runs at once (``-j``, at most
 ``claim_chunk``), starts those it won as slots free up, and puts the others aside as busy (``pipekit.engine.busy``),
 which waits for them by chunks too. The items another driver finished meanwhile
-are found in the store's finished index (one query), not by taking their locks.
+are found in the store's finished index (one query of their rows only:
+``StateStore.iter_fresh_finished_of``), not by taking their locks.
 A claimed item stays held until it is started and done; a driver that dies
 releases its claim when the lease expires. Stores whose locks are flocks on one
 machine (JSON, SQLite) keep ``claim_chunk`` 1, and so does a run at ``-j 1``:
@@ -88,10 +89,10 @@ async def start_claimed(
             elif not control.stop_new_phases:
                 await start(index, item_id, metadata, lock)
             else:
-                lock.release()
+                lock.release_soon()
     finally:
         for lock in locks.values():
-            lock.release()
+            lock.release_soon()
     return held
 
 
@@ -101,8 +102,8 @@ def finished_elsewhere(
     finished: Callable[[], Finished | None],
     count: Callable[[str, dict[str, Any], float], None],
 ) -> Settle:
-    """A ``Settle`` reading the store's finished index (one streamed query) for the
-    waiting items: those found finished, with the same metadata, are taken out of
+    """A ``Settle`` reading the store's finished index for the waiting items (their
+    rows only, however many others are finished): those found finished, with the same metadata, are taken out of
     the waiting ones and given to ``count`` with their recorded cost, without a
     claim. Not for a run that checks staleness (that needs each item's state),
     nor one whose store has no index (``finished`` is then None)."""

@@ -77,9 +77,10 @@ def finished_among(
 ) -> dict[str, float] | None:
     """Those of ``items`` (a few: the ones a run waits for) that the store's index
     shows finished with the same metadata, with the cost each recorded; None
-    when the store has no index."""
-    rows = _matching(store, phases, items, _any_key)
-    return None if rows is None else dict(rows)
+    when the store has no index. Only their rows are read
+    (``StateStore.iter_fresh_finished_of``), however many others are finished."""
+    rows = store.iter_fresh_finished_of(list(items), [p.name for p in phases], _any_key)
+    return None if rows is None else dict(_same_metadata(rows, items))
 
 
 def _matching(
@@ -91,20 +92,22 @@ def _matching(
     """The finished, fresh rows of the store's index for ``items`` with the same
     metadata, as ``(item_id, cost)``, streamed; None when the store has no index."""
     rows = store.iter_fresh_finished([p.name for p in phases], fresh)
-    if rows is None:
-        return None
+    return None if rows is None else _same_metadata(rows, items)
 
-    def matching(rows: Iterable[tuple[str, float, dict[str, Any]]]) -> Iterator[tuple[str, float]]:
-        wanted = items.get
-        for item_id, cost, saved in rows:
-            metadata = wanted(item_id)
-            if metadata is None:
-                continue  # not selected
-            if metadata and any(saved.get(k) != v for k, v in metadata.items()):
-                continue
-            yield item_id, cost
 
-    return matching(rows)
+def _same_metadata(
+    rows: Iterable[tuple[str, float, dict[str, Any]]], items: dict[str, dict[str, Any]]
+) -> Iterator[tuple[str, float]]:
+    """``(item_id, cost)`` of the ``rows`` of ``items`` whose saved metadata holds
+    theirs (another item of the same id otherwise)."""
+    wanted = items.get
+    for item_id, cost, saved in rows:
+        metadata = wanted(item_id)
+        if metadata is None:
+            continue  # not selected
+        if metadata and any(saved.get(k) != v for k, v in metadata.items()):
+            continue
+        yield item_id, cost
 
 
 def unfinished(

@@ -239,7 +239,7 @@ class Run:
             if self.control.stop_new_phases:
                 slots.release()
                 if lock is not None:
-                    lock.release()
+                    lock.release_soon()
                 return
             task = asyncio.ensure_future(self._process_item(index, item_id, metadata, lock))
             tasks.add(task)
@@ -345,7 +345,7 @@ class Run:
             try:
                 await self._process_locked_item(index, item_id, metadata)
             finally:
-                lock.release()
+                lock.release_soon()  # its last write is durable: the lease may go, off this thread
         except LeaseLostError as exc:  # paused past its lease, the item was taken over: the new holder's now
             self._say(f"{exc}; item {item_id!r} left to it", "warning")
             self.busy.add(index, item_id, metadata)

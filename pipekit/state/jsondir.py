@@ -5,6 +5,8 @@ renamed over the old file, so a reader or a crash sees the old or the new file w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -28,6 +30,8 @@ from pipekit.state.escaping import json_value
 from pipekit.state.escaping import needs_escape
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
+from pipekit.state.indexed import UNREADABLE
+from pipekit.state.indexed import index_columns
 from pipekit.state.store import NO_LOCKING_ERRNOS
 from pipekit.state.store import FlockedItems
 from pipekit.state.store import ItemLock
@@ -353,3 +357,23 @@ class JsonDirStore(FlockedItems, StateStore):
                 yield item_id, document
             elif errors is not None:
                 errors.append(StateFileError(path, "has no item_id"))
+
+    def iter_fresh_finished_of(
+        self, item_ids: Collection[str], phase_names: Collection[str], fresh: Callable[[str | None], bool]
+    ) -> Iterator[tuple[str, float, dict[str, Any]]]:
+        """No index to ask, but a few state files are cheap to read: those of
+        ``item_ids`` are read and summarised as a database store indexes them (a
+        missing or unreadable one is not finished: a run reads it under its lock)."""
+        wanted = set(phase_names)
+        answers: dict[str | None, bool] = {}
+        for item_id, document in self.load_many(sorted(set(item_ids))):
+            if not isinstance(document, dict):
+                continue
+            summary, key = index_columns(document)
+            if summary is UNREADABLE or summary.next_phase is not None or not wanted.issubset(summary.done_names):
+                continue
+            accepted = answers.get(key)
+            if accepted is None:
+                accepted = answers[key] = fresh(key)
+            if accepted:
+                yield item_id, summary.cost_usd, summary.metadata

@@ -17,18 +17,29 @@ The leases a driver holds are renewed together by one statement per heartbeat,
 and those of claimed items it finished are deleted in batches. ``claim=1``
 keeps the per-item leases of ``try_lock``, the path before chunks.
 
+A run gives up its leases with ``Lease.release_soon``: the lease row is deleted
+by the heartbeat's thread, on its connection, never on the event loop's thread,
+where the round trip (behind the store's lock, a claim or a heartbeat) stopped
+every item; a per-item lease at once, those of claimed items a batch at a time.
+Releasing later is always safe: the run calls it only once the item's last write
+is durable, and nobody else can take the item meanwhile. ``close`` deletes
+every lease still held or waiting, and a killed driver's leases expire.
+
 ``PIPEKIT_COUNT_STATEMENTS=PATH`` makes each store append, when it closes, one
-JSON line to ``PATH`` counting its lock, claim, release and renewal statements
-(the many-drivers benchmark reads it).
+JSON line to ``PATH`` counting its lock, claim, release and renewal statements,
+and its reads of finished rows (``finished``) with the rows they returned
+(``finished_rows``); the many-drivers benchmark reads it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+import contextlib
 import json
 import os
 import threading
+import time
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -90,6 +101,13 @@ class Lease(ItemLock):
             else:
                 store._release(self._item_id)
 
+    def release_soon(self) -> None:
+        """Give the lease up without a round trip here: the heartbeat's thread deletes
+        it (a per-item lease at once, a claimed one with the next batch)."""
+        if self._store is not None:
+            store, self._store = self._store, None
+            store._release_later(self._item_id, soon=not self._batched)
+
 
 class LeaseHolding:
     """Taking, renewing and releasing leases: mixed into ``PostgresStore``, whose
@@ -111,9 +129,15 @@ class LeaseHolding:
     _heartbeat: threading.Thread | None
     #: Items ``claim`` takes at once.
     claim_chunk: int
-    #: Released leases of claimed items, not deleted yet.
+    #: Released leases, not deleted yet.
     _releasing: set[str]
-    #: Statements sent, by kind (``lock``, ``claim``, ``release``, ``renew``).
+    #: Wakes the heartbeat's thread to delete the released leases (or to stop).
+    _wake: threading.Event
+    #: Released leases being deleted now, and the lock held while they are.
+    _deleting: set[str]
+    _deleting_lock: threading.Lock
+    #: Statements sent, by kind (``lock``, ``claim``, ``release``, ``renew``, ``finished``),
+    #: and ``finished_rows``, the rows the ``finished`` ones returned.
     _statements: Counter[str]
 
     if TYPE_CHECKING:
@@ -126,6 +150,7 @@ class LeaseHolding:
         """Take the item's lease without waiting: a new one, or one whose holder's
         expired or certainly died on this machine; None when someone holds it."""
         me = self._me()
+        self._release_first((item_id,))
         with self._lock:
             try:
                 with self._db.transaction():
@@ -171,8 +196,10 @@ class LeaseHolding:
         two more in a transaction only when some lease looks free to take over."""
         wanted = sorted(set(item_ids))
         me = self._me()
+        self._release_first(wanted)
         with self._lock:
-            self._flush_releases()
+            if self._releasing:
+                self._wake.set()  # the released leases go now, on the heartbeat's connection
             try:
                 rows = self._db.execute(_CLAIM, (*me, self.pipeline, wanted, self.pipeline, wanted)).fetchall()
                 self._statements["claim"] += 1
@@ -209,31 +236,47 @@ class LeaseHolding:
                 self._statements["claim"] += 1
         return free
 
-    def _release_later(self, item_id: str) -> None:
-        """Forget a claimed item now; its lease row goes with the next batch of releases
-        (held a little longer is always safe: nobody else runs it meanwhile)."""
+    def _release_later(self, item_id: str, *, soon: bool = False) -> None:
+        """Forget an item now; its lease row is deleted by the heartbeat's thread: with
+        ``soon`` at once, else with the next batch of releases (held a little longer is
+        always safe: nobody else runs it meanwhile). Never a statement on this thread."""
         with self._lock:
             self._held.discard(item_id)
             self._releasing.add(item_id)
-            if len(self._releasing) >= RELEASE_BATCH:
-                self._flush_releases()
+            if soon or len(self._releasing) >= RELEASE_BATCH:
+                self._wake.set()
 
-    def _flush_releases(self, db: Any = None) -> None:
-        """Delete the lease rows of the released claimed items, in one statement."""
-        with self._lock:
-            connection = self._db if db is None else db
-            if not self._releasing or connection.closed:
-                return
-            released, self._releasing = sorted(self._releasing), set()
-        try:
-            connection.execute(
-                "DELETE FROM pipekit_leases WHERE pipeline = %s AND owner = %s AND item_id = ANY(%s)",
-                (self.pipeline, self.owner, released),
-            )
-            self._statements["release"] += 1
-        except self._psycopg.Error:
+    def _flush_releases(self, connection: Any) -> None:
+        """Delete the lease rows of the released items, in one statement on ``connection``
+        (the heartbeat's, or the store's own one under its lock)."""
+        with self._deleting_lock:
             with self._lock:
-                self._releasing.update(released)  # deleted at the next try or at close; the rows expire anyway
+                if not self._releasing or connection.closed:
+                    return
+                released, self._releasing = sorted(self._releasing), set()
+                self._deleting = set(released)
+            try:
+                with self._lock if connection is self._db else contextlib.nullcontext():
+                    connection.execute(
+                        "DELETE FROM pipekit_leases WHERE pipeline = %s AND owner = %s AND item_id = ANY(%s)",
+                        (self.pipeline, self.owner, released),
+                    )
+                self._statements["release"] += 1
+            except self._psycopg.Error:
+                with self._lock:
+                    self._releasing.update(released)  # deleted at the next try or at close; the rows expire anyway
+            finally:
+                self._deleting = set()
+
+    def _release_first(self, item_ids: Sequence[str]) -> None:
+        """Delete now the released leases of any of ``item_ids`` not deleted yet (rare: an
+        item taken again after its lease was lost): the DELETE names this driver, so
+        landing after the new lease it would end it, and another driver would run the
+        item beside this one."""
+        with self._lock:
+            if self._releasing.isdisjoint(item_ids) and self._deleting.isdisjoint(item_ids):
+                return
+        self._flush_releases(self._db)  # after the batch in flight, if one is
 
     def _count_statements(self) -> None:
         """Append this store's statement counts to ``$PIPEKIT_COUNT_STATEMENTS`` (at close)."""
@@ -249,19 +292,28 @@ class LeaseHolding:
             self._heartbeat.start()
 
     def _renew_leases(self) -> None:
-        """Push this driver's leases forward until the store is closed (own connection)."""
+        """Push this driver's leases forward until the store is closed, and delete the
+        released ones when woken (own connection)."""
         try:
             db = self._psycopg.connect(self.conninfo, autocommit=True)
         except self._psycopg.Error:
-            return
+            return  # nothing renewed: the leases expire; close() deletes the released ones
+        period = self.lease_seconds / 3
+        renew_at = time.monotonic() + period
         with db:
-            while not self._stop.wait(self.lease_seconds / 3):
+            while not self._stop.is_set():
+                self._wake.wait(max(0.0, renew_at - time.monotonic()))
+                self._wake.clear()  # before taking the released ones: a later release wakes it again
+                if self._stop.is_set():
+                    return
                 try:
-                    db.execute(
-                        "UPDATE pipekit_leases SET expires_at = now() + %s::interval WHERE owner = %s",
-                        (f"{self.lease_seconds} seconds", self.owner),
-                    )
-                    self._statements["renew"] += 1
+                    if time.monotonic() >= renew_at:
+                        renew_at = time.monotonic() + period
+                        db.execute(
+                            "UPDATE pipekit_leases SET expires_at = now() + %s::interval WHERE owner = %s",
+                            (f"{self.lease_seconds} seconds", self.owner),
+                        )
+                        self._statements["renew"] += 1
                     self._flush_releases(db)
                 except self._psycopg.Error:
                     continue  # a network blip: try again; the lease outlives a few misses

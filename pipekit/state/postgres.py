@@ -21,6 +21,7 @@ between the check and the commit. A write that finds the lease gone raises
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from collections.abc import Collection
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -117,6 +118,9 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         self._heartbeat: threading.Thread | None = None
         self.claim_chunk = max(1, int(claim_chunk))
         self._releasing: set[str] = set()
+        self._wake = threading.Event()
+        self._deleting: set[str] = set()
+        self._deleting_lock = threading.Lock()
         self._statements: Counter[str] = Counter()
         try:
             self._db = self._connect(autocommit=True)
@@ -413,8 +417,14 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
                  AND jsonb_typeof(state) = 'object' AND state ? 'schema_version' AND state ? 'phases'""",
             (self.pipeline, sorted(phase_names)),
         )
-        for item_id, metadata, cost, key in rows:
-            yield item_id, FinishedItem(metadata if isinstance(metadata, dict) else {}, float(cost), key)
+        self._statements["finished"] += 1
+        count = 0
+        try:
+            for item_id, metadata, cost, key in rows:
+                count += 1
+                yield item_id, FinishedItem(metadata if isinstance(metadata, dict) else {}, float(cost), key)
+        finally:
+            self._statements["finished_rows"] += count
 
     def unfinished_item_ids(self) -> Iterator[str]:
         rows = self._query(
@@ -433,13 +443,16 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         with self._save_lock:
             if self._saver is not None and not self._saver.closed:
                 self._saver.close()
         with self._lock:
             if self._db.closed:
                 return
-            if self._held or self._releasing:
+            # (the heartbeat's thread may be deleting released ones right now: whatever it
+            # leaves, this statement deletes)
+            if self._held or self._releasing or self._heartbeat is not None:
                 self._statements["release"] += 1
                 self._query("DELETE FROM pipekit_leases WHERE owner = %s", (self.owner,))
                 self._held.clear()
@@ -448,4 +461,30 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             self._count_statements()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
+
+    def iter_fresh_finished_of(
+        self, item_ids: Collection[str], phase_names: Collection[str], fresh: Callable[[str | None], bool]
+    ) -> Iterator[tuple[str, float, dict[str, Any]]]:
+        """The finished rows of ``item_ids`` only, by primary key (``item_id = ANY``),
+        1,000 ids a statement, on the store's own connection: a few rows need no
+        cursor or connection of their own."""
+        from pipekit.state.sqlite import _chunks
+
+        answers: dict[str | None, bool] = {}
+        for part in _chunks(sorted(set(item_ids)), 1000):
+            rows = self._query(_FINISHED_OF, (self.pipeline, sorted(phase_names), part))
+            self._statements["finished"] += 1
+            self._statements["finished_rows"] += len(rows)
+            for item_id, metadata, cost, key in rows:
+                accepted = answers.get(key)
+                if accepted is None:
+                    accepted = answers[key] = fresh(key)
+                if accepted:
+                    yield item_id, float(cost), metadata if isinstance(metadata, dict) else {}
+
+
+#: The finished rows of some items (``PostgresStore.iter_fresh_finished_of``).
+_FINISHED_OF = """SELECT item_id, metadata, cost_usd, stale_key FROM pipekit_items
+    WHERE pipeline = %s AND next_phase IS NULL AND done_names @> %s AND item_id = ANY(%s)
+      AND jsonb_typeof(state) = 'object' AND state ? 'schema_version' AND state ? 'phases'"""
 

@@ -40,6 +40,7 @@ from pipekit.state.indexed import index_columns
 from pipekit.state.localdisk import check_local
 from pipekit.state.sqlitefinished import finished_rows
 from pipekit.state.sqlitefinished import fresh_finished_rows
+from pipekit.state.sqlitefinished import fresh_finished_rows_of
 from pipekit.state.store import FlockedItems
 from pipekit.state.store import StateStore
 from pipekit.state.values import decode_output
@@ -416,6 +417,11 @@ class SqliteStore(FlockedItems, StateStore):
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
+
+    def iter_fresh_finished_of(
+        self, item_ids: Collection[str], phase_names: Collection[str], fresh: Callable[[str | None], bool]
+    ) -> Iterator[tuple[str, float, dict[str, Any]]]:
+        return fresh_finished_rows_of(self.path, self.location, item_ids, phase_names, fresh)
 
 
 def _retry_while_busy(action: Callable[[], None], timeout: float) -> None:

@@ -87,3 +87,38 @@ def _reader(path: Path, location: str) -> Iterator[sqlite3.Connection]:
         yield db
     finally:
         db.close()
+
+
+#: The finished rows of some items, with their stale keys (``fresh_finished_rows_of``).
+_FINISHED_OF = """SELECT items.item_id, done_names, metadata, cost_usd, stale_keys.key
+    FROM items LEFT JOIN stale_keys ON stale_keys.digest = items.stale_digest
+    WHERE next_phase IS NULL AND items.item_id IN ({marks})"""
+
+
+def fresh_finished_rows_of(
+    path: Path,
+    location: str,
+    item_ids: Collection[str],
+    phase_names: Collection[str],
+    fresh: Callable[[str | None], bool],
+    chunk: int = 500,
+) -> Iterator[tuple[str, float, dict[str, Any]]]:
+    """``StateStore.iter_fresh_finished_of`` of the database at ``path``: the rows of
+    ``item_ids`` only, by primary key, ``chunk`` ids a query (SQLite's limit on
+    parameters is 999 in old versions)."""
+    wanted = set(phase_names)
+    answers: dict[str | None, bool] = {}
+    ids = sorted(set(item_ids))
+    with _reader(path, location) as reader:
+        for at in range(0, len(ids), chunk):
+            part = ids[at : at + chunk]
+            for item_id, done, metadata, cost, key in reader.execute(
+                _FINISHED_OF.format(marks=",".join("?" * len(part))), part
+            ):
+                if not wanted.issubset(json.loads(done)):
+                    continue
+                accepted = answers.get(key)
+                if accepted is None:
+                    accepted = answers[key] = fresh(key)
+                if accepted:
+                    yield item_id, cost, json_value(metadata)

@@ -176,6 +176,13 @@ class ItemLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def release_soon(self) -> None:
+        """Release the lock without waiting here for a server (idempotent): a runner's
+        release on its event loop's thread. A lock that is a database row (a lease) is
+        deleted shortly by the store's own thread, and ``StateStore.close`` deletes what
+        is left; this default (a lock file) releases at once, as ``release`` does."""
+        self.release()
+
 
 def _print_warning(message: str) -> None:
     print(f"pipekit: warning: {message}", file=sys.stderr, flush=True)
@@ -401,6 +408,21 @@ class StateStore(abc.ABC):
                 lock.release()
             raise
         return taken
+
+    def iter_fresh_finished_of(
+        self, item_ids: Collection[str], phase_names: Collection[str], fresh: Callable[[str | None], bool]
+    ) -> Iterator[tuple[str, float, dict[str, Any]]] | None:
+        """``iter_fresh_finished`` of ``item_ids`` only, in any order: what a run asks
+        at every try at the few items another process holds, so a store should read
+        those items' rows, not every finished row. None when this store cannot tell
+        without reading each item's state (no index). This default streams
+        ``iter_fresh_finished`` and keeps the rows of ``item_ids``: correct for any
+        store that has that, and as slow as it."""
+        rows = self.iter_fresh_finished(phase_names, fresh)
+        if rows is None:
+            return None
+        wanted = set(item_ids)
+        return (row for row in rows if row[0] in wanted)
 
 
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
