@@ -285,10 +285,10 @@ def pipekit_phase_complete(item: Item, phase: PhaseDefinition, result: PhaseOutc
     :param result: ``output``, ``tokens_in``, ``tokens_out``, ``cost_usd``,
         ``duration_seconds``, ``attempt`` (the usage is that of the attempt that
         completed; failed attempts before it were reported by ``pipekit_phase_retry``).
-        With ``--executor dask``, an output over 64 KiB that the worker stored in the
-        run's store itself, or that an earlier run kept in the store, is a
-        ``pipekit.state.stored.StoredOutput`` here and in ``item.state.phase_outputs``
-        during the run (the store's ``read_output(item_id, ref)`` gives its value), so
+        With ``--executor processes`` or ``dask``, an output over 64 KiB that the
+        worker stored in the run's store itself, or that an earlier run kept in the
+        store, is a ``pipekit.state.stored.StoredOutput`` here and in
+        ``item.state.phase_outputs`` during the run (the store's ``read_output(item_id, ref)`` gives its value), so
         the driver does not read it unless asked.
 
     .. versionadded:: 1.0

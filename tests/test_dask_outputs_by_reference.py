@@ -7,6 +7,8 @@ from pathlib import Path
 import pickle
 
 from dask_cluster import DaskCluster
+from driver_io import driver_io
+from driver_io import with_driver_io
 import pytest
 
 from pipekit.engine.arguments import handler_arguments
@@ -28,18 +30,12 @@ ITEMS = 8
 
 #: A str, a large JSON value validated by a model, and a phase taking both (one as
 #: the model) that says what it got; the driver counts the bytes it reads and writes.
-PIPELINE = '''
-    import os
-    from pathlib import Path
+PIPELINE = with_driver_io('''
     from pydantic import BaseModel
-    from pipekit import hookimpl, phase
+    from pipekit import phase
 
     class Doc(BaseModel):
         words: list[str]
-
-    def io():
-        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
-        return int(fields["rchar"]) + int(fields["wchar"])
 
     @phase(1)
     def text(item_id):
@@ -56,17 +52,7 @@ PIPELINE = '''
             "doc": [type(doc).__name__, len(doc.words), doc.words[0]],
             "previous": [type(previous_outputs[2]).__name__, len(previous_outputs[1])],
         }
-
-    AT_START = []
-
-    @hookimpl
-    def pipekit_run_start(run):
-        AT_START.append(io())
-
-    @hookimpl
-    def pipekit_run_finish(run, exitstatus):
-        Path(os.environ["DRIVER_IO_FILE"]).write_text(str(io() - AT_START[0]))
-'''
+''')
 
 
 @pytest.mark.slow
@@ -99,7 +85,7 @@ def test_the_driver_never_carries_a_large_output_between_phases_on_the_cluster(
     # them to the next phase, or stored them again, it would have moved over 2 MB per item.
     # (The JSON store: SQLite's checkpoints would copy the workers' pages in whichever
     # process commits, the driver's included.)
-    moved = int(io_file.read_text())
+    moved = driver_io(io_file)
     print(f"driver read and wrote {moved:,} bytes during the run ({ITEMS} items, 2 large outputs each)")
     assert moved < ITEMS * MEGABYTE // 4
 
@@ -218,16 +204,11 @@ def test_a_worker_that_cannot_see_the_store_runs_nothing_and_gets_the_values(tmp
 
 #: Phase 1 writes a megabyte; phase 2 fails while the flag file exists, so a
 #: second run resumes every item at phase 2, whose worker reads the megabyte itself.
-RESUMED = '''
-    import os
+RESUMED = with_driver_io('''
     from pathlib import Path
-    from pipekit import hookimpl, phase
+    from pipekit import phase
 
     FLAG = Path(__file__).parent / "fail-phase-2"
-
-    def io():
-        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
-        return int(fields["rchar"]) + int(fields["wchar"])
 
     @phase(1)
     def text(item_id):
@@ -238,20 +219,7 @@ RESUMED = '''
         if FLAG.exists():
             raise RuntimeError("not yet")
         return len(text)
-
-    AT_START = []
-
-    @hookimpl
-    def pipekit_configure(config):
-        import distributed  # noqa: F401  (its modules' bytes are not the run's)
-        import pipekit.execution.dask  # noqa: F401
-
-        AT_START.append(io())  # before the run reads any state
-
-    @hookimpl
-    def pipekit_run_finish(run, exitstatus):
-        Path(os.environ["DRIVER_IO_FILE"]).write_text(str(io() - AT_START[0]))
-'''
+''')
 
 
 @pytest.mark.slow
@@ -276,6 +244,6 @@ def test_a_resumed_run_on_the_cluster_does_not_read_the_earlier_large_outputs_on
         assert resumed.state(item).phase_outputs == {1: item + "x" * MEGABYTE, 2: len(item) + MEGABYTE}
     # The states the resumed run loads refer to eight megabytes; reading them
     # (had the driver loaded the values) moves over a megabyte per item.
-    moved = int(io_file.read_text())
+    moved = driver_io(io_file)
     print(f"the resumed driver read and wrote {moved:,} bytes ({ITEMS} items, 1 MB stored by a worker each)")
     assert moved < ITEMS * MEGABYTE // 4

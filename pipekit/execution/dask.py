@@ -56,16 +56,16 @@ from pipekit.execution.base import RemoteExecutor
 from pipekit.execution.code import PipelineCode
 from pipekit.execution.remote import Event
 from pipekit.execution.remote import InputsUnreachable
-from pipekit.execution.remote import OutputRoute
 from pipekit.execution.remote import RemoteCall
 from pipekit.execution.remote import RemoteOutcome
 from pipekit.execution.remote import WorkerLost
 from pipekit.execution.remote import apply_outcome
 from pipekit.execution.remote import execute_call
 from pipekit.execution.remote import replay_event
+from pipekit.execution.routes import StoreRoutes
+from pipekit.execution.routes import send_values
 from pipekit.outcomes import UsageError
 from pipekit.pipeline.context import PhaseContext
-from pipekit.pipeline.outputs import inline_stored
 from pipekit.pipeline.phases import PhaseDefinition
 from pipekit.pipeline.resources import unplaceable
 
@@ -165,8 +165,8 @@ class DaskExecutor(RemoteExecutor):
         #: Per task key, the driver's ``ctx`` its reports are replayed onto, and how many came.
         self._reports: dict[str, _Reports] = {}
         self._cluster: Any = None
-        #: Per file store's folder, the file whose presence tells a worker it sees that folder.
-        self._markers: dict[Path, str] = {}
+        #: Where each task's worker stores a large output and reads its inputs.
+        self._routes = StoreRoutes(markers=True)
         self._connecting: asyncio.Lock | None = None
 
     async def _get_client(self) -> Any:
@@ -274,7 +274,7 @@ class DaskExecutor(RemoteExecutor):
         ctx: PhaseContext | None,
     ) -> Any:
         call = self.remote_call(phase, func, kwargs)
-        call.output_route = self._output_route(phase, ctx)
+        call.output_route = self._routes.route(phase, ctx)
         call.inputs_by_reference = True
         # A cache check is cheap and runs anywhere; the handler needs the phase's resources.
         resources = phase.resources if func is phase.handler else None
@@ -282,10 +282,8 @@ class DaskExecutor(RemoteExecutor):
         keys = [key[-1]]
         try:
             outcome = await self._submit(key, call, resources)
-            if isinstance(outcome.error, InputsUnreachable) and ctx is not None and ctx._checkpoints is not None:
-                # That worker does not see the store, and ran nothing: the values go with the task.
-                store = ctx._checkpoints.store
-                call.kwargs = inline_stored(call.kwargs, lambda stored: stored.read_from(store))
+            if isinstance(outcome.error, InputsUnreachable) and send_values(call, ctx):
+                # That worker does not see the store, and ran nothing: the values went with the task.
                 key = self._new_key(phase.name, key[1], key[2])
                 self._reports[key[-1]] = reports
                 keys.append(key[-1])
@@ -300,27 +298,6 @@ class DaskExecutor(RemoteExecutor):
         context = call.context or {}
         key = self._new_key(call.phase_name, context.get("item_id", ""), context.get("attempt", 0))
         return await self._submit(key, call)
-
-    def _output_route(self, phase: PhaseDefinition, ctx: PhaseContext | None) -> OutputRoute | None:
-        """Where the worker stores a large output of this call itself: the run's
-        store, when a worker may reach it (None: it comes back another way)."""
-        checkpoints = ctx._checkpoints if ctx is not None else None
-        url = checkpoints.store.reopen_url() if checkpoints is not None else None
-        if checkpoints is None or url is None:
-            return None
-        scheme, _, rest = url.partition(":")
-        marker: str | None = None
-        if scheme in ("json", "sqlite"):
-            folder = Path(rest) if scheme == "json" else Path(rest.partition("?")[0]).parent
-            marker = self._markers.get(folder)
-            if marker is None:
-                path = folder / f".pipekit-reach-{self._run_id}"
-                with contextlib.suppress(OSError):
-                    path.touch()
-                marker = self._markers[folder] = str(path)
-        elif scheme not in ("postgresql", "postgres"):
-            return None
-        return OutputRoute(url, checkpoints.item_id, phase.num, marker)
 
     def _new_key(self, phase_name: str, item_id: str, attempt: int) -> TaskKey:
         """``(pipeline.phase, item, attempt, tag)``: Dask groups the tasks of a phase by
@@ -374,9 +351,7 @@ class DaskExecutor(RemoteExecutor):
         future.cancel()
 
     async def aclose(self) -> None:
-        for marker in self._markers.values():
-            with contextlib.suppress(OSError):
-                os.unlink(marker)
+        self._routes.close()
         if self._client is not None and self._client is self._borrowed:
             self._client.unsubscribe_topic(self._topic)
             return

@@ -1,8 +1,8 @@
 """An output a worker stored in the run's store itself, held by reference.
 
-With ``--executor dask`` a worker that reaches the run's store writes a large
-output there (``StateStore.write_output``) and sends back only a
-``StoredOutput``: the item's state keeps it as the phase's output, and its
+With ``--executor processes`` or ``dask`` a worker that reaches the run's
+store writes a large output there (``StateStore.write_output``) and sends
+back only a ``StoredOutput``: the item's state keeps it as the phase's output, and its
 reference goes into the saved document as any output kept apart does. The
 driver reads the value only when something on its side needs it (a handler
 run here, ``pipekit.run``'s states); a downstream phase on a worker that
