@@ -41,66 +41,16 @@ from pipekit.state.localdisk import check_local
 from pipekit.state.sqlitefinished import finished_rows
 from pipekit.state.sqlitefinished import fresh_finished_rows
 from pipekit.state.sqlitefinished import fresh_finished_rows_of
+from pipekit.state.sqliteschema import ADD_KEY
+from pipekit.state.sqliteschema import INDEXES
+from pipekit.state.sqliteschema import SCHEMA
+from pipekit.state.sqliteschema import UPSERT
+from pipekit.state.sqliteschema import statements
 from pipekit.state.store import FlockedItems
 from pipekit.state.store import StateStore
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
 from pipekit.state.values import output_ref
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    item_id TEXT PRIMARY KEY,
-    status TEXT,
-    next_phase INTEGER,
-    done_names TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    cost_usd REAL NOT NULL DEFAULT 0,
-    rev INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    stale_digest TEXT
-);
--- The distinct stale keys (pipekit.state.stalekey); an item's row names its key by
--- digest, so the covering index stays narrow (a run's items share few keys).
-CREATE TABLE IF NOT EXISTS stale_keys (digest TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS checkpoints (
-    item_id TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (item_id, phase, key)
-);
-CREATE INDEX IF NOT EXISTS items_status ON items (status);
--- A state changed by hand (not by pipekit, which bumps rev) no longer counts as
--- finished, so the next run reads it and names it if it is broken.
-CREATE TRIGGER IF NOT EXISTS items_edited AFTER UPDATE OF state ON items WHEN NEW.rev IS OLD.rev
-BEGIN
-    UPDATE items SET done_names = '[]' WHERE item_id = NEW.item_id;
-END;
-CREATE TABLE IF NOT EXISTS outputs (
-    item_id TEXT NOT NULL,
-    ref TEXT NOT NULL,
-    text TEXT NOT NULL,
-    PRIMARY KEY (item_id, ref)
-);
-"""
-
-#: Run after _SCHEMA: databases made before the stale key get its column first.
-_INDEXES = """
-DROP INDEX IF EXISTS items_next_phase;
--- Covers the resume and "what is left" queries: they never read a state document.
-CREATE INDEX IF NOT EXISTS items_finished ON items (next_phase, item_id, done_names, metadata, cost_usd, stale_digest);
-"""
-
-_UPSERT = """
-INSERT INTO items (item_id, state, status, next_phase, done_names, metadata, cost_usd, stale_digest)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (item_id) DO UPDATE SET state = excluded.state, status = excluded.status,
-    next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata,
-    cost_usd = excluded.cost_usd, stale_digest = excluded.stale_digest, rev = items.rev + 1
-"""
-
-_ADD_KEY = "INSERT OR IGNORE INTO stale_keys (digest, key) VALUES (?, ?)"
 
 
 class SqliteStore(FlockedItems, StateStore):
@@ -162,11 +112,11 @@ class SqliteStore(FlockedItems, StateStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         with self._transaction() as db:
-            for statement in _statements(_SCHEMA):
+            for statement in statements(SCHEMA):
                 db.execute(statement)
             if "stale_digest" not in {row[1] for row in db.execute("PRAGMA table_info(items)")}:
                 db.execute("ALTER TABLE items ADD COLUMN stale_digest TEXT")
-            for statement in _statements(_INDEXES):
+            for statement in statements(INDEXES):
                 db.execute(statement)
 
     def reopen_url(self) -> str:
@@ -281,8 +231,8 @@ class SqliteStore(FlockedItems, StateStore):
 
         def action(db: sqlite3.Connection) -> None:
             if keys:
-                db.executemany(_ADD_KEY, keys)
-            db.executemany(_UPSERT, rows)
+                db.executemany(ADD_KEY, keys)
+            db.executemany(UPSERT, rows)
             if drops:
                 db.executemany("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", drops)
 
@@ -454,19 +404,6 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 _SQLITE_BUSY = 5
 _T = TypeVar("_T")
-
-
-def _statements(script: str) -> list[str]:
-    """``script`` split into statements (a trigger body's ``;`` stays inside its statement)."""
-    statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        if line.lstrip().startswith("--"):
-            continue
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return statements
 
 
 def _chunks(item_ids: Iterable[_T], size: int) -> Iterator[list[_T]]:
