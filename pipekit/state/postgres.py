@@ -53,6 +53,7 @@ from pipekit.state.leases import DEFAULT_CLAIM_CHUNK
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
 from pipekit.state.leases import LeaseHolding
 from pipekit.state.postgresschema import DROP_CHECKPOINTS
+from pipekit.state.postgresschema import FINISHED_OF
 from pipekit.state.postgresschema import SCHEMA
 from pipekit.state.postgresschema import SCHEMA_IS_CURRENT
 from pipekit.state.postgresschema import SCHEMA_LOCK_KEY
@@ -448,14 +449,14 @@ class PostgresStore(LeaseFence, LeaseRowHolder, LeaseHolding, StateStore):
     def iter_fresh_finished_of(
         self, item_ids: Collection[str], phase_names: Collection[str], fresh: Callable[[str | None], bool]
     ) -> Iterator[tuple[str, float, dict[str, Any]]]:
-        """The finished rows of ``item_ids`` only, by primary key (``item_id = ANY``),
+        """The finished rows of ``item_ids`` only, by primary key (``FINISHED_OF``),
         1,000 ids a statement, on the store's own connection: a few rows need no
         cursor or connection of their own."""
         from pipekit.state.sqlite import _chunks
 
         answers: dict[str | None, bool] = {}
         for part in _chunks(sorted(set(item_ids)), 1000):
-            rows = self._query(_FINISHED_OF, (self.pipeline, sorted(phase_names), part))
+            rows = self._query(FINISHED_OF, ([self.pipeline] * len(part), part, sorted(phase_names)))
             self._statements["finished"] += 1
             self._statements["finished_rows"] += len(rows)
             for item_id, metadata, cost, key in rows:
@@ -464,9 +465,3 @@ class PostgresStore(LeaseFence, LeaseRowHolder, LeaseHolding, StateStore):
                     accepted = answers[key] = fresh(key)
                 if accepted:
                     yield item_id, float(cost), metadata if isinstance(metadata, dict) else {}
-
-
-#: The finished rows of some items (``PostgresStore.iter_fresh_finished_of``).
-_FINISHED_OF = """SELECT item_id, metadata, cost_usd, stale_key FROM pipekit_items
-    WHERE pipeline = %s AND next_phase IS NULL AND done_names @> %s AND item_id = ANY(%s)
-      AND jsonb_typeof(state) = 'object' AND state ? 'schema_version' AND state ? 'phases'"""

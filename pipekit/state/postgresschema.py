@@ -64,3 +64,16 @@ DROP_CHECKPOINTS = "DELETE FROM pipekit_checkpoints WHERE pipeline = %s AND item
 #: True once the last of ``SCHEMA`` was applied (they are applied together, in order).
 SCHEMA_IS_CURRENT = """SELECT 1 FROM information_schema.columns
     WHERE table_schema = current_schema() AND table_name = 'pipekit_leases' AND column_name = 'holder'"""
+
+#: The finished rows of some items (``PostgresStore.iter_fresh_finished_of``): the pipeline
+#: once per id, the ids, the phase names. A join from the ids, each one probe of the primary
+#: key, with the pipeline a column of the ids' side, not a constant: on a pipeline autovacuum
+#: had not analysed yet, the planner took ``pipeline = %s`` for about one row and read all of
+#: it through the ``(pipeline, next_phase)`` or ``(pipeline, status)`` index, written as
+#: ``item_id = ANY(%s)`` or as a join alike (117 and 187 ms for 64 ids among 100,000
+#: finished items, 0.45 ms this way; benchmarks/RESULTS.md).
+FINISHED_OF = """SELECT i.item_id, i.metadata, i.cost_usd, i.stale_key
+    FROM unnest(%s::text[], %s::text[]) AS wanted(pipeline, item_id)
+    JOIN pipekit_items i ON i.pipeline = wanted.pipeline AND i.item_id = wanted.item_id
+    WHERE i.next_phase IS NULL AND i.done_names @> %s
+      AND jsonb_typeof(i.state) = 'object' AND i.state ? 'schema_version' AND i.state ? 'phases'"""
