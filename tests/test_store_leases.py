@@ -58,12 +58,13 @@ def wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # -j 1 takes each item's lease; -j 2 claims them in chunks
 def test_a_driver_paused_past_its_lease_does_not_overwrite_the_driver_that_took_over(
-    pipetester: PipeTester, postgres_store_url: str
+    pipetester: PipeTester, postgres_store_url: str, workers: str
 ) -> None:
     pipetester.make_pipeline(PIPELINE)
     url = f"{postgres_store_url}&lease=1"
-    command = [sys.executable, "-m", "pipekit", "pipeline.py", "--item", "a", "--store", url]
+    command = [sys.executable, "-m", "pipekit", "pipeline.py", "--item", "a", "--store", url, "-j", workers]
     paused = subprocess.Popen(
         command, cwd=pipetester.path, env={**os.environ, "PAUSE_IN_RESEARCH": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
