@@ -34,8 +34,9 @@ class LeaseLostError(StateWriteError):
     Its lease expired (the process was paused: a laptop lid, a VM snapshot, a
     long SIGSTOP) and another driver took the item over, or this driver had
     released it already (a write landing after the release: a thread the run
-    abandoned); nothing was written, so the new holder's state stands. The runner stops working on the items
-    named and leaves them to their new holder.
+    abandoned; ``released`` says so). Nothing was written, so the new holder's
+    state stands. The runner stops working on the items named and leaves them
+    to their new holder.
     """
 
     def __init__(self, location: str, item_ids: list[str], *, released: bool = False) -> None:

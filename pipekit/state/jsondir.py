@@ -286,13 +286,14 @@ class JsonDirStore(FlockedItems, StateStore):
         mounts answer ENOLCK) items are run unlocked, with one warning.
 
         Writes need no fencing token here, unlike the PostgreSQL store's
-        leases (only the order within this process: a write after the release
-        is refused, ``pipekit.state.itemfence``): an flock does not expire. A process paused for an hour (SIGSTOP,
-        a closed laptop lid, a paused VM) still holds it when it resumes, so no
-        other driver can have taken the item meanwhile, and the only way to
-        lose the lock is to die, after which nothing writes. (A lock on NFS is
-        kept by the server, which may drop it when a client is cut off past its
-        lease, about 90 s; state shared between hosts belongs in PostgreSQL.)
+        leases (only order within this process: a write after the release is
+        refused, ``pipekit.state.itemfence``): an flock does not expire. A
+        process paused for an hour (SIGSTOP, a closed laptop lid, a paused VM)
+        still holds it when it resumes, so no other driver can have taken the
+        item meanwhile, and the only way to lose the lock is to die, after
+        which nothing writes. (A lock on NFS is kept by the server, which may
+        drop it when a client is cut off past its lease, about 90 s; state
+        shared between hosts belongs in PostgreSQL.)
         """
         self._prepare()
         path = self.locks_dir / f"{encode_item_id(item_id)}.lock"
