@@ -91,12 +91,12 @@ class Plain:
             marks = ",".join("?" * len(ids))
             query = f"SELECT item_id, metadata, cost_usd FROM items WHERE next_phase IS NULL AND item_id IN ({marks})"
             return len(self.db.execute(query, ids).fetchall())
-        # A join from the ids, the pipeline among their columns, as the store asks: with
-        # "pipeline = %s AND item_id = ANY(%s)" a pipeline not analysed yet is read whole.
+        # The pipeline out of the planner's sight, as the store asks (postgresschema.FINISHED_OF):
+        # with "pipeline = %s" a pipeline not analysed yet is read whole.
         return len(self.db.execute(
-            "SELECT i.item_id, i.metadata, i.cost_usd FROM unnest(%s::text[], %s::text[]) AS wanted(pipeline, item_id)"
-            " JOIN pipekit_items i ON i.pipeline = wanted.pipeline AND i.item_id = wanted.item_id"
-            " WHERE i.next_phase IS NULL", ([self.store.pipeline] * len(ids), ids),
+            "SELECT i.item_id, i.metadata, i.cost_usd FROM (SELECT %s::text AS pipeline OFFSET 0) AS this"
+            " JOIN pipekit_items i ON i.pipeline = this.pipeline WHERE i.item_id = ANY(%s) AND i.next_phase IS NULL",
+            (self.store.pipeline, ids),
         ).fetchall())
 
     def close(self) -> None:

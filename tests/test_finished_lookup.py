@@ -76,9 +76,11 @@ def test_a_new_pipelines_finished_rows_are_looked_up_by_primary_key_before_any_a
     # Until autovacuum's ANALYZE sees a new pipeline, the planner takes it for about one
     # row, and a plan through the (pipeline, next_phase) or (pipeline, status) index then
     # reads every row of the pipeline at each try of the waiting driver.
-    store = open_store_url(postgres_store_url)
+    other, store = open_store_url(f"{postgres_store_url}_other"), open_store_url(postgres_store_url)
     try:
         document = finished_document(store, "template", {"lang": "en"})
+        other.save_many(copies(document, [f"done-{n:04d}" for n in range(5000)]))
+        store._query("ANALYZE pipekit_items")  # type: ignore[attr-defined]  # knows the other pipeline only
         store.save_many(copies(document, [f"done-{n:04d}" for n in range(3000)]))
         sent: list[tuple[str, tuple[Any, ...]]] = []
         query = store._query  # type: ignore[attr-defined]
@@ -96,6 +98,8 @@ def test_a_new_pipelines_finished_rows_are_looked_up_by_primary_key_before_any_a
         assert "pipekit_items_pkey" in plan, plan
         assert "pipekit_items_status" not in plan and "pipekit_items_next_phase" not in plan, plan
     finally:
+        other._query("DELETE FROM pipekit_items WHERE pipeline = %s", (other.pipeline,))  # type: ignore[attr-defined]
+        other.close()
         store.close()
 
 

@@ -456,7 +456,7 @@ class PostgresStore(LeaseFence, LeaseRowHolder, LeaseHolding, StateStore):
 
         answers: dict[str | None, bool] = {}
         for part in _chunks(sorted(set(item_ids)), 1000):
-            rows = self._query(FINISHED_OF, ([self.pipeline] * len(part), part, sorted(phase_names)))
+            rows = self._query(FINISHED_OF, (self.pipeline, part, sorted(phase_names)))
             self._statements["finished"] += 1
             self._statements["finished_rows"] += len(rows)
             for item_id, metadata, cost, key in rows:
