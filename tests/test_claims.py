@@ -60,6 +60,17 @@ def drivers(tester: PipeTester, count: int, *args: str, env: dict[str, str]) -> 
     return [tester.popen("pipeline.py", "--items", "items.txt", *args, env=env) for _ in range(count)]
 
 
+def blocked_driver(tester: PipeTester, blocked: list[str], *args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A driver (``args``) whose phase 1 of each of ``blocked`` holds its item until the
+    test creates ``go``; returned once every one of them is held there."""
+    driver = tester.popen("pipeline.py", *args, env={**env, "BLOCK_ON": ",".join(blocked)})
+    deadline = time.monotonic() + 60
+    while not all((tester.path / f"blocked-{item_id}").exists() for item_id in blocked):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.02)
+    return driver
+
+
 def communicate(procs: list[subprocess.Popen[str]], timeout: float = 300) -> list[tuple[str, str]]:
     """Every driver's output, read at once: a driver blocked on a full pipe would hold its items."""
     with ThreadPoolExecutor(len(procs)) as pool:
@@ -137,12 +148,7 @@ def test_the_claim_of_a_killed_driver_is_taken_over_once_its_lease_expires(
     # -j 4: it claims four items at a time. Items 04-06 block three slots; 07 finishes,
     # so it claims 08-11 and 08 blocks the last slot: 09-11 stay claimed, never started.
     blocked = ["item-04", "item-05", "item-06", "item-08"]
-    first = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "4", env={
-        "PIPEKIT_STORE": url, "BLOCK_ON": ",".join(blocked)})
-    deadline = time.monotonic() + 60
-    while not all((pipetester.path / f"blocked-{item_id}").exists() for item_id in blocked):
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.02)
+    first = blocked_driver(pipetester, blocked, "--items", "items.txt", "-j", "4", env={"PIPEKIT_STORE": url})
     store = open_store_url(url)
     try:
         held = {row[0] for row in store._query(  # type: ignore[attr-defined]
@@ -181,11 +187,7 @@ def test_items_claimed_by_another_driver_are_waited_for_or_skipped_with_skip_bus
     ids = ["held", *(f"free-{n}" for n in range(9))]
     pipetester.make_items(*ids)
     env = {"PIPEKIT_STORE": postgres_store_url, "BLOCK_ON": "held"}
-    first = pipetester.popen("pipeline.py", "--item", "held", env=env)
-    deadline = time.monotonic() + 60
-    while not (pipetester.path / "blocked-held").exists():
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.02)
+    first = blocked_driver(pipetester, ["held"], "--item", "held", env=env)
     # -j 4: the second driver claims four items at a time, 'held' among the first.
     second = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "4", *(["--skip-busy"] * skip), env=env)
     if skip:
@@ -227,12 +229,9 @@ def test_a_lease_release_stuck_on_the_server_does_not_stop_the_run(
     pipetester.make_pipeline(PIPELINE)
     ids = [*blocked, *(f"next-{n:02d}" for n in range(12))]
     pipetester.make_items(*ids)
-    driver = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", workers, env={
-        "PIPEKIT_STORE": postgres_store_url, "BLOCK_ON": ",".join(blocked)})
-    deadline = time.monotonic() + 60
-    while not all((pipetester.path / f"blocked-{item_id}").exists() for item_id in blocked):
-        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
-        time.sleep(0.02)
+    driver = blocked_driver(
+        pipetester, blocked, "--items", "items.txt", "-j", workers, env={"PIPEKIT_STORE": postgres_store_url}
+    )
     store = open_store_url(postgres_store_url)
     pipeline, conninfo = store.pipeline, store.conninfo  # type: ignore[attr-defined]
     store.close()

@@ -70,6 +70,39 @@ def test_a_waiting_driver_reads_the_finished_rows_of_the_items_it_waits_for_only
         store.close()
 
 
+def test_a_new_pipelines_finished_rows_are_looked_up_by_primary_key_before_any_analyze(
+    postgres_store_url: str,
+) -> None:
+    # Until autovacuum's ANALYZE sees a new pipeline, the planner takes it for about one
+    # row, and a plan through the (pipeline, next_phase) or (pipeline, status) index then
+    # reads every row of the pipeline at each try of the waiting driver.
+    other, store = open_store_url(f"{postgres_store_url}_other"), open_store_url(postgres_store_url)
+    try:
+        document = finished_document(store, "template", {"lang": "en"})
+        other.save_many(copies(document, [f"done-{n:04d}" for n in range(5000)]))
+        store._query("ANALYZE pipekit_items")  # type: ignore[attr-defined]  # knows the other pipeline only
+        store.save_many(copies(document, [f"done-{n:04d}" for n in range(3000)]))
+        sent: list[tuple[str, tuple[Any, ...]]] = []
+        query = store._query  # type: ignore[attr-defined]
+
+        def recorded(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+            sent.append((sql, params))
+            return query(sql, params)  # type: ignore[no-any-return]
+
+        store._query = recorded  # type: ignore[attr-defined]
+        waiting = [f"done-{n:04d}" for n in range(0, 3000, 100)] + [f"new-{n}" for n in range(30)]
+        found = store.iter_fresh_finished_of(waiting, [name for _, name in PHASES], lambda key: True)
+        assert found is not None and len(list(found)) == 30
+        ((sql, params),) = sent
+        plan = "\n".join(row[0] for row in query("EXPLAIN " + sql, params))
+        assert "pipekit_items_pkey" in plan, plan
+        assert "pipekit_items_status" not in plan and "pipekit_items_next_phase" not in plan, plan
+    finally:
+        other._query("DELETE FROM pipekit_items WHERE pipeline = %s", (other.pipeline,))  # type: ignore[attr-defined]
+        other.close()
+        store.close()
+
+
 def test_every_store_finds_the_finished_rows_of_the_ids_asked_for_only(store: StateStore, tmp_path: Path) -> None:
     names = [name for _, name in PHASES]
     document = finished_document(store, "done", {"lang": "en"}, cost_usd=0.25)

@@ -58,12 +58,13 @@ def wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # -j 1 takes each item's lease; -j 2 claims them in chunks
 def test_a_driver_paused_past_its_lease_does_not_overwrite_the_driver_that_took_over(
-    pipetester: PipeTester, postgres_store_url: str
+    pipetester: PipeTester, postgres_store_url: str, workers: str
 ) -> None:
     pipetester.make_pipeline(PIPELINE)
     url = f"{postgres_store_url}&lease=1"
-    command = [sys.executable, "-m", "pipekit", "pipeline.py", "--item", "a", "--store", url]
+    command = [sys.executable, "-m", "pipekit", "pipeline.py", "--item", "a", "--store", url, "-j", workers]
     paused = subprocess.Popen(
         command, cwd=pipetester.path, env={**os.environ, "PAUSE_IN_RESEARCH": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -141,6 +142,57 @@ def test_every_write_for_a_lost_lease_is_refused_and_writes_nothing(postgres_sto
         rival.close()
 
 
+@pytest.mark.parametrize("release", ["release", "release_soon", "claimed"])
+def test_a_write_after_this_driver_released_the_lease_is_refused(
+    store_url: str | None, tmp_path: Path, release: str
+) -> None:
+    # A writer thread's save queued behind the release, or a thread the run abandoned,
+    # lands after the lock is gone and another driver holds the item. (Two store
+    # objects are two drivers: flocks are per open file, even in one process.)
+    url = f"{store_url}&lease=3" if store_url and store_url.startswith("postgresql") else store_url
+    url = url or f"json:{tmp_path / 'state'}"  # (a claimed item's released lease goes at the next renewal)
+    mine, rival = open_store_url(url, pipeline="p"), open_store_url(url, pipeline="p")
+    try:
+        lease = mine.claim(["a"])["a"] if release == "claimed" else mine.try_lock("a")
+        assert lease is not None
+        mine.save("a", {"item_id": "a", "by": "mine"})
+        mine.save_checkpoint("a", "p", "k", "mine")
+        mine.write_output("a", 1, "x" * 10)
+        lease.release() if release == "release" else lease.release_soon()
+        deadline = time.monotonic() + 10
+        while (taken := rival.try_lock("a")) is None:  # once the released row is deleted
+            assert time.monotonic() < deadline, "the released lease was never deleted"
+            time.sleep(0.02)
+        rival.save("a", {"item_id": "a", "by": "rival"})
+        rival.save_checkpoint("a", "p", "k", "rival")
+        ref = rival.write_output("a", 1, "x" * 10)
+        for write in (
+            lambda: mine.save("a", {"item_id": "a", "by": "mine, late"}),
+            lambda: mine.save_many([("a", {"item_id": "a", "by": "mine, batched"})]),
+            lambda: mine.save_group([("a", {"item_id": "a", "by": "mine, grouped"})], [("a", "p")]),
+            lambda: mine.save_checkpoint("a", "p", "k", "mine, late"),
+            lambda: mine.save_checkpoints("a", "p", {"k": "mine, many"}),
+            lambda: mine.drop_checkpoints("a", "p"),
+            lambda: mine.delete_output("a", ref),
+        ):
+            with pytest.raises(LeaseLostError) as caught:
+                write()
+            assert caught.value.item_ids == ["a"]
+        assert rival.load("a") == {"item_id": "a", "by": "rival"}
+        assert rival.load_checkpoints("a", "p") == {"k": "rival"}
+        assert rival.read_output("a", ref) == "x" * 10
+        taken.release()
+        # leased again, the item is this driver's to write once more
+        again = mine.try_lock("a")
+        assert again is not None
+        mine.save("a", {"item_id": "a", "by": "mine, again"})
+        assert rival.load("a") == {"item_id": "a", "by": "mine, again"}
+        again.release()
+    finally:
+        mine.close()
+        rival.close()
+
+
 # -- who holds a lease ---------------------------------------------------------------------------
 
 
@@ -200,3 +252,72 @@ def test_a_holder_is_gone_only_when_proc_proves_it(tmp_path: Path) -> None:
     odd.mkdir(parents=True)
     (odd / "stat").write_text("42 (a) b (c) S " + " ".join(["0"] * 18) + " 777 0 0\n")
     assert process_start_time(42, str(tmp_path / "proc")) == 777
+
+
+# -- a write after the release ---------------------------------------------------------------------
+
+ABANDONED = '''
+    import os, time
+    from pathlib import Path
+    from pipekit import phase
+
+    def wait(name):
+        while not Path(name).exists():
+            time.sleep(0.02)
+
+    @phase(1, timeout=0.5)
+    def research(item_id, ctx):
+        if os.environ.get("LATE") and item_id == "a":
+            wait("a-may-go-on")  # long past the timeout: the run abandoned this thread
+            try:
+                ctx.checkpoint("notes", lambda: f"late notes by {os.getpid()}")
+            finally:
+                Path("a-late-write-tried").touch()
+        return ctx.checkpoint("notes", lambda: f"notes by {os.getpid()}")
+
+    @phase(2, timeout=None)
+    def draft(item_id, research):
+        if os.environ.get("LATE"):
+            wait("b-may-end")  # keeps the first run alive while its abandoned thread goes on
+        return research.upper()
+'''
+
+
+def test_a_thread_abandoned_by_a_timeout_cannot_write_after_the_item_was_released(
+    pipetester: PipeTester, store_url: str | None
+) -> None:
+    pipetester.make_pipeline(ABANDONED)
+    store_args = ["--store", store_url] if store_url else []
+    command = [sys.executable, "-m", "pipekit", "run", "pipeline.py", *store_args]
+    first = subprocess.Popen(
+        [*command, "--item", "a", "--item", "b", "-j", "2"], cwd=pipetester.path,
+        env={**os.environ, "LATE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    store = open_store_url(store_url or f"json:{pipetester.path / 'state' / 'pipeline'}", pipeline="pipeline")
+    try:
+        deadline = time.monotonic() + 60
+        while (saved := store.load("a")) is None or saved["phases"]["1"]["status"] != "failed":
+            assert time.monotonic() < deadline and first.poll() is None, "phase 1 of 'a' never timed out"
+            time.sleep(0.05)
+        # the first run gave 'a' up (its critical phase timed out); another run finishes it
+        second = subprocess.run([*command, "--item", "a"], cwd=pipetester.path, capture_output=True, text=True)
+        assert second.returncode == 0, second.stderr
+        (pipetester.path / "a-may-go-on").touch()
+        wait_for(pipetester.path / "a-late-write-tried")
+        (pipetester.path / "b-may-end").touch()
+        _, stderr = first.communicate(timeout=60)
+        assert first.returncode == 1, stderr  # its own attempt at 'a' failed (timed out)
+        # the abandoned thread's checkpoint never landed: the completed phase keeps none,
+        # and a rerun of the phase computes its notes again instead of reusing the stale ones
+        assert store.load_checkpoints("a", "research") == {}
+        again = subprocess.run(
+            [*command, "--item", "a", "--from-phase", "1"], cwd=pipetester.path, capture_output=True, text=True
+        )
+        assert again.returncode == 0, again.stderr
+        outputs = store.load("a")["phase_outputs"]  # type: ignore[index]
+        assert outputs["1"].startswith("notes by "), outputs
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        store.close()

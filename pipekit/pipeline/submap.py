@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Callable
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+import contextlib
 import contextvars
 import functools
 import hashlib
@@ -37,6 +38,7 @@ from pipekit.pipeline.outputs import is_model
 from pipekit.pipeline.outputs import stored_value
 from pipekit.state import subitems
 from pipekit.state.digest import text_hash
+from pipekit.state.holder import LeaseLostError
 from pipekit.state.store import StateStore
 from pipekit.state.subitems import DONE
 from pipekit.state.subitems import FAILED
@@ -435,4 +437,11 @@ class ProgressWriter:
             subitems.save_progress(store, self._item_id, self._phase, progress)
             return
         # On the event loop: the write (an fsync) goes to a thread, not in every item's way.
-        loop.run_in_executor(None, subitems.save_progress, store, self._item_id, self._phase, progress)
+        loop.run_in_executor(None, _save_progress_unless_released, store, self._item_id, self._phase, progress)
+
+
+def _save_progress_unless_released(store: StateStore, item_id: str, phase: str, progress: Progress) -> None:
+    """``subitems.save_progress``, which nobody waits for: one that lands after the item's
+    lock was released (the phase ended meanwhile) is refused by the store, and dropped."""
+    with contextlib.suppress(LeaseLostError):
+        subitems.save_progress(store, item_id, phase, progress)

@@ -32,19 +32,22 @@ class LeaseLostError(StateWriteError):
     """This driver no longer holds the lease of the item(s) it was writing.
 
     Its lease expired (the process was paused: a laptop lid, a VM snapshot, a
-    long SIGSTOP) and another driver took the item over; nothing was written,
-    so the new holder's state stands. The runner stops working on the items
-    named and leaves them to their new holder.
+    long SIGSTOP) and another driver took the item over, or this driver had
+    released it already (a write landing after the release: a thread the run
+    abandoned; ``released`` says so). Nothing was written, so the new holder's
+    state stands. The runner stops working on the items named and leaves them
+    to their new holder.
     """
 
-    def __init__(self, location: str, item_ids: list[str]) -> None:
+    def __init__(self, location: str, item_ids: list[str], *, released: bool = False) -> None:
         self.item_ids = list(item_ids)
+        self.released = released
         names = ", ".join(repr(item_id) for item_id in self.item_ids[:3])
         more = f" and {len(self.item_ids) - 3} more" if len(self.item_ids) > 3 else ""
+        why = "was released already (a write after the release)" if released else (
+            "expired and another driver took it over")
         super().__init__(
-            location,
-            f"this driver's lease on item {names}{more} expired and another driver took it over; "
-            "its work there is left to that driver",
+            location, f"this driver's lease on item {names}{more} {why}; its work there is left to that driver"
         )
 
 

@@ -32,6 +32,7 @@ from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
 from pipekit.state.indexed import UNREADABLE
 from pipekit.state.indexed import index_columns
+from pipekit.state.itemfence import ItemFence
 from pipekit.state.store import NO_LOCKING_ERRNOS
 from pipekit.state.store import FlockedItems
 from pipekit.state.store import ItemLock
@@ -83,6 +84,7 @@ class JsonDirStore(FlockedItems, StateStore):
         self._locks_ready = False
         self._last_path: tuple[str, Path] | None = None
         self._warned_no_locking = False
+        self._fence = ItemFence(self.location)
 
     def _prepare(self) -> None:
         if not self._ready:
@@ -136,7 +138,8 @@ class JsonDirStore(FlockedItems, StateStore):
             data = encode_document(escape(document))
         path = self.path_for(item_id)
         try:
-            write_atomically(path, data, durable=self.durable)
+            with self._fence.writing_one(item_id):
+                write_atomically(path, data, durable=self.durable)
         except OSError as exc:
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
 
@@ -170,7 +173,8 @@ class JsonDirStore(FlockedItems, StateStore):
     def delete_output(self, item_id: str, ref: str) -> None:
         path = (self.state_dir / ref).resolve()
         if self.state_dir in path.parents:
-            with contextlib.suppress(FileNotFoundError):
+            # Fenced: a new holder may have written the same output (same name) and refer to it.
+            with self._fence.writing_one(item_id), contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
     def _checkpoint_dir(self, item_id: str, phase: str) -> Path:
@@ -227,8 +231,9 @@ class JsonDirStore(FlockedItems, StateStore):
         path = folder / f"{encode_item_id(key)}.json"
         data = json_text({"key": key, "value": value}).encode("utf-8")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, data + b"\n", durable=self.durable)
+            with self._fence.writing_one(item_id):
+                folder.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, data + b"\n", durable=self.durable)
         except OSError as exc:
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
 
@@ -244,18 +249,19 @@ class JsonDirStore(FlockedItems, StateStore):
             self.load_checkpoints(item_id, phase)  # which files hold what: see pipekit.state.batchfiles
             if not _BATCH_FILES.knows(str(folder)):
                 _BATCH_FILES.loaded(str(folder), {}, ())  # no batch yet
-        stamp = _stamp()
-        path = folder / f"{BATCH_PREFIX}{stamp}-{os.getpid()}.json"
-        data = json_text({"stamp": stamp, "values": dict(values)}).encode("utf-8")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, data + b"\n", durable=self.durable)
-        except OSError as exc:
-            raise StateWriteError(path, exc.strerror or str(exc)) from exc
-        # Only now that the new batch is durable: the files it leaves without a record that counts.
-        for name in _BATCH_FILES.written(str(folder), path.name, stamp, values):
-            with contextlib.suppress(OSError):
-                (folder / name).unlink()
+        with self._fence.writing_one(item_id):
+            stamp = _stamp()
+            path = folder / f"{BATCH_PREFIX}{stamp}-{os.getpid()}.json"
+            data = json_text({"stamp": stamp, "values": dict(values)}).encode("utf-8")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_atomically(path, data + b"\n", durable=self.durable)
+            except OSError as exc:
+                raise StateWriteError(path, exc.strerror or str(exc)) from exc
+            # Only now that the new batch is durable: the files it leaves without a record that counts.
+            for name in _BATCH_FILES.written(str(folder), path.name, stamp, values):
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink()
 
     def drop_checkpoints(self, item_id: str, phase: str) -> None:
         # Called at every phase end: the common answer ("none") costs one stat of a str path.
@@ -264,10 +270,11 @@ class JsonDirStore(FlockedItems, StateStore):
         folder = self._checkpoint_dir(item_id, phase)
         if not folder.is_dir():
             return
-        _BATCH_FILES.forget(str(folder))
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            folder.parent.rmdir()  # only when no other phase has checkpoints
+        with self._fence.writing_one(item_id):
+            _BATCH_FILES.forget(str(folder))
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # only when no other phase has checkpoints
 
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's ``flock`` in ``.locks/``.
@@ -279,12 +286,14 @@ class JsonDirStore(FlockedItems, StateStore):
         mounts answer ENOLCK) items are run unlocked, with one warning.
 
         Writes need no fencing token here, unlike the PostgreSQL store's
-        leases: an flock does not expire. A process paused for an hour (SIGSTOP,
-        a closed laptop lid, a paused VM) still holds it when it resumes, so no
-        other driver can have taken the item meanwhile, and the only way to
-        lose the lock is to die, after which nothing writes. (A lock on NFS is
-        kept by the server, which may drop it when a client is cut off past its
-        lease, about 90 s; state shared between hosts belongs in PostgreSQL.)
+        leases (only order within this process: a write after the release is
+        refused, ``pipekit.state.itemfence``): an flock does not expire. A
+        process paused for an hour (SIGSTOP, a closed laptop lid, a paused VM)
+        still holds it when it resumes, so no other driver can have taken the
+        item meanwhile, and the only way to lose the lock is to die, after
+        which nothing writes. (A lock on NFS is kept by the server, which may
+        drop it when a client is cut off past its lease, about 90 s; state
+        shared between hosts belongs in PostgreSQL.)
         """
         self._prepare()
         path = self.locks_dir / f"{encode_item_id(item_id)}.lock"
@@ -303,11 +312,11 @@ class JsonDirStore(FlockedItems, StateStore):
                 return None
             if exc.errno in NO_LOCKING_ERRNOS:
                 self._warn_no_locking(exc)
-                return ItemLock(fd, locked=False)
+                return self._fence.take(item_id, ItemLock(fd, locked=False))
             os.close(fd)
             raise StateWriteError(path, exc.strerror or str(exc)) from exc
         write_lock_record(fd, this_holder())  # so that a run waiting for the item can name its holder
-        return ItemLock(fd)
+        return self._fence.take(item_id, ItemLock(fd))
 
     def _warn_no_locking(self, exc: OSError) -> None:
         if not self._warned_no_locking:

@@ -125,6 +125,9 @@ class LeaseHolding:
     _lock: threading.RLock
     #: The items this driver holds a lease on.
     _held: set[str]
+    #: Every item this driver leased since the store opened: its writes stay fenced
+    #: (``pipekit.state.fencing``).
+    _leased: set[str]
     _stop: threading.Event
     _heartbeat: threading.Thread | None
     #: Items ``claim`` takes at once.
@@ -177,6 +180,7 @@ class LeaseHolding:
             except self._psycopg.Error as exc:
                 raise StateWriteError(self.describe(item_id), str(exc).strip()) from exc
             self._held.add(item_id)
+            self._leased.add(item_id)
             self._start_heartbeat()
         return Lease(self, item_id)
 
@@ -209,6 +213,7 @@ class LeaseHolding:
             except self._psycopg.Error as exc:
                 raise StateWriteError(self.location, str(exc).strip()) from exc
             self._held.update(won)
+            self._leased.update(won)
             if won:
                 self._start_heartbeat()
         return {item_id: Lease(self, item_id, batched=True) for item_id in won}

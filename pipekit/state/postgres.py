@@ -15,7 +15,10 @@ the lease row still naming this driver's ``owner`` token (unique per store
 object, so it doubles as the fencing token), and it takes a ``FOR KEY SHARE``
 lock on that row meanwhile, so a takeover (``FOR UPDATE``) cannot slip in
 between the check and the commit. A write that finds the lease gone raises
-``LeaseLostError`` and writes nothing.
+``LeaseLostError`` and writes nothing. An item stays fenced once its lease is
+released, until the store closes or leases it again: a write that comes after
+the release (a thread the run abandoned at a timeout) is refused without
+asking the server (``pipekit.state.fencing``).
 """
 
 from __future__ import annotations
@@ -41,16 +44,16 @@ from pipekit.outcomes import UsageError
 from pipekit.state.encoded import document_jsonb_text
 from pipekit.state.escaping import json_value
 from pipekit.state.escaping import jsonb_text
+from pipekit.state.fencing import LeaseFence
 from pipekit.state.heldby import LeaseRowHolder
-from pipekit.state.holder import LeaseLostError
 from pipekit.state.holder import this_holder
 from pipekit.state.indexed import FinishedItem
 from pipekit.state.indexed import index_columns
 from pipekit.state.leases import DEFAULT_CLAIM_CHUNK
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
-from pipekit.state.leases import HELD
 from pipekit.state.leases import LeaseHolding
 from pipekit.state.postgresschema import DROP_CHECKPOINTS
+from pipekit.state.postgresschema import FINISHED_OF
 from pipekit.state.postgresschema import SCHEMA
 from pipekit.state.postgresschema import SCHEMA_IS_CURRENT
 from pipekit.state.postgresschema import SCHEMA_LOCK_KEY
@@ -73,7 +76,7 @@ def _psycopg() -> Any:
     return psycopg
 
 
-class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
+class PostgresStore(LeaseFence, LeaseRowHolder, LeaseHolding, StateStore):
     """The items of one pipeline in a PostgreSQL database.
 
     :param conninfo: a libpq connection string or URL (without pipekit's parameters).
@@ -114,6 +117,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         self._saver: Any = None
         self._save_lock = threading.Lock()
         self._held: set[str] = set()
+        self._leased: set[str] = set()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self.claim_chunk = max(1, int(claim_chunk))
@@ -227,13 +231,10 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             with self._lock:
                 try:
                     with self._db.transaction(), self._db.cursor() as cursor:
-                        leased = [row[1] for row in rows if row[1] in self._held]
-                        if leased:
-                            held = {found for (found,) in cursor.execute(HELD, (self.pipeline, self.owner, leased))}
-                            gone = set(leased) - held
-                            if gone:
-                                lost.extend(sorted(gone))
-                                rows[:] = [row for row in rows if row[1] not in gone]
+                        gone = self._lost_leases(cursor, [row[1] for row in rows])
+                        if gone:
+                            lost.extend(gone)
+                            rows[:] = [row for row in rows if row[1] not in gone]
                         cursor.executemany(UPSERT, rows)
                 except self._psycopg.Error as exc:
                     raise StateWriteError(self.location, str(exc).strip()) from exc
@@ -246,7 +247,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         if rows:
             flush()
         if lost:
-            raise LeaseLostError(self.location, lost)
+            raise self._lease_lost(lost)
         return count + len(rows)
 
     def save_group(self, documents: list[tuple[str, dict[str, Any]]], drops: list[tuple[str, str]]) -> None:
@@ -254,17 +255,13 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
         every write: the lease check (``FOR KEY SHARE``) is in it; the writes are
         pipelined (one round trip). ``LeaseLostError`` names the items left unwritten."""
         rows = [self._row(item_id, document) for item_id, document in documents]
-        lost: set[str] = set()
         with self._save_lock:
             try:
                 if self._saver is None:
                     self._saver = self._connect(autocommit=True)
                 db = self._saver
                 with db.transaction(), db.cursor() as cursor:
-                    leased = [row[1] for row in rows if row[1] in self._held]
-                    if leased:
-                        held = {found for (found,) in cursor.execute(HELD, (self.pipeline, self.owner, leased))}
-                        lost = set(leased) - held
+                    lost = self._lost_leases(cursor, [row[1] for row in rows])
                     ends = [(self.pipeline, item_id, phase) for item_id, phase in drops if item_id not in lost]
                     with db.pipeline():
                         cursor.executemany(UPSERT, [row for row in rows if row[1] not in lost])
@@ -273,21 +270,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
             except self._psycopg.Error as exc:
                 raise StateWriteError(self.location, str(exc).strip()) from exc
         if lost:
-            raise LeaseLostError(self.location, sorted(lost))
-
-    def _fenced(self, item_id: str, sql: str, params: tuple[Any, ...]) -> None:
-        """Write for ``item_id``, if leased in one transaction with the check that the lease is still ours."""
-        if item_id not in self._held:
-            self._query(sql, params)
-            return
-        with self._lock:
-            try:
-                with self._db.transaction():
-                    if not self._db.execute(HELD, (self.pipeline, self.owner, [item_id])).fetchone():
-                        raise LeaseLostError(self.location, [item_id])
-                    self._db.execute(sql, params)
-            except self._psycopg.Error as exc:
-                raise StateWriteError(self.describe(item_id), str(exc).strip()) from exc
+            raise self._lease_lost(lost)
 
     def write_output(self, item_id: str, phase_num: int, text: Any) -> str:
         # Named by content: the output the saved state refers to is never overwritten.
@@ -457,6 +440,7 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
                 self._query("DELETE FROM pipekit_leases WHERE owner = %s", (self.owner,))
                 self._held.clear()
                 self._releasing.clear()
+            self._leased.clear()
             self._db.close()
             self._count_statements()
         if self._heartbeat is not None:
@@ -465,14 +449,14 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
     def iter_fresh_finished_of(
         self, item_ids: Collection[str], phase_names: Collection[str], fresh: Callable[[str | None], bool]
     ) -> Iterator[tuple[str, float, dict[str, Any]]]:
-        """The finished rows of ``item_ids`` only, by primary key (``item_id = ANY``),
+        """The finished rows of ``item_ids`` only, by primary key (``FINISHED_OF``),
         1,000 ids a statement, on the store's own connection: a few rows need no
         cursor or connection of their own."""
         from pipekit.state.sqlite import _chunks
 
         answers: dict[str | None, bool] = {}
         for part in _chunks(sorted(set(item_ids)), 1000):
-            rows = self._query(_FINISHED_OF, (self.pipeline, sorted(phase_names), part))
+            rows = self._query(FINISHED_OF, (self.pipeline, part, sorted(phase_names)))
             self._statements["finished"] += 1
             self._statements["finished_rows"] += len(rows)
             for item_id, metadata, cost, key in rows:
@@ -481,10 +465,3 @@ class PostgresStore(LeaseRowHolder, LeaseHolding, StateStore):
                     accepted = answers[key] = fresh(key)
                 if accepted:
                     yield item_id, float(cost), metadata if isinstance(metadata, dict) else {}
-
-
-#: The finished rows of some items (``PostgresStore.iter_fresh_finished_of``).
-_FINISHED_OF = """SELECT item_id, metadata, cost_usd, stale_key FROM pipekit_items
-    WHERE pipeline = %s AND next_phase IS NULL AND done_names @> %s AND item_id = ANY(%s)
-      AND jsonb_typeof(state) = 'object' AND state ? 'schema_version' AND state ? 'phases'"""
-

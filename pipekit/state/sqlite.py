@@ -9,7 +9,9 @@ Several pipekit processes on one machine may share the file: writers take
 files in ``PATH.locks/`` (they die with the process that holds them, and
 never expire while it lives, so a paused process resumes still holding its
 items and writes need no fencing token; the database refuses network file
-systems, where a server might drop a lock).
+systems, where a server might drop a lock). Only the order within this
+process matters: a write for an item after this store released its lock is
+refused (``pipekit.state.itemfence``).
 """
 
 from __future__ import annotations
@@ -35,72 +37,26 @@ from pipekit.state.digest import text_hash
 from pipekit.state.encoded import document_text
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
+from pipekit.state.holder import LeaseLostError
 from pipekit.state.indexed import FinishedItem
 from pipekit.state.indexed import index_columns
+from pipekit.state.itemfence import ItemFence
 from pipekit.state.localdisk import check_local
 from pipekit.state.sqlitefinished import finished_rows
 from pipekit.state.sqlitefinished import fresh_finished_rows
 from pipekit.state.sqlitefinished import fresh_finished_rows_of
+from pipekit.state.sqliteschema import ADD_KEY
+from pipekit.state.sqliteschema import INDEXES
+from pipekit.state.sqliteschema import SCHEMA
+from pipekit.state.sqliteschema import UPSERT
+from pipekit.state.sqliteschema import statements
 from pipekit.state.store import FlockedItems
+from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
+from pipekit.state.store import flock_item
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
 from pipekit.state.values import output_ref
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    item_id TEXT PRIMARY KEY,
-    status TEXT,
-    next_phase INTEGER,
-    done_names TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    cost_usd REAL NOT NULL DEFAULT 0,
-    rev INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    stale_digest TEXT
-);
--- The distinct stale keys (pipekit.state.stalekey); an item's row names its key by
--- digest, so the covering index stays narrow (a run's items share few keys).
-CREATE TABLE IF NOT EXISTS stale_keys (digest TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS checkpoints (
-    item_id TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (item_id, phase, key)
-);
-CREATE INDEX IF NOT EXISTS items_status ON items (status);
--- A state changed by hand (not by pipekit, which bumps rev) no longer counts as
--- finished, so the next run reads it and names it if it is broken.
-CREATE TRIGGER IF NOT EXISTS items_edited AFTER UPDATE OF state ON items WHEN NEW.rev IS OLD.rev
-BEGIN
-    UPDATE items SET done_names = '[]' WHERE item_id = NEW.item_id;
-END;
-CREATE TABLE IF NOT EXISTS outputs (
-    item_id TEXT NOT NULL,
-    ref TEXT NOT NULL,
-    text TEXT NOT NULL,
-    PRIMARY KEY (item_id, ref)
-);
-"""
-
-#: Run after _SCHEMA: databases made before the stale key get its column first.
-_INDEXES = """
-DROP INDEX IF EXISTS items_next_phase;
--- Covers the resume and "what is left" queries: they never read a state document.
-CREATE INDEX IF NOT EXISTS items_finished ON items (next_phase, item_id, done_names, metadata, cost_usd, stale_digest);
-"""
-
-_UPSERT = """
-INSERT INTO items (item_id, state, status, next_phase, done_names, metadata, cost_usd, stale_digest)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (item_id) DO UPDATE SET state = excluded.state, status = excluded.status,
-    next_phase = excluded.next_phase, done_names = excluded.done_names, metadata = excluded.metadata,
-    cost_usd = excluded.cost_usd, stale_digest = excluded.stale_digest, rev = items.rev + 1
-"""
-
-_ADD_KEY = "INSERT OR IGNORE INTO stale_keys (digest, key) VALUES (?, ?)"
 
 
 class SqliteStore(FlockedItems, StateStore):
@@ -146,6 +102,7 @@ class SqliteStore(FlockedItems, StateStore):
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._busy_timeout = busy_timeout
+        self._fence = ItemFence(self.location)
         connection: sqlite3.Connection | None = None
         try:
             connection = self._db = sqlite3.connect(
@@ -162,11 +119,11 @@ class SqliteStore(FlockedItems, StateStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         with self._transaction() as db:
-            for statement in _statements(_SCHEMA):
+            for statement in statements(SCHEMA):
                 db.execute(statement)
             if "stale_digest" not in {row[1] for row in db.execute("PRAGMA table_info(items)")}:
                 db.execute("ALTER TABLE items ADD COLUMN stale_digest TEXT")
-            for statement in _statements(_INDEXES):
+            for statement in statements(INDEXES):
                 db.execute(statement)
 
     def reopen_url(self) -> str:
@@ -214,6 +171,11 @@ class SqliteStore(FlockedItems, StateStore):
                 action(db)
         except sqlite3.Error as exc:
             raise StateWriteError(where, str(exc)) from exc
+
+    def _fenced_write(self, item_id: str, action: Any) -> None:
+        """``_write`` for ``item_id``: ``LeaseLostError`` once this store released its lock."""
+        with self._fence.writing_one(item_id):
+            self._write(self.describe(item_id), action)
 
     # -- the interface --------------------------------------------------------
 
@@ -263,30 +225,49 @@ class SqliteStore(FlockedItems, StateStore):
 
     def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]], batch: int = 2000) -> int:
         count = 0
+        lost: list[str] = []
         for part in _chunks(documents, batch):
-            self.save_group(part, [])
+            try:
+                self.save_group(part, [])
+            except LeaseLostError as exc:  # the others of the part were written
+                lost.extend(exc.item_ids)
             count += len(part)
-        return count
+        if lost:
+            raise self._fence.lost(lost)
+        return count - len(lost)
+
+    def try_lock(self, item_id: str) -> ItemLock | None:
+        """Take the item's lock file without waiting (fencing this store's writes of it
+        from its release on: ``pipekit.state.itemfence``); None when another process holds it."""
+        return self._fence.take(item_id, flock_item(self.locks_dir, item_id))
 
     def save_group(self, documents: list[tuple[str, dict[str, Any]]], drops: list[tuple[str, str]]) -> None:
         # One transaction (one fsync) for the documents and the checkpoints they end:
         # inside it, a DELETE that finds nothing costs an index probe, not a commit.
-        rows: list[tuple[Any, ...]] = []
-        keys: set[tuple[str, str]] = set()
-        for item_id, document in documents:
-            row, key = self._row(item_id, document)
-            rows.append(row)
-            if key is not None:
-                keys.add(key)
+        # Fenced (pipekit.state.itemfence): the items whose lock this store released are left out.
+        with self._fence.writing([item_id for item_id, _ in documents]) as lost:
+            rows: list[tuple[Any, ...]] = []
+            keys: set[tuple[str, str]] = set()
+            for item_id, document in documents:
+                if item_id in lost:
+                    continue
+                row, key = self._row(item_id, document)
+                rows.append(row)
+                if key is not None:
+                    keys.add(key)
+            ends = [drop for drop in drops if drop[0] not in lost] if lost else drops
 
-        def action(db: sqlite3.Connection) -> None:
-            if keys:
-                db.executemany(_ADD_KEY, keys)
-            db.executemany(_UPSERT, rows)
-            if drops:
-                db.executemany("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", drops)
+            def action(db: sqlite3.Connection) -> None:
+                if keys:
+                    db.executemany(ADD_KEY, keys)
+                db.executemany(UPSERT, rows)
+                if ends:
+                    db.executemany("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", ends)
 
-        self._write(self.location if len(rows) != 1 else self.describe(rows[0][0]), action)
+            if rows or ends:
+                self._write(self.location if len(rows) != 1 else self.describe(rows[0][0]), action)
+        if lost:
+            raise self._fence.lost(lost)
 
     def write_output(self, item_id: str, phase_num: int, text: Any) -> str:
         # Named by content: the output the saved state refers to is never overwritten.
@@ -308,9 +289,9 @@ class SqliteStore(FlockedItems, StateStore):
         return decode_output(ref, str(row[0]))
 
     def delete_output(self, item_id: str, ref: str) -> None:
-        self._write(
-            self.describe(item_id),
-            lambda db: db.execute("DELETE FROM outputs WHERE item_id = ? AND ref = ?", (item_id, ref)),
+        # Fenced: a new holder may have written the same output (same ref) and refer to it.
+        self._fenced_write(
+            item_id, lambda db: db.execute("DELETE FROM outputs WHERE item_id = ? AND ref = ?", (item_id, ref))
         )
 
     def load_checkpoints(self, item_id: str, phase: str) -> dict[str, Any]:
@@ -322,8 +303,8 @@ class SqliteStore(FlockedItems, StateStore):
 
     def save_checkpoint(self, item_id: str, phase: str, key: str, value: Any) -> None:
         text = json_text(value)
-        self._write(
-            self.describe(item_id),
+        self._fenced_write(
+            item_id,
             lambda db: db.execute(
                 "INSERT OR REPLACE INTO checkpoints (item_id, phase, key, value) VALUES (?, ?, ?, ?)",
                 (item_id, phase, key, text),
@@ -339,15 +320,14 @@ class SqliteStore(FlockedItems, StateStore):
             ).fetchone()
         if found is None:
             return
-        self._write(
-            self.describe(item_id),
-            lambda db: db.execute("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase)),
+        self._fenced_write(
+            item_id, lambda db: db.execute("DELETE FROM checkpoints WHERE item_id = ? AND phase = ?", (item_id, phase))
         )
 
     def save_checkpoints(self, item_id: str, phase: str, values: Mapping[str, Any]) -> None:
         rows = [(item_id, phase, key, json_text(value)) for key, value in values.items()]
-        self._write(
-            self.describe(item_id),
+        self._fenced_write(
+            item_id,
             lambda db: db.executemany(
                 "INSERT OR REPLACE INTO checkpoints (item_id, phase, key, value) VALUES (?, ?, ?, ?)", rows
             ),
@@ -454,19 +434,6 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 _SQLITE_BUSY = 5
 _T = TypeVar("_T")
-
-
-def _statements(script: str) -> list[str]:
-    """``script`` split into statements (a trigger body's ``;`` stays inside its statement)."""
-    statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        if line.lstrip().startswith("--"):
-            continue
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return statements
 
 
 def _chunks(item_ids: Iterable[_T], size: int) -> Iterator[list[_T]]:

@@ -295,9 +295,16 @@ class StateStore(abc.ABC):
         Database stores write them in batches of one transaction each.
         """
         count = 0
+        lost: list[LeaseLostError] = []
         for item_id, document in documents:
-            self.save(item_id, document)
+            try:
+                self.save(item_id, document)
+            except LeaseLostError as exc:  # the others are written all the same
+                lost.append(exc)
+                continue
             count += 1
+        if lost:
+            raise LeaseLostError(self.location, [i for exc in lost for i in exc.item_ids], released=lost[0].released)
         return count
 
     def finished_items(self, phase_names: Collection[str]) -> dict[str, FinishedItem] | None:
