@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from pipekit.engine.claims import Settle
@@ -124,7 +125,12 @@ class BusyItems:
         for at in range(0, len(waiting), size):
             if self._control.stop_new_phases:
                 return
-            await start_claimed(self._store, waiting[at : at + size], self._control, take)
+            await start_claimed(self.claim, waiting[at : at + size], self._control, take)
+
+    async def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
+        """The locks of the free ones of ``item_ids``, taken off the event loop where
+        the store allows it (``StateWriter.claim``)."""
+        return await self._writer.claim(self._store, item_ids)
 
     async def _lock_waiting(self, start: Start) -> None:
         """One try at the waiting items, one lock each."""

@@ -1,17 +1,22 @@
 """Walking a run's selection in chunks of claims (``StateStore.claim``).
 
 Drivers sharing a store would otherwise each try every item's lock: K drivers
-over a million items, K million lock transactions. Where the store claims in
-chunks (``claim_chunk`` over 1: PostgreSQL), the run takes the next unfinished
+over a million items, K million lock transactions. And each lock taken on the
+event loop's thread stops every item while it waits: a lock file's create
+waits behind another write's fsync (a quarter of a millisecond, often more), a
+lease is a round trip to the server. Where the store claims in chunks
+(``claim_chunk`` over 1: every built-in store), the run takes the next unfinished
 items of its selection in one claim, as many as it runs at once (``-j``, at most
 ``claim_chunk``), starts those it won as slots free up, and puts the others aside as busy (``pipekit.engine.busy``),
 which waits for them by chunks too. The items another driver finished meanwhile
 are found in the store's finished index (one query of their rows only:
 ``StateStore.iter_fresh_finished_of``), not by taking their locks.
-A claimed item stays held until it is started and done; a driver that dies
-releases its claim when the lease expires. Stores whose locks are flocks on one
-machine (JSON, SQLite) keep ``claim_chunk`` 1, and so does a run at ``-j 1``:
-the run takes each item's lock as it starts it, as before.
+The claim runs off the event loop (``StateWriter.claim``: on the writer's
+threads), one call per chunk. A claimed item stays held until it is started and
+done; a driver that dies releases its claim when its lease expires, or at once
+where the locks are flocks (JSON, SQLite: the kernel drops them with the
+process). A store with ``claim_chunk`` 1, and a run at ``-j 1``, take each
+item's lock as the run starts it.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ Candidate = tuple[int, str, dict[str, Any]]
 Start = Callable[[int, str, dict[str, Any], ItemLock | None], Awaitable[None]]
 #: Says whether an item is finished already (and counts it so): ``Run._already_done``.
 AlreadyDone = Callable[[str, dict[str, Any]], bool]
+#: Takes the locks of the free ones of some items, by id (``StateWriter.claim`` of the store).
+Claim = Callable[[Sequence[str]], Awaitable[dict[str, ItemLock]]]
 #: Drops from the waiting items (id to ``(index, metadata)``) those another driver finished.
 Settle = Callable[[dict[str, tuple[int, dict[str, Any]]]], None]
 
 
 async def walk(
-    store: StateStore,
+    claim: Claim,
     items: Iterable[tuple[int, tuple[str, dict[str, Any]]]],
     already_done: AlreadyDone,
     control: RunControl,
@@ -51,7 +58,7 @@ async def walk(
 ) -> None:
     """Start every item of ``items`` (``(index, (item_id, metadata))``, as
     ``pipekit.engine.finished.unfinished`` gives them) not ``already_done``, in order, until the run stops
-    starting phases: one claim per ``size`` of them (``BusyItems.claim_size``), the
+    starting phases: one ``claim`` per ``size`` of them (``BusyItems.claim_size``), the
     items others hold ``put_aside`` (``BusyItems.add``). With a size of 1 each item
     is started without a lock, and the runner takes it as it starts the item."""
     chunk: list[Candidate] = []
@@ -65,21 +72,21 @@ async def walk(
             continue
         chunk.append((index, item_id, metadata))
         if len(chunk) >= size:
-            for held in await start_claimed(store, chunk, control, start):
+            for held in await start_claimed(claim, chunk, control, start):
                 put_aside(*held)
             chunk = []
     if chunk and not control.stop_new_phases:
-        for held in await start_claimed(store, chunk, control, start):
+        for held in await start_claimed(claim, chunk, control, start):
             put_aside(*held)
 
 
 async def start_claimed(
-    store: StateStore, chunk: Sequence[Candidate], control: RunControl, start: Start
+    claim: Claim, chunk: Sequence[Candidate], control: RunControl, start: Start
 ) -> list[Candidate]:
     """Claim the items of ``chunk`` in one call and start those won, in order; returns
     the ones another process holds. A won item the run does not start (it stopped)
     is released."""
-    locks = store.claim([item_id for _, item_id, _ in chunk])
+    locks = await claim([item_id for _, item_id, _ in chunk])
     held: list[Candidate] = []
     try:
         for index, item_id, metadata in chunk:

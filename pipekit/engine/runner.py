@@ -258,7 +258,7 @@ class Run:
         self.earlier_cost_usd += cost
         try:
             await claims.walk(
-                self.store, specs, self._already_done, self.control, self.busy.add, start, self.busy.claim_size)
+                self.busy.claim, specs, self._already_done, self.control, self.busy.add, start, self.busy.claim_size)
             settle = None if stale_check else claims.finished_elsewhere(
                 self.store, self.pipeline.phases, lambda: self._finished, self._finished_elsewhere)
             while True:  # the items other processes hold, once every other item is started

@@ -204,6 +204,10 @@ class StateStore(abc.ABC):
     #: thread uses the store: the runner then writes the states of all the
     #: items queued meanwhile in one call, off the event loop (group commit).
     batched_saves: bool = False
+    #: True when ``try_lock`` and ``claim`` may run on a thread while the event loop's
+    #: thread uses the store (lock files, or a store behind its own lock): the runner
+    #: then takes locks off the event loop (``threadsafe_saves`` implies it).
+    threadsafe_locks: bool = False
 
     @abc.abstractmethod
     def load(self, item_id: str) -> dict[str, Any] | None:
@@ -425,6 +429,10 @@ class StateStore(abc.ABC):
         return (row for row in rows if row[0] in wanted)
 
 
+#: Items whose lock files a run takes in one ``claim`` (``FlockedItems.claim_chunk``).
+FLOCK_CLAIM_CHUNK = 64
+
+
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
     """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
     path = locks_dir / f"{encode_item_id(item_id)}.lock"
@@ -468,6 +476,11 @@ class FlockedItems:
     """``try_lock`` and ``lock_holder`` by ``flock_item`` lock files in ``locks_dir``."""
 
     locks_dir: Path
+    #: A lock file touches nothing else of the store: it may be taken on any thread.
+    threadsafe_locks = True
+    #: A run takes the lock files of this many items (at most ``-j``) in one call off its
+    #: event loop: creating one can wait behind another write's fsync.
+    claim_chunk = FLOCK_CLAIM_CHUNK
 
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's lock file without waiting; None when another process holds it."""
