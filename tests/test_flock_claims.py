@@ -153,7 +153,8 @@ def test_a_killed_drivers_claimed_items_are_free_at_once_and_status_names_who_ru
     # -j 4: items 04-06 block three slots; 07 finishes, so the driver claims 08-11 and 08
     # blocks the last slot: 09-11 stay claimed (their lock files held), never started.
     blocked = ["item-04", "item-05", "item-06", "item-08"]
-    first = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "4", env={**env, "BLOCK_ON": ",".join(blocked)})
+    block = {**env, "BLOCK_ON": ",".join(blocked)}
+    first = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "4", env=block)
     wait_for([pipetester.path / f"blocked-{item_id}" for item_id in blocked], first)
     status = subprocess.run(
         [sys.executable, "-m", "pipekit", "status", "pipeline.py", "--item", "item-04"],
