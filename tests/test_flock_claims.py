@@ -49,34 +49,56 @@ PIPELINE = '''
         return one + "2"
 '''
 
-#: A lock file whose create waits (as behind another write's fsync) until another item's
-#: phase has run: with locks taken on the event loop's thread, no phase can run meanwhile.
+#: A lock file whose create, or a state read, waits (as behind another write's fsync) until
+#: another item's phase has run: on the event loop's thread, no phase could run meanwhile.
 SLOW_LOCK_PIPELINE = '''
-    import asyncio, time
+    import asyncio, os, threading, time
     from pathlib import Path
     from pipekit import phase
     from pipekit.state.jsondir import JsonDirStore
     from pipekit.state.sqlite import SqliteStore
 
-    def slowed(real_try_lock):
-        def try_lock(self, item_id):
-            if item_id == "slow":
-                Path("slow-lock-started").touch()
-                deadline = time.monotonic() + 3
-                while not Path("witness-ran").exists() and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                Path("slow-lock-saw").write_text("yes" if Path("witness-ran").exists() else "no")
-            return real_try_lock(self, item_id)
-        return try_lock
+    def wait_for_the_witness():
+        Path("slow-started").touch()
+        deadline = time.monotonic() + 3
+        while not Path("witness-ran").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        Path("slow-saw").write_text("yes" if Path("witness-ran").exists() else "no")
+
+    whole_run_read = threading.local()
+
+    def slowed(real):
+        def call(self, item_id):
+            if item_id == "slow" and not getattr(whole_run_read, "on", False):
+                wait_for_the_witness()
+            return real(self, item_id)
+        return call
+
+    def slowed_many(real):
+        def call(self, item_ids):
+            item_ids = list(item_ids)
+            if item_ids == ["slow"]:
+                wait_for_the_witness()
+                return real(self, item_ids)
+            whole_run_read.on = True  # the start-of-run read of every item is not slowed
+            try:
+                return list(real(self, item_ids))
+            finally:
+                whole_run_read.on = False
+        return call
 
     for store_class in (JsonDirStore, SqliteStore):
-        store_class.try_lock = slowed(store_class.try_lock)
+        if os.environ["SLOW_AT"] == "lock":
+            store_class.try_lock = slowed(store_class.try_lock)
+        else:
+            store_class.load = slowed(store_class.load)
+            store_class.load_many = slowed_many(store_class.load_many)
 
     @phase(1)
     async def one(item_id):
         if item_id == "witness":
             deadline = time.monotonic() + 10
-            while not Path("slow-lock-started").exists() and time.monotonic() < deadline:
+            while not Path("slow-started").exists() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             Path("witness-ran").touch()
         return "1"
@@ -126,20 +148,27 @@ def test_two_drivers_on_one_sqlite_store_run_every_phase_of_two_hundred_items_on
 
 
 @pytest.mark.parametrize("store", ["sqlite", "json"])
-def test_an_item_runs_its_phase_while_another_items_lock_file_is_slow_to_create(
-    pipetester: PipeTester, tmp_path: Path, store: str
+@pytest.mark.parametrize("slow_at", ["lock", "read"])
+def test_an_item_runs_its_phase_while_another_items_lock_or_state_is_slow_to_come(
+    pipetester: PipeTester, tmp_path: Path, store: str, slow_at: str
 ) -> None:
     pipetester.make_pipeline(SLOW_LOCK_PIPELINE)
     # -j 2: witness and quick are claimed first; quick finishes, so slow's lock is taken
-    # while witness waits in its (async) phase for that lock to have started.
+    # (and its state read) while witness waits in its (async) phase for that to start.
     pipetester.make_items("witness", "quick", "slow")
     url = f"sqlite:{tmp_path / 'state.db'}" if store == "sqlite" else f"json:{tmp_path / 'state'}"
-    proc = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "2", env={"PIPEKIT_STORE": url})
+    env = {"PIPEKIT_STORE": url, "SLOW_AT": slow_at}
+    proc = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "2", env=env)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert (pipetester.path / "slow-lock-saw").read_text() == "yes"
+    assert (pipetester.path / "slow-saw").read_text() == "yes"
     finished = {json.loads(line)["item_id"] for line in out.splitlines() if json.loads(line)["event"] == "item_finish"}
     assert finished == {"witness", "quick", "slow"}
+    rerun = subprocess.run(
+        [sys.executable, "-m", "pipekit", "pipeline.py", "--items", "items.txt", "--jsonl"],
+        cwd=pipetester.path, capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )
+    assert rerun.returncode == 0 and '"phase_start"' not in rerun.stdout, rerun.stderr
 
 
 @pytest.mark.slow

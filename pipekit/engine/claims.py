@@ -11,8 +11,10 @@ items of its selection in one claim, as many as it runs at once (``-j``, at most
 which waits for them by chunks too. The items another driver finished meanwhile
 are found in the store's finished index (one query of their rows only:
 ``StateStore.iter_fresh_finished_of``), not by taking their locks.
-The claim runs off the event loop (``StateWriter.claim``: on the writer's
-threads), one call per chunk. A claimed item stays held until it is started and
+The claim runs off the event loop (``Claims``: on the writer's threads), one
+call per chunk, which then reads the states of the items won, under their
+locks (one query on a database), so that starting an item reads nothing on the
+event loop's thread either. A claimed item stays held until it is started and
 done; a driver that dies releases its claim when its lease expires, or at once
 where the locks are flocks (JSON, SQLite: the kernel drops them with the
 process). A store with ``claim_chunk`` 1, and a run at ``-j 1``, take each
@@ -25,14 +27,18 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
+import functools
 from typing import Any
 
 from pipekit.engine.control import RunControl
 from pipekit.engine.finished import Finished
 from pipekit.engine.finished import finished_among
+from pipekit.outcomes import StateFileError
 from pipekit.pipeline.phases import PhaseDefinition
+from pipekit.state.manager import PipelineStateManager
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
+from pipekit.state.writer import StateWriter
 
 
 #: An item a run reached: ``(index, item_id, metadata)``.
@@ -41,10 +47,61 @@ Candidate = tuple[int, str, dict[str, Any]]
 Start = Callable[[int, str, dict[str, Any], ItemLock | None], Awaitable[None]]
 #: Says whether an item is finished already (and counts it so): ``Run._already_done``.
 AlreadyDone = Callable[[str, dict[str, Any]], bool]
-#: Takes the locks of the free ones of some items, by id (``StateWriter.claim`` of the store).
+#: Takes the locks of the free ones of some items, by id (``Claims.claim``).
 Claim = Callable[[Sequence[str]], Awaitable[dict[str, ItemLock]]]
 #: Drops from the waiting items (id to ``(index, metadata)``) those another driver finished.
 Settle = Callable[[dict[str, tuple[int, dict[str, Any]]]], None]
+
+
+#: An item's document read under its claim: None when it has no state, or why it is unreadable.
+Read = dict[str, Any] | None | StateFileError
+
+
+class Claims:
+    """A run's claims, taken off the event loop with the states of the items won read
+    in the same call; each item's start takes its state from there (``load``)."""
+
+    def __init__(self, store: StateStore, writer: StateWriter) -> None:
+        self._store = store
+        self._writer = writer
+        #: The documents read with a claim, by id, until their item starts.
+        self._read: dict[str, Read] = {}
+
+    async def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
+        """The locks of the free ones of ``item_ids``, by id; their states are read too."""
+        take = functools.partial(claim_and_read, self._store, item_ids)
+        locks, read = await self._writer.off_loop(self._store, take, _release_claimed)
+        self._read.update(read)
+        return dict(locks)
+
+    def load(self, manager: PipelineStateManager, *, by_reference: bool) -> bool:
+        """``manager.load_state``, from the document read with the item's claim when
+        there is one (then read under the lock the item still holds)."""
+        read = self._read.pop(manager.item_id, _UNREAD)
+        if read is _UNREAD:
+            return manager.load_state(by_reference=by_reference)
+        if isinstance(read, StateFileError):
+            raise read
+        return manager.load_document(read, by_reference=by_reference)
+
+
+_UNREAD: Any = object()
+
+
+def claim_and_read(store: StateStore, item_ids: Sequence[str]) -> tuple[dict[str, ItemLock], dict[str, Read]]:
+    """``store.claim(item_ids)``, then the documents of the items won, read under their
+    locks (``load_many``); on any error the locks are released."""
+    locks = store.claim(item_ids)
+    try:
+        return locks, dict(store.load_many(list(locks)))
+    except BaseException:
+        _release_claimed((locks, {}))
+        raise
+
+
+def _release_claimed(claimed: tuple[dict[str, ItemLock], dict[str, Read]]) -> None:
+    for lock in claimed[0].values():
+        lock.release()
 
 
 async def walk(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from collections.abc import Sequence
 import functools
 import queue
 import threading
@@ -222,23 +221,15 @@ class StateWriter:
         """``store.try_lock(item_id)``, on the writer's threads when it has them:
         taking a lock is a system call that can wait behind the disk, or a round
         trip to a database server."""
-        if not self._locks_in_threads(store):
-            return store.try_lock(item_id)
-        lock: ItemLock | None = await self._off_loop(functools.partial(store.try_lock, item_id), _release_one)
+        lock: ItemLock | None = await self.off_loop(store, functools.partial(store.try_lock, item_id), _release_one)
         return lock
 
-    async def claim(self, store: StateStore, item_ids: Sequence[str]) -> dict[str, ItemLock]:
-        """``store.claim(item_ids)``, in one call on the writer's threads when it has
-        them: a chunk's lock files (each an ``open`` that can wait behind another
-        write's fsync) or its one statement, never on the event loop's thread."""
+    async def off_loop(self, store: StateStore, take: Callable[[], Any], give_back: Callable[[Any], None]) -> Any:
+        """``take()``, which takes locks of ``store``: on the writer's threads when the
+        store lets them be taken there, else here. What it took is given back
+        (``give_back``) when the caller stopped waiting for it (cancelled)."""
         if not self._locks_in_threads(store):
-            return store.claim(item_ids)
-        locks: dict[str, ItemLock] = await self._off_loop(functools.partial(store.claim, item_ids), _release_all)
-        return locks
-
-    async def _off_loop(self, take: Callable[[], Any], give_back: Callable[[Any], None]) -> Any:
-        """``take()`` on the writer's threads; what it took is given back (``give_back``)
-        when the caller stopped waiting for it (cancelled)."""
+            return take()
         taken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def hand_over(value: Any, error: BaseException | None) -> None:
@@ -344,11 +335,6 @@ class StateWriter:
 
 def _release_one(lock: ItemLock) -> None:
     lock.release()
-
-
-def _release_all(locks: dict[str, ItemLock]) -> None:
-    for lock in locks.values():
-        lock.release()
 
 
 def _run_one(writes: list[PendingWrite]) -> None:
