@@ -210,3 +210,47 @@ def test_a_killed_drivers_claimed_items_are_free_at_once_and_status_names_who_ru
     # The killed driver's blocked phases never finished: run again; nothing else twice.
     runs = executions(pipetester)
     assert runs == Counter({(i, n): 1 for i in ids for n in (1, 2)}) + Counter({(i, 1): 1 for i in blocked}), runs
+
+
+#: Items "a" and "b" wait in their phase (holding both slots at -j 2) until item "e"'s lock is taken.
+CLAIM_AHEAD_PIPELINE = '''
+    import asyncio, time
+    from pathlib import Path
+    from pipekit import phase
+    from pipekit.state.sqlite import SqliteStore
+
+    real_try_lock = SqliteStore.try_lock
+
+    def try_lock(self, item_id):
+        if item_id == "e":
+            Path("e-lock-started").touch()
+        return real_try_lock(self, item_id)
+
+    SqliteStore.try_lock = try_lock
+
+    @phase(1)
+    async def one(item_id):
+        if item_id in ("a", "b"):
+            deadline = time.monotonic() + 3
+            while not Path("e-lock-started").exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            Path(f"{item_id}-saw").write_text("yes" if Path("e-lock-started").exists() else "no")
+        return "1"
+'''
+
+
+def test_the_next_chunk_is_claimed_while_the_last_ones_items_wait_for_a_slot(
+    pipetester: PipeTester, tmp_path: Path
+) -> None:
+    pipetester.make_pipeline(CLAIM_AHEAD_PIPELINE)
+    # -j 2, chunks of two: a and b hold both slots until e's lock is taken. c and d wait
+    # for a slot, claimed; e and f are claimed meanwhile, not once c and d have started:
+    # a slot that frees up never waits for a claim.
+    pipetester.make_items("a", "b", "c", "d", "e", "f")
+    env = {"PIPEKIT_STORE": f"sqlite:{tmp_path / 'state.db'}"}
+    proc = pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "2", env=env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [(pipetester.path / f"{item_id}-saw").read_text() for item_id in "ab"] == ["yes", "yes"]
+    finished = [json.loads(line)["item_id"] for line in out.splitlines() if json.loads(line)["event"] == "item_finish"]
+    assert sorted(finished) == ["a", "b", "c", "d", "e", "f"]

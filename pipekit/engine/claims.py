@@ -23,9 +23,11 @@ item's lock as the run starts it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 import functools
 from typing import Any
@@ -66,6 +68,8 @@ class Claims:
         self._writer = writer
         #: The documents read with a claim, by id, until their item starts.
         self._read: dict[str, Read] = {}
+        #: Claim the next chunk while the items of one start (``StateStore.claim_ahead``).
+        self.ahead = store.claim_ahead
 
     async def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
         """The locks of the free ones of ``item_ids``, by id; their states are read too."""
@@ -105,7 +109,7 @@ def _release_claimed(claimed: tuple[dict[str, ItemLock], dict[str, Read]]) -> No
 
 
 async def walk(
-    claim: Claim,
+    claims: Claims,
     items: Iterable[tuple[int, tuple[str, dict[str, Any]]]],
     already_done: AlreadyDone,
     control: RunControl,
@@ -115,26 +119,62 @@ async def walk(
 ) -> None:
     """Start every item of ``items`` (``(index, (item_id, metadata))``, as
     ``pipekit.engine.finished.unfinished`` gives them) not ``already_done``, in order, until the run stops
-    starting phases: one ``claim`` per ``size`` of them (``BusyItems.claim_size``), the
+    starting phases: one ``claims.claim`` per ``size`` of them (``BusyItems.claim_size``), the
     items others hold ``put_aside`` (``BusyItems.add``). With a size of 1 each item
     is started without a lock, and the runner takes it as it starts the item."""
+    if size <= 1:
+        for index, (item_id, metadata) in items:
+            if already_done(item_id, metadata):
+                continue
+            if control.stop_new_phases:
+                return
+            await start(index, item_id, metadata, None)
+        return
+    claimed: tuple[list[Candidate], asyncio.Future[dict[str, ItemLock]]] | None = None
+    try:
+        for chunk in _chunks(items, already_done, control, size):
+            # With ``claims.ahead`` the next chunk is claimed while this one's items wait for
+            # slots: creating lock files can take longer than a slot takes to free up.
+            previous, claimed = claimed, (chunk, asyncio.ensure_future(claims.claim([i for _, i, _ in chunk])))
+            if previous is not None:
+                for held in await _start_won(*previous, control, start):
+                    put_aside(*held)
+            if not claims.ahead:  # only what it can start soon (``StateStore.claim_ahead``)
+                previous, claimed = claimed, None
+                for held in await _start_won(*previous, control, start):
+                    put_aside(*held)
+        if claimed is not None and not control.stop_new_phases:
+            held_back, claimed = claimed, None
+            for held in await _start_won(*held_back, control, start):
+                put_aside(*held)
+    finally:
+        if claimed is not None:  # claimed, never started: the run stopped or failed
+            claimed[1].add_done_callback(_release_unstarted)
+
+
+def _chunks(
+    items: Iterable[tuple[int, tuple[str, dict[str, Any]]]], already_done: AlreadyDone, control: RunControl, size: int
+) -> Iterator[list[Candidate]]:
+    """The items not ``already_done``, ``size`` at a time, until the run stops starting phases."""
     chunk: list[Candidate] = []
     for index, (item_id, metadata) in items:
         if already_done(item_id, metadata):
             continue
         if control.stop_new_phases:
             return
-        if size <= 1:
-            await start(index, item_id, metadata, None)
-            continue
         chunk.append((index, item_id, metadata))
         if len(chunk) >= size:
-            for held in await start_claimed(claim, chunk, control, start):
-                put_aside(*held)
+            yield chunk
             chunk = []
     if chunk and not control.stop_new_phases:
-        for held in await start_claimed(claim, chunk, control, start):
-            put_aside(*held)
+        yield chunk
+
+
+def _release_unstarted(claiming: asyncio.Future[dict[str, ItemLock]]) -> None:
+    """A claim the run stopped before starting any of its items: give its locks back."""
+    if not claiming.cancelled() and claiming.exception() is None:
+        for lock in claiming.result().values():
+            lock.release_soon()
 
 
 async def start_claimed(
@@ -143,7 +183,14 @@ async def start_claimed(
     """Claim the items of ``chunk`` in one call and start those won, in order; returns
     the ones another process holds. A won item the run does not start (it stopped)
     is released."""
-    locks = await claim([item_id for _, item_id, _ in chunk])
+    return await _start_won(chunk, asyncio.ensure_future(claim([item_id for _, item_id, _ in chunk])), control, start)
+
+
+async def _start_won(
+    chunk: Sequence[Candidate], claiming: Awaitable[dict[str, ItemLock]], control: RunControl, start: Start
+) -> list[Candidate]:
+    """``start_claimed`` once ``claiming`` has the locks of ``chunk``."""
+    locks = dict(await claiming)
     held: list[Candidate] = []
     try:
         for index, item_id, metadata in chunk:

@@ -258,7 +258,7 @@ class Run:
         self.earlier_cost_usd += cost
         try:
             await claims.walk(
-                self.busy.claims.claim, specs, self._already_done, self.control, self.busy.add, start,
+                self.busy.claims, specs, self._already_done, self.control, self.busy.add, start,
                 self.busy.claim_size)
             settle = None if stale_check else claims.finished_elsewhere(
                 self.store, self.pipeline.phases, lambda: self._finished, self._finished_elsewhere)

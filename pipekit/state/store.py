@@ -396,6 +396,9 @@ class StateStore(abc.ABC):
 
     #: Items a run claims at once (``claim``); 1: it takes each item's lock as it starts it.
     claim_chunk: int = 1
+    #: True: a run claims its next chunk while the last one's items wait to start (a slow
+    #: claim leaves no slot idle); False keeps its claims to what it can start soon.
+    claim_ahead: bool = False
 
     def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
         """Take the locks of those of ``item_ids`` that are free, without waiting, by id;
@@ -452,8 +455,6 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
     return ItemLock(fd)
 
 
-
-
 def item_id_problem(item_id: str) -> str | None:
     """Why no store may hold ``item_id``, or None; every item source is checked by it,
     so an id is refused before any phase runs, and the same on every store.
@@ -476,11 +477,12 @@ class FlockedItems:
     """``try_lock`` and ``lock_holder`` by ``flock_item`` lock files in ``locks_dir``."""
 
     locks_dir: Path
-    #: A lock file touches nothing else of the store: it may be taken on any thread.
+    #: A lock file touches nothing else of the store: it may be taken on any thread, and
+    #: a run takes a chunk's (at most ``-j``) in one call off its event loop, the next
+    #: chunk's while the last one's items start (creating one can wait behind an fsync).
     threadsafe_locks = True
-    #: A run takes the lock files of this many items (at most ``-j``) in one call off its
-    #: event loop: creating one can wait behind another write's fsync.
     claim_chunk = FLOCK_CLAIM_CHUNK
+    claim_ahead = True
 
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's lock file without waiting; None when another process holds it."""
