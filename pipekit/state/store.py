@@ -396,8 +396,8 @@ class StateStore(abc.ABC):
 
     #: Items a run claims at once (``claim``); 1: it takes each item's lock as it starts it.
     claim_chunk: int = 1
-    #: True: a run claims its next chunk while the last one's items wait to start (a slow
-    #: claim leaves no slot idle); False keeps its claims to what it can start soon.
+    #: True: a run claims its next chunk while the last one's items wait to start (a slot
+    #: seldom waits for a slow claim); False keeps its claims to what it can start soon.
     claim_ahead: bool = False
 
     def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
