@@ -253,10 +253,16 @@ def test_a_lease_release_stuck_on_the_server_does_not_stop_the_run(
                 assert driver.poll() is None, driver.communicate()
                 assert time.monotonic() < deadline, f"the run stopped at {sorted(executions(pipetester))}"
                 time.sleep(0.05)
-            finished = holding.execute(
-                "SELECT item_id FROM pipekit_items WHERE pipeline = %s AND next_phase IS NULL", (pipeline,)
-            ).fetchall()
-            assert sorted(item_id for (item_id,) in finished) == sorted(ids)
+            # A phase logs its run before its completion is written: wait for the writes too.
+            while True:
+                finished = holding.execute(
+                    "SELECT item_id FROM pipekit_items WHERE pipeline = %s AND next_phase IS NULL", (pipeline,)
+                ).fetchall()
+                if sorted(item_id for (item_id,) in finished) == sorted(ids):
+                    break
+                assert driver.poll() is None, driver.communicate()
+                assert time.monotonic() < deadline, f"finished in the store: {sorted(finished)}"
+                time.sleep(0.05)
         finally:
             holding.rollback()
         out, err = driver.communicate(timeout=60)

@@ -22,6 +22,7 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
+from pipekit.engine.claims import Claims
 from pipekit.engine.claims import Settle
 from pipekit.engine.claims import start_claimed
 from pipekit.engine.control import RunControl
@@ -74,6 +75,8 @@ class BusyItems:
         #: Items claimed at once (``pipekit.engine.claims``): never more than the run can start
         #: soon, so that no driver sits idle at the end while another holds items it cannot run yet.
         self.claim_size = max(1, min(store.claim_chunk, workers))
+        #: The run's claims (the first ones and those of the waiting items), and the states they read.
+        self.claims = Claims(store, writer)
 
     def add(self, index: int, item_id: str, metadata: dict[str, Any]) -> None:
         """Put ``item_id`` aside until its holder lets it go (said once, with who holds it),
@@ -124,7 +127,7 @@ class BusyItems:
         for at in range(0, len(waiting), size):
             if self._control.stop_new_phases:
                 return
-            await start_claimed(self._store, waiting[at : at + size], self._control, take)
+            await start_claimed(self.claims.claim, waiting[at : at + size], self._control, take)
 
     async def _lock_waiting(self, start: Start) -> None:
         """One try at the waiting items, one lock each."""

@@ -258,7 +258,8 @@ class Run:
         self.earlier_cost_usd += cost
         try:
             await claims.walk(
-                self.store, specs, self._already_done, self.control, self.busy.add, start, self.busy.claim_size)
+                self.busy.claims, specs, self._already_done, self.control, self.busy.add, start,
+                self.busy.claim_size)
             settle = None if stale_check else claims.finished_elsewhere(
                 self.store, self.pipeline.phases, lambda: self._finished, self._finished_elsewhere)
             while True:  # the items other processes hold, once every other item is started
@@ -406,7 +407,7 @@ class Run:
         phases = self.pipeline.phases
         try:
             # Large outputs stay in the store when the workers read them there.
-            loaded = manager.load_state(by_reference=self.executor.takes_stored_outputs)
+            loaded = self.busy.claims.load(manager, by_reference=self.executor.takes_stored_outputs)
         except StateFileError as exc:
             self.items_unreadable += 1
             self._say(f"{exc}; item {item_id!r} not run (fix the file or `pipekit reset`)", "error")

@@ -187,12 +187,16 @@ class SqliteStore(FlockedItems, StateStore):
         # thread, which would otherwise wait for the writer thread's commit (its
         # fsync) to free the connection. In WAL a reader never waits for a writer.
         with self._read_lock:
-            if self._reader is None:
-                self._reader = sqlite3.connect(
-                    self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-                )
-            row = self._reader.execute("SELECT state FROM items WHERE item_id = ?", (item_id,)).fetchone()
+            row = self._reading().execute("SELECT state FROM items WHERE item_id = ?", (item_id,)).fetchone()
         return None if row is None else self._parse(item_id, row[0])
+
+    def _reading(self) -> sqlite3.Connection:
+        """The connection ``load`` and ``load_many`` read on (hold ``_read_lock``)."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        return self._reader
 
     def _parse(self, item_id: str, raw: Any) -> dict[str, Any]:
         try:
@@ -344,8 +348,11 @@ class SqliteStore(FlockedItems, StateStore):
     ) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
         for part in _chunks(item_ids, chunk):
             marks = ",".join("?" * len(part))
-            with self._lock:
-                rows = dict(self._db.execute(f"SELECT item_id, state FROM items WHERE item_id IN ({marks})", part))
+            # On the reading connection too: a run reads the items it claims as it takes
+            # them, and the writer's connection may be in a group commit's fsync.
+            with self._read_lock:
+                query = f"SELECT item_id, state FROM items WHERE item_id IN ({marks})"
+                rows = dict(self._reading().execute(query, part))
             for item_id in part:
                 raw = rows.get(item_id)
                 try:

@@ -204,6 +204,10 @@ class StateStore(abc.ABC):
     #: thread uses the store: the runner then writes the states of all the
     #: items queued meanwhile in one call, off the event loop (group commit).
     batched_saves: bool = False
+    #: True when ``try_lock`` and ``claim`` may run on a thread while the event loop's
+    #: thread uses the store (lock files, or a store behind its own lock): the runner
+    #: then takes locks off the event loop (``threadsafe_saves`` implies it).
+    threadsafe_locks: bool = False
 
     @abc.abstractmethod
     def load(self, item_id: str) -> dict[str, Any] | None:
@@ -399,6 +403,9 @@ class StateStore(abc.ABC):
 
     #: Items a run claims at once (``claim``); 1: it takes each item's lock as it starts it.
     claim_chunk: int = 1
+    #: True: a run claims its next chunk while the last one's items wait to start (a slot
+    #: seldom waits for a slow claim); False keeps its claims to what it can start soon.
+    claim_ahead: bool = False
 
     def claim(self, item_ids: Sequence[str]) -> dict[str, ItemLock]:
         """Take the locks of those of ``item_ids`` that are free, without waiting, by id;
@@ -432,6 +439,10 @@ class StateStore(abc.ABC):
         return (row for row in rows if row[0] in wanted)
 
 
+#: Items whose lock files a run takes in one ``claim`` (``FlockedItems.claim_chunk``).
+FLOCK_CLAIM_CHUNK = 64
+
+
 def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
     """Take ``item_id``'s lock file in ``locks_dir`` without waiting (flock: it dies with the process)."""
     path = locks_dir / f"{encode_item_id(item_id)}.lock"
@@ -449,8 +460,6 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
         raise
     write_lock_record(fd, this_holder())
     return ItemLock(fd)
-
-
 
 
 def item_id_problem(item_id: str) -> str | None:
@@ -475,6 +484,12 @@ class FlockedItems:
     """``try_lock`` and ``lock_holder`` by ``flock_item`` lock files in ``locks_dir``."""
 
     locks_dir: Path
+    #: A lock file touches nothing else of the store: it may be taken on any thread, and
+    #: a run takes a chunk's (at most ``-j``) in one call off its event loop, the next
+    #: chunk's while the last one's items start (creating one can wait behind an fsync).
+    threadsafe_locks = True
+    claim_chunk = FLOCK_CLAIM_CHUNK
+    claim_ahead = True
 
     def try_lock(self, item_id: str) -> ItemLock | None:
         """Take the item's lock file without waiting; None when another process holds it."""

@@ -221,21 +221,31 @@ class StateWriter:
         """``store.try_lock(item_id)``, on the writer's threads when it has them:
         taking a lock is a system call that can wait behind the disk, or a round
         trip to a database server."""
-        if self.threads <= 0 or not store.threadsafe_saves:
-            return store.try_lock(item_id)
-        taken: asyncio.Future[ItemLock | None] = asyncio.get_running_loop().create_future()
+        lock: ItemLock | None = await self.off_loop(store, functools.partial(store.try_lock, item_id), _release_one)
+        return lock
 
-        def hand_over(lock: ItemLock | None, error: BaseException | None) -> None:
+    async def off_loop(self, store: StateStore, take: Callable[[], Any], give_back: Callable[[Any], None]) -> Any:
+        """``take()``, which takes locks of ``store``: on the writer's threads when the
+        store lets them be taken there, else here. What it took is given back
+        (``give_back``) when the caller stopped waiting for it (cancelled)."""
+        if not self._locks_in_threads(store):
+            return take()
+        taken: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def hand_over(value: Any, error: BaseException | None) -> None:
             if taken.cancelled():
-                if lock is not None:
-                    lock.release()  # nobody is waiting for it any more
+                if value is not None:
+                    give_back(value)  # nobody is waiting for it any more
             elif error is not None:
                 taken.set_exception(error)
             else:
-                taken.set_result(lock)
+                taken.set_result(value)
 
-        self._threads().submit(functools.partial(store.try_lock, item_id), hand_over)
+        self._threads().submit(take, hand_over)
         return await taken
+
+    def _locks_in_threads(self, store: StateStore) -> bool:
+        return self.threads > 0 and (store.threadsafe_saves or store.threadsafe_locks)
 
     def close(self) -> None:
         """Wait for writes in flight and stop the threads."""
@@ -321,6 +331,10 @@ class StateWriter:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(error)
+
+
+def _release_one(lock: ItemLock) -> None:
+    lock.release()
 
 
 def _run_one(writes: list[PendingWrite]) -> None:
