@@ -28,13 +28,13 @@ from pipekit.state.escaping import escape
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
 from pipekit.state.escaping import needs_escape
+from pipekit.state.flocks import FlockedItems
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
 from pipekit.state.indexed import UNREADABLE
 from pipekit.state.indexed import index_columns
 from pipekit.state.itemfence import ItemFence
 from pipekit.state.store import NO_LOCKING_ERRNOS
-from pipekit.state.store import FlockedItems
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 from pipekit.state.store import encode_document

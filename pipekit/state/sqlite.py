@@ -37,6 +37,8 @@ from pipekit.state.digest import text_hash
 from pipekit.state.encoded import document_text
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
+from pipekit.state.flocks import FlockedItems
+from pipekit.state.flocks import flock_item
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.indexed import FinishedItem
 from pipekit.state.indexed import index_columns
@@ -50,10 +52,8 @@ from pipekit.state.sqliteschema import INDEXES
 from pipekit.state.sqliteschema import SCHEMA
 from pipekit.state.sqliteschema import UPSERT
 from pipekit.state.sqliteschema import statements
-from pipekit.state.store import FlockedItems
 from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
-from pipekit.state.store import flock_item
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
 from pipekit.state.values import output_ref
