@@ -10,7 +10,6 @@ with it, ``pipekit status`` names who runs an item.
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 from pathlib import Path
@@ -19,35 +18,13 @@ import subprocess
 import sys
 import time
 
+from claiming_drivers import PIPELINE
+from claiming_drivers import communicate
+from claiming_drivers import executions
 import pytest
 
 from pipekit.testing import PipeTester
 
-
-PIPELINE = '''
-    import json, os, time
-    from pathlib import Path
-    from pipekit import phase
-
-    def log(item_id, num):
-        fd = os.open("executions.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, (json.dumps([item_id, num, os.getpid()]) + "\\n").encode())
-        os.close(fd)
-
-    @phase(1)
-    def one(item_id):
-        log(item_id, 1)
-        if item_id in os.environ.get("BLOCK_ON", "").split(","):
-            Path(f"blocked-{item_id}").touch()
-            while not Path("go").exists():  # the test kills this process here
-                time.sleep(0.02)
-        return "1"
-
-    @phase(2)
-    def two(item_id, one):
-        log(item_id, 2)
-        return one + "2"
-'''
 
 #: A lock file whose create, or a state read, waits (as behind another write's fsync) until
 #: another item's phase has run: on the event loop's thread, no phase could run meanwhile.
@@ -107,18 +84,6 @@ SLOW_LOCK_PIPELINE = '''
     def two(item_id, one):
         return one + "2"
 '''
-
-
-def executions(tester: PipeTester) -> Counter[tuple[str, int]]:
-    log = tester.path / "executions.log"
-    lines = log.read_text().splitlines() if log.exists() else []
-    return Counter((item_id, num) for item_id, num, _ in map(json.loads, lines))
-
-
-def communicate(procs: list[subprocess.Popen[str]], timeout: float = 120) -> list[tuple[str, str]]:
-    """Every driver's output, read at once: a driver blocked on a full pipe would hold its items."""
-    with ThreadPoolExecutor(len(procs)) as pool:
-        return list(pool.map(lambda proc: proc.communicate(timeout=timeout), procs))
 
 
 def wait_for(paths: list[Path], proc: subprocess.Popen[str], timeout: float = 60) -> None:
