@@ -129,6 +129,32 @@ def test_a_poisoned_request_fails_only_its_item(pipetester: PipeTester) -> None:
     assert second.state("i02").phases[3].status == "completed"
 
 
+def test_a_failed_batch_phase_counts_the_answers_it_paid_for_once(pipetester: PipeTester) -> None:
+    """A poisoned request fails its item, but the item's other request was answered, and
+    paid: its usage is on the failed phase and in the run's cost. Taken up again, the
+    phase completes with each answer's usage counted once."""
+    _setup(pipetester, 2)
+    poisoned = {"FAKE_OPTIONS": {"poison": ["i01-sum"]}}
+    assert _run(pipetester, **poisoned).ret == ExitCode.WAITING
+    failed_run = _run(pipetester, "--progress", "simple", **poisoned)
+    assert failed_run.ret == ExitCode.ITEMS_FAILED, failed_run.stderr
+    failed = failed_run.state("i01").phases[2]
+    assert failed.status == "failed"
+    title = 10 + len("pk-") + 20  # FakeBatch's usage of the answered request (its wire id is mapped)
+    assert (failed.tokens_in, failed.tokens_out) == (title, 5)
+    assert failed.cost_usd == pytest.approx((title * 2.0 + 5 * 8.0) / 1_000_000 * 0.5)
+    paid = failed.cost_usd + failed_run.state("i00").phases[2].cost_usd
+    assert f"cost ${paid:.4f} this run" in failed_run.stderr
+
+    again = _run(pipetester, "--wait")  # the poison is gone: the failed request goes out again
+    assert again.ret == ExitCode.OK, again.stderr
+    done = again.state("i01").phases[2]
+    assert done.status == "completed"
+    assert (done.tokens_in, done.tokens_out) == (title + 10 + len("i01-sum"), 10)
+    assert done.cost_usd == pytest.approx((done.tokens_in * 2.0 + 10 * 8.0) / 1_000_000 * 0.5)
+    assert again.state("i01").total_tokens_in == done.tokens_in
+
+
 def test_an_errored_request_is_sent_again_per_retries_without_calling_the_handler(pipetester: PipeTester) -> None:
     _setup(pipetester, 2)
     env: dict[str, Any] = {"FAKE_OPTIONS": {"poison": ["i01-sum"]}, "BATCH_RETRIES": "1"}
