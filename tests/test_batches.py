@@ -116,6 +116,31 @@ def test_wait_polls_until_the_batch_ends_and_goes_on(pipetester: PipeTester) -> 
     assert _fake(pipetester).calls["submit"] == 1
 
 
+POLL_LOG = """
+from pipekit import hookimpl
+
+@hookimpl
+def pipekit_batch_event(event, next_poll):
+    if event == "batch_waiting":
+        with open("waits.log", "a") as log:
+            log.write(f"{next_poll}\\n")
+"""
+
+
+@pytest.mark.parametrize(("option", "first"), [((), 0.01), (("--poll-interval", "0.02"), 0.02)])
+def test_wait_polls_at_the_providers_interval_growing_to_ten_times_it(
+    pipetester: PipeTester, option: tuple[str, ...], first: float
+) -> None:
+    """The provider's ``poll_interval`` unless ``--poll-interval`` says otherwise, 1.5 times
+    longer after each poll that finds the batch running, at most 10 times the first."""
+    pipetester.make_pipeline(PIPELINE + POLL_LOG)
+    pipetester.make_items("i00")
+    options = {"poll_interval": 0.01, "finish_after_polls": 8}
+    assert _run(pipetester, "--wait", *option, FAKE_OPTIONS=options).ret == ExitCode.OK
+    waits = [float(line) for line in (pipetester.path / "waits.log").read_text().split()]
+    assert waits == pytest.approx([min(first * 1.5**k, first * 10) for k in range(9)])
+
+
 def test_a_poisoned_request_fails_only_its_item(pipetester: PipeTester) -> None:
     _setup(pipetester, 3)
     options = {"poison": ["i01-sum"]}
