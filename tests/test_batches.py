@@ -114,6 +114,9 @@ def test_wait_polls_until_the_batch_ends_and_goes_on(pipetester: PipeTester) -> 
     assert all(result.state(i).phases[3].status == "completed" for i in ids)
     assert "batch fake fakebatch-1: in_progress, 6 requests (processing 6)" in result.stderr
     assert _fake(pipetester).calls["submit"] == 1
+    # The summary counts one execution of the batch phase per item, though it was started
+    # in the pass that asked and again in the pass that collected.
+    assert re.search(r"^2 summarise +3 +3 +0 +0 ", result.stderr, re.M), result.stderr
 
 
 POLL_LOG = """
