@@ -114,6 +114,34 @@ def test_wait_polls_until_the_batch_ends_and_goes_on(pipetester: PipeTester) -> 
     assert all(result.state(i).phases[3].status == "completed" for i in ids)
     assert "batch fake fakebatch-1: in_progress, 6 requests (processing 6)" in result.stderr
     assert _fake(pipetester).calls["submit"] == 1
+    # The summary counts one execution of the batch phase per item, though it was started
+    # in the pass that asked and again in the pass that collected.
+    assert re.search(r"^2 summarise +3 +3 +0 +0 ", result.stderr, re.M), result.stderr
+
+
+POLL_LOG = """
+from pipekit import hookimpl
+
+@hookimpl
+def pipekit_batch_event(event, next_poll):
+    if event == "batch_waiting":
+        with open("waits.log", "a") as log:
+            log.write(f"{next_poll}\\n")
+"""
+
+
+@pytest.mark.parametrize(("option", "first"), [((), 0.01), (("--poll-interval", "0.02"), 0.02)])
+def test_wait_polls_at_the_providers_interval_growing_to_ten_times_it(
+    pipetester: PipeTester, option: tuple[str, ...], first: float
+) -> None:
+    """The provider's ``poll_interval`` unless ``--poll-interval`` says otherwise, 1.5 times
+    longer after each poll that finds the batch running, at most 10 times the first."""
+    pipetester.make_pipeline(PIPELINE + POLL_LOG)
+    pipetester.make_items("i00")
+    options = {"poll_interval": 0.01, "finish_after_polls": 8}
+    assert _run(pipetester, "--wait", *option, FAKE_OPTIONS=options).ret == ExitCode.OK
+    waits = [float(line) for line in (pipetester.path / "waits.log").read_text().split()]
+    assert waits == pytest.approx([min(first * 1.5**k, first * 10) for k in range(9)])
 
 
 def test_a_poisoned_request_fails_only_its_item(pipetester: PipeTester) -> None:
@@ -127,6 +155,32 @@ def test_a_poisoned_request_fails_only_its_item(pipetester: PipeTester) -> None:
     assert "poisoned request i01-sum" in (failed.error or "")
     assert second.state("i00").phases[3].status == "completed"
     assert second.state("i02").phases[3].status == "completed"
+
+
+def test_a_failed_batch_phase_counts_the_answers_it_paid_for_once(pipetester: PipeTester) -> None:
+    """A poisoned request fails its item, but the item's other request was answered, and
+    paid: its usage is on the failed phase and in the run's cost. Taken up again, the
+    phase completes with each answer's usage counted once."""
+    _setup(pipetester, 2)
+    poisoned = {"FAKE_OPTIONS": {"poison": ["i01-sum"]}}
+    assert _run(pipetester, **poisoned).ret == ExitCode.WAITING
+    failed_run = _run(pipetester, "--progress", "simple", **poisoned)
+    assert failed_run.ret == ExitCode.ITEMS_FAILED, failed_run.stderr
+    failed = failed_run.state("i01").phases[2]
+    assert failed.status == "failed"
+    title = 10 + len("pk-") + 20  # FakeBatch's usage of the answered request (its wire id is mapped)
+    assert (failed.tokens_in, failed.tokens_out) == (title, 5)
+    assert failed.cost_usd == pytest.approx((title * 2.0 + 5 * 8.0) / 1_000_000 * 0.5)
+    paid = failed.cost_usd + failed_run.state("i00").phases[2].cost_usd
+    assert f"cost ${paid:.4f} this run" in failed_run.stderr
+
+    again = _run(pipetester, "--wait")  # the poison is gone: the failed request goes out again
+    assert again.ret == ExitCode.OK, again.stderr
+    done = again.state("i01").phases[2]
+    assert done.status == "completed"
+    assert (done.tokens_in, done.tokens_out) == (title + 10 + len("i01-sum"), 10)
+    assert done.cost_usd == pytest.approx((done.tokens_in * 2.0 + 10 * 8.0) / 1_000_000 * 0.5)
+    assert again.state("i01").total_tokens_in == done.tokens_in
 
 
 def test_an_errored_request_is_sent_again_per_retries_without_calling_the_handler(pipetester: PipeTester) -> None:

@@ -199,20 +199,17 @@ def test_a_lease_release_stuck_on_the_server_does_not_stop_the_run(
         (pipetester.path / "go").touch()
         deadline = time.monotonic() + 30
         try:
-            # The blocked items end and give up their leases; the others still run.
-            while any(executions(pipetester)[(item_id, 2)] == 0 for item_id in ids):
-                assert driver.poll() is None, driver.communicate()
-                assert time.monotonic() < deadline, f"the run stopped at {sorted(executions(pipetester))}"
-                time.sleep(0.05)
-            # A phase logs its run before its completion is written: wait for the writes too.
-            while True:
-                finished = holding.execute(
+            # The blocked items end and give up their leases; the others still run, and their
+            # states are saved (a handler logs its execution a moment before its state is on disk).
+            def finished() -> list[str]:
+                rows = holding.execute(
                     "SELECT item_id FROM pipekit_items WHERE pipeline = %s AND next_phase IS NULL", (pipeline,)
                 ).fetchall()
-                if sorted(item_id for (item_id,) in finished) == sorted(ids):
-                    break
+                return sorted(item_id for (item_id,) in rows)
+
+            while any(executions(pipetester)[(item_id, 2)] == 0 for item_id in ids) or finished() != sorted(ids):
                 assert driver.poll() is None, driver.communicate()
-                assert time.monotonic() < deadline, f"finished in the store: {sorted(finished)}"
+                assert time.monotonic() < deadline, f"the run stopped at {sorted(executions(pipetester))}, {finished()}"
                 time.sleep(0.05)
         finally:
             holding.rollback()

@@ -363,3 +363,20 @@ def test_mkdocs_build_is_strict_and_clean(tmp_path: Path) -> None:
     books = (tmp_path / "site" / "getting-started" / "index.html").read_text()
     assert 'href="../examples/books/"' in books  # ../examples/books/README.md, published
     assert (tmp_path / "site" / "examples" / "books" / "pipeline.py").is_file()
+
+
+def test_the_exit_code_pages_list_every_code_and_the_order_the_code_applies() -> None:
+    """README and the command-line page say what CONTRACT §4 says: every exit code, and
+    which wins when several apply (``pipekit.outcomes.EXIT_PRIORITY``, then 5, then 0)."""
+    from pipekit.outcomes import EXIT_PRIORITY
+    from pipekit.outcomes import ExitCode
+
+    order = ", ".join(str(int(code)) for code in EXIT_PRIORITY)
+    cli = (DOCS / "cli.md").read_text()
+    table = cli.split("## Exit codes", 1)[1]
+    assert [int(n) for n in re.findall(r"^\| (\d) \|", table, re.M)] == sorted(int(code) for code in ExitCode)
+    assert f"the first of {order} wins, then 5, then 0" in " ".join(table.split())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"the first of {order} wins, then 5, then 0" in readme
+    sentence = readme.split("Exit codes:", 1)[1].split("When several apply", 1)[0]
+    assert [int(n) for n in re.findall(r"(?:^ |, )(\d) [a-z]", sentence)] == sorted(int(code) for code in ExitCode)

@@ -149,6 +149,8 @@ class Summary:
 
     @hookimpl
     def pipekit_phase_start(self, item: Item, phase: PhaseDefinition) -> None:
+        if (item.id, phase.num) in self._running:
+            return  # one execution: a batch phase under --wait starts where it asks and again where it collects
         self._running.add((item.id, phase.num))
         self._stats(phase).executed += 1
 

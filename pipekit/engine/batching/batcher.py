@@ -186,13 +186,14 @@ class Batcher:
                         self._submissions[record["key"]] = record
                     fresh.append((record, lock))
         finally:
+            # Every write made under these locks was awaited: the leases may go, off this thread.
             for lock in locks:
-                lock.release()
+                lock.release_soon()
         for record, lock in fresh:
             try:
                 await self._resolve(record, fresh=True)
             finally:
-                lock.release()
+                lock.release_soon()  # (after the record's batch id, awaited in _resolve)
         self.refresh()
 
     def _record(self, provider_name: str, chunk: list[tuple[Tag, dict[str, Any]]]) -> dict[str, Any]:
@@ -263,7 +264,7 @@ class Batcher:
                     if current.get("batch_id") is None:
                         await self._resolve(current, fresh=False)
                 finally:
-                    lock.release()
+                    lock.release_soon()
         self.refresh()
         await self.poll()
 

@@ -140,6 +140,7 @@ async def _collect(runner: PhaseRunner, phase: PhaseDefinition, batcher: Batcher
 
 
 def _usage(cell: dict[str, Any]) -> tuple[int, int, float]:
+    """What the phase has cost so far: its handler's usage and every answer's."""
     tokens_in, tokens_out, cost = cell["handler_usage"]
     for answer in cell["answers"].values():
         tokens_in += answer["tokens_in"]
@@ -148,21 +149,33 @@ def _usage(cell: dict[str, Any]) -> tuple[int, int, float]:
     return tokens_in, tokens_out, cost
 
 
+def _unrecorded(cell: dict[str, Any]) -> tuple[int, int, float]:
+    """The usage the phase's record does not hold yet; from now on it holds all of ``_usage``
+    (saved with the record that adds it, so a phase failed and later completed counts each
+    answer once)."""
+    total = _usage(cell)
+    held = cell.get("recorded_usage") or (0, 0, 0.0)
+    cell["recorded_usage"] = list(total)
+    return total[0] - held[0], total[1] - held[1], total[2] - held[2]
+
+
 async def _fail(runner: PhaseRunner, phase: PhaseDefinition, cell: dict[str, Any], failure: tuple[str, str]) -> bool:
     custom_id, text = failure
     error = RuntimeError(f"batch request {custom_id!r} failed: {text}")
-    # Usage of the answers is recorded when the phase completes: a failure records none of it twice.
-    return bool(await runner._fail(attempts.failed(phase, runner.state.state.phases[phase.num].attempts, error)))
+    # The requests answered so far were paid for: a failed phase records their usage, as a failed attempt does.
+    attempt = runner.state.state.phases[phase.num].attempts
+    return bool(await runner._fail(attempts.failed(phase, attempt, error, _unrecorded(cell))))
 
 
 async def _complete(runner: PhaseRunner, phase: PhaseDefinition, batcher: Batcher, cell: dict[str, Any]) -> bool:
     state = runner.state.state
     output = {custom_id: cell["answers"][custom_id]["body"] for custom_id in cell["order"]}
-    usage = _usage(cell)
+    total = _usage(cell)
+    usage = _unrecorded(cell)
     fingerprint, _ = await runner._fingerprint(phase)
     state.phases[phase.num].fingerprint = fingerprint
     discount = batcher.provider(phase).discount or 1.0
-    batch_cost = usage[2] - cell["handler_usage"][2]
+    batch_cost = total[2] - cell["handler_usage"][2]
     state.batch_requests[str(phase.num)] = {
         "done": True,
         "provider": cell["provider"],
