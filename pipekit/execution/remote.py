@@ -163,10 +163,19 @@ class WorkerContext(PhaseContext):
 
     #: ``StateStore.reopen_url`` of the run's store; None when workers cannot reach it.
     store_url: str | None = None
+    #: The driver's lease token for the item (``StateStore.fencing_token``): this worker's
+    #: writes for it land only while the driver holds that lease.
+    fencing_token: str | None = None
+
+    def _open_checkpoints(self) -> Checkpoints:
+        store = _worker_store(self.store_url)
+        if self.fencing_token is not None:
+            store.fence_as(self.item_id, self.fencing_token)
+        return Checkpoints(store, self.item_id, self.phase.name)
 
     def checkpoint(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
         if self._checkpoints is None:
-            self._checkpoints = Checkpoints(_worker_store(self.store_url), self.item_id, self.phase.name)
+            self._checkpoints = self._open_checkpoints()
         return super().checkpoint(key, fn, *args)
 
     def acquire(self, *args: Any, **kwargs: Any) -> Any:
@@ -177,7 +186,7 @@ class WorkerContext(PhaseContext):
     def _subitem_store_or_none(self) -> StateStore | None:
         # ctx.map and ctx.progress write here, as checkpoints do.
         if self._checkpoints is None:
-            self._checkpoints = Checkpoints(_worker_store(self.store_url), self.item_id, self.phase.name)
+            self._checkpoints = self._open_checkpoints()
         return self._checkpoints.store
 
     def _code_hash(self, fn: Callable[..., Any]) -> str | None:
@@ -227,6 +236,7 @@ def snapshot_context(ctx: PhaseContext) -> dict[str, Any]:
         "output_dir": str(ctx._output_dir),
         "executor": ctx.executor,
         "store_url": None if checkpoints is None else checkpoints.store.reopen_url(),
+        "fencing_token": None if checkpoints is None else checkpoints.store.fencing_token(ctx.item_id),
         "idempotency_key": ctx.idempotency_key,
     }
 
@@ -353,6 +363,7 @@ def execute_call(
             )
             ctx.executor = data["executor"]
             ctx.store_url = data["store_url"]
+            ctx.fencing_token = data.get("fencing_token")
             ctx._idempotency_key = data["idempotency_key"]
             sent = ctx._report_to(emit, driver_alive)
             kwargs["ctx"] = ctx
