@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 import os
 from pathlib import Path
 import pickle
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+from typing import Any
 
 import pytest
 
+from pipekit.execution import workerstores
+from pipekit.execution.remote import RemoteCall
+from pipekit.execution.remote import execute_call
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.open import open_store_url
 from pipekit.testing import PipeTester
@@ -135,3 +141,75 @@ def test_a_worker_of_a_driver_paused_past_its_lease_does_not_overwrite_the_new_h
     finally:
         store.close()
     assert document is not None and document["phase_outputs"] == {"1": "notes by the rival"}, document
+
+
+TWO_DRIVERS = '''
+    import os, time
+    from pipekit import phase
+
+    @phase(1)
+    def research(item_id, ctx):
+        folder, who = ctx.metadata["folder"], ctx.metadata["who"]
+        if who == "rival":
+            ctx.checkpoint("step", lambda: "rival")
+            return "rival"
+        ctx.checkpoint("start", lambda: who)
+        open(os.path.join(folder, "in-research"), "w").close()
+        while not os.path.exists(os.path.join(folder, "go")):
+            time.sleep(0.02)
+        ctx.checkpoint("step", lambda: who)
+        return who
+'''
+
+
+def test_two_drivers_calls_for_one_item_in_one_worker_each_write_under_their_own_lease(
+    postgres_store_url: str, tmp_path: Path
+) -> None:
+    # A shared Dask cluster: the call of a driver paused past its lease runs on in a
+    # worker process, which then runs the new holder's call for the same item.
+    module = tmp_path / "pipeline.py"
+    module.write_text(textwrap.dedent(TWO_DRIVERS))
+    driver = open_store_url(f"{postgres_store_url}&lease=0.5")
+    rival = open_store_url(f"{postgres_store_url}&lease=0.5")
+    url = driver.reopen_url()
+
+    def call(store: Any, who: str) -> RemoteCall:
+        context = {
+            "item_id": "a", "metadata": {"folder": str(tmp_path), "who": who}, "attempt": 1,
+            "output_dir": str(tmp_path), "executor": "processes", "store_url": url,
+            "fencing_token": store.fencing_token("a"), "idempotency_key": who,
+        }
+        return RemoteCall(str(module), "research", "handler", {"item_id": "a"}, context)
+
+    try:
+        assert driver.try_lock("a") is not None
+        with ThreadPoolExecutor(1) as pool:
+            paused = pool.submit(execute_call, call(driver, "paused"))
+            wait_for(tmp_path / "in-research")
+            driver._stop.set()  # type: ignore[attr-defined]
+            time.sleep(1)
+            assert rival.try_lock("a") is not None
+            assert execute_call(call(rival, "rival")).error is None
+            (tmp_path / "go").touch()
+            outcome = paused.result(timeout=60)
+        assert isinstance(outcome.error, LeaseLostError), outcome.error
+        assert "rival" in str(rival.load_checkpoints("a", "research")["step"])
+    finally:
+        (tmp_path / "go").touch()
+        driver.close()
+        rival.close()
+
+
+def test_a_worker_keeps_few_idle_stores_open_and_never_closes_one_in_use(tmp_path: Path) -> None:
+    # One store per driver's token: a worker serving many runs must not keep a connection for each.
+    url = f"json:{tmp_path}"
+    in_use = workerstores.take_store(url, "first driver")
+    for run in range(workerstores.KEEP_IDLE + 3):
+        workerstores.take_store(url, f"driver {run}")
+        workerstores.give_back_store(url, f"driver {run}")
+    try:
+        kept = [key for key in workerstores._open if key[0] == url]
+        assert (url, "first driver") in kept and len(kept) <= workerstores.KEEP_IDLE + 1, kept
+        in_use.save_checkpoint("a", "p", "k", 1)  # still open
+    finally:
+        workerstores.give_back_store(url, "first driver")
