@@ -46,6 +46,8 @@ from typing import Any
 
 from pipekit.execution.code import PipelineCode
 from pipekit.execution.code import load as load_code
+from pipekit.execution.workerstores import give_back_store
+from pipekit.execution.workerstores import take_store
 from pipekit.pipeline.checkpoints import Checkpoints
 from pipekit.pipeline.context import PhaseContext
 from pipekit.pipeline.outputs import received_inputs
@@ -79,6 +81,8 @@ class OutputRoute:
     item_id: str
     phase_num: int
     marker: str | None = None
+    #: The driver's lease token for the item (``StateStore.fencing_token``).
+    fencing_token: str | None = None
 
 
 #: What a worker sends the driver while a handler runs: ``("progress", done, total, label)``
@@ -163,10 +167,29 @@ class WorkerContext(PhaseContext):
 
     #: ``StateStore.reopen_url`` of the run's store; None when workers cannot reach it.
     store_url: str | None = None
+    #: The driver's lease token for the item (``StateStore.fencing_token``): this worker's
+    #: writes for it land only while the driver holds that lease.
+    fencing_token: str | None = None
+
+    #: The store this call took (``take_store``), given back when the call ends.
+    _taken: tuple[str, str | None] | None = None
+
+    def _open_checkpoints(self) -> Checkpoints:
+        store = take_store(self.store_url, self.fencing_token)
+        assert self.store_url is not None
+        self._taken = (self.store_url, self.fencing_token)
+        if self.fencing_token is not None:
+            store.fence_as(self.item_id, self.fencing_token)
+        return Checkpoints(store, self.item_id, self.phase.name)
+
+    def _give_back_store(self) -> None:
+        if self._taken is not None:
+            give_back_store(*self._taken)
+            self._taken = None
 
     def checkpoint(self, key: str, fn: Callable[..., Any], *args: Any) -> Any:
         if self._checkpoints is None:
-            self._checkpoints = Checkpoints(_worker_store(self.store_url), self.item_id, self.phase.name)
+            self._checkpoints = self._open_checkpoints()
         return super().checkpoint(key, fn, *args)
 
     def acquire(self, *args: Any, **kwargs: Any) -> Any:
@@ -177,7 +200,7 @@ class WorkerContext(PhaseContext):
     def _subitem_store_or_none(self) -> StateStore | None:
         # ctx.map and ctx.progress write here, as checkpoints do.
         if self._checkpoints is None:
-            self._checkpoints = Checkpoints(_worker_store(self.store_url), self.item_id, self.phase.name)
+            self._checkpoints = self._open_checkpoints()
         return self._checkpoints.store
 
     def _code_hash(self, fn: Callable[..., Any]) -> str | None:
@@ -227,31 +250,9 @@ def snapshot_context(ctx: PhaseContext) -> dict[str, Any]:
         "output_dir": str(ctx._output_dir),
         "executor": ctx.executor,
         "store_url": None if checkpoints is None else checkpoints.store.reopen_url(),
+        "fencing_token": None if checkpoints is None else checkpoints.store.fencing_token(ctx.item_id),
         "idempotency_key": ctx.idempotency_key,
     }
-
-
-#: The run's store as opened in this worker process, by URL (once per process).
-_stores: dict[str, StateStore] = {}
-
-
-def _worker_store(url: str | None) -> StateStore:
-    if url is None:
-        raise RuntimeError(
-            "ctx.checkpoint is not available in a worker process with this state store; use --executor local"
-        )
-    store = _stores.get(url)
-    if store is None:
-        scheme, _, folder = url.partition(":")
-        if scheme == "json" and not Path(folder).is_dir():
-            raise RuntimeError(
-                f"ctx.checkpoint: the state directory {folder} cannot be reached from worker "
-                f"{socket.gethostname()}; keep it in a folder every worker shares, or use --executor local"
-            )
-        from pipekit.state.open import open_store_url
-
-        store = _stores[url] = open_store_url(url)
-    return store
 
 
 def build_call(
@@ -353,6 +354,7 @@ def execute_call(
             )
             ctx.executor = data["executor"]
             ctx.store_url = data["store_url"]
+            ctx.fencing_token = data.get("fencing_token")
             ctx._idempotency_key = data["idempotency_key"]
             sent = ctx._report_to(emit, driver_alive)
             kwargs["ctx"] = ctx
@@ -363,6 +365,7 @@ def execute_call(
     except BaseException as exc:  # the driver decides what a failure means
         outcome = RemoteOutcome(error=_portable(exc))
     if ctx is not None:
+        ctx._give_back_store()
         outcome.usage = (ctx.tokens_in, ctx.tokens_out, ctx.cost_usd)
         outcome.executor = ctx.executor
         outcome.unpriced = ctx.unpriced
@@ -379,10 +382,13 @@ def _input_reader(call: RemoteCall) -> Callable[[StoredOutput], Any]:
         if route is None or (route.marker is not None and not Path(route.marker).exists()):
             raise InputsUnreachable(f"{stored.ref}: the run's store is not reachable from {socket.gethostname()}")
         try:
-            store = _worker_store(route.store_url)
+            store = take_store(route.store_url, route.fencing_token)
         except Exception as exc:
             raise InputsUnreachable(f"{stored.ref}: {type(exc).__name__}: {exc}") from None
-        return stored.read_from(store)
+        try:
+            return stored.read_from(store)
+        finally:
+            give_back_store(route.store_url, route.fencing_token)
 
     return read
 
@@ -437,9 +443,15 @@ def _store_output(outcome: RemoteOutcome, output: Any, route: OutputRoute) -> bo
     if not kept_apart(output):  # the driver keeps it inline: it must come back
         return False
     try:
-        ref = _worker_store(route.store_url).write_output(route.item_id, route.phase_num, output)
+        store = take_store(route.store_url, route.fencing_token)
     except Exception:  # unreachable here: the bytes go back through the scheduler instead
         return False
+    try:
+        ref = store.write_output(route.item_id, route.phase_num, output)
+    except Exception:
+        return False
+    finally:
+        give_back_store(route.store_url, route.fencing_token)
     outcome.output_stored = StoredOutput(route.item_id, ref, output_hash(output))
     outcome.value = _without_output(outcome.value)
     return True

@@ -54,7 +54,8 @@ class StoreRoutes:
                 marker = self._marker(folder)
         elif scheme not in ("postgresql", "postgres"):
             return None
-        return OutputRoute(url, checkpoints.item_id, phase.num, marker)
+        token = checkpoints.store.fencing_token(checkpoints.item_id)
+        return OutputRoute(url, checkpoints.item_id, phase.num, marker, token)
 
     def _marker(self, folder: Path) -> str:
         marker = self._made.get(folder)

@@ -50,6 +50,14 @@ class LeaseLostError(StateWriteError):
             location, f"this driver's lease on item {names}{more} {why}; its work there is left to that driver"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses from a worker process as itself (its ``__init__`` is not ``args``'s).
+        return (_lease_lost, (self.path, self.item_ids, self.released))
+
+
+def _lease_lost(location: str, item_ids: list[str], released: bool) -> LeaseLostError:
+    return LeaseLostError(location, item_ids, released=released)
+
 
 @dataclass(frozen=True)
 class Holder:

@@ -118,6 +118,7 @@ class PostgresStore(LeaseFence, LeaseRowHolder, LeaseHolding, StateStore):
         self._save_lock = threading.Lock()
         self._held: set[str] = set()
         self._leased: set[str] = set()
+        self._fenced_as: dict[str, str] = {}
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self.claim_chunk = max(1, int(claim_chunk))

@@ -259,6 +259,18 @@ class StateStore(abc.ABC):
         never print it."""
         return None
 
+    def fencing_token(self, item_id: str) -> str | None:
+        """The token of this store's lease on ``item_id``, which a worker process's store
+        fences that item's writes by (``fence_as``); None when this store has none to
+        give (the flock stores: their lock is this process's, not a row to check)."""
+        return None
+
+    def fence_as(self, item_id: str, token: str) -> None:
+        """Fence this store's writes for ``item_id`` by the lease ``token`` names
+        (``fencing_token`` of the driver's store), without ever taking or releasing it.
+        A no-op where ``fencing_token`` gives none."""
+        return None
+
     @abc.abstractmethod
     def item_ids(self) -> Iterator[str]:
         """Ids of every item with saved state (unordered)."""
