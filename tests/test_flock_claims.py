@@ -20,6 +20,7 @@ import time
 
 from claiming_drivers import PIPELINE
 from claiming_drivers import communicate
+from claiming_drivers import drivers
 from claiming_drivers import executions
 import pytest
 
@@ -101,7 +102,7 @@ def test_two_drivers_on_one_sqlite_store_run_every_phase_of_two_hundred_items_on
     ids = [f"item-{n:03d}" for n in range(200)]
     pipetester.make_items(*ids)
     env = {"PIPEKIT_STORE": f"sqlite:{tmp_path / 'state.db'}"}
-    procs = [pipetester.popen("pipeline.py", "--items", "items.txt", "-j", "8", env=env) for _ in range(2)]
+    procs = drivers(pipetester, 2, "-j", "8", env=env)
     outs = communicate(procs)
     assert [proc.returncode for proc in procs] == [0, 0], outs
     assert executions(pipetester) == Counter({(i, n): 1 for i in ids for n in (1, 2)})
