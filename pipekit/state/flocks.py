@@ -14,6 +14,7 @@ from pipekit.state.heldby import read_lock_record
 from pipekit.state.heldby import running_holder
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
+from pipekit.state.itemfence import ItemFence
 from pipekit.state.store import ItemLock
 from pipekit.state.store import encode_item_id
 
@@ -42,9 +43,11 @@ def flock_item(locks_dir: Path, item_id: str) -> ItemLock | None:
 
 
 class FlockedItems:
-    """``try_lock`` and ``lock_holder`` by ``flock_item`` lock files in ``locks_dir``."""
+    """``try_lock`` and ``lock_holder`` by ``flock_item`` lock files in ``locks_dir``;
+    the store's writes of an item are fenced by its ``_fence`` from the lock's release on."""
 
     locks_dir: Path
+    _fence: ItemFence
     #: A lock file touches nothing else of the store: it may be taken on any thread, and
     #: a run takes a chunk's (at most ``-j``) in one call off its event loop, the next
     #: chunk's while the last one's items start (creating one can wait behind an fsync).
@@ -53,8 +56,9 @@ class FlockedItems:
     claim_ahead = True
 
     def try_lock(self, item_id: str) -> ItemLock | None:
-        """Take the item's lock file without waiting; None when another process holds it."""
-        return flock_item(self.locks_dir, item_id)
+        """Take the item's lock file without waiting (fencing this store's writes of it
+        from its release on: ``pipekit.state.itemfence``); None when another process holds it."""
+        return self._fence.take(item_id, flock_item(self.locks_dir, item_id))
 
     def lock_holder(self, item_id: str) -> HeldBy | None:
         """Who wrote the item's lock file last: its holder, while it is held."""

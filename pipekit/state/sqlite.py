@@ -38,7 +38,6 @@ from pipekit.state.encoded import document_text
 from pipekit.state.escaping import json_text
 from pipekit.state.escaping import json_value
 from pipekit.state.flocks import FlockedItems
-from pipekit.state.flocks import flock_item
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.indexed import FinishedItem
 from pipekit.state.indexed import index_columns
@@ -52,7 +51,6 @@ from pipekit.state.sqliteschema import INDEXES
 from pipekit.state.sqliteschema import SCHEMA
 from pipekit.state.sqliteschema import UPSERT
 from pipekit.state.sqliteschema import statements
-from pipekit.state.store import ItemLock
 from pipekit.state.store import StateStore
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
@@ -239,11 +237,6 @@ class SqliteStore(FlockedItems, StateStore):
         if lost:
             raise self._fence.lost(lost)
         return count - len(lost)
-
-    def try_lock(self, item_id: str) -> ItemLock | None:
-        """Take the item's lock file without waiting (fencing this store's writes of it
-        from its release on: ``pipekit.state.itemfence``); None when another process holds it."""
-        return self._fence.take(item_id, flock_item(self.locks_dir, item_id))
 
     def save_group(self, documents: list[tuple[str, dict[str, Any]]], drops: list[tuple[str, str]]) -> None:
         # One transaction (one fsync) for the documents and the checkpoints they end:
