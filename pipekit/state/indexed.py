@@ -3,7 +3,9 @@ and a resume read without parsing the document."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+import functools
 from typing import Any
 from typing import NamedTuple
 
@@ -84,3 +86,9 @@ def _summary_of_read(document: dict[str, Any]) -> Summary:
         document.get("metadata") or {},
         float(document.get("total_cost_usd", 0.0)),
     )
+
+
+def asked_once(fresh: Callable[[str | None], bool]) -> Callable[[str | None], bool]:
+    """``fresh`` (does a stale key still hold?) asked once per distinct key: a run's
+    items share few keys, and each answer compares fingerprints."""
+    return functools.cache(fresh)

@@ -32,6 +32,7 @@ from pipekit.state.flocks import FlockedItems
 from pipekit.state.heldby import write_lock_record
 from pipekit.state.holder import this_holder
 from pipekit.state.indexed import UNREADABLE
+from pipekit.state.indexed import asked_once
 from pipekit.state.indexed import index_columns
 from pipekit.state.itemfence import ItemFence
 from pipekit.state.store import NO_LOCKING_ERRNOS
@@ -374,15 +375,12 @@ class JsonDirStore(FlockedItems, StateStore):
         ``item_ids`` are read and summarised as a database store indexes them (a
         missing or unreadable one is not finished: a run reads it under its lock)."""
         wanted = set(phase_names)
-        answers: dict[str | None, bool] = {}
+        accepted = asked_once(fresh)
         for item_id, document in self.load_many(sorted(set(item_ids))):
             if not isinstance(document, dict):
                 continue
             summary, key = index_columns(document)
             if summary is UNREADABLE or summary.next_phase is not None or not wanted.issubset(summary.done_names):
                 continue
-            accepted = answers.get(key)
-            if accepted is None:
-                accepted = answers[key] = fresh(key)
-            if accepted:
+            if accepted(key):
                 yield item_id, summary.cost_usd, summary.metadata

@@ -48,6 +48,7 @@ from pipekit.state.fencing import LeaseFence
 from pipekit.state.heldby import LeaseRowHolder
 from pipekit.state.holder import this_holder
 from pipekit.state.indexed import FinishedItem
+from pipekit.state.indexed import asked_once
 from pipekit.state.indexed import index_columns
 from pipekit.state.leases import DEFAULT_CLAIM_CHUNK
 from pipekit.state.leases import DEFAULT_LEASE_SECONDS
@@ -455,14 +456,11 @@ class PostgresStore(LeaseFence, LeaseRowHolder, LeaseHolding, StateStore):
         cursor or connection of their own."""
         from pipekit.state.sqlite import _chunks
 
-        answers: dict[str | None, bool] = {}
+        accepted = asked_once(fresh)
         for part in _chunks(sorted(set(item_ids)), 1000):
             rows = self._query(FINISHED_OF, (self.pipeline, part, sorted(phase_names)))
             self._statements["finished"] += 1
             self._statements["finished_rows"] += len(rows)
             for item_id, metadata, cost, key in rows:
-                accepted = answers.get(key)
-                if accepted is None:
-                    accepted = answers[key] = fresh(key)
-                if accepted:
+                if accepted(key):
                     yield item_id, float(cost), metadata if isinstance(metadata, dict) else {}

@@ -21,6 +21,7 @@ from typing import Any
 from pipekit.outcomes import StateFileError
 from pipekit.state.escaping import json_value
 from pipekit.state.indexed import FinishedItem
+from pipekit.state.indexed import asked_once
 
 
 #: Distinct metadata texts and costs kept parsed or shared (most rows of a batch repeat a few).
@@ -107,7 +108,7 @@ def fresh_finished_rows_of(
     ``item_ids`` only, by primary key, ``chunk`` ids a query (SQLite's limit on
     parameters is 999 in old versions)."""
     wanted = set(phase_names)
-    answers: dict[str | None, bool] = {}
+    accepted = asked_once(fresh)
     ids = sorted(set(item_ids))
     with _reader(path, location) as reader:
         for at in range(0, len(ids), chunk):
@@ -117,8 +118,5 @@ def fresh_finished_rows_of(
             ):
                 if not wanted.issubset(json.loads(done)):
                     continue
-                accepted = answers.get(key)
-                if accepted is None:
-                    accepted = answers[key] = fresh(key)
-                if accepted:
+                if accepted(key):
                     yield item_id, cost, json_value(metadata)

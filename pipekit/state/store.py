@@ -26,6 +26,7 @@ from pipekit.state.escaping import UNSTORABLE
 from pipekit.state.heldby import HeldBy
 from pipekit.state.holder import LeaseLostError
 from pipekit.state.indexed import FinishedItem
+from pipekit.state.indexed import asked_once
 from pipekit.state.indexed import summarize
 
 
@@ -344,14 +345,7 @@ class StateStore(abc.ABC):
         rows = self.iter_finished(phase_names)
         if rows is None:
             return None
-        answers: dict[str | None, bool] = {}
-
-        def accepted(key: str | None) -> bool:
-            answer = answers.get(key)
-            if answer is None:
-                answer = answers[key] = fresh(key)
-            return answer
-
+        accepted = asked_once(fresh)
         return ((item_id, item.cost_usd, item.metadata) for item_id, item in rows if accepted(item.stale_key))
 
     def unfinished_item_ids(self) -> Iterator[str]:
