@@ -60,6 +60,7 @@ from pipekit.state.postgresschema import SCHEMA_IS_CURRENT
 from pipekit.state.postgresschema import SCHEMA_LOCK_KEY
 from pipekit.state.postgresschema import UPSERT
 from pipekit.state.store import StateStore
+from pipekit.state.store import in_chunks
 from pipekit.state.urls import mask_password
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
@@ -342,9 +343,7 @@ class PostgresStore(LeaseFence, LeaseRowHolder, LeaseHolding, StateStore):
     def load_many(
         self, item_ids: Iterable[str], chunk: int = 1000
     ) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
-        from pipekit.state.sqlite import _chunks
-
-        for part in _chunks(item_ids, chunk):
+        for part in in_chunks(item_ids, chunk):
             rows = dict(
                 self._query(
                     "SELECT item_id, state FROM pipekit_items WHERE pipeline = %s AND item_id = ANY(%s)",
@@ -454,10 +453,8 @@ class PostgresStore(LeaseFence, LeaseRowHolder, LeaseHolding, StateStore):
         """The finished rows of ``item_ids`` only, by primary key (``FINISHED_OF``),
         1,000 ids a statement, on the store's own connection: a few rows need no
         cursor or connection of their own."""
-        from pipekit.state.sqlite import _chunks
-
         accepted = asked_once(fresh)
-        for part in _chunks(sorted(set(item_ids)), 1000):
+        for part in in_chunks(sorted(set(item_ids)), 1000):
             rows = self._query(FINISHED_OF, (self.pipeline, part, sorted(phase_names)))
             self._statements["finished"] += 1
             self._statements["finished_rows"] += len(rows)

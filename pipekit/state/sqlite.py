@@ -27,7 +27,6 @@ import sqlite3
 import threading
 import time
 from typing import Any
-from typing import TypeVar
 from urllib.parse import parse_qsl
 
 from pipekit.outcomes import StateFileError
@@ -52,6 +51,7 @@ from pipekit.state.sqliteschema import SCHEMA
 from pipekit.state.sqliteschema import UPSERT
 from pipekit.state.sqliteschema import statements
 from pipekit.state.store import StateStore
+from pipekit.state.store import in_chunks
 from pipekit.state.values import decode_output
 from pipekit.state.values import encode_output
 from pipekit.state.values import output_ref
@@ -228,7 +228,7 @@ class SqliteStore(FlockedItems, StateStore):
     def save_many(self, documents: Iterable[tuple[str, dict[str, Any]]], batch: int = 2000) -> int:
         count = 0
         lost: list[str] = []
-        for part in _chunks(documents, batch):
+        for part in in_chunks(documents, batch):
             try:
                 self.save_group(part, [])
             except LeaseLostError as exc:  # the others of the part were written
@@ -339,7 +339,7 @@ class SqliteStore(FlockedItems, StateStore):
     def load_many(
         self, item_ids: Iterable[str], chunk: int = 500
     ) -> Iterator[tuple[str, dict[str, Any] | None | StateFileError]]:
-        for part in _chunks(item_ids, chunk):
+        for part in in_chunks(item_ids, chunk):
             marks = ",".join("?" * len(part))
             # On the reading connection too: a run reads the items it claims as it takes
             # them, and the writer's connection may be in a group commit's fsync.
@@ -433,15 +433,3 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 _SQLITE_BUSY = 5
-_T = TypeVar("_T")
-
-
-def _chunks(item_ids: Iterable[_T], size: int) -> Iterator[list[_T]]:
-    part: list[_T] = []
-    for item_id in item_ids:
-        part.append(item_id)
-        if len(part) >= size:
-            yield part
-            part = []
-    if part:
-        yield part

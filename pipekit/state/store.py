@@ -20,6 +20,7 @@ from pathlib import Path
 import sys
 import time
 from typing import Any
+from typing import TypeVar
 
 from pipekit.outcomes import StateFileError
 from pipekit.state.escaping import UNSTORABLE
@@ -439,6 +440,22 @@ class StateStore(abc.ABC):
             return None
         wanted = set(item_ids)
         return (row for row in rows if row[0] in wanted)
+
+
+_T = TypeVar("_T")
+
+
+def in_chunks(values: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """``values`` in lists of ``size`` (the last one shorter): a database's statements
+    take a bounded number of ids each."""
+    part: list[_T] = []
+    for value in values:
+        part.append(value)
+        if len(part) >= size:
+            yield part
+            part = []
+    if part:
+        yield part
 
 
 def item_id_problem(item_id: str) -> str | None:
