@@ -183,7 +183,7 @@ async def start_claimed(
     """Claim the items of ``chunk`` in one call and start those won, in order; returns
     the ones another process holds. A won item the run does not start (it stopped)
     is released."""
-    return await _start_won(chunk, asyncio.ensure_future(claim([item_id for _, item_id, _ in chunk])), control, start)
+    return await _start_won(chunk, claim([item_id for _, item_id, _ in chunk]), control, start)
 
 
 async def _start_won(
