@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+import gc
+import warnings
 
 import pytest
 
@@ -9,6 +11,19 @@ import pytest
 # root, where pytest allows that only in the top-level conftest, so import the fixture.
 from pipekit.testing import pipetester  # noqa: F401
 from pipekit_batch.fakeserver import FakeServer
+
+
+@pytest.fixture(autouse=True)
+def _sdk_clients_collected_here() -> Iterator[None]:
+    """The SDK clients a test makes (its own, and those its providers make for it, as
+    a run's are) are dropped with their keep-alive sockets open, as in a run that
+    ends; collected whenever the garbage collector comes round, their sockets'
+    ResourceWarning would fail whichever later test was running then. Collect them
+    at the end of the test that made them."""
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(scope="module")
